@@ -1,0 +1,214 @@
+"""Text + model options -> ``AttentionResult``: the Python API every command wraps.
+
+>>> from attnviz.analysis import analyze
+>>> result = analyze("Your journey starts with one step")
+>>> result.weights.shape            # (layers, heads, query_pos, key_pos)
+(1, 12, 6, 6)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from attnviz.config import ModelConfig
+from attnviz.errors import InputError
+from attnviz.tokenizer import encode, token_bytes, token_label, token_text
+
+_FLOAT32 = 4
+
+
+@dataclass
+class AttentionResult:
+    """Attention of one text, as numpy arrays.
+
+    ``weights``: ``(L, H, T, T)`` float32 for the ``L`` layers in ``layers`` —
+    ``[layer, head, query_pos, key_pos]``. ``attn_inputs``: ``(L, T, d_model)``, what each
+    attention layer received. ``params``: ``W_query``/``W_key``/``W_value`` as
+    ``(L, d_out, d_in)`` and, with biases, ``b_query``/``b_key``/``b_value`` as ``(L, d_out)``.
+    """
+
+    token_ids: list[int]
+    weights: np.ndarray
+    layers: list[int]
+    attn_inputs: np.ndarray
+    params: dict[str, np.ndarray]
+    config: dict
+    raw_tokens: list[bytes] = field(repr=False, default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_heads(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def token_labels(self) -> list[str]:
+        return [token_label(raw) for raw in self.raw_tokens]
+
+    def tokens(self) -> list[dict]:
+        """One record per token: position, id, text, label (visible whitespace), bytes."""
+        return token_records(self.token_ids, self.raw_tokens)
+
+
+def token_records(token_ids: list[int], raw_tokens: list[bytes]) -> list[dict]:
+    return [
+        {
+            "position": i,
+            "id": tid,
+            "text": token_text(raw),
+            "label": token_label(raw),
+            "bytes": len(raw),
+        }
+        for i, (tid, raw) in enumerate(zip(token_ids, raw_tokens))
+    ]
+
+
+def parse_layers(layer: str | int, n_layers: int) -> list[int]:
+    """``"all"`` -> every layer; ``"5"``/``5`` -> ``[5]``, checked against ``n_layers``."""
+    if str(layer).strip().lower() == "all":
+        return list(range(n_layers))
+    try:
+        index = int(layer)
+    except ValueError:
+        raise InputError(f"--layer must be a layer number or 'all', got {layer!r}") from None
+    if not 0 <= index < n_layers:
+        what = "random mode has one layer (0)" if n_layers == 1 else (
+            f"the checkpoint has {n_layers} layers (0-{n_layers - 1})"
+        )
+        raise InputError(f"--layer {index} is out of range: {what}")
+    return [index]
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or 8 GiB when it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def check_fits(n_layers: int, n_heads: int, n_tokens: int) -> None:
+    """Refuse before computing when the weights could not fit in memory."""
+    weights_bytes = n_layers * n_heads * n_tokens**2 * _FLOAT32
+    # scores + softmax output + the numpy copy live at once for a layer, then the result
+    needed = weights_bytes + 2 * n_heads * n_tokens**2 * _FLOAT32
+    if needed > available_memory():
+        raise InputError(
+            f"{n_tokens} tokens x {n_heads} heads x {n_layers} layer(s) need about "
+            f"{needed / 2**30:.1f} GiB for the attention weights, more than the "
+            f"{available_memory() / 2**30:.1f} GiB available; use a shorter text or one --layer"
+        )
+
+
+def check_length(n_tokens: int, context_length: int, option: str) -> None:
+    if n_tokens > context_length:
+        raise InputError(
+            f"the text is {n_tokens} tokens, longer than the context length {context_length}; "
+            f"shorten it{option}"
+        )
+
+
+def analyze(
+    text: str,
+    config: ModelConfig | None = None,
+    *,
+    weights: str | None = None,
+    layer: str | int = 0,
+    allow_special: bool = False,
+    heads: list[int] | None = None,
+) -> AttentionResult:
+    """Tokenize ``text`` and return the attention weights of the chosen layer(s).
+
+    Random mode (``weights=None``): seeded embeddings + one freshly initialised
+    attention layer configured by ``config`` (GPT-2 small by default). Pretrained mode:
+    ``weights`` is a GPT-2 checkpoint (see ``attnviz.checkpoint``); ``config``'s sizes
+    are ignored and ``layer`` picks a layer number or ``"all"``. ``heads``, when given,
+    is checked against the model's head count before any heavy work.
+    """
+    config = config or ModelConfig()
+    token_ids = encode(text, allow_special=allow_special)
+    if weights is None:
+        return _analyze_random(token_ids, config, layer, heads)
+    return _analyze_pretrained(token_ids, weights, layer, heads)
+
+
+def check_heads(heads: list[int] | None, n_heads: int) -> None:
+    for h in heads or []:
+        if not 0 <= h < n_heads:
+            raise InputError(f"--head {h} is out of range: the model has {n_heads} heads "
+                             f"(0-{n_heads - 1})")
+
+
+def _to_numpy(tensors) -> np.ndarray:
+    return np.stack([t.detach().numpy() for t in tensors]).astype(np.float32, copy=False)
+
+
+def _analyze_random(token_ids: list[int], config: ModelConfig, layer, heads) -> AttentionResult:
+    from attnviz.model import RandomModel
+
+    layers = parse_layers(layer, 1)
+    check_heads(heads, config.n_heads)
+    check_length(len(token_ids), config.context_length, " or raise --context-length")
+    check_fits(1, config.n_heads, len(token_ids))
+    model = RandomModel(config, mask_length=len(token_ids))
+    attn_input, weights = model.attention_weights(token_ids)
+    return AttentionResult(
+        token_ids=token_ids,
+        weights=_to_numpy([weights]),
+        layers=layers,
+        attn_inputs=_to_numpy([attn_input]),
+        params={k: _to_numpy([v]) for k, v in model.projections().items()},
+        config={
+            "mode": "random",
+            **config.as_dict(),
+            "attention_parameters": model.attention_parameters,
+            "embedding_parameters": model.embedding_parameters,
+            "layers": layers,
+        },
+        raw_tokens=token_bytes(token_ids),
+    )
+
+
+def _analyze_pretrained(token_ids: list[int], weights: str, layer, heads) -> AttentionResult:
+    from attnviz import checkpoint
+    from attnviz.gpt2 import GPT2
+    from attnviz.model import projections_of
+
+    ckpt = checkpoint.load(weights)
+    cfg = ckpt.config
+    layers = parse_layers(layer, cfg.n_layer)
+    check_heads(heads, cfg.n_head)
+    check_length(len(token_ids), cfg.n_positions, " (the checkpoint's n_positions)")
+    check_fits(len(layers), cfg.n_head, len(token_ids))
+    per_layer = GPT2(ckpt, n_blocks=max(layers) + 1).run(token_ids, layers)
+    params: dict[str, list] = {}
+    for _, _, attn in per_layer:
+        for name, value in projections_of(attn).items():
+            params.setdefault(name, []).append(value)
+    return AttentionResult(
+        token_ids=token_ids,
+        weights=_to_numpy([w for _, w, _ in per_layer]),
+        layers=layers,
+        attn_inputs=_to_numpy([x for x, _, _ in per_layer]),
+        params={k: _to_numpy(v) for k, v in params.items()},
+        config={
+            "mode": "pretrained",
+            "weights": str(ckpt.source),
+            "n_heads": cfg.n_head,
+            "d_model": cfg.n_embd,
+            "head_dim": cfg.head_dim,
+            "context_length": cfg.n_positions,
+            "n_layers": cfg.n_layer,
+            "qkv_bias": True,
+            "layers": layers,
+        },
+        raw_tokens=token_bytes(token_ids),
+    )

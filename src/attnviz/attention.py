@@ -1,0 +1,188 @@
+"""The attention module family of "Build a Large Language Model (From Scratch)", chapter 3.
+
+``SelfAttention -> CausalAttention -> MultiHeadAttentionWrapper -> MultiHeadAttention``,
+with the book's signatures. Every ``forward(x)`` takes ``x`` of shape ``(b, T, d_in)`` and
+returns the context vectors; ``forward(x, return_weights=True)`` returns
+``(context, attn_weights)``. Weights are ``(b, T, T)`` for one head and
+``(b, num_heads, T, T)`` for several (``[batch, head, query_pos, key_pos]``): row ``i`` is
+query ``i``'s distribution over the keys and sums to 1; with the causal mask every entry
+above the diagonal is exactly 0 (the score was -inf before the softmax).
+
+The weights are computed with an explicit softmax, never ``scaled_dot_product_attention``:
+a visualizer needs the matrix that fused kernels never materialise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _causal_mask(context_length: int) -> torch.Tensor:
+    # True above the diagonal: key j is in the future of query i when j > i.
+    return torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
+
+
+def _check_length(num_tokens: int, context_length: int) -> None:
+    if num_tokens > context_length:
+        raise ValueError(f"{num_tokens} tokens exceed the context length {context_length}")
+
+
+class SelfAttention(nn.Module):
+    """Scaled dot-product self-attention with trainable weights, one head, no mask."""
+
+    def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False):
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        queries = self.W_query(x)  # (b, T, d_out)
+        keys = self.W_key(x)  # (b, T, d_out)
+        values = self.W_value(x)  # (b, T, d_out)
+        attn_scores = queries @ keys.transpose(-2, -1)  # (b, T, T)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+        context_vec = attn_weights @ values  # (b, T, d_out)
+        return (context_vec, attn_weights) if return_weights else context_vec
+
+
+class CausalAttention(nn.Module):
+    """One head of causal (masked) self-attention, with dropout on the weights."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        self.d_out = d_out
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        # A buffer, so the mask follows .to(device) and is not a trainable parameter.
+        self.register_buffer("mask", _causal_mask(context_length), persistent=False)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        b, num_tokens, d_in = x.shape
+        _check_length(num_tokens, self.mask.shape[0])
+        queries = self.W_query(x)  # (b, T, d_out)
+        keys = self.W_key(x)  # (b, T, d_out)
+        values = self.W_value(x)  # (b, T, d_out)
+
+        attn_scores = queries @ keys.transpose(1, 2)  # (b, T, T)
+        attn_scores = attn_scores.masked_fill(
+            self.mask[:num_tokens, :num_tokens], float("-inf")
+        )
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+        attn_weights = self.dropout(attn_weights)
+        context_vec = attn_weights @ values  # (b, T, d_out)
+        return (context_vec, attn_weights) if return_weights else context_vec
+
+
+def _check_heads(d_out: int, num_heads: int) -> None:
+    if num_heads < 1 or d_out % num_heads != 0:
+        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+
+
+class MultiHeadAttentionWrapper(nn.Module):
+    """``num_heads`` independent ``CausalAttention`` heads of width ``d_out // num_heads``,
+    run one after another and concatenated (no output projection)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float = 0.0,
+        num_heads: int = 12,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        _check_heads(d_out, num_heads)
+        head_dim = d_out // num_heads
+        self.heads = nn.ModuleList(
+            CausalAttention(d_in, head_dim, context_length, dropout, qkv_bias)
+            for _ in range(num_heads)
+        )
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        outputs = [head(x, return_weights=True) for head in self.heads]
+        context_vec = torch.cat([ctx for ctx, _ in outputs], dim=-1)  # (b, T, d_out)
+        if not return_weights:
+            return context_vec
+        attn_weights = torch.stack([w for _, w in outputs], dim=1)  # (b, num_heads, T, T)
+        return context_vec, attn_weights
+
+
+class MultiHeadAttention(nn.Module):
+    """All heads at once: one query/key/value projection of width ``d_out``, split into
+    ``num_heads`` heads of ``head_dim = d_out // num_heads``, then ``out_proj``."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float = 0.0,
+        num_heads: int = 12,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        _check_heads(d_out, num_heads)
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", _causal_mask(context_length), persistent=False)
+
+    def heads_context(self, x: torch.Tensor):
+        """The per-head context before ``out_proj``, concatenated: ``(b, T, d_out)``,
+        and the weights ``(b, num_heads, T, T)``."""
+        b, num_tokens, d_in = x.shape
+        _check_length(num_tokens, self.mask.shape[0])
+        split = (b, num_tokens, self.num_heads, self.head_dim)
+        # (b, T, d_out) -> (b, T, num_heads, head_dim) -> (b, num_heads, T, head_dim)
+        queries = self.W_query(x).view(split).transpose(1, 2)
+        keys = self.W_key(x).view(split).transpose(1, 2)
+        values = self.W_value(x).view(split).transpose(1, 2)
+
+        # Scale the queries, not the (T x T) scores: one fewer pass over the big matrix.
+        attn_scores = (queries / self.head_dim**0.5) @ keys.transpose(2, 3)  # (b, nh, T, T)
+        attn_scores.masked_fill_(self.mask[:num_tokens, :num_tokens], float("-inf"))
+        attn_weights = self.dropout(torch.softmax(attn_scores, dim=-1))  # (b, nh, T, T)
+
+        context_vec = (attn_weights @ values).transpose(1, 2)  # (b, T, nh, head_dim)
+        return context_vec.reshape(b, num_tokens, self.d_out), attn_weights
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        context_vec, attn_weights = self.heads_context(x)
+        context_vec = self.out_proj(context_vec)  # (b, T, d_out)
+        return (context_vec, attn_weights) if return_weights else context_vec
+
+
+def wrapper_from_fused(mha: MultiHeadAttention) -> MultiHeadAttentionWrapper:
+    """A ``MultiHeadAttentionWrapper`` whose heads are the slices of ``mha``'s projections,
+    so its weights and concatenated context equal ``mha``'s (before ``out_proj``)."""
+    d_in = mha.W_query.in_features
+    qkv_bias = mha.W_query.bias is not None
+    wrapper = MultiHeadAttentionWrapper(
+        d_in, mha.d_out, mha.mask.shape[0], mha.dropout.p, mha.num_heads, qkv_bias
+    )
+    with torch.no_grad():
+        for h, head in enumerate(wrapper.heads):
+            rows = slice(h * mha.head_dim, (h + 1) * mha.head_dim)
+            for name in ("W_query", "W_key", "W_value"):
+                source, target = getattr(mha, name), getattr(head, name)
+                target.weight.copy_(source.weight[rows])
+                if qkv_bias:
+                    target.bias.copy_(source.bias[rows])
+    return wrapper

@@ -1,0 +1,15 @@
+"""The exceptions attnviz raises on purpose; the CLI turns each into one `Error: …` line."""
+
+from __future__ import annotations
+
+
+class AttnvizError(Exception):
+    """A failure while running (exit code 1). The message is shown to the user as is."""
+
+    exit_code = 1
+
+
+class InputError(AttnvizError, ValueError):
+    """Bad usage or bad input: text, options, paths, checkpoints (exit code 2)."""
+
+    exit_code = 2
