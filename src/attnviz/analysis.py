@@ -14,7 +14,7 @@ import numpy as np
 
 from attnviz.config import ModelConfig
 from attnviz.errors import InputError
-from attnviz.tokenizer import encode, token_bytes, token_label, token_text
+from attnviz.tokenizer import ENDOFTEXT_ID, encode, token_bytes, token_label, token_text
 
 _FLOAT32 = 4
 
@@ -133,11 +133,42 @@ def analyze(
     are ignored and ``layer`` picks a layer number or ``"all"``. ``heads``, when given,
     is checked against the model's head count before any heavy work.
     """
-    config = config or ModelConfig()
-    token_ids = encode(text, allow_special=allow_special)
+    return analyze_ids(encode(text, allow_special=allow_special), config, weights=weights,
+                       layer=layer, heads=heads)
+
+
+def analyze_ids(
+    token_ids: list[int],
+    config: ModelConfig | None = None,
+    *,
+    weights: str | None = None,
+    layer: str | int = 0,
+    heads: list[int] | None = None,
+) -> AttentionResult:
+    """``analyze`` for token ids that are already known."""
+    if not token_ids:
+        raise InputError("there are no tokens to analyse")
     if weights is None:
-        return _analyze_random(token_ids, config, layer, heads)
+        return _analyze_random(token_ids, config or ModelConfig(), layer, heads)
     return _analyze_pretrained(token_ids, weights, layer, heads)
+
+
+def induction_scores(
+    config: ModelConfig | None = None,
+    *,
+    weights: str | None = None,
+    layer: str | int = 0,
+    period: int = 50,
+    seed: int = 0,
+) -> np.ndarray:
+    """``(L, H)`` induction score of every head of the chosen layers: attention on a
+    sequence of ``period`` random tokens repeated twice (see ``stats.induction_score``)."""
+    from attnviz.stats import induction_score
+
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, ENDOFTEXT_ID, size=period).tolist()
+    result = analyze_ids(first + first, config, weights=weights, layer=layer)
+    return np.stack([induction_score(w, period) for w in result.weights])
 
 
 def check_heads(heads: list[int] | None, n_heads: int) -> None:

@@ -15,8 +15,12 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-import click
 import typer
+from typer._click.exceptions import (  # Typer >= 0.29 vendors click
+    ClickException,
+    NoArgsIsHelpError,
+    UsageError,
+)
 from typer.core import TyperGroup
 
 from attnviz import __version__
@@ -33,39 +37,42 @@ def _error(message: str) -> None:
 class _Group(TyperGroup):
     """Turns every failure into one ``Error:`` line and the right exit code."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (ClickException, typer.Exit, typer.Abort):
             raise
         except AttnvizError as exc:
             if _debug["on"]:
                 traceback.print_exc()
             _error(str(exc))
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _error("interrupted; no partial files were left behind")
-            raise click.exceptions.Exit(130) from None
+            raise typer.Exit(130) from None
         except BrokenPipeError:  # e.g. `attnviz tokens ... | head`
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
-            raise click.exceptions.Exit(0) from None
+            raise typer.Exit(0) from None
         except Exception as exc:
             if _debug["on"]:
                 traceback.print_exc()
             _error(f"unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug "
                    "for the traceback, and please report it)")
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:  # usage errors: one line, not a boxed panel
+        except NoArgsIsHelpError as exc:  # bare `attnviz`: the help, as a success
+            sys.stdout.write(exc.format_message() + "\n")
+            code = 0
+        except ClickException as exc:  # usage errors: one line, not a boxed panel
             hint = ""
-            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            if isinstance(exc, UsageError) and exc.ctx is not None:
                 hint = f" (see '{exc.ctx.command_path} --help')"
-            _error(exc.format_message() + hint)
+            _error(exc.format_message().replace("Value error, ", "") + hint)
             code = exc.exit_code
-        except click.Abort:
+        except typer.Abort:
             _error("interrupted")
             code = 130
         code = code if isinstance(code, int) else 0
@@ -242,7 +249,6 @@ def heatmap(
     _prepare_out_dir(out)
     from attnviz.analysis import analyze
 
-    output.message("Running the attention model…")
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
                      heads=head)
     output.message(f"Drawing {result.n_tokens} tokens × {result.n_heads} heads…")
@@ -289,6 +295,245 @@ def tokens(
     output.emit({"tokens": records}, records, ["position", "id", "label", "bytes"]
                 if fmt == "table" else ["position", "id", "text", "label", "bytes"],
                 title=f"{len(records)} GPT-2 tokens")
+
+
+def _check_file_target(path: Path, option: str) -> None:
+    """Fail before any work when ``path`` cannot be written."""
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: the folder {parent} is not writable")
+
+
+@app.command("compare-heads")
+def compare_heads(
+    text: TextArg = None,
+    file: FileOpt = None,
+    sort_by: Annotated[str, typer.Option("--sort-by", help="Column to sort by: head, layer, "
+                       "entropy, normalized_entropy, max_weight, self, previous_token, "
+                       "first_token, mean_distance (or induction).")] = "head",
+    desc: Annotated[bool, typer.Option("--desc", help="Sort in descending order.")] = False,
+    similarity: Annotated[bool, typer.Option("--similarity", help="Add the head x head "
+                          "Jensen-Shannon divergence matrix.")] = False,
+    induction: Annotated[bool, typer.Option("--induction", help="Add each head's induction "
+                         "score (meaningful with --weights).")] = False,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write the --head heads "
+                         "(default 0 and 1) side by side to this PNG.", show_default=False)] = None,
+    similarity_plot: Annotated[Optional[Path], typer.Option("--similarity-plot", help="Write "
+                               "the similarity matrix to this PNG.", show_default=False)] = None,
+    head: HeadOpt = None,
+    cmap: CmapOpt = "viridis",
+    dpi: DpiOpt = 100,
+    scale: ScaleOpt = "sqrt",
+    heads: HeadsOpt = 12,
+    d_model: DModelOpt = 768,
+    context_length: ContextOpt = 1024,
+    seed: SeedOpt = 123,
+    qkv_bias: QkvBiasOpt = False,
+    impl: ImplOpt = "fused",
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "0",
+    allow_special: AllowSpecialOpt = False,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare the heads: entropy, focus, self / previous / first-token attention, distance."""
+    from attnviz.output import Output
+    from attnviz.stats import COLUMNS
+
+    _install_sigterm()
+    output = Output(fmt, quiet)
+    columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
+    if sort_by not in columns:
+        raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
+                         f"{', '.join(columns)}")
+    source = _read(text, file)
+    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
+    plot_heads = list(dict.fromkeys(head)) if head else [0, 1]
+    if plot_path or similarity_plot:
+        from attnviz import plot
+
+        plot.check_cmap(cmap)
+        plot.check_dpi(dpi)
+        for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
+            if path:
+                _check_file_target(path, option)
+    from attnviz.analysis import analyze, induction_scores
+    from attnviz.stats import head_rows
+    from attnviz.stats import similarity as js_matrix
+
+    if plot_path and not head:  # the default pair needs two heads
+        plot_heads = plot_heads[: config.n_heads] if weights is None else plot_heads
+    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
+                     heads=plot_heads if plot_path else None)
+    rows = head_rows(result.weights, result.layers)
+    if induction:
+        output.message("Scoring induction on a repeated random sequence…")
+        scores = induction_scores(config, weights=weights, layer=layer, seed=seed)
+        for row, score in zip(rows, scores.reshape(-1)):
+            row["induction"] = float(score)
+    known = sorted((r for r in rows if r[sort_by] is not None), key=lambda r: r[sort_by],
+                   reverse=desc)
+    rows = known + [r for r in rows if r[sort_by] is None]  # nulls last either way
+    document = {"heads": rows, "tokens": result.tokens(), "config": result.config}
+    matrices = [js_matrix(w) for w in result.weights] if similarity or similarity_plot else []
+    if similarity:
+        document["similarity"] = matrices[0] if len(matrices) == 1 else matrices
+    files = []
+    if plot_path:
+        from attnviz import plot
+
+        figure = plot.HeatmapFigure(result.token_labels, len(plot_heads), cmap, dpi, scale)
+        where = f"layer {result.layers[0]}, " if result.config["mode"] == "pretrained" else ""
+        figure.save(plot_path, [result.weights[0, h] for h in plot_heads],
+                    [f"{where}head {h}" for h in plot_heads])
+        files.append(str(plot_path))
+    if similarity_plot:
+        from attnviz import plot
+
+        plot.save_similarity(similarity_plot, matrices[0],
+                             f"Head similarity (JS divergence), layer {result.layers[0]}", dpi)
+        files.append(str(similarity_plot))
+    if files:
+        document["files"] = files
+    shown = columns if len(result.layers) > 1 or result.config["mode"] == "pretrained" else columns[1:]
+    if fmt == "csv" and similarity:
+        shown = shown + [f"js_{h}" for h in range(result.n_heads)]
+        for row in rows:
+            matrix = matrices[result.layers.index(row["layer"])]
+            row.update({f"js_{g}": float(matrix[row["head"], g]) for g in range(result.n_heads)})
+    styles = {}
+    if fmt == "table":
+        focused = min(range(len(rows)), key=lambda i: rows[i]["entropy"])
+        broadest = max(range(len(rows)), key=lambda i: rows[i]["entropy"])
+        styles = {focused: "bold green", broadest: "yellow"}
+    output.emit(document, rows, shown, title=f"Head statistics, {result.n_tokens} tokens", styles=styles)
+    if fmt != "table":
+        return
+    name = lambda r: (f"layer {r['layer']} " if len(result.layers) > 1 else "") + f"head {r['head']}"  # noqa: E731
+    output.stdout.print(f"most focused: {name(rows[focused])} (lowest entropy, "
+                        f"{rows[focused]['entropy']:.3f} nats); broadest: {name(rows[broadest])} "
+                        f"({rows[broadest]['entropy']:.3f} nats)", markup=False)
+    if similarity:
+        for layer_index, matrix in zip(result.layers, matrices):
+            sim_rows = [{"head": h, **{str(g): float(matrix[h, g]) for g in range(len(matrix))}}
+                        for h in range(len(matrix))]
+            output.table(sim_rows, ["head", *map(str, range(len(matrix)))],
+                         title=f"Jensen-Shannon divergence between heads (bits), layer {layer_index}")
+    for f in files:
+        output.message(f"Wrote {f}")
+
+
+@app.command()
+def export(
+    text: TextArg = None,
+    file: FileOpt = None,
+    output_path: Annotated[Path, typer.Option("--output", "-o", help="The .npz file to write.",
+                           show_default=False)] = ...,
+    include_params: Annotated[bool, typer.Option("--include-params", help="Also export the "
+                              "attention input and the query/key/value weights.")] = False,
+    heads: HeadsOpt = 12,
+    d_model: DModelOpt = 768,
+    context_length: ContextOpt = 1024,
+    seed: SeedOpt = 123,
+    qkv_bias: QkvBiasOpt = False,
+    impl: ImplOpt = "fused",
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "0",
+    allow_special: AllowSpecialOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Save the attention weights (and optionally the inputs and parameters) as .npz."""
+    import numpy as np
+
+    from attnviz.fileio import atomic_write
+    from attnviz.output import Output
+
+    _install_sigterm()
+    output = Output("table", quiet)
+    source = _read(text, file)
+    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
+    _check_file_target(output_path, "--output")
+    from attnviz.analysis import analyze
+
+    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special)
+    single = str(layer).strip().lower() != "all"
+    pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
+    arrays = {
+        "weights": pick(result.weights).astype(np.float32),
+        "token_ids": np.asarray(result.token_ids, dtype=np.int64),
+        "tokens": np.asarray([t["text"] for t in result.tokens()], dtype=str),
+        "layers": np.asarray(result.layers, dtype=np.int64),
+    }
+    if include_params:
+        arrays["attn_input"] = pick(result.attn_inputs)
+        arrays.update({name: pick(value) for name, value in result.params.items()})
+    with atomic_write(output_path) as f:
+        np.savez(f, **arrays)
+    rows = [{"array": k, "shape": "x".join(map(str, v.shape)) or "scalar", "dtype": str(v.dtype)}
+            for k, v in arrays.items()]
+    output.table(rows, ["array", "shape", "dtype"], title=f"Wrote {output_path}")
+
+
+@app.command()
+def info(
+    heads: HeadsOpt = 12,
+    d_model: DModelOpt = 768,
+    context_length: ContextOpt = 1024,
+    seed: SeedOpt = 123,
+    qkv_bias: QkvBiasOpt = False,
+    impl: ImplOpt = "fused",
+    weights: WeightsOpt = None,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show the model configuration, parameter counts, versions and tokenizer data."""
+    import platform
+    from importlib.metadata import version
+
+    from attnviz import tokenizer
+    from attnviz.output import Output
+
+    output = Output(fmt, quiet)
+    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
+    if weights is None:
+        from attnviz.model import RandomModel
+
+        model = RandomModel(config, mask_length=1)
+        model_info = {"mode": "random", **config.as_dict(),
+                      "attention_parameters": model.attention_parameters,
+                      "embedding_parameters": model.embedding_parameters}
+    else:
+        from attnviz import checkpoint
+
+        ckpt = checkpoint.load(weights)
+        cfg = ckpt.config
+        model_info = {"mode": "pretrained", "weights": str(ckpt.source), "n_layers": cfg.n_layer,
+                      "n_heads": cfg.n_head, "d_model": cfg.n_embd, "head_dim": cfg.head_dim,
+                      "context_length": cfg.n_positions, "vocab_size": cfg.vocab_size,
+                      "mlp_width": cfg.n_inner,
+                      "parameters": sum(t.numel() for t in ckpt.tensors.values())}
+    document = {
+        "config": model_info,
+        "versions": {name: version(name) for name in ("attnviz", "torch", "tiktoken",
+                                                       "matplotlib", "typer", "rich", "numpy")}
+        | {"python": platform.python_version()},
+        "tokenizer": {"data": str(tokenizer.bpe_data_dir()),
+                      "cache": str(tokenizer.cache_file())},
+    }
+    rows = [{"key": f"{section}.{k}" if fmt == "csv" else k, "value": v}
+            for section, values in document.items() for k, v in values.items()]
+    if fmt == "table":
+        for section, values in document.items():
+            output.mapping(values, title=section.capitalize())
+    else:
+        output.emit(document, rows, ["key", "value"])
 
 
 def main() -> None:

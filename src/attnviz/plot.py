@@ -401,3 +401,32 @@ def write_heatmaps(
         )
         written.append(WrittenFile(path, None, None))
     return written
+
+
+def save_similarity(path: Path, js: np.ndarray, title: str, dpi: int = 100) -> Path:
+    """The ``(H, H)`` Jensen-Shannon matrix as an annotated heatmap (0 = same pattern)."""
+    n = js.shape[0]
+    side = min(max(n * 0.45, 3.5), 10.0)
+    check_dpi(dpi)
+    fig = Figure(figsize=(side + 1.8, side + 1.2), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.9 / (side + 1.8), 0.7 / (side + 1.2), side / (side + 1.8),
+                       side / (side + 1.2)))
+    image = ax.imshow(js, cmap="magma_r", vmin=0.0, vmax=max(float(js.max()), 1e-6),
+                      interpolation="nearest")
+    ax.set_xticks(range(n), [str(h) for h in range(n)], fontsize=8)
+    ax.set_yticks(range(n), [str(h) for h in range(n)], fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("head")
+    ax.set_title(title, fontsize=10)
+    if n <= 16:
+        top = float(js.max()) or 1.0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{js[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if js[i, j] > 0.6 * top else "black")
+    cbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+    cbar.set_label("Jensen-Shannon divergence (bits)", fontsize=8)
+    canvas.draw()
+    write_bytes(path, canvas_png(canvas))
+    return path

@@ -88,3 +88,18 @@ def induction_score(weights: np.ndarray, period: int) -> np.ndarray:
     n = weights.shape[-1]
     queries = np.arange(period, n)
     return weights[:, queries, queries - period + 1].astype(np.float64).mean(axis=-1)
+
+
+def head_rows(weights: np.ndarray, layers: list[int]) -> list[dict]:
+    """One record per (layer, head) of ``weights`` ``(L, H, T, T)``: ``layer``, ``head``
+    and the ``COLUMNS``, NaN as None."""
+    rows = []
+    for layer, layer_weights in zip(layers, weights):
+        stats = head_stats(layer_weights)
+        for h in range(layer_weights.shape[0]):
+            row = {"layer": layer, "head": h}
+            for name in COLUMNS:
+                value = float(stats[name][h])
+                row[name] = None if np.isnan(value) else value
+            rows.append(row)
+    return rows

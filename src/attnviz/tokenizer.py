@@ -116,22 +116,27 @@ def _unpack(blob: bytes) -> list[bytes] | None:
     return tokens
 
 
+def cache_file() -> Path:
+    """The converted ranks, keyed by the BPE data's hash."""
+    return cache_dir() / f"gpt2-ranks-{VOCAB_BPE_SHA256[:16]}.bin"
+
+
 def load_token_bytes() -> list[bytes]:
     """The 50256 mergeable GPT-2 tokens in rank order, from the cache or converted afresh."""
-    cache_file = cache_dir() / f"gpt2-ranks-{VOCAB_BPE_SHA256[:16]}.bin"
+    path = cache_file()
     try:
-        tokens = _unpack(cache_file.read_bytes())
+        tokens = _unpack(path.read_bytes())
     except OSError:
         tokens = None
     if tokens is not None and len(tokens) == ENDOFTEXT_ID:
         return tokens
     tokens = convert_bpe_files(bpe_data_dir())
     try:  # the cache is an optimisation: an unwritable cache dir is not an error
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".gpt2-ranks-")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpt2-ranks-")
         with os.fdopen(fd, "wb") as f:
             f.write(_pack(tokens))
-        os.replace(tmp, cache_file)
+        os.replace(tmp, path)
     except OSError:
         pass
     return tokens

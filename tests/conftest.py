@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests never touch the network or the user's cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import pytest
+
+from helpers import make_hf_checkpoint
+
+# Isolate attnviz's tokenizer cache from the user's (set before attnviz is imported).
+os.environ["ATTNVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="attnviz-test-cache-")
+os.environ.pop("ATTNVIZ_DEBUG", None)
+
+GPT2_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
+
+
+@pytest.fixture(scope="session")
+def canonical_gpt2(tmp_path_factory):
+    """tiktoken's own ``get_encoding("gpt2")``, offline: its download cache is seeded with
+    the same two files (tiktoken keys the cache by the sha1 of the URL and checks sha256)."""
+    import tiktoken
+
+    from attnviz.tokenizer import bpe_data_dir
+
+    cache = tmp_path_factory.mktemp("tiktoken-cache")
+    for name, url in GPT2_URLS.items():
+        shutil.copy(bpe_data_dir() / name, cache / hashlib.sha1(url.encode()).hexdigest())
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    try:
+        import tiktoken.registry
+
+        tiktoken.registry.ENCODINGS.pop("gpt2", None)
+        yield tiktoken.get_encoding("gpt2")
+    finally:
+        if old is None:
+            os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def cli(runner):
+    """Invoke the CLI in-process; returns the Result (stdout and stderr kept apart)."""
+    from attnviz.cli import app
+
+    def invoke(*args, input=None, env=None):
+        return runner.invoke(app, [str(a) for a in args], input=input, env=env)
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """A small random GPT-2 saved by Hugging Face transformers (safetensors), with weights
+    spread out enough that the attention patterns are far from uniform."""
+    return make_hf_checkpoint(tmp_path_factory.mktemp("gpt2-small"), n_layer=3, n_head=4, n_embd=64)
+
+
