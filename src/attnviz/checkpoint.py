@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_pytorch_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; we refuse or load
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(
             f"refusing to load {path}: it is not a plain tensor file (it would run code when "
@@ -184,6 +187,9 @@ def _read_config_json(path: Path) -> dict:
         raise InputError(f"{path} is not a JSON object")
     if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("reorder_and_upcast_attn"):
         raise InputError(f"{path}: GPT-2 variants with scaled/reordered attention are not supported")
+    activation = raw.get("activation_function", "gelu_new")
+    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise InputError(f"{path}: activation_function {activation!r} is not GPT-2's tanh GELU")
     return raw
 
 

@@ -312,9 +312,10 @@ def _check_file_target(path: Path, option: str) -> None:
 def compare_heads(
     text: TextArg = None,
     file: FileOpt = None,
-    sort_by: Annotated[str, typer.Option("--sort-by", help="Column to sort by: head, layer, "
-                       "entropy, normalized_entropy, max_weight, self, previous_token, "
-                       "first_token, mean_distance (or induction).")] = "head",
+    sort_by: Annotated[Optional[str], typer.Option("--sort-by", help="Column to sort by: head, "
+                       "layer, entropy, normalized_entropy, max_weight, self, previous_token, "
+                       "first_token, mean_distance (or induction). Default: layer, head.",
+                       show_default=False)] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort in descending order.")] = False,
     similarity: Annotated[bool, typer.Option("--similarity", help="Add the head x head "
                           "Jensen-Shannon divergence matrix.")] = False,
@@ -348,7 +349,7 @@ def compare_heads(
     _install_sigterm()
     output = Output(fmt, quiet)
     columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
-    if sort_by not in columns:
+    if sort_by is not None and sort_by not in columns:
         raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
                          f"{', '.join(columns)}")
     source = _read(text, file)
@@ -376,9 +377,12 @@ def compare_heads(
         scores = induction_scores(config, weights=weights, layer=layer, seed=seed)
         for row, score in zip(rows, scores.reshape(-1)):
             row["induction"] = float(score)
-    known = sorted((r for r in rows if r[sort_by] is not None), key=lambda r: r[sort_by],
-                   reverse=desc)
-    rows = known + [r for r in rows if r[sort_by] is None]  # nulls last either way
+    if sort_by is not None:  # a stable sort: ties keep the layer, head order
+        known = sorted((r for r in rows if r[sort_by] is not None), key=lambda r: r[sort_by],
+                       reverse=desc)
+        rows = known + [r for r in rows if r[sort_by] is None]  # nulls last either way
+    elif desc:
+        rows.reverse()
     document = {"heads": rows, "tokens": result.tokens(), "config": result.config}
     matrices = [js_matrix(w) for w in result.weights] if similarity or similarity_plot else []
     if similarity:
