@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from attnviz import __version__
 from attnviz.errors import AttnvizError, InputError
 
-_debug = {"on": bool(os.environ.get("ATTNVIZ_DEBUG"))}
+_debug = {"on": False}  # set per invocation by _Group.main and --debug
 
 
 def _error(message: str) -> None:
@@ -61,6 +61,7 @@ class _Group(TyperGroup):
             raise typer.Exit(1) from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _debug["on"] = bool(os.environ.get("ATTNVIZ_DEBUG"))  # --debug may turn it on
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as exc:  # bare `attnviz`: the help, as a success
@@ -200,14 +201,17 @@ def _model_config(heads, d_model, context_length, seed, qkv_bias, impl):
                        seed=seed, qkv_bias=qkv_bias, impl=impl)
 
 
-def _prepare_out_dir(out: Path) -> None:
+def _check_out_dir(out: Path) -> None:
+    """Fail before any work when ``out`` cannot become a folder of PNGs (it is created
+    only when there is something to write)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create --out {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"--out {out} is not writable; choose another folder with --out")
 
 
@@ -246,7 +250,7 @@ def heatmap(
 
     plot.check_cmap(cmap)
     plot.check_dpi(dpi)
-    _prepare_out_dir(out)
+    _check_out_dir(out)
     from attnviz.analysis import analyze
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
