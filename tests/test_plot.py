@@ -34,19 +34,28 @@ def cell_pixel(figure, panel, i, j):
 
 
 @pytest.mark.parametrize("n", [5, 60, 300])
-def test_tick_labels_are_the_tokens_and_never_overlap(n):
+def test_token_labels_sit_on_their_tokens_and_never_overlap(n):
     figure = plot.HeatmapFigure(labels(n))
     ax = figure.axes[0]
     renderer = figure.canvas.get_renderer()
-    for axis, texts in (("y", ax.get_yticklabels()), ("x", ax.get_xticklabels())):
-        shown = [t.get_text() for t in texts]
-        positions = ax.get_yticks() if axis == "y" else ax.get_xticks()
-        assert shown == [f"tok{int(p)}" for p in positions]  # each label sits on its own token
+    for axis, texts in (("y", figure.row_labels), ("x", figure.col_labels[0])):
+        positions = [t.get_position()[1 if axis == "y" else 0] for t in texts]
+        assert [t.get_text() for t in texts] == [f"tok{int(p)}" for p in positions]
+        assert positions[0] == 0 and positions == sorted(positions)
         boxes = [t.get_window_extent(renderer) for t in texts]
         for a, b in zip(boxes, boxes[1:]):
             assert not a.overlaps(b), (axis, a, b)
-    assert len(ax.get_yticklabels()) == n if n <= 60 else len(ax.get_yticklabels()) < n
-    assert all(t.get_rotation() == 90 for t in ax.get_xticklabels())
+        frame = ax.get_window_extent(renderer)
+        for box in boxes:  # outside the heatmap, on the left / below
+            assert (box.x1 <= frame.x0) if axis == "y" else (box.y1 <= frame.y0)
+        for text, box in zip(texts, boxes):  # centred on its row / column
+            centre = ax.transData.transform((text.get_position()[0], text.get_position()[1]))
+            if axis == "y":
+                assert abs((box.y0 + box.y1) / 2 - centre[1]) < 2
+            else:
+                assert abs((box.x0 + box.x1) / 2 - centre[0]) < 2
+    assert len(figure.row_labels) == n if n <= 60 else 10 < len(figure.row_labels) < n
+    assert all(t.get_rotation() == 90 for t in figure.col_labels[0])
 
 
 @pytest.mark.parametrize("n", [5, 60, 300, 1024])
@@ -112,7 +121,7 @@ def test_side_by_side_panels_share_one_colorbar():
     assert [t.get_text() for t in figure.titles] == ["a", "b", "c"]
     colorbars = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight"]
     assert len(colorbars) == 1
-    assert figure.axes[1].get_yticklabels()[0].get_text() == ""  # labels only on the first
+    assert len(figure.col_labels) == 3 and len(figure.row_labels) == 7  # rows only on the first
 
 
 def test_labels_the_font_cannot_draw_are_escaped():
@@ -125,7 +134,7 @@ def test_no_glyph_warnings_for_odd_text(recwarn):
     figure = plot.HeatmapFigure(["中", "🙂", "\\xe2", "␣$x$", "a\u0301", "مرحبا"])
     figure.render([causal_random(6)[0]], ["t"])
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
-    assert figure.axes[0].get_yticklabels()[3].get_text() == "␣$x$"  # no mathtext
+    assert figure.row_labels[3].get_text() == "␣$x$"  # no mathtext
 
 
 def test_pool_averages_visible_cells_only():
