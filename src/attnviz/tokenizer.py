@@ -15,6 +15,7 @@ import os
 import struct
 import tempfile
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 
 from attnviz.errors import AttnvizError, InputError
@@ -109,11 +110,8 @@ def _unpack(blob: bytes) -> list[bytes] | None:
     lengths = blob[head : head + count]
     if len(lengths) != count or len(blob) != head + count + sum(lengths):
         return None
-    tokens, pos = [], head + count
-    for n in lengths:
-        tokens.append(blob[pos : pos + n])
-        pos += n
-    return tokens
+    ends = list(accumulate(lengths, initial=head + count))
+    return [blob[start:end] for start, end in zip(ends, ends[1:])]
 
 
 def cache_file() -> Path:

@@ -1,0 +1,65 @@
+"""The examples in the docs are run, so the docs cannot rot. Fenced ```bash blocks are
+executed (```sh blocks are illustrations that need files we do not have, e.g. GPT-2)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"^```bash\n(.*?)^```", re.S | re.M)
+
+
+def bash_blocks():
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for i, match in enumerate(BLOCK.finditer(doc.read_text(encoding="utf-8"))):
+            yield pytest.param(match.group(1), id=f"{doc.name}-{i}")
+
+
+def test_docs_have_runnable_examples():
+    names = {p.id.split("-")[0] for p in bash_blocks()}
+    assert {"usage.md", "scripting.md", "heads.md"} <= names
+    assert sum(1 for _ in bash_blocks()) >= 15
+
+
+@pytest.mark.parametrize("script", list(bash_blocks()))
+def test_doc_example_runs(script, tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script}\n--- stderr:\n{proc.stderr}"
+    assert proc.stdout.strip(), script
+    assert "Error:" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_readme_python_example():
+    block = re.search(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    namespace: dict = {}
+    exec(block.group(1), namespace)  # noqa: S102 - our own README
+    result = namespace["result"]
+    assert result.weights.shape == (1, 12, 6, 6)
+    assert result.token_labels == ["Your", "␣journey", "␣starts", "␣with", "␣one", "␣step"]
+
+
+def test_readme_quick_start_is_two_commands():
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```bash\n(.*?)^```", quick, re.S | re.M)
+    assert len(blocks) == 2
+    assert 'attnviz heatmap "Your journey starts with one step"' in blocks[0]
+    assert "pytest" in blocks[1]
+
+
+def test_benchmark_script_runs_at_tiny_sizes():
+    """Benchmarks are not timed tests; this only keeps the script working."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 7  # the header and the six measures of SPEC section 7
+    for row in rows[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert re.search(r"\d", cells[1]) and re.search(r"\d", cells[2]) and cells[5] in ("yes", "**no**")
