@@ -358,7 +358,6 @@ def compare_heads(
                          f"{', '.join(columns)}")
     source = _read(text, file)
     config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
-    plot_heads = list(dict.fromkeys(head)) if head else [0, 1]
     if plot_path or similarity_plot:
         from attnviz import plot
 
@@ -368,25 +367,20 @@ def compare_heads(
             if path:
                 _check_file_target(path, option)
     from attnviz.analysis import analyze, induction_scores
+    from attnviz.output import sort_rows
     from attnviz.stats import head_rows
     from attnviz.stats import similarity as js_matrix
 
-    if plot_path and not head:  # the default pair needs two heads
-        plot_heads = plot_heads[: config.n_heads] if weights is None else plot_heads
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
-                     heads=plot_heads if plot_path else None)
+                     heads=head)
+    plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
     rows = head_rows(result.weights, result.layers)
     if induction:
         output.message("Scoring induction on a repeated random sequence…")
         scores = induction_scores(config, weights=weights, layer=layer, seed=seed)
         for row, score in zip(rows, scores.reshape(-1)):
             row["induction"] = float(score)
-    if sort_by is not None:  # a stable sort: ties keep the layer, head order
-        known = sorted((r for r in rows if r[sort_by] is not None), key=lambda r: r[sort_by],
-                       reverse=desc)
-        rows = known + [r for r in rows if r[sort_by] is None]  # nulls last either way
-    elif desc:
-        rows.reverse()
+    rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "tokens": result.tokens(), "config": result.config}
     matrices = [js_matrix(w) for w in result.weights] if similarity or similarity_plot else []
     if similarity:

@@ -33,6 +33,16 @@ def clean(value: Any) -> Any:
     return value
 
 
+def sort_rows(rows: list[dict], column: str | None, desc: bool = False) -> list[dict]:
+    """``rows`` sorted by ``column`` (stable: ties keep their order), nulls last either
+    way; ``column=None`` keeps the order (reversed with ``desc``)."""
+    if column is None:
+        return rows[::-1] if desc else list(rows)
+    known = sorted((r for r in rows if r[column] is not None), key=lambda r: r[column],
+                   reverse=desc)
+    return known + [r for r in rows if r[column] is None]
+
+
 def format_cell(value: Any) -> str:
     if value is None:
         return "—"
