@@ -6,8 +6,8 @@ import hashlib
 import os
 import shutil
 import tempfile
-import pytest
 
+import pytest
 from helpers import make_hf_checkpoint
 
 # Isolate attnviz's tokenizer cache from the user's (set before attnviz is imported).

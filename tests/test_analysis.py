@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import SHORT_TEXT
 
 from attnviz.analysis import analyze, analyze_ids, parse_layers
 from attnviz.attention import MultiHeadAttention
@@ -10,7 +11,6 @@ from attnviz.config import ModelConfig
 from attnviz.errors import InputError
 from attnviz.model import RandomModel, seeded_rows
 from attnviz.tokenizer import encode
-from helpers import SHORT_TEXT
 
 
 def test_defaults_are_gpt2_small():

@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import SHORT_TEXT, small_options
 from PIL import Image
 
 from attnviz.tokenizer import encode
-from helpers import SHORT_TEXT, small_options
 
 ATTNVIZ = [sys.executable, "-m", "attnviz"]
 
@@ -290,3 +290,26 @@ def test_quiet_leaves_only_results(tmp_path):
     proc = run("heatmap", SHORT_TEXT, "--out", tmp_path, "--quiet", *small_options())
     assert proc.returncode == 0 and proc.stderr == b""
     assert b"head_00.png" in proc.stdout
+
+
+def test_force_color_colours_and_no_color_wins():
+    args = ["compare-heads", SHORT_TEXT, *small_options()]
+    coloured = run(*args, env={"FORCE_COLOR": "1"})
+    assert b"\x1b[32m" in coloured.stdout or b"\x1b[1;32m" in coloured.stdout  # the focused head
+    plain = run(*args, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    assert plain.returncode == 0
+    assert b"32m" not in plain.stdout and b"33m" not in plain.stdout
+
+
+def test_shell_completion():
+    shown = run("--show-completion", "bash")
+    assert shown.returncode == 0 and b"_attnviz_completion" in shown.stdout
+    env = {"_ATTNVIZ_COMPLETE": "complete_bash", "COMP_WORDS": "attnviz comp", "COMP_CWORD": "1"}
+    assert run(env=env).stdout.split() == [b"compare-heads"]
+    env = {"_ATTNVIZ_COMPLETE": "complete_bash", "COMP_WORDS": "attnviz heatmap --cm", "COMP_CWORD": "2"}
+    assert run(env=env).stdout.split() == [b"--cmap"]
+
+
+def test_bare_command_prints_help_and_succeeds(cli):
+    result = cli()
+    assert result.exit_code == 0 and "heatmap" in result.stdout and result.stderr == ""

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import SHORT_TEXT, small_options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -16,7 +17,6 @@ from PIL import Image
 from attnviz.analysis import analyze
 from attnviz.config import ModelConfig
 from attnviz.fileio import atomic_write
-from helpers import SHORT_TEXT, small_options
 
 LONG = " ".join(["word"] * 40)
 
@@ -36,12 +36,14 @@ def assert_one_error_line(result, code, pattern):
 BAD_HEATMAP = [
     (["heatmap", ""], 2, "the text is empty"),
     (["heatmap"], 2, "no text given"),
-    (["heatmap", LONG, "--context-length", "8"], 2, r"40 tokens, longer than the context length 8.*--context-length"),
+    (["heatmap", LONG, "--context-length", "8"], 2,
+     r"40 tokens, longer than the context length 8.*--context-length"),
     (["heatmap", SHORT_TEXT, "--heads", "5"], 2, "--heads 5 does not divide --d-model 768"),
     (["heatmap", SHORT_TEXT, "--heads", "0"], 2, "--heads"),
     (["heatmap", SHORT_TEXT, "--d-model", "-8"], 2, "--d-model"),
     (["heatmap", SHORT_TEXT, "--context-length", "0"], 2, "--context-length"),
-    (["heatmap", SHORT_TEXT, "--head", "12"], 2, r"--head 12 is out of range: the model has 12 heads \(0-11\)"),
+    (["heatmap", SHORT_TEXT, "--head", "12"], 2,
+     r"--head 12 is out of range: the model has 12 heads \(0-11\)"),
     (["heatmap", SHORT_TEXT, "--head", "-1"], 2, "--head"),
     (["heatmap", SHORT_TEXT, "--layer", "1"], 2, r"--layer 1 is out of range"),
     (["heatmap", SHORT_TEXT, "--layer", "two"], 2, "--layer must be a layer number or 'all'"),

@@ -8,12 +8,13 @@ Heavy modules (torch, matplotlib) are imported inside the commands that need the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 from typer._click.exceptions import (  # Typer >= 0.29 vendors click
@@ -119,12 +120,12 @@ def _root(
 
 # Options shared by the commands, spelled once.
 TextArg = Annotated[
-    Optional[str],
+    str | None,
     typer.Argument(help="The text to analyse; '-' reads it from standard input.",
                    show_default=False),
 ]
 FileOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--file", "-f", help="Read the text from this UTF-8 file.", show_default=False),
 ]
 HeadsOpt = Annotated[int, typer.Option("--heads", min=1, help="Number of attention heads.")]
@@ -142,7 +143,7 @@ ImplOpt = Annotated[
                  help="MultiHeadAttention (fused) or MultiHeadAttentionWrapper: same numbers."),
 ]
 WeightsOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--weights", help="A GPT-2 checkpoint (HF folder, .safetensors file, or a "
                  "model name in the local Hugging Face cache) instead of random weights.",
                  show_default=False),
@@ -155,7 +156,7 @@ AllowSpecialOpt = Annotated[
                        "token 50256 (by default it is plain text).")
 ]
 HeadOpt = Annotated[
-    Optional[list[int]],
+    list[int] | None,
     typer.Option("--head", min=0, help="A head to draw (repeatable); default: every head.",
                  show_default=False),
 ]
@@ -188,10 +189,8 @@ def _install_sigterm() -> None:
         raise KeyboardInterrupt
 
     if hasattr(signal, "SIGTERM"):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. some test runners)
             signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread (e.g. some test runners)
-            pass
 
 
 def _model_config(heads, d_model, context_length, seed, qkv_bias, impl):
@@ -316,7 +315,7 @@ def _check_file_target(path: Path, option: str) -> None:
 def compare_heads(
     text: TextArg = None,
     file: FileOpt = None,
-    sort_by: Annotated[Optional[str], typer.Option("--sort-by", help="Column to sort by: head, "
+    sort_by: Annotated[str | None, typer.Option("--sort-by", help="Column to sort by: head, "
                        "layer, entropy, normalized_entropy, max_weight, self, previous_token, "
                        "first_token, mean_distance (or induction). Default: layer, head.",
                        show_default=False)] = None,
@@ -325,9 +324,9 @@ def compare_heads(
                           "Jensen-Shannon divergence matrix.")] = False,
     induction: Annotated[bool, typer.Option("--induction", help="Add each head's induction "
                          "score (meaningful with --weights).")] = False,
-    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write the --head heads "
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the --head heads "
                          "(default 0 and 1) side by side to this PNG.", show_default=False)] = None,
-    similarity_plot: Annotated[Optional[Path], typer.Option("--similarity-plot", help="Write "
+    similarity_plot: Annotated[Path | None, typer.Option("--similarity-plot", help="Write "
                                "the similarity matrix to this PNG.", show_default=False)] = None,
     head: HeadOpt = None,
     cmap: CmapOpt = "viridis",

@@ -42,8 +42,8 @@ SCALES = ("sqrt", "linear")
 _LABEL_CHARS = 14  # longer labels are cut with an ellipsis
 _MIN_SIDE, _MAX_SIDE = 3.0, 11.0  # inches of heatmap per panel
 _MIN_FONT, _MAX_FONT = 6.0, 10.0  # points
-_TILE_PX = 160
-_ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens  # overview tiles are pooled down to at most this many cells a side
+_TILE_PX = 160  # overview tiles are pooled down to at most this many cells a side
+_ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens
 
 
 def check_cmap(name: str) -> Colormap:
