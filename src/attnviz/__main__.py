@@ -1,3 +1,5 @@
-from attnviz.cli import main
+"""``python -m attnviz``: the same program, under the same name."""
 
-main()
+from attnviz.cli import app
+
+app(prog_name="attnviz")
