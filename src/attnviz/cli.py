@@ -9,6 +9,8 @@ Heavy modules (torch, matplotlib) are imported inside the commands that need the
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import signal
 import sys
@@ -25,6 +27,7 @@ from typer._click.exceptions import (  # Typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
 from attnviz import __version__
+from attnviz.config import ModelConfig
 from attnviz.errors import AttnvizError, InputError
 
 _debug = {"on": False}  # set per invocation by _Group.main and --debug
@@ -144,12 +147,12 @@ ImplOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option("--weights", help="A GPT-2 checkpoint (HF folder, .safetensors file, or a "
+    typer.Option("--weights", metavar="PATH", help="A GPT-2 checkpoint (HF folder, .safetensors file, or a "
                  "model name in the local Hugging Face cache) instead of random weights.",
                  show_default=False),
 ]
 LayerOpt = Annotated[
-    str, typer.Option("--layer", help="Layer to show (0-based), or 'all' (with --weights).")
+    str, typer.Option("--layer", metavar="L|all", help="Layer to show (0-based), or 'all' (with --weights).")
 ]
 AllowSpecialOpt = Annotated[
     bool, typer.Option("--allow-special", help="Read <|endoftext|> in the text as the special "
@@ -157,7 +160,7 @@ AllowSpecialOpt = Annotated[
 ]
 HeadOpt = Annotated[
     list[int] | None,
-    typer.Option("--head", min=0, help="A head to draw (repeatable); default: every head.",
+    typer.Option("--head", min=0, metavar="I", help="A head to draw (repeatable); default: every head.",
                  show_default=False),
 ]
 CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap.")]
@@ -193,11 +196,42 @@ def _install_sigterm() -> None:
             signal.signal(signal.SIGTERM, handler)
 
 
-def _model_config(heads, d_model, context_length, seed, qkv_bias, impl):
-    from attnviz.config import ModelConfig
+# The random-mode model options, shared by every command that runs the model: a command
+# declares `config: ModelOptions = None` and @model_options puts the six options in its
+# place and hands it the validated ModelConfig.
+ModelOptions = ModelConfig | None
+_MODEL_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, annotation, default in (
+        ("heads", HeadsOpt, 12),
+        ("d_model", DModelOpt, 768),
+        ("context_length", ContextOpt, 1024),
+        ("seed", SeedOpt, 123),
+        ("qkv_bias", QkvBiasOpt, False),
+        ("impl", ImplOpt, "fused"),
+    )
+]
 
-    return ModelConfig(n_heads=heads, d_model=d_model, context_length=context_length,
-                       seed=seed, qkv_bias=qkv_bias, impl=impl)
+
+def model_options(command):
+    """Replace the command's ``config`` parameter by the model options (one spelling of
+    them for every command); the command receives ``config=ModelConfig(...)``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "config"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        sizes = {p.name: kwargs.pop(p.name) for p in _MODEL_OPTIONS}
+        kwargs["config"] = ModelConfig(
+            n_heads=sizes["heads"], d_model=sizes["d_model"], context_length=sizes["context_length"],
+            seed=sizes["seed"], qkv_bias=sizes["qkv_bias"], impl=sizes["impl"],
+        )
+        return command(**kwargs)
+
+    parameters = own + _MODEL_OPTIONS
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
 
 
 def _check_out_dir(out: Path) -> None:
@@ -215,6 +249,7 @@ def _check_out_dir(out: Path) -> None:
 
 
 @app.command()
+@model_options
 def heatmap(
     text: TextArg = None,
     file: FileOpt = None,
@@ -225,12 +260,7 @@ def heatmap(
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = 100,
     scale: ScaleOpt = "sqrt",
-    heads: HeadsOpt = 12,
-    d_model: DModelOpt = 768,
-    context_length: ContextOpt = 1024,
-    seed: SeedOpt = 123,
-    qkv_bias: QkvBiasOpt = False,
-    impl: ImplOpt = "fused",
+    config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "0",
     allow_special: AllowSpecialOpt = False,
@@ -244,7 +274,6 @@ def heatmap(
     _install_sigterm()
     output = Output("json" if as_json else "table", quiet)
     source = _read(text, file)
-    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
     from attnviz import plot
 
     plot.check_cmap(cmap)
@@ -312,6 +341,7 @@ def _check_file_target(path: Path, option: str) -> None:
 
 
 @app.command("compare-heads")
+@model_options
 def compare_heads(
     text: TextArg = None,
     file: FileOpt = None,
@@ -332,12 +362,7 @@ def compare_heads(
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = 100,
     scale: ScaleOpt = "sqrt",
-    heads: HeadsOpt = 12,
-    d_model: DModelOpt = 768,
-    context_length: ContextOpt = 1024,
-    seed: SeedOpt = 123,
-    qkv_bias: QkvBiasOpt = False,
-    impl: ImplOpt = "fused",
+    config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "0",
     allow_special: AllowSpecialOpt = False,
@@ -356,7 +381,6 @@ def compare_heads(
         raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
                          f"{', '.join(columns)}")
     source = _read(text, file)
-    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
     if plot_path or similarity_plot:
         from attnviz import plot
 
@@ -376,7 +400,7 @@ def compare_heads(
     rows = head_rows(result.weights, result.layers)
     if induction:
         output.message("Scoring induction on a repeated random sequence…")
-        scores = induction_scores(config, weights=weights, layer=layer, seed=seed)
+        scores = induction_scores(config, weights=weights, layer=layer, seed=config.seed)
         for row, score in zip(rows, scores.reshape(-1)):
             row["induction"] = float(score)
     rows = sort_rows(rows, sort_by, desc)
@@ -430,6 +454,7 @@ def compare_heads(
 
 
 @app.command()
+@model_options
 def export(
     text: TextArg = None,
     file: FileOpt = None,
@@ -437,12 +462,7 @@ def export(
                            show_default=False)] = ...,
     include_params: Annotated[bool, typer.Option("--include-params", help="Also export the "
                               "attention input and the query/key/value weights.")] = False,
-    heads: HeadsOpt = 12,
-    d_model: DModelOpt = 768,
-    context_length: ContextOpt = 1024,
-    seed: SeedOpt = 123,
-    qkv_bias: QkvBiasOpt = False,
-    impl: ImplOpt = "fused",
+    config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = "0",
     allow_special: AllowSpecialOpt = False,
@@ -458,7 +478,6 @@ def export(
     _install_sigterm()
     output = Output("table", quiet)
     source = _read(text, file)
-    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
     _check_file_target(output_path, "--output")
     from attnviz.analysis import analyze
 
@@ -482,13 +501,9 @@ def export(
 
 
 @app.command()
+@model_options
 def info(
-    heads: HeadsOpt = 12,
-    d_model: DModelOpt = 768,
-    context_length: ContextOpt = 1024,
-    seed: SeedOpt = 123,
-    qkv_bias: QkvBiasOpt = False,
-    impl: ImplOpt = "fused",
+    config: ModelOptions = None,
     weights: WeightsOpt = None,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
@@ -502,7 +517,6 @@ def info(
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
-    config = _model_config(heads, d_model, context_length, seed, qkv_bias, impl)
     if weights is None:
         from attnviz.model import RandomModel
 
