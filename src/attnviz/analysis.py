@@ -197,13 +197,7 @@ def _analyze_random(token_ids: list[int], config: ModelConfig, layer, heads) -> 
         layers=layers,
         attn_inputs=_to_numpy([attn_input]),
         params={k: _to_numpy([v]) for k, v in model.projections().items()},
-        config={
-            "mode": "random",
-            **config.as_dict(),
-            "attention_parameters": model.attention_parameters,
-            "embedding_parameters": model.embedding_parameters,
-            "layers": layers,
-        },
+        config={**model.describe(), "layers": layers},
         raw_tokens=token_bytes(token_ids),
     )
 
@@ -230,16 +224,6 @@ def _analyze_pretrained(token_ids: list[int], weights: str, layer, heads) -> Att
         layers=layers,
         attn_inputs=_to_numpy([x for x, _, _ in per_layer]),
         params={k: _to_numpy(v) for k, v in params.items()},
-        config={
-            "mode": "pretrained",
-            "weights": str(ckpt.source),
-            "n_heads": cfg.n_head,
-            "d_model": cfg.n_embd,
-            "head_dim": cfg.head_dim,
-            "context_length": cfg.n_positions,
-            "n_layers": cfg.n_layer,
-            "qkv_bias": True,
-            "layers": layers,
-        },
+        config={**ckpt.describe(), "layers": layers},
         raw_tokens=token_bytes(token_ids),
     )

@@ -67,6 +67,15 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]  # keys without the "transformer." prefix, float32
     source: Path
 
+    def describe(self) -> dict:
+        """The configuration in attnviz's terms, as shown by ``info`` and in results."""
+        cfg = self.config
+        return {"mode": "pretrained", "weights": str(self.source), "n_layers": cfg.n_layer,
+                "n_heads": cfg.n_head, "d_model": cfg.n_embd, "head_dim": cfg.head_dim,
+                "context_length": cfg.n_positions, "vocab_size": cfg.vocab_size,
+                "mlp_width": cfg.n_inner, "qkv_bias": True,
+                "parameters": sum(t.numel() for t in self.tensors.values())}
+
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Parse a .safetensors file (8-byte header size, JSON header, raw little-endian data)."""

@@ -520,20 +520,11 @@ def info(
     if weights is None:
         from attnviz.model import RandomModel
 
-        model = RandomModel(config, mask_length=1)
-        model_info = {"mode": "random", **config.as_dict(),
-                      "attention_parameters": model.attention_parameters,
-                      "embedding_parameters": model.embedding_parameters}
+        model_info = RandomModel(config, mask_length=1).describe()
     else:
         from attnviz import checkpoint
 
-        ckpt = checkpoint.load(weights)
-        cfg = ckpt.config
-        model_info = {"mode": "pretrained", "weights": str(ckpt.source), "n_layers": cfg.n_layer,
-                      "n_heads": cfg.n_head, "d_model": cfg.n_embd, "head_dim": cfg.head_dim,
-                      "context_length": cfg.n_positions, "vocab_size": cfg.vocab_size,
-                      "mlp_width": cfg.n_inner,
-                      "parameters": sum(t.numel() for t in ckpt.tensors.values())}
+        model_info = checkpoint.load(weights).describe()
     document = {
         "config": model_info,
         "versions": {name: version(name) for name in ("attnviz", "torch", "tiktoken",

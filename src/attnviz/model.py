@@ -52,6 +52,12 @@ class RandomModel:
     def attention_parameters(self) -> int:
         return sum(p.numel() for p in self.fused.parameters())
 
+    def describe(self) -> dict:
+        """The configuration and parameter counts, as shown by ``info`` and in results."""
+        return {"mode": "random", **self.config.as_dict(),
+                "attention_parameters": self.attention_parameters,
+                "embedding_parameters": self.embedding_parameters}
+
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """``(T, d_model)``: token embedding + position embedding."""
         d, seed = self.config.d_model, self.config.seed
