@@ -29,6 +29,7 @@ from typer.core import TyperGroup
 from attnviz import __version__
 from attnviz.config import ModelConfig
 from attnviz.errors import AttnvizError, InputError
+from attnviz.inputs import read_text
 
 _debug = {"on": False}  # set per invocation by _Group.main and --debug
 
@@ -36,6 +37,25 @@ _debug = {"on": False}  # set per invocation by _Group.main and --debug
 def _error(message: str) -> None:
     sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM behaves like Ctrl-C: temporaries are removed, exit
+    code 130. The previous handler comes back afterwards (for in-process callers)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Group(TyperGroup):
@@ -67,7 +87,8 @@ class _Group(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _debug["on"] = bool(os.environ.get("ATTNVIZ_DEBUG"))  # --debug may turn it on
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _sigterm_as_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except NoArgsIsHelpError as exc:  # bare `attnviz`: the help, as a success
             sys.stdout.write(exc.format_message() + "\n")
             code = 0
@@ -185,17 +206,6 @@ DebugOpt = Annotated[
 ]
 
 
-def _install_sigterm() -> None:
-    """SIGTERM behaves like Ctrl-C: temporaries are removed, exit code 130."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    if hasattr(signal, "SIGTERM"):
-        with contextlib.suppress(ValueError):  # not the main thread (e.g. some test runners)
-            signal.signal(signal.SIGTERM, handler)
-
-
 # The random-mode model options, shared by every command that runs the model: a command
 # declares `config: ModelOptions = None` and @model_options puts the six options in its
 # place and hands it the validated ModelConfig.
@@ -271,9 +281,8 @@ def heatmap(
     """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png)."""
     from attnviz.output import Output
 
-    _install_sigterm()
     output = Output("json" if as_json else "table", quiet)
-    source = _read(text, file)
+    source = read_text(text, file)
     from attnviz import plot
 
     plot.check_cmap(cmap)
@@ -293,12 +302,6 @@ def heatmap(
         return
     output.table(rows, ["file", "layer", "head"], title=f"Wrote {len(rows)} PNGs to {out}")
     output.mapping(_config_summary(result.config), title="Model")
-
-
-def _read(text, file) -> str:
-    from attnviz.inputs import read_text
-
-    return read_text(text, file)
 
 
 def _config_summary(config: dict) -> dict:
@@ -322,7 +325,7 @@ def tokens(
     from attnviz.tokenizer import encode, token_bytes
 
     output = Output(fmt, quiet)
-    token_ids = encode(_read(text, file), allow_special=allow_special)
+    token_ids = encode(read_text(text, file), allow_special=allow_special)
     records = token_records(token_ids, token_bytes(token_ids))
     output.emit({"tokens": records}, records, ["position", "id", "label", "bytes"]
                 if fmt == "table" else ["position", "id", "text", "label", "bytes"],
@@ -374,13 +377,12 @@ def compare_heads(
     from attnviz.output import Output
     from attnviz.stats import COLUMNS
 
-    _install_sigterm()
     output = Output(fmt, quiet)
     columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
     if sort_by is not None and sort_by not in columns:
         raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
                          f"{', '.join(columns)}")
-    source = _read(text, file)
+    source = read_text(text, file)
     if plot_path or similarity_plot:
         from attnviz import plot
 
@@ -475,9 +477,8 @@ def export(
     from attnviz.fileio import atomic_write
     from attnviz.output import Output
 
-    _install_sigterm()
     output = Output("table", quiet)
-    source = _read(text, file)
+    source = read_text(text, file)
     _check_file_target(output_path, "--output")
     from attnviz.analysis import analyze
 
