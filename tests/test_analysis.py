@@ -104,6 +104,8 @@ def test_wrapper_impl_gives_the_same_weights():
         ({"d_model": -4}, "--d-model must be a positive"),
         ({"context_length": 0}, "--context-length"),
         ({"impl": "turbo"}, "--impl"),
+        ({"seed": -1}, "--seed"),
+        ({"seed": 2**64}, "--seed"),
     ],
 )
 def test_config_validation(kwargs, message):

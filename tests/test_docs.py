@@ -63,3 +63,12 @@ def test_benchmark_script_runs_at_tiny_sizes():
     for row in rows[1:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert re.search(r"\d", cells[1]) and re.search(r"\d", cells[2]) and cells[5] in ("yes", "**no**")
+
+
+def test_module_docstring_examples():
+    import doctest
+
+    import attnviz.analysis
+
+    failures, tried = doctest.testmod(attnviz.analysis)
+    assert tried >= 3 and failures == 0

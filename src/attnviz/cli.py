@@ -157,7 +157,9 @@ DModelOpt = Annotated[int, typer.Option("--d-model", min=1, help="Embedding widt
 ContextOpt = Annotated[
     int, typer.Option("--context-length", min=1, help="Longest text, in tokens.")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Seed of the random weights.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random weights.")
+]
 QkvBiasOpt = Annotated[
     bool, typer.Option("--qkv-bias/--no-qkv-bias", help="Biases in the query/key/value projections.")
 ]

@@ -39,6 +39,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"{flag} must be a positive integer, got {value}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be an integer from 0 to 2**63 - 1, got {self.seed}")
         if self.d_model % self.n_heads != 0:
             raise InputError(
                 f"--heads {self.n_heads} does not divide --d-model {self.d_model}: "
