@@ -226,3 +226,11 @@ def test_weights_errors_on_the_command_line(cli, tmp_path):
     result = cli("heatmap", SHORT_TEXT, "--weights", tmp_path / "missing", "--out", tmp_path / "o")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("Error: --weights") and len(result.stderr.splitlines()) == 1
+
+
+def test_random_mode_sizes_are_ignored_with_a_warning(cli, hf_checkpoint):
+    result = cli("compare-heads", SHORT_TEXT, "--weights", hf_checkpoint, "--heads", 3,
+                 "--d-model", 30, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert "Warning: --heads, --d-model ignored" in result.stderr
+    assert len(json.loads(result.stdout)["heads"]) == 4  # the checkpoint's heads

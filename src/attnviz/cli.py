@@ -234,6 +234,10 @@ def model_options(command):
     @functools.wraps(command)
     def wrapper(**kwargs):
         sizes = {p.name: kwargs.pop(p.name) for p in _MODEL_OPTIONS}
+        changed = [p.name for p in _MODEL_OPTIONS if sizes[p.name] != p.default and p.name != "seed"]
+        if kwargs.get("weights") and changed and not kwargs.get("quiet"):
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")
         kwargs["config"] = ModelConfig(
             n_heads=sizes["heads"], d_model=sizes["d_model"], context_length=sizes["context_length"],
             seed=sizes["seed"], qkv_bias=sizes["qkv_bias"], impl=sizes["impl"],
