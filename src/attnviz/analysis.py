@@ -183,7 +183,7 @@ def _to_numpy(tensors) -> np.ndarray:
 
 
 def _analyze_random(token_ids: list[int], config: ModelConfig, layer, heads) -> AttentionResult:
-    from attnviz.model import RandomModel
+    from attnviz.model import RandomModel, projections_of
 
     layers = parse_layers(layer, 1)
     check_heads(heads, config.n_heads)
@@ -196,7 +196,7 @@ def _analyze_random(token_ids: list[int], config: ModelConfig, layer, heads) -> 
         weights=_to_numpy([weights]),
         layers=layers,
         attn_inputs=_to_numpy([attn_input]),
-        params={k: _to_numpy([v]) for k, v in model.projections().items()},
+        params={k: _to_numpy([v]) for k, v in projections_of(model.fused).items()},
         config={**model.describe(), "layers": layers},
         raw_tokens=token_bytes(token_ids),
     )

@@ -72,12 +72,9 @@ class RandomModel:
         _, weights = self.attention(x.unsqueeze(0), return_weights=True)
         return x, weights[0]
 
-    def projections(self) -> dict[str, torch.Tensor]:
-        """``W_query``/``W_key``/``W_value`` as ``(d_out, d_in)`` (and ``b_*`` when biased)."""
-        return projections_of(self.fused)
-
 
 def projections_of(mha: MultiHeadAttention) -> dict[str, torch.Tensor]:
+    """``W_query``/``W_key``/``W_value`` as ``(d_out, d_in)`` (and ``b_*`` when biased)."""
     out = {}
     for name in ("query", "key", "value"):
         linear = getattr(mha, f"W_{name}")

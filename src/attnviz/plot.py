@@ -62,6 +62,15 @@ def check_dpi(dpi: int) -> None:
         raise InputError(f"--dpi {dpi} is outside the sensible range {lo}-{hi}")
 
 
+def new_figure(width: float, height: float, dpi: int) -> tuple[Figure, FigureCanvasAgg]:
+    """A headless figure of ``width`` x ``height`` inches, refusing absurd sizes."""
+    check_dpi(dpi)
+    if width * height * dpi**2 > MAX_PIXELS:
+        raise InputError(f"the image would be {width * dpi:.0f} x {height * dpi:.0f} pixels; lower --dpi")
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    return fig, FigureCanvasAgg(fig)
+
+
 def make_norm(scale: str) -> Normalize:
     """Weights are probabilities: one fixed 0..1 scale for every head, so heads compare.
     ``sqrt`` spreads the small weights of long texts over more of the colormap."""
@@ -160,13 +169,7 @@ class HeatmapFigure:
         right, top = 0.8, 0.45
         width = left + n_panels * side + (n_panels - 1) * gap + cbar_pad + cbar_w + right
         height = bottom + side + top
-        check_dpi(dpi)
-        if width * height * dpi**2 > MAX_PIXELS:
-            raise InputError(
-                f"the image would be {width * dpi:.0f} x {height * dpi:.0f} pixels; lower --dpi"
-            )
-        self.fig = Figure(figsize=(width, height), dpi=dpi)
-        self.canvas = FigureCanvasAgg(self.fig)
+        self.fig, self.canvas = new_figure(width, height, dpi)
         self.colormap = check_cmap(cmap).with_extremes(bad=MASKED_COLOR)
         self.norm = make_norm(scale)
         self.axes, self.titles = [], []
@@ -367,11 +370,7 @@ def save_grid(
     left = 0.9 if row_names else 0.25
     top = 0.55 + (0.3 if col_names else 0) + (0.2 if tile_titles else 0)
     width, height = left + cols * tile_in + 1.0, top + rows * tile_in + 0.3
-    check_dpi(dpi)
-    if width * height * dpi**2 > MAX_PIXELS:
-        raise InputError(f"the grid would be {width * dpi:.0f} x {height * dpi:.0f} pixels; lower --dpi")
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
+    fig, canvas = new_figure(width, height, dpi)
     ax = fig.add_axes((left / width, 0.3 / height, cols * tile_in / width, rows * tile_in / height))
     ax.imshow(mosaic, interpolation="antialiased" if cell > 64 else "nearest", aspect="auto")
     step = cell + gap
@@ -406,9 +405,7 @@ def save_similarity(path: Path, js: np.ndarray, title: str, dpi: int = 100) -> P
     """The ``(H, H)`` Jensen-Shannon matrix as an annotated heatmap (0 = same pattern)."""
     n = js.shape[0]
     side = min(max(n * 0.45, 3.5), 10.0)
-    check_dpi(dpi)
-    fig = Figure(figsize=(side + 1.8, side + 1.2), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
+    fig, canvas = new_figure(side + 1.8, side + 1.2, dpi)
     ax = fig.add_axes((0.9 / (side + 1.8), 0.7 / (side + 1.2), side / (side + 1.8),
                        side / (side + 1.2)))
     image = ax.imshow(js, cmap="magma_r", vmin=0.0, vmax=max(float(js.max()), 1e-6),
