@@ -1,0 +1,134 @@
+"""The Typer app and its one error handler: every failure becomes one ``Error:`` line on
+stderr and the right exit code (2 bad usage or input, 1 a failure while running, 130
+interrupted, 0 for a closed pipe)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+from typer._click.exceptions import (  # Typer >= 0.29 vendors click
+    ClickException,
+    NoArgsIsHelpError,
+    UsageError,
+)
+from typer.core import TyperGroup
+
+from attnviz import __version__
+from attnviz.errors import AttnvizError
+
+_debug = {"on": False}  # set per invocation by _Group.main and --debug
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a command runs, SIGTERM behaves like Ctrl-C: temporaries are removed, exit
+    code 130. The previous handler comes back afterwards (for in-process callers)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Group(TyperGroup):
+    """Turns every failure into one ``Error:`` line and the right exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ClickException, typer.Exit, typer.Abort):
+            raise
+        except AttnvizError as exc:
+            if _debug["on"]:
+                traceback.print_exc()
+            _error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _error("interrupted; no partial files were left behind")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # e.g. `attnviz tokens ... | head`
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+            raise typer.Exit(0) from None
+        except Exception as exc:
+            if _debug["on"]:
+                traceback.print_exc()
+            _error(f"unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug "
+                   "for the traceback, and please report it)")
+            raise typer.Exit(1) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _debug["on"] = bool(os.environ.get("ATTNVIZ_DEBUG"))  # --debug may turn it on
+        try:
+            with _sigterm_as_interrupt():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:  # bare `attnviz`: the help, as a success
+            sys.stdout.write(exc.format_message() + "\n")
+            code = 0
+        except ClickException as exc:  # usage errors: one line, not a boxed panel
+            hint = ""
+            if isinstance(exc, UsageError) and exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            _error(exc.format_message().replace("Value error, ", "") + hint)
+            code = exc.exit_code
+        except typer.Abort:
+            _error("interrupted")
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="attnviz",
+    help="See what the heads of GPT-2 style causal self-attention attend to: per-head "
+    "heatmap PNGs, head statistics, and JSON/CSV for scripts. Runs offline.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=True,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnviz {__version__}")
+        raise typer.Exit()
+
+
+def set_debug(value: bool) -> None:
+    if value:
+        _debug["on"] = True
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True,
+                     help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """See what the heads of GPT-2 style causal self-attention attend to."""
+

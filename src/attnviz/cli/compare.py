@@ -1,0 +1,143 @@
+"""`attnviz compare-heads`: one row of statistics per head, similarity, side-by-side plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    CmapOpt,
+    DebugOpt,
+    DpiOpt,
+    FileOpt,
+    FormatOpt,
+    HeadOpt,
+    LayerOpt,
+    ModelOptions,
+    QuietOpt,
+    ScaleOpt,
+    TextArg,
+    WeightsOpt,
+    check_file_target,
+    model_options,
+)
+from attnviz.errors import InputError
+from attnviz.inputs import read_text
+
+
+@app.command("compare-heads")
+@model_options
+def compare_heads(
+    text: TextArg = None,
+    file: FileOpt = None,
+    sort_by: Annotated[str | None, typer.Option("--sort-by", help="Column to sort by: head, "
+                       "layer, entropy, normalized_entropy, max_weight, self, previous_token, "
+                       "first_token, mean_distance (or induction). Default: layer, head.",
+                       show_default=False)] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Sort in descending order.")] = False,
+    similarity: Annotated[bool, typer.Option("--similarity", help="Add the head x head "
+                          "Jensen-Shannon divergence matrix.")] = False,
+    induction: Annotated[bool, typer.Option("--induction", help="Add each head's induction "
+                         "score (meaningful with --weights).")] = False,
+    plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the --head heads "
+                         "(default 0 and 1) side by side to this PNG.", show_default=False)] = None,
+    similarity_plot: Annotated[Path | None, typer.Option("--similarity-plot", help="Write "
+                               "the similarity matrix to this PNG.", show_default=False)] = None,
+    head: HeadOpt = None,
+    cmap: CmapOpt = "viridis",
+    dpi: DpiOpt = 100,
+    scale: ScaleOpt = "sqrt",
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "0",
+    allow_special: AllowSpecialOpt = False,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare the heads: entropy, focus, self / previous / first-token attention, distance."""
+    from attnviz.output import Output
+    from attnviz.stats import COLUMNS
+
+    output = Output(fmt, quiet)
+    columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
+    if sort_by is not None and sort_by not in columns:
+        raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
+                         f"{', '.join(columns)}")
+    source = read_text(text, file)
+    if plot_path or similarity_plot:
+        from attnviz import plot
+
+        plot.check_cmap(cmap)
+        plot.check_dpi(dpi)
+        for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
+            if path:
+                check_file_target(path, option)
+    from attnviz.analysis import analyze, induction_scores
+    from attnviz.output import sort_rows
+    from attnviz.stats import head_rows
+    from attnviz.stats import similarity as js_matrix
+
+    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
+                     heads=head)
+    plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
+    rows = head_rows(result.weights, result.layers)
+    if induction:
+        output.message("Scoring induction on a repeated random sequence…")
+        scores = induction_scores(config, weights=weights, layer=layer, seed=config.seed)
+        for row, score in zip(rows, scores.reshape(-1)):
+            row["induction"] = float(score)
+    rows = sort_rows(rows, sort_by, desc)
+    document = {"heads": rows, "tokens": result.tokens(), "config": result.config}
+    matrices = [js_matrix(w) for w in result.weights] if similarity or similarity_plot else []
+    if similarity:
+        document["similarity"] = matrices[0] if len(matrices) == 1 else matrices
+    files = []
+    if plot_path:
+        from attnviz import plot
+
+        figure = plot.HeatmapFigure(result.token_labels, len(plot_heads), cmap, dpi, scale)
+        where = f"layer {result.layers[0]}, " if result.config["mode"] == "pretrained" else ""
+        figure.save(plot_path, [result.weights[0, h] for h in plot_heads],
+                    [f"{where}head {h}" for h in plot_heads])
+        files.append(str(plot_path))
+    if similarity_plot:
+        from attnviz import plot
+
+        plot.save_similarity(similarity_plot, matrices[0],
+                             f"Head similarity (JS divergence), layer {result.layers[0]}", dpi)
+        files.append(str(similarity_plot))
+    if files:
+        document["files"] = files
+    shown = columns if len(result.layers) > 1 or result.config["mode"] == "pretrained" else columns[1:]
+    if fmt == "csv" and similarity:
+        shown = shown + [f"js_{h}" for h in range(result.n_heads)]
+        for row in rows:
+            matrix = matrices[result.layers.index(row["layer"])]
+            row.update({f"js_{g}": float(matrix[row["head"], g]) for g in range(result.n_heads)})
+    styles = {}
+    if fmt == "table":
+        focused = min(range(len(rows)), key=lambda i: rows[i]["entropy"])
+        broadest = max(range(len(rows)), key=lambda i: rows[i]["entropy"])
+        styles = {focused: "bold green", broadest: "yellow"}
+    output.emit(document, rows, shown, title=f"Head statistics, {result.n_tokens} tokens", styles=styles)
+    if fmt != "table":
+        return
+    name = lambda r: (f"layer {r['layer']} " if len(result.layers) > 1 else "") + f"head {r['head']}"  # noqa: E731
+    output.stdout.print(f"most focused: {name(rows[focused])} (lowest entropy, "
+                        f"{rows[focused]['entropy']:.3f} nats); broadest: {name(rows[broadest])} "
+                        f"({rows[broadest]['entropy']:.3f} nats)", markup=False)
+    if similarity:
+        for layer_index, matrix in zip(result.layers, matrices):
+            sim_rows = [{"head": h, **{str(g): float(matrix[h, g]) for g in range(len(matrix))}}
+                        for h in range(len(matrix))]
+            output.table(sim_rows, ["head", *map(str, range(len(matrix)))],
+                         title=f"Jensen-Shannon divergence between heads (bits), layer {layer_index}")
+    for f in files:
+        output.message(f"Wrote {f}")
+
+

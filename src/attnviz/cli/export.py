@@ -1,0 +1,115 @@
+"""`attnviz export` (.npz arrays) and `attnviz info` (configuration and versions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    DebugOpt,
+    FileOpt,
+    FormatOpt,
+    LayerOpt,
+    ModelOptions,
+    QuietOpt,
+    TextArg,
+    WeightsOpt,
+    check_file_target,
+    model_options,
+)
+from attnviz.inputs import read_text
+
+
+@app.command()
+@model_options
+def export(
+    text: TextArg = None,
+    file: FileOpt = None,
+    output_path: Annotated[Path, typer.Option("--output", "-o", help="The .npz file to write.",
+                           show_default=False)] = ...,
+    include_params: Annotated[bool, typer.Option("--include-params", help="Also export the "
+                              "attention input and the query/key/value weights.")] = False,
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "0",
+    allow_special: AllowSpecialOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Save the attention weights (and optionally the inputs and parameters) as .npz."""
+    import numpy as np
+
+    from attnviz.fileio import atomic_write
+    from attnviz.output import Output
+
+    output = Output("table", quiet)
+    source = read_text(text, file)
+    check_file_target(output_path, "--output")
+    from attnviz.analysis import analyze
+
+    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special)
+    single = str(layer).strip().lower() != "all"
+    pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
+    arrays = {
+        "weights": pick(result.weights).astype(np.float32),
+        "token_ids": np.asarray(result.token_ids, dtype=np.int64),
+        "tokens": np.asarray([t["text"] for t in result.tokens()], dtype=str),
+        "layers": np.asarray(result.layers, dtype=np.int64),
+    }
+    if include_params:
+        arrays["attn_input"] = pick(result.attn_inputs)
+        arrays.update({name: pick(value) for name, value in result.params.items()})
+    with atomic_write(output_path) as f:
+        np.savez(f, **arrays)
+    rows = [{"array": k, "shape": "x".join(map(str, v.shape)) or "scalar", "dtype": str(v.dtype)}
+            for k, v in arrays.items()]
+    output.table(rows, ["array", "shape", "dtype"], title=f"Wrote {output_path}")
+
+
+
+@app.command()
+@model_options
+def info(
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show the model configuration, parameter counts, versions and tokenizer data."""
+    import platform
+    from importlib.metadata import version
+
+    from attnviz import tokenizer
+    from attnviz.output import Output
+
+    output = Output(fmt, quiet)
+    if weights is None:
+        from attnviz.model import RandomModel
+
+        model_info = RandomModel(config, mask_length=1).describe()
+    else:
+        from attnviz import checkpoint
+
+        model_info = checkpoint.load(weights).describe()
+    document = {
+        "config": model_info,
+        "versions": {name: version(name) for name in ("attnviz", "torch", "tiktoken",
+                                                       "matplotlib", "typer", "rich", "numpy")}
+        | {"python": platform.python_version()},
+        "tokenizer": {"data": str(tokenizer.bpe_data_dir()),
+                      "cache": str(tokenizer.cache_file())},
+    }
+    rows = [{"key": f"{section}.{k}" if fmt == "csv" else k, "value": v}
+            for section, values in document.items() for k, v in values.items()]
+    if fmt == "table":
+        for section, values in document.items():
+            output.mapping(values, title=section.capitalize())
+    else:
+        output.emit(document, rows, ["key", "value"])
+
+

@@ -1,0 +1,104 @@
+"""`attnviz heatmap` and `attnviz tokens`: pictures of the heads, and the tokenization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    CmapOpt,
+    DebugOpt,
+    DpiOpt,
+    FileOpt,
+    FormatOpt,
+    HeadOpt,
+    LayerOpt,
+    ModelOptions,
+    QuietOpt,
+    ScaleOpt,
+    TextArg,
+    WeightsOpt,
+    check_out_dir,
+    model_options,
+)
+from attnviz.inputs import read_text
+
+
+@app.command()
+@model_options
+def heatmap(
+    text: TextArg = None,
+    file: FileOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = Path(
+        "attnviz-out"
+    ),
+    head: HeadOpt = None,
+    cmap: CmapOpt = "viridis",
+    dpi: DpiOpt = 100,
+    scale: ScaleOpt = "sqrt",
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = "0",
+    allow_special: AllowSpecialOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png)."""
+    from attnviz.output import Output
+
+    output = Output("json" if as_json else "table", quiet)
+    source = read_text(text, file)
+    from attnviz import plot
+
+    plot.check_cmap(cmap)
+    plot.check_dpi(dpi)
+    check_out_dir(out)
+    from attnviz.analysis import analyze
+
+    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
+                     heads=head)
+    output.message(f"Drawing {result.n_tokens} tokens × {result.n_heads} heads…")
+    files = plot.write_heatmaps(result, out, heads=head, cmap=cmap, dpi=dpi, scale=scale)
+    rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
+    document = {"files": [r["file"] for r in rows], "tokens": result.tokens(),
+                "config": result.config}
+    if as_json:
+        output.json(document)
+        return
+    output.table(rows, ["file", "layer", "head"], title=f"Wrote {len(rows)} PNGs to {out}")
+    output.mapping(_config_summary(result.config), title="Model")
+
+
+def _config_summary(config: dict) -> dict:
+    keys = ("mode", "weights", "n_heads", "d_model", "head_dim", "context_length", "seed",
+            "qkv_bias", "impl", "layers")
+    return {k: config[k] for k in keys if k in config}
+
+
+@app.command()
+def tokens(
+    text: TextArg = None,
+    file: FileOpt = None,
+    allow_special: AllowSpecialOpt = False,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show the GPT-2 tokenization: position, id, text (visible whitespace), bytes."""
+    from attnviz.analysis import token_records
+    from attnviz.output import Output
+    from attnviz.tokenizer import encode, token_bytes
+
+    output = Output(fmt, quiet)
+    token_ids = encode(read_text(text, file), allow_special=allow_special)
+    records = token_records(token_ids, token_bytes(token_ids))
+    output.emit({"tokens": records}, records, ["position", "id", "label", "bytes"]
+                if fmt == "table" else ["position", "id", "text", "label", "bytes"],
+                title=f"{len(records)} GPT-2 tokens")
+
+
