@@ -46,7 +46,7 @@ BAD_HEATMAP = [
      r"--head 12 is out of range: the model has 12 heads \(0-11\)"),
     (["heatmap", SHORT_TEXT, "--head", "-1"], 2, "--head"),
     (["heatmap", SHORT_TEXT, "--layer", "1"], 2, r"--layer 1 is out of range"),
-    (["heatmap", SHORT_TEXT, "--layer", "two"], 2, "--layer must be a layer number or 'all'"),
+    (["heatmap", SHORT_TEXT, "--layer", "two"], 2, "--layer must be a layer number"),
     (["heatmap", SHORT_TEXT, "--cmap", "virdis"], 2, "unknown colormap 'virdis'; did you mean viridis"),
     (["heatmap", SHORT_TEXT, "--dpi", "5000"], 2, "--dpi 5000 is outside"),
     (["heatmap", SHORT_TEXT, "--dpi", "0"], 2, "--dpi 0 is outside"),

@@ -9,13 +9,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+import transformers  # a test extra; CI installs it
 from helpers import SHORT_TEXT, make_hf_checkpoint
 
 from attnviz import checkpoint
 from attnviz.analysis import analyze, analyze_ids
 from attnviz.errors import InputError
-
-transformers = pytest.importorskip("transformers")  # a test extra; CI installs it
 
 TEXT = "The cat sat on the mat. The cat sat on the mat again, and again."
 
@@ -67,19 +66,30 @@ def test_single_safetensors_file_without_config(tmp_path):
     assert result.config["n_heads"] == 2
 
 
-def test_bare_name_is_found_in_the_local_hf_cache(tmp_path, monkeypatch, hf_checkpoint):
+def test_bare_name_is_found_in_a_cache_transformers_filled(tmp_path, hf_checkpoint):
+    """The standard cache layout (models--gpt2/refs/main -> snapshots/<commit>), as
+    transformers leaves it: found offline, without a server."""
+    import subprocess
+    import sys
+
     snapshot = tmp_path / "hub" / "models--gpt2" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     for name in ("config.json", "model.safetensors"):
         (snapshot / name).write_bytes((hf_checkpoint / name).read_bytes())
     (tmp_path / "hub" / "models--gpt2" / "refs").mkdir()
     (tmp_path / "hub" / "models--gpt2" / "refs" / "main").write_text("abc123")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.chdir(tmp_path)
-    assert checkpoint.resolve("gpt2")[0] == snapshot / "model.safetensors"
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(InputError, match="no local Hugging Face cache.*docs/pretrained.md"):
-        checkpoint.resolve("gpt2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+
+    def info(cache):
+        return subprocess.run([sys.executable, "-m", "attnviz", "info", "--weights", "gpt2",
+                               "--offline", "--format", "json"], capture_output=True, text=True,
+                              cwd=tmp_path, env={**env, "HF_HUB_CACHE": str(cache)})
+
+    found = info(tmp_path / "hub")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["config"]["weights"] == str(snapshot / "model.safetensors")
+    missing = info(tmp_path / "empty")
+    assert missing.returncode == 2 and "not in the local Hugging Face cache" in missing.stderr
 
 
 def test_induction_heads_are_scored(hf_checkpoint):
@@ -232,5 +242,8 @@ def test_random_mode_sizes_are_ignored_with_a_warning(cli, hf_checkpoint):
     result = cli("compare-heads", SHORT_TEXT, "--weights", hf_checkpoint, "--heads", 3,
                  "--d-model", 30, "--format", "json")
     assert result.exit_code == 0, result.stderr
-    assert "Warning: --heads, --d-model ignored" in result.stderr
+    assert "Warning: --d-model ignored" in result.stderr
+    assert "Warning: --heads 3 ignored: config.json says n_head=4" in result.stderr
     assert len(json.loads(result.stdout)["heads"]) == 4  # the checkpoint's heads
+    quiet = cli("compare-heads", SHORT_TEXT, "--weights", hf_checkpoint, "--heads", 3, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""

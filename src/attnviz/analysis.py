@@ -36,6 +36,7 @@ class AttentionResult:
     params: dict[str, np.ndarray]
     config: dict
     raw_tokens: list[bytes] = field(repr=False, default_factory=list)
+    scales: list[float] = field(default_factory=list)  # per layer: what Q·Kᵀ was multiplied by
 
     @property
     def n_tokens(self) -> int:
@@ -67,20 +68,34 @@ def token_records(token_ids: list[int], raw_tokens: list[bytes]) -> list[dict]:
     ]
 
 
-def parse_layers(layer: str | int, n_layers: int) -> list[int]:
-    """``"all"`` -> every layer; ``"5"``/``5`` -> ``[5]``, checked against ``n_layers``."""
-    if str(layer).strip().lower() == "all":
+def parse_layers(layer: str | int | list, n_layers: int) -> list[int]:
+    """``"all"`` -> every layer; ``"5"``/``5`` -> ``[5]``; ``"3,5"`` or ``["3", "5"]``
+    (a repeated ``--layer``) -> ``[3, 5]``; each checked against ``n_layers``."""
+    if layer is None or layer == []:
+        layer = 0
+    parts = [p.strip() for item in (layer if isinstance(layer, (list, tuple)) else [layer])
+             for p in str(item).split(",")]
+    if any(p.lower() == "all" for p in parts):
+        if len(parts) > 1:
+            raise InputError(f"--layer all cannot be combined with other layers, got "
+                             f"{','.join(parts)}")
         return list(range(n_layers))
-    try:
-        index = int(layer)
-    except ValueError:
-        raise InputError(f"--layer must be a layer number or 'all', got {layer!r}") from None
-    if not 0 <= index < n_layers:
-        what = "random mode has one layer (0)" if n_layers == 1 else (
-            f"the checkpoint has {n_layers} layers (0-{n_layers - 1})"
-        )
-        raise InputError(f"--layer {index} is out of range: {what}")
-    return [index]
+    layers = []
+    for part in parts:
+        try:
+            index = int(part)
+        except ValueError:
+            raise InputError(f"--layer must be a layer number, a list such as 3,5, or 'all'; "
+                             f"got {part!r}") from None
+        if not 0 <= index < n_layers:
+            what = "random mode has one layer (0)" if n_layers == 1 else (
+                f"the checkpoint has {n_layers} layers (0-{n_layers - 1})"
+            )
+            raise InputError(f"--layer {index} is out of range: {what}")
+        if index in layers:
+            raise InputError(f"--layer {index} is given twice")
+        layers.append(index)
+    return layers
 
 
 def available_memory() -> int:
@@ -129,12 +144,47 @@ def analyze(
 
     Random mode (``weights=None``): seeded embeddings + one freshly initialised
     attention layer configured by ``config`` (GPT-2 small by default). Pretrained mode:
-    ``weights`` is a GPT-2 checkpoint (see ``attnviz.checkpoint``); ``config``'s sizes
-    are ignored and ``layer`` picks a layer number or ``"all"``. ``heads``, when given,
-    is checked against the model's head count before any heavy work.
+    ``weights`` is a GPT-2 checkpoint or Hub repo id (see ``attnviz.checkpoint``);
+    ``config``'s sizes are ignored and ``layer`` picks a layer number, a list (``"3,5"``)
+    or ``"all"``. ``heads``, when given, is checked against the model's head count before
+    any heavy work.
     """
     return analyze_ids(encode(text, allow_special=allow_special), config, weights=weights,
                        layer=layer, heads=heads)
+
+
+def load_model(config: ModelConfig | None = None, weights: str | None = None):
+    """The model behind every command: ``RandomModel`` or ``GPT2`` (a checkpoint's header
+    only; blocks are read when run). Both have ``n_layers``, ``n_heads``,
+    ``context_length``, ``describe()``, ``attn_scale(layer)`` and
+    ``run(token_ids (B, T), layers) -> [(attn_input (B, T, d), weights (B, H, T, T), module)]``.
+    ``config.offline``/``progress`` steer a Hub download, ``config.device`` the forward pass."""
+    config = config or ModelConfig()
+    device = resolve_device(config.device)
+    if weights is None:
+        from attnviz.model import RandomModel
+
+        return RandomModel(config, device=device)
+    from attnviz import checkpoint
+    from attnviz.gpt2 import GPT2
+
+    n_heads = config.n_heads if "n_heads" in config.explicit else None
+    ckpt = checkpoint.load(weights, n_heads=n_heads, offline=config.offline,
+                           quiet=not config.progress)
+    return GPT2(ckpt, device=device)
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` (refused when there is none) or ``auto`` (cuda when available)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here (use cpu or auto)")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu, cuda or auto, got {device!r}")
+    return device
 
 
 def analyze_ids(
@@ -148,9 +198,38 @@ def analyze_ids(
     """``analyze`` for token ids that are already known."""
     if not token_ids:
         raise InputError("there are no tokens to analyse")
-    if weights is None:
-        return _analyze_random(token_ids, config or ModelConfig(), layer, heads)
-    return _analyze_pretrained(token_ids, weights, layer, heads)
+    model = load_model(config, weights)
+    return analyze_with(model, token_ids, layer, heads)
+
+
+def analyze_with(model, token_ids: list[int], layer: str | int = 0,
+                 heads: list[int] | None = None) -> AttentionResult:
+    """Run ``model`` (from ``load_model``) on one text and collect the chosen layers."""
+    import torch
+
+    from attnviz.model import projections_of
+
+    layers = parse_layers(layer, model.n_layers)
+    check_heads(heads, model.n_heads)
+    hint = " or raise --context-length" if model.describe()["mode"] == "random" else (
+        " (the checkpoint's n_positions)")
+    check_length(len(token_ids), model.context_length, hint)
+    check_fits(len(layers), model.n_heads, len(token_ids))
+    per_layer = model.run(torch.tensor([token_ids]), layers)
+    params: dict[str, list] = {}
+    for _, _, attn in per_layer:
+        for name, value in projections_of(attn).items():
+            params.setdefault(name, []).append(value)
+    return AttentionResult(
+        token_ids=token_ids,
+        weights=_to_numpy([w[0] for _, w, _ in per_layer]),
+        layers=layers,
+        attn_inputs=_to_numpy([x[0] for x, _, _ in per_layer]),
+        params={k: _to_numpy(v) for k, v in params.items()},
+        config={**model.describe(), "layers": layers},
+        raw_tokens=token_bytes(token_ids),
+        scales=[model.attn_scale(i) for i in layers],
+    )
 
 
 def induction_scores(
@@ -179,51 +258,4 @@ def check_heads(heads: list[int] | None, n_heads: int) -> None:
 
 
 def _to_numpy(tensors) -> np.ndarray:
-    return np.stack([t.detach().numpy() for t in tensors]).astype(np.float32, copy=False)
-
-
-def _analyze_random(token_ids: list[int], config: ModelConfig, layer, heads) -> AttentionResult:
-    from attnviz.model import RandomModel, projections_of
-
-    layers = parse_layers(layer, 1)
-    check_heads(heads, config.n_heads)
-    check_length(len(token_ids), config.context_length, " or raise --context-length")
-    check_fits(1, config.n_heads, len(token_ids))
-    model = RandomModel(config, mask_length=len(token_ids))
-    attn_input, weights = model.attention_weights(token_ids)
-    return AttentionResult(
-        token_ids=token_ids,
-        weights=_to_numpy([weights]),
-        layers=layers,
-        attn_inputs=_to_numpy([attn_input]),
-        params={k: _to_numpy([v]) for k, v in projections_of(model.fused).items()},
-        config={**model.describe(), "layers": layers},
-        raw_tokens=token_bytes(token_ids),
-    )
-
-
-def _analyze_pretrained(token_ids: list[int], weights: str, layer, heads) -> AttentionResult:
-    from attnviz import checkpoint
-    from attnviz.gpt2 import GPT2
-    from attnviz.model import projections_of
-
-    ckpt = checkpoint.load(weights)
-    cfg = ckpt.config
-    layers = parse_layers(layer, cfg.n_layer)
-    check_heads(heads, cfg.n_head)
-    check_length(len(token_ids), cfg.n_positions, " (the checkpoint's n_positions)")
-    check_fits(len(layers), cfg.n_head, len(token_ids))
-    per_layer = GPT2(ckpt, n_blocks=max(layers) + 1).run(token_ids, layers)
-    params: dict[str, list] = {}
-    for _, _, attn in per_layer:
-        for name, value in projections_of(attn).items():
-            params.setdefault(name, []).append(value)
-    return AttentionResult(
-        token_ids=token_ids,
-        weights=_to_numpy([w for _, w, _ in per_layer]),
-        layers=layers,
-        attn_inputs=_to_numpy([x for x, _, _ in per_layer]),
-        params={k: _to_numpy(v) for k, v in params.items()},
-        config={**ckpt.describe(), "layers": layers},
-        raw_tokens=token_bytes(token_ids),
-    )
+    return np.stack([t.detach().cpu().numpy() for t in tensors]).astype(np.float32, copy=False)

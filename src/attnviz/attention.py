@@ -143,6 +143,9 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("mask", _causal_mask(context_length), persistent=False)
+        # What the scores Q·Kᵀ are multiplied by: 1/√d_k, as in the book; GPT-2 variants
+        # may set another (scale_attn_weights=false, scale_attn_by_inverse_layer_idx).
+        self.scale = 1.0 / self.head_dim**0.5
 
     # Queries are processed in blocks of this many rows: a causal block of queries only
     # sees the keys up to its last row, so about half of the (T x T) scores are never
@@ -160,7 +163,7 @@ class MultiHeadAttention(nn.Module):
         keys = self.W_key(x).view(split).transpose(1, 2)
         values = self.W_value(x).view(split).transpose(1, 2)
         # Scale the queries, not the (T x T) scores: one fewer pass over the big matrix.
-        queries = queries / self.head_dim**0.5
+        queries = queries * self.scale
 
         attn_weights = x.new_zeros(b, self.num_heads, num_tokens, num_tokens)
         context_vec = x.new_empty(b, self.num_heads, num_tokens, self.head_dim)

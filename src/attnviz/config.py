@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 from attnviz.errors import InputError
 
 GPT2_VOCAB_SIZE = 50257
 IMPLEMENTATIONS = ("fused", "wrapper")
+# Random-mode sizes of the GPT-2 family: (heads, d_model, context_length).
+PRESETS = {
+    "gpt2": (12, 768, 1024),
+    "gpt2-medium": (16, 1024, 1024),
+    "gpt2-large": (20, 1280, 1024),
+    "gpt2-xl": (25, 1600, 1024),
+}
 # How each size is spelled on the command line, for error messages.
 _SIZE_FLAGS = {
     "n_heads": "--heads",
@@ -33,6 +40,15 @@ class ModelConfig:
     qkv_bias: bool = False
     impl: str = "fused"
     n_layers: int = 1  # random mode has one attention layer; checkpoints set their own
+    preset: str | None = None  # the --preset the sizes came from, if any
+    # The options the user gave explicitly (field names): they win over a preset, and
+    # --heads sets the head count of checkpoints that do not record it.
+    explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
+    # How to get and run the model, not what it is: Hub downloads (--offline, progress
+    # bars) and the device of the forward pass.
+    offline: bool = field(default=False, compare=False, repr=False)
+    progress: bool = field(default=False, compare=False, repr=False)
+    device: str = field(default="cpu", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, flag in _SIZE_FLAGS.items():
@@ -55,7 +71,27 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "head_dim": self.head_dim}
+        described = {**asdict(self), "head_dim": self.head_dim}
+        for run_option in ("explicit", "offline", "progress", "device"):
+            del described[run_option]
+        if self.preset is None:
+            del described["preset"]
+        return described
+
+    @classmethod
+    def from_options(cls, preset: str | None = None, explicit: frozenset = frozenset(),
+                     **sizes) -> ModelConfig:
+        """A config from command-line values: ``preset`` sets heads, d_model and context
+        length, except those in ``explicit`` (options the user typed)."""
+        if preset is not None:
+            if preset not in PRESETS:
+                raise InputError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+            for name, value in zip(("n_heads", "d_model", "context_length"), PRESETS[preset]):
+                if name not in explicit:
+                    sizes[name] = value
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in sizes.items() if k in known}, preset=preset,
+                   explicit=frozenset(explicit))
 
 
 def _nearest_divisor(n: int, near: int) -> int:

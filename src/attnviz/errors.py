@@ -13,3 +13,8 @@ class InputError(AttnvizError, ValueError):
     """Bad usage or bad input: text, options, paths, checkpoints (exit code 2)."""
 
     exit_code = 2
+
+
+class AttnvizWarning(UserWarning):
+    """Something the user should know about a result (an assumption, an ignored option);
+    the CLI shows it as one ``Warning:`` line on stderr unless --quiet."""

@@ -1,9 +1,9 @@
 """GPT-2's forward pass, just far enough to read the attention of the layers asked for.
 
 Token + position embeddings, then pre-LayerNorm blocks: ``x + attn(ln_1(x))``, then
-``x + mlp(ln_2(x))`` with a tanh-approximated GELU. Each block's attention is
-``attention.MultiHeadAttention`` with GPT-2's weights copied in, so random and real
-attention are drawn by the same code.
+``x + mlp(ln_2(x))``. Each block's attention is ``attention.MultiHeadAttention`` with the
+checkpoint's weights copied in, so random and real attention are drawn by the same code.
+Only the blocks up to the deepest layer asked for are read from the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,73 +12,103 @@ import torch
 from torch import nn
 
 from attnviz.attention import MultiHeadAttention
-from attnviz.checkpoint import Checkpoint, GPT2Config
+from attnviz.checkpoint import ACTIVATIONS, Checkpoint, GPT2Config, TensorSource
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, layer: int):
         super().__init__()
         d = config.n_embd
         self.ln_1 = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
-        self.attn = MultiHeadAttention(
-            d, d, config.n_positions, num_heads=config.n_head, qkv_bias=True
-        )
+        self.attn = MultiHeadAttention(d, d, config.n_positions, num_heads=config.n_head,
+                                       qkv_bias=config.qkv_bias)
+        self.attn.scale = config.attn_scale(layer)
         self.ln_2 = nn.LayerNorm(d, eps=config.layer_norm_epsilon)
         self.c_fc = nn.Linear(d, config.n_inner)
         self.c_proj = nn.Linear(config.n_inner, d)
+        self.activation = ACTIVATIONS[config.activation_function]
 
     def forward(self, x: torch.Tensor):
         """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``."""
         attn_input = self.ln_1(x)
         attn_out, weights = self.attn(attn_input, return_weights=True)
         x = x + attn_out
-        hidden = nn.functional.gelu(self.c_fc(self.ln_2(x)), approximate="tanh")
+        hidden = self.activation(self.c_fc(self.ln_2(x)))
         return x + self.c_proj(hidden), attn_input, weights
 
     @torch.no_grad()
-    def load_hf(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    def load_hf(self, tensors: TensorSource, prefix: str) -> None:
         """Copy Hugging Face block weights in; its Conv1D stores (in, out), Linear (out, in)."""
         d = self.ln_1.normalized_shape[0]
-        c_attn_w = tensors[prefix + "attn.c_attn.weight"]  # (d, 3d): q | k | v
-        c_attn_b = tensors[prefix + "attn.c_attn.bias"]  # (3d,)
+        c_attn_w = tensors.get(prefix + "attn.c_attn.weight")  # (d, 3d): q | k | v
+        c_attn_b = tensors.get(prefix + "attn.c_attn.bias") if self.attn.W_query.bias is not None else None
         for i, linear in enumerate((self.attn.W_query, self.attn.W_key, self.attn.W_value)):
             linear.weight.copy_(c_attn_w[:, i * d : (i + 1) * d].T)
-            linear.bias.copy_(c_attn_b[i * d : (i + 1) * d])
-        pairs = {
-            self.attn.out_proj: "attn.c_proj",
-            self.c_fc: "mlp.c_fc",
-            self.c_proj: "mlp.c_proj",
-        }
+            if c_attn_b is not None:
+                linear.bias.copy_(c_attn_b[i * d : (i + 1) * d])
+        pairs = {self.attn.out_proj: "attn.c_proj", self.c_fc: "mlp.c_fc", self.c_proj: "mlp.c_proj"}
         for linear, name in pairs.items():
-            linear.weight.copy_(tensors[prefix + name + ".weight"].T)
-            linear.bias.copy_(tensors[prefix + name + ".bias"])
+            linear.weight.copy_(tensors.get(prefix + name + ".weight").T)
+            linear.bias.copy_(tensors.get(prefix + name + ".bias"))
         for norm in ("ln_1", "ln_2"):
-            getattr(self, norm).weight.copy_(tensors[f"{prefix}{norm}.weight"])
-            getattr(self, norm).bias.copy_(tensors[f"{prefix}{norm}.bias"])
+            getattr(self, norm).weight.copy_(tensors.get(f"{prefix}{norm}.weight"))
+            getattr(self, norm).bias.copy_(tensors.get(f"{prefix}{norm}.bias"))
 
 
 class GPT2:
-    """The embeddings and the first ``n_blocks`` blocks of a GPT-2 checkpoint."""
+    """The embeddings and blocks of a GPT-2-family checkpoint. Blocks are read from the
+    checkpoint when first needed, and only up to the deepest layer asked for."""
 
-    def __init__(self, checkpoint: Checkpoint, n_blocks: int | None = None):
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu"):
+        self.checkpoint = checkpoint
         self.config = checkpoint.config
-        n_blocks = self.config.n_layer if n_blocks is None else n_blocks
-        self.wte = checkpoint.tensors["wte.weight"]  # (vocab, d)
-        self.wpe = checkpoint.tensors["wpe.weight"]  # (n_positions, d)
-        self.blocks = []
-        for i in range(n_blocks):
-            block = Block(self.config).eval()
-            block.load_hf(checkpoint.tensors, f"h.{i}.")
-            self.blocks.append(block)
+        self.device = torch.device(device)
+        self.blocks: list[Block] = []
 
-    @torch.no_grad()
-    def run(self, token_ids: list[int], layers: list[int]):
-        """For each layer in ``layers``: ``(attn_input (T, d), weights (nh, T, T), attn)``."""
-        ids = torch.tensor(token_ids)
-        x = (self.wte[ids] + self.wpe[: len(token_ids)]).unsqueeze(0)  # (1, T, d)
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layer
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.n_head
+
+    @property
+    def context_length(self) -> int:
+        return self.config.n_positions
+
+    def attn_scale(self, layer: int) -> float:
+        return self.config.attn_scale(layer)
+
+    def describe(self) -> dict:
+        return self.checkpoint.describe()
+
+    def load_blocks(self, n_blocks: int) -> None:
+        """Read blocks ``0 .. n_blocks - 1`` (those not read yet)."""
+        for i in range(len(self.blocks), n_blocks):
+            block = Block(self.config, i).eval()
+            block.load_hf(self.checkpoint.tensors, f"h.{i}.")
+            self.blocks.append(block.to(self.device))
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """``token_ids (B, T)`` -> ``(B, T, d)``: token + position embeddings, reading only
+        the rows of the tables that are used."""
+        tensors, (b, t) = self.checkpoint.tensors, token_ids.shape
+        flat = token_ids.reshape(-1).tolist()
+        tokens = tensors.rows("wte.weight", flat).reshape(b, t, -1)  # (B, T, d)
+        positions = tensors.rows("wpe.weight", list(range(t)))  # (T, d)
+        return (tokens + positions).to(self.device)
+
+    @torch.inference_mode()
+    def run(self, token_ids: torch.Tensor, layers: list[int]) -> list[tuple]:
+        """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
+        weights (B, nh, T, T), attention module)``. Rows of a batch may be right-padded:
+        the causal mask keeps every position blind to the padding after it."""
+        self.load_blocks(max(layers) + 1)
+        x = self.embed(token_ids)
         wanted, out = set(layers), {}
         for i, block in enumerate(self.blocks[: max(layers) + 1]):
             x, attn_input, weights = block(x)
             if i in wanted:
-                out[i] = (attn_input[0], weights[0], block.attn)
+                out[i] = (attn_input, weights, block.attn)
         return [out[i] for i in layers]

@@ -29,20 +29,41 @@ def seeded_rows(seed: int, table: int, rows: list[int], dim: int) -> torch.Tenso
 class RandomModel:
     """Token + position embeddings and a freshly initialised (untrained) attention layer."""
 
-    def __init__(self, config: ModelConfig, mask_length: int | None = None):
+    n_layers = 1
+
+    def __init__(self, config: ModelConfig, mask_length: int | None = None,
+                 device: str | torch.device = "cpu"):
         # The causal mask is a (length x length) buffer: size it for the text, not for a
-        # possibly huge --context-length. The weights do not depend on it.
+        # possibly huge --context-length (run() grows it when needed). The weights do not
+        # depend on it.
         self.config = config
+        self.device = torch.device(device)
+        self._build(mask_length or min(config.context_length, 1024))
+
+    def _build(self, mask_length: int) -> None:
+        config = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.fused = MultiHeadAttention(
                 config.d_model,
                 config.d_model,
-                mask_length or config.context_length,
+                mask_length,
                 num_heads=config.n_heads,
                 qkv_bias=config.qkv_bias,
             ).eval()
         self.attention = self.fused if config.impl == "fused" else wrapper_from_fused(self.fused)
+        self.attention.to(self.device)
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.n_heads
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
+
+    def attn_scale(self, layer: int) -> float:
+        return self.fused.scale
 
     @property
     def embedding_parameters(self) -> int:
@@ -65,12 +86,15 @@ class RandomModel:
         positions = seeded_rows(seed, _POSITION_TABLE, list(range(len(token_ids))), d)
         return tokens + positions
 
-    @torch.no_grad()
-    def attention_weights(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(attn_input (T, d_model), weights (num_heads, T, T))``."""
-        x = self.embed(token_ids)
-        _, weights = self.attention(x.unsqueeze(0), return_weights=True)
-        return x, weights[0]
+    @torch.inference_mode()
+    def run(self, token_ids: torch.Tensor, layers: list[int]) -> list[tuple]:
+        """``token_ids (B, T)`` -> ``[(attn_input (B, T, d), weights (B, nh, T, T), module)]``
+        for the one layer (0) random mode has."""
+        if token_ids.shape[1] > self.fused.mask.shape[0]:
+            self._build(token_ids.shape[1])
+        x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
+        _, weights = self.attention(x, return_weights=True)
+        return [(x, weights, self.fused) for _ in layers]
 
 
 def projections_of(mha: MultiHeadAttention) -> dict[str, torch.Tensor]:

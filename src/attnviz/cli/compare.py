@@ -53,7 +53,7 @@ def compare_heads(
     scale: ScaleOpt = "sqrt",
     config: ModelOptions = None,
     weights: WeightsOpt = None,
-    layer: LayerOpt = "0",
+    layer: LayerOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,

@@ -35,7 +35,7 @@ def export(
                               "attention input and the query/key/value weights.")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
-    layer: LayerOpt = "0",
+    layer: LayerOpt = None,
     allow_special: AllowSpecialOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -52,7 +52,7 @@ def export(
     from attnviz.analysis import analyze
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special)
-    single = str(layer).strip().lower() != "all"
+    single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all" for x in layer or [])
     pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
     arrays = {
         "weights": pick(result.weights).astype(np.float32),
@@ -88,14 +88,9 @@ def info(
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
-    if weights is None:
-        from attnviz.model import RandomModel
+    from attnviz.analysis import load_model
 
-        model_info = RandomModel(config, mask_length=1).describe()
-    else:
-        from attnviz import checkpoint
-
-        model_info = checkpoint.load(weights).describe()
+    model_info = load_model(config, weights).describe()
     document = {
         "config": model_info,
         "versions": {name: version(name) for name in ("attnviz", "torch", "tiktoken",

@@ -42,7 +42,7 @@ def heatmap(
     scale: ScaleOpt = "sqrt",
     config: ModelOptions = None,
     weights: WeightsOpt = None,
-    layer: LayerOpt = "0",
+    layer: LayerOpt = None,
     allow_special: AllowSpecialOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     quiet: QuietOpt = False,

@@ -7,14 +7,16 @@ import functools
 import inspect
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from typer._click.core import ParameterSource  # Typer >= 0.29 vendors click
 
 from attnviz.cli.app import set_debug
 from attnviz.config import ModelConfig
-from attnviz.errors import InputError
+from attnviz.errors import AttnvizWarning, InputError
 
 TextArg = Annotated[
     str | None,
@@ -43,12 +45,28 @@ ImplOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option("--weights", metavar="PATH", help="A GPT-2 checkpoint (HF folder, .safetensors file, or a "
-                 "model name in the local Hugging Face cache) instead of random weights.",
-                 show_default=False),
+    typer.Option("--weights", metavar="PATH|REPO", help="Real weights instead of random ones: a "
+                 "GPT-2 checkpoint folder, .safetensors file, the book's GPTModel .pth, or a "
+                 "Hugging Face repo id (gpt2, gpt2-medium, org/name@revision; downloaded once, "
+                 "then read from the cache).", show_default=False),
 ]
 LayerOpt = Annotated[
-    str, typer.Option("--layer", metavar="L|all", help="Layer to show (0-based), or 'all' (with --weights).")
+    list[str] | None,
+    typer.Option("--layer", metavar="L|L,M|all", help="Layer(s) to show (0-based): a number, a "
+                 "list (3,5 or a repeated --layer) or 'all'.  [default: 0]", show_default=False),
+]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", metavar="gpt2|gpt2-medium|gpt2-large|gpt2-xl",
+                 help="Random-mode sizes of a GPT-2 model (heads, d_model, context); explicit "
+                 "options win.", show_default=False),
+]
+OfflineOpt = Annotated[
+    bool, typer.Option("--offline", help="Never use the network: a repo id must be in the local "
+                       "Hugging Face cache (also HF_HUB_OFFLINE=1).")
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", metavar="cpu|cuda|auto", help="Where the forward pass runs.")
 ]
 AllowSpecialOpt = Annotated[
     bool, typer.Option("--allow-special", help="Read <|endoftext|> in the text as the special "
@@ -62,9 +80,39 @@ HeadOpt = Annotated[
 CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap.")]
 DpiOpt = Annotated[int, typer.Option("--dpi", help="Resolution of the PNGs (30-600).")]
 ScaleOpt = Annotated[
-    Literal["sqrt", "linear"],
+    Literal["sqrt", "linear", "log"],
     typer.Option("--scale",
-                 help="Colour scale of the weights (0..1): sqrt shows small weights better."),
+                 help="Colour scale of the weights (0..1): sqrt shows small weights better, log "
+                 "(1e-4..1) better still."),
+]
+ImageFormatOpt = Annotated[
+    Literal["png", "svg", "pdf", "jpg"] | None,
+    typer.Option("--image-format", help="Picture format (default png); a file name's suffix wins. "
+                 "SVG and PDF keep the text as text.", show_default=False),
+]
+ViewOpt = Annotated[
+    Literal["heatmap", "lines"],
+    typer.Option("--view", help="heatmap, or lines: each query joined to its keys, opacity = "
+                 "weight (up to 64 tokens)."),
+]
+ExcludeFirstOpt = Annotated[
+    bool, typer.Option("--exclude-first", help="Pictures only: drop key 0 (the first-token sink) and "
+                       "renormalise each row, to see the rest. Numbers and exports are unchanged.")
+]
+AnnotateOpt = Annotated[
+    bool | None,
+    typer.Option("--annotate/--no-annotate", help="Print the weights in the cells (default: up to "
+                 "12 tokens; at most 30).", show_default=False),
+]
+TitleOpt = Annotated[
+    str | None,
+    typer.Option("--title", help="Title of each picture; may use {head}, {layer}, {tokens}.",
+                 show_default=False),
+]
+FontOpt = Annotated[
+    str | None,
+    typer.Option("--font", metavar="FILE|FAMILY", help="Font for the pictures; characters it lacks "
+                 "fall back to an installed CJK font.", show_default=False),
 ]
 FormatOpt = Annotated[
     Literal["table", "json", "csv"],
@@ -94,33 +142,59 @@ _MODEL_OPTIONS = [
         ("seed", SeedOpt, 123),
         ("qkv_bias", QkvBiasOpt, False),
         ("impl", ImplOpt, "fused"),
+        ("preset", PresetOpt, None),
+        ("offline", OfflineOpt, False),
+        ("device", DeviceOpt, "cpu"),
     )
 ]
+# Options that describe the random model: with --weights the checkpoint decides instead.
+_RANDOM_ONLY = ("d_model", "context_length", "qkv_bias", "impl", "preset")
 
 
 def model_options(command):
     """Replace the command's ``config`` parameter by the model options (one spelling of
-    them for every command); the command receives ``config=ModelConfig(...)``."""
+    them for every command); the command receives ``config=ModelConfig(...)``. Notes the
+    library raises as ``AttnvizWarning`` (what was assumed or ignored) become ``Warning:``
+    lines on stderr, silenced by --quiet."""
     signature = inspect.signature(command, eval_str=True)
     own = [p for name, p in signature.parameters.items() if name != "config"]
 
     @functools.wraps(command)
-    def wrapper(**kwargs):
-        sizes = {p.name: kwargs.pop(p.name) for p in _MODEL_OPTIONS}
-        changed = [p.name for p in _MODEL_OPTIONS if sizes[p.name] != p.default and p.name != "seed"]
-        if kwargs.get("weights") and changed and not kwargs.get("quiet"):
-            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+    def wrapper(ctx: typer.Context, **kwargs):
+        values = {p.name: kwargs.pop(p.name) for p in _MODEL_OPTIONS}
+        explicit = {name for name in values
+                    if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+        quiet = bool(kwargs.get("quiet"))
+        ignored = [n for n in _RANDOM_ONLY if n in explicit]
+        if kwargs.get("weights") and ignored and not quiet:
+            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")
-        kwargs["config"] = ModelConfig(
-            n_heads=sizes["heads"], d_model=sizes["d_model"], context_length=sizes["context_length"],
-            seed=sizes["seed"], qkv_bias=sizes["qkv_bias"], impl=sizes["impl"],
+        kwargs["config"] = ModelConfig.from_options(
+            preset=values["preset"],
+            explicit=frozenset({"heads": "n_heads", "d_model": "d_model",
+                                "context_length": "context_length"}.get(n, n) for n in explicit),
+            n_heads=values["heads"], d_model=values["d_model"],
+            context_length=values["context_length"], seed=values["seed"],
+            qkv_bias=values["qkv_bias"], impl=values["impl"], offline=values["offline"],
+            progress=not quiet, device=values["device"],
         )
-        return command(**kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if quiet else "always", AttnvizWarning)
+            warnings.showwarning = _show_warning
+            return command(**kwargs)
 
-    parameters = own + _MODEL_OPTIONS
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    parameters = [context] + own + _MODEL_OPTIONS
     wrapper.__signature__ = signature.replace(parameters=parameters)
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, AttnvizWarning):
+        sys.stderr.write(f"Warning: {message}\n")
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def check_out_dir(out: Path) -> None:
