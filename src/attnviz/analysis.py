@@ -168,7 +168,10 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
     from attnviz import checkpoint
     from attnviz.gpt2 import GPT2
 
-    n_heads = config.n_heads if "n_heads" in config.explicit else None
+    # The head count a checkpoint may not record (a lone .safetensors, the book's .pth):
+    # taken from --heads, or from a ModelConfig whose n_heads is not the default.
+    given = "n_heads" in config.explicit or config.n_heads != ModelConfig().n_heads
+    n_heads = config.n_heads if given else None
     ckpt = checkpoint.load(weights, n_heads=n_heads, offline=config.offline,
                            quiet=not config.progress)
     return GPT2(ckpt, device=device)

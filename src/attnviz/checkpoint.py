@@ -449,8 +449,11 @@ def load(weights: str, *, n_heads: int | None = None, offline: bool = False,
         notes.append(f"{max(1, n_embd // 64)} heads assumed (64 dimensions per head, as in GPT-2; "
                      "the file does not record it): pass --heads to set it")
     if not isinstance(n_head, int) or n_head < 1 or n_embd % n_head:
-        where = "--heads" if n_heads is not None and "n_head" not in raw else f"{located.config}: n_head"
-        raise InputError(f"{where}={n_head} does not divide the checkpoint's width {n_embd}")
+        if "n_head" in raw:
+            raise InputError(f"{located.config}: n_head={n_head} does not divide n_embd={n_embd}")
+        where = f"--heads={n_head}" if n_heads is not None else f"{n_head} heads (assumed)"
+        raise InputError(f"{where} does not divide the checkpoint's width {n_embd}; pass --heads "
+                         "with the head count the model was trained with")
     if n_heads is not None and "n_head" in raw and n_heads != n_head:
         notes.append(f"--heads {n_heads} ignored: {located.config.name} says n_head={n_head}")
     n_inner = source.shape("h.0.mlp.c_fc.weight")[-1] if "h.0.mlp.c_fc.weight" in keys else 4 * n_embd

@@ -169,6 +169,10 @@ def model_options(command):
         if kwargs.get("weights") and ignored and not quiet:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")
+        if kwargs.get("weights") and "d_model" not in explicit:
+            # The checkpoint sets the width: --heads alone (for files that do not record
+            # the head count) must not be checked against the random-mode --d-model.
+            values["d_model"] = values["heads"] * 64
         kwargs["config"] = ModelConfig.from_options(
             preset=values["preset"],
             explicit=frozenset({"heads": "n_heads", "d_model": "d_model",

@@ -1,0 +1,131 @@
+/* attnviz report: the embedded data, decoded once, and the shared selection.
+   Every view registers with AV.on(listener) and is told when the selected head, the
+   token window or the colour scale changes. Schema and encodings: docs/report.md. */
+var AV = (function () {
+  "use strict";
+
+  var payload = JSON.parse(document.getElementById("attnviz-data").textContent);
+  var spec = payload.weights;
+  var nLayers = spec.shape[0], nHeads = spec.shape[1], nTokens = spec.shape[2];
+  var perHead = nTokens * (nTokens + 1) / 2;
+
+  /* base64url (RFC 4648 section 5, "-" and "_") -> bytes */
+  function base64urlBytes(text) {
+    var alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    var lookup = new Uint8Array(128);
+    for (var k = 0; k < 64; k++) lookup[alphabet.charCodeAt(k)] = k;
+    var end = text.length;
+    while (end > 0 && text.charCodeAt(end - 1) === 61) end--; /* "=" padding */
+    var out = new Uint8Array(Math.floor(end * 3 / 4));
+    var o = 0, buffer = 0, bits = 0;
+    for (var c = 0; c < end; c++) {
+      buffer = ((buffer << 6) | lookup[text.charCodeAt(c)]) & 0xffffff;
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        out[o++] = (buffer >> bits) & 255;
+      }
+    }
+    return out;
+  }
+
+  /* The stored lower triangles as weights in [0, 1]. */
+  function decode(text, encoding) {
+    var bytes = base64urlBytes(text);
+    var values, i;
+    if (encoding === "u16") {
+      values = new Float32Array(bytes.length / 2);
+      for (i = 0; i < values.length; i++) values[i] = (bytes[2 * i] | (bytes[2 * i + 1] << 8)) / 65535;
+    } else if (encoding === "sqrt-u8") {
+      var table = new Float32Array(256);
+      for (i = 0; i < 256; i++) table[i] = (i / 255) * (i / 255);
+      values = new Float32Array(bytes.length);
+      for (i = 0; i < bytes.length; i++) values[i] = table[bytes[i]];
+    } else {
+      throw new Error("unknown weight encoding " + encoding);
+    }
+    if (values.length !== nLayers * nHeads * perHead) throw new Error("weight data has the wrong length");
+    return values;
+  }
+
+  var values = decode(spec.data, spec.encoding);
+
+  /* Index of the first stored weight of row i of head h in layer index li. */
+  function rowStart(li, h, i) {
+    return (li * nHeads + h) * perHead + i * (i + 1) / 2;
+  }
+  /* Weight of query i on key j, or NaN for the masked future (j > i). */
+  function weight(li, h, i, j) {
+    return j > i ? NaN : values[rowStart(li, h, i) + j];
+  }
+
+  /* viridis, sampled from matplotlib at nine stops and interpolated to 256 entries */
+  var stops = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 140],
+    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
+  var palette = new Uint8Array(256 * 3);
+  for (var p = 0; p < 256; p++) {
+    var x = p / 255 * (stops.length - 1), lo = Math.min(Math.floor(x), stops.length - 2), f = x - lo;
+    for (var ch = 0; ch < 3; ch++) palette[p * 3 + ch] = Math.round(stops[lo][ch] * (1 - f) + stops[lo + 1][ch] * f);
+  }
+
+  var state = {
+    layer: 0, /* index into payload.layers */
+    head: 0,
+    scale: "sqrt",
+    winStart: 0,
+    winSize: nTokens <= 256 ? nTokens : 256
+  };
+  var listeners = [];
+
+  function emit(what) {
+    for (var k = 0; k < listeners.length; k++) listeners[k](what);
+  }
+
+  return {
+    payload: payload,
+    nLayers: nLayers,
+    nHeads: nHeads,
+    nTokens: nTokens,
+    layers: payload.layers,
+    tokens: payload.tokens,
+    encoding: spec.encoding,
+    weight: weight,
+    rowStart: rowStart,
+    values: values,
+    palette: palette,
+    state: state,
+    on: function (listener) { listeners.push(listener); },
+    select: function (li, h) {
+      state.layer = li;
+      state.head = h;
+      emit("select");
+    },
+    setWindow: function (start, size) {
+      state.winSize = Math.max(1, Math.min(size, nTokens));
+      state.winStart = Math.max(0, Math.min(start, nTokens - state.winSize));
+      emit("window");
+    },
+    setScale: function (scale) {
+      state.scale = scale;
+      emit("scale");
+    },
+    /* palette index of a weight under a colour scale (sqrt shows small weights better) */
+    level: function (w, scale) {
+      return Math.round((scale === "linear" ? w : Math.sqrt(w)) * 255);
+    },
+    headColor: function (h) {
+      return "hsl(" + Math.round(h * 360 / nHeads) + ", 70%, 45%)";
+    },
+    cssVar: function (name) {
+      return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    },
+    /* "#rrggbb" -> [r, g, b] */
+    rgb: function (hex) {
+      var n = parseInt(hex.replace("#", ""), 16);
+      return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+    },
+    headName: function (li, h) {
+      return "layer " + payload.layers[li] + ", head " + h;
+    }
+  };
+})();

@@ -1,0 +1,25 @@
+/* Start-up: build every view, select the first head, and mark the page ready
+   (body[data-ready="true"], data-ready-ms: when, in ms since navigation) once the model
+   view's thumbnails are drawn. */
+(function (AV) {
+  "use strict";
+  var config = AV.payload.config;
+  var mode = config.mode === "pretrained" ? "checkpoint " + config.weights : "random weights, seed " + config.seed;
+  document.getElementById("summary").textContent = AV.nTokens + " tokens \u00b7 " + AV.nLayers +
+    " layer(s) \u00d7 " + AV.nHeads + " heads \u00b7 " + mode;
+  AV.on(function (what) {
+    if (what !== "select") return;
+    var selected = document.getElementById("selected-head");
+    selected.textContent = AV.headName(AV.state.layer, AV.state.head);
+    selected.dataset.layer = AV.layers[AV.state.layer];
+    selected.dataset.head = AV.state.head;
+  });
+  AV.initTables();
+  AV.initHeatmap();
+  AV.initHeads();
+  AV.initModel(function () {
+    document.body.dataset.readyMs = String(Math.round(performance.now()));
+    document.body.dataset.ready = "true";
+  });
+  AV.select(0, 0);
+})(AV);
