@@ -30,7 +30,7 @@ def test_heatmap_writes_one_png_per_head_and_an_overview(cli, tmp_path):
     out = tmp_path / "figs"
     result = cli("heatmap", SHORT_TEXT, "--out", out)
     assert result.exit_code == 0, result.stderr
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == [f"head_{h:02d}.png" for h in range(12)] + ["heads.png"]
     for name in names:
         with Image.open(out / name) as image:
@@ -42,7 +42,8 @@ def test_heatmap_writes_one_png_per_head_and_an_overview(cli, tmp_path):
 def test_heatmap_selected_heads_only(cli, tmp_path):
     result = cli("heatmap", SHORT_TEXT, "--out", tmp_path, "--head", 3, "--head", 10)
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["head_03.png", "head_10.png", "heads.png"]
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == ["head_03.png", "head_10.png", "heads.png"]
 
 
 def test_heatmap_is_reproducible_byte_for_byte(cli, tmp_path):

@@ -197,7 +197,8 @@ def test_heatmap_layer_all_writes_per_layer_folders_and_a_model_view(cli, tmp_pa
     result = cli("heatmap", SHORT_TEXT, "--weights", hf_checkpoint, "--layer", "all", "--out", out,
                  "--json")
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["layer_00", "layer_01", "layer_02", "model.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "layer_00", "layer_01", "layer_02", "model.png"]
     for layer in range(3):
         names = sorted(p.name for p in (out / f"layer_{layer:02d}").iterdir())
         assert names == [f"head_{h:02d}.png" for h in range(4)] + ["heads.png"]

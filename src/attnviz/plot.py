@@ -1,33 +1,45 @@
-"""Attention weights -> PNG heatmaps (matplotlib without pyplot; numpy in, files out).
+"""Attention weights -> heatmap pictures (matplotlib without pyplot; numpy in, files out).
 
 Rendering is built for many heads of one text: the figure — axes, token tick labels,
 colorbar, legend — is laid out and drawn once; each head then only restores that
-background, draws its image and title (blitting) and encodes the pixels. Twelve heads
-cost little more than one.
+background, pastes its cells as pixels, draws its title (blitting) and encodes the
+image. Twelve heads cost little more than one. SVG and PDF go through matplotlib's
+vector backends instead, with the same cells embedded as an image and the text kept
+as text.
 
 Conventions: a head's matrix is ``(T, T)`` ``[query_pos, key_pos]``; queries on rows,
-keys on columns. Masked (future) cells, exactly 0 by construction, are drawn in a
-neutral grey so they cannot be mistaken for a small weight.
+keys on columns. Masked cells (the causal future; key 0 with ``exclude_first``) are
+drawn in a colour that no weight can have in the chosen colormap.
+
+Pictures never hide a weight: when a heatmap has fewer pixels than cells, each pixel
+shows the **maximum** of the block of cells it covers (masked cells left out), so a
+weight of 1.0 stays visible at any size, and the figure says so.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
+import json
 import math
+import re
+import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap, Normalize, PowerNorm
+from matplotlib.colors import Colormap, LogNorm, Normalize, PowerNorm, to_rgb
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties, findfont
+from matplotlib.font_manager import FontProperties, findfont, fontManager
 from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Rectangle
 
@@ -35,15 +47,37 @@ from attnviz.analysis import AttentionResult
 from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
 
-MASKED_COLOR = "#d0d0d0"
 DPI_RANGE = (30, 600)
 MAX_PIXELS = 40_000_000  # per image; a 9000 x 4500 PNG is already absurd
-SCALES = ("sqrt", "linear")
+SCALES = ("sqrt", "linear", "log")
+LOG_FLOOR = 1e-4  # --scale log: weights below this share the lowest colour
+IMAGE_FORMATS = ("png", "svg", "pdf", "jpg")
+SUFFIX_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg"}
+ANNOTATE_MAX_TOKENS = 30  # --annotate: beyond this the numbers cannot be 8 pt in a sane figure
+MANIFEST = ".attnviz-manifest.json"
 _LABEL_CHARS = 14  # longer labels are cut with an ellipsis
 _MIN_SIDE, _MAX_SIDE = 3.0, 11.0  # inches of heatmap per panel
 _MIN_FONT, _MAX_FONT = 6.0, 10.0  # points
-_TILE_PX = 160  # overview tiles are pooled down to at most this many cells a side
-_ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens
+_ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens by default
+_ANNOTATE_CELL_IN = 0.4  # a cell with a printed weight: room for "0.25" at 8 pt and more
+_MIN_CELL_FONT = 8.0  # points: printed weights are never smaller
+_FRAME_RGBA = (40, 40, 40, 255)
+# Mask colours in order of preference; the first one far enough (CIELAB distance) from
+# every colour of the colormap is used, else the farthest.
+_MASK_CANDIDATES = ("#d0d0d0", "#ff66cc", "#00bcd4", "#e41a1c", "#ff9900", "#ffffff", "#000000")
+_MASK_MIN_DISTANCE = 25.0
+# Families known to cover CJK, tried when a label has characters the main font lacks.
+_CJK_FAMILIES = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
+                 "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback",
+                 "AR PL UMing CN", "IPAexGothic", "IPAGothic", "TakaoGothic", "Noto Sans SC",
+                 "Noto Sans JP", "Microsoft YaHei", "SimHei", "MS Gothic", "PingFang SC",
+                 "Hiragino Sans", "Arial Unicode MS")
+_VECTOR_RC = {"svg.hashsalt": "attnviz", "svg.fonttype": "none", "pdf.fonttype": 42}
+_METADATA = {"svg": {"Date": None, "Creator": "attnviz"},
+             "pdf": {"CreationDate": None, "ModDate": None, "Creator": "attnviz"}}
+
+
+# ---------------------------------------------------------------------------- checks
 
 
 def check_cmap(name: str) -> Colormap:
@@ -62,6 +96,41 @@ def check_dpi(dpi: int) -> None:
         raise InputError(f"--dpi {dpi} is outside the sensible range {lo}-{hi}")
 
 
+def image_format(path: Path | None, fmt: str | None = None, option: str = "--plot") -> str:
+    """The format to write: the file's suffix when it has one (it wins over ``fmt``),
+    else ``fmt``, else png. An unknown suffix is refused: a file is what its name says."""
+    if fmt is not None and fmt not in IMAGE_FORMATS:
+        raise InputError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {fmt!r}")
+    if path is not None and Path(path).suffix:
+        suffix = Path(path).suffix.lower()
+        if suffix not in SUFFIX_FORMATS:
+            raise InputError(f"{option} {path}: attnviz cannot write {suffix} files; use .png, "
+                             ".svg, .pdf or .jpg")
+        return SUFFIX_FORMATS[suffix]
+    return fmt or "png"
+
+
+def check_title(template: str | None) -> None:
+    """``--title`` may use {head}, {layer} and {tokens}; anything else is refused now,
+    before a picture is drawn."""
+    if template is not None:
+        try:
+            template.format(head=0, layer=0, tokens=1)
+        except (KeyError, IndexError, ValueError) as e:
+            raise InputError(f"--title {template!r}: only {{head}}, {{layer}} and {{tokens}} can be "
+                             f"filled in ({e})") from None
+
+
+def check_picture_options(cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
+                          title: str | None = None, font: str | None = None) -> None:
+    """Every picture option checked before any work (and the font put to use)."""
+    check_cmap(cmap)
+    check_dpi(dpi)
+    make_norm(scale)
+    check_title(title)
+    use_font(font)
+
+
 def new_figure(width: float, height: float, dpi: int) -> tuple[Figure, FigureCanvasAgg]:
     """A headless figure of ``width`` x ``height`` inches, refusing absurd sizes."""
     check_dpi(dpi)
@@ -71,24 +140,161 @@ def new_figure(width: float, height: float, dpi: int) -> tuple[Figure, FigureCan
     return fig, FigureCanvasAgg(fig)
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+# ------------------------------------------------------------------- colour and scale
+
+
 def make_norm(scale: str) -> Normalize:
     """Weights are probabilities: one fixed 0..1 scale for every head, so heads compare.
-    ``sqrt`` spreads the small weights of long texts over more of the colormap."""
+    ``sqrt`` spreads the small weights of long texts over more of the colormap; ``log``
+    spreads them further (LOG_FLOOR..1, smaller weights get the lowest colour)."""
     if scale not in SCALES:
         raise InputError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if scale == "log":
+        return LogNorm(LOG_FLOOR, 1.0, clip=True)
     return PowerNorm(0.5, vmin=0.0, vmax=1.0) if scale == "sqrt" else Normalize(0.0, 1.0)
 
 
+def normalized(norm: Normalize, values: np.ma.MaskedArray) -> np.ma.MaskedArray:
+    """``values`` mapped to 0..1 by ``norm``; on the log scale a weight of exactly 0 gets
+    the lowest colour (a LogNorm would mask it, making it look like a masked cell)."""
+    if isinstance(norm, LogNorm):
+        values = np.ma.maximum(values, LOG_FLOOR)
+    return norm(values)
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (..., 3) in 0..1 -> CIELAB (..., 3), D65."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def mask_distance(colormap: Colormap, color: str) -> float:
+    """CIELAB distance from ``color`` to the nearest of the colormap's 256 colours."""
+    shades = _lab(colormap(np.linspace(0.0, 1.0, 256))[:, :3])
+    return float(np.linalg.norm(shades - _lab(to_rgb(color)), axis=1).min())
+
+
+@lru_cache(maxsize=64)
+def mask_color(cmap: str) -> str:
+    """A colour for masked cells that no weight can have in ``cmap``: neutral grey when
+    it is far from every colour of the map, else the first clearly different candidate
+    (pink for the greyscale maps), else the farthest."""
+    colormap = check_cmap(cmap)
+    distances = [mask_distance(colormap, c) for c in _MASK_CANDIDATES]
+    for color, distance in zip(_MASK_CANDIDATES, distances):
+        if distance >= _MASK_MIN_DISTANCE:
+            return color
+    return _MASK_CANDIDATES[int(np.argmax(distances))]
+
+
+def weight_colormap(cmap: str) -> tuple[Colormap, str]:
+    """The colormap with masked cells in its mask colour, and that colour."""
+    color = mask_color(cmap)
+    return check_cmap(cmap).with_extremes(bad=color), color
+
+
+# ------------------------------------------------------------------------------ fonts
+
+_font_spec: str | None = None
+
+
+def use_font(spec: str | None) -> None:
+    """Draw text in ``spec``: a font file or an installed family name (None: matplotlib's
+    default). Characters it lacks fall back to a CJK-capable font when one is installed."""
+    global _font_spec
+    if spec is not None:
+        _resolve_family(spec)  # refuse a bad name now
+    _font_spec = spec
+
+
+@lru_cache(maxsize=8)
+def _resolve_family(spec: str | None) -> str:
+    from matplotlib import rcParams
+
+    if spec is None:
+        return FontProperties(family=rcParams["font.family"]).get_family()[0]
+    path = Path(spec).expanduser()
+    if path.is_file():
+        try:
+            fontManager.addfont(str(path))
+            return FontProperties(fname=str(path)).get_name()
+        except (OSError, RuntimeError, ValueError) as e:
+            raise InputError(f"--font {spec}: not a font file matplotlib can read ({e})") from None
+    names = sorted({f.name for f in fontManager.ttflist})
+    for name in names:
+        if name.lower() == spec.lower():
+            return name
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+    hint = (f"; did you mean {', '.join(close)}?" if close
+            else "; give a font file path or an installed family")
+    raise InputError(f"--font {spec!r} is not an installed font{hint}")
+
+
+@lru_cache(maxsize=32)
+def _charmap(family: str) -> frozenset[int]:
+    path = findfont(FontProperties(family=[family]), fallback_to_default=True)
+    return frozenset(FT2Font(path).get_charmap())
+
+
 @lru_cache(maxsize=1)
-def _font_charmap() -> frozenset[int]:
-    return frozenset(FT2Font(findfont(FontProperties())).get_charmap())
+def cjk_families() -> tuple[str, ...]:
+    """Installed fonts that cover Chinese/Japanese/Korean (first a known family, else
+    what ``fc-list :lang=zh`` finds)."""
+    available = {f.name for f in fontManager.ttflist}
+    found = [name for name in _CJK_FAMILIES if name in available]
+    if found or not shutil.which("fc-list"):
+        return tuple(found[:1])
+    for lang in ("zh", "ja", "ko"):
+        try:
+            listing = subprocess.run(["fc-list", f":lang={lang}", "file"], capture_output=True,
+                                     text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ()
+        for line in sorted(listing.splitlines()):
+            path = line.split(":")[0].strip()
+            if path.lower().endswith((".ttf", ".otf", ".ttc")):
+                try:
+                    fontManager.addfont(path)
+                    return (FontProperties(fname=path).get_name(),)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+    return ()
 
 
-def displayable(label: str) -> str:
-    """``label`` with characters the plotting font cannot draw escaped as ``\\uXXXX``
-    (so CJK or rare emoji never become empty boxes or glyph warnings), cut to a length
-    that fits beside a heatmap."""
-    charmap = _font_charmap()
+class Fonts:
+    """The font families for a picture whose texts include ``texts``: the chosen font,
+    plus a CJK fallback when some character is missing from it and one is installed.
+    ``label()`` makes a token label drawable with them."""
+
+    def __init__(self, texts: Sequence[str] = ()):
+        self.families = [_resolve_family(_font_spec)]
+        charmap = _charmap(self.families[0])
+        if any(ord(ch) not in charmap for text in texts for ch in text):
+            for family in cjk_families():
+                self.families.append(family)
+                charmap = charmap | _charmap(family)
+        self.charmap = charmap
+
+    def context(self):
+        return rc_context({"font.family": self.families})
+
+    def label(self, label: str) -> str:
+        return displayable(label, self.charmap)
+
+
+def displayable(label: str, charmap: frozenset[int] | None = None) -> str:
+    """``label`` with characters the plotting fonts cannot draw escaped as ``\\uXXXX``
+    (never empty boxes or glyph warnings), cut to a length that fits beside a heatmap."""
+    charmap = _charmap(_resolve_family(_font_spec)) if charmap is None else charmap
     out = "".join(
         ch if ord(ch) in charmap else (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
         for ch in label
@@ -96,10 +302,93 @@ def displayable(label: str) -> str:
     return out if len(out) <= _LABEL_CHARS else out[: _LABEL_CHARS - 1] + "…"
 
 
+# ------------------------------------------------------------------- cells to pixels
+
+
 def masked(weights: np.ndarray) -> np.ma.MaskedArray:
-    """``(T, T)`` weights with the causal future (above the diagonal) masked."""
+    """``(T, T)`` weights with the causal future (above the diagonal) masked; a masked
+    array is returned as it is (its own mask wins)."""
+    if isinstance(weights, np.ma.MaskedArray):
+        return weights
     n = weights.shape[-1]
     return np.ma.masked_array(weights, mask=np.triu(np.ones((n, n), dtype=bool), k=1))
+
+
+def exclude_first(weights: np.ndarray) -> np.ma.MaskedArray:
+    """View transform for heads whose first-token sink drowns the rest: key 0 dropped
+    (masked) and each row renormalised over keys 1..i; row 0 has no key left and is
+    masked whole. ``(T, T)`` -> ``(T, T)``; the input is not changed."""
+    view = masked(np.asarray(weights, dtype=np.float64)).copy()
+    view[:, 0] = np.ma.masked
+    sums = view.sum(axis=1, keepdims=True)  # masked row 0 -> masked sum
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = view / sums
+    out[0, :] = np.ma.masked
+    return np.ma.masked_array(np.ma.getdata(out).astype(np.float32), mask=np.ma.getmaskarray(out))
+
+
+def _axis_plan(n_cells: int, n_px: int) -> tuple[np.ndarray, bool]:
+    """Along one axis: for each of ``n_px`` pixels the cell it shows (nearest, when
+    there are enough pixels), or the first cell of the block it pools (block maximum;
+    the blocks partition the cells, so none is dropped)."""
+    if n_px >= n_cells:
+        return ((np.arange(n_px) + 0.5) * n_cells / n_px).astype(np.intp), False
+    return (np.arange(n_px) * n_cells) // n_px, True
+
+
+def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Colormap,
+               norm: Normalize) -> np.ndarray:
+    """``(R, C)`` cell values as an ``(height, width)`` image of RGBA words (uint32):
+    block maximum where pixels are fewer than cells (masked cells left out; a block is
+    masked only when all its cells are), nearest neighbour where they are more."""
+    rows, pool_rows = _axis_plan(values.shape[0], height)
+    cols, pool_cols = _axis_plan(values.shape[1], width)
+    data = np.where(np.ma.getmaskarray(values), -np.inf, np.ma.getdata(values))
+    if pool_rows:
+        data, rows = np.maximum.reduceat(data, rows, axis=0), slice(None)
+    if pool_cols:
+        data, cols = np.maximum.reduceat(data, cols, axis=1), slice(None)
+    shown = np.ma.masked_array(data, mask=data == -np.inf)
+    words = colormap(normalized(norm, shown), bytes=True).view(np.uint32)[..., 0]  # (r, c)
+    return np.ascontiguousarray(words[rows][:, cols])
+
+
+def pool_note(n_cells: int, n_px: int) -> str:
+    """'each pixel: max of 3×3 cells' when ``n_cells`` are shown on ``n_px`` pixels, or ''."""
+    if n_px >= n_cells:
+        return ""
+    k = math.ceil(n_cells / n_px)
+    return f"each pixel: max of {'' if n_cells % n_px == 0 else 'up to '}{k}×{k} cells"
+
+
+def pool(weights: np.ndarray, max_cells: int) -> np.ma.MaskedArray:
+    """A ``(T, T)`` head shrunk to at most ``max_cells`` a side by the block maximum
+    (masked cells excluded); small heads are returned as they are."""
+    values = masked(weights)
+    n = values.shape[0]
+    if n <= max_cells:
+        return values
+    starts, _ = _axis_plan(n, max_cells)
+    data = np.where(np.ma.getmaskarray(values), -np.inf, np.ma.getdata(values))
+    data = np.maximum.reduceat(np.maximum.reduceat(data, starts, axis=0), starts, axis=1)
+    return np.ma.masked_array(data, mask=data == -np.inf)
+
+
+def _word(rgba: Sequence[int]) -> np.uint32:
+    return np.array(rgba, dtype=np.uint8).view(np.uint32)[0]
+
+
+def _paint_frame(words: np.ndarray, ys: slice, xs: slice) -> None:
+    """A one-pixel frame just outside the cells, so it never covers row 0 or column 0."""
+    frame = _word(_FRAME_RGBA)
+    top, bottom, left, right = ys.start - 1, ys.stop, xs.start - 1, xs.stop
+    words[top, left : right + 1] = frame
+    words[bottom, left : right + 1] = frame
+    words[top : bottom + 1, left] = frame
+    words[top : bottom + 1, right] = frame
+
+
+# ---------------------------------------------------------------------------- encoding
 
 
 def png_rows(rgba: np.ndarray) -> bytes:
@@ -112,42 +401,89 @@ def png_rows(rgba: np.ndarray) -> bytes:
     return raw.tobytes()
 
 
-def png_file(rows: bytes, width: int, height: int) -> bytes:
-    """A complete RGBA PNG from ``png_rows`` output (zlib releases the GIL here)."""
+def png_file(rows: bytes, width: int, height: int, dpi: float | None = None) -> bytes:
+    """A complete RGBA PNG from ``png_rows`` output (zlib releases the GIL here), with
+    its resolution (pHYs, pixels per metre) so it has the right size on a page."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    per_metre = round(dpi / 0.0254) if dpi else 0
+    resolution = chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)) if dpi else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + resolution
             + chunk(b"IDAT", zlib.compress(rows, 3)) + chunk(b"IEND", b""))
 
 
-def encode_png(rgba: np.ndarray) -> bytes:
+def encode_png(rgba: np.ndarray, dpi: float | None = None) -> bytes:
     """An ``(H, W, 4)`` uint8 image as an RGBA PNG. Written by hand (zlib, no row filters,
-    no metadata): ~3x faster than Pillow's encoder, and the same pixels give the same bytes."""
-    return png_file(png_rows(rgba), rgba.shape[1], rgba.shape[0])
+    no dates): ~3x faster than Pillow's encoder, and the same pixels give the same bytes."""
+    return png_file(png_rows(rgba), rgba.shape[1], rgba.shape[0], dpi)
+
+
+def encode_raster(rgba: np.ndarray, fmt: str, dpi: float) -> bytes:
+    """An ``(H, W, 4)`` image as PNG or JPEG bytes, with its dpi."""
+    if fmt == "png":
+        return encode_png(rgba, dpi)
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(out, format="JPEG", quality=95,
+                                                               dpi=(dpi, dpi))
+    return out.getvalue()
+
+
+def vector_bytes(fig: Figure, fmt: str) -> bytes:
+    """``fig`` as SVG or PDF: text kept as text, no dates, so the same input gives the
+    same bytes."""
+    out = io.BytesIO()
+    with rc_context(_VECTOR_RC):
+        fig.savefig(out, format=fmt, metadata=_METADATA[fmt])
+    return out.getvalue()
+
+
+def figure_bytes(fig: Figure, canvas: FigureCanvasAgg, fmt: str) -> bytes:
+    """A whole (non-blitted) figure in ``fmt``."""
+    if fmt in ("svg", "pdf"):
+        return vector_bytes(fig, fmt)
+    canvas.draw()
+    return encode_raster(np.asarray(canvas.buffer_rgba()), fmt, fig.dpi)
 
 
 def canvas_png(canvas: FigureCanvasAgg) -> bytes:
-    return encode_png(np.asarray(canvas.buffer_rgba()))
+    return encode_png(np.asarray(canvas.buffer_rgba()), canvas.figure.dpi)
 
 
-def _layout(n_tokens: int) -> tuple[float, float, int]:
-    """(panel side in inches, tick font size, label stride) for ``n_tokens`` labels."""
-    side = min(max(n_tokens * 0.28, _MIN_SIDE), _MAX_SIDE)
+# ---------------------------------------------------------------------------- heatmaps
+
+
+def _layout(n_tokens: int, annotate: bool = False) -> tuple[float, float, int]:
+    """(panel side in inches, tick font size, label stride) for ``n_tokens`` labels.
+    With printed weights, cells are big enough for numbers of at least 8 pt."""
+    if annotate:
+        side = max(n_tokens * _ANNOTATE_CELL_IN, _MIN_SIDE)
+    else:
+        side = min(max(n_tokens * 0.28, _MIN_SIDE), _MAX_SIDE)
     pitch = side * 72 / n_tokens  # points between neighbouring cells
     font = min(max(pitch / 1.3, _MIN_FONT), _MAX_FONT)
     stride = max(1, math.ceil(font * 1.3 / pitch))
     return side, font, stride
 
 
+def _grid_shape(n_panels: int, max_cols: int = 4) -> tuple[int, int]:
+    """(rows, columns) for ``n_panels``: one row up to ``max_cols``, then balanced rows."""
+    rows = math.ceil(n_panels / max_cols)
+    return rows, math.ceil(n_panels / rows)
+
+
 class HeatmapFigure:
-    """``n_panels`` heatmaps side by side sharing token labels, colour scale and colorbar.
+    """``n_panels`` heatmaps sharing token labels, colour scale and colorbar: one row up
+    to four panels, then a grid (labels on the left column and the bottom row).
 
     Build once per text; ``png(panels, titles)`` then renders any heads into it: the
     static figure is restored from a saved background, each head's colour-mapped cells
     are pasted into its axes' pixel box, and only the frame and title are drawn anew.
+    A panel is a ``(T, T)`` array (the causal future is masked) or a masked array.
     """
 
     def __init__(
@@ -157,74 +493,110 @@ class HeatmapFigure:
         cmap: str = "viridis",
         dpi: int = 100,
         scale: str = "sqrt",
+        annotate: bool | None = None,
+        mask_label: str = "masked\n(future)",
+        extra_texts: Sequence[str] = (),
+        columns: int | None = None,
     ):
         n = self.n_tokens = len(token_labels)
-        side, font, stride = _layout(n)
-        labels = [displayable(lbl) for lbl in token_labels]
+        self.annotate = n <= _ANNOTATE_TOKENS if annotate is None else annotate
+        if self.annotate and n > ANNOTATE_MAX_TOKENS:
+            raise InputError(f"--annotate prints weights up to {ANNOTATE_MAX_TOKENS} tokens; this "
+                             f"text has {n} (pick a window with --tokens A:B)")
+        self.dpi = dpi
+        fonts = Fonts([*token_labels, *extra_texts])
+        with fonts.context():
+            self._build(fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns)
+
+    def _build(self, fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns) -> None:
+        n = self.n_tokens
+        side, font, stride = _layout(n, self.annotate)
+        n_rows, n_cols = _grid_shape(n_panels)
+        if columns:
+            n_rows, n_cols = math.ceil(n_panels / columns), min(columns, n_panels)
+        if n_panels > 2 and not self.annotate:
+            side = max(min(side, 24.0 / n_cols), _MIN_SIDE)  # a grid stays on a screen
+        labels = [fonts.label(lbl) for lbl in token_labels]
         ticks = list(range(0, n, stride))
         tick_labels = [labels[i] for i in ticks]
         label_in = _text_width_in(tick_labels, font) + 0.1  # + tick length and padding
-        gap, cbar_w, cbar_pad = 0.3, 0.18, 0.25
-        left = bottom = label_in + 0.35  # room for the tick labels and the axis label
+        pooled = side * dpi < n
+        gap, row_gap, cbar_w, cbar_pad = 0.3, 0.5, 0.18, 0.25
+        left = label_in + 0.35  # room for the tick labels and the axis label
+        bottom = label_in + 0.35 + (0.2 if pooled else 0.0)
         right, top = 0.8, 0.45
-        width = left + n_panels * side + (n_panels - 1) * gap + cbar_pad + cbar_w + right
-        height = bottom + side + top
+        grid_w = n_cols * side + (n_cols - 1) * gap
+        width = left + grid_w + cbar_pad + cbar_w + right
+        height = bottom + n_rows * side + (n_rows - 1) * row_gap + top
         self.fig, self.canvas = new_figure(width, height, dpi)
-        self.colormap = check_cmap(cmap).with_extremes(bad=MASKED_COLOR)
+        self.colormap, self.mask_color = weight_colormap(cmap)
         self.norm = make_norm(scale)
         self.axes, self.titles = [], []
         self.row_labels, self.col_labels = [], []  # the token label Text artists drawn
         for p in range(n_panels):
-            x0 = left + p * (side + gap)
-            ax = self.fig.add_axes((x0 / width, bottom / height, side / width, side / height))
+            r, c = divmod(p, n_cols)
+            x0 = left + c * (side + gap)
+            y0 = bottom + (n_rows - 1 - r) * (side + row_gap)
+            ax = self.fig.add_axes((x0 / width, y0 / height, side / width, side / height))
             ax.set_xlim(-0.5, n - 0.5)
             ax.set_ylim(n - 0.5, -0.5)  # query 0 at the top, like a printed matrix
-            self.col_labels.append(_token_ticks(ax, ticks, tick_labels, font, "x"))
-            ax.set_xlabel("key token (column)", labelpad=label_in * 72)
+            bottom_row = p + n_cols >= n_panels
+            self.col_labels.append(
+                _token_ticks(ax, ticks, tick_labels if bottom_row else [], font, "x"))
+            if bottom_row:
+                ax.set_xlabel("key token (column)", labelpad=label_in * 72)
+            y_texts = _token_ticks(ax, ticks, tick_labels if c == 0 else [], font, "y")
             if p == 0:
-                self.row_labels = _token_ticks(ax, ticks, tick_labels, font, "y")
+                self.row_labels = y_texts
+            if c == 0:
                 ax.set_ylabel("query token (row)", labelpad=label_in * 72)
-            else:
-                _token_ticks(ax, ticks, [], font, "y")
+            for spine in ax.spines.values():  # raster: a frame painted outside the cells
+                spine.set_visible(False)
+                spine.set_position(("outward", 1.0))  # vector: the same, drawn by matplotlib
             self.titles.append(ax.set_title("", fontsize=11, animated=True))
             self.axes.append(ax)
-        self.cell_texts = self._cell_texts(side * 72 / n) if n <= _ANNOTATE_TOKENS else []
-        cbar_x = left + n_panels * side + (n_panels - 1) * gap + cbar_pad
+        self.cell_texts = self._cell_texts(side * 72 / n) if self.annotate else []
+        cbar_x = left + grid_w + cbar_pad
         cax = self.fig.add_axes(
             (cbar_x / width, (bottom + 0.45) / height, cbar_w / width, (side - 0.45) / height)
         )
         colorbar(self.fig, cax, self.norm, self.colormap)
-        # The legend for masked cells: a grey swatch under the colorbar.
+        # The legend for masked cells: a swatch of their colour under the colorbar.
         swatch = self.fig.add_axes((cbar_x / width, bottom / height, cbar_w / width, 0.2 / height))
-        swatch.add_patch(Rectangle((0, 0), 1, 1, color=MASKED_COLOR))
+        swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=self.mask_color, edgecolor="#282828",
+                                   linewidth=0.5))
         swatch.set_axis_off()
-        swatch.text(1.3, 0.5, "masked\n(future)", va="center", fontsize=7,
-                    transform=swatch.transAxes)
+        swatch.text(1.3, 0.5, mask_label, va="center", fontsize=7, transform=swatch.transAxes)
         self.pending: list[Future] = []  # writes handed to a writer thread by save()
+        self.boxes = [self._pixel_box(ax) for ax in self.axes]
+        ys, xs = self.boxes[0]
+        self.note = pool_note(n, min(ys.stop - ys.start, xs.stop - xs.start))
+        if self.note:
+            self.fig.text(left / width, 0.06 / height, self.note, fontsize=8, color="#444444")
         self.canvas.draw()  # everything static, once
         self.background = self.canvas.copy_from_bbox(self.fig.bbox)
-        self.boxes = [self._pixel_box(ax) for ax in self.axes]
 
     def _cell_texts(self, cell_pt: float) -> list[list]:
-        """Per panel, one animated Text per unmasked cell, for printing the weights."""
-        size = min(9.0, cell_pt / 3.4)
+        """Per panel, one animated Text per cell, for printing the weights (>= 8 pt)."""
+        size = min(10.0, max(_MIN_CELL_FONT, cell_pt / 3.2))
         return [
             [ax.text(j, i, "", ha="center", va="center", fontsize=size, animated=True)
-             for i in range(self.n_tokens) for j in range(i + 1)]
+             for i in range(self.n_tokens) for j in range(self.n_tokens)]
             for ax in self.axes
         ]
 
-    def _pixel_box(self, ax) -> tuple[slice, slice, np.ndarray, np.ndarray]:
-        """Rows/columns of the canvas buffer inside ``ax``, and for each buffer pixel the
-        cell it shows (nearest neighbour)."""
+    def _pixel_box(self, ax) -> tuple[slice, slice]:
+        """Rows and columns of the canvas buffer inside ``ax``."""
         box = ax.get_window_extent()
         height_px = self.canvas.get_width_height()[1]
         x0, x1 = round(box.x0), round(box.x1)
         y0, y1 = height_px - round(box.y1), height_px - round(box.y0)  # buffer rows go down
-        n = self.n_tokens
-        cols = ((np.arange(x1 - x0) + 0.5) * n / (x1 - x0)).astype(np.intp)
-        rows = ((np.arange(y1 - y0) + 0.5) * n / (y1 - y0)).astype(np.intp)
-        return slice(y0, y1), slice(x0, x1), rows, cols
+        return slice(y0, y1), slice(x0, x1)
+
+    def _words(self, p: int, values: np.ma.MaskedArray, height=None, width=None) -> np.ndarray:
+        ys, xs = self.boxes[p]
+        return cell_words(values, height or ys.stop - ys.start, width or xs.stop - xs.start,
+                          self.colormap, self.norm)
 
     def render(self, panels: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
         """Draw ``panels`` (each ``(T, T)``) with ``titles``; the canvas as ``(H, W, 4)``."""
@@ -232,47 +604,94 @@ class HeatmapFigure:
         pixels = np.asarray(self.canvas.buffer_rgba())  # (H, W, 4), a writable view
         words = pixels.view(np.uint32)[..., 0]  # (H, W): one RGBA pixel per word
         for p, (ax, title, weights, text) in enumerate(zip(self.axes, self.titles, panels, titles)):
-            cells = self.colormap(self.norm(masked(weights)), bytes=True)  # (T, T, 4)
-            ys, xs, rows, cols = self.boxes[p]
-            words[ys, xs] = cells.view(np.uint32)[..., 0][rows][:, cols]  # nearest upscale
-            for spine in ax.spines.values():  # the cells were pasted over the frame
-                ax.draw_artist(spine)
+            values = masked(weights)
+            ys, xs = self.boxes[p]
+            words[ys, xs] = self._words(p, values)
+            _paint_frame(words, ys, xs)
             title.set_text(text)
             ax.draw_artist(title)
             if self.cell_texts:
-                self._annotate(self.cell_texts[p], weights, cells, ax)
+                self._annotate(self.cell_texts[p], values, ax, draw=True)
         return pixels
 
-    def _annotate(self, texts: list, weights: np.ndarray, cells: np.ndarray, ax) -> None:
-        cells_on = [(i, j) for i in range(self.n_tokens) for j in range(i + 1)]
-        for artist, (i, j) in zip(texts, cells_on):
-            r, g, b = cells[i, j, :3] / 255
-            artist.set_text(f"{weights[i, j]:.2f}")
+    def _annotate(self, texts: list, values: np.ma.MaskedArray, ax, draw: bool) -> None:
+        colors = self.colormap(normalized(self.norm, values))  # (T, T, 4)
+        shown = ~np.ma.getmaskarray(values)
+        for k, artist in enumerate(texts):
+            i, j = divmod(k, self.n_tokens)
+            r, g, b = colors[i, j, :3]
+            artist.set_text(f"{values[i, j]:.2f}" if shown[i, j] else "")
             artist.set_color("black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
-            ax.draw_artist(artist)
+            if draw and shown[i, j]:
+                ax.draw_artist(artist)
+
+    def vector(self, panels: Sequence[np.ndarray], titles: Sequence[str], fmt: str) -> bytes:
+        """SVG or PDF of the same picture: the cells embedded as a pixel-exact image
+        (pooled exactly as in the PNG), frame, titles and numbers as vector art and text."""
+        n = self.n_tokens
+        images, animated = [], [*self.titles, *(t for texts in self.cell_texts for t in texts)]
+        try:
+            for p, (ax, title, weights, text) in enumerate(zip(self.axes, self.titles, panels, titles)):
+                values = masked(weights)
+                ys, xs = self.boxes[p]
+                words = self._words(p, values, min(n, ys.stop - ys.start), min(n, xs.stop - xs.start))
+                rgba = words.view(np.uint8).reshape(*words.shape, 4)
+                images.append(ax.imshow(rgba, extent=(-0.5, n - 0.5, n - 0.5, -0.5),
+                                        interpolation="none", aspect="auto", zorder=0))
+                ax.set_xlim(-0.5, n - 0.5)
+                ax.set_ylim(n - 0.5, -0.5)
+                title.set_text(text)
+                if self.cell_texts:
+                    self._annotate(self.cell_texts[p], values, ax, draw=False)
+                for spine in ax.spines.values():
+                    spine.set_visible(True)
+                    spine.set_linewidth(0.8)
+            for artist in animated:
+                artist.set_animated(False)
+            return vector_bytes(self.fig, fmt)
+        finally:
+            for image in images:
+                image.remove()
+            for artist in animated:
+                artist.set_animated(True)
+            for ax in self.axes:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
 
     def png(self, panels: Sequence[np.ndarray], titles: Sequence[str]) -> bytes:
-        return encode_png(self.render(panels, titles))
+        return encode_png(self.render(panels, titles), self.dpi)
 
     def save(self, path: Path, panels: Sequence[np.ndarray], titles: Sequence[str],
-             writer: Executor | None = None) -> Path:
-        """Write the PNG; with ``writer``, compress and write in its thread while the
-        caller renders the next image (the canvas is free again when this returns)."""
+             writer: Executor | None = None, fmt: str = "png") -> Path:
+        """Write the picture in ``fmt``; with ``writer``, compress and write in its thread
+        while the caller renders the next image (the canvas is free again when this returns)."""
+        if fmt in ("svg", "pdf"):
+            write_bytes(path, self.vector(panels, titles, fmt))
+            return path
         width, height = self.canvas.get_width_height()
-        rows = png_rows(self.render(panels, titles))
-        if writer is None:
-            write_bytes(path, png_file(rows, width, height))
+        if fmt == "png":
+            rows = png_rows(self.render(panels, titles))
+            encode = lambda: png_file(rows, width, height, self.dpi)  # noqa: E731
         else:
-            self.pending.append(writer.submit(lambda: write_bytes(path, png_file(rows, width, height))))
+            rgba = self.render(panels, titles).copy()
+            encode = lambda: encode_raster(rgba, fmt, self.dpi)  # noqa: E731
+        if writer is None:
+            write_bytes(path, encode())
+        else:
+            self.pending.append(writer.submit(lambda: write_bytes(path, encode())))
         return path
 
 
 def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap):
-    """A colorbar for weights in 0..1; on the sqrt scale, ticks where the eye needs them."""
+    """A colorbar for weights in 0..1, with ticks where the eye needs them on each scale."""
     from matplotlib.cm import ScalarMappable
 
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax)
-    if isinstance(norm, PowerNorm):
+    if isinstance(norm, LogNorm):
+        ticks = [LOG_FLOOR, 1e-3, 1e-2, 0.1, 1.0]
+        cbar.set_ticks(ticks, labels=[f"≤{LOG_FLOOR:g}", "0.001", "0.01", "0.1", "1"])
+        cbar.minorticks_off()
+    elif isinstance(norm, PowerNorm):
         cbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1])
     cbar.set_label("attention weight", fontsize=9)
     cbar.ax.tick_params(labelsize=8)
@@ -280,7 +699,8 @@ def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap):
 
 
 def _token_ticks(ax, ticks: list[int], texts: Sequence[str], font: float, axis: str) -> list:
-    """Tick marks and token labels along the ``x`` (below) or ``y`` (left) axis.
+    """Tick marks and token labels along the ``x`` (below) or ``y`` (left) axis; no
+    labels, no marks when ``texts`` is empty.
 
     One marker line and plain Text artists instead of matplotlib Tick objects: for
     dozens of tokens that is several times cheaper to build and draw, and looks the
@@ -300,7 +720,7 @@ def _token_ticks(ax, ticks: list[int], texts: Sequence[str], font: float, axis: 
         base = blended_transform_factory(ax.transAxes, ax.transData)
         place = offset_copy(base, fig=ax.figure, x=-3.5, units="points")
         points, marker, style = [(0, t) for t in ticks], TICKLEFT, {"ha": "right", "va": "center"}
-    if points:
+    if points and texts:
         xs, ys = zip(*points)
         ax.plot(xs, ys, linestyle="none", marker=marker, markersize=2.5, markeredgewidth=0.8,
                 color="black", transform=base, clip_on=False)
@@ -319,27 +739,48 @@ def _text_width_in(texts: Sequence[str], font: float) -> float:
     return max(measure.get_text_width_height_descent(t, prop, ismath=False)[0] for t in texts) / 72
 
 
-def pool(weights: np.ndarray, max_cells: int = _TILE_PX) -> np.ma.MaskedArray:
-    """A ``(T, T)`` head shrunk to at most ``max_cells`` a side by averaging blocks of
-    cells (masked future cells excluded); small heads are returned as they are."""
-    n = weights.shape[-1]
-    k = math.ceil(n / max_cells)
-    if k == 1:
-        return masked(weights)
-    m = math.ceil(n / k)
-    allowed = ~masked(weights).mask
-    padded = np.zeros((m * k, m * k), dtype=np.float64)
-    count = np.zeros_like(padded)
-    padded[:n, :n] = np.where(allowed, weights, 0.0)
-    count[:n, :n] = allowed
-    sums = padded.reshape(m, k, m, k).sum(axis=(1, 3))
-    counts = count.reshape(m, k, m, k).sum(axis=(1, 3))
-    with np.errstate(invalid="ignore"):
-        return np.ma.masked_array(sums / np.maximum(counts, 1), mask=counts == 0)
+# ------------------------------------------------------------------------------ grids
 
 
-def save_grid(
-    path: Path,
+@dataclass
+class GridFigure:
+    """A laid-out grid of small heatmaps: the figure, and each tile's pixel box."""
+
+    fig: Figure
+    canvas: FigureCanvasAgg
+    ax: object  # the axes over the grid area, in its pixel units from the top left
+    area: tuple[slice, slice]  # buffer rows/columns of the whole grid
+    tiles: list[list[tuple[slice, slice] | None]]  # per tile, its box inside the buffer
+    mosaic: np.ndarray  # (H, W) RGBA words of the grid area, white between tiles
+    note: str
+
+    def image(self) -> np.ndarray:
+        """The rendered figure, ``(H, W, 4)``: the static art, then the tiles pasted."""
+        self.canvas.draw()
+        pixels = np.asarray(self.canvas.buffer_rgba())
+        words = pixels.view(np.uint32)[..., 0]
+        top, left = self.area[0].start, self.area[1].start
+        for ys, xs in (box for row in self.tiles for box in row if box is not None):
+            # tile by tile: the titles between the tiles stay drawn
+            words[ys, xs] = self.mosaic[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left]
+        return pixels
+
+    def to_bytes(self, fmt: str) -> bytes:
+        if fmt in ("svg", "pdf"):
+            area_h, area_w = self.mosaic.shape
+            rgba = self.mosaic.view(np.uint8).reshape(area_h, area_w, 4)
+            image = self.ax.imshow(rgba, interpolation="none", aspect="auto", zorder=0,
+                                   extent=(0, area_w, area_h, 0))
+            self.ax.set_xlim(0, area_w)
+            self.ax.set_ylim(area_h, 0)
+            try:
+                return vector_bytes(self.fig, fmt)
+            finally:
+                image.remove()
+        return encode_raster(self.image(), fmt, self.fig.dpi)
+
+
+def grid_figure(
     tiles: np.ndarray,
     title: str,
     row_names: Sequence[str] = (),
@@ -348,50 +789,193 @@ def save_grid(
     cmap: str = "viridis",
     dpi: int = 100,
     scale: str = "sqrt",
-) -> Path:
-    """A grid of small heatmaps — ``tiles`` is ``(rows, cols, T, T)``, NaN for an empty
-    slot — drawn as one image (fast for 12 x 12 layers x heads), with one colorbar.
-    Label rows and columns (``row_names``/``col_names``) or each tile (``tile_titles``)."""
+    token_labels: Sequence[str] = (),
+) -> GridFigure:
+    """Lay out a grid of small heatmaps — ``tiles`` is ``(rows, cols, T, T)`` (or masked
+    arrays), NaN for an empty slot — with one colorbar, token labels on the left column
+    and bottom row where they fit, and every tile pooled by block maximum to its pixels."""
     rows, cols = tiles.shape[:2]
-    pooled = [[pool(tiles[r, c]) for c in range(cols)] for r in range(rows)]
-    cell = pooled[0][0].shape[0]
-    gap = max(1, cell // 12)
-    colormap = check_cmap(cmap).with_extremes(bad=MASKED_COLOR)
-    norm = make_norm(scale)
-    size = (rows * (cell + gap) - gap, cols * (cell + gap) - gap)
-    mosaic = np.ones(size + (4,), dtype=np.float32)  # white gaps
-    for r in range(rows):
-        for c in range(cols):
-            if np.isnan(tiles[r, c]).all():
-                continue
-            y, x = r * (cell + gap), c * (cell + gap)
-            mosaic[y : y + cell, x : x + cell] = colormap(norm(pooled[r][c]))
-    tile_in = 1.6 if cols <= 6 else 1.1
-    left = 0.9 if row_names else 0.25
-    top = 0.55 + (0.3 if col_names else 0) + (0.2 if tile_titles else 0)
-    width, height = left + cols * tile_in + 1.0, top + rows * tile_in + 0.3
-    fig, canvas = new_figure(width, height, dpi)
-    ax = fig.add_axes((left / width, 0.3 / height, cols * tile_in / width, rows * tile_in / height))
-    ax.imshow(mosaic, interpolation="antialiased" if cell > 64 else "nearest", aspect="auto")
-    step = cell + gap
-    ax.set_xticks([c * step + (cell - 1) / 2 for c in range(cols)] if col_names else [],
-                  col_names, fontsize=8)
-    ax.set_yticks([r * step + (cell - 1) / 2 for r in range(rows)] if row_names else [],
-                  row_names, fontsize=8)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    for r, names in enumerate(tile_titles):
-        for c, name in enumerate(names):
-            ax.text(c * step + (cell - 1) / 2, r * step - 0.5, name, ha="center", va="bottom",
-                    fontsize=8)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    fig.suptitle(title, fontsize=12, y=1 - 0.12 / height)
-    cax = fig.add_axes(((width - 0.75) / width, 0.3 / height, 0.15 / width, rows * tile_in / height))
-    colorbar(fig, cax, norm, colormap)
-    canvas.draw()
-    write_bytes(path, canvas_png(canvas))
+    n = tiles.shape[-1]
+    fonts = Fonts([*token_labels, title])
+    with fonts.context():
+        tile_in = 1.6 if cols <= 6 else 1.1
+        gap_in = max(0.06, 0.08 * tile_in)
+        row_gap_in = 0.25 if tile_titles else gap_in  # room for the titles of the next row
+        label_font = 6.0
+        pitch = tile_in * 72 / n  # points per cell
+        stride = max(1, math.ceil(label_font * 1.25 / pitch))
+        ticks = list(range(0, n, stride)) if token_labels and n / stride >= 2 else []
+        tick_labels = [fonts.label(token_labels[i])[:8] for i in ticks]
+        label_in = _text_width_in(tick_labels, label_font) + 0.08 if ticks else 0.0
+        names_in = _text_width_in(list(row_names), 8) + 0.15 if row_names else 0.0
+        left = 0.25 + names_in + label_in
+        tile_px = math.floor(tile_in * dpi)
+        note = pool_note(n, tile_px)
+        top = 0.4 + (0.2 if note else 0) + (0.3 if col_names else 0) + (0.2 if tile_titles else 0)
+        bottom = 0.3 + label_in
+        grid_w = cols * tile_in + (cols - 1) * gap_in
+        grid_h = rows * tile_in + (rows - 1) * row_gap_in
+        width, height = left + grid_w + 1.0, top + grid_h + bottom
+        fig, canvas = new_figure(width, height, dpi)
+        colormap, mask = weight_colormap(cmap)
+        norm = make_norm(scale)
+        ax = fig.add_axes((left / width, bottom / height, grid_w / width, grid_h / height))
+        ax.set_axis_off()
+        box = ax.get_window_extent()
+        height_px = canvas.get_width_height()[1]
+        x0, y0 = round(box.x0), height_px - round(box.y1)
+        area_w, area_h = round(box.x1) - x0, height_px - round(box.y0) - y0
+        ax.set_xlim(0, area_w)
+        ax.set_ylim(area_h, 0)  # data units = pixels of the grid area, from its top left
+        step_x = (area_w - tile_px) / max(cols - 1, 1)
+        step_y = (area_h - tile_px) / max(rows - 1, 1)
+        mosaic = np.full((area_h, area_w), _word((255, 255, 255, 255)), dtype=np.uint32)
+        boxes: list[list] = []
+        for r in range(rows):
+            boxes.append([])
+            for c in range(cols):
+                ty, tx = round(r * step_y), round(c * step_x)
+                if np.isnan(np.ma.getdata(tiles[r, c])).all():
+                    boxes[r].append(None)
+                    continue
+                mosaic[ty : ty + tile_px, tx : tx + tile_px] = cell_words(
+                    masked(tiles[r, c]), tile_px, tile_px, colormap, norm)
+                boxes[r].append((slice(y0 + ty, y0 + ty + tile_px), slice(x0 + tx, x0 + tx + tile_px)))
+        centre = lambda k, start: start + (k + 0.5) * tile_px / n  # noqa: E731  cell k's centre
+        for c, name in enumerate(col_names):
+            ax.text(round(c * step_x) + tile_px / 2, -4, name, ha="center", va="bottom", fontsize=8)
+        for r, name in enumerate(row_names):
+            ax.text(-4 - label_in * dpi, round(r * step_y) + tile_px / 2, name, ha="right",
+                    va="center", fontsize=8)
+        for r, names in enumerate(tile_titles):
+            for c, name in enumerate(names):
+                ax.text(round(c * step_x) + tile_px / 2, round(r * step_y) - 2, name, ha="center",
+                        va="bottom", fontsize=8)
+        for r in range(rows):  # token labels left of the first column ...
+            for i, label in zip(ticks, tick_labels):
+                ax.text(-3, round(r * step_y) + centre(i, 0), label, ha="right", va="center",
+                        fontsize=label_font, parse_math=False)
+        last = [max(r for r in range(rows) if boxes[r][c] is not None) for c in range(cols)
+                if any(boxes[r][c] is not None for r in range(rows))]
+        for c, r in enumerate(last):  # ... and below the lowest tile of each column
+            for i, label in zip(ticks, tick_labels):
+                ax.text(round(c * step_x) + centre(i, 0), round(r * step_y) + tile_px + 3, label,
+                        ha="center", va="top", rotation=90, fontsize=label_font, parse_math=False)
+        fig.suptitle(title, fontsize=12, y=1 - 0.12 / height)
+        if note:
+            fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
+                     color="#444444")
+        cbar_h = min(grid_h, 3.0)
+        cax = fig.add_axes(((width - 0.75) / width, (bottom + grid_h - cbar_h + 0.3) / height,
+                            0.15 / width, (cbar_h - 0.3) / height))
+        colorbar(fig, cax, norm, colormap)
+        swatch = fig.add_axes(((width - 0.75) / width, (bottom + grid_h - cbar_h) / height,
+                               0.15 / width, 0.15 / height))
+        swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=mask, edgecolor="#282828", linewidth=0.5))
+        swatch.set_axis_off()
+        swatch.text(1.3, 0.5, "masked", va="center", fontsize=7, transform=swatch.transAxes)
+    return GridFigure(fig, canvas, ax, (slice(y0, y0 + area_h), slice(x0, x0 + area_w)), boxes,
+                      mosaic, note)
+
+
+def save_grid(path: Path, tiles: np.ndarray, title: str, row_names: Sequence[str] = (),
+              col_names: Sequence[str] = (), tile_titles: Sequence[Sequence[str]] = (),
+              cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
+              token_labels: Sequence[str] = (), fmt: str = "png") -> Path:
+    """A grid of small heatmaps as one image (fast for 12 x 12 layers x heads); see
+    ``grid_figure``."""
+    grid = grid_figure(tiles, title, row_names, col_names, tile_titles, cmap, dpi, scale,
+                       token_labels)
+    write_bytes(path, grid.to_bytes(fmt))
     return path
+
+
+def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis", dpi: int = 100,
+                   scale: str = "sqrt", token_labels: Sequence[str] = ()) -> GridFigure:
+    """All heads of one layer (``(H, T, T)``) as a grid of small heatmaps, 4 or 6 a row."""
+    n_heads = layer_weights.shape[0]
+    cols = min(n_heads, 4 if n_heads <= 16 else 6)
+    rows = math.ceil(n_heads / cols)
+    tiles = np.full((rows * cols,) + layer_weights.shape[1:], np.nan, dtype=np.float32)
+    tiles = np.ma.masked_array(tiles, mask=np.zeros(tiles.shape, dtype=bool))
+    tiles[:n_heads] = np.ma.stack([masked(w) for w in layer_weights])
+    names = [f"head {h}" if h < n_heads else "" for h in range(rows * cols)]
+    return grid_figure(tiles.reshape(rows, cols, *layer_weights.shape[1:]), title,
+                       tile_titles=[names[r * cols : (r + 1) * cols] for r in range(rows)],
+                       cmap=cmap, dpi=dpi, scale=scale, token_labels=token_labels)
+
+
+def save_heads_overview(path: Path, layer_weights: np.ndarray, title: str, cmap: str = "viridis",
+                        dpi: int = 100, scale: str = "sqrt", token_labels: Sequence[str] = (),
+                        fmt: str = "png") -> Path:
+    write_bytes(path, heads_overview(layer_weights, title, cmap, dpi, scale, token_labels).to_bytes(fmt))
+    return path
+
+
+def save_similarity(path: Path, js: np.ndarray, title: str, dpi: int = 100,
+                    cmap: str = "magma_r", fmt: str = "png") -> Path:
+    """The ``(H, H)`` Jensen-Shannon matrix as an annotated heatmap (0 = same pattern)."""
+    n = js.shape[0]
+    colormap = check_cmap(cmap)
+    side = min(max(n * 0.45, 3.5), 10.0)
+    fig, canvas = new_figure(side + 1.8, side + 1.2, dpi)
+    with Fonts([title]).context():
+        ax = fig.add_axes((0.9 / (side + 1.8), 0.7 / (side + 1.2), side / (side + 1.8),
+                           side / (side + 1.2)))
+        top = max(float(js.max()), 1e-6)
+        image = ax.imshow(js, cmap=colormap, vmin=0.0, vmax=top, interpolation="nearest")
+        ax.set_xticks(range(n), [str(h) for h in range(n)], fontsize=8)
+        ax.set_yticks(range(n), [str(h) for h in range(n)], fontsize=8)
+        ax.set_xlabel("head")
+        ax.set_ylabel("head")
+        ax.set_title(title, fontsize=10)
+        if n <= 16:
+            for i in range(n):
+                for j in range(n):
+                    r, g, b = colormap(js[i, j] / top)[:3]
+                    ax.text(j, i, f"{js[i, j]:.2f}", ha="center", va="center", fontsize=8 if n <= 12 else 7,
+                            color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+        cbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+        cbar.set_label("Jensen-Shannon divergence (bits)", fontsize=8)
+        write_bytes(path, figure_bytes(fig, canvas, fmt))
+    return path
+
+
+# -------------------------------------------------------------------------- whole runs
+
+
+def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap: str = "viridis",
+                 dpi: int = 100, scale: str = "sqrt", *, image_format: str = "png",
+                 view: str = "heatmap", exclude_first_key: bool = False,
+                 annotate: bool | None = None, title: str | None = None) -> Path:
+    """``heads`` of every layer in ``result`` side by side in one picture (a row per
+    layer when there are several; else up to four a row), on one colour scale. The
+    lines view draws them over each other, one colour per head (one layer)."""
+    check_title(title)
+    view_of = exclude_first if exclude_first_key else masked
+    pretrained = result.config.get("mode") == "pretrained"
+    several = len(result.layers) > 1
+    panels, titles = [], []
+    for li, layer in enumerate(result.layers):
+        where = f"layer {layer}, " if pretrained or several else ""
+        for h in heads:
+            panels.append(view_of(result.weights[li, h]))
+            auto = f"{where}head {h}" + (" (key 0 excluded)" if exclude_first_key else "")
+            titles.append(title.format(layer=layer, head=h, tokens=result.n_tokens)
+                          if title is not None else auto)
+    if view == "lines":
+        from attnviz.lines import LinesFigure
+
+        where = f"layer {result.layers[0]}, " if pretrained else ""
+        names = ", ".join(map(str, heads))
+        text = (title.format(layer=result.layers[0], head=names, tokens=result.n_tokens)
+                if title is not None else f"{where}{'heads' if len(heads) > 1 else 'head'} {names}")
+        figure = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[text])
+        return figure.save(path, panels[: len(heads)], [text], fmt=image_format, heads=heads)
+    figure = HeatmapFigure(result.token_labels, len(panels), cmap, dpi, scale, annotate,
+                           mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
+                           extra_texts=titles, columns=len(heads) if several else None)
+    return figure.save(path, panels, titles, fmt=image_format)
 
 
 @dataclass(frozen=True)
@@ -401,45 +985,37 @@ class WrittenFile:
     head: int | None  # None for an overview grid
 
 
-def save_similarity(path: Path, js: np.ndarray, title: str, dpi: int = 100) -> Path:
-    """The ``(H, H)`` Jensen-Shannon matrix as an annotated heatmap (0 = same pattern)."""
-    n = js.shape[0]
-    side = min(max(n * 0.45, 3.5), 10.0)
-    fig, canvas = new_figure(side + 1.8, side + 1.2, dpi)
-    ax = fig.add_axes((0.9 / (side + 1.8), 0.7 / (side + 1.2), side / (side + 1.8),
-                       side / (side + 1.2)))
-    image = ax.imshow(js, cmap="magma_r", vmin=0.0, vmax=max(float(js.max()), 1e-6),
-                      interpolation="nearest")
-    ax.set_xticks(range(n), [str(h) for h in range(n)], fontsize=8)
-    ax.set_yticks(range(n), [str(h) for h in range(n)], fontsize=8)
-    ax.set_xlabel("head")
-    ax.set_ylabel("head")
-    ax.set_title(title, fontsize=10)
-    if n <= 16:
-        top = float(js.max()) or 1.0
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{js[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if js[i, j] > 0.6 * top else "black")
-    cbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
-    cbar.set_label("Jensen-Shannon divergence (bits)", fontsize=8)
-    canvas.draw()
-    write_bytes(path, canvas_png(canvas))
-    return path
+_OWN_FILE = re.compile(r"(layer_\d+/)?(head_\d+|heads|model)\.(png|svg|pdf|jpg)")
 
 
-def save_heads_overview(path: Path, layer_weights: np.ndarray, title: str, cmap: str = "viridis",
-                        dpi: int = 100, scale: str = "sqrt") -> Path:
-    """All heads of one layer (``(H, T, T)``) as a grid of small heatmaps, 4 or 6 a row."""
-    n_heads = layer_weights.shape[0]
-    cols = min(n_heads, 4 if n_heads <= 16 else 6)
-    rows = math.ceil(n_heads / cols)
-    tiles = np.full((rows * cols,) + layer_weights.shape[1:], np.nan, dtype=np.float32)
-    tiles[:n_heads] = layer_weights
-    names = [f"head {h}" if h < n_heads else "" for h in range(rows * cols)]
-    return save_grid(path, tiles.reshape(rows, cols, *layer_weights.shape[1:]), title,
-                     tile_titles=[names[r * cols : (r + 1) * cols] for r in range(rows)],
-                     cmap=cmap, dpi=dpi, scale=scale)
+def read_manifest(out_dir: Path) -> set[str]:
+    """The files an earlier run wrote into ``out_dir`` (relative paths), as far as they
+    look like attnviz's own names; nothing when there is no readable manifest."""
+    try:
+        listed = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {name for name in listed if isinstance(name, str) and _OWN_FILE.fullmatch(name)}
+
+
+def remove_stale(out_dir: Path, earlier: set[str], current: set[str]) -> list[Path]:
+    """Delete what an earlier run wrote and this one did not (regular files only), then
+    any ``layer_NN`` folder left empty by that; returns the removed files."""
+    removed = []
+    for name in sorted(earlier - current):
+        path = out_dir / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    for folder in sorted({p.parent for p in removed if p.parent != out_dir}):
+        with suppress(OSError):
+            folder.rmdir()  # only when empty
+    return removed
+
+
+def write_manifest(out_dir: Path, names: set[str]) -> None:
+    write_bytes(out_dir / MANIFEST, (json.dumps({"written_by": "attnviz", "files": sorted(names)},
+                                                indent=1) + "\n").encode())
 
 
 def write_heatmaps(
@@ -449,16 +1025,42 @@ def write_heatmaps(
     cmap: str = "viridis",
     dpi: int = 100,
     scale: str = "sqrt",
+    *,
+    image_format: str = "png",
+    view: str = "heatmap",
+    exclude_first_key: bool = False,
+    annotate: bool | None = None,
+    title: str | None = None,
 ) -> list[WrittenFile]:
-    """Per-head PNGs plus an overview of all heads, for every layer in ``result``.
+    """Per-head pictures plus an overview of all heads, for every layer in ``result``.
 
-    One layer: ``out_dir/head_MM.png`` and ``out_dir/heads.png``. Several layers:
-    ``out_dir/layer_NN/...`` each, plus ``out_dir/model.png`` (layers x heads).
+    One layer: ``out_dir/head_MM.<fmt>`` and ``out_dir/heads.<fmt>``. Several layers:
+    ``out_dir/layer_NN/...`` each, plus ``out_dir/model.<fmt>`` (layers x heads).
+    ``view="lines"`` draws each head as lines from queries to keys (the overviews stay
+    heatmaps). ``exclude_first_key`` is a view transform (see ``exclude_first``).
+    Files an earlier run wrote here and this one did not are removed (see MANIFEST).
     """
     n_layers, n_heads = result.weights.shape[:2]
+    n = result.n_tokens
     chosen = list(dict.fromkeys(heads)) if heads else list(range(n_heads))
     pretrained = result.config.get("mode") == "pretrained"
-    figure = HeatmapFigure(result.token_labels, 1, cmap, dpi, scale)
+    check_title(title)
+    view_of = exclude_first if exclude_first_key else masked
+    suffix = " (key 0 excluded, rows renormalised)" if exclude_first_key else ""
+    tokens = plural(n, "token")
+
+    def titled(layer: int, head: int | str, auto: str) -> str:
+        return title.format(layer=layer, head=head, tokens=n) if title is not None else auto
+
+    if view == "lines":
+        from attnviz.lines import LinesFigure
+
+        figure = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[title or ""])
+    else:
+        figure = HeatmapFigure(result.token_labels, 1, cmap, dpi, scale, annotate,
+                               mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
+                               extra_texts=[title or ""])
+    earlier = read_manifest(out_dir)
     written = []
     with ThreadPoolExecutor(max_workers=1) as writer:  # compresses while we draw the next
         for li, layer in enumerate(result.layers):
@@ -466,22 +1068,32 @@ def write_heatmaps(
             folder.mkdir(parents=True, exist_ok=True)
             where = f"layer {layer}, " if pretrained else ""
             for h in chosen:
-                path = figure.save(folder / f"head_{h:02d}.png", [result.weights[li, h]],
-                                   [f"{where}head {h}"], writer)
+                text = titled(layer, h, f"{where}head {h}{suffix}")
+                colour = {"heads": [h]} if view == "lines" else {}
+                path = figure.save(folder / f"head_{h:02d}.{image_format}",
+                                   [view_of(result.weights[li, h])], [text], writer, image_format,
+                                   **colour)
                 written.append(WrittenFile(path, layer, h))
-            title = f"{where}all {n_heads} heads, {result.n_tokens} tokens"
-            path = save_heads_overview(folder / "heads.png", result.weights[li],
-                                       title[0].upper() + title[1:], cmap, dpi, scale)
+            auto = f"{where}all {n_heads} heads, {tokens}{suffix}"
+            overview = heads_overview(np.ma.stack([view_of(w) for w in result.weights[li]]),
+                                      titled(layer, "all", auto[0].upper() + auto[1:]), cmap, dpi,
+                                      scale, result.token_labels)
+            path = folder / f"heads.{image_format}"
+            write_bytes(path, overview.to_bytes(image_format))
             written.append(WrittenFile(path, layer, None))
         for future in figure.pending:
             future.result()  # re-raise a failed write here
     if n_layers > 1:
+        tiles = np.ma.stack([np.ma.stack([view_of(w) for w in layer]) for layer in result.weights])
         path = save_grid(
-            out_dir / "model.png", result.weights,
-            f"Every layer and head, {result.n_tokens} tokens",
+            out_dir / f"model.{image_format}", tiles,
+            titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
             row_names=[f"layer {layer}" for layer in result.layers],
             col_names=[f"head {h}" for h in range(n_heads)],
-            cmap=cmap, dpi=dpi, scale=scale,
+            cmap=cmap, dpi=dpi, scale=scale, token_labels=result.token_labels, fmt=image_format,
         )
         written.append(WrittenFile(path, None, None))
+    current = {f.path.relative_to(out_dir).as_posix() for f in written}
+    remove_stale(out_dir, earlier, current)
+    write_manifest(out_dir, current)
     return written

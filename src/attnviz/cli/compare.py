@@ -10,17 +10,23 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AnnotateOpt,
     CmapOpt,
     DebugOpt,
     DpiOpt,
+    ExcludeFirstOpt,
     FileOpt,
+    FontOpt,
     FormatOpt,
     HeadOpt,
+    ImageFormatOpt,
     LayerOpt,
     ModelOptions,
     QuietOpt,
     ScaleOpt,
     TextArg,
+    TitleOpt,
+    ViewOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -44,13 +50,20 @@ def compare_heads(
     induction: Annotated[bool, typer.Option("--induction", help="Add each head's induction "
                          "score (meaningful with --weights).")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the --head heads "
-                         "(default 0 and 1) side by side to this PNG.", show_default=False)] = None,
+                         "(default 0 and 1) side by side to this picture (.png, .svg, .pdf, .jpg).",
+                         show_default=False)] = None,
     similarity_plot: Annotated[Path | None, typer.Option("--similarity-plot", help="Write "
-                               "the similarity matrix to this PNG.", show_default=False)] = None,
+                               "the similarity matrix to this picture.", show_default=False)] = None,
     head: HeadOpt = None,
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = 100,
     scale: ScaleOpt = "sqrt",
+    view: ViewOpt = "heatmap",
+    image_format: ImageFormatOpt = None,
+    exclude_first: ExcludeFirstOpt = False,
+    annotate: AnnotateOpt = None,
+    title: TitleOpt = None,
+    font: FontOpt = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -72,10 +85,10 @@ def compare_heads(
     if plot_path or similarity_plot:
         from attnviz import plot
 
-        plot.check_cmap(cmap)
-        plot.check_dpi(dpi)
+        plot.check_picture_options(cmap, dpi, scale, title, font)
         for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
             if path:
+                plot.image_format(path, image_format, option)
                 check_file_target(path, option)
     from attnviz.analysis import analyze, induction_scores
     from attnviz.output import sort_rows
@@ -100,16 +113,16 @@ def compare_heads(
     if plot_path:
         from attnviz import plot
 
-        figure = plot.HeatmapFigure(result.token_labels, len(plot_heads), cmap, dpi, scale)
-        where = f"layer {result.layers[0]}, " if result.config["mode"] == "pretrained" else ""
-        figure.save(plot_path, [result.weights[0, h] for h in plot_heads],
-                    [f"{where}head {h}" for h in plot_heads])
+        plot.save_compare(plot_path, result, plot_heads, cmap, dpi, scale,
+                          image_format=plot.image_format(plot_path, image_format), view=view,
+                          exclude_first_key=exclude_first, annotate=annotate, title=title)
         files.append(str(plot_path))
     if similarity_plot:
         from attnviz import plot
 
         plot.save_similarity(similarity_plot, matrices[0],
-                             f"Head similarity (JS divergence), layer {result.layers[0]}", dpi)
+                             f"Head similarity (JS divergence), layer {result.layers[0]}", dpi,
+                             cmap, plot.image_format(similarity_plot, image_format))
         files.append(str(similarity_plot))
     if files:
         document["files"] = files

@@ -10,17 +10,23 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AnnotateOpt,
     CmapOpt,
     DebugOpt,
     DpiOpt,
+    ExcludeFirstOpt,
     FileOpt,
+    FontOpt,
     FormatOpt,
     HeadOpt,
+    ImageFormatOpt,
     LayerOpt,
     ModelOptions,
     QuietOpt,
     ScaleOpt,
     TextArg,
+    TitleOpt,
+    ViewOpt,
     WeightsOpt,
     check_out_dir,
     model_options,
@@ -40,6 +46,12 @@ def heatmap(
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = 100,
     scale: ScaleOpt = "sqrt",
+    view: ViewOpt = "heatmap",
+    image_format: ImageFormatOpt = None,
+    exclude_first: ExcludeFirstOpt = False,
+    annotate: AnnotateOpt = None,
+    title: TitleOpt = None,
+    font: FontOpt = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -55,22 +67,25 @@ def heatmap(
     source = read_text(text, file)
     from attnviz import plot
 
-    plot.check_cmap(cmap)
-    plot.check_dpi(dpi)
+    plot.check_picture_options(cmap, dpi, scale, title, font)
+    picture_format = plot.image_format(None, image_format)
     check_out_dir(out)
     from attnviz.analysis import analyze
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
                      heads=head)
     output.message(f"Drawing {result.n_tokens} tokens × {result.n_heads} heads…")
-    files = plot.write_heatmaps(result, out, heads=head, cmap=cmap, dpi=dpi, scale=scale)
+    files = plot.write_heatmaps(result, out, heads=head, cmap=cmap, dpi=dpi, scale=scale,
+                                image_format=picture_format, view=view,
+                                exclude_first_key=exclude_first, annotate=annotate, title=title)
     rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
     document = {"files": [r["file"] for r in rows], "tokens": result.tokens(),
                 "config": result.config}
     if as_json:
         output.json(document)
         return
-    output.table(rows, ["file", "layer", "head"], title=f"Wrote {len(rows)} PNGs to {out}")
+    output.table(rows, ["file", "layer", "head"],
+                 title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}")
     output.mapping(_config_summary(result.config), title="Model")
 
 

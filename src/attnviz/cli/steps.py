@@ -1,0 +1,148 @@
+"""`attnviz steps`: one head walked through the attention pipeline, as one figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    CmapOpt,
+    DebugOpt,
+    DpiOpt,
+    FileOpt,
+    FontOpt,
+    FormatOpt,
+    ImageFormatOpt,
+    LayerOpt,
+    ModelOptions,
+    QuietOpt,
+    ScaleOpt,
+    TextArg,
+    TitleOpt,
+    WeightsOpt,
+    check_file_target,
+    model_options,
+)
+from attnviz.errors import AttnvizError, InputError
+from attnviz.inputs import read_text
+
+
+@app.command()
+@model_options
+def steps(
+    text: TextArg = None,
+    file: FileOpt = None,
+    head: Annotated[int, typer.Option("--head", min=0, metavar="I",
+                                      help="The head to follow through the pipeline.",
+                                      show_default=False)] = ...,
+    output_path: Annotated[Path, typer.Option(
+        "--output", "-o", help="The figure to write (.png, .svg, .pdf or .jpg).")] = Path(
+        "attnviz-steps.png"),
+    dropout: Annotated[float | None, typer.Option(
+        "--dropout", metavar="P", help="Random mode: show nn.Dropout(P) on the weights (drawn "
+        "with --seed), applied before the context, as the book does while training.",
+        show_default=False)] = None,
+    cmap: CmapOpt = "viridis",
+    dpi: DpiOpt = 100,
+    scale: ScaleOpt = "sqrt",
+    image_format: ImageFormatOpt = None,
+    title: TitleOpt = None,
+    font: FontOpt = None,
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    allow_special: AllowSpecialOpt = False,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw one head's pipeline: Q, K, Q·Kᵀ, ÷√d_k, causal mask, softmax, V, context.
+
+    --format json prints every matrix (null where the mask put −∞).
+    """
+    import numpy as np
+
+    from attnviz.output import Output
+
+    output = Output(fmt, quiet)
+    source = read_text(text, file)
+    from attnviz import pipeline, plot, plot_steps
+
+    plot.check_picture_options(cmap, dpi, scale, title, font)
+    image_format = plot.image_format(output_path, image_format, "--output")
+    check_file_target(output_path, "--output")
+    if dropout is not None:
+        if weights is not None:
+            raise InputError("--dropout shows the training-time step of the book's random model; "
+                             "a checkpoint is shown as at inference: drop --dropout or --weights")
+        pipeline.check_dropout(dropout)
+    layers = [part for item in layer or [] for part in str(item).split(",") if part.strip()]
+    if len(layers) > 1 or any(part.strip().lower() == "all" for part in layers):
+        raise InputError("steps follows one head of one layer: give a single --layer N")
+    from attnviz.analysis import analyze_ids
+    from attnviz.tokenizer import encode
+
+    token_ids = encode(source, allow_special=allow_special)
+    plot_steps.check_steps_size(len(token_ids))
+    result = analyze_ids(token_ids, config, weights=weights, layer=layers or None, heads=[head])
+    head_steps = pipeline.head_steps(result, head, dropout=dropout, seed=config.seed)
+    output.message(f"Drawing layer {head_steps.layer}, head {head}: {result.n_tokens} tokens…")
+    try:
+        plot_steps.save_steps(
+            output_path, head_steps, result.token_labels, image_format, cmap, dpi, scale,
+            title=title and title.format(head=head, layer=head_steps.layer, tokens=result.n_tokens),
+            subtitle=_model_line(result.config, config.seed))
+    except OSError as exc:
+        raise AttnvizError(f"cannot write {output_path}: {exc.strerror or exc}") from None
+
+    matrices = head_steps.matrices()
+    formulas = head_steps.formulas()
+    shapes = {name: list(m.shape) for name, m in matrices.items()}
+    if fmt == "json":
+        output.json({
+            "file": str(output_path),
+            "layer": head_steps.layer,
+            "head": head,
+            "head_dim": head_steps.head_dim,
+            "scale": head_steps.scale,
+            "dropout": None if dropout is None else {"p": dropout, "seed": head_steps.seed},
+            "formulas": formulas,
+            "shapes": shapes,
+            "matrices": {name: _float32_lists(m) for name, m in matrices.items()},
+            "tokens": result.tokens(),
+            "config": result.config,
+        })
+        return
+    rows = [{"step": i, "matrix": name, "formula": formulas[name],
+             "shape": " × ".join(map(str, m.shape)),
+             "min": float(m[np.isfinite(m)].min()), "max": float(m[np.isfinite(m)].max())}
+            for i, (name, m) in enumerate(matrices.items(), start=1)]
+    columns = ["step", "matrix", "formula", "shape", "min", "max"]
+    if fmt == "csv":
+        output.csv(rows, columns)
+        return
+    output.table(rows, columns, title=f"Layer {head_steps.layer}, head {head}: "
+                 f"{result.n_tokens} tokens, d_k = {head_steps.head_dim}")
+    output.mapping({"file": str(output_path), "format": image_format}, title="Wrote")
+
+
+def _float32_lists(matrix):
+    """Nested lists of the float32 values, each written in its shortest exact form (0.2,
+    not 0.20000000298023224); None for -inf."""
+    import numpy as np
+
+    strings = matrix.astype(np.float32).astype(str)  # shortest round-trip repr
+    return [[None if s == "-inf" else float(s) for s in row] for row in strings]
+
+
+def _model_line(config: dict, seed: int) -> str:
+    if config.get("mode") == "random":
+        return (f"random weights (seed {seed}), {config['n_heads']} heads, "
+                f"d_model {config['d_model']}")
+    path = Path(str(config.get("weights", "checkpoint")))
+    name = path.parent.name if path.name in ("model.safetensors", "pytorch_model.bin") else path.name
+    return f"weights: {name}, {config['n_heads']} heads, d_model {config['d_model']}"

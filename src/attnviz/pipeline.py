@@ -1,0 +1,201 @@
+"""One head through the attention pipeline of chapter 3, every intermediate matrix kept.
+
+>>> from attnviz.analysis import analyze
+>>> from attnviz.config import ModelConfig
+>>> result = analyze("Your journey starts with one step", ModelConfig(n_heads=4, d_model=32))
+>>> steps = head_steps(result, head=3)
+>>> steps.queries.shape, steps.scores.shape, steps.context.shape   # (T, d_k), (T, T), (T, d_k)
+((6, 8), (6, 6), (6, 8))
+>>> bool(abs(steps.weights - result.weights[0, 3]).max() < 1e-6)
+True
+
+For head ``h`` with ``d_k = head_dim`` and ``X`` the ``(T, d_model)`` input of the layer::
+
+    Q = X W_Q[h]ᵀ (+ b_Q[h])    K, V likewise           (T, d_k)
+    S = Q Kᵀ                                            (T, T)  [query_pos, key_pos]
+    S' = S / √d_k                                       (T, T)
+    M = S' with -inf where key_pos > query_pos          (T, T)
+    A = softmax(M) row by row                           (T, T)  rows sum to 1
+    A_drop = dropout(A)   (only when asked)             (T, T)
+    Z = A V  (A_drop V with dropout)                    (T, d_k)
+
+Everything is recomputed from the layer's float32 input and parameters in float32, the
+way the model computes it, so ``A`` is the model's weights (to float32 rounding: a
+float64 re-derivation differs from the float32 model by up to ~1e-6 when scores are
+large). The matrices are returned as float64 arrays holding those float32 values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from attnviz.analysis import AttentionResult
+from attnviz.errors import InputError
+
+# The order in which the pipeline produces its matrices; JSON keys and figure panels follow it.
+MATRICES = ("queries", "keys", "scores", "scaled", "masked", "weights", "dropped", "values",
+            "context")
+
+
+@dataclass
+class HeadSteps:
+    """Every matrix one head computes (float32 values in float64 numpy arrays).
+
+    ``(T, d_k)``: ``queries``, ``keys``, ``values``, ``context``.
+    ``(T, T)`` ``[query_pos, key_pos]``: ``scores``, ``scaled``, ``masked`` (``-inf`` in
+    the future), ``weights``, and ``dropped`` (the weights after dropout, or None).
+    """
+
+    layer: int
+    head: int
+    head_dim: int
+    scale: float  # scores are multiplied by this (1 / √d_k for GPT-2)
+    queries: np.ndarray
+    keys: np.ndarray
+    values: np.ndarray
+    scores: np.ndarray
+    scaled: np.ndarray
+    masked: np.ndarray
+    weights: np.ndarray
+    context: np.ndarray
+    dropped: np.ndarray | None = None
+    dropout: float | None = None
+    seed: int | None = None
+    biased: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def divides_by_sqrt_dk(self) -> bool:
+        return math.isclose(self.scale, 1.0 / math.sqrt(self.head_dim))
+
+    def formulas(self) -> dict[str, str]:
+        """Each matrix's formula, as the book writes it, keyed like ``matrices()``."""
+        bias = " + b_{}" if self.biased else ""
+        scaled = "S / √d_k" if self.divides_by_sqrt_dk else f"S × {self.scale:.4g}"
+        formulas = {
+            "queries": "Q = X·W_Q" + bias.format("Q"),
+            "keys": "K = X·W_K" + bias.format("K"),
+            "scores": "S = Q·Kᵀ",
+            "scaled": scaled,
+            "masked": f"mask({scaled})",
+            "weights": f"A = softmax(mask({scaled}))",
+            "dropped": "" if self.dropout is None else f"dropout(A), p = {self.dropout:g}",
+            "values": "V = X·W_V" + bias.format("V"),
+            "context": f"Z = {'A' if self.dropped is None else 'dropout(A)'}·V",
+        }
+        return {name: formulas[name] for name in self.matrices()}
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        """The matrices in pipeline order (``dropped`` only when dropout was applied)."""
+        return {name: getattr(self, name) for name in MATRICES if getattr(self, name) is not None}
+
+
+def score_scale(result: AttentionResult, layer_index: int, head_dim: int) -> float:
+    """The factor the scores of ``result.layers[layer_index]`` are multiplied by before
+    the mask and softmax — the one place the scale is decided.
+
+    GPT-2 and the book divide by √d_k. A model that scales otherwise (GPT-2 configs with
+    ``scale_attn_weights=false`` or ``scale_attn_by_inverse_layer_idx``) reports its
+    factor per layer in ``result.scales`` (or ``config["attn_scale"]``), used when given.
+    """
+    scales = getattr(result, "scales", None) or []
+    if layer_index < len(scales) and scales[layer_index] is not None:
+        return float(scales[layer_index])
+    if result.config.get("attn_scale") is not None:
+        return float(result.config["attn_scale"])
+    return 1.0 / math.sqrt(head_dim)
+
+
+def causal_future(n_tokens: int) -> np.ndarray:
+    """``(T, T)`` bool, True where key_pos > query_pos (the cells the mask hides)."""
+    return np.triu(np.ones((n_tokens, n_tokens), dtype=bool), k=1)
+
+
+def dropout_keep(shape: tuple[int, int], p: float, seed: int) -> np.ndarray:
+    """The cells ``torch.nn.Dropout(p)`` keeps in a tensor of ``shape`` (bool), as drawn
+    after ``torch.manual_seed(seed)`` — the book's ``torch.manual_seed(123);
+    dropout(attn_weights)``. The global torch RNG is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        drop = torch.nn.Dropout(p).train()
+        return (drop(torch.ones(shape)) != 0).numpy()
+
+
+def check_dropout(p: float) -> None:
+    if not (0.0 <= p < 1.0):
+        raise InputError(f"--dropout must be a probability from 0 up to (not including) 1, got {p}")
+
+
+def head_steps(
+    result: AttentionResult,
+    head: int,
+    layer: int | None = None,
+    dropout: float | None = None,
+    seed: int = 123,
+) -> HeadSteps:
+    """Recompute head ``head`` of ``layer`` (default: the first layer in ``result``)
+    step by step from the layer's input and projection weights.
+
+    ``dropout``: apply ``nn.Dropout(dropout)`` (drawn with ``seed``) to the weights
+    before the context, as the book does while training.
+    """
+    n_heads = result.n_heads
+    if not 0 <= head < n_heads:
+        raise InputError(f"--head {head} is out of range: the model has {n_heads} heads "
+                         f"(0-{n_heads - 1})")
+    if layer is None:
+        layer = result.layers[0]
+    if layer not in result.layers:
+        raise InputError(f"layer {layer} was not computed (have {result.layers})")
+    li = result.layers.index(layer)
+    if dropout is not None:
+        check_dropout(dropout)
+
+    import torch
+
+    x = torch.from_numpy(result.attn_inputs[li])  # (T, d_model) float32, as the model saw it
+    d_out = result.params["W_query"].shape[1]
+    head_dim = d_out // n_heads
+    cols = slice(head * head_dim, (head + 1) * head_dim)
+
+    def project(name: str) -> torch.Tensor:
+        # The whole projection, as nn.Linear computed it in the model, then this head's slice.
+        bias = result.params.get(f"b_{name}")
+        full = torch.nn.functional.linear(x, torch.from_numpy(result.params[f"W_{name}"][li]),
+                                          None if bias is None else torch.from_numpy(bias[li]))
+        return full[:, cols]  # (T, d_k)
+
+    queries, keys, values = project("query"), project("key"), project("value")  # (T, d_k)
+    scale = score_scale(result, li, head_dim)
+    scores = queries @ keys.T  # (T, T)
+    # The model scales the queries before the product (fewer operations on the big matrix);
+    # doing the same keeps these numbers the model's own, not merely close to them.
+    scaled = (queries * scale) @ keys.T
+    future = torch.from_numpy(causal_future(len(x)))
+    masked = scaled.masked_fill(future, float("-inf"))
+    weights = torch.softmax(masked, dim=-1)  # (T, T), exactly 0 above the diagonal
+    dropped = None
+    if dropout is not None:
+        keep = torch.from_numpy(dropout_keep(tuple(weights.shape), dropout, seed))
+        dropped = torch.where(keep, weights / (1.0 - dropout), torch.zeros(()))
+    context = (weights if dropped is None else dropped) @ values  # (T, d_k)
+
+    def out(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.numpy().astype(np.float64)
+
+    return HeadSteps(
+        layer=layer, head=head, head_dim=head_dim, scale=scale,
+        queries=out(queries), keys=out(keys), values=out(values), scores=out(scores),
+        scaled=out(scaled), masked=out(masked), weights=out(weights), context=out(context),
+        dropped=out(dropped),
+        dropout=dropout, seed=seed if dropout is not None else None,
+        biased="b_query" in result.params,
+    )
