@@ -19,8 +19,8 @@ CASES = [  # (d_in, d_out, num_heads, T, batch)
     (24, 48, 6, 17, 3),
     (64, 64, 8, 33, 1),
     (768, 768, 12, 40, 1),
-    (32, 32, 4, 150, 2),  # several query blocks of MultiHeadAttention.query_block rows
-    (48, 48, 3, 128, 1),  # exactly two blocks
+    (32, 32, 4, 150, 2),  # longer than 128: beyond every small power of two
+    (48, 48, 3, 128, 1),
 ]
 # torch.nn.MultiheadAttention projects queries from embed_dim, so it needs d_in == d_out.
 SQUARE_CASES = [case for case in CASES if case[0] == case[1]]

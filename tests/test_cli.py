@@ -158,8 +158,9 @@ def test_compare_heads_json_matches_an_independent_recomputation(cli, tmp_path):
         assert row["first_token"] == pytest.approx(np.mean([a[i, 0] for i in range(1, n)]), abs=1e-6)
         distance = np.mean([sum(a[i, j] * (i - j) for j in range(n)) for i in range(n)])
         assert row["mean_distance"] == pytest.approx(distance, abs=1e-6)
-    js = np.array(doc["similarity"])
-    assert js.shape == (12, 12) and np.allclose(js, js.T) and np.allclose(np.diag(js), 0)
+    js = np.array(doc["similarity"])[0]  # [layer][head][head], one layer here
+    assert doc["layers"] == [0] and js.shape == (12, 12)
+    assert np.allclose(js, js.T) and np.allclose(np.diag(js), 0)
 
 
 def test_compare_heads_single_token_gives_null_not_nan(cli):

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +39,8 @@ class AttentionResult:
     config: dict
     raw_tokens: list[bytes] = field(repr=False, default_factory=list)
     scales: list[float] = field(default_factory=list)  # per layer: what Q·Kᵀ was multiplied by
+    # (start, stop) when this is a window of the text (see ``crop``): positions are absolute
+    window: tuple[int, int] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -48,17 +52,21 @@ class AttentionResult:
 
     @property
     def token_labels(self) -> list[str]:
-        return [token_label(raw) for raw in self.raw_tokens]
+        """Display labels; in a window each starts with its absolute position ("12: ␣store")."""
+        if self.window is None:
+            return [token_label(raw) for raw in self.raw_tokens]
+        return [f"{self.window[0] + i}: {token_label(raw)}" for i, raw in enumerate(self.raw_tokens)]
 
     def tokens(self) -> list[dict]:
-        """One record per token: position, id, text, label (visible whitespace), bytes."""
-        return token_records(self.token_ids, self.raw_tokens)
+        """One record per token: position (absolute, also in a window), id, text, label
+        (visible whitespace), bytes."""
+        return token_records(self.token_ids, self.raw_tokens, self.window[0] if self.window else 0)
 
 
-def token_records(token_ids: list[int], raw_tokens: list[bytes]) -> list[dict]:
+def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0) -> list[dict]:
     return [
         {
-            "position": i,
+            "position": first + i,
             "id": tid,
             "text": token_text(raw),
             "label": token_label(raw),
@@ -66,6 +74,48 @@ def token_records(token_ids: list[int], raw_tokens: list[bytes]) -> list[dict]:
         }
         for i, (tid, raw) in enumerate(zip(token_ids, raw_tokens))
     ]
+
+
+def check_window_syntax(spec: str) -> tuple[int | None, int | None]:
+    """``--tokens A:B`` (Python slice syntax; either side may be left out) -> (A, B)."""
+    parts = spec.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise InputError(f"--tokens takes a window A:B in Python slice syntax (0:20, 5:, -20:, "
+                         f":-1), got {spec!r}") from None
+    return start, stop
+
+
+def parse_window(spec: str | None, n_tokens: int) -> tuple[int, int] | None:
+    """``--tokens A:B`` -> the absolute (start, stop) of queries and keys A..B-1 of a text
+    of ``n_tokens`` tokens, like ``range(n_tokens)[A:B]`` (negatives count from the end);
+    None for the whole text. An empty window is refused."""
+    if spec is None:
+        return None
+    start, stop, _ = slice(*check_window_syntax(spec)).indices(n_tokens)
+    if stop <= start:
+        raise InputError(f"--tokens {spec} selects no tokens: the text has {n_tokens} "
+                         f"(positions 0-{n_tokens - 1}; negative numbers count from the end)")
+    return start, stop
+
+
+def crop(result: AttentionResult, start: int, stop: int) -> AttentionResult:
+    """Queries and keys ``start..stop-1`` of ``result``: the attention of the whole text,
+    cut afterwards (not recomputed on the window). ``weights`` becomes ``(L, H, W, W)``;
+    rows keep the weights the model gave, so when ``start > 0`` they sum to less than 1
+    (what went to the keys before the window is not shown). Positions stay absolute."""
+    first = result.window[0] if result.window else 0
+    return replace(
+        result,
+        token_ids=result.token_ids[start:stop],
+        weights=np.ascontiguousarray(result.weights[..., start:stop, start:stop]),
+        attn_inputs=np.ascontiguousarray(result.attn_inputs[:, start:stop]),
+        raw_tokens=result.raw_tokens[start:stop],
+        window=(first + start, first + stop),
+    )
 
 
 def parse_layers(layer: str | int | list, n_layers: int) -> list[int]:
@@ -139,6 +189,8 @@ def analyze(
     layer: str | int = 0,
     allow_special: bool = False,
     heads: list[int] | None = None,
+    tokens: str | None = None,
+    progress=None,
 ) -> AttentionResult:
     """Tokenize ``text`` and return the attention weights of the chosen layer(s).
 
@@ -147,10 +199,15 @@ def analyze(
     ``weights`` is a GPT-2 checkpoint or Hub repo id (see ``attnviz.checkpoint``);
     ``config``'s sizes are ignored and ``layer`` picks a layer number, a list (``"3,5"``)
     or ``"all"``. ``heads``, when given, is checked against the model's head count before
-    any heavy work.
+    any heavy work. ``tokens="A:B"`` (``--tokens``): the whole text is computed, then
+    queries and keys A..B-1 are kept (see ``crop``). ``progress(stage, done, total)``, when
+    given, hears of each block read and run (see ``attnviz.progress``).
     """
-    return analyze_ids(encode(text, allow_special=allow_special), config, weights=weights,
-                       layer=layer, heads=heads)
+    token_ids = encode(text, allow_special=allow_special)
+    window = parse_window(tokens, len(token_ids)) if token_ids else None
+    result = analyze_ids(token_ids, config, weights=weights, layer=layer, heads=heads,
+                         progress=progress)
+    return crop(result, *window) if window else result
 
 
 def load_model(config: ModelConfig | None = None, weights: str | None = None):
@@ -197,17 +254,20 @@ def analyze_ids(
     weights: str | None = None,
     layer: str | int = 0,
     heads: list[int] | None = None,
+    progress=None,
 ) -> AttentionResult:
     """``analyze`` for token ids that are already known."""
     if not token_ids:
         raise InputError("there are no tokens to analyse")
     model = load_model(config, weights)
-    return analyze_with(model, token_ids, layer, heads)
+    return analyze_with(model, token_ids, layer, heads, progress)
 
 
 def analyze_with(model, token_ids: list[int], layer: str | int = 0,
-                 heads: list[int] | None = None) -> AttentionResult:
-    """Run ``model`` (from ``load_model``) on one text and collect the chosen layers."""
+                 heads: list[int] | None = None, progress=None) -> AttentionResult:
+    """Run ``model`` (from ``load_model``) on one text and collect the chosen layers.
+    The weights are written by the forward pass straight into one ``(L, H, T, T)``
+    float32 array: no per-layer tensors stacked and copied afterwards."""
     import torch
 
     from attnviz.model import projections_of
@@ -218,14 +278,18 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
         " (the checkpoint's n_positions)")
     check_length(len(token_ids), model.context_length, hint)
     check_fits(len(layers), model.n_heads, len(token_ids))
-    per_layer = model.run(torch.tensor([token_ids]), layers)
+    n = len(token_ids)
+    weights = empty_float32((len(layers), model.n_heads, n, n))  # (L, H, T, T)
+    per_layer = model.run(torch.tensor([token_ids]), layers,
+                          weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, T)
+                          progress=progress)
     params: dict[str, list] = {}
     for _, _, attn in per_layer:
         for name, value in projections_of(attn).items():
             params.setdefault(name, []).append(value)
     return AttentionResult(
         token_ids=token_ids,
-        weights=_to_numpy([w[0] for _, w, _ in per_layer]),
+        weights=weights,
         layers=layers,
         attn_inputs=_to_numpy([x[0] for x, _, _ in per_layer]),
         params={k: _to_numpy(v) for k, v in params.items()},
@@ -258,6 +322,21 @@ def check_heads(heads: list[int] | None, n_heads: int) -> None:
         if not 0 <= h < n_heads:
             raise InputError(f"--head {h} is out of range: the model has {n_heads} heads "
                              f"(0-{n_heads - 1})")
+
+
+def empty_float32(shape: tuple[int, ...]) -> np.ndarray:
+    """``np.empty(shape, float32)``; a large one is backed by transparent huge pages where
+    Linux offers them on request ("madvise" mode): the first touch of 577 MB then costs
+    ~300 page faults instead of ~140,000 (about a second on a virtual machine)."""
+    import mmap
+
+    size = math.prod(shape) * _FLOAT32
+    if size < 64 * 2**20 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.empty(shape, dtype=np.float32)
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with suppress(OSError):  # a kernel without THP: ordinary pages
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(buffer, dtype=np.float32).reshape(shape)
 
 
 def _to_numpy(tensors) -> np.ndarray:

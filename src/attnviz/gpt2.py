@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnviz.attention import MultiHeadAttention
+from attnviz.attention import MultiHeadAttention, _causal_mask
 from attnviz.checkpoint import ACTIVATIONS, Checkpoint, GPT2Config, TensorSource
 
 
@@ -28,31 +28,48 @@ class Block(nn.Module):
         self.c_proj = nn.Linear(config.n_inner, d)
         self.activation = ACTIVATIONS[config.activation_function]
 
-    def forward(self, x: torch.Tensor):
-        """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``."""
+    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None):
+        """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
+        the weights are written into ``weights_out`` when given."""
         attn_input = self.ln_1(x)
-        attn_out, weights = self.attn(attn_input, return_weights=True)
+        attn_out, weights = self.attn(attn_input, return_weights=True, weights_out=weights_out)
         x = x + attn_out
         hidden = self.activation(self.c_fc(self.ln_2(x)))
         return x + self.c_proj(hidden), attn_input, weights
 
+    @classmethod
+    def from_hf(cls, config: GPT2Config, layer: int, tensors: TensorSource,
+                mask: torch.Tensor) -> Block:
+        """Block ``layer`` of a checkpoint, its parameters the checkpoint's own tensors.
+        Built on the meta device: no random initialisation to overwrite, no copies."""
+        with torch.device("meta"):
+            block = cls(config, layer)
+        block.load_hf(tensors, f"h.{layer}.")
+        block.attn.mask = mask  # (n_positions, n_positions), shared by the blocks
+        return block.eval()
+
     @torch.no_grad()
     def load_hf(self, tensors: TensorSource, prefix: str) -> None:
-        """Copy Hugging Face block weights in; its Conv1D stores (in, out), Linear (out, in)."""
+        """Take Hugging Face block weights in as parameters (views, not copies); its Conv1D
+        stores (in, out), Linear (out, in): a transposed view is what F.linear multiplies by."""
         d = self.ln_1.normalized_shape[0]
         c_attn_w = tensors.get(prefix + "attn.c_attn.weight")  # (d, 3d): q | k | v
         c_attn_b = tensors.get(prefix + "attn.c_attn.bias") if self.attn.W_query.bias is not None else None
         for i, linear in enumerate((self.attn.W_query, self.attn.W_key, self.attn.W_value)):
-            linear.weight.copy_(c_attn_w[:, i * d : (i + 1) * d].T)
+            linear.weight = _parameter(c_attn_w[:, i * d : (i + 1) * d].T)
             if c_attn_b is not None:
-                linear.bias.copy_(c_attn_b[i * d : (i + 1) * d])
+                linear.bias = _parameter(c_attn_b[i * d : (i + 1) * d])
         pairs = {self.attn.out_proj: "attn.c_proj", self.c_fc: "mlp.c_fc", self.c_proj: "mlp.c_proj"}
         for linear, name in pairs.items():
-            linear.weight.copy_(tensors.get(prefix + name + ".weight").T)
-            linear.bias.copy_(tensors.get(prefix + name + ".bias"))
+            linear.weight = _parameter(tensors.get(prefix + name + ".weight").T)
+            linear.bias = _parameter(tensors.get(prefix + name + ".bias"))
         for norm in ("ln_1", "ln_2"):
-            getattr(self, norm).weight.copy_(tensors.get(f"{prefix}{norm}.weight"))
-            getattr(self, norm).bias.copy_(tensors.get(f"{prefix}{norm}.bias"))
+            getattr(self, norm).weight = _parameter(tensors.get(f"{prefix}{norm}.weight"))
+            getattr(self, norm).bias = _parameter(tensors.get(f"{prefix}{norm}.bias"))
+
+
+def _parameter(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor, requires_grad=False)
 
 
 class GPT2:
@@ -83,12 +100,15 @@ class GPT2:
     def describe(self) -> dict:
         return self.checkpoint.describe()
 
-    def load_blocks(self, n_blocks: int) -> None:
-        """Read blocks ``0 .. n_blocks - 1`` (those not read yet)."""
+    def load_blocks(self, n_blocks: int, progress=None) -> None:
+        """Read blocks ``0 .. n_blocks - 1`` (those not read yet); ``progress(stage, done,
+        total)`` is called after each."""
+        mask = _causal_mask(self.config.n_positions)
         for i in range(len(self.blocks), n_blocks):
-            block = Block(self.config, i).eval()
-            block.load_hf(self.checkpoint.tensors, f"h.{i}.")
+            block = Block.from_hf(self.config, i, self.checkpoint.tensors, mask)
             self.blocks.append(block.to(self.device))
+            if progress:
+                progress("Reading weights", i + 1, n_blocks)
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """``token_ids (B, T)`` -> ``(B, T, d)``: token + position embeddings, reading only
@@ -100,15 +120,26 @@ class GPT2:
         return (tokens + positions).to(self.device)
 
     @torch.inference_mode()
-    def run(self, token_ids: torch.Tensor, layers: list[int]) -> list[tuple]:
+    def run(self, token_ids: torch.Tensor, layers: list[int],
+            weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
         """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
         weights (B, nh, T, T), attention module)``. Rows of a batch may be right-padded:
-        the causal mask keeps every position blind to the padding after it."""
-        self.load_blocks(max(layers) + 1)
+        the causal mask keeps every position blind to the padding after it.
+        ``weights_out``: a float32 ``(len(layers), B, nh, T, T)`` CPU tensor the weights
+        are written into (its slices are returned); ``progress(stage, done, total)`` is
+        called after each block read and each block run."""
+        deepest = max(layers) + 1
+        self.load_blocks(deepest, progress)
         x = self.embed(token_ids)
-        wanted, out = set(layers), {}
-        for i, block in enumerate(self.blocks[: max(layers) + 1]):
-            x, attn_input, weights = block(x)
+        wanted, out = {layer: k for k, layer in enumerate(layers)}, {}
+        on_device = weights_out is not None and weights_out.device == self.device
+        for i, block in enumerate(self.blocks[:deepest]):
+            target = weights_out[wanted[i]] if i in wanted and weights_out is not None else None
+            x, attn_input, weights = block(x, target if on_device else None)
+            if target is not None and not on_device:
+                weights = target.copy_(weights)  # back to the CPU, layer by layer
             if i in wanted:
                 out[i] = (attn_input, weights, block.attn)
+            if progress:
+                progress("Forward pass", i + 1, deepest)
         return [out[i] for i in layers]

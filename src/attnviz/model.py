@@ -87,14 +87,19 @@ class RandomModel:
         return tokens + positions
 
     @torch.inference_mode()
-    def run(self, token_ids: torch.Tensor, layers: list[int]) -> list[tuple]:
+    def run(self, token_ids: torch.Tensor, layers: list[int],
+            weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
         """``token_ids (B, T)`` -> ``[(attn_input (B, T, d), weights (B, nh, T, T), module)]``
-        for the one layer (0) random mode has."""
+        for the one layer (0) random mode has; as ``GPT2.run`` (``weights_out``, ``progress``)."""
         if token_ids.shape[1] > self.fused.mask.shape[0]:
             self._build(token_ids.shape[1])
         x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
         _, weights = self.attention(x, return_weights=True)
-        return [(x, weights, self.fused) for _ in layers]
+        if progress:
+            progress("Forward pass", 1, 1)
+        if weights_out is None:
+            return [(x, weights, self.fused) for _ in layers]
+        return [(x, weights_out[k].copy_(weights), self.fused) for k in range(len(layers))]
 
 
 def projections_of(mha: MultiHeadAttention) -> dict[str, torch.Tensor]:

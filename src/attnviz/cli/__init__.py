@@ -14,6 +14,7 @@ from attnviz.cli.app import app
 from attnviz.cli import heatmap  # noqa: F401
 from attnviz.cli import compare  # noqa: F401
 from attnviz.cli import export  # noqa: F401
+from attnviz.cli import scan  # noqa: F401
 from attnviz.cli import report  # noqa: F401
 from attnviz.cli import steps  # noqa: F401
 

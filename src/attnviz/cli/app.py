@@ -49,12 +49,69 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _silence_stdout() -> None:
+    """After a closed pipe: point fd 1 at /dev/null so that the final flush of what is
+    still buffered cannot fail again (and turn the exit code into 120)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    """Flush what the command left buffered: a full disk fails here as one clear error."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise AttnvizError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
+def _refuse_repeated_options(command, args: list[str]) -> None:
+    """An option that takes one value, given twice (``--seed 1 --seed 2``), is refused
+    instead of silently keeping the last. Options that collect several values
+    (``--layer``, ``--head`` where it is repeatable) may repeat."""
+    single = {}  # option spelling -> (parameter, takes a value)
+    for param in command.params:
+        if getattr(param, "param_type_name", "") != "option" or param.multiple or param.count:
+            continue
+        for spelling in (*param.opts, *param.secondary_opts):
+            single[spelling] = (param, not param.is_flag)
+    takes_value = {s for p in command.params if getattr(p, "param_type_name", "") == "option"
+                   and not p.is_flag for s in p.opts}
+    seen: dict[str, str] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        spelling = token.split("=", 1)[0] if token.startswith("--") else token
+        if spelling in single:
+            param, _ = single[spelling]
+            if param.name in seen:
+                first = seen[param.name]
+                said = (f"{first} is given twice" if first == spelling
+                        else f"{first} and {spelling} are both given")
+                raise UsageError(f"{said}; give it once (a repeated option does not silently "
+                                 "keep the last value)", ctx=None)
+            seen[param.name] = spelling
+        if spelling in takes_value and "=" not in token:
+            next(tokens, None)  # the option's value, whatever it looks like
+
+
 class _Group(TyperGroup):
     """Turns every failure into one ``Error:`` line and the right exit code."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            if sys.stdout is None:  # started with stdout closed (`>&-`): nowhere for results
+                raise AttnvizError("standard output is closed; to discard the results, "
+                                   "redirect it instead: > /dev/null")
+            value = super().invoke(ctx)
+            _flush_stdout()
+            return value
         except (ClickException, typer.Exit, typer.Abort):
             raise
         except AttnvizError as exc:
@@ -65,15 +122,27 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             _error("interrupted; no partial files were left behind")
             raise typer.Exit(130) from None
-        except BrokenPipeError:  # e.g. `attnviz tokens ... | head`
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        except BrokenPipeError:  # e.g. `attnviz tokens ... | head`: the reader has enough
+            _silence_stdout()
             raise typer.Exit(0) from None
+        except OSError as exc:  # a full disk, a folder gone mid-run: the system's own words
+            if _debug["on"]:
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            _error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(1) from None
         except Exception as exc:
             if _debug["on"]:
                 traceback.print_exc()
             _error(f"unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug "
                    "for the traceback, and please report it)")
             raise typer.Exit(1) from None
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            _refuse_repeated_options(command, rest)
+        return name, command, rest
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _debug["on"] = bool(os.environ.get("ATTNVIZ_DEBUG"))  # --debug may turn it on

@@ -18,7 +18,6 @@ from attnviz.cli.options import (
     FileOpt,
     FontOpt,
     FormatOpt,
-    HeadOpt,
     ImageFormatOpt,
     LayerOpt,
     ModelOptions,
@@ -26,6 +25,7 @@ from attnviz.cli.options import (
     ScaleOpt,
     TextArg,
     TitleOpt,
+    TokensOpt,
     ViewOpt,
     WeightsOpt,
     check_file_target,
@@ -33,6 +33,8 @@ from attnviz.cli.options import (
 )
 from attnviz.errors import InputError
 from attnviz.inputs import read_text
+
+INDUCTION_PERIOD = 50  # the induction probe: this many random tokens, then the same again
 
 
 @app.command("compare-heads")
@@ -50,11 +52,15 @@ def compare_heads(
     induction: Annotated[bool, typer.Option("--induction", help="Add each head's induction "
                          "score (meaningful with --weights).")] = False,
     plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the --head heads "
-                         "(default 0 and 1) side by side to this picture (.png, .svg, .pdf, .jpg).",
+                         "(default 0 and 1) side by side to this picture (.png, .svg, .pdf, .jpg); "
+                         "a row per layer when there are several.",
                          show_default=False)] = None,
     similarity_plot: Annotated[Path | None, typer.Option("--similarity-plot", help="Write "
-                               "the similarity matrix to this picture.", show_default=False)] = None,
-    head: HeadOpt = None,
+                               "the similarity matrix to this picture: one panel per layer.",
+                               show_default=False)] = None,
+    head: Annotated[list[int] | None, typer.Option(
+        "--head", min=0, metavar="I", help="A head to draw with --plot (repeatable; default: "
+        "heads 0 and 1). The table always lists every head.", show_default=False)] = None,
     cmap: CmapOpt = "viridis",
     dpi: DpiOpt = 100,
     scale: ScaleOpt = "sqrt",
@@ -67,20 +73,31 @@ def compare_heads(
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
+    tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compare the heads: entropy, focus, self / previous / first-token attention, distance."""
+    """Compare the heads: entropy, focus, self / previous / first-token attention, distance.
+
+    The table lists every head of the chosen layers; --head picks the heads drawn by --plot.
+    """
+    import numpy as np
+
     from attnviz.output import Output
     from attnviz.stats import COLUMNS
 
     output = Output(fmt, quiet)
     columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
+    if sort_by == "induction" and not induction:
+        raise InputError("--sort-by induction needs the induction scores: add --induction")
     if sort_by is not None and sort_by not in columns:
         raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
-                         f"{', '.join(columns)}")
+                         f"{', '.join(columns)} (or induction, with --induction)")
+    if head and not plot_path:
+        raise InputError("--head picks the heads drawn by --plot; add --plot FILE (the table "
+                         "always lists every head)")
     source = read_text(text, file)
     if plot_path or similarity_plot:
         from attnviz import plot
@@ -96,37 +113,62 @@ def compare_heads(
     from attnviz.stats import similarity as js_matrix
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
-                     heads=head)
+                     heads=head, tokens=tokens)
+    several = len(result.layers) > 1
+    if plot_path and view == "lines" and several:
+        raise InputError("--view lines draws the heads of one layer over each other; give one "
+                         "--layer, or use --view heatmap for a grid of every layer")
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
     rows = head_rows(result.weights, result.layers)
     if induction:
-        output.message("Scoring induction on a repeated random sequence…")
-        scores = induction_scores(config, weights=weights, layer=layer, seed=config.seed)
+        probe = 2 * INDUCTION_PERIOD
+        if result.config["context_length"] < probe:
+            where = ("--context-length" if result.config.get("mode") == "random"
+                     else "the checkpoint's context (n_positions)")
+            raise InputError(f"--induction scores the heads on a probe of {probe} tokens (a random "
+                             f"sequence of {INDUCTION_PERIOD}, repeated), longer than {where} "
+                             f"{result.config['context_length']}; "
+                             + ("raise --context-length to at least "
+                                f"{probe}" if where == "--context-length" else "drop --induction"))
+        output.message(f"Scoring induction on a repeated random sequence ({probe} tokens)…")
+        scores = induction_scores(config, weights=weights, layer=layer, seed=config.seed,
+                                  period=INDUCTION_PERIOD)
         for row, score in zip(rows, scores.reshape(-1)):
             row["induction"] = float(score)
     rows = sort_rows(rows, sort_by, desc)
-    document = {"heads": rows, "tokens": result.tokens(), "config": result.config}
+    document = {"heads": rows, "layers": result.layers, "tokens": result.tokens(),
+                "config": result.config}
+    window_note = ""
+    if result.window:
+        start, stop = result.window
+        document["window"] = {"start": start, "stop": stop}
+        window_note = (f" (window: tokens {start}-{stop - 1}; statistics of the cropped rows"
+                       + (", which sum to less than 1)" if start > 0 else ")"))
+    # (L, H, H): one matrix per layer, whatever the layer choice
     matrices = [js_matrix(w) for w in result.weights] if similarity or similarity_plot else []
     if similarity:
-        document["similarity"] = matrices[0] if len(matrices) == 1 else matrices
+        document["similarity"] = matrices
     files = []
-    if plot_path:
+    if plot_path or similarity_plot:
         from attnviz import plot
 
-        plot.save_compare(plot_path, result, plot_heads, cmap, dpi, scale,
-                          image_format=plot.image_format(plot_path, image_format), view=view,
-                          exclude_first_key=exclude_first, annotate=annotate, title=title)
-        files.append(str(plot_path))
-    if similarity_plot:
-        from attnviz import plot
-
-        plot.save_similarity(similarity_plot, matrices[0],
-                             f"Head similarity (JS divergence), layer {result.layers[0]}", dpi,
-                             cmap, plot.image_format(similarity_plot, image_format))
-        files.append(str(similarity_plot))
+        if similarity_plot:  # checked before --plot is written: all checks come first
+            plot.check_similarity_size(len(result.layers), result.n_heads, dpi)
+        if plot_path:
+            plot.save_compare(plot_path, result, plot_heads, cmap, dpi, scale,
+                              image_format=plot.image_format(plot_path, image_format), view=view,
+                              exclude_first_key=exclude_first, annotate=annotate, title=title)
+            files.append(str(plot_path))
+        if similarity_plot:
+            plot.save_similarity(similarity_plot, np.stack(matrices),
+                                 "Head similarity (JS divergence)" + window_note, dpi, cmap,
+                                 plot.image_format(similarity_plot, image_format),
+                                 layers=result.layers)
+            files.append(str(similarity_plot))
     if files:
         document["files"] = files
-    shown = columns if len(result.layers) > 1 or result.config["mode"] == "pretrained" else columns[1:]
+    show_layer = fmt != "table" or several or result.config["mode"] == "pretrained"
+    shown = columns if show_layer else columns[1:]
     if fmt == "csv" and similarity:
         shown = shown + [f"js_{h}" for h in range(result.n_heads)]
         for row in rows:
@@ -137,18 +179,19 @@ def compare_heads(
         focused = min(range(len(rows)), key=lambda i: rows[i]["entropy"])
         broadest = max(range(len(rows)), key=lambda i: rows[i]["entropy"])
         styles = {focused: "bold green", broadest: "yellow"}
-    output.emit(document, rows, shown, title=f"Head statistics, {result.n_tokens} tokens", styles=styles)
+    output.emit(document, rows, shown, title=f"Head statistics, {result.n_tokens} tokens{window_note}",
+                styles=styles, keys=shown[: 2 if show_layer else 1])
     if fmt != "table":
         return
-    name = lambda r: (f"layer {r['layer']} " if len(result.layers) > 1 else "") + f"head {r['head']}"  # noqa: E731
-    output.stdout.print(f"most focused: {name(rows[focused])} (lowest entropy, "
-                        f"{rows[focused]['entropy']:.3f} nats); broadest: {name(rows[broadest])} "
-                        f"({rows[broadest]['entropy']:.3f} nats)", markup=False)
+    name = lambda r: (f"layer {r['layer']} " if several else "") + f"head {r['head']}"  # noqa: E731
+    output.line(f"most focused: {name(rows[focused])} (lowest entropy, "
+                f"{rows[focused]['entropy']:.3f} nats); broadest: {name(rows[broadest])} "
+                f"({rows[broadest]['entropy']:.3f} nats)")
     if similarity:
         for layer_index, matrix in zip(result.layers, matrices):
             sim_rows = [{"head": h, **{str(g): float(matrix[h, g]) for g in range(len(matrix))}}
                         for h in range(len(matrix))]
-            output.table(sim_rows, ["head", *map(str, range(len(matrix)))],
+            output.table(sim_rows, ["head", *map(str, range(len(matrix)))], keys=["head"],
                          title=f"Jensen-Shannon divergence between heads (bits), layer {layer_index}")
     for f in files:
         output.message(f"Wrote {f}")

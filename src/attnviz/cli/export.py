@@ -17,6 +17,7 @@ from attnviz.cli.options import (
     ModelOptions,
     QuietOpt,
     TextArg,
+    TokensOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -29,44 +30,76 @@ from attnviz.inputs import read_text
 def export(
     text: TextArg = None,
     file: FileOpt = None,
-    output_path: Annotated[Path, typer.Option("--output", "-o", help="The .npz file to write.",
-                           show_default=False)] = ...,
+    output_path: Annotated[Path, typer.Option("--output", "-o", help="The .npz file to write; "
+                           "'-' writes it to standard output.", show_default=False)] = ...,
     include_params: Annotated[bool, typer.Option("--include-params", help="Also export the "
                               "attention input and the query/key/value weights.")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
+    tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Save the attention weights (and optionally the inputs and parameters) as .npz."""
+    """Save the attention weights (and optionally the inputs and parameters) as .npz.
+
+    Prints what was written (with --quiet only the path); with -o - the .npz goes to
+    standard output and the summary to standard error.
+    """
+    import io
+    import sys
+    from contextlib import nullcontext
+
     import numpy as np
 
+    from attnviz.errors import InputError
     from attnviz.fileio import atomic_write
-    from attnviz.output import Output
+    from attnviz.output import Output, write_stdout
 
+    to_stdout = str(output_path) == "-"
     output = Output("table", quiet)
     source = read_text(text, file)
-    check_file_target(output_path, "--output")
+    if not to_stdout:
+        check_file_target(output_path, "--output")
+    elif sys.stdout.isatty():
+        raise InputError("--output - writes the binary .npz to standard output, which is a "
+                         "terminal here; redirect it (> w.npz) or pipe it")
     from attnviz.analysis import analyze
+    from attnviz.progress import Progress
 
-    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special)
-    single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all" for x in layer or [])
-    pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
-    arrays = {
-        "weights": pick(result.weights).astype(np.float32),
-        "token_ids": np.asarray(result.token_ids, dtype=np.int64),
-        "tokens": np.asarray([t["text"] for t in result.tokens()], dtype=str),
-        "layers": np.asarray(result.layers, dtype=np.int64),
-    }
-    if include_params:
-        arrays["attn_input"] = pick(result.attn_inputs)
-        arrays.update({name: pick(value) for name, value in result.params.items()})
-    with atomic_write(output_path) as f:
-        np.savez(f, **arrays)
-    rows = [{"array": k, "shape": "x".join(map(str, v.shape)) or "scalar", "dtype": str(v.dtype)}
-            for k, v in arrays.items()]
+    with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
+        result = analyze(source, config, weights=weights, layer=layer,
+                         allow_special=allow_special, tokens=tokens, progress=progress)
+        single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
+                                                     for x in layer or [])
+        pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
+        arrays = {
+            "weights": pick(result.weights).astype(np.float32, copy=False),  # no 577 MB copy
+            "token_ids": np.asarray(result.token_ids, dtype=np.int64),
+            "tokens": np.asarray([t["text"] for t in result.tokens()], dtype=str),
+            "layers": np.asarray(result.layers, dtype=np.int64),
+            # absolute positions of the tokens (a window of the text with --tokens)
+            "positions": np.asarray([t["position"] for t in result.tokens()], dtype=np.int64),
+        }
+        if include_params:
+            arrays["attn_input"] = pick(result.attn_inputs)
+            arrays.update({name: pick(value) for name, value in result.params.items()})
+        rows = [{"array": k, "shape": "x".join(map(str, v.shape)) or "scalar",
+                 "dtype": str(v.dtype)} for k, v in arrays.items()]
+        buffer = io.BytesIO()
+        with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
+            np.savez(f, **arrays)
+        progress("Writing", 1, 1)
+        progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
+    if to_stdout:  # binary on stdout, nothing else there; the summary goes to stderr
+        write_stdout(buffer.getvalue())
+        output.message("Wrote the .npz to standard output: " + ", ".join(
+            f"{r['array']} {r['shape']} {r['dtype']}" for r in rows))
+        return
+    if quiet:
+        output.paths([output_path])
+        return
     output.table(rows, ["array", "shape", "dtype"], title=f"Wrote {output_path}")
 
 

@@ -26,6 +26,7 @@ from attnviz.cli.options import (
     ScaleOpt,
     TextArg,
     TitleOpt,
+    TokensOpt,
     ViewOpt,
     WeightsOpt,
     check_out_dir,
@@ -55,15 +56,24 @@ def heatmap(
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
+    tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    fmt: FormatOpt = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png)."""
+    """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png).
+
+    Prints what was written; with --quiet, only the paths, one per line.
+    """
+    from attnviz.errors import InputError
     from attnviz.output import Output
 
-    output = Output("json" if as_json else "table", quiet)
+    if as_json and fmt not in ("table", "json"):
+        raise InputError(f"--json and --format {fmt} disagree; give one of them")
+    fmt = "json" if as_json else fmt
+    output = Output(fmt, quiet)
     source = read_text(text, file)
     from attnviz import plot
 
@@ -71,22 +81,31 @@ def heatmap(
     picture_format = plot.image_format(None, image_format)
     check_out_dir(out)
     from attnviz.analysis import analyze
+    from attnviz.progress import Progress
 
-    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
-                     heads=head)
-    output.message(f"Drawing {result.n_tokens} tokens × {result.n_heads} heads…")
-    files = plot.write_heatmaps(result, out, heads=head, cmap=cmap, dpi=dpi, scale=scale,
-                                image_format=picture_format, view=view,
-                                exclude_first_key=exclude_first, annotate=annotate, title=title)
+    with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
+        result = analyze(source, config, weights=weights, layer=layer,
+                         allow_special=allow_special, heads=head, tokens=tokens, progress=progress)
+        layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""
+        output.message(f"Drawing {result.n_tokens} tokens{layers} × {result.n_heads} heads…")
+        files = plot.write_heatmaps(result, out, heads=head, cmap=cmap, dpi=dpi, scale=scale,
+                                    image_format=picture_format, view=view,
+                                    exclude_first_key=exclude_first, annotate=annotate,
+                                    title=title, progress=progress)
+        progress.summary(f"Wrote {len(files)} {picture_format.upper()} files to {out}")
     rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
     document = {"files": [r["file"] for r in rows], "tokens": result.tokens(),
                 "config": result.config}
-    if as_json:
-        output.json(document)
+    if result.window:
+        document["window"] = {"start": result.window[0], "stop": result.window[1]}
+    if fmt == "table" and quiet:
+        output.paths(document["files"])
         return
-    output.table(rows, ["file", "layer", "head"],
-                 title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}")
-    output.mapping(_config_summary(result.config), title="Model")
+    window = f", tokens {result.window[0]}-{result.window[1] - 1}" if result.window else ""
+    output.emit(document, rows, ["file", "layer", "head"], keys=["file"],
+                title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}{window}")
+    if fmt == "table":
+        output.mapping(_config_summary(result.config), title="Model")
 
 
 def _config_summary(config: dict) -> dict:

@@ -25,7 +25,8 @@ TextArg = Annotated[
 ]
 FileOpt = Annotated[
     Path | None,
-    typer.Option("--file", "-f", help="Read the text from this UTF-8 file.", show_default=False),
+    typer.Option("--file", "-f", help="Read the text from this UTF-8 file ('-': standard input).",
+                 show_default=False),
 ]
 HeadsOpt = Annotated[int, typer.Option("--heads", min=1, help="Number of attention heads.")]
 DModelOpt = Annotated[int, typer.Option("--d-model", min=1, help="Embedding width d_model.")]
@@ -68,6 +69,12 @@ OfflineOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", metavar="cpu|cuda|auto", help="Where the forward pass runs.")
 ]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, metavar="N", help="CPU threads for the forward pass "
+                 "(torch.set_num_threads; default: torch's choice, one per core).",
+                 show_default=False),
+]
 AllowSpecialOpt = Annotated[
     bool, typer.Option("--allow-special", help="Read <|endoftext|> in the text as the special "
                        "token 50256 (by default it is plain text).")
@@ -75,6 +82,22 @@ AllowSpecialOpt = Annotated[
 HeadOpt = Annotated[
     list[int] | None,
     typer.Option("--head", min=0, metavar="I", help="A head to draw (repeatable); default: every head.",
+                 show_default=False),
+]
+def _check_tokens(value: str | None) -> str | None:
+    if value is not None:
+        from attnviz.analysis import check_window_syntax
+
+        check_window_syntax(value)
+    return value
+
+
+TokensOpt = Annotated[
+    str | None,
+    typer.Option("--tokens", metavar="A:B", callback=_check_tokens, help="Show only queries and "
+                 "keys A..B-1 (Python slice syntax: 0:20, 5:, -20:) of the attention computed on "
+                 "the whole text; positions stay absolute, and statistics use the cropped rows "
+                 "as they are (they sum to less than 1 when keys before A are cut).",
                  show_default=False),
 ]
 CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap.")]
@@ -145,6 +168,7 @@ _MODEL_OPTIONS = [
         ("preset", PresetOpt, None),
         ("offline", OfflineOpt, False),
         ("device", DeviceOpt, "cpu"),
+        ("threads", ThreadsOpt, None),
     )
 ]
 # Options that describe the random model: with --weights the checkpoint decides instead.
@@ -158,21 +182,22 @@ def model_options(command):
     lines on stderr, silenced by --quiet."""
     signature = inspect.signature(command, eval_str=True)
     own = [p for name, p in signature.parameters.items() if name != "config"]
+    shared = _MODEL_OPTIONS
 
     @functools.wraps(command)
     def wrapper(ctx: typer.Context, **kwargs):
-        values = {p.name: kwargs.pop(p.name) for p in _MODEL_OPTIONS}
+        values = {p.name: kwargs.pop(p.name) for p in shared}
         explicit = {name for name in values
                     if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
         quiet = bool(kwargs.get("quiet"))
-        ignored = [n for n in _RANDOM_ONLY if n in explicit]
-        if kwargs.get("weights") and ignored and not quiet:
-            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-            sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")
-        if kwargs.get("weights") and "d_model" not in explicit:
-            # The checkpoint sets the width: --heads alone (for files that do not record
-            # the head count) must not be checked against the random-mode --d-model.
-            values["d_model"] = values["heads"] * 64
+        ignored = [n for n in _RANDOM_ONLY if n in explicit] if kwargs.get("weights") else []
+        if kwargs.get("weights"):
+            # The checkpoint sets the model: the ignored random-mode sizes are not checked
+            # either (a warning must not call an option ignored and then fail on it), and
+            # --heads alone (for files that do not record the head count) is not checked
+            # against the random-mode --d-model.
+            values.update(d_model=values["heads"] * 64, context_length=1024, preset=None)
+            explicit -= {"d_model", "context_length", "preset"}
         kwargs["config"] = ModelConfig.from_options(
             preset=values["preset"],
             explicit=frozenset({"heads": "n_heads", "d_model": "d_model",
@@ -182,13 +207,20 @@ def model_options(command):
             qkv_bias=values["qkv_bias"], impl=values["impl"], offline=values["offline"],
             progress=not quiet, device=values["device"],
         )
+        if values.get("threads") is not None:
+            import torch
+
+            torch.set_num_threads(values["threads"])
+        if ignored and not quiet:
+            flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+            sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore" if quiet else "always", AttnvizWarning)
             warnings.showwarning = _show_warning
             return command(**kwargs)
 
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    parameters = [context] + own + _MODEL_OPTIONS
+    parameters = [context] + own + shared
     wrapper.__signature__ = signature.replace(parameters=parameters)
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper

@@ -17,6 +17,7 @@ from attnviz.cli.options import (
     ModelOptions,
     QuietOpt,
     TextArg,
+    TokensOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -35,6 +36,7 @@ def report(
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
+    tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
@@ -49,14 +51,22 @@ def report(
     from attnviz.analysis import analyze
     from attnviz.report import check_size, write_report
 
-    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special)
+    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
+                     tokens=tokens)
     check_size(*result.weights.shape[:3])
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
     info = write_report(result, output_path)
     document = info.as_dict()
+    if result.window:
+        document["window"] = {"start": result.window[0], "stop": result.window[1]}
     row = {**document, "layers": ",".join(map(str, info.layers))}
-    if fmt == "table":
+    row.pop("window", None)
+    if result.window:
+        row["window"] = f"{result.window[0]}:{result.window[1]}"
+    if fmt == "table" and quiet:
+        output.paths([output_path])
+    elif fmt == "table":
         output.mapping(row, title=f"Wrote {output_path}")
     else:
         output.emit(document, [row], list(row))

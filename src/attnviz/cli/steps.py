@@ -23,6 +23,7 @@ from attnviz.cli.options import (
     ScaleOpt,
     TextArg,
     TitleOpt,
+    TokensOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -55,6 +56,7 @@ def steps(
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
+    tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
@@ -83,19 +85,25 @@ def steps(
     layers = [part for item in layer or [] for part in str(item).split(",") if part.strip()]
     if len(layers) > 1 or any(part.strip().lower() == "all" for part in layers):
         raise InputError("steps follows one head of one layer: give a single --layer N")
-    from attnviz.analysis import analyze_ids
+    from attnviz.analysis import analyze_ids, crop, parse_window
     from attnviz.tokenizer import encode
 
     token_ids = encode(source, allow_special=allow_special)
-    plot_steps.check_steps_size(len(token_ids))
+    window = parse_window(tokens, len(token_ids)) if token_ids else None
+    plot_steps.check_steps_size(window[1] - window[0] if window else len(token_ids))
     result = analyze_ids(token_ids, config, weights=weights, layer=layers or None, heads=[head])
     head_steps = pipeline.head_steps(result, head, dropout=dropout, seed=config.seed)
+    if window:  # the whole text was computed; queries and keys of the window are shown
+        head_steps = _crop_steps(head_steps, *window)
+        result = crop(result, *window)
     output.message(f"Drawing layer {head_steps.layer}, head {head}: {result.n_tokens} tokens…")
     try:
         plot_steps.save_steps(
             output_path, head_steps, result.token_labels, image_format, cmap, dpi, scale,
             title=title and title.format(head=head, layer=head_steps.layer, tokens=result.n_tokens),
-            subtitle=_model_line(result.config, config.seed))
+            subtitle=_model_line(result.config, config.seed) + (
+                f"; tokens {window[0]}-{window[1] - 1} of {len(token_ids)}, computed on the whole "
+                "text (the cut rows of A need not sum to 1)" if window else ""))
     except OSError as exc:
         raise AttnvizError(f"cannot write {output_path}: {exc.strerror or exc}") from None
 
@@ -115,7 +123,11 @@ def steps(
             "matrices": {name: _float32_lists(m) for name, m in matrices.items()},
             "tokens": result.tokens(),
             "config": result.config,
+            **({"window": {"start": window[0], "stop": window[1]}} if window else {}),
         })
+        return
+    if fmt == "table" and quiet:
+        output.paths([output_path])
         return
     rows = [{"step": i, "matrix": name, "formula": formulas[name],
              "shape": " × ".join(map(str, m.shape)),
@@ -125,9 +137,24 @@ def steps(
     if fmt == "csv":
         output.csv(rows, columns)
         return
+    shown = f"tokens {window[0]}-{window[1] - 1} of the text" if window else f"{result.n_tokens} tokens"
     output.table(rows, columns, title=f"Layer {head_steps.layer}, head {head}: "
-                 f"{result.n_tokens} tokens, d_k = {head_steps.head_dim}")
+                 f"{shown}, d_k = {head_steps.head_dim}")
     output.mapping({"file": str(output_path), "format": image_format}, title="Wrote")
+
+
+def _crop_steps(steps, start: int, stop: int):
+    """Queries, keys, values and context rows ``start..stop-1``, and the ``(T, T)`` matrices'
+    window ``[start:stop, start:stop]``, of a head computed on the whole text (so the
+    context rows still mix the values of the keys before the window)."""
+    from dataclasses import replace
+
+    rows, square = slice(start, stop), (slice(start, stop), slice(start, stop))
+    return replace(steps, **{name: getattr(steps, name)[rows] for name in
+                             ("queries", "keys", "values", "context")},
+                   **{name: getattr(steps, name)[square] for name in
+                      ("scores", "scaled", "masked", "weights", "dropped")
+                      if getattr(steps, name) is not None})
 
 
 def _float32_lists(matrix):

@@ -1,0 +1,231 @@
+"""`attnviz scan`: head statistics and detector scores over many prompts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    DebugOpt,
+    FormatOpt,
+    LayerOpt,
+    ModelOptions,
+    QuietOpt,
+    WeightsOpt,
+    check_file_target,
+    check_out_dir,
+    model_options,
+)
+
+TITLES = {
+    "previous_token_head": "previous-token detector (TransformerLens mul)",
+    "duplicate_token_head": "duplicate-token detector (TransformerLens mul)",
+    "induction_head": "induction detector (TransformerLens mul)",
+    "first_token": "first-token (sink) mass",
+    "induction_probe": "induction probe (repeated random tokens)",
+}
+
+
+@app.command("scan")
+@model_options
+def scan_command(
+    prompts: Annotated[list[str] | None, typer.Argument(
+        help="Prompts to scan, one per argument; '-' reads one prompt a line from standard "
+        "input.", show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", help="Read the prompts from this UTF-8 file: one a line, or JSON Lines "
+        'with a "text" field when it ends in .jsonl.', show_default=False)] = None,
+    jsonl: Annotated[bool, typer.Option(
+        "--jsonl", help="Read the input as JSON Lines whatever its name.")] = False,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Scan only the first N prompts.", show_default=False)] = None,
+    truncate: Annotated[bool, typer.Option(
+        "--truncate", help="Cut prompts longer than the context instead of refusing them.")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="Heads listed per detector in the "
+                                     "table.")] = 5,
+    per_prompt: Annotated[Path | None, typer.Option(
+        "--per-prompt", metavar="FILE.jsonl", help="Stream one JSON line per prompt to this "
+        "file as each is done.", show_default=False)] = None,
+    plot_dir: Annotated[Path | None, typer.Option(
+        "--plot", metavar="DIR", help="Write one layers x heads score map PNG per detector "
+        "into this folder.", show_default=False)] = None,
+    exclude_first: Annotated[bool, typer.Option(
+        "--exclude-first", help="Detectors ignore attention to the first token (key 0).")] = False,
+    exclude_self: Annotated[bool, typer.Option(
+        "--exclude-self", help="Detectors ignore attention to the token itself.")] = False,
+    induction: Annotated[bool, typer.Option(
+        "--induction", help="Add each head's induction probe on a repeated random sequence.")] = False,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Prompts run together (fewer when they are long).")] = 16,
+    progress: Annotated[bool, typer.Option(
+        "--progress", help="Report progress on stderr even when it is not a terminal.")] = False,
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    allow_special: AllowSpecialOpt = False,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score every head over many prompts: detectors and statistics, mean ± std."""
+    from attnviz import scan
+    from attnviz.analysis import check_fits, load_model, parse_layers
+    from attnviz.output import Output
+
+    output = Output(fmt, quiet)
+    if per_prompt is not None:
+        check_file_target(per_prompt, "--per-prompt")
+    if plot_dir is not None:
+        check_out_dir(plot_dir)
+    records, where = scan.read_corpus(prompts, file, jsonl, limit)
+    model = load_model(config, weights)
+    layers = parse_layers(layer, model.n_layers)
+    corpus = scan.tokenize_corpus(records, model.context_length, truncate=truncate,
+                                  allow_special=allow_special, where=where)
+    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
+    if corpus.one_token:
+        output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need a "
+                       "previous token")
+    started = time.perf_counter()
+    with scan.PromptLog(per_prompt, layers) as log, \
+            Progress(len(corpus.prompts), corpus.n_tokens, show=_show_progress(progress, quiet)) as bar:
+        result = scan.scan(model, corpus.prompts, layers, batch_size=batch_size,
+                           exclude_first=exclude_first, exclude_self=exclude_self,
+                           on_prompt=log.write if per_prompt else None, on_batch=bar.advance)
+    seconds = time.perf_counter() - started
+    if induction:
+        output.message("Scoring induction on a repeated random sequence…")
+        result.induction_probe = scan.induction_probe(model, layers, config.seed)
+    detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
+    files = []
+    if plot_dir is not None:
+        from attnviz.plot_scan import save_score_maps
+
+        maps = {}
+        for name in detectors:
+            scores = result.induction_probe if name == "induction_probe" else result.mean[name]
+            what = "" if name == "induction_probe" else f"\nmean over {result.n_prompts} prompts"
+            maps[name] = (scores, TITLES[name] + what)
+        files = [str(p) for p in save_score_maps(plot_dir, maps, layers)]
+    summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
+               f"{_layer_text(layers)}, {seconds:.1f} s")
+    if corpus.truncated:
+        summary += f"; {corpus.truncated} truncated to {model.context_length} tokens"
+    rows = result.rows()
+    document = {
+        "heads": rows,
+        "top": {name: result.top(name, top) for name in detectors},
+        "prompts": result.n_prompts,
+        "tokens": result.n_tokens,
+        "truncated": corpus.truncated,
+        "skipped_one_token": corpus.one_token,
+        "layers": layers,
+        "options": {"exclude_first": exclude_first, "exclude_self": exclude_self},
+        "config": {**model.describe(), "layers": layers},
+    }
+    if files:
+        document["files"] = files
+    if fmt == "json":
+        output.json(document)
+    elif fmt == "csv":
+        output.csv(rows, list(rows[0]))
+    else:
+        table_rows = _top_table(result, detectors, top)
+        output.table(table_rows, ["rank", *detectors], keys=["rank"],
+                     title=f"Top heads per detector, mean ± std over {result.n_prompts} prompts")
+        output.line(summary)
+    for f in files:
+        output.message(f"Wrote {f}")
+    if per_prompt is not None:
+        output.message(f"Wrote {per_prompt}")
+
+
+def _layer_text(layers: list[int]) -> str:
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ",".join(map(str, layers))
+
+
+def _top_table(result, detectors: list[str], k: int) -> list[dict]:
+    """Rank r's row holds, per detector, the r-th best head and its mean ± std."""
+    tops = {name: result.top(name, k) for name in detectors}
+    rows = []
+    for rank in range(min(k, len(result.layers) * result.n_heads)):
+        row = {"rank": rank + 1}
+        for name in detectors:
+            entry = tops[name][rank]
+            head = f"L{entry['layer']} H{entry['head']}"
+            mean = "—" if entry["mean"] is None else f"{entry['mean']:.3f}"
+            spread = "" if entry["std"] is None else f" ± {entry['std']:.3f}"
+            row[name] = f"{head}  {mean}{spread}"
+        rows.append(row)
+    return rows
+
+
+def _show_progress(forced: bool, quiet: bool) -> str | None:
+    """``"bar"`` on a terminal, ``"lines"`` when forced onto a pipe, else None."""
+    if quiet:
+        return None
+    if sys.stderr is not None and sys.stderr.isatty():
+        return "bar"
+    return "lines" if forced else None
+
+
+class Progress:
+    """Prompts done, tokens/s and time left, on stderr: a rich bar on a terminal, a plain
+    line at most once a second when forced onto a pipe, nothing otherwise."""
+
+    def __init__(self, n_prompts: int, n_tokens: int, show: str | None):
+        self.n_prompts, self.n_tokens, self.show = n_prompts, n_tokens, show
+        self.done_prompts = self.done_tokens = 0
+        self.started = self.last_line = time.perf_counter()
+        self.bar = None
+
+    def __enter__(self):
+        if self.show == "bar":
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(
+                TextColumn("scanning"), BarColumn(),
+                TextColumn("{task.fields[prompts]}/{task.fields[n_prompts]} prompts"),
+                TextColumn("{task.fields[rate]} tokens/s"), TimeElapsedColumn(),
+                TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
+                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("scan", total=self.n_tokens, prompts=0,
+                                          n_prompts=self.n_prompts, rate="—")
+        return self
+
+    def advance(self, n_prompts: int, n_tokens: int) -> None:
+        self.done_prompts += n_prompts
+        self.done_tokens += n_tokens
+        now = time.perf_counter()
+        rate = self.done_tokens / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n_tokens, prompts=self.done_prompts, rate=f"{rate:,.0f}")
+        elif self.show == "lines" and (now - self.last_line >= 1.0 or self.done_prompts == self.n_prompts):
+            self.last_line = now
+            left = (self.n_tokens - self.done_tokens) / max(rate, 1e-9)
+            sys.stderr.write(f"scanned {self.done_prompts}/{self.n_prompts} prompts, "
+                             f"{rate:,.0f} tokens/s, {left:.0f} s left\n")
+            sys.stderr.flush()
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -1,0 +1,74 @@
+"""Score maps of ``attnviz scan``: one layers x heads picture per detector (matplotlib
+without pyplot; files written atomically)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from attnviz.fileio import write_bytes
+
+MAX_ANNOTATED = 24  # cells per side that still hold a readable number
+
+
+def score_map_figure(scores: np.ndarray, layers: list[int], title: str, label: str,
+                     dpi: int = 100, cmap: str = "viridis"):
+    """A ``Figure`` of ``scores (L, H)``: layers on rows, heads on columns, a 0..1 colour
+    scale shared by every map, the value in each cell when the grid is small enough; NaN
+    cells are grey."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layers, n_heads = scores.shape
+    cell = 0.5 if max(n_layers, n_heads) <= MAX_ANNOTATED else max(0.12, 12 / max(n_layers, n_heads))
+    width, height = n_heads * cell + 2.4, n_layers * cell + 1.6
+    title_width = 0.085 * max(len(line) for line in title.splitlines())  # inches at 10 pt
+    fig = Figure(figsize=(max(width, title_width + 0.6, 4.5), max(height, 2.8)), dpi=dpi,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colormap = colormaps[cmap].with_extremes(bad="#d0d0d0")
+    image = ax.imshow(np.ma.masked_invalid(scores), cmap=colormap, vmin=0.0, vmax=1.0,
+                      interpolation="nearest", aspect="equal")
+    step_h = max(1, n_heads // 24)
+    step_l = max(1, n_layers // 24)
+    ax.set_xticks(range(0, n_heads, step_h), [str(h) for h in range(0, n_heads, step_h)], fontsize=8)
+    ax.set_yticks(range(0, n_layers, step_l), [str(layers[i]) for i in range(0, n_layers, step_l)],
+                  fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    if max(n_layers, n_heads) <= MAX_ANNOTATED:
+        size = 7 if max(n_layers, n_heads) <= 16 else 5.5
+        for i in range(n_layers):
+            for j in range(n_heads):
+                value = scores[i, j]
+                if np.isnan(value):
+                    continue
+                r, g, b = colormap(float(value))[:3]
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=size,
+                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, shrink=0.9).set_label(label, fontsize=8)
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    return buffer.getvalue()
+
+
+def save_score_maps(out_dir: Path, maps: dict[str, tuple[np.ndarray, str]],
+                    layers: list[int]) -> list[Path]:
+    """``out_dir/<name>.png`` for every ``name -> (scores (L, H), title)``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (scores, title) in maps.items():
+        path = out_dir / f"{name}.png"
+        label = "score" if name == "induction_probe" else "mean score over prompts"
+        write_bytes(path, figure_png(score_map_figure(scores, layers, title, label)))
+        written.append(path)
+    return written
