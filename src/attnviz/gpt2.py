@@ -28,11 +28,15 @@ class Block(nn.Module):
         self.c_proj = nn.Linear(config.n_inner, d)
         self.activation = ACTIVATIONS[config.activation_function]
 
-    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
+                mlp: bool = True):
         """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
-        the weights are written into ``weights_out`` when given."""
+        the weights are written into ``weights_out`` when given. ``mlp=False`` skips the
+        MLP (x_out is then None): the deepest block asked for needs only its attention."""
         attn_input = self.ln_1(x)
         attn_out, weights = self.attn(attn_input, return_weights=True, weights_out=weights_out)
+        if not mlp:
+            return None, attn_input, weights
         x = x + attn_out
         hidden = self.activation(self.c_fc(self.ln_2(x)))
         return x + self.c_proj(hidden), attn_input, weights
@@ -135,7 +139,7 @@ class GPT2:
         on_device = weights_out is not None and weights_out.device == self.device
         for i, block in enumerate(self.blocks[:deepest]):
             target = weights_out[wanted[i]] if i in wanted and weights_out is not None else None
-            x, attn_input, weights = block(x, target if on_device else None)
+            x, attn_input, weights = block(x, target if on_device else None, mlp=i + 1 < deepest)
             if target is not None and not on_device:
                 weights = target.copy_(weights)  # back to the CPU, layer by layer
             if i in wanted:
