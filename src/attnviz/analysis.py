@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
@@ -19,6 +20,27 @@ from attnviz.errors import InputError
 from attnviz.tokenizer import ENDOFTEXT_ID, encode, token_bytes, token_label, token_text
 
 _FLOAT32 = 4
+
+
+class LazyArrays(Mapping):
+    """A read-only mapping of arrays built by ``build()`` the first time it is read."""
+
+    def __init__(self, build: Callable[[], dict[str, np.ndarray]]):
+        self._build, self._arrays = build, None
+
+    def _get(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = self._build()
+        return self._arrays
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 @dataclass
@@ -35,7 +57,7 @@ class AttentionResult:
     weights: np.ndarray
     layers: list[int]
     attn_inputs: np.ndarray
-    params: dict[str, np.ndarray]
+    params: Mapping[str, np.ndarray]
     config: dict
     raw_tokens: list[bytes] = field(repr=False, default_factory=list)
     scales: list[float] = field(default_factory=list)  # per layer: what Q·Kᵀ was multiplied by
@@ -283,16 +305,19 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
     per_layer = model.run(torch.tensor([token_ids]), layers,
                           weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, T)
                           progress=progress)
-    params: dict[str, list] = {}
-    for _, _, attn in per_layer:
-        for name, value in projections_of(attn).items():
-            params.setdefault(name, []).append(value)
+    def collect_params() -> dict[str, np.ndarray]:
+        params: dict[str, list] = {}
+        for _, _, attn in per_layer:
+            for name, value in projections_of(attn).items():
+                params.setdefault(name, []).append(value)
+        return {k: _to_numpy(v) for k, v in params.items()}
+
     return AttentionResult(
         token_ids=token_ids,
         weights=weights,
         layers=layers,
         attn_inputs=_to_numpy([x[0] for x, _, _ in per_layer]),
-        params={k: _to_numpy(v) for k, v in params.items()},
+        params=LazyArrays(collect_params),  # copied out of the model only when read
         config={**model.describe(), "layers": layers},
         raw_tokens=token_bytes(token_ids),
         scales=[model.attn_scale(i) for i in layers],
