@@ -130,10 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         rows = bench_report(args.smoke, 1 if args.smoke else args.repeat, Path(folder))
-    print("| measure | baseline | attnviz | ratio | target | met |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['measure']} | {r['baseline']} | {r['attnviz']} | {r['ratio']} | "
-              f"{r['target']} | {'yes' if r['met'] else '**no**'} |")
+    from run import table  # benchmarks/ is sys.path[0] when run as a script
+
+    print(table(rows))
     return 0
 
 

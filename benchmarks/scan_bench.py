@@ -199,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         rows = bench_scan(Path(folder), smoke=args.smoke, repeat=args.repeat, sample=args.sample)
-    print("| measure | baseline | attnviz | ratio | target | met |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['measure']} | {r['baseline']} | {r['attnviz']} | {r['ratio']} | "
-              f"{r['target']} | {'yes' if r['met'] else '**no**'} |")
+    from run import table  # benchmarks/ is sys.path[0] when run as a script
+
+    print(table(rows))
     return 0
 
 
