@@ -76,11 +76,3 @@ def detector_scores(weights: np.ndarray, token_ids, *, exclude_first: bool = Fal
     return {name: mul_score(weights, pattern, exclude_first=exclude_first,
                             exclude_self=exclude_self)
             for name, pattern in patterns(token_ids).items()}
-
-
-def first_token_mass(weights: np.ndarray) -> np.ndarray:
-    """``(...)``: mean over queries ``i >= 1`` of ``A[i, 0]`` — the "attention sink" share
-    (the ``first_token`` column of compare-heads); NaN for a one-token text."""
-    if weights.shape[-1] < 2:
-        return np.full(weights.shape[:-2], np.nan)
-    return weights[..., 1:, 0].astype(np.float64).mean(axis=-1)

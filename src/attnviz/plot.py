@@ -506,10 +506,6 @@ def figure_bytes(fig: Figure, canvas: FigureCanvasAgg, fmt: str) -> bytes:
     return encode_raster(np.asarray(canvas.buffer_rgba()), fmt, fig.dpi)
 
 
-def canvas_png(canvas: FigureCanvasAgg) -> bytes:
-    return encode_png(np.asarray(canvas.buffer_rgba()), canvas.figure.dpi)
-
-
 # ---------------------------------------------------------------------------- heatmaps
 
 
@@ -1038,13 +1034,6 @@ def overview_tiles(layer_weights) -> list[list]:
     rows, cols = _overview_shape(len(layer_weights))
     slots = [masked(w) for w in layer_weights] + [None] * (rows * cols - len(layer_weights))
     return [slots[r * cols : (r + 1) * cols] for r in range(rows)]
-
-
-def save_heads_overview(path: Path, layer_weights: np.ndarray, title: str, cmap: str = "viridis",
-                        dpi: int = 100, scale: str = "sqrt", token_labels: Sequence[str] = (),
-                        fmt: str = "png") -> Path:
-    write_bytes(path, heads_overview(layer_weights, title, cmap, dpi, scale, token_labels).to_bytes(fmt))
-    return path
 
 
 def _similarity_layout(n_layers: int, n_heads: int) -> tuple[int, int, float]:
