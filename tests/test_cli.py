@@ -315,3 +315,21 @@ def test_shell_completion():
 def test_bare_command_prints_help_and_succeeds(cli):
     result = cli()
     assert result.exit_code == 0 and "heatmap" in result.stdout and result.stderr == ""
+
+
+def test_only_the_console_entry_point_tunes_garbage_collection(cli):
+    """The program makes full collections rare and freezes what lives at exit (its
+    imports' millions of objects, docs/benchmarks.md); in-process callers keep theirs."""
+    import gc
+
+    before = gc.get_threshold()
+    cli(["tokens", "hi"])
+    assert gc.get_threshold() == before
+    code = ("import atexit, gc, sys\n"
+            "from attnviz.cli import main\n"
+            "atexit.register(lambda: print(gc.get_threshold()[2], gc.get_freeze_count() > 0))\n"
+            "sys.argv = ['attnviz', 'tokens', 'hi', '--format', 'json']\n"
+            "main()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    full, frozen = run.stdout.split()[-2:]
+    assert int(full) == 10 * before[2] and frozen == "True"

@@ -1,5 +1,5 @@
 """``python -m attnviz``: the same program, under the same name."""
 
-from attnviz.cli import app
+from attnviz.cli import main
 
-app(prog_name="attnviz")
+main()

@@ -10,7 +10,7 @@ modules (torch, matplotlib) are imported inside the commands that need them, so
 from __future__ import annotations
 
 # Importing a command module registers its commands; the order here is the order in --help.
-from attnviz.cli.app import app
+from attnviz.cli.app import app, tune_gc_for_one_run
 from attnviz.cli import heatmap  # noqa: F401
 from attnviz.cli import compare  # noqa: F401
 from attnviz.cli import export  # noqa: F401
@@ -22,4 +22,6 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    app()
+    """The ``attnviz`` program (the console script and ``python -m attnviz``)."""
+    tune_gc_for_one_run()
+    app(prog_name="attnviz")
