@@ -431,3 +431,29 @@ def test_a_failed_file_write_is_one_clear_error(cli, tmp_path, monkeypatch):
     result = cli("compare-heads", SHORT_TEXT, *SMALL, "--plot", tmp_path / "p.png")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"Error: {tmp_path / 'p.png'}: No space left on device"]
+
+
+def test_json_keeps_each_row_of_values_on_one_line_and_reads_back():
+    from attnviz.output import clean, to_json
+
+    document = {"a": [[0.25, None, 1], [True, "x\n\"y\"", -3e-8]], "empty": [], "none": {},
+                "text": "中文 ␣", "rows": [{"k": [1, 2]}, {"k": []}], "n": 0}
+    text = to_json(clean(document))
+    assert json.loads(text) == document
+    lines = text.splitlines()
+    assert '    [0.25, null, 1],' in lines and '    [true, "x\\n\\"y\\"", -3e-08]' in lines
+    assert '      "k": [1, 2]' in lines and '  "empty": [],' in lines and '  "none": {},' in lines
+
+
+def test_steps_json_is_a_line_per_matrix_row(cli, tmp_path):
+    out = cli("steps", "one two three four five six seven", "--head", "0", "-o",
+              tmp_path / "s.png", "--format", "json", "--heads", "2", "--d-model", "8")
+    assert out.exit_code == 0, out.stderr
+    document = json.loads(out.stdout)
+    n = len(document["matrices"]["weights"])
+    assert n == 7
+    # a row of the weights matrix: one line holding every value of the row
+    lines = [line.strip().rstrip(",") for line in out.stdout.splitlines()]
+    rows = [line for line in lines if line.startswith("[") and line.endswith("]")
+            and line.count(",") == n - 1]
+    assert len(rows) == 4 * n  # scores, scaled, masked, weights: a line per row

@@ -46,6 +46,19 @@ def clean(value: Any) -> Any:
     return value
 
 
+def to_json(value: Any, indent: str = "") -> str:
+    """JSON indented by two spaces, except that a list of plain values (a row of a matrix,
+    token ids) stays on one line: a 40 x 40 matrix is 40 lines, not 1,700. ``value`` is
+    ``clean``'s output."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(key)}: {to_json(item, inner)}" for key, item in value.items())
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        return "[\n" + ",\n".join(inner + to_json(item, inner) for item in value) + f"\n{indent}]"
+    return json.dumps(value, allow_nan=False)
+
+
 def sort_rows(rows: list[dict], column: str | None, desc: bool = False) -> list[dict]:
     """``rows`` sorted by ``column`` (stable: ties keep their order), nulls last either
     way; ``column=None`` keeps the order (reversed with ``desc``)."""
@@ -141,7 +154,7 @@ class Output:
         self.print(Text(text))
 
     def json(self, document: dict) -> None:
-        write_stdout(json.dumps(clean(document), indent=2, allow_nan=False) + "\n")
+        write_stdout(to_json(clean(document)) + "\n")
 
     def csv(self, rows: Sequence[dict], columns: Sequence[str]) -> None:
         """RFC 4180: CRLF after each record; a field with a comma, a quote, CR or LF is

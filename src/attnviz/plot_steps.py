@@ -87,6 +87,9 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
         colormap = plot.check_cmap(DIVERGING_CMAP).with_extremes(bad=_mask_colour(DIVERGING_CMAP))
         return ColourScale(colormap, Normalize(-(top or 1.0), top or 1.0), label, weights=False)
 
+    # A window of a longer text (--tokens A:B, A > 0) cuts the keys before A off its rows.
+    whole_rows = np.allclose(steps.weights.sum(axis=1), 1.0, atol=1e-4)
+    row_sums = "rows sum to 1" if whole_rows else "rows of a window (keys before it cut)"
     weights_map = plot.check_cmap(cmap).with_extremes(bad=_mask_colour(cmap))
     scales = [
         signed("Q, K", steps.queries, steps.keys),
@@ -102,7 +105,7 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
         Panel("scaled", steps.scaled, f"{formula['scaled']}\n{scale_text}, {tt}", "query", True, 2),
         Panel("masked", steps.masked, f"{formula['masked']}\n−∞ above the diagonal, {tt}",
               "query", True, 2),
-        Panel("weights", steps.weights, f"{formula['weights']}\nweights, rows sum to 1, {tt}",
+        Panel("weights", steps.weights, f"{formula['weights']}\nweights, {row_sums}, {tt}",
               "query", True, 3),
     ]
     if steps.dropped is not None:
