@@ -81,7 +81,7 @@ def test_payload_schema(short_result, tmp_path):
     payload = report.read_payload(tmp_path / "r.html")
     assert payload["format"] == "attnviz-report" and payload["version"] == 1
     assert payload["layers"] == [0] and payload["n_heads"] == 4 and payload["n_tokens"] == 6
-    assert payload["tokens"] == short_result.tokens()
+    assert payload["tokens"] == short_result.tokens() and payload["window"] is None
     assert payload["config"] == json.loads(json.dumps(short_result.config))
     spec = payload["weights"]
     assert spec["shape"] == [1, 4, 6, 6] and spec["layout"] == "lower-triangle"
@@ -146,6 +146,20 @@ def test_statistics_equal_compare_heads_json(cli, hf_checkpoint, tmp_path):
     assert stats["heads"] == expected["heads"]  # exactly the same numbers
     assert stats["similarity"] == expected["similarity"]
     assert stats["columns"] == list(expected["heads"][0])
+
+
+def test_induction_and_window_equal_compare_heads_json(cli, hf_checkpoint, tmp_path):
+    common = [SHORT_TEXT, "--weights", hf_checkpoint, "--layer", "1,2", "--tokens", "2:5",
+              "--induction"]
+    assert cli("report", *common, "-o", tmp_path / "r.html", "-q").exit_code == 0
+    compared = cli("compare-heads", *common, "--format", "json")
+    assert compared.exit_code == 0, compared.stderr
+    expected = json.loads(compared.stdout)
+    payload = report.read_payload(tmp_path / "r.html")
+    assert payload["stats"]["heads"] == expected["heads"]  # induction column included
+    assert payload["stats"]["columns"][-1] == "induction" == list(expected["heads"][0])[-1]
+    assert payload["window"] == {"start": 2, "stop": 5} and payload["n_tokens"] == 3
+    assert [t["position"] for t in payload["tokens"]] == [2, 3, 4]
 
 
 def test_same_input_gives_identical_bytes(cli, tmp_path):

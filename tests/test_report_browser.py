@@ -261,3 +261,32 @@ def test_hostile_text_is_shown_not_run(browser, tmp_path):
     assert shown == [t["label"] for t in result.tokens()]
     assert page.page.eval_on_selector_all("img", "imgs => imgs.length") == 0
     page.page.close()
+
+
+def test_window_and_induction_column_are_shown(browser, hf_checkpoint, tmp_path):
+    """--tokens names the window in the summary and --induction adds a sortable column
+    holding compare-heads --induction's scores."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    runner = CliRunner()
+    common = [TEXT, "--weights", str(hf_checkpoint), "--layer", "1,2"]
+    done = runner.invoke(app, ["report", *common, "--tokens", "3:9", "--induction", "-o",
+                               str(tmp_path / "r.html"), "-q"])
+    assert done.exit_code == 0, done.stderr
+    compared = runner.invoke(app, ["compare-heads", *common, "--induction", "--format", "json"])
+    expected = [row["induction"] for row in json.loads(compared.stdout)["heads"]]
+    page = Page(browser, tmp_path / "r.html")
+    assert page.errors == []
+    summary = page.page.text_content("#summary")
+    assert summary.startswith("tokens 3\u20138 of the text") and "keys before 3" in summary
+    index = page.page.eval_on_selector_all(
+        "#stats-table thead th", "ths => ths.findIndex(th => th.dataset.column === 'induction')")
+    assert index >= 0
+    shown = page.page.eval_on_selector_all(f"#stats-table tbody tr td:nth-child({index + 1})",
+                                           "tds => tds.map(td => td.title || td.textContent)")
+    np.testing.assert_allclose([float(v) for v in shown], expected, atol=5e-4)
+    page.page.close()

@@ -17,7 +17,7 @@ import torch
 from helpers import make_hf_checkpoint
 
 from attnviz import detectors, scan
-from attnviz.analysis import analyze_ids, induction_scores, load_model
+from attnviz.analysis import analyze_ids, induction_probe, induction_scores, load_model
 from attnviz.config import ModelConfig
 from attnviz.stats import head_stats
 from attnviz.tokenizer import encode
@@ -266,11 +266,33 @@ def test_running_stats_skip_nan_and_survive_large_offsets():
     assert running.count.tolist() == [1000, 1000 - len(range(0, 1000, 7)), 1000]
 
 
-def test_induction_probe_equals_compare_heads_induction(hf_checkpoint):
+def test_induction_probe_matches_transformers_attention_on_the_same_probe(hf_checkpoint):
+    """The probe (50 random ids from numpy's default_rng(seed), repeated) scored on
+    transformers' own attentions: query i of the second copy -> key i - 50 + 1."""
+    import torch
+    from transformers import GPT2Model
+
     model = load_model(None, str(hf_checkpoint))
-    probe = scan.induction_probe(model, [0, 1, 2], seed=7)
-    expected = induction_scores(weights=str(hf_checkpoint), layer="all", seed=7)
-    np.testing.assert_allclose(probe, expected, atol=1e-6)
+    probe = induction_probe(model, [0, 1, 2], seed=7)
+    assert probe.shape == (3, 4)
+    np.testing.assert_allclose(induction_scores(weights=str(hf_checkpoint), layer="all", seed=7),
+                               probe, atol=0)
+    first = np.random.default_rng(7).integers(0, 50256, size=50).tolist()
+    hf = GPT2Model.from_pretrained(hf_checkpoint, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = hf(torch.tensor([first + first]), output_attentions=True).attentions
+    expected = [[np.mean([float(a[0, h, i, i - 49]) for i in range(50, 100)]) for h in range(4)]
+                for a in attentions]
+    np.testing.assert_allclose(probe, expected, atol=1e-5)
+
+
+def test_scan_refuses_a_context_too_short_for_the_induction_probe_before_scanning(cli):
+    result = cli("scan", *PROMPTS[:2], "--heads", "2", "--d-model", "8", "--context-length", "64",
+                 "--induction")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "Error: --induction scores the heads on a probe of 100 tokens (a random sequence of 50, "
+        "repeated), longer than --context-length 64; raise --context-length to at least 100"]
 
 
 # ---------------------------------------------------------------- per-prompt output

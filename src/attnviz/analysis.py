@@ -324,22 +324,48 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
     )
 
 
+INDUCTION_PERIOD = 50  # the induction probe: this many random tokens, then the same again
+
+
+def check_induction_probe(model, period: int = INDUCTION_PERIOD) -> None:
+    """Refuse, before any work, a model whose context cannot hold the induction probe."""
+    probe = 2 * period
+    if model.context_length >= probe:
+        return
+    random_mode = model.describe()["mode"] == "random"
+    where = "--context-length" if random_mode else "the checkpoint's context (n_positions)"
+    raise InputError(f"--induction scores the heads on a probe of {probe} tokens (a random "
+                     f"sequence of {period}, repeated), longer than {where} "
+                     f"{model.context_length}; " + (f"raise --context-length to at least {probe}"
+                                                    if random_mode else "drop --induction"))
+
+
+def induction_probe(model, layers: list[int], seed: int = 0,
+                    period: int = INDUCTION_PERIOD) -> np.ndarray:
+    """``(L, H)`` induction score of every head of ``layers`` of ``model`` (from
+    ``load_model``): attention on ``period`` random tokens (drawn with ``seed``) repeated
+    twice (see ``stats.induction_score``). compare-heads, report and scan all use this."""
+    from attnviz.stats import induction_score
+
+    check_induction_probe(model, period)
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, ENDOFTEXT_ID, size=period).tolist()
+    result = analyze_with(model, first + first, layers)
+    return np.stack([induction_score(w, period) for w in result.weights])
+
+
 def induction_scores(
     config: ModelConfig | None = None,
     *,
     weights: str | None = None,
     layer: str | int = 0,
-    period: int = 50,
+    period: int = INDUCTION_PERIOD,
     seed: int = 0,
 ) -> np.ndarray:
-    """``(L, H)`` induction score of every head of the chosen layers: attention on a
-    sequence of ``period`` random tokens repeated twice (see ``stats.induction_score``)."""
-    from attnviz.stats import induction_score
-
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, ENDOFTEXT_ID, size=period).tolist()
-    result = analyze_ids(first + first, config, weights=weights, layer=layer)
-    return np.stack([induction_score(w, period) for w in result.weights])
+    """``induction_probe`` of the model ``config``/``weights`` describe, for ``layer``
+    (a number, a list or ``"all"``, as ``analyze``)."""
+    model = load_model(config, weights)
+    return induction_probe(model, parse_layers(layer, model.n_layers), seed, period)
 
 
 def check_heads(heads: list[int] | None, n_heads: int) -> None:

@@ -101,11 +101,12 @@ def choose_encoding(count: int) -> str:
     return "u16" if count <= MAX_U16_WEIGHTS else "sqrt-u8"
 
 
-def build_payload(result: AttentionResult, encoding: str = "auto",
-                  limit: int | None = None) -> dict:
-    """The document embedded in the page (schema: docs/report.md)."""
+def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | None = None,
+                  induction: np.ndarray | None = None) -> dict:
+    """The document embedded in the page (schema: docs/report.md). ``induction``: the
+    ``(L, H)`` scores of ``analysis.induction_probe``, a column of the statistics."""
     from attnviz.output import clean
-    from attnviz.stats import COLUMNS, head_rows, similarity
+    from attnviz.stats import COLUMNS, add_induction, head_rows, similarity
 
     n_layers, n_heads, n_tokens, _ = result.weights.shape
     check_size(n_layers, n_heads, n_tokens, limit)
@@ -113,6 +114,9 @@ def build_payload(result: AttentionResult, encoding: str = "auto",
     if encoding == "auto":
         encoding = choose_encoding(count)
     data = quantize(lower_triangles(result.weights), encoding)
+    rows = head_rows(result.weights, result.layers)
+    if induction is not None:
+        add_induction(rows, induction)
     return clean({
         "format": FORMAT,
         "version": VERSION,
@@ -121,6 +125,8 @@ def build_payload(result: AttentionResult, encoding: str = "auto",
         "n_heads": n_heads,
         "n_tokens": n_tokens,
         "tokens": result.tokens(),
+        # --tokens A:B: the queries and keys A..B-1 of attention computed on the whole text
+        "window": {"start": result.window[0], "stop": result.window[1]} if result.window else None,
         "weights": {
             "shape": [n_layers, n_heads, n_tokens, n_tokens],
             "layout": "lower-triangle",
@@ -128,8 +134,8 @@ def build_payload(result: AttentionResult, encoding: str = "auto",
             "data": base64.urlsafe_b64encode(data).decode("ascii"),
         },
         "stats": {
-            "columns": ["layer", "head", *COLUMNS],
-            "heads": head_rows(result.weights, result.layers),
+            "columns": ["layer", "head", *COLUMNS] + (["induction"] if induction is not None else []),
+            "heads": rows,
             "similarity": [[[float(x) for x in row] for row in similarity(w)]
                            for w in result.weights],
         },
@@ -194,18 +200,18 @@ class ReportInfo:
 
 
 def write_report(result: AttentionResult, path: str | Path, encoding: str = "auto",
-                 limit: int | None = None) -> ReportInfo:
+                 limit: int | None = None, induction: np.ndarray | None = None) -> ReportInfo:
     """Write ``result`` as one offline HTML file at ``path`` (atomically).
 
     ``encoding``: ``"auto"`` (16-bit when at most ``MAX_U16_WEIGHTS`` weights, else
     8-bit square root), ``"u16"`` or ``"sqrt-u8"``. Raises ``InputError`` above ``limit``
-    (default ``MAX_WEIGHTS``) stored weights.
+    (default ``MAX_WEIGHTS``) stored weights. ``induction``: see ``build_payload``.
     """
     from attnviz.fileio import write_bytes
 
     if encoding not in ("auto", *ENCODINGS):
         raise InputError(f"unknown encoding {encoding!r}; choose auto, {', '.join(ENCODINGS)}")
-    payload = build_payload(result, encoding, limit)
+    payload = build_payload(result, encoding, limit, induction)
     html = render_html(payload).encode("ascii")
     path = Path(path)
     write_bytes(path, html)

@@ -40,7 +40,6 @@ TOP_COLUMNS = (*DETECTORS, "first_token")  # the detectors the table ranks heads
 PAD_ID = ENDOFTEXT_ID  # any id works: causal attention never looks right
 DEFAULT_BATCH_SIZE = 16
 WEIGHTS_BUDGET = 256 * 2**20  # bytes of float32 weights one batch may hold (all layers)
-INDUCTION_PERIOD = 50
 
 
 @dataclass
@@ -396,24 +395,6 @@ def scan(
         std={name: running[name].std for name in COLUMNS},
         count={name: running[name].count for name in COLUMNS},
     )
-
-
-def induction_probe(model, layers: list[int], seed: int, period: int = INDUCTION_PERIOD) -> np.ndarray:
-    """``(L, H)``: ``stats.induction_score`` on ``period`` random tokens repeated twice (the
-    same sequence as ``analysis.induction_scores``), the period shortened to fit the
-    context."""
-    import torch
-
-    from attnviz.stats import induction_score
-
-    period = min(period, model.context_length // 2)
-    if period < 2:
-        raise InputError(f"--induction needs a context of at least 4 tokens, the model has "
-                         f"{model.context_length}")
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, ENDOFTEXT_ID, size=period).tolist()
-    per_layer = model.run(torch.tensor([first + first]), layers)
-    return np.stack([induction_score(w[0].float().cpu().numpy(), period) for _, w, _ in per_layer])
 
 
 def prompt_record(prompt: Prompt, values: dict[str, np.ndarray], layers: list[int]) -> dict:

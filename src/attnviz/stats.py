@@ -90,6 +90,14 @@ def induction_score(weights: np.ndarray, period: int) -> np.ndarray:
     return weights[:, queries, queries - period + 1].astype(np.float64).mean(axis=-1)
 
 
+def add_induction(rows: list[dict], scores: np.ndarray) -> list[dict]:
+    """``head_rows``' rows with an ``induction`` column: ``scores`` is ``(L, H)`` in the
+    rows' order (``analysis.induction_probe``)."""
+    for row, score in zip(rows, np.asarray(scores).reshape(-1), strict=True):
+        row["induction"] = float(score)
+    return rows
+
+
 def head_rows(weights: np.ndarray, layers: list[int]) -> list[dict]:
     """One record per (layer, head) of ``weights`` ``(L, H, T, T)``: ``layer``, ``head``
     and the ``COLUMNS``, NaN as None."""

@@ -33,6 +33,9 @@ def report(
     output_path: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path(
         "attnviz-report.html"
     ),
+    induction: Annotated[bool, typer.Option(
+        "--induction", help="Add each head's induction score to the statistics (a 100-token "
+        "probe, as compare-heads --induction; meaningful with --weights).")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -48,15 +51,19 @@ def report(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analysis import analyze
+    from attnviz.analysis import analyze, induction_scores
     from attnviz.report import check_size, write_report
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
                      tokens=tokens)
     check_size(*result.weights.shape[:3])
+    scores = None
+    if induction:
+        output.message("Scoring induction on a repeated random sequence (100 tokens)…")
+        scores = induction_scores(config, weights=weights, layer=result.layers, seed=config.seed)
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
-    info = write_report(result, output_path)
+    info = write_report(result, output_path, induction=scores)
     document = info.as_dict()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}

@@ -75,7 +75,13 @@ def scan_command(
 ) -> None:
     """Score every head over many prompts: detectors and statistics, mean ± std."""
     from attnviz import scan
-    from attnviz.analysis import check_fits, load_model, parse_layers
+    from attnviz.analysis import (
+        check_fits,
+        check_induction_probe,
+        induction_probe,
+        load_model,
+        parse_layers,
+    )
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
@@ -86,6 +92,8 @@ def scan_command(
     records, where = scan.read_corpus(prompts, file, jsonl, limit)
     model = load_model(config, weights)
     layers = parse_layers(layer, model.n_layers)
+    if induction:
+        check_induction_probe(model)  # before the corpus is scanned, not after
     corpus = scan.tokenize_corpus(records, model.context_length, truncate=truncate,
                                   allow_special=allow_special, where=where)
     check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
@@ -101,7 +109,7 @@ def scan_command(
     seconds = time.perf_counter() - started
     if induction:
         output.message("Scoring induction on a repeated random sequence…")
-        result.induction_probe = scan.induction_probe(model, layers, config.seed)
+        result.induction_probe = induction_probe(model, layers, config.seed)
     detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
     files = []
     if plot_dir is not None:

@@ -5,7 +5,11 @@
   "use strict";
   var config = AV.payload.config;
   var mode = config.mode === "pretrained" ? "checkpoint " + config.weights : "random weights, seed " + config.seed;
-  document.getElementById("summary").textContent = AV.nTokens + " tokens \u00b7 " + AV.nLayers +
+  var cut = AV.payload.window; /* --tokens A:B */
+  var tokens = cut ? "tokens " + cut.start + "\u2013" + (cut.stop - 1) +
+    " of the text (attention computed on the whole text: rows sum to less than 1 when keys before " +
+    cut.start + " are cut)" : AV.nTokens + " tokens";
+  document.getElementById("summary").textContent = tokens + " \u00b7 " + AV.nLayers +
     " layer(s) \u00d7 " + AV.nHeads + " heads \u00b7 " + mode;
   AV.on(function (what) {
     if (what !== "select") return;
