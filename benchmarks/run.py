@@ -387,18 +387,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7, help="runs per side (median of these)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run: checks it works")
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
+    parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
+                        "render, process, tokenizer, attention, memory, whole-model, large, "
+                        "report, scan (not with --write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
     tokens, long_tokens = (8, 32) if args.smoke else (64, 1024)
+    groups = {
+        "render": lambda tmp: [bench_render(tokens, repeat, tmp)],
+        "process": lambda tmp: [bench_process(tokens, repeat, tmp)],
+        "tokenizer": lambda tmp: [bench_tokenizer(repeat, tmp)],
+        "attention": lambda tmp: bench_attention(long_tokens, repeat),
+        "memory": lambda tmp: [bench_memory(long_tokens, tmp)],
+        "whole-model": lambda tmp: bench_whole_model(args.smoke, repeat, tmp),
+        "large": lambda tmp: [bench_large_one_layer(args.smoke, tmp)],
+        "report": lambda tmp: bench_report(args.smoke, repeat, tmp),
+        "scan": lambda tmp: bench_scan(tmp, smoke=args.smoke),
+    }
+    chosen = args.only.split(",") if args.only else list(groups)
+    unknown = [name for name in chosen if name not in groups]
+    if unknown or (args.only and args.write_docs):
+        parser.error(f"unknown group(s) {', '.join(unknown)}" if unknown
+                     else "--write-docs records every row: drop --only")
+    rows = []
     with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        rows = [bench_render(tokens, repeat, tmp), bench_process(tokens, repeat, tmp),
-                bench_tokenizer(repeat, tmp), *bench_attention(long_tokens, repeat),
-                bench_memory(long_tokens, tmp), *bench_whole_model(args.smoke, repeat, tmp),
-                bench_large_one_layer(args.smoke, tmp)]
-        rows += bench_report(args.smoke, repeat, tmp)
-        (tmp / "scan").mkdir()
-        rows += bench_scan(tmp / "scan", smoke=args.smoke)
+        for name in chosen:
+            (Path(folder) / name).mkdir()
+            rows += groups[name](Path(folder) / name)
     report = table(rows)
     print(report)
     print(f"\nMachine: {machine()}; medians of {repeat} alternating runs per side.")
