@@ -333,3 +333,111 @@ def test_only_the_console_entry_point_tunes_garbage_collection(cli):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     full, frozen = run.stdout.split()[-2:]
     assert int(full) == 10 * before[2] and frozen == "True"
+
+
+# --- the picture options, spelled once (cli/options.py: picture_options) ----------------
+
+PICTURE_FLAGS = ["--cmap", "--dpi", "--scale", "--view", "--image-format", "--exclude-first",
+                 "--annotate", "--title", "--font"]
+STEPS_PICTURE_FLAGS = ["--cmap", "--dpi", "--scale", "--image-format", "--title", "--font"]
+
+
+def help_options(cli, command: str) -> dict[str, str]:
+    """``--help``'s options, in order: first flag -> its declaration and help text, with
+    the line wrapping undone."""
+    result = cli(command, "--help")
+    assert result.exit_code == 0, result.stderr
+    options, current = {}, None
+    for line in result.stdout.split("Options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0]
+            options[current] = line.strip()
+        elif line.strip() and current is not None:
+            options[current] += " " + line.strip()
+    return {flag: " ".join(text.split()) for flag, text in options.items()}
+
+
+def test_picture_options_have_one_spelling_in_every_command(cli):
+    heatmap, compare, steps = (help_options(cli, c) for c in ("heatmap", "compare-heads", "steps"))
+    assert [f for f in heatmap if f in PICTURE_FLAGS] == PICTURE_FLAGS
+    for flag in PICTURE_FLAGS:
+        assert heatmap[flag] == compare[flag], flag
+    assert [f for f in steps if f in PICTURE_FLAGS] == STEPS_PICTURE_FLAGS
+    for flag in STEPS_PICTURE_FLAGS:
+        assert steps[flag] == heatmap[flag], flag
+    assert heatmap["--dpi"] == "--dpi <int> Resolution of the PNGs (30-600). [default: 100]"
+    assert heatmap["--annotate"].startswith("--annotate / --no-annotate Print the weights")
+    # Where each command declares them: right after its own options, before the model's.
+    order = list(heatmap)
+    assert order[order.index("--head") + 1: order.index("--weights")] == PICTURE_FLAGS
+    order = list(compare)
+    assert order[order.index("--head") + 1: order.index("--weights")] == PICTURE_FLAGS
+    order = list(steps)
+    assert order[order.index("--dropout") + 1: order.index("--weights")] == STEPS_PICTURE_FLAGS
+
+
+def picture_command(command: str, folder, *options) -> list:
+    """``command`` drawing into ``folder`` with a small random model."""
+    target = {"heatmap": ["--out", folder / "out"],
+              "compare-heads": ["--plot", folder / "plot.png"],
+              "steps": ["--head", 0, "--output", folder / "steps.png"]}[command]
+    return [command, SHORT_TEXT, *target, *options, *small_options()]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--cmap", "nope"], "Error: unknown colormap 'nope'; did you mean copper, copper_r, bone?"),
+    (["--dpi", 5], "Error: --dpi 5 is outside the sensible range 30-600"),
+    (["--title", "{x}"], "Error: --title '{x}': only {head}, {layer} and {tokens} can be filled in ('x')"),
+])
+def test_a_bad_picture_option_is_the_same_error_everywhere(cli, tmp_path, options, message):
+    for command in ("heatmap", "compare-heads", "steps"):
+        folder = tmp_path / command
+        folder.mkdir()
+        result = cli(*picture_command(command, folder, *options))
+        assert (result.exit_code, result.stderr, result.stdout) == (2, message + "\n", ""), command
+        assert list(folder.iterdir()) == [], command  # refused before any work
+    # compare-heads draws nothing without --plot: the picture options are not checked
+    result = cli("compare-heads", SHORT_TEXT, *options, "--format", "json", *small_options())
+    assert result.exit_code == 0 and json.loads(result.stdout)["heads"]
+
+
+def test_compare_heads_without_a_picture_does_not_import_matplotlib():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom attnviz.cli import app\n"
+            f"r = CliRunner().invoke(app, ['compare-heads', {SHORT_TEXT!r}, '--cmap', 'nope', "
+            "'--heads', '2', '--d-model', '8'])\n"
+            "print(r.exit_code, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["0", "False"], out.stderr
+
+
+def picture_file(command: str, folder, suffix: str = ".png"):
+    return {"heatmap": folder / "out" / f"head_00{suffix}", "compare-heads": folder / "plot.png",
+            "steps": folder / "steps.png"}[command]
+
+
+@pytest.mark.parametrize("command", ["heatmap", "compare-heads", "steps"])
+def test_the_picture_options_reach_the_drawing(cli, tmp_path, command):
+    sizes = {}
+    for dpi in (50, 100):
+        folder = tmp_path / f"dpi{dpi}"
+        folder.mkdir()
+        assert cli(*picture_command(command, folder, "--dpi", dpi)).exit_code == 0
+        with Image.open(picture_file(command, folder)) as image:
+            sizes[dpi] = image.size
+    assert sizes[100][0] == pytest.approx(2 * sizes[50][0], abs=2)
+    assert sizes[100][1] == pytest.approx(2 * sizes[50][1], abs=2)
+
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    assert cli(*picture_command(command, grey, "--dpi", 50, "--cmap", "gray")).exit_code == 0
+    assert picture_file(command, grey).read_bytes() != picture_file(command, tmp_path / "dpi50").read_bytes()
+
+    svg = tmp_path / "svg"
+    svg.mkdir()
+    args = picture_command(command, svg, "--image-format", "svg", "--title", "Probe {head}")
+    if command != "heatmap":  # a file name without a suffix takes --image-format
+        args[args.index(picture_file(command, svg))] = svg / "picture"
+    assert cli(*args).exit_code == 0
+    written = svg / "picture" if command != "heatmap" else picture_file(command, svg, ".svg")
+    text = written.read_text()
+    assert text.startswith("<?xml") and "<svg" in text and "Probe 0" in text

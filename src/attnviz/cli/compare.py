@@ -10,35 +10,27 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
-    AnnotateOpt,
-    CmapOpt,
     DebugOpt,
-    DpiOpt,
-    ExcludeFirstOpt,
     FileOpt,
-    FontOpt,
     FormatOpt,
-    ImageFormatOpt,
     LayerOpt,
     ModelOptions,
+    PictureOptions,
     QuietOpt,
-    ScaleOpt,
     TextArg,
-    TitleOpt,
     TokensOpt,
-    ViewOpt,
     WeightsOpt,
     check_file_target,
     model_options,
+    picture_options,
 )
 from attnviz.errors import InputError
 from attnviz.inputs import read_text
 
-INDUCTION_PERIOD = 50  # the induction probe: this many random tokens, then the same again
-
 
 @app.command("compare-heads")
 @model_options
+@picture_options()
 def compare_heads(
     text: TextArg = None,
     file: FileOpt = None,
@@ -61,15 +53,7 @@ def compare_heads(
     head: Annotated[list[int] | None, typer.Option(
         "--head", min=0, metavar="I", help="A head to draw with --plot (repeatable; default: "
         "heads 0 and 1). The table always lists every head.", show_default=False)] = None,
-    cmap: CmapOpt = "viridis",
-    dpi: DpiOpt = 100,
-    scale: ScaleOpt = "sqrt",
-    view: ViewOpt = "heatmap",
-    image_format: ImageFormatOpt = None,
-    exclude_first: ExcludeFirstOpt = False,
-    annotate: AnnotateOpt = None,
-    title: TitleOpt = None,
-    font: FontOpt = None,
+    picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -102,39 +86,36 @@ def compare_heads(
     if plot_path or similarity_plot:
         from attnviz import plot
 
-        plot.check_picture_options(cmap, dpi, scale, title, font)
+        picture.check()
         for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
             if path:
-                plot.image_format(path, image_format, option)
+                plot.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analysis import analyze, induction_scores
+    from attnviz.analysis import (
+        INDUCTION_PERIOD,
+        analyze,
+        check_induction_probe,
+        induction_probe,
+        load_model,
+    )
     from attnviz.output import sort_rows
-    from attnviz.stats import head_rows
+    from attnviz.stats import add_induction, head_rows
     from attnviz.stats import similarity as js_matrix
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
                      heads=head, tokens=tokens)
     several = len(result.layers) > 1
-    if plot_path and view == "lines" and several:
+    if plot_path and picture.view == "lines" and several:
         raise InputError("--view lines draws the heads of one layer over each other; give one "
                          "--layer, or use --view heatmap for a grid of every layer")
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
     rows = head_rows(result.weights, result.layers)
     if induction:
-        probe = 2 * INDUCTION_PERIOD
-        if result.config["context_length"] < probe:
-            where = ("--context-length" if result.config.get("mode") == "random"
-                     else "the checkpoint's context (n_positions)")
-            raise InputError(f"--induction scores the heads on a probe of {probe} tokens (a random "
-                             f"sequence of {INDUCTION_PERIOD}, repeated), longer than {where} "
-                             f"{result.config['context_length']}; "
-                             + ("raise --context-length to at least "
-                                f"{probe}" if where == "--context-length" else "drop --induction"))
-        output.message(f"Scoring induction on a repeated random sequence ({probe} tokens)…")
-        scores = induction_scores(config, weights=weights, layer=layer, seed=config.seed,
-                                  period=INDUCTION_PERIOD)
-        for row, score in zip(rows, scores.reshape(-1)):
-            row["induction"] = float(score)
+        model = load_model(config, weights)
+        check_induction_probe(model)
+        output.message(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} "
+                       "tokens)…")
+        add_induction(rows, induction_probe(model, result.layers, config.seed))
     rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "layers": result.layers, "tokens": result.tokens(),
                 "config": result.config}
@@ -153,16 +134,16 @@ def compare_heads(
         from attnviz import plot
 
         if similarity_plot:  # checked before --plot is written: all checks come first
-            plot.check_similarity_size(len(result.layers), result.n_heads, dpi)
+            plot.check_similarity_size(len(result.layers), result.n_heads, picture.dpi)
         if plot_path:
-            plot.save_compare(plot_path, result, plot_heads, cmap, dpi, scale,
-                              image_format=plot.image_format(plot_path, image_format), view=view,
-                              exclude_first_key=exclude_first, annotate=annotate, title=title)
+            plot.save_compare(plot_path, result, plot_heads,
+                              image_format=plot.image_format(plot_path, picture.image_format),
+                              **picture.heatmap_args())
             files.append(str(plot_path))
         if similarity_plot:
             plot.save_similarity(similarity_plot, np.stack(matrices),
-                                 "Head similarity (JS divergence)" + window_note, dpi, cmap,
-                                 plot.image_format(similarity_plot, image_format),
+                                 "Head similarity (JS divergence)" + window_note, picture.dpi,
+                                 picture.cmap, plot.image_format(similarity_plot, picture.image_format),
                                  layers=result.layers)
             files.append(str(similarity_plot))
     if files:

@@ -10,33 +10,27 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
-    AnnotateOpt,
-    CmapOpt,
     DebugOpt,
-    DpiOpt,
-    ExcludeFirstOpt,
     FileOpt,
-    FontOpt,
     FormatOpt,
     HeadOpt,
-    ImageFormatOpt,
     LayerOpt,
     ModelOptions,
+    PictureOptions,
     QuietOpt,
-    ScaleOpt,
     TextArg,
-    TitleOpt,
     TokensOpt,
-    ViewOpt,
     WeightsOpt,
     check_out_dir,
     model_options,
+    picture_options,
 )
 from attnviz.inputs import read_text
 
 
 @app.command()
 @model_options
+@picture_options()
 def heatmap(
     text: TextArg = None,
     file: FileOpt = None,
@@ -44,15 +38,7 @@ def heatmap(
         "attnviz-out"
     ),
     head: HeadOpt = None,
-    cmap: CmapOpt = "viridis",
-    dpi: DpiOpt = 100,
-    scale: ScaleOpt = "sqrt",
-    view: ViewOpt = "heatmap",
-    image_format: ImageFormatOpt = None,
-    exclude_first: ExcludeFirstOpt = False,
-    annotate: AnnotateOpt = None,
-    title: TitleOpt = None,
-    font: FontOpt = None,
+    picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -77,8 +63,8 @@ def heatmap(
     source = read_text(text, file)
     from attnviz import plot
 
-    plot.check_picture_options(cmap, dpi, scale, title, font)
-    picture_format = plot.image_format(None, image_format)
+    picture.check()
+    picture_format = plot.image_format(None, picture.image_format)
     check_out_dir(out)
     from attnviz.analysis import analyze
     from attnviz.progress import Progress
@@ -88,10 +74,8 @@ def heatmap(
                          allow_special=allow_special, heads=head, tokens=tokens, progress=progress)
         layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""
         output.message(f"Drawing {result.n_tokens} tokens{layers} × {result.n_heads} heads…")
-        files = plot.write_heatmaps(result, out, heads=head, cmap=cmap, dpi=dpi, scale=scale,
-                                    image_format=picture_format, view=view,
-                                    exclude_first_key=exclude_first, annotate=annotate,
-                                    title=title, progress=progress)
+        files = plot.write_heatmaps(result, out, heads=head, image_format=picture_format,
+                                    progress=progress, **picture.heatmap_args())
         progress.summary(f"Wrote {len(files)} {picture_format.upper()} files to {out}")
     rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
     document = {"files": [r["file"] for r in rows], "tokens": result.tokens(),

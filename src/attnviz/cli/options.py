@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -231,6 +232,76 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(f"Warning: {message}\n")
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+# The picture options, shared by every command that draws: a command declares
+# `picture: PictureOptions = None` and @picture_options puts the options in its place
+# (in the order below) and hands it a Picture.
+@dataclass(frozen=True)
+class Picture:
+    """What the picture options asked for. ``view``, ``exclude_first`` and ``annotate``
+    keep their defaults on a command without them (``picture_options(full=False)``)."""
+
+    cmap: str = "viridis"
+    dpi: int = 100
+    scale: str = "sqrt"
+    view: str = "heatmap"
+    image_format: str | None = None
+    exclude_first: bool = False
+    annotate: bool | None = None
+    title: str | None = None
+    font: str | None = None
+
+    def check(self) -> None:
+        """Refuse a bad colormap, dpi, scale, title or font before any work (and put the
+        font to use); imports matplotlib, so call it only when a picture will be drawn."""
+        from attnviz import plot
+
+        plot.check_picture_options(self.cmap, self.dpi, self.scale, self.title, self.font)
+
+    def heatmap_args(self) -> dict:
+        """The keyword arguments of plot.write_heatmaps and plot.save_compare."""
+        return {"cmap": self.cmap, "dpi": self.dpi, "scale": self.scale, "view": self.view,
+                "exclude_first_key": self.exclude_first, "annotate": self.annotate,
+                "title": self.title}
+
+
+PictureOptions = Picture | None
+_PICTURE_OPTIONS = {
+    "cmap": CmapOpt, "dpi": DpiOpt, "scale": ScaleOpt, "view": ViewOpt,
+    "image_format": ImageFormatOpt, "exclude_first": ExcludeFirstOpt, "annotate": AnnotateOpt,
+    "title": TitleOpt, "font": FontOpt,
+}
+_FULL_ONLY = ("view", "exclude_first", "annotate")  # how the weights are drawn: not for steps
+
+
+def picture_options(*, full: bool = True):
+    """Replace the command's ``picture`` parameter, where it stands, by the picture
+    options; the command receives ``picture=Picture(...)``. ``full=False`` leaves out
+    --view, --exclude-first and --annotate. Composes with @model_options either way."""
+    chosen = [f for f in fields(Picture) if full or f.name not in _FULL_ONLY]
+    names = [f.name for f in chosen]
+
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        parameters = list(signature.parameters.values())
+        at = list(signature.parameters).index("picture")
+        parameters[at:at + 1] = [
+            inspect.Parameter(f.name, parameters[at].kind, default=f.default,
+                              annotation=_PICTURE_OPTIONS[f.name])
+            for f in chosen
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            kwargs["picture"] = Picture(**{name: kwargs.pop(name) for name in names})
+            return command(**kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
 
 
 def check_out_dir(out: Path) -> None:

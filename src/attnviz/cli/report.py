@@ -51,7 +51,13 @@ def report(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analysis import analyze, induction_scores
+    from attnviz.analysis import (
+        INDUCTION_PERIOD,
+        analyze,
+        check_induction_probe,
+        induction_probe,
+        load_model,
+    )
     from attnviz.report import check_size, write_report
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
@@ -59,8 +65,11 @@ def report(
     check_size(*result.weights.shape[:3])
     scores = None
     if induction:
-        output.message("Scoring induction on a repeated random sequence (100 tokens)…")
-        scores = induction_scores(config, weights=weights, layer=result.layers, seed=config.seed)
+        model = load_model(config, weights)
+        check_induction_probe(model)
+        output.message(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} "
+                       "tokens)…")
+        scores = induction_probe(model, result.layers, config.seed)
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
     info = write_report(result, output_path, induction=scores)

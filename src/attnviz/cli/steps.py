@@ -10,23 +10,19 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
-    CmapOpt,
     DebugOpt,
-    DpiOpt,
     FileOpt,
-    FontOpt,
     FormatOpt,
-    ImageFormatOpt,
     LayerOpt,
     ModelOptions,
+    PictureOptions,
     QuietOpt,
-    ScaleOpt,
     TextArg,
-    TitleOpt,
     TokensOpt,
     WeightsOpt,
     check_file_target,
     model_options,
+    picture_options,
 )
 from attnviz.errors import AttnvizError, InputError
 from attnviz.inputs import read_text
@@ -34,6 +30,7 @@ from attnviz.inputs import read_text
 
 @app.command()
 @model_options
+@picture_options(full=False)
 def steps(
     text: TextArg = None,
     file: FileOpt = None,
@@ -47,12 +44,7 @@ def steps(
         "--dropout", metavar="P", help="Random mode: show nn.Dropout(P) on the weights (drawn "
         "with --seed), applied before the context, as the book does while training.",
         show_default=False)] = None,
-    cmap: CmapOpt = "viridis",
-    dpi: DpiOpt = 100,
-    scale: ScaleOpt = "sqrt",
-    image_format: ImageFormatOpt = None,
-    title: TitleOpt = None,
-    font: FontOpt = None,
+    picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -74,8 +66,8 @@ def steps(
     source = read_text(text, file)
     from attnviz import pipeline, plot, plot_steps
 
-    plot.check_picture_options(cmap, dpi, scale, title, font)
-    image_format = plot.image_format(output_path, image_format, "--output")
+    picture.check()
+    image_format = plot.image_format(output_path, picture.image_format, "--output")
     check_file_target(output_path, "--output")
     if dropout is not None:
         if weights is not None:
@@ -99,8 +91,9 @@ def steps(
     output.message(f"Drawing layer {head_steps.layer}, head {head}: {result.n_tokens} tokens…")
     try:
         plot_steps.save_steps(
-            output_path, head_steps, result.token_labels, image_format, cmap, dpi, scale,
-            title=title and title.format(head=head, layer=head_steps.layer, tokens=result.n_tokens),
+            output_path, head_steps, result.token_labels, image_format, picture.cmap,
+            picture.dpi, picture.scale, title=picture.title and picture.title.format(
+                head=head, layer=head_steps.layer, tokens=result.n_tokens),
             subtitle=_model_line(result.config, config.seed) + (
                 f"; tokens {window[0]}-{window[1] - 1} of {len(token_ids)}, computed on the whole "
                 "text (the cut rows of A need not sum to 1)" if window else ""))
