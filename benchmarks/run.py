@@ -39,7 +39,9 @@ import matplotlib; matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
-from attnviz.plot import HeatmapFigure, displayable, masked
+from attnviz.cells import masked
+from attnviz.fonts import displayable
+from attnviz.plot import HeatmapFigure
 weights = np.load(sys.argv[1])["weights"]; labels = list(np.load(sys.argv[1])["labels"])
 size = HeatmapFigure(labels).fig.get_size_inches()  # the same figure size as attnviz
 cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
@@ -516,7 +518,7 @@ matter. "Before" is the code of issue 15's report, "after" this version.
 5. Deflate level 1 (ISA-L when the `isal` package is installed, ~4x faster than zlib for
    the same size; else zlib), RGB when every pixel is opaque, in two writer threads.
 6. The layer overview is laid out and drawn once, then only re-tiled and re-titled
-   (blitting); the block maximum is a strided max (`plot.block_max`, ~15x faster than
+   (blitting); the block maximum is a strided max (`cells.block_max`, ~15x faster than
    `np.maximum.reduceat` along rows).
 7. The grids take lists of views, or functions giving a tile when it is drawn.
 

@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import plot
+from attnviz import cells, colours, fonts, plot
 from attnviz.analysis import AttentionResult
 from attnviz.errors import InputError
 from attnviz.lines import LINES_MAX_TOKENS, LinesFigure
@@ -52,7 +52,7 @@ def fake_result(n: int, n_layers: int = 1) -> AttentionResult:
 
 
 def colour_of(weight: float, cmap="viridis", scale="sqrt") -> np.ndarray:
-    return np.array(colormaps[cmap](plot.make_norm(scale)(weight), bytes=True))
+    return np.array(colormaps[cmap](colours.make_norm(scale)(weight), bytes=True))
 
 
 def is_colour(pixels: np.ndarray, rgba) -> np.ndarray:
@@ -87,7 +87,7 @@ def heatmap_box(figure, pixels, panel=0):
 
 
 def mask_rgba(cmap="viridis"):
-    return np.array(to_rgba(plot.mask_color(cmap))) * 255
+    return np.array(to_rgba(colours.mask_color(cmap))) * 255
 
 
 # --- 1. downsampling keeps peaks -------------------------------------------------------
@@ -109,8 +109,8 @@ def test_block_maximum_against_a_plain_loop():
     rng = np.random.default_rng(3)
     n, px = 23, 7
     w = np.tril(rng.random((n, n))).astype(np.float32)
-    colormap, _ = plot.weight_colormap("viridis")
-    words = plot.cell_words(plot.masked(w), px, px, colormap, plot.make_norm("linear"))
+    colormap, _ = colours.weight_colormap("viridis")
+    words = cells.cell_words(cells.masked(w), px, px, colormap, colours.make_norm("linear"))
     got = words.view(np.uint8).reshape(px, px, 4)
     edges = [p * n // px for p in range(px + 1)]
     for a in range(px):
@@ -168,8 +168,8 @@ CMAPS = ["viridis", "magma", "inferno", "plasma", "cividis", "Blues", "Reds", "G
 
 @pytest.mark.parametrize("cmap", CMAPS)
 def test_mask_colour_is_far_from_every_colour_of_the_colormap(cmap):
-    color = plot.mask_color(cmap)
-    assert plot.mask_distance(colormaps[cmap], color) >= 25
+    color = colours.mask_color(cmap)
+    assert colours.mask_distance(colormaps[cmap], color) >= 25
 
 
 @pytest.mark.parametrize("cmap", ["Greys", "gray_r", "binary"])
@@ -184,7 +184,7 @@ def test_masked_cells_of_a_greyscale_map_are_drawn_in_a_colour(cmap):
     shades = colormaps[cmap](np.linspace(0, 1, 256), bytes=True)
     assert np.abs(shades[:, :3].astype(int) - masked_pixel[:3].astype(int)).max(axis=1).min() > 40
     swatch = [p for ax in figure.fig.axes for p in ax.patches]
-    assert [to_rgba(p.get_facecolor()) for p in swatch] == [to_rgba(plot.mask_color(cmap))]
+    assert [to_rgba(p.get_facecolor()) for p in swatch] == [to_rgba(colours.mask_color(cmap))]
 
 
 # --- 3. PNGs carry their dpi -----------------------------------------------------------
@@ -450,7 +450,7 @@ def test_exclude_first_drops_key_0_and_renormalises_rows_without_touching_the_in
     w = np.tril(rng.random((6, 6)) + 0.01).astype(np.float32)
     w /= w.sum(1, keepdims=True)
     before = w.copy()
-    view = plot.exclude_first(w)
+    view = cells.exclude_first(w)
     assert np.array_equal(w, before)
     assert view.mask[:, 0].all() and view.mask[0].all() and view.mask[2, 3]
     for i in range(1, 6):
@@ -470,10 +470,10 @@ def test_exclude_first_in_the_cli_changes_pictures_not_numbers(cli, tmp_path):
 
 
 def test_log_scale_colours_and_ticks():
-    norm = plot.make_norm("log")
+    norm = colours.make_norm("log")
     assert float(norm(1.0)) == pytest.approx(1.0)
     assert float(norm(1e-2)) == pytest.approx(0.5)  # half-way between 1e-4 and 1 in log
-    shown = plot.normalized(norm, np.ma.masked_array([0.0, 1e-6, 1e-4], mask=[False, False, False]))
+    shown = colours.normalized(norm, np.ma.masked_array([0.0, 1e-6, 1e-4], mask=[False, False, False]))
     assert not np.ma.getmaskarray(shown).any() and np.allclose(shown, 0.0)  # zero is not masked
     figure = plot.HeatmapFigure(labels(5), scale="log")
     cbar = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight"][0]
@@ -515,33 +515,33 @@ def test_font_by_family_or_file_and_bad_names(tmp_path):
     from matplotlib.font_manager import FontProperties, findfont
 
     try:
-        plot.use_font("DejaVu Serif")
+        fonts.use_font("DejaVu Serif")
         figure = plot.HeatmapFigure(labels(3))
         assert figure.row_labels[0].get_fontfamily()[0] == "DejaVu Serif"
         path = findfont(FontProperties(family=["DejaVu Sans Mono"]))
-        plot.use_font(path)
+        fonts.use_font(path)
         assert plot.HeatmapFigure(labels(3)).row_labels[0].get_fontfamily()[0] == "DejaVu Sans Mono"
         with pytest.raises(InputError, match="not an installed font"):
-            plot.use_font("No Such Font 123")
+            fonts.use_font("No Such Font 123")
         junk = tmp_path / "junk.ttf"
         junk.write_bytes(b"not a font")
         with pytest.raises(InputError, match="not a font file"):
-            plot.use_font(str(junk))
+            fonts.use_font(str(junk))
     finally:
-        plot.use_font(None)
+        fonts.use_font(None)
 
 
 def test_cjk_tokens_are_drawn_with_a_cjk_font_when_one_is_installed():
     """With a CJK-capable font installed the label is drawn as it is, in a fallback
     family; without one it is escaped (never boxes): both outcomes are checked."""
-    fonts = plot.Fonts(["中文"])
+    chosen = fonts.Fonts(["中文"])
     figure = plot.HeatmapFigure(["中文", "x"])
     text = figure.row_labels[0].get_text()
-    if plot.cjk_families():
-        assert fonts.families[1:] == list(plot.cjk_families())
+    if fonts.cjk_families():
+        assert chosen.families[1:] == list(fonts.cjk_families())
         assert text == "中文"
-        assert plot.cjk_families()[0] in figure.row_labels[0].get_fontfamily()
+        assert fonts.cjk_families()[0] in figure.row_labels[0].get_fontfamily()
     else:
-        assert fonts.families == [fonts.families[0]]
+        assert chosen.families == [chosen.families[0]]
         assert text == "\\u4e2d\\u6587"
-    assert plot.Fonts(["plain"]).families == [fonts.families[0]]  # no fallback when not needed
+    assert fonts.Fonts(["plain"]).families == [chosen.families[0]]  # no fallback when not needed

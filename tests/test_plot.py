@@ -9,7 +9,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import plot
+from attnviz import cells, colours, fonts, images, plot
 from attnviz.errors import InputError
 
 
@@ -125,9 +125,9 @@ def test_side_by_side_panels_share_one_colorbar():
 
 
 def test_labels_the_font_cannot_draw_are_escaped():
-    assert plot.displayable("␣中文") == "␣\\u4e2d\\u6587"
-    assert plot.displayable("plain") == "plain"
-    assert plot.displayable("x" * 40).endswith("…") and len(plot.displayable("x" * 40)) == 14
+    assert fonts.displayable("␣中文") == "␣\\u4e2d\\u6587"
+    assert fonts.displayable("plain") == "plain"
+    assert fonts.displayable("x" * 40).endswith("…") and len(fonts.displayable("x" * 40)) == 14
 
 
 def test_no_glyph_warnings_for_odd_text(recwarn):
@@ -139,24 +139,24 @@ def test_no_glyph_warnings_for_odd_text(recwarn):
 
 def test_pool_takes_the_maximum_of_visible_cells_only():
     w = causal_random(10)[0]
-    pooled = plot.pool(w, max_cells=5)  # 2 x 2 blocks
+    pooled = cells.pool(w, max_cells=5)  # 2 x 2 blocks
     assert pooled.shape == (5, 5)
     assert pooled[0, 0] == pytest.approx(max(w[0, 0], w[1, 0], w[1, 1]))
     assert pooled[2, 1] == pytest.approx(w[4:6, 2:4].max())
     assert pooled.mask[0, 1]  # a block that is entirely future
-    assert not plot.pool(w, max_cells=20).mask[5, 2]
+    assert not cells.pool(w, max_cells=20).mask[5, 2]
 
 
 def test_unknown_colormap_suggests_close_names():
     with pytest.raises(InputError, match="did you mean viridis"):
-        plot.check_cmap("virdis")
-    assert plot.check_cmap("magma").name == "magma"
+        colours.check_cmap("virdis")
+    assert colours.check_cmap("magma").name == "magma"
 
 
 @pytest.mark.parametrize("dpi", [0, 10, 601, 100000])
 def test_absurd_dpi_is_refused(dpi):
     with pytest.raises(InputError, match="--dpi"):
-        plot.check_dpi(dpi)
+        images.check_dpi(dpi)
 
 
 def test_gigapixel_images_are_refused():

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from attnviz import plot, progress
+from attnviz import cells, colours, images, plot, progress
 from attnviz.analysis import analyze, analyze_with, load_model
 from attnviz.attention import MultiHeadAttention
 from attnviz.config import ModelConfig
@@ -225,7 +225,7 @@ def test_png_is_rgb_when_opaque_and_decodes_to_the_same_pixels(opaque):
     rgba[..., 3] = 255
     if not opaque:
         rgba[3, 4, 3] = 10
-    data = plot.encode_png(rgba, dpi=100)
+    data = images.encode_png(rgba, dpi=100)
     image = Image.open(io.BytesIO(data))
     assert image.mode == ("RGB" if opaque else "RGBA")
     np.testing.assert_array_equal(np.asarray(image.convert("RGBA")), rgba)
@@ -240,17 +240,17 @@ def test_png_is_rgb_when_opaque_and_decodes_to_the_same_pixels(opaque):
 
 
 def test_cell_words_ignore_what_masked_cells_hold():
-    colormap, _ = plot.weight_colormap("viridis")
-    norm = plot.make_norm("sqrt")
+    colormap, _ = colours.weight_colormap("viridis")
+    norm = colours.make_norm("sqrt")
     rng = np.random.default_rng(1)
     weights = np.tril(rng.random((13, 13), dtype=np.float32))
     garbage = weights + np.triu(np.full((13, 13), np.nan, dtype=np.float32), 1)
     for px in (5, 13, 30):  # pooled, one pixel per cell, upsampled
-        clean = plot.cell_words(plot.masked(weights), px, px, colormap, norm)
-        dirty = plot.cell_words(plot.masked(garbage), px, px, colormap, norm)
+        clean = cells.cell_words(cells.masked(weights), px, px, colormap, norm)
+        dirty = cells.cell_words(cells.masked(garbage), px, px, colormap, norm)
         np.testing.assert_array_equal(clean, dirty)
     # each unmasked cell has exactly matplotlib's colour at one pixel per cell
-    words = plot.cell_words(plot.masked(weights), 13, 13, colormap, norm)
+    words = cells.cell_words(cells.masked(weights), 13, 13, colormap, norm)
     expected = colormap(norm(weights), bytes=True).view(np.uint32)[..., 0]
     lower = np.tril(np.ones((13, 13), dtype=bool))
     np.testing.assert_array_equal(words[lower], expected[lower])
@@ -259,13 +259,13 @@ def test_cell_words_ignore_what_masked_cells_hold():
 
 
 def test_cached_causal_mask_cannot_be_changed_through_a_head():
-    a, b = plot.masked(np.zeros((6, 6))), plot.masked(np.ones((6, 6)))
+    a, b = cells.masked(np.zeros((6, 6))), cells.masked(np.ones((6, 6)))
     np.testing.assert_array_equal(np.ma.getmask(a), np.triu(np.ones((6, 6), dtype=bool), 1))
     a[5, 0] = np.ma.masked
     assert not np.ma.getmask(b)[5, 0]
-    assert not plot.causal_mask(6)[5, 0]
+    assert not cells.causal_mask(6)[5, 0]
     with pytest.raises(ValueError):
-        plot.causal_mask(6)[0, 0] = True
+        cells.causal_mask(6)[0, 0] = True
 
 
 def test_grid_of_lists_and_lazy_tiles_equals_the_stacked_grid():
@@ -307,9 +307,9 @@ def test_png_without_isal_has_the_same_pixels(monkeypatch):
 
     rgba = np.random.default_rng(4).integers(0, 256, size=(20, 30, 4), dtype=np.uint8)
     rgba[..., 3] = 255
-    with_isal = plot.encode_png(rgba, dpi=72)
+    with_isal = images.encode_png(rgba, dpi=72)
     monkeypatch.setitem(sys.modules, "isal", None)  # import fails: zlib is used
-    without = plot.encode_png(rgba, dpi=72)
+    without = images.encode_png(rgba, dpi=72)
     for data in (with_isal, without):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")), rgba)
 
@@ -319,10 +319,10 @@ def test_block_max_equals_reduceat(n_cells, n_px):
     rng = np.random.default_rng(n_cells + n_px)
     data = rng.random((n_cells, n_cells), dtype=np.float32)
     data[np.triu_indices(n_cells, 1)] = -np.inf  # masked cells, as cell_words marks them
-    starts, pooled = plot._axis_plan(n_cells, n_px)
+    starts, pooled = cells._axis_plan(n_cells, n_px)
     assert pooled
     for axis in (0, 1):
-        np.testing.assert_array_equal(plot.block_max(data, starts, axis),
+        np.testing.assert_array_equal(cells.block_max(data, starts, axis),
                                       np.maximum.reduceat(data, starts, axis=axis))
 
 

@@ -15,15 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.cells import masked
 from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
-from attnviz.plot import (
-    Fonts,
-    encode_raster,
-    masked,
-    new_figure,
-    vector_bytes,
-)
+from attnviz.fonts import Fonts, text_width_in
+from attnviz.images import encode_raster, new_figure, vector_bytes
 
 LINES_MAX_TOKENS = 64
 HEAD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -49,15 +45,13 @@ class LinesFigure:
     heads (``(T, T)`` arrays or masked arrays) drawn over each other."""
 
     def __init__(self, token_labels: Sequence[str], dpi: int = 100, extra_texts: Sequence[str] = ()):
-        from attnviz.plot import _text_width_in
-
         n = self.n_tokens = len(token_labels)
         check_lines(n)
         self.dpi = dpi
         self.fonts = Fonts([*token_labels, *extra_texts])
         with self.fonts.context():
             labels = [self.fonts.label(lbl) for lbl in token_labels]
-            label_in = _text_width_in(labels, _LABEL_FONT) + 0.15
+            label_in = text_width_in(labels, _LABEL_FONT) + 0.15
             span_in, top, bottom = 2.6, 0.8, 0.35
             width = 2 * (label_in + 0.3) + span_in
             height = top + max(n, 3) * _PITCH_IN + bottom

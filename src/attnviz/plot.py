@@ -1,4 +1,7 @@
-"""Attention weights -> heatmap pictures (matplotlib without pyplot; numpy in, files out).
+"""Attention weights -> heatmap pictures (matplotlib without pyplot; numpy in, files out):
+the heatmap figure of one or more heads, the grids of many small heatmaps (a layer's
+heads, the whole model), the head-similarity picture, and whole runs of files
+(``write_heatmaps``, ``save_compare``) with the checks made before the first is written.
 
 Rendering is built for many heads of one text: the figure — axes, token tick labels,
 colorbar, legend — is laid out and drawn once; each head then only restores that
@@ -8,93 +11,59 @@ vector backends instead, with the same cells embedded as an image and the text k
 as text.
 
 Conventions: a head's matrix is ``(T, T)`` ``[query_pos, key_pos]``; queries on rows,
-keys on columns. Masked cells (the causal future; key 0 with ``exclude_first``) are
-drawn in a colour that no weight can have in the chosen colormap.
-
-Pictures never hide a weight: when a heatmap has fewer pixels than cells, each pixel
-shows the **maximum** of the block of cells it covers (masked cells left out), so a
-weight of 1.0 stays visible at any size, and the figure says so.
+keys on columns. The parts live beside this module: ``attnviz.cells`` (the causal mask,
+and cells -> pixels by block maximum, so no weight is hidden), ``attnviz.colours``
+(scales, colormap, mask colour, colorbar), ``attnviz.fonts`` (fonts and token labels),
+``attnviz.images`` (the headless figure and its bytes in each format).
 """
 
 from __future__ import annotations
 
-import difflib
-import io
 import json
 import math
 import re
-import shutil
-import struct
-import subprocess
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap, LogNorm, Normalize, PowerNorm, to_rgb
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties, findfont, fontManager
-from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Rectangle
 
 from attnviz.analysis import AttentionResult
+from attnviz.cells import cell_words, exclude_first, masked, pool_note
+from attnviz.colours import check_cmap, colorbar, make_norm, normalized, weight_colormap
 from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
+from attnviz.fonts import Fonts, text_width_in, use_font
+from attnviz.images import (
+    check_dpi,
+    check_image_size,
+    encode_png,
+    encode_raster,
+    figure_bytes,
+    new_figure,
+    vector_bytes,
+)
 
-DPI_RANGE = (30, 600)
-MAX_PIXELS = 40_000_000  # per image; a 9000 x 4500 PNG is already absurd
-SCALES = ("sqrt", "linear", "log")
-LOG_FLOOR = 1e-4  # --scale log: weights below this share the lowest colour
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg")
 SUFFIX_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg"}
 ANNOTATE_MAX_TOKENS = 30  # --annotate: beyond this the numbers cannot be 8 pt in a sane figure
 MANIFEST = ".attnviz-manifest.json"
 _ENCODERS = 2  # threads compressing PNGs while the next picture is drawn
-_LABEL_CHARS = 14  # longer labels are cut with an ellipsis
 _MIN_SIDE, _MAX_SIDE = 3.0, 11.0  # inches of heatmap per panel
 _MIN_FONT, _MAX_FONT = 6.0, 10.0  # points
 _ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens by default
 _ANNOTATE_CELL_IN = 0.4  # a cell with a printed weight: room for "0.25" at 8 pt and more
 _MIN_CELL_FONT = 8.0  # points: printed weights are never smaller
 _FRAME_RGBA = (40, 40, 40, 255)
-# Mask colours in order of preference; the first one far enough (CIELAB distance) from
-# every colour of the colormap is used, else the farthest.
-_MASK_CANDIDATES = ("#d0d0d0", "#ff66cc", "#00bcd4", "#e41a1c", "#ff9900", "#ffffff", "#000000")
-_MASK_MIN_DISTANCE = 25.0
-# Families known to cover CJK, tried when a label has characters the main font lacks.
-_CJK_FAMILIES = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
-                 "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback",
-                 "AR PL UMing CN", "IPAexGothic", "IPAGothic", "TakaoGothic", "Noto Sans SC",
-                 "Noto Sans JP", "Microsoft YaHei", "SimHei", "MS Gothic", "PingFang SC",
-                 "Hiragino Sans", "Arial Unicode MS")
-_VECTOR_RC = {"svg.hashsalt": "attnviz", "svg.fonttype": "none", "pdf.fonttype": 42}
-_METADATA = {"svg": {"Date": None, "Creator": "attnviz"},
-             "pdf": {"CreationDate": None, "ModDate": None, "Creator": "attnviz"}}
 
 
 # ---------------------------------------------------------------------------- checks
-
-
-def check_cmap(name: str) -> Colormap:
-    """The colormap called ``name``, or an InputError listing the closest names."""
-    try:
-        return colormaps[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(colormaps), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (e.g. viridis, magma, Blues)"
-        raise InputError(f"unknown colormap {name!r}{hint}") from None
-
-
-def check_dpi(dpi: int) -> None:
-    lo, hi = DPI_RANGE
-    if not lo <= dpi <= hi:
-        raise InputError(f"--dpi {dpi} is outside the sensible range {lo}-{hi}")
 
 
 def image_format(path: Path | None, fmt: str | None = None, option: str = "--plot") -> str:
@@ -132,287 +101,11 @@ def check_picture_options(cmap: str = "viridis", dpi: int = 100, scale: str = "s
     use_font(font)
 
 
-def check_image_size(width: float, height: float, dpi: int) -> None:
-    """Refuse a picture of ``width`` x ``height`` inches with more than MAX_PIXELS pixels."""
-    check_dpi(dpi)
-    if width * height * dpi**2 > MAX_PIXELS:
-        raise InputError(f"the image would be {width * dpi:.0f} x {height * dpi:.0f} pixels; lower --dpi")
-
-
-def new_figure(width: float, height: float, dpi: int) -> tuple[Figure, FigureCanvasAgg]:
-    """A headless figure of ``width`` x ``height`` inches, refusing absurd sizes."""
-    check_image_size(width, height, dpi)
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    return fig, FigureCanvasAgg(fig)
-
-
 def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-# ------------------------------------------------------------------- colour and scale
-
-
-def make_norm(scale: str) -> Normalize:
-    """Weights are probabilities: one fixed 0..1 scale for every head, so heads compare.
-    ``sqrt`` spreads the small weights of long texts over more of the colormap; ``log``
-    spreads them further (LOG_FLOOR..1, smaller weights get the lowest colour)."""
-    if scale not in SCALES:
-        raise InputError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
-    if scale == "log":
-        return LogNorm(LOG_FLOOR, 1.0, clip=True)
-    return PowerNorm(0.5, vmin=0.0, vmax=1.0) if scale == "sqrt" else Normalize(0.0, 1.0)
-
-
-def normalized(norm: Normalize, values: np.ma.MaskedArray) -> np.ma.MaskedArray:
-    """``values`` mapped to 0..1 by ``norm``; on the log scale a weight of exactly 0 gets
-    the lowest colour (a LogNorm would mask it, making it look like a masked cell)."""
-    if isinstance(norm, LogNorm):
-        values = np.ma.maximum(values, LOG_FLOOR)
-    return norm(values)
-
-
-def _lab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB (..., 3) in 0..1 -> CIELAB (..., 3), D65."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
-    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
-                     200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
-def mask_distance(colormap: Colormap, color: str) -> float:
-    """CIELAB distance from ``color`` to the nearest of the colormap's 256 colours."""
-    shades = _lab(colormap(np.linspace(0.0, 1.0, 256))[:, :3])
-    return float(np.linalg.norm(shades - _lab(to_rgb(color)), axis=1).min())
-
-
-@lru_cache(maxsize=64)
-def mask_color(cmap: str) -> str:
-    """A colour for masked cells that no weight can have in ``cmap``: neutral grey when
-    it is far from every colour of the map, else the first clearly different candidate
-    (pink for the greyscale maps), else the farthest."""
-    colormap = check_cmap(cmap)
-    distances = [mask_distance(colormap, c) for c in _MASK_CANDIDATES]
-    for color, distance in zip(_MASK_CANDIDATES, distances):
-        if distance >= _MASK_MIN_DISTANCE:
-            return color
-    return _MASK_CANDIDATES[int(np.argmax(distances))]
-
-
-def weight_colormap(cmap: str) -> tuple[Colormap, str]:
-    """The colormap with masked cells in its mask colour, and that colour."""
-    color = mask_color(cmap)
-    return check_cmap(cmap).with_extremes(bad=color), color
-
-
-# ------------------------------------------------------------------------------ fonts
-
-_font_spec: str | None = None
-
-
-def use_font(spec: str | None) -> None:
-    """Draw text in ``spec``: a font file or an installed family name (None: matplotlib's
-    default). Characters it lacks fall back to a CJK-capable font when one is installed."""
-    global _font_spec
-    if spec is not None:
-        _resolve_family(spec)  # refuse a bad name now
-    _font_spec = spec
-
-
-@lru_cache(maxsize=8)
-def _resolve_family(spec: str | None) -> str:
-    from matplotlib import rcParams
-
-    if spec is None:
-        return FontProperties(family=rcParams["font.family"]).get_family()[0]
-    path = Path(spec).expanduser()
-    if path.is_file():
-        try:
-            fontManager.addfont(str(path))
-            return FontProperties(fname=str(path)).get_name()
-        except (OSError, RuntimeError, ValueError) as e:
-            raise InputError(f"--font {spec}: not a font file matplotlib can read ({e})") from None
-    names = sorted({f.name for f in fontManager.ttflist})
-    for name in names:
-        if name.lower() == spec.lower():
-            return name
-    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
-    hint = (f"; did you mean {', '.join(close)}?" if close
-            else "; give a font file path or an installed family")
-    raise InputError(f"--font {spec!r} is not an installed font{hint}")
-
-
-@lru_cache(maxsize=32)
-def _charmap(family: str) -> frozenset[int]:
-    path = findfont(FontProperties(family=[family]), fallback_to_default=True)
-    return frozenset(FT2Font(path).get_charmap())
-
-
-@lru_cache(maxsize=1)
-def cjk_families() -> tuple[str, ...]:
-    """Installed fonts that cover Chinese/Japanese/Korean (first a known family, else
-    what ``fc-list :lang=zh`` finds)."""
-    available = {f.name for f in fontManager.ttflist}
-    found = [name for name in _CJK_FAMILIES if name in available]
-    if found or not shutil.which("fc-list"):
-        return tuple(found[:1])
-    for lang in ("zh", "ja", "ko"):
-        try:
-            listing = subprocess.run(["fc-list", f":lang={lang}", "file"], capture_output=True,
-                                     text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ()
-        for line in sorted(listing.splitlines()):
-            path = line.split(":")[0].strip()
-            if path.lower().endswith((".ttf", ".otf", ".ttc")):
-                try:
-                    fontManager.addfont(path)
-                    return (FontProperties(fname=path).get_name(),)
-                except (OSError, RuntimeError, ValueError):
-                    continue
-    return ()
-
-
-class Fonts:
-    """The font families for a picture whose texts include ``texts``: the chosen font,
-    plus a CJK fallback when some character is missing from it and one is installed.
-    ``label()`` makes a token label drawable with them."""
-
-    def __init__(self, texts: Sequence[str] = ()):
-        self.families = [_resolve_family(_font_spec)]
-        charmap = _charmap(self.families[0])
-        if any(ord(ch) not in charmap for text in texts for ch in text):
-            for family in cjk_families():
-                self.families.append(family)
-                charmap = charmap | _charmap(family)
-        self.charmap = charmap
-
-    def context(self):
-        return rc_context({"font.family": self.families})
-
-    def label(self, label: str) -> str:
-        return displayable(label, self.charmap)
-
-
-def displayable(label: str, charmap: frozenset[int] | None = None) -> str:
-    """``label`` with characters the plotting fonts cannot draw escaped as ``\\uXXXX``
-    (never empty boxes or glyph warnings), cut to a length that fits beside a heatmap."""
-    charmap = _charmap(_resolve_family(_font_spec)) if charmap is None else charmap
-    out = "".join(
-        ch if ord(ch) in charmap else (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
-        for ch in label
-    )
-    return out if len(out) <= _LABEL_CHARS else out[: _LABEL_CHARS - 1] + "…"
-
-
-# ------------------------------------------------------------------- cells to pixels
-
-
-def masked(weights: np.ndarray) -> np.ma.MaskedArray:
-    """``(T, T)`` weights with the causal future (above the diagonal) masked; a masked
-    array is returned as it is (its own mask wins)."""
-    if isinstance(weights, np.ma.MaskedArray):
-        return weights
-    # A copy of a cached mask: a memcpy, ~30x cheaper than np.triu, and still the head's own.
-    return np.ma.masked_array(weights, mask=causal_mask(weights.shape[-1]).copy())
-
-
-@lru_cache(maxsize=4)
-def causal_mask(n: int) -> np.ndarray:
-    """``(n, n)`` bool, True above the diagonal; one read-only array per size."""
-    mask = np.triu(np.ones((n, n), dtype=bool), k=1)
-    mask.flags.writeable = False
-    return mask
-
-
-def exclude_first(weights: np.ndarray) -> np.ma.MaskedArray:
-    """View transform for heads whose first-token sink drowns the rest: key 0 dropped
-    (masked) and each row renormalised over keys 1..i; row 0 has no key left and is
-    masked whole. ``(T, T)`` -> ``(T, T)``; the input is not changed."""
-    view = masked(np.asarray(weights, dtype=np.float64)).copy()
-    view[:, 0] = np.ma.masked
-    sums = view.sum(axis=1, keepdims=True)  # masked row 0 -> masked sum
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = view / sums
-    out[0, :] = np.ma.masked
-    return np.ma.masked_array(np.ma.getdata(out).astype(np.float32), mask=np.ma.getmaskarray(out))
-
-
-def _axis_plan(n_cells: int, n_px: int) -> tuple[np.ndarray, bool]:
-    """Along one axis: for each of ``n_px`` pixels the cell it shows (nearest, when
-    there are enough pixels), or the first cell of the block it pools (block maximum;
-    the blocks partition the cells, so none is dropped)."""
-    if n_px >= n_cells:
-        return ((np.arange(n_px) + 0.5) * n_cells / n_px).astype(np.intp), False
-    return (np.arange(n_px) * n_cells) // n_px, True
-
-
-def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Colormap,
-               norm: Normalize) -> np.ndarray:
-    """``(R, C)`` cell values as an ``(height, width)`` image of RGBA words (uint32):
-    block maximum where pixels are fewer than cells (masked cells left out; a block is
-    masked only when all its cells are), nearest neighbour where they are more."""
-    rows, pool_rows = _axis_plan(values.shape[0], height)
-    cols, pool_cols = _axis_plan(values.shape[1], width)
-    if pool_rows or pool_cols:
-        data = np.where(np.ma.getmaskarray(values), -np.inf, np.ma.getdata(values))
-        if pool_rows:
-            data = block_max(data, rows, axis=0)
-        if pool_cols:
-            data = block_max(data, cols, axis=1)
-        hidden = data == -np.inf  # blocks of masked cells only
-    else:  # every cell gets pixels: colour the cells, paint the masked ones over
-        data, hidden = np.ma.getdata(values), np.ma.getmaskarray(values)
-    # Colours of a plain array (a masked one costs ~3x more in the norm), then the masked
-    # cells painted over in the colormap's "bad" colour: the same words either way.
-    with np.errstate(invalid="ignore"):  # whatever a masked cell holds is never shown
-        words = colormap(normalized(norm, data), bytes=True).view(np.uint32)[..., 0]  # (r, c)
-    words[hidden] = colormap(np.ma.masked_all(1), bytes=True).view(np.uint32)[0, 0]
-    if not pool_rows:
-        words = words.take(rows, axis=0)  # nearest cell for each pixel row
-    if not pool_cols:
-        words = words.take(cols, axis=1)
-    return np.ascontiguousarray(words)
-
-
-def block_max(data: np.ndarray, starts: np.ndarray, axis: int) -> np.ndarray:
-    """The maximum of each block of ``data`` along ``axis``; block ``k`` runs from
-    ``starts[k]`` to the next start. ``_axis_plan``'s blocks all hold ``q`` or ``q + 1``
-    cells, so this is a strided max: the first ``q`` cells of every block gathered at
-    once, then the extra cell of the longer blocks — the same numbers as
-    ``np.maximum.reduceat``, ~15x faster along the rows (numpy's reduceat is slow there)."""
-    data = np.moveaxis(data, axis, -1)
-    sizes = np.diff(starts, append=data.shape[-1])
-    q = int(sizes.min())
-    out = data[..., starts[:, None] + np.arange(q)].max(axis=-1)  # (..., blocks)
-    longer = sizes > q
-    if longer.any():
-        out[..., longer] = np.maximum(out[..., longer], data[..., starts[longer] + q])
-    return np.moveaxis(out, -1, axis)
-
-
-def pool_note(n_cells: int, n_px: int) -> str:
-    """'each pixel: max of 3×3 cells' when ``n_cells`` are shown on ``n_px`` pixels, or ''."""
-    if n_px >= n_cells:
-        return ""
-    k = math.ceil(n_cells / n_px)
-    return f"each pixel: max of {'' if n_cells % n_px == 0 else 'up to '}{k}×{k} cells"
-
-
-def pool(weights: np.ndarray, max_cells: int) -> np.ma.MaskedArray:
-    """A ``(T, T)`` head shrunk to at most ``max_cells`` a side by the block maximum
-    (masked cells excluded); small heads are returned as they are."""
-    values = masked(weights)
-    n = values.shape[0]
-    if n <= max_cells:
-        return values
-    starts, _ = _axis_plan(n, max_cells)
-    data = np.where(np.ma.getmaskarray(values), -np.inf, np.ma.getdata(values))
-    data = block_max(block_max(data, starts, axis=0), starts, axis=1)
-    return np.ma.masked_array(data, mask=data == -np.inf)
+# ---------------------------------------------------------------------------- heatmaps
 
 
 def _word(rgba: Sequence[int]) -> np.uint32:
@@ -427,86 +120,6 @@ def _paint_frame(words: np.ndarray, ys: slice, xs: slice) -> None:
     words[bottom, left : right + 1] = frame
     words[top : bottom + 1, left] = frame
     words[top : bottom + 1, right] = frame
-
-
-# ---------------------------------------------------------------------------- encoding
-
-
-def png_rows(rgba: np.ndarray) -> bytes:
-    """The PNG scanlines of an ``(H, W, 4)`` uint8 image: each row prefixed by its filter
-    type, 0 (none); RGB when every pixel is opaque (a quarter less to compress), else
-    RGBA. A copy, so the canvas can be drawn on again at once."""
-    height, width = rgba.shape[:2]
-    channels = 3 if (rgba[..., 3] == 255).all() else 4
-    raw = np.empty((height, 1 + width * channels), dtype=np.uint8)
-    raw[:, 0] = 0
-    raw[:, 1:].reshape(height, width, channels)[...] = rgba[..., :channels]
-    return raw.tobytes()
-
-
-def png_file(rows: bytes, width: int, height: int, dpi: float | None = None) -> bytes:
-    """A complete RGB(A) PNG from ``png_rows`` output (the compressor releases the GIL),
-    with its resolution (pHYs, pixels per metre) so it has the right size on a page."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    color_type = 2 if len(rows) == height * (1 + width * 3) else 6  # 8-bit RGB or RGBA
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    per_metre = round(dpi / 0.0254) if dpi else 0
-    resolution = chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)) if dpi else b""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + resolution
-            + chunk(b"IDAT", deflate(rows)) + chunk(b"IEND", b""))
-
-
-def deflate(data: bytes) -> bytes:
-    """A zlib stream of ``data`` at level 1 — twice as fast as level 3 on these
-    flat-coloured pictures, files ~5% larger — with ISA-L (package ``isal``) when it is
-    installed: ~4x faster than zlib again, files of the same size. Either way the same
-    pixels give the same bytes on one installation."""
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        return zlib.compress(data, 1)
-    return isal_zlib.compress(data, 1)
-
-
-def encode_png(rgba: np.ndarray, dpi: float | None = None) -> bytes:
-    """An ``(H, W, 4)`` uint8 image as an RGBA PNG. Written by hand (zlib, no row filters,
-    no dates): ~3x faster than Pillow's encoder, and the same pixels give the same bytes."""
-    return png_file(png_rows(rgba), rgba.shape[1], rgba.shape[0], dpi)
-
-
-def encode_raster(rgba: np.ndarray, fmt: str, dpi: float) -> bytes:
-    """An ``(H, W, 4)`` image as PNG or JPEG bytes, with its dpi."""
-    if fmt == "png":
-        return encode_png(rgba, dpi)
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(out, format="JPEG", quality=95,
-                                                               dpi=(dpi, dpi))
-    return out.getvalue()
-
-
-def vector_bytes(fig: Figure, fmt: str) -> bytes:
-    """``fig`` as SVG or PDF: text kept as text, no dates, so the same input gives the
-    same bytes."""
-    out = io.BytesIO()
-    with rc_context(_VECTOR_RC):
-        fig.savefig(out, format=fmt, metadata=_METADATA[fmt])
-    return out.getvalue()
-
-
-def figure_bytes(fig: Figure, canvas: FigureCanvasAgg, fmt: str) -> bytes:
-    """A whole (non-blitted) figure in ``fmt``."""
-    if fmt in ("svg", "pdf"):
-        return vector_bytes(fig, fmt)
-    canvas.draw()
-    return encode_raster(np.asarray(canvas.buffer_rgba()), fmt, fig.dpi)
-
-
-# ---------------------------------------------------------------------------- heatmaps
 
 
 def _layout(n_tokens: int, annotate: bool = False) -> tuple[float, float, int]:
@@ -571,7 +184,7 @@ class HeatmapFigure:
         labels = [fonts.label(lbl) for lbl in token_labels]
         ticks = list(range(0, n, stride))
         tick_labels = [labels[i] for i in ticks]
-        label_in = _text_width_in(tick_labels, font) + 0.1  # + tick length and padding
+        label_in = text_width_in(tick_labels, font) + 0.1  # + tick length and padding
         pooled = side * dpi < n
         gap, row_gap, cbar_w, cbar_pad = 0.3, 0.5, 0.18, 0.25
         left = label_in + 0.35  # room for the tick labels and the axis label
@@ -731,22 +344,6 @@ class HeatmapFigure:
         return path
 
 
-def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap):
-    """A colorbar for weights in 0..1, with ticks where the eye needs them on each scale."""
-    from matplotlib.cm import ScalarMappable
-
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax)
-    if isinstance(norm, LogNorm):
-        ticks = [LOG_FLOOR, 1e-3, 1e-2, 0.1, 1.0]
-        cbar.set_ticks(ticks, labels=[f"≤{LOG_FLOOR:g}", "0.001", "0.01", "0.1", "1"])
-        cbar.minorticks_off()
-    elif isinstance(norm, PowerNorm):
-        cbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1])
-    cbar.set_label("attention weight", fontsize=9)
-    cbar.ax.tick_params(labelsize=8)
-    return cbar
-
-
 def _token_ticks(ax, ticks: list[int], texts: Sequence[str], font: float, axis: str) -> list:
     """Tick marks and token labels along the ``x`` (below) or ``y`` (left) axis; no
     labels, no marks when ``texts`` is empty.
@@ -775,17 +372,6 @@ def _token_ticks(ax, ticks: list[int], texts: Sequence[str], font: float, axis: 
                 color="black", transform=base, clip_on=False)
     return [ax.text(x, y, label, transform=place, fontsize=font, parse_math=False, **style)
             for (x, y), label in zip(points, texts)]
-
-
-def _text_width_in(texts: Sequence[str], font: float) -> float:
-    """Width in inches of the widest of ``texts`` at ``font`` points."""
-    from matplotlib.textpath import TextToPath
-
-    if not texts:
-        return 0.0
-    prop = FontProperties(size=font)
-    measure = TextToPath()
-    return max(measure.get_text_width_height_descent(t, prop, ismath=False)[0] for t in texts) / 72
 
 
 # ------------------------------------------------------------------------------ grids
@@ -968,8 +554,8 @@ def _grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence
     stride = max(1, math.ceil(label_font * 1.25 / pitch))
     ticks = list(range(0, n, stride)) if token_labels and n / stride >= 2 else []
     tick_labels = [fonts.label(token_labels[i])[:8] for i in ticks]
-    label_in = _text_width_in(tick_labels, label_font) + 0.08 if ticks else 0.0
-    names_in = _text_width_in(list(row_names), 8) + 0.15 if row_names else 0.0
+    label_in = text_width_in(tick_labels, label_font) + 0.08 if ticks else 0.0
+    names_in = text_width_in(list(row_names), 8) + 0.15 if row_names else 0.0
     left = 0.25 + names_in + label_in
     tile_px = math.floor(tile_in * dpi)
     note = pool_note(n, tile_px)

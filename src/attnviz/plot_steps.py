@@ -21,9 +21,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap, LogNorm, Normalize, PowerNorm
 from matplotlib.figure import Figure
 
-from attnviz import plot
+from attnviz import colours, images
 from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
+from attnviz.fonts import Fonts, text_width_in
 from attnviz.pipeline import HeadSteps
 
 DIVERGING_CMAP = "RdBu_r"  # red > 0, blue < 0, white at 0
@@ -37,7 +38,7 @@ _TITLE_H, _SUPTITLE_H, _SUBTITLE_H, _LEGEND_H = 0.6, 0.55, 0.25, 0.45
 _YLABEL_W, _XLABEL_H = 0.3, 0.4  # the axis names ("query", "key")
 _GAP, _MARGIN = 0.3, 0.2
 _TITLE_FONT = 9.5  # points
-_MASK_MIN_DISTANCE = 25.0  # CIELAB distance from every colour of the map, as plot.mask_color
+_MASK_MIN_DISTANCE = 25.0  # CIELAB distance from every colour of the map, as colours.mask_color
 _CBAR_W, _CBAR_PAD, _CBAR_TICKS = 0.11, 0.07, 0.45
 
 
@@ -84,18 +85,18 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
     def signed(label: str, *arrays: np.ndarray) -> ColourScale:
         finite = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays])
         top = float(np.abs(finite).max()) if finite.size else 1.0
-        colormap = plot.check_cmap(DIVERGING_CMAP).with_extremes(bad=_mask_colour(DIVERGING_CMAP))
+        colormap = colours.check_cmap(DIVERGING_CMAP).with_extremes(bad=_mask_colour(DIVERGING_CMAP))
         return ColourScale(colormap, Normalize(-(top or 1.0), top or 1.0), label, weights=False)
 
     # A window of a longer text (--tokens A:B, A > 0) cuts the keys before A off its rows.
     whole_rows = np.allclose(steps.weights.sum(axis=1), 1.0, atol=1e-4)
     row_sums = "rows sum to 1" if whole_rows else "rows of a window (keys before it cut)"
-    weights_map = plot.check_cmap(cmap).with_extremes(bad=_mask_colour(cmap))
+    weights_map = colours.check_cmap(cmap).with_extremes(bad=_mask_colour(cmap))
     scales = [
         signed("Q, K", steps.queries, steps.keys),
         signed("scores", steps.scores),
         signed("scaled scores", steps.scaled),
-        ColourScale(weights_map, plot.make_norm(scale), "attention weight", weights=True),
+        ColourScale(weights_map, colours.make_norm(scale), "attention weight", weights=True),
         signed("V, context", steps.values, steps.context),
     ]
     panels = [
@@ -111,7 +112,7 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
     if steps.dropped is not None:
         keep = 1 / (1 - steps.dropout)
         norm = {"sqrt": PowerNorm(0.5, 0.0, keep), "linear": Normalize(0.0, keep),
-                "log": LogNorm(plot.LOG_FLOOR, keep, clip=True)}[scale]
+                "log": LogNorm(colours.LOG_FLOOR, keep, clip=True)}[scale]
         scales.insert(4, ColourScale(weights_map, norm, "weight after dropout", weights=True))
         panels.append(Panel("dropped", steps.dropped,
                             f"{formula['dropped']}, seed {steps.seed}\n"
@@ -130,11 +131,11 @@ def _mask_colour(cmap: str) -> str:
     diverging map of the scores, the lightest grey that is clearly not one of its colours
     (a calm colour on a slide; its light greys are too close to the pale colours near 0)."""
     if cmap == DIVERGING_CMAP:
-        colormap = plot.check_cmap(cmap)
+        colormap = colours.check_cmap(cmap)
         for grey in ("#909090", "#808080", "#606060"):
-            if plot.mask_distance(colormap, grey) >= _MASK_MIN_DISTANCE:
+            if colours.mask_distance(colormap, grey) >= _MASK_MIN_DISTANCE:
                 return grey
-    return plot.mask_color(cmap)
+    return colours.mask_color(cmap)
 
 
 def _cell_text(value: float, weights: bool) -> str:
@@ -163,7 +164,7 @@ def steps_figure(
     scale: str = "sqrt",
     title: str | None = None,
     subtitle: str | None = None,
-    fonts: plot.Fonts | None = None,
+    fonts: Fonts | None = None,
 ) -> tuple[Figure, FigureCanvasAgg]:
     """The whole pipeline of ``steps`` as one figure (drawn when it is saved).
 
@@ -172,14 +173,14 @@ def steps_figure(
     n, dk = steps.n_tokens, steps.head_dim
     check_steps_size(n)
     panels, scales = build_panels(steps, cmap, scale)
-    labels = [(fonts or plot.Fonts(token_labels)).label(t) for t in token_labels]
+    labels = [(fonts or Fonts(token_labels)).label(t) for t in token_labels]
 
     side = min(max(n * 0.34, _MIN_SIDE), _MAX_SIDE)  # a T x T panel, inches
     cell_pt = side / n * 72  # the height of one token row, in points
     font = min(max(cell_pt / 1.3, 6.0), 9.0)
     stride = max(1, math.ceil(font * 1.2 / cell_pt))
     ticks = list(range(0, n, stride))
-    label_w = plot._text_width_in([labels[t] for t in ticks], font)
+    label_w = text_width_in([labels[t] for t in ticks], font)
     dim_w = min(max(dk * side / n, _MIN_DIM_W), _DIM_SHARE * side)  # a T x d_k panel, inches
     annotate = n <= ANNOTATE_TOKENS
     rows = _rows(panels)
@@ -209,7 +210,7 @@ def steps_figure(
     row_h = _TITLE_H + side + bottom
     top = _SUPTITLE_H + (_SUBTITLE_H if subtitle else 0.0)
     height = top + row_h * len(rows) + _LEGEND_H
-    fig, canvas = plot.new_figure(width, height, dpi)
+    fig, canvas = images.new_figure(width, height, dpi)
 
     def box(x: float, y_top: float, w: float, h: float):
         return (x / width, 1 - (y_top + h) / height, w / width, h / height)
@@ -248,7 +249,7 @@ def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels:
     if colour.weights:  # the future, exactly 0, is drawn as masked, as in heatmap
         data = np.ma.masked_where(np.triu(np.ones((n, n), bool), 1), data)
         if isinstance(colour.norm, LogNorm):  # a visible 0 (dropout) is the lowest colour, not masked
-            data = np.ma.maximum(data, plot.LOG_FLOOR)
+            data = np.ma.maximum(data, colours.LOG_FLOOR)
     image = ax.imshow(data, cmap=colour.colormap, norm=colour.norm, aspect="auto",
                       interpolation="nearest")
     colour.image = image
@@ -272,7 +273,7 @@ def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels:
 
 def _colorbar(fig: Figure, cax, colour: ColourScale) -> None:
     if colour.weights:
-        bar = plot.colorbar(fig, cax, colour.norm, colour.colormap)
+        bar = colours.colorbar(fig, cax, colour.norm, colour.colormap)
         bar.set_label(colour.label, fontsize=8)
     else:
         bar = fig.colorbar(colour.image, cax=cax)
@@ -280,7 +281,7 @@ def _colorbar(fig: Figure, cax, colour: ColourScale) -> None:
 
 
 def _title_width(title: str) -> float:
-    return plot._text_width_in(title.split("\n"), _TITLE_FONT)
+    return text_width_in(title.split("\n"), _TITLE_FONT)
 
 
 def _default_title(steps: HeadSteps) -> str:
@@ -340,10 +341,10 @@ def render_steps(steps: HeadSteps, token_labels: Sequence[str], fmt: str = "png"
                  title: str | None = None, subtitle: str | None = None) -> bytes:
     """The figure as ``fmt`` (png, svg, pdf or jpg) bytes; the same input gives the same
     bytes. Token labels the main font cannot draw use a CJK font when one is installed."""
-    fonts = plot.Fonts(token_labels)
+    fonts = Fonts(token_labels)
     with fonts.context():
         fig, canvas = steps_figure(steps, token_labels, cmap, dpi, scale, title, subtitle, fonts)
-        return plot.figure_bytes(fig, canvas, fmt)
+        return images.figure_bytes(fig, canvas, fmt)
 
 
 def save_steps(path: Path, steps: HeadSteps, token_labels: Sequence[str], fmt: str = "png",

@@ -1,0 +1,105 @@
+"""Weights -> colours: the fixed 0..1 colour scales (sqrt, linear, log), the colormap
+with a colour for masked cells that no weight can have in it, and the colorbar.
+
+Weights are probabilities, so every head is drawn on the same scale and heads compare.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Colormap, LogNorm, Normalize, PowerNorm, to_rgb
+from matplotlib.figure import Figure
+
+from attnviz.errors import InputError
+
+SCALES = ("sqrt", "linear", "log")
+LOG_FLOOR = 1e-4  # --scale log: weights below this share the lowest colour
+# Mask colours in order of preference; the first one far enough (CIELAB distance) from
+# every colour of the colormap is used, else the farthest.
+_MASK_CANDIDATES = ("#d0d0d0", "#ff66cc", "#00bcd4", "#e41a1c", "#ff9900", "#ffffff", "#000000")
+_MASK_MIN_DISTANCE = 25.0
+
+
+def check_cmap(name: str) -> Colormap:
+    """The colormap called ``name``, or an InputError listing the closest names."""
+    try:
+        return colormaps[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(colormaps), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (e.g. viridis, magma, Blues)"
+        raise InputError(f"unknown colormap {name!r}{hint}") from None
+
+
+def make_norm(scale: str) -> Normalize:
+    """Weights are probabilities: one fixed 0..1 scale for every head, so heads compare.
+    ``sqrt`` spreads the small weights of long texts over more of the colormap; ``log``
+    spreads them further (LOG_FLOOR..1, smaller weights get the lowest colour)."""
+    if scale not in SCALES:
+        raise InputError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if scale == "log":
+        return LogNorm(LOG_FLOOR, 1.0, clip=True)
+    return PowerNorm(0.5, vmin=0.0, vmax=1.0) if scale == "sqrt" else Normalize(0.0, 1.0)
+
+
+def normalized(norm: Normalize, values: np.ma.MaskedArray) -> np.ma.MaskedArray:
+    """``values`` mapped to 0..1 by ``norm``; on the log scale a weight of exactly 0 gets
+    the lowest colour (a LogNorm would mask it, making it look like a masked cell)."""
+    if isinstance(norm, LogNorm):
+        values = np.ma.maximum(values, LOG_FLOOR)
+    return norm(values)
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (..., 3) in 0..1 -> CIELAB (..., 3), D65."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def mask_distance(colormap: Colormap, color: str) -> float:
+    """CIELAB distance from ``color`` to the nearest of the colormap's 256 colours."""
+    shades = _lab(colormap(np.linspace(0.0, 1.0, 256))[:, :3])
+    return float(np.linalg.norm(shades - _lab(to_rgb(color)), axis=1).min())
+
+
+@lru_cache(maxsize=64)
+def mask_color(cmap: str) -> str:
+    """A colour for masked cells that no weight can have in ``cmap``: neutral grey when
+    it is far from every colour of the map, else the first clearly different candidate
+    (pink for the greyscale maps), else the farthest."""
+    colormap = check_cmap(cmap)
+    distances = [mask_distance(colormap, c) for c in _MASK_CANDIDATES]
+    for color, distance in zip(_MASK_CANDIDATES, distances):
+        if distance >= _MASK_MIN_DISTANCE:
+            return color
+    return _MASK_CANDIDATES[int(np.argmax(distances))]
+
+
+def weight_colormap(cmap: str) -> tuple[Colormap, str]:
+    """The colormap with masked cells in its mask colour, and that colour."""
+    color = mask_color(cmap)
+    return check_cmap(cmap).with_extremes(bad=color), color
+
+
+def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap):
+    """A colorbar for weights in 0..1, with ticks where the eye needs them on each scale."""
+    from matplotlib.cm import ScalarMappable
+
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax)
+    if isinstance(norm, LogNorm):
+        ticks = [LOG_FLOOR, 1e-3, 1e-2, 0.1, 1.0]
+        cbar.set_ticks(ticks, labels=[f"≤{LOG_FLOOR:g}", "0.001", "0.01", "0.1", "1"])
+        cbar.minorticks_off()
+    elif isinstance(norm, PowerNorm):
+        cbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1])
+    cbar.set_label("attention weight", fontsize=9)
+    cbar.ax.tick_params(labelsize=8)
+    return cbar
