@@ -8,9 +8,7 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -301,7 +299,8 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
     check_length(len(token_ids), model.context_length, hint)
     check_fits(len(layers), model.n_heads, len(token_ids))
     n = len(token_ids)
-    weights = empty_float32((len(layers), model.n_heads, n, n))  # (L, H, T, T)
+    # (L, H, T, T); numpy backs a large array with transparent huge pages by itself
+    weights = np.empty((len(layers), model.n_heads, n, n), dtype=np.float32)
     per_layer = model.run(torch.tensor([token_ids]), layers,
                           weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, T)
                           progress=progress)
@@ -373,21 +372,6 @@ def check_heads(heads: list[int] | None, n_heads: int) -> None:
         if not 0 <= h < n_heads:
             raise InputError(f"--head {h} is out of range: the model has {n_heads} heads "
                              f"(0-{n_heads - 1})")
-
-
-def empty_float32(shape: tuple[int, ...]) -> np.ndarray:
-    """``np.empty(shape, float32)``; a large one is backed by transparent huge pages where
-    Linux offers them on request ("madvise" mode): the first touch of 577 MB then costs
-    ~300 page faults instead of ~140,000 (about a second on a virtual machine)."""
-    import mmap
-
-    size = math.prod(shape) * _FLOAT32
-    if size < 64 * 2**20 or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.empty(shape, dtype=np.float32)
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with suppress(OSError):  # a kernel without THP: ordinary pages
-        buffer.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(buffer, dtype=np.float32).reshape(shape)
 
 
 def _to_numpy(tensors) -> np.ndarray:
