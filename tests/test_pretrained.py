@@ -15,6 +15,7 @@ from helpers import SHORT_TEXT, make_hf_checkpoint
 from attnviz import checkpoint
 from attnviz.analysis import analyze, analyze_ids
 from attnviz.errors import InputError
+from attnviz.tokenizer import encode
 
 TEXT = "The cat sat on the mat. The cat sat on the mat again, and again."
 
@@ -248,3 +249,34 @@ def test_random_mode_sizes_are_ignored_with_a_warning(cli, hf_checkpoint):
     assert len(json.loads(result.stdout)["heads"]) == 4  # the checkpoint's heads
     quiet = cli("compare-heads", SHORT_TEXT, "--weights", hf_checkpoint, "--heads", 3, "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("layer, window", [("all", None), ("2,0", None), ("1", "2:5"),
+                                           ("2,1", "-3:")])
+def test_export_writes_layer_by_layer_what_transformers_computes(cli, tmp_path, hf_checkpoint,
+                                                                 layer, window):
+    """Without --include-params export streams each layer into the file as the forward pass
+    reaches it (out-of-order --layer lists and --tokens windows included); the file holds
+    transformers' attentions, in the asked order, and equals the --include-params path."""
+    from transformers import GPT2Model
+
+    cut = ["--tokens", window] if window else []
+    streamed, whole = tmp_path / "streamed.npz", tmp_path / "whole.npz"
+    common = [SHORT_TEXT, "--weights", hf_checkpoint, "--layer", layer, *cut]
+    assert cli("export", *common, "-o", streamed).exit_code == 0
+    assert cli("export", *common, "-o", whole, "--include-params").exit_code == 0
+    data, reference = np.load(streamed), np.load(whole)
+    assert sorted(data.files) == ["layers", "positions", "token_ids", "tokens", "weights"]
+    for name in data.files:
+        np.testing.assert_array_equal(data[name], reference[name])
+    ids = encode(SHORT_TEXT)
+    start, stop = slice(*(int(x) if x else None for x in window.split(":"))).indices(len(ids))[:2] \
+        if window else (0, len(ids))
+    hf = GPT2Model.from_pretrained(hf_checkpoint, attn_implementation="eager").eval()
+    with torch.no_grad():
+        attentions = hf(torch.tensor([ids]), output_attentions=True).attentions
+    layers = list(range(3)) if layer == "all" else [int(x) for x in layer.split(",")]
+    expected = np.stack([attentions[i][0, :, start:stop, start:stop].numpy() for i in layers])
+    weights = data["weights"] if len(layers) > 1 or layer == "all" else data["weights"][None]
+    np.testing.assert_allclose(weights, expected, atol=1e-5)
+    assert data["layers"].tolist() == layers and data["positions"].tolist() == list(range(start, stop))

@@ -283,6 +283,18 @@ def analyze_ids(
     return analyze_with(model, token_ids, layer, heads, progress)
 
 
+def checked_layers(model, n_tokens: int, layer: str | int | list,
+                   heads: list[int] | None = None) -> list[int]:
+    """The layers ``layer`` names, once ``model`` can run them on ``n_tokens`` tokens and
+    ``heads`` (when given) exist."""
+    layers = parse_layers(layer, model.n_layers)
+    check_heads(heads, model.n_heads)
+    hint = " or raise --context-length" if model.describe()["mode"] == "random" else (
+        " (the checkpoint's n_positions)")
+    check_length(n_tokens, model.context_length, hint)
+    return layers
+
+
 def analyze_with(model, token_ids: list[int], layer: str | int = 0,
                  heads: list[int] | None = None, progress=None) -> AttentionResult:
     """Run ``model`` (from ``load_model``) on one text and collect the chosen layers.
@@ -292,11 +304,7 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
 
     from attnviz.model import projections_of
 
-    layers = parse_layers(layer, model.n_layers)
-    check_heads(heads, model.n_heads)
-    hint = " or raise --context-length" if model.describe()["mode"] == "random" else (
-        " (the checkpoint's n_positions)")
-    check_length(len(token_ids), model.context_length, hint)
+    layers = checked_layers(model, len(token_ids), layer, heads)
     check_fits(len(layers), model.n_heads, len(token_ids))
     n = len(token_ids)
     # (L, H, T, T); numpy backs a large array with transparent huge pages by itself
@@ -321,6 +329,69 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
         raw_tokens=token_bytes(token_ids),
         scales=[model.attn_scale(i) for i in layers],
     )
+
+
+@dataclass
+class LayerStream:
+    """The attention weights of one text, one layer at a time: what ``analyze`` returns as
+    ``weights``, for a caller that writes each layer out and never holds them all (export
+    of every layer of a large model). ``shape`` is that of ``analyze``'s ``weights``,
+    ``(L, H, T, T)``; iterating runs the model and yields each layer's ``(H, T, T)``
+    float32 array in ``layers`` order, cut to ``window`` (see ``crop``)."""
+
+    model: object
+    all_token_ids: list[int]  # the whole text: the window is cut after the forward pass
+    layers: list[int]
+    window: tuple[int, int] | None = None
+    progress: Callable | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.all_token_ids[slice(*self.window)] if self.window else self.all_token_ids
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        n = len(self.token_ids)
+        return len(self.layers), self.model.n_heads, n, n
+
+    def tokens(self) -> list[dict]:
+        """As ``AttentionResult.tokens``: absolute positions in a window."""
+        ids = self.token_ids
+        return token_records(ids, token_bytes(ids), self.window[0] if self.window else 0)
+
+    def __iter__(self):
+        import torch
+
+        cut = slice(*self.window) if self.window else slice(None)
+        waiting, next_k = {}, 0  # layers computed before the one due next (--layer 5,3)
+        ids = torch.tensor([self.all_token_ids])
+        for k, _, weights, _ in self.model.iter_run(ids, self.layers, progress=self.progress):
+            waiting[k] = np.ascontiguousarray(weights[0, :, cut, cut].float().cpu().numpy())
+            while next_k in waiting:
+                yield waiting.pop(next_k)  # (H, T, T)
+                next_k += 1
+
+
+def analyze_layers(
+    text: str,
+    config: ModelConfig | None = None,
+    *,
+    weights: str | None = None,
+    layer: str | int = 0,
+    allow_special: bool = False,
+    tokens: str | None = None,
+    progress=None,
+) -> LayerStream:
+    """``analyze``'s weights as a ``LayerStream``: the same checks now, the forward pass
+    when it is iterated, one layer in memory at a time."""
+    token_ids = encode(text, allow_special=allow_special)
+    if not token_ids:
+        raise InputError("there are no tokens to analyse")
+    window = parse_window(tokens, len(token_ids))
+    model = load_model(config, weights)
+    layers = checked_layers(model, len(token_ids), layer)
+    check_fits(1, model.n_heads, len(token_ids))  # one layer at a time
+    return LayerStream(model, token_ids, layers, window, progress)
 
 
 INDUCTION_PERIOD = 50  # the induction probe: this many random tokens, then the same again

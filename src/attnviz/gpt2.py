@@ -123,7 +123,6 @@ class GPT2:
         positions = tensors.rows("wpe.weight", list(range(t)))  # (T, d)
         return (tokens + positions).to(self.device)
 
-    @torch.inference_mode()
     def run(self, token_ids: torch.Tensor, layers: list[int],
             weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
         """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
@@ -132,18 +131,27 @@ class GPT2:
         ``weights_out``: a float32 ``(len(layers), B, nh, T, T)`` CPU tensor the weights
         are written into (its slices are returned); ``progress(stage, done, total)`` is
         called after each block read and each block run."""
+        out = {k: rest for k, *rest in self.iter_run(token_ids, layers, weights_out, progress)}
+        return [tuple(out[k]) for k in range(len(layers))]
+
+    @torch.inference_mode()
+    def iter_run(self, token_ids: torch.Tensor, layers: list[int],
+                 weights_out: torch.Tensor | None = None, progress=None):
+        """``run``, one layer at a time: yields ``(k, attn_input, weights, module)`` for
+        ``layers[k]`` as soon as its block has run (in the order of the blocks), so a caller
+        can write a layer out before the next is computed."""
         deepest = max(layers) + 1
         self.load_blocks(deepest, progress)
         x = self.embed(token_ids)
-        wanted, out = {layer: k for k, layer in enumerate(layers)}, {}
+        wanted = {layer: k for k, layer in enumerate(layers)}
         on_device = weights_out is not None and weights_out.device == self.device
         for i, block in enumerate(self.blocks[:deepest]):
-            target = weights_out[wanted[i]] if i in wanted and weights_out is not None else None
+            k = wanted.get(i)
+            target = weights_out[k] if k is not None and weights_out is not None else None
             x, attn_input, weights = block(x, target if on_device else None, mlp=i + 1 < deepest)
             if target is not None and not on_device:
                 weights = target.copy_(weights)  # back to the CPU, layer by layer
-            if i in wanted:
-                out[i] = (attn_input, weights, block.attn)
             if progress:
                 progress("Forward pass", i + 1, deepest)
-        return [out[i] for i in layers]
+            if k is not None:
+                yield k, attn_input, weights, block.attn

@@ -86,20 +86,24 @@ class RandomModel:
         positions = seeded_rows(seed, _POSITION_TABLE, list(range(len(token_ids))), d)
         return tokens + positions
 
-    @torch.inference_mode()
     def run(self, token_ids: torch.Tensor, layers: list[int],
             weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
         """``token_ids (B, T)`` -> ``[(attn_input (B, T, d), weights (B, nh, T, T), module)]``
         for the one layer (0) random mode has; as ``GPT2.run`` (``weights_out``, ``progress``)."""
+        return [tuple(rest) for _, *rest in self.iter_run(token_ids, layers, weights_out, progress)]
+
+    @torch.inference_mode()
+    def iter_run(self, token_ids: torch.Tensor, layers: list[int],
+                 weights_out: torch.Tensor | None = None, progress=None):
+        """``run`` as ``GPT2.iter_run`` yields it: ``(k, attn_input, weights, module)``."""
         if token_ids.shape[1] > self.fused.mask.shape[0]:
             self._build(token_ids.shape[1])
         x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
         _, weights = self.attention(x, return_weights=True)
         if progress:
             progress("Forward pass", 1, 1)
-        if weights_out is None:
-            return [(x, weights, self.fused) for _ in layers]
-        return [(x, weights_out[k].copy_(weights), self.fused) for k in range(len(layers))]
+        for k in range(len(layers)):
+            yield k, x, weights if weights_out is None else weights_out[k].copy_(weights), self.fused
 
 
 def projections_of(mha: MultiHeadAttention) -> dict[str, torch.Tensor]:

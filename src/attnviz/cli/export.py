@@ -65,17 +65,28 @@ def export(
     elif sys.stdout.isatty():
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
-    from attnviz.analysis import analyze
+    from attnviz.analysis import analyze, analyze_layers
+    from attnviz.npz import Pieces, write_npz
     from attnviz.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
-        result = analyze(source, config, weights=weights, layer=layer,
-                         allow_special=allow_special, tokens=tokens, progress=progress)
+        common = dict(weights=weights, layer=layer, allow_special=allow_special, tokens=tokens,
+                      progress=progress)
+        if include_params:  # the inputs and parameters come out of the same forward pass
+            result = analyze(source, config, **common)
+            attention = result.weights  # (L, H, T, T)
+        else:  # each layer goes to the file as the forward pass reaches it: one in memory
+            result = analyze_layers(source, config, **common)
+            attention = Pieces(result.shape, np.float32, result)
         single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
                                                      for x in layer or [])
         pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
+        if single and isinstance(attention, Pieces):  # its one piece is the (H, T, T) layer
+            attention = Pieces(attention.shape[1:], np.float32, attention.pieces)
+        else:
+            attention = pick(attention)
         arrays = {
-            "weights": pick(result.weights).astype(np.float32, copy=False),  # no 577 MB copy
+            "weights": attention,
             "token_ids": np.asarray(result.token_ids, dtype=np.int64),
             "tokens": np.asarray([t["text"] for t in result.tokens()], dtype=str),
             "layers": np.asarray(result.layers, dtype=np.int64),
@@ -89,7 +100,7 @@ def export(
                  "dtype": str(v.dtype)} for k, v in arrays.items()]
         buffer = io.BytesIO()
         with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
-            np.savez(f, **arrays)
+            write_npz(f, arrays)
         progress("Writing", 1, 1)
         progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
     if to_stdout:  # binary on stdout, nothing else there; the summary goes to stderr
