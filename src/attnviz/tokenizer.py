@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import struct
-import tempfile
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
@@ -129,6 +128,8 @@ def load_token_bytes() -> list[bytes]:
     if tokens is not None and len(tokens) == ENDOFTEXT_ID:
         return tokens
     tokens = convert_bpe_files(bpe_data_dir())
+    import tempfile  # only the first run writes the cache
+
     try:  # the cache is an optimisation: an unwritable cache dir is not an error
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpt2-ranks-")
@@ -145,7 +146,8 @@ def get_encoding():
     """A ``tiktoken.Encoding`` identical to ``tiktoken.get_encoding("gpt2")``, built offline."""
     import tiktoken
 
-    ranks = {tok: rank for rank, tok in enumerate(load_token_bytes())}
+    tokens = load_token_bytes()
+    ranks = dict(zip(tokens, range(len(tokens))))  # token bytes -> rank
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=GPT2_PAT_STR,
