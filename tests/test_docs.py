@@ -65,7 +65,7 @@ def test_benchmark_script_runs_at_tiny_sizes():
         "render 12 heads": 1, "`attnviz heatmap` on": 1, "tokenizer ready": 1,
         "MultiHeadAttention vs MultiHeadAttentionWrapper": 1,
         "MultiHeadAttention vs torch.nn.MultiheadAttention": 1, "`attnviz heatmap` at T=": 1,
-        "`attnviz export --layer all`": 1, "`attnviz heatmap --layer all`": 2,
+        "`attnviz export --layer all`": 2, "`attnviz heatmap --layer all`": 2,
         "`attnviz heatmap --layer 0`": 1, "`attnviz report`": 2, "`attnviz scan`": 3,
     }
     found = {prefix: sum(m.startswith(prefix) for m in measures) for prefix in expected}
@@ -83,3 +83,15 @@ def test_module_docstring_examples():
 
     failures, tried = doctest.testmod(attnviz.analysis)
     assert tried >= 3 and failures == 0
+
+
+def test_benchmark_groups_run_alone():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--only",
+                           "tokenizer,memory"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    measures = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
+                if line.startswith("| ") and "---" not in line][1:]
+    assert [m.split(" ")[0] for m in measures] == ["tokenizer", "`attnviz"]
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "unknown group(s) nope" in refused.stderr
