@@ -265,6 +265,29 @@ def test_only_the_blocks_up_to_the_layer_asked_for_are_read(tmp_path, hf_checkpo
         analyze_ids([1, 2, 3], weights=str(folder), layer=2)
 
 
+def test_streamed_export_that_meets_a_bad_block_leaves_the_old_file_and_no_temporary(
+        cli, tmp_path, hf_checkpoint):
+    """export writes the layers as they are computed; a block found broken half-way (after
+    the file was begun) is one Error line, and the target keeps its old content."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(hf_checkpoint / "model.safetensors")
+    tensors["h.2.attn.c_attn.weight"][0, 0] = float("inf")
+    folder = tmp_path / "poisoned"
+    folder.mkdir()
+    save_file(tensors, folder / "model.safetensors")
+    (folder / "config.json").write_text((hf_checkpoint / "config.json").read_text())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "w.npz").write_bytes(b"old")
+    result = cli("export", SHORT_TEXT, "--weights", folder, "--layer", "all", "-o", out / "w.npz")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "h.2.attn.c_attn.weight" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["w.npz"]
+    assert (out / "w.npz").read_bytes() == b"old"
+
+
 def test_pytorch_bin_folder_still_loads(tmp_path):
     from safetensors.torch import load_file
 
