@@ -286,13 +286,24 @@ def test_induction_probe_matches_transformers_attention_on_the_same_probe(hf_che
     np.testing.assert_allclose(probe, expected, atol=1e-5)
 
 
-def test_scan_refuses_a_context_too_short_for_the_induction_probe_before_scanning(cli):
-    result = cli("scan", *PROMPTS[:2], "--heads", "2", "--d-model", "8", "--context-length", "64",
-                 "--induction")
-    assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == [
-        "Error: --induction scores the heads on a probe of 100 tokens (a random sequence of 50, "
-        "repeated), longer than --context-length 64; raise --context-length to at least 100"]
+def test_scan_fits_the_induction_probe_to_a_short_context(cli):
+    """scan shortens the probe to the context (compare-heads refuses instead); a context
+    that cannot hold two tokens twice is refused before the scan."""
+    args = [*PROMPTS[:2], "--heads", "2", "--d-model", "8", "--induction", "--format", "json"]
+    result = cli("scan", *args, "--context-length", "64")
+    assert result.exit_code == 0, result.stderr
+    probe = [row["induction_probe"] for row in json.loads(result.stdout)["heads"]]
+    model = load_model(ModelConfig(n_heads=2, d_model=8, context_length=64))
+    expected = induction_probe(model, [0], seed=123, period=32)
+    np.testing.assert_allclose(probe, expected.reshape(-1), atol=1e-9)
+    assert not np.allclose(expected, induction_probe(model, [0], seed=123, period=20))
+    refused = cli("scan", *args, "--context-length", "3")
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr == ("Error: --induction needs a context of at least 4 tokens, the "
+                              "model has 3\n")
+    compare = cli("compare-heads", "one two", "--heads", "2", "--d-model", "8",
+                  "--context-length", "64", "--induction")
+    assert compare.exit_code == 2 and "probe of 100 tokens" in compare.stderr
 
 
 # ---------------------------------------------------------------- per-prompt output

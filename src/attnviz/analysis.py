@@ -397,11 +397,18 @@ def analyze_layers(
 INDUCTION_PERIOD = 50  # the induction probe: this many random tokens, then the same again
 
 
-def check_induction_probe(model, period: int = INDUCTION_PERIOD) -> None:
-    """Refuse, before any work, a model whose context cannot hold the induction probe."""
+def check_induction_probe(model, period: int = INDUCTION_PERIOD, fit: bool = False) -> int:
+    """The probe's period for ``model``, or ``InputError`` before any work when its context
+    cannot hold the probe. ``fit``: shorten the period to fit the context (scan) instead
+    of refusing (compare-heads, report)."""
+    if fit:
+        if model.context_length < 4:
+            raise InputError(f"--induction needs a context of at least 4 tokens, the model has "
+                             f"{model.context_length}")
+        return min(period, model.context_length // 2)
     probe = 2 * period
     if model.context_length >= probe:
-        return
+        return period
     random_mode = model.describe()["mode"] == "random"
     where = "--context-length" if random_mode else "the checkpoint's context (n_positions)"
     raise InputError(f"--induction scores the heads on a probe of {probe} tokens (a random "
@@ -410,14 +417,15 @@ def check_induction_probe(model, period: int = INDUCTION_PERIOD) -> None:
                                                     if random_mode else "drop --induction"))
 
 
-def induction_probe(model, layers: list[int], seed: int = 0,
-                    period: int = INDUCTION_PERIOD) -> np.ndarray:
+def induction_probe(model, layers: list[int], seed: int = 0, period: int = INDUCTION_PERIOD,
+                    fit: bool = False) -> np.ndarray:
     """``(L, H)`` induction score of every head of ``layers`` of ``model`` (from
     ``load_model``): attention on ``period`` random tokens (drawn with ``seed``) repeated
-    twice (see ``stats.induction_score``). compare-heads, report and scan all use this."""
+    twice (see ``stats.induction_score``); ``fit`` as ``check_induction_probe``.
+    compare-heads, report and scan all use this."""
     from attnviz.stats import induction_score
 
-    check_induction_probe(model, period)
+    period = check_induction_probe(model, period, fit)
     rng = np.random.default_rng(seed)
     first = rng.integers(0, ENDOFTEXT_ID, size=period).tolist()
     result = analyze_with(model, first + first, layers)

@@ -93,7 +93,7 @@ def scan_command(
     model = load_model(config, weights)
     layers = parse_layers(layer, model.n_layers)
     if induction:
-        check_induction_probe(model)  # before the corpus is scanned, not after
+        check_induction_probe(model, fit=True)  # before the corpus is scanned, not after
     corpus = scan.tokenize_corpus(records, model.context_length, truncate=truncate,
                                   allow_special=allow_special, where=where)
     check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
@@ -109,7 +109,7 @@ def scan_command(
     seconds = time.perf_counter() - started
     if induction:
         output.message("Scoring induction on a repeated random sequence…")
-        result.induction_probe = induction_probe(model, layers, config.seed)
+        result.induction_probe = induction_probe(model, layers, config.seed, fit=True)
     detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
     files = []
     if plot_dir is not None:
