@@ -538,9 +538,10 @@ Two later changes, measured A/B on whole processes (medians of 5-7 alternating r
    cycles, and in-process callers (tests, notebooks) keep Python's defaults. `heatmap`
    of 64 tokens: 3.45 s -> 2.53 s (1.52x -> 1.08x the floor in one A/B); `scan` of 1000
    prompts: same peak RSS (445-474 MB before, 453-462 MB after).
-9. **`export` streams the layers.** Without `--include-params`, each layer's weights go
-   into the .npz as the forward pass reaches it (`npz.write_npz` writes numpy's format,
-   one member piece by piece). One layer is in memory instead of all of them: peak RSS
+9. **`export` streams the layers.** Each layer's weights go into the .npz as the forward
+   pass reaches it (the inputs and parameters of `--include-params` are gathered on the
+   way and written after them; `npz.write_npz` writes numpy's format, one member piece
+   by piece). One layer is in memory instead of all of them: peak RSS
    1.34-1.37 GB -> 0.83-0.86 GB, and 5.8-6.6 s -> 5.3-5.8 s, because on this virtual
    machine the first write to fresh memory is slow: a process's first touch of 577 MB
    takes 0.8-1.5 s (0.08 s once touched; numpy already asks for huge pages, which does

@@ -48,3 +48,22 @@ def test_pieces_that_do_not_fill_the_announced_shape_are_refused(count):
     pieces = [np.zeros((2, 2), np.float32)] * count
     with pytest.raises(ValueError, match="announced"):
         saved({"w": Pieces((2, 2, 2), np.float32, pieces)})
+
+
+def test_a_function_is_called_when_its_member_is_written_after_the_pieces_before_it():
+    seen = []
+
+    def pieces():
+        for k in range(3):
+            seen.append(k)
+            yield np.full((2, 2), k, np.float32)
+
+    buffer = io.BytesIO()
+    written = write_npz(buffer, {"w": Pieces((3, 2, 2), np.float32, pieces()),
+                                 "after": lambda: np.asarray(seen, dtype=np.int64),
+                                 "listed": [1.5, 2.5]})
+    assert written == {"w": ((3, 2, 2), np.dtype(np.float32)), "after": ((3,), np.dtype(np.int64)),
+                       "listed": ((2,), np.dtype(np.float64))}
+    buffer.seek(0)
+    with np.load(buffer) as data:
+        assert data["after"].tolist() == [0, 1, 2] and data["listed"].tolist() == [1.5, 2.5]

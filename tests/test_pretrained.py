@@ -269,6 +269,15 @@ def test_export_writes_layer_by_layer_what_transformers_computes(cli, tmp_path, 
     assert sorted(data.files) == ["layers", "positions", "token_ids", "tokens", "weights"]
     for name in data.files:
         np.testing.assert_array_equal(data[name], reference[name])
+    # the inputs and parameters gathered on the way equal analyze()'s, which holds every layer
+    held = analyze(SHORT_TEXT, weights=str(hf_checkpoint), layer=layer, tokens=window)
+    several = len(held.layers) > 1 or layer == "all"
+    pick = (lambda a: a) if several else (lambda a: a[0])  # noqa: E731
+    np.testing.assert_array_equal(reference["attn_input"], pick(held.attn_inputs))
+    assert {"W_query", "W_key", "W_value", "b_query", "b_key", "b_value"} <= set(reference.files)
+    for name, value in held.params.items():
+        np.testing.assert_array_equal(reference[name], pick(value))
+    np.testing.assert_array_equal(data["weights"], pick(held.weights))
     ids = encode(SHORT_TEXT)
     start, stop = slice(*(int(x) if x else None for x in window.split(":"))).indices(len(ids))[:2] \
         if window else (0, len(ids))

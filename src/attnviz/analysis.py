@@ -302,8 +302,6 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
     float32 array: no per-layer tensors stacked and copied afterwards."""
     import torch
 
-    from attnviz.model import projections_of
-
     layers = checked_layers(model, len(token_ids), layer, heads)
     check_fits(len(layers), model.n_heads, len(token_ids))
     n = len(token_ids)
@@ -312,19 +310,13 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
     per_layer = model.run(torch.tensor([token_ids]), layers,
                           weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, T)
                           progress=progress)
-    def collect_params() -> dict[str, np.ndarray]:
-        params: dict[str, list] = {}
-        for _, _, attn in per_layer:
-            for name, value in projections_of(attn).items():
-                params.setdefault(name, []).append(value)
-        return {k: _to_numpy(v) for k, v in params.items()}
-
     return AttentionResult(
         token_ids=token_ids,
         weights=weights,
         layers=layers,
         attn_inputs=_to_numpy([x[0] for x, _, _ in per_layer]),
-        params=LazyArrays(collect_params),  # copied out of the model only when read
+        # copied out of the model only when read
+        params=LazyArrays(lambda: stacked_params([attn for _, _, attn in per_layer])),
         config={**model.describe(), "layers": layers},
         raw_tokens=token_bytes(token_ids),
         scales=[model.attn_scale(i) for i in layers],
@@ -359,17 +351,36 @@ class LayerStream:
         ids = self.token_ids
         return token_records(ids, token_bytes(ids), self.window[0] if self.window else 0)
 
+    def param_names(self) -> list[str]:
+        """The names ``params()`` will have (``AttentionResult.params``'s)."""
+        biased = self.model.describe()["qkv_bias"]
+        return [f"{kind}_{name}" for name in ("query", "key", "value")
+                for kind in ("W", "b")[: 1 + biased]]
+
     def __iter__(self):
         import torch
 
         cut = slice(*self.window) if self.window else slice(None)
         waiting, next_k = {}, 0  # layers computed before the one due next (--layer 5,3)
+        self._inputs, self._modules = {}, {}
         ids = torch.tensor([self.all_token_ids])
-        for k, _, weights, _ in self.model.iter_run(ids, self.layers, progress=self.progress):
+        for k, attn_input, weights, module in self.model.iter_run(ids, self.layers,
+                                                                   progress=self.progress):
             waiting[k] = np.ascontiguousarray(weights[0, :, cut, cut].float().cpu().numpy())
+            self._inputs[k], self._modules[k] = attn_input[0, cut], module  # (T, d), small
             while next_k in waiting:
                 yield waiting.pop(next_k)  # (H, T, T)
                 next_k += 1
+
+    def attn_inputs(self) -> np.ndarray:
+        """``(L, T, d_model)`` as ``AttentionResult.attn_inputs``, once iterated."""
+        return _to_numpy([self._inputs[k] for k in range(len(self.layers))])
+
+    def params(self) -> dict[str, np.ndarray]:
+        """As ``AttentionResult.params``, once iterated."""
+        if getattr(self, "_params", None) is None:
+            self._params = stacked_params([self._modules[k] for k in range(len(self.layers))])
+        return self._params
 
 
 def analyze_layers(
@@ -451,6 +462,18 @@ def check_heads(heads: list[int] | None, n_heads: int) -> None:
         if not 0 <= h < n_heads:
             raise InputError(f"--head {h} is out of range: the model has {n_heads} heads "
                              f"(0-{n_heads - 1})")
+
+
+def stacked_params(modules) -> dict[str, np.ndarray]:
+    """``W_query``/``W_key``/``W_value`` (and ``b_*``) of each attention module, stacked:
+    ``(L, d_out, d_in)`` and ``(L, d_out)``."""
+    from attnviz.model import projections_of
+
+    params: dict[str, list] = {}
+    for attn in modules:
+        for name, value in projections_of(attn).items():
+            params.setdefault(name, []).append(value)
+    return {k: _to_numpy(v) for k, v in params.items()}
 
 
 def _to_numpy(tensors) -> np.ndarray:

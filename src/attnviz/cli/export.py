@@ -65,42 +65,35 @@ def export(
     elif sys.stdout.isatty():
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
-    from attnviz.analysis import analyze, analyze_layers
+    from attnviz.analysis import analyze_layers
     from attnviz.npz import Pieces, write_npz
     from attnviz.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
-        common = dict(weights=weights, layer=layer, allow_special=allow_special, tokens=tokens,
-                      progress=progress)
-        if include_params:  # the inputs and parameters come out of the same forward pass
-            result = analyze(source, config, **common)
-            attention = result.weights  # (L, H, T, T)
-        else:  # each layer goes to the file as the forward pass reaches it: one in memory
-            result = analyze_layers(source, config, **common)
-            attention = Pieces(result.shape, np.float32, result)
+        # Each layer goes to the file as the forward pass reaches it: one in memory at a time.
+        result = analyze_layers(source, config, weights=weights, layer=layer,
+                                allow_special=allow_special, tokens=tokens, progress=progress)
         single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
                                                      for x in layer or [])
         pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
-        if single and isinstance(attention, Pieces):  # its one piece is the (H, T, T) layer
-            attention = Pieces(attention.shape[1:], np.float32, attention.pieces)
-        else:
-            attention = pick(attention)
+        shape = result.shape[1:] if single else result.shape  # (H, T, T) or (L, H, T, T)
         arrays = {
-            "weights": attention,
+            "weights": Pieces(shape, np.float32, result),
             "token_ids": np.asarray(result.token_ids, dtype=np.int64),
             "tokens": np.asarray([t["text"] for t in result.tokens()], dtype=str),
             "layers": np.asarray(result.layers, dtype=np.int64),
             # absolute positions of the tokens (a window of the text with --tokens)
             "positions": np.asarray([t["position"] for t in result.tokens()], dtype=np.int64),
         }
-        if include_params:
-            arrays["attn_input"] = pick(result.attn_inputs)
-            arrays.update({name: pick(value) for name, value in result.params.items()})
-        rows = [{"array": k, "shape": "x".join(map(str, v.shape)) or "scalar",
-                 "dtype": str(v.dtype)} for k, v in arrays.items()]
+        if include_params:  # gathered while the weights were written, so called after them
+            arrays["attn_input"] = lambda: pick(result.attn_inputs())
+            arrays.update({name: lambda name=name: pick(result.params()[name])
+                           for name in result.param_names()})
         buffer = io.BytesIO()
         with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
-            write_npz(f, arrays)
+            written = write_npz(f, arrays)
+        rows = [{"array": name, "shape": "x".join(map(str, dims)) or "scalar",
+                 "dtype": str(dtype)} for name, (dims, dtype) in written.items()]
         progress("Writing", 1, 1)
         progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
     if to_stdout:  # binary on stdout, nothing else there; the summary goes to stderr
