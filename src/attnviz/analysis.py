@@ -362,7 +362,7 @@ class LayerStream:
 
         cut = slice(*self.window) if self.window else slice(None)
         waiting, next_k = {}, 0  # layers computed before the one due next (--layer 5,3)
-        self._inputs, self._modules = {}, {}
+        self._inputs, self._modules, self._params = {}, {}, None  # gathered on the way
         ids = torch.tensor([self.all_token_ids])
         for k, attn_input, weights, module in self.model.iter_run(ids, self.layers,
                                                                    progress=self.progress):
@@ -378,7 +378,7 @@ class LayerStream:
 
     def params(self) -> dict[str, np.ndarray]:
         """As ``AttentionResult.params``, once iterated."""
-        if getattr(self, "_params", None) is None:
+        if self._params is None:
             self._params = stacked_params([self._modules[k] for k in range(len(self.layers))])
         return self._params
 

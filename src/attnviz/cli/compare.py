@@ -23,6 +23,7 @@ from attnviz.cli.options import (
     check_file_target,
     model_options,
     picture_options,
+    score_induction,
 )
 from attnviz.errors import InputError
 from attnviz.inputs import read_text
@@ -91,13 +92,7 @@ def compare_heads(
             if path:
                 plot.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analysis import (
-        INDUCTION_PERIOD,
-        analyze,
-        check_induction_probe,
-        induction_probe,
-        load_model,
-    )
+    from attnviz.analysis import analyze
     from attnviz.output import sort_rows
     from attnviz.stats import add_induction, head_rows
     from attnviz.stats import similarity as js_matrix
@@ -111,11 +106,7 @@ def compare_heads(
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
     rows = head_rows(result.weights, result.layers)
     if induction:
-        model = load_model(config, weights)
-        check_induction_probe(model)
-        output.message(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} "
-                       "tokens)…")
-        add_induction(rows, induction_probe(model, result.layers, config.seed))
+        add_induction(rows, score_induction(output, config, weights, result.layers))
     rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "layers": result.layers, "tokens": result.tokens(),
                 "config": result.config}

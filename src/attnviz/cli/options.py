@@ -304,6 +304,18 @@ def picture_options(*, full: bool = True):
     return decorate
 
 
+def score_induction(output, config: ModelConfig, weights: str | None, layers: list[int]):
+    """``--induction`` of compare-heads and report: the ``(L, H)`` scores of
+    ``analysis.induction_probe``, refused before it runs when the context cannot hold it."""
+    from attnviz.analysis import INDUCTION_PERIOD, check_induction_probe, induction_probe, load_model
+
+    model = load_model(config, weights)
+    check_induction_probe(model)
+    output.message(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} "
+                   "tokens)…")
+    return induction_probe(model, layers, config.seed)
+
+
 def check_out_dir(out: Path) -> None:
     """Fail before any work when ``out`` cannot become a folder of PNGs (it is created
     only when there is something to write)."""

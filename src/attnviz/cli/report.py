@@ -21,6 +21,7 @@ from attnviz.cli.options import (
     WeightsOpt,
     check_file_target,
     model_options,
+    score_induction,
 )
 from attnviz.inputs import read_text
 
@@ -51,25 +52,13 @@ def report(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analysis import (
-        INDUCTION_PERIOD,
-        analyze,
-        check_induction_probe,
-        induction_probe,
-        load_model,
-    )
+    from attnviz.analysis import analyze
     from attnviz.report import check_size, write_report
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
                      tokens=tokens)
     check_size(*result.weights.shape[:3])
-    scores = None
-    if induction:
-        model = load_model(config, weights)
-        check_induction_probe(model)
-        output.message(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} "
-                       "tokens)…")
-        scores = induction_probe(model, result.layers, config.seed)
+    scores = score_induction(output, config, weights, result.layers) if induction else None
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
     info = write_report(result, output_path, induction=scores)
