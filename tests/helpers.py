@@ -26,3 +26,91 @@ def make_hf_checkpoint(folder: Path, n_layer: int, n_head: int, n_embd: int,
                 param.normal_(0.0, 0.3)
     model.save_pretrained(folder, safe_serialization=safe)
     return folder
+
+
+# --- the Llama-style families ---------------------------------------------------------------
+
+TRAINING_TEXT = (
+    "The cat sat on the mat. The dog sat on the log. When Mary and John went to the store, "
+    "John gave a drink to Mary. Attention is all you need; heads attend to tokens. "
+    "1234567890 !?.,;:'\"()[]{} <> naïve café 東京 🙂 \n\t  spaces   and\nnewlines\n"
+)
+
+
+def write_bpe_tokenizer(folder: Path, vocab_size: int = 300, bos: str | None = "<|begin_of_text|>",
+                        specials: tuple[str, ...] = ("<|end_of_text|>",)) -> Path:
+    """A byte-level BPE trained with `tokenizers` (as Llama 3's and Qwen's are), saved as
+    tokenizer.json + tokenizer_config.json; ``bos`` is prepended by its post-processor
+    (Llama 3 style), or nothing is (Qwen style) when None."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    special = ([bos] if bos else []) + list(specials)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([TRAINING_TEXT] * 20, trainer)
+    if bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096,
+              "bos_token": bos, "eos_token": specials[0] if specials else None}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+FAMILY_CONFIGS = {
+    # model_type: (transformers config class, keyword arguments)
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 5}),
+    "qwen2": ("Qwen2Config", {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1}),
+    "qwen3": ("Qwen3Config", {}),
+    "smollm3": ("SmolLM3Config", {"no_rope_layer_interval": 2}),
+}
+
+
+def make_family_checkpoint(folder: Path, family: str, *, n_layers: int = 3, hidden: int = 64,
+                           heads: int = 4, kv_heads: int = 2, head_dim: int | None = None,
+                           vocab_size: int = 300, std: float = 0.25, seed: int = 0,
+                           dtype=None, bos: str | None = "<|begin_of_text|>",
+                           tokenizer: bool = True, **overrides) -> Path:
+    """A tiny random checkpoint of ``family`` saved by transformers itself (its
+    ``*ForCausalLM``, safetensors), weights spread until attention is peaked; norms near 1.
+    Beside it, a byte-level BPE tokenizer whose ids fit the embedding."""
+    import torch
+    import transformers
+
+    class_name, defaults = FAMILY_CONFIGS[family]
+    kwargs = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                  num_hidden_layers=n_layers, num_attention_heads=heads,
+                  num_key_value_heads=kv_heads, max_position_embeddings=2048,
+                  tie_word_embeddings=False, rms_norm_eps=1e-6, pad_token_id=None,
+                  bos_token_id=None, eos_token_id=None)
+    if head_dim is not None:
+        kwargs["head_dim"] = head_dim
+    kwargs.update(defaults)
+    kwargs.update(overrides)
+    config = getattr(transformers, class_name)(**kwargs)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "q_norm" in name or "k_norm" in name:  # QK-norm flattens the scores: undo it
+                param.uniform_(2.0, 3.0)
+            elif "norm" in name:
+                param.uniform_(0.7, 1.3)
+            else:
+                param.normal_(0.0, std)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer:
+        write_bpe_tokenizer(folder, vocab_size=vocab_size, bos=bos)
+    return folder

@@ -13,7 +13,7 @@ import transformers  # a test extra; CI installs it
 from helpers import SHORT_TEXT, make_hf_checkpoint
 from torch import nn
 
-from attnviz import checkpoint
+from attnviz import models as checkpoint
 from attnviz.analysis import analyze, analyze_ids
 from attnviz.config import ModelConfig
 from attnviz.errors import InputError
@@ -210,7 +210,7 @@ def test_config_fields_that_change_the_math_are_honoured(tmp_path, fields):
 
 @pytest.mark.parametrize("field, value, words", [
     ("activation_function", "mish_special", "activation_function 'mish_special'"),
-    ("model_type", "llama", "model_type 'llama'"),
+    ("model_type", "bert", "model_type .bert. is not supported; attnviz reads gpt2, llama"),
     ("scale_attn_weights", "yes", "scale_attn_weights must be true or false"),
 ])
 def test_config_fields_attnviz_cannot_honour_are_refused_by_name(tmp_path, hf_checkpoint, field, value,
@@ -253,15 +253,18 @@ def test_only_the_blocks_up_to_the_layer_asked_for_are_read(tmp_path, hf_checkpo
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(hf_checkpoint / "model.safetensors")
-    tensors["h.2.mlp.c_fc.weight"][0, 0] = float("nan")  # a poisoned last block
+    tensors["h.1.mlp.c_fc.weight"][0, 0] = float("nan")  # a poisoned MLP in block 1
+    tensors["h.2.attn.c_attn.weight"][0, 0] = float("nan")  # and block 2's attention
     folder = tmp_path / "poisoned"
     folder.mkdir()
     save_file(tensors, folder / "model.safetensors")
     (folder / "config.json").write_text((hf_checkpoint / "config.json").read_text())
-    good = analyze_ids([1, 2, 3], weights=str(folder), layer=1)  # never reads block 2
+    # layer 1: blocks 0 and 1 are read, but not block 1's MLP (its output feeds no
+    # attention asked for), nor block 2
+    good = analyze_ids([1, 2, 3], weights=str(folder), layer=1)
     np.testing.assert_array_equal(good.weights, analyze_ids([1, 2, 3], weights=str(hf_checkpoint),
                                                             layer=1).weights)
-    with pytest.raises(InputError, match=r"h\.2\.mlp\.c_fc\.weight holds NaN"):
+    with pytest.raises(InputError, match=r"h\.1\.mlp\.c_fc\.weight holds NaN"):
         analyze_ids([1, 2, 3], weights=str(folder), layer=2)
 
 

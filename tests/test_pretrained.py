@@ -12,7 +12,7 @@ import torch
 import transformers  # a test extra; CI installs it
 from helpers import SHORT_TEXT, make_hf_checkpoint
 
-from attnviz import checkpoint
+from attnviz import models as checkpoint
 from attnviz.analysis import analyze, analyze_ids
 from attnviz.errors import InputError
 from attnviz.tokenizer import encode

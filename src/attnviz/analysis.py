@@ -15,7 +15,7 @@ import numpy as np
 
 from attnviz.config import ModelConfig
 from attnviz.errors import InputError
-from attnviz.tokenizer import ENDOFTEXT_ID, encode, token_bytes, token_label, token_text
+from attnviz.tokenizer import token_label, token_text
 
 _FLOAT32 = 4
 
@@ -61,6 +61,24 @@ class AttentionResult:
     scales: list[float] = field(default_factory=list)  # per layer: what Q·Kᵀ was multiplied by
     # (start, stop) when this is a window of the text (see ``crop``): positions are absolute
     window: tuple[int, int] | None = None
+    # Per layer of ``layers``: the sliding window W (query i sees keys i-W+1 .. i, itself
+    # included), or None for plain causal attention. Empty: None for every layer.
+    windows: list[int | None] = field(default_factory=list)
+    # Per head: the key/value head it reads (grouped-query attention: query head h reads
+    # h // (n_heads / n_kv_heads)). Empty: every head has its own.
+    kv_heads: list[int] = field(default_factory=list)
+    bos: bool = False  # token 0 (of the whole text) is the BOS the tokenizer prepended
+    # Per layer: the attention module that computed it (for steps' recomputation); not data.
+    modules: list = field(default_factory=list, repr=False, compare=False)
+
+    def layer_window(self, layer_index: int) -> int | None:
+        """The sliding window of ``layers[layer_index]`` (None: plain causal)."""
+        return self.windows[layer_index] if layer_index < len(self.windows) else None
+
+    @property
+    def grouped(self) -> bool:
+        """True when heads share key/value heads (grouped-query attention)."""
+        return bool(self.kv_heads) and len(set(self.kv_heads)) < len(self.kv_heads)
 
     @property
     def n_tokens(self) -> int:
@@ -80,11 +98,15 @@ class AttentionResult:
     def tokens(self) -> list[dict]:
         """One record per token: position (absolute, also in a window), id, text, label
         (visible whitespace), bytes."""
-        return token_records(self.token_ids, self.raw_tokens, self.window[0] if self.window else 0)
+        return token_records(self.token_ids, self.raw_tokens, self.window[0] if self.window else 0,
+                             self.bos)
 
 
-def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0) -> list[dict]:
-    return [
+def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0,
+                  bos: bool = False) -> list[dict]:
+    """``bos``: position 0 is the beginning-of-sequence token the tokenizer added (marked
+    ``"bos": true``; ``first`` must then be 0 for it to be shown)."""
+    records = [
         {
             "position": first + i,
             "id": tid,
@@ -94,6 +116,9 @@ def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0)
         }
         for i, (tid, raw) in enumerate(zip(token_ids, raw_tokens))
     ]
+    if bos and first == 0 and records:
+        records[0]["bos"] = True
+    return records
 
 
 def check_window_syntax(spec: str) -> tuple[int | None, int | None]:
@@ -216,23 +241,48 @@ def analyze(
 
     Random mode (``weights=None``): seeded embeddings + one freshly initialised
     attention layer configured by ``config`` (GPT-2 small by default). Pretrained mode:
-    ``weights`` is a GPT-2 checkpoint or Hub repo id (see ``attnviz.checkpoint``);
+    ``weights`` is a GPT-2 checkpoint or Hub repo id (see ``attnviz.models``);
     ``config``'s sizes are ignored and ``layer`` picks a layer number, a list (``"3,5"``)
     or ``"all"``. ``heads``, when given, is checked against the model's head count before
     any heavy work. ``tokens="A:B"`` (``--tokens``): the whole text is computed, then
     queries and keys A..B-1 are kept (see ``crop``). ``progress(stage, done, total)``, when
     given, hears of each block read and run (see ``attnviz.progress``).
     """
-    token_ids = encode(text, allow_special=allow_special)
-    window = parse_window(tokens, len(token_ids)) if token_ids else None
-    result = analyze_ids(token_ids, config, weights=weights, layer=layer, heads=heads,
-                         progress=progress)
+    check_text(text)
+    model = load_model(config, weights)
+    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos)
+    window = parse_window(tokens, len(token_ids))
+    result = analyze_with(model, token_ids, layer, heads, progress)
     return crop(result, *window) if window else result
 
 
+def check_text(text: str) -> None:
+    if not text:
+        raise InputError("the text is empty: give some text, '-' to read stdin, or --file PATH")
+
+
+def encode_text(model, text: str, allow_special: bool = False, bos: bool = True) -> list[int]:
+    """``text`` in ``model``'s own token ids (its tokenizer: GPT-2's for GPT-2 and random
+    mode), with the beginning-of-sequence token the tokenizer adds unless ``bos=False``;
+    every id checked against the model's embedding table."""
+    check_text(text)
+    token_ids = model.tokenizer.encode(text, allow_special=allow_special, add_bos=bos)
+    check_ids(model, token_ids)
+    return token_ids
+
+
+def check_ids(model, token_ids: list[int]) -> None:
+    """Refuse ids the embedding table has no row for (a tokenizer larger than the model's)."""
+    rows = model.vocab_size
+    if token_ids and max(token_ids) >= rows:
+        bad = next(t for t in token_ids if t >= rows)
+        raise InputError(f"token id {bad} is outside the model's embedding table ({rows} rows): "
+                         "the tokenizer does not belong to this model (see --tokenizer)")
+
+
 def load_model(config: ModelConfig | None = None, weights: str | None = None):
-    """The model behind every command: ``RandomModel`` or ``GPT2`` (a checkpoint's header
-    only; blocks are read when run). Both have ``n_layers``, ``n_heads``,
+    """The model behind every command: ``RandomModel`` or ``models.forward.Transformer`` (a
+    checkpoint's header only; blocks are read when run). Both have ``n_layers``, ``n_heads``,
     ``context_length``, ``describe()``, ``attn_scale(layer)`` and
     ``run(token_ids (B, T), layers) -> [(attn_input (B, T, d), weights (B, H, T, T), module)]``.
     ``config.offline``/``progress`` steer a Hub download, ``config.device`` the forward pass."""
@@ -242,16 +292,16 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
         from attnviz.model import RandomModel
 
         return RandomModel(config, device=device)
-    from attnviz import checkpoint
-    from attnviz.gpt2 import GPT2
+    from attnviz import models
+    from attnviz.models.forward import Transformer
 
     # The head count a checkpoint may not record (a lone .safetensors, the book's .pth):
     # taken from --heads, or from a ModelConfig whose n_heads is not the default.
     given = "n_heads" in config.explicit or config.n_heads != ModelConfig().n_heads
     n_heads = config.n_heads if given else None
-    ckpt = checkpoint.load(weights, n_heads=n_heads, offline=config.offline,
-                           quiet=not config.progress)
-    return GPT2(ckpt, device=device)
+    ckpt = models.load(weights, n_heads=n_heads, offline=config.offline,
+                       quiet=not config.progress, tokenizer=config.tokenizer)
+    return Transformer(ckpt, device=device)
 
 
 def resolve_device(device: str) -> str:
@@ -318,9 +368,18 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
         # copied out of the model only when read
         params=LazyArrays(lambda: stacked_params([attn for _, _, attn in per_layer])),
         config={**model.describe(), "layers": layers},
-        raw_tokens=token_bytes(token_ids),
+        raw_tokens=model.tokenizer.token_bytes(token_ids),
         scales=[model.attn_scale(i) for i in layers],
+        windows=[model.window(i) for i in layers],
+        kv_heads=list(model.kv_heads),
+        bos=starts_with_bos(model, token_ids),
+        modules=[attn for _, _, attn in per_layer],
     )
+
+
+def starts_with_bos(model, token_ids: list[int]) -> bool:
+    bos_id = model.tokenizer.bos_id
+    return bos_id is not None and bool(token_ids) and token_ids[0] == bos_id
 
 
 @dataclass
@@ -349,7 +408,9 @@ class LayerStream:
     def tokens(self) -> list[dict]:
         """As ``AttentionResult.tokens``: absolute positions in a window."""
         ids = self.token_ids
-        return token_records(ids, token_bytes(ids), self.window[0] if self.window else 0)
+        return token_records(ids, self.model.tokenizer.token_bytes(ids),
+                             self.window[0] if self.window else 0,
+                             starts_with_bos(self.model, self.all_token_ids))
 
     def param_names(self) -> list[str]:
         """The names ``params()`` will have (``AttentionResult.params``'s)."""
@@ -395,11 +456,10 @@ def analyze_layers(
 ) -> LayerStream:
     """``analyze``'s weights as a ``LayerStream``: the same checks now, the forward pass
     when it is iterated, one layer in memory at a time."""
-    token_ids = encode(text, allow_special=allow_special)
-    if not token_ids:
-        raise InputError("there are no tokens to analyse")
-    window = parse_window(tokens, len(token_ids))
+    check_text(text)
     model = load_model(config, weights)
+    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos)
+    window = parse_window(tokens, len(token_ids))
     layers = checked_layers(model, len(token_ids), layer)
     check_fits(1, model.n_heads, len(token_ids))  # one layer at a time
     return LayerStream(model, token_ids, layers, window, progress)
@@ -438,9 +498,19 @@ def induction_probe(model, layers: list[int], seed: int = 0, period: int = INDUC
 
     period = check_induction_probe(model, period, fit)
     rng = np.random.default_rng(seed)
-    first = rng.integers(0, ENDOFTEXT_ID, size=period).tolist()
+    first = probe_tokens(model, rng, period)
     result = analyze_with(model, first + first, layers)
     return np.stack([induction_score(w, period) for w in result.weights])
+
+
+def probe_tokens(model, rng: np.random.Generator, n: int) -> list[int]:
+    """``n`` random ordinary (not special) token ids of ``model``'s tokenizer."""
+    tokenizer = model.tokenizer
+    if tokenizer.kind == "gpt2":  # every id but <|endoftext|> (the last)
+        return rng.integers(0, tokenizer.vocab_size - 1, size=n).tolist()
+    high = min(tokenizer.vocab_size, model.vocab_size)
+    ordinary = np.array([i for i in range(high) if not tokenizer.is_special(i)])
+    return ordinary[rng.integers(0, len(ordinary), size=n)].tolist()
 
 
 def induction_scores(

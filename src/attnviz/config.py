@@ -49,6 +49,10 @@ class ModelConfig:
     offline: bool = field(default=False, compare=False, repr=False)
     progress: bool = field(default=False, compare=False, repr=False)
     device: str = field(default="cpu", compare=False, repr=False)
+    # --tokenizer: a tokenizer.json / tokenizer.model for a checkpoint that has none;
+    # --no-bos: do not prepend the beginning-of-sequence token the tokenizer adds.
+    tokenizer: str | None = field(default=None, compare=False, repr=False)
+    bos: bool = field(default=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, flag in _SIZE_FLAGS.items():
@@ -72,7 +76,7 @@ class ModelConfig:
 
     def as_dict(self) -> dict:
         described = {**asdict(self), "head_dim": self.head_dim}
-        for run_option in ("explicit", "offline", "progress", "device"):
+        for run_option in ("explicit", "offline", "progress", "device", "tokenizer", "bos"):
             del described[run_option]
         if self.preset is None:
             del described["preset"]

@@ -54,6 +54,18 @@ class RandomModel:
         self.attention = self.fused if config.impl == "fused" else wrapper_from_fused(self.fused)
         self.attention.to(self.device)
 
+    vocab_size = GPT2_VOCAB_SIZE
+    kv_heads: list[int] = []  # every head its own key/value head
+
+    @property
+    def tokenizer(self):
+        from attnviz.tokenization import gpt2_tokenizer
+
+        return gpt2_tokenizer()
+
+    def window(self, layer: int) -> None:
+        return None  # plain causal attention
+
     @property
     def n_heads(self) -> int:
         return self.config.n_heads

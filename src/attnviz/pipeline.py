@@ -36,8 +36,11 @@ from attnviz.analysis import AttentionResult
 from attnviz.errors import InputError
 
 # The order in which the pipeline produces its matrices; JSON keys and figure panels follow it.
-MATRICES = ("queries", "keys", "scores", "scaled", "masked", "weights", "dropped", "values",
-            "context")
+# The first four exist only where the model has the step: QK-norm (Qwen3) normalises the
+# projected queries and keys, RoPE (Llama, Qwen, Mistral) rotates them.
+STAGES = ("queries_projected", "keys_projected", "queries_unrotated", "keys_unrotated")
+MATRICES = (*STAGES, "queries", "keys", "scores", "scaled", "masked", "weights", "dropped",
+            "values", "context")
 
 
 @dataclass
@@ -65,6 +68,15 @@ class HeadSteps:
     dropout: float | None = None
     seed: int | None = None
     biased: bool = False
+    # Before QK-norm and before the rotation, ``(T, d_k)``, where the model has those steps.
+    queries_projected: np.ndarray | None = None
+    keys_projected: np.ndarray | None = None
+    queries_unrotated: np.ndarray | None = None
+    keys_unrotated: np.ndarray | None = None
+    kv_head: int | None = None  # the key/value head this head reads (grouped-query models)
+    window: int | None = None  # sliding window W: keys W or more back are masked too
+    softcap: float | None = None
+    rope: dict | None = None  # the rotation (RopeSpec.describe()), when the layer has one
 
     @property
     def n_tokens(self) -> int:
@@ -78,12 +90,23 @@ class HeadSteps:
         """Each matrix's formula, as the book writes it, keyed like ``matrices()``."""
         bias = " + b_{}" if self.biased else ""
         scaled = "S / √d_k" if self.divides_by_sqrt_dk else f"S × {self.scale:.4g}"
+        if self.softcap is not None:
+            scaled = f"{self.softcap:g}·tanh(({scaled}) / {self.softcap:g})"
+        projected = {name: f"X·W_{name}" + bias.format(name) for name in ("Q", "K")}
+        unrotated = dict(projected)
+        if self.queries_projected is not None:
+            unrotated = {name: f"RMSNorm({name}₀)" for name in ("Q", "K")}
+        final = {name: f"RoPE({name}₁)" if self.rope else unrotated[name] for name in ("Q", "K")}
         formulas = {
-            "queries": "Q = X·W_Q" + bias.format("Q"),
-            "keys": "K = X·W_K" + bias.format("K"),
+            "queries_projected": f"Q₀ = {projected['Q']}",
+            "keys_projected": f"K₀ = {projected['K']}",
+            "queries_unrotated": f"Q₁ = {unrotated['Q']}",
+            "keys_unrotated": f"K₁ = {unrotated['K']}",
+            "queries": f"Q = {final['Q']}",
+            "keys": f"K = {final['K']}",
             "scores": "S = Q·Kᵀ",
             "scaled": scaled,
-            "masked": f"mask({scaled})",
+            "masked": f"mask({scaled})" if self.window is None else f"mask_{self.window}({scaled})",
             "weights": f"A = softmax(mask({scaled}))",
             "dropped": "" if self.dropout is None else f"dropout(A), p = {self.dropout:g}",
             "values": "V = X·W_V" + bias.format("V"),
@@ -112,9 +135,13 @@ def score_scale(result: AttentionResult, layer_index: int, head_dim: int) -> flo
     return 1.0 / math.sqrt(head_dim)
 
 
-def causal_future(n_tokens: int) -> np.ndarray:
-    """``(T, T)`` bool, True where key_pos > query_pos (the cells the mask hides)."""
-    return np.triu(np.ones((n_tokens, n_tokens), dtype=bool), k=1)
+def causal_future(n_tokens: int, window: int | None = None) -> np.ndarray:
+    """``(T, T)`` bool, True where key_pos > query_pos (the cells the mask hides) and, with
+    a sliding window W, where key_pos <= query_pos - W."""
+    hidden = np.triu(np.ones((n_tokens, n_tokens), dtype=bool), k=1)
+    if window is not None:
+        hidden |= np.tril(np.ones((n_tokens, n_tokens), dtype=bool), k=-window)
+    return hidden
 
 
 def dropout_keep(shape: tuple[int, int], p: float, seed: int) -> np.ndarray:
@@ -173,13 +200,28 @@ def head_steps(
                                           None if bias is None else torch.from_numpy(bias[li]))
         return full[:, cols]  # (T, d_k)
 
-    queries, keys, values = project("query"), project("key"), project("value")  # (T, d_k)
+    module = result.modules[li] if li < len(result.modules) else None
+    stages, kv_head = {}, None
+    if hasattr(module, "project"):  # models.forward.Attention: QK-norm, RoPE, grouped heads
+        with torch.inference_mode():
+            q, k, v = module.project(x[None], stages)  # (1, nh, T, d_k), (1, nkv, T, d_k) x 2
+        kv_head = head // (module.num_heads // module.num_kv_heads)
+        queries, keys, values = q[0, head].clone(), k[0, kv_head].clone(), v[0, kv_head].clone()
+        stages = {name: t[0, head if name.startswith("queries") else kv_head].clone()
+                  for name, t in stages.items()}
+    else:
+        queries, keys, values = project("query"), project("key"), project("value")  # (T, d_k)
     scale = score_scale(result, li, head_dim)
+    window, softcap = getattr(module, "window", None), getattr(module, "softcap", None)
     scores = queries @ keys.T  # (T, T)
-    # The model scales the queries before the product (fewer operations on the big matrix);
-    # doing the same keeps these numbers the model's own, not merely close to them.
-    scaled = (queries * scale) @ keys.T
-    future = torch.from_numpy(causal_future(len(x)))
+    # The scale is applied where the model applies it (see models.forward.Attention): to
+    # the queries when it is a power of two, else to the scores. The same order keeps these
+    # numbers the model's own, not merely close to them.
+    exact = math.frexp(scale)[0] == 0.5
+    scaled = (queries * scale) @ keys.T if exact else scores * scale
+    if softcap is not None:
+        scaled = torch.tanh(scaled / softcap) * softcap
+    future = torch.from_numpy(causal_future(len(x), window))
     masked = scaled.masked_fill(future, float("-inf"))
     weights = torch.softmax(masked, dim=-1)  # (T, T), exactly 0 above the diagonal
     dropped = None
@@ -198,4 +240,7 @@ def head_steps(
         dropped=out(dropped),
         dropout=dropout, seed=seed if dropout is not None else None,
         biased="b_query" in result.params,
+        **{name: out(t) for name, t in stages.items()},
+        kv_head=kv_head if result.kv_heads else None, window=window, softcap=softcap,
+        rope=module.rope.describe() if getattr(module, "rope", None) is not None else None,
     )

@@ -25,7 +25,7 @@ from attnviz import colours, images
 from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
 from attnviz.fonts import Fonts, text_width_in
-from attnviz.pipeline import HeadSteps
+from attnviz.pipeline import STAGES, HeadSteps, causal_future
 
 DIVERGING_CMAP = "RdBu_r"  # red > 0, blue < 0, white at 0
 MAX_TOKENS = 128  # every cell is drawn: beyond this the cells would be thinner than a pixel
@@ -92,20 +92,29 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
     whole_rows = np.allclose(steps.weights.sum(axis=1), 1.0, atol=1e-4)
     row_sums = "rows sum to 1" if whole_rows else "rows of a window (keys before it cut)"
     weights_map = colours.check_cmap(cmap).with_extremes(bad=_mask_colour(cmap))
+    stages = {name: m for name, m in steps.matrices().items() if name in STAGES}
     scales = [
-        signed("Q, K", steps.queries, steps.keys),
+        signed("Q, K", steps.queries, steps.keys, *stages.values()),
         signed("scores", steps.scores),
         signed("scaled scores", steps.scaled),
         ColourScale(weights_map, colours.make_norm(scale), "attention weight", weights=True),
         signed("V, context", steps.values, steps.context),
     ]
-    panels = [
-        Panel("queries", steps.queries, f"{formula['queries']}\nqueries, {td}", "query", False, 0),
-        Panel("keys", steps.keys, f"{formula['keys']}\nkeys, {td}", "key", False, 0),
+    before = {"queries_projected": "queries before QK-norm", "keys_projected": "keys before QK-norm",
+              "queries_unrotated": "queries before RoPE", "keys_unrotated": "keys before RoPE"}
+    panels = [Panel(name, m, f"{formula[name]}\n{before[name]}, {td}",
+                    "key" if name.startswith("keys") else "query", False, 0)
+              for name, m in stages.items()]
+    rotated = ", rotated by position" if steps.rope else ""
+    hidden = "−∞ above the diagonal" + (
+        f" and {steps.window}+ back (window {steps.window})" if steps.window else "")
+    panels += [
+        Panel("queries", steps.queries, f"{formula['queries']}\nqueries{rotated}, {td}", "query",
+              False, 0),
+        Panel("keys", steps.keys, f"{formula['keys']}\nkeys{rotated}, {td}", "key", False, 0),
         Panel("scores", steps.scores, f"{formula['scores']}\nscores, {tt}", "query", True, 1),
         Panel("scaled", steps.scaled, f"{formula['scaled']}\n{scale_text}, {tt}", "query", True, 2),
-        Panel("masked", steps.masked, f"{formula['masked']}\n−∞ above the diagonal, {tt}",
-              "query", True, 2),
+        Panel("masked", steps.masked, f"{formula['masked']}\n{hidden}, {tt}", "query", True, 2),
         Panel("weights", steps.weights, f"{formula['weights']}\nweights, {row_sums}, {tt}",
               "query", True, 3),
     ]
@@ -153,6 +162,9 @@ def _rows(panels: Sequence[Panel]) -> list[list[int]]:
     weights and what they do (A, dropout, V, Z) on the second. All eight panels on one
     row would be too wide for a slide at any size worth reading."""
     cut = next(i for i, p in enumerate(panels) if p.name == "weights")
+    if panels[0].name in STAGES:  # QK-norm / RoPE stages: Q and K get a row of their own
+        scores = next(i for i, p in enumerate(panels) if p.name == "scores")
+        return [list(range(scores)), list(range(scores, cut)), list(range(cut, len(panels)))]
     return [list(range(cut)), list(range(cut, len(panels)))]
 
 
@@ -247,7 +259,7 @@ def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels:
     n, dk = steps.n_tokens, steps.head_dim
     data = np.ma.masked_invalid(panel.data)  # the -inf of the masked scores
     if colour.weights:  # the future, exactly 0, is drawn as masked, as in heatmap
-        data = np.ma.masked_where(np.triu(np.ones((n, n), bool), 1), data)
+        data = np.ma.masked_where(causal_future(n, steps.window), data)
         if isinstance(colour.norm, LogNorm):  # a visible 0 (dropout) is the lowest colour, not masked
             data = np.ma.maximum(data, colours.LOG_FLOOR)
     image = ax.imshow(data, cmap=colour.colormap, norm=colour.norm, aspect="auto",
@@ -321,7 +333,8 @@ def _legend(fig: Figure, steps: HeadSteps, cmap: str, height: float) -> None:
 
     handles = [
         Patch(facecolor=_mask_colour(DIVERGING_CMAP), edgecolor="black", linewidth=0.5,
-              label="masked score: −∞ (a key in the future of its query)"),
+              label="masked score: −∞ (a key in the future of its query" + (
+                  f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")),
         Patch(facecolor=_mask_colour(cmap), edgecolor="black", linewidth=0.5,
               label="masked weight: e^−∞ = 0"),
     ]
@@ -330,7 +343,8 @@ def _legend(fig: Figure, steps: HeadSteps, cmap: str, height: float) -> None:
                               label="dropped by dropout (set to 0)"))
     if handles[0].get_facecolor() == handles[1].get_facecolor():
         handles = [Patch(facecolor=_mask_colour(cmap), edgecolor="black", linewidth=0.5,
-                         label="masked: score −∞, weight e^−∞ = 0 (a key in the future of its query)"),
+                         label="masked: score −∞, weight e^−∞ = 0 (a key in the future of its query"
+                         + (f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")),
                    *handles[2:]]
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 0.08 / height))

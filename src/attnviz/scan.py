@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,10 @@ from attnviz.detectors import DETECTORS
 from attnviz.errors import InputError
 from attnviz.inputs import decode_utf8, read_file_bytes, stdin_bytes, strip_bom
 from attnviz.stats import COLUMNS as STAT_COLUMNS
-from attnviz.tokenizer import ENDOFTEXT_ID, encode
 
 COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
 TOP_COLUMNS = (*DETECTORS, "first_token")  # the detectors the table ranks heads by
-PAD_ID = ENDOFTEXT_ID  # any id works: causal attention never looks right
+PAD_ID = 0  # any id the embedding has works: causal attention never looks right
 DEFAULT_BATCH_SIZE = 16
 WEIGHTS_BUDGET = 256 * 2**20  # bytes of float32 weights one batch may hold (all layers)
 
@@ -134,13 +133,20 @@ class Corpus:
 
 def tokenize_corpus(records: list[tuple[int, str]], context_length: int, *,
                     truncate: bool = False, allow_special: bool = False,
-                    where: str = "line") -> Corpus:
-    """Token ids of every record. A prompt longer than the context is refused with its line
-    number, or cut to the first ``context_length`` tokens with ``truncate``; one-token
-    prompts are skipped (the detectors need a previous token)."""
+                    where: str = "line", encode: Callable[[str], list[int]] | None = None) -> Corpus:
+    """Token ids of every record, by ``encode`` (a model's tokenizer, see
+    ``analysis.encode_text``; default GPT-2's, ``allow_special`` as given). A prompt longer
+    than the context is refused with its line number, or cut to the first
+    ``context_length`` tokens with ``truncate``; one-token prompts are skipped (the
+    detectors need a previous token)."""
+    if encode is None:
+        from attnviz.tokenizer import encode as gpt2_encode
+
+        def encode(text: str) -> list[int]:
+            return gpt2_encode(text, allow_special=allow_special)
     prompts, truncated, one_token = [], 0, 0
     for number, text in records:
-        token_ids = encode(text, allow_special=allow_special)
+        token_ids = encode(text)
         cut = len(token_ids) > context_length
         if cut and not truncate:
             raise InputError(f"{where} {number}: the prompt is {len(token_ids)} tokens, "
@@ -309,6 +315,7 @@ class ScanResult:
     std: dict[str, np.ndarray]
     count: dict[str, np.ndarray]
     induction_probe: np.ndarray | None = None
+    kv_heads: list[int] = field(default_factory=list)  # per head, for grouped-query models
 
     @property
     def columns(self) -> list[str]:
@@ -320,7 +327,9 @@ class ScanResult:
         rows = []
         for li, layer in enumerate(self.layers):
             for h in range(self.n_heads):
-                row = {"layer": layer, "head": h, "count": int(self.count["entropy"][li, h])}
+                row = {"layer": layer, "head": h,
+                       **({"kv_head": self.kv_heads[h]} if self.kv_heads else {}),
+                       "count": int(self.count["entropy"][li, h])}
                 for name in COLUMNS:
                     row[f"{name}_mean"] = _number(self.mean[name][li, h])
                     row[f"{name}_std"] = _number(self.std[name][li, h])
@@ -339,6 +348,7 @@ class ScanResult:
         flat = np.where(np.isnan(means), -np.inf, means).reshape(-1)
         order = np.argsort(-flat, kind="stable")[:k]
         return [{"layer": self.layers[i // self.n_heads], "head": int(i % self.n_heads),
+                 **({"kv_head": self.kv_heads[i % self.n_heads]} if self.kv_heads else {}),
                  "mean": _number(means.flat[i]), "std": _number(stds.flat[i])} for i in order]
 
 
@@ -394,6 +404,7 @@ def scan(
         mean={name: running[name].mean_or_nan for name in COLUMNS},
         std={name: running[name].std for name in COLUMNS},
         count={name: running[name].count for name in COLUMNS},
+        kv_heads=list(model.kv_heads),
     )
 
 

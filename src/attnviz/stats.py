@@ -98,14 +98,15 @@ def add_induction(rows: list[dict], scores: np.ndarray) -> list[dict]:
     return rows
 
 
-def head_rows(weights: np.ndarray, layers: list[int]) -> list[dict]:
-    """One record per (layer, head) of ``weights`` ``(L, H, T, T)``: ``layer``, ``head``
-    and the ``COLUMNS``, NaN as None."""
+def head_rows(weights: np.ndarray, layers: list[int], kv_heads: list[int] = ()) -> list[dict]:
+    """One record per (layer, head) of ``weights`` ``(L, H, T, T)``: ``layer``, ``head``,
+    ``kv_head`` (the key/value head it reads, when ``kv_heads`` is given) and the
+    ``COLUMNS``, NaN as None."""
     rows = []
     for layer, layer_weights in zip(layers, weights):
         stats = head_stats(layer_weights)
         for h in range(layer_weights.shape[0]):
-            row = {"layer": layer, "head": h}
+            row = {"layer": layer, "head": h, **({"kv_head": kv_heads[h]} if kv_heads else {})}
             for name in COLUMNS:
                 value = float(stats[name][h])
                 row[name] = None if np.isnan(value) else value

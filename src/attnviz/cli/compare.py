@@ -104,7 +104,9 @@ def compare_heads(
         raise InputError("--view lines draws the heads of one layer over each other; give one "
                          "--layer, or use --view heatmap for a grid of every layer")
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
-    rows = head_rows(result.weights, result.layers)
+    rows = head_rows(result.weights, result.layers, result.kv_heads)
+    if result.kv_heads:  # grouped-query models: which key/value head each head reads
+        columns.insert(2, "kv_head")
     if induction:
         add_induction(rows, score_induction(output, config, weights, result.layers))
     rows = sort_rows(rows, sort_by, desc)

@@ -127,14 +127,16 @@ def info(
     output = Output(fmt, quiet)
     from attnviz.analysis import load_model
 
-    model_info = load_model(config, weights).describe()
+    model = load_model(config, weights)
+    model_info = model.describe()
+    own = model_info.pop("tokenizer", None)  # a model's own tokenizer: its own section
     document = {
         "config": model_info,
         "versions": {name: version(name) for name in ("attnviz", "torch", "tiktoken",
                                                        "matplotlib", "typer", "rich", "numpy")}
         | {"python": platform.python_version()},
-        "tokenizer": {"data": str(tokenizer.bpe_data_dir()),
-                      "cache": str(tokenizer.cache_file())},
+        "tokenizer": own or {"data": str(tokenizer.bpe_data_dir()),
+                             "cache": str(tokenizer.cache_file())},
     }
     rows = [{"key": f"{section}.{k}" if fmt == "csv" else k, "value": v}
             for section, values in document.items() for k, v in values.items()]

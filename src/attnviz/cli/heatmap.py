@@ -10,15 +10,18 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    BosOpt,
     DebugOpt,
     FileOpt,
     FormatOpt,
     HeadOpt,
     LayerOpt,
     ModelOptions,
+    OfflineOpt,
     PictureOptions,
     QuietOpt,
     TextArg,
+    TokenizerOpt,
     TokensOpt,
     WeightsOpt,
     check_out_dir,
@@ -102,21 +105,40 @@ def _config_summary(config: dict) -> dict:
 def tokens(
     text: TextArg = None,
     file: FileOpt = None,
+    weights: WeightsOpt = None,
+    tokenizer: TokenizerOpt = None,
+    bos: BosOpt = True,
+    offline: OfflineOpt = False,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show the GPT-2 tokenization: position, id, text (visible whitespace), bytes."""
-    from attnviz.analysis import token_records
+    """Show the tokenization: position, id, text (visible whitespace), bytes. GPT-2's by
+    default; with --weights that model's own (its BOS first), with --tokenizer that file's."""
+    from attnviz.analysis import check_text, encode_text, load_model, token_records
+    from attnviz.config import ModelConfig
     from attnviz.output import Output
-    from attnviz.tokenizer import encode, token_bytes
 
     output = Output(fmt, quiet)
-    token_ids = encode(read_text(text, file), allow_special=allow_special)
-    records = token_records(token_ids, token_bytes(token_ids))
-    output.emit({"tokens": records}, records, ["position", "id", "label", "bytes"]
-                if fmt == "table" else ["position", "id", "text", "label", "bytes"],
-                title=f"{len(records)} GPT-2 tokens")
+    source = read_text(text, file)
+    if weights is not None:
+        model = load_model(ModelConfig(offline=offline, progress=not quiet, bos=bos,
+                                       tokenizer=None if tokenizer is None else str(tokenizer)),
+                           weights)
+        token_ids, tok = encode_text(model, source, allow_special, bos), model.tokenizer
+    else:
+        from attnviz import tokenization
 
-
+        tok = (tokenization.load_tokenizer(tokenizer) if tokenizer is not None
+               else tokenization.gpt2_tokenizer())
+        check_text(source)
+        token_ids = tok.encode(source, allow_special=allow_special, add_bos=bos)
+    records = token_records(token_ids, tok.token_bytes(token_ids),
+                            bos=bool(token_ids) and token_ids[0] == tok.bos_id)
+    columns = ["position", "id", "label", "bytes"] if fmt == "table" else [
+        "position", "id", "text", "label", "bytes"]
+    if tok.bos_id is not None:
+        columns.append("bos")
+    name = "GPT-2" if tok.kind == "gpt2" else f"{tok.kind} ({tok.source})"
+    output.emit({"tokens": records}, records, columns, title=f"{len(records)} {name} tokens")

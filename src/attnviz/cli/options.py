@@ -8,7 +8,7 @@ import inspect
 import os
 import sys
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,8 +77,19 @@ ThreadsOpt = Annotated[
                  show_default=False),
 ]
 AllowSpecialOpt = Annotated[
-    bool, typer.Option("--allow-special", help="Read <|endoftext|> in the text as the special "
-                       "token 50256 (by default it is plain text).")
+    bool, typer.Option("--allow-special", help="Read special-token strings in the text "
+                       "(<|endoftext|>, <|begin_of_text|>, <s> …) as the special tokens they name "
+                       "(by default they are plain text).")
+]
+TokenizerOpt = Annotated[
+    Path | None,
+    typer.Option("--tokenizer", metavar="PATH", help="The tokenizer for --weights: a "
+                 "tokenizer.json, Llama 3's tokenizer.model, or a folder holding one (default: "
+                 "the checkpoint's own; GPT-2's built in).", show_default=False),
+]
+BosOpt = Annotated[
+    bool, typer.Option("--bos/--no-bos", help="Prepend the beginning-of-sequence token the "
+                       "model's tokenizer adds (Llama's <|begin_of_text|>; Qwen and GPT-2 add none).")
 ]
 HeadOpt = Annotated[
     list[int] | None,
@@ -170,6 +181,8 @@ _MODEL_OPTIONS = [
         ("offline", OfflineOpt, False),
         ("device", DeviceOpt, "cpu"),
         ("threads", ThreadsOpt, None),
+        ("tokenizer", TokenizerOpt, None),
+        ("bos", BosOpt, True),
     )
 ]
 # Options that describe the random model: with --weights the checkpoint decides instead.
@@ -212,6 +225,11 @@ def model_options(command):
             import torch
 
             torch.set_num_threads(values["threads"])
+        if values["tokenizer"] is not None and not kwargs.get("weights"):
+            raise InputError("--tokenizer goes with --weights: random mode reads GPT-2's tokens")
+        kwargs["config"] = replace(kwargs["config"], bos=values["bos"],
+                                   tokenizer=None if values["tokenizer"] is None
+                                   else str(values["tokenizer"]))
         if ignored and not quiet:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")

@@ -78,6 +78,7 @@ def scan_command(
     from attnviz.analysis import (
         check_fits,
         check_induction_probe,
+        encode_text,
         induction_probe,
         load_model,
         parse_layers,
@@ -94,8 +95,9 @@ def scan_command(
     layers = parse_layers(layer, model.n_layers)
     if induction:
         check_induction_probe(model, fit=True)  # before the corpus is scanned, not after
-    corpus = scan.tokenize_corpus(records, model.context_length, truncate=truncate,
-                                  allow_special=allow_special, where=where)
+    corpus = scan.tokenize_corpus(
+        records, model.context_length, truncate=truncate, where=where,
+        encode=lambda text: encode_text(model, text, allow_special, bos=config.bos))
     check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
     if corpus.one_token:
         output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need a "

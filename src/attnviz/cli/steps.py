@@ -77,13 +77,14 @@ def steps(
     layers = [part for item in layer or [] for part in str(item).split(",") if part.strip()]
     if len(layers) > 1 or any(part.strip().lower() == "all" for part in layers):
         raise InputError("steps follows one head of one layer: give a single --layer N")
-    from attnviz.analysis import analyze_ids, crop, parse_window
-    from attnviz.tokenizer import encode
+    from attnviz.analysis import analyze_with, check_text, crop, encode_text, load_model, parse_window
 
-    token_ids = encode(source, allow_special=allow_special)
-    window = parse_window(tokens, len(token_ids)) if token_ids else None
+    check_text(source)
+    model = load_model(config, weights)
+    token_ids = encode_text(model, source, allow_special, bos=config.bos)
+    window = parse_window(tokens, len(token_ids))
     plot_steps.check_steps_size(window[1] - window[0] if window else len(token_ids))
-    result = analyze_ids(token_ids, config, weights=weights, layer=layers or None, heads=[head])
+    result = analyze_with(model, token_ids, layer=layers or None, heads=[head])
     head_steps = pipeline.head_steps(result, head, dropout=dropout, seed=config.seed)
     if window:  # the whole text was computed; queries and keys of the window are shown
         head_steps = _crop_steps(head_steps, *window)
@@ -110,6 +111,9 @@ def steps(
             "head": head,
             "head_dim": head_steps.head_dim,
             "scale": head_steps.scale,
+            **{key: value for key, value in (
+                ("kv_head", head_steps.kv_head), ("window", head_steps.window),
+                ("softcap", head_steps.softcap), ("rope", head_steps.rope)) if value is not None},
             "dropout": None if dropout is None else {"p": dropout, "seed": head_steps.seed},
             "formulas": formulas,
             "shapes": shapes,
@@ -142,9 +146,12 @@ def _crop_steps(steps, start: int, stop: int):
     context rows still mix the values of the keys before the window)."""
     from dataclasses import replace
 
+    from attnviz import pipeline
+
     rows, square = slice(start, stop), (slice(start, stop), slice(start, stop))
     return replace(steps, **{name: getattr(steps, name)[rows] for name in
-                             ("queries", "keys", "values", "context")},
+                             ("queries", "keys", "values", "context", *pipeline.STAGES)
+                             if getattr(steps, name) is not None},
                    **{name: getattr(steps, name)[square] for name in
                       ("scores", "scaled", "masked", "weights", "dropped")
                       if getattr(steps, name) is not None})

@@ -2,8 +2,9 @@
 
 The local cache first (no request at all when the files are there), else a download of
 ``config.json`` plus ``model.safetensors`` or ``model.safetensors.index.json`` and its
-shards — nothing else, and never a pickle (``pytorch_model.bin`` could run code when
-loaded). Files land in the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), shared with
+shards, and (for every family but GPT-2, whose tokenizer attnviz ships) the tokenizer
+files beside them — nothing else: never a pickle (``pytorch_model.bin`` could run code when
+loaded), never code. Files land in the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), shared with
 transformers; ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` work as everywhere.
 """
 
@@ -20,6 +21,10 @@ from attnviz.errors import AttnvizError, InputError
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+# What a model's own tokenizer is read from (attnviz.tokenization); tokenizer.model only
+# where there is no tokenizer.json (Llama 3's tiktoken file).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_MODEL = "tokenizer.model"
 
 
 def split_revision(name: str) -> tuple[str, str | None]:
@@ -45,6 +50,9 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     config = cached(CONFIG)
     if config is None:
         return None
+    if _model_type(config) != "gpt2" and cached("tokenizer.json") is None and cached(
+            TOKENIZER_MODEL) is None:
+        return None  # weights without their tokenizer: fetch it (the weights stay cached)
     if (single := cached(SINGLE)) is not None:
         return single.parent
     if (index := cached(INDEX)) is not None:
@@ -55,6 +63,14 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
         if all(cached(shard) is not None for shard in shards):
             return index.parent
     return None
+
+
+def _model_type(config: Path):
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return raw.get("model_type", "gpt2") if isinstance(raw, dict) else None
 
 
 def fetch(name: str, *, offline: bool = False, quiet: bool = True) -> Path:
@@ -88,16 +104,7 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
         files = {s.rfilename for s in info.siblings or []}
         if CONFIG not in files:
             raise InputError(f"--weights {name}: the repo has no config.json; not a transformers model")
-        if INDEX in files:
-            index = Path(hf_hub_download(repo_id, INDEX, revision=revision))
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise InputError(f"--weights {name}: {INDEX} is not a valid index") from None
-            wanted = [CONFIG, *shards]
-        elif SINGLE in files:
-            wanted = [CONFIG, SINGLE]
-        else:
+        if INDEX not in files and SINGLE not in files:
             pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
             offered = f" (it offers {', '.join(pickles)})" if pickles else ""
             raise InputError(
@@ -105,6 +112,23 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
                 "downloads pickled weights, which can run code when loaded. Convert them to "
                 "safetensors yourself and pass the folder"
             )
+        # config.json first: a family attnviz cannot read is refused before the weights come
+        config = Path(hf_hub_download(repo_id, CONFIG, revision=revision))
+        _check_model_type(config, name)
+        if INDEX in files:
+            index = Path(hf_hub_download(repo_id, INDEX, revision=revision))
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise InputError(f"--weights {name}: {INDEX} is not a valid index") from None
+            wanted = [CONFIG, *shards]
+        else:
+            wanted = [CONFIG, SINGLE]
+        if _model_type(config) != "gpt2":
+            tokenizer = [f for f in TOKENIZER_FILES if f in files]
+            if "tokenizer.json" not in files and TOKENIZER_MODEL in files:
+                tokenizer.append(TOKENIZER_MODEL)
+            wanted += tokenizer
         # By the name the user gave (not the commit): the cache then records the ref
         # (refs/main), and the next run finds the files without any request.
         paths = [Path(hf_hub_download(repo_id, f, revision=revision)) for f in wanted]
@@ -113,20 +137,21 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
     except Exception as exc:
         raise _explain(exc, name, constants.ENDPOINT) from None
     folder = paths[0].parent
-    _check_config_is_gpt2(folder / CONFIG, name)
     if not quiet:
         sys.stderr.write(f"Downloaded {name} ({', '.join(wanted)}) to {folder}\n")
     return folder
 
 
-def _check_config_is_gpt2(config: Path, name: str) -> None:
+def _check_model_type(config: Path, name: str) -> None:
+    from attnviz.models import check_model_type
+
     try:
-        model_type = json.loads(config.read_text()).get("model_type", "gpt2")
-    except (OSError, ValueError, AttributeError):
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
         raise InputError(f"--weights {name}: its config.json is not valid JSON") from None
-    if model_type != "gpt2":
-        raise InputError(f"--weights {name}: model_type {model_type!r} is not a GPT-2 architecture; "
-                         "attnviz reads GPT-2-family checkpoints only")
+    if not isinstance(raw, dict):
+        raise InputError(f"--weights {name}: its config.json is not a JSON object")
+    check_model_type(raw.get("model_type", "gpt2"), f"--weights {name}")
 
 
 def _explain(exc: Exception, name: str, endpoint: str) -> AttnvizError:

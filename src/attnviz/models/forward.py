@@ -1,0 +1,347 @@
+"""The one forward pass of every family, just far enough to read the attention of the
+layers asked for (litgpt's one config-driven model: a real difference in the math is one
+switch of ``ModelSpec``/``LayerSpec``, never a second forward).
+
+Embeddings (``WeightMap.embed``), then pre-norm blocks: ``x + attn(norm1(x))``, then
+``x + mlp(norm2(x))``. Attention per layer: projections (grouped key/value heads when
+``n_kv_heads < n_heads``), QK-norm, rotary positions, the scale, a causal mask (within a
+sliding window when the layer has one), an explicit softmax — the weights a visualizer
+needs, which fused kernels never materialise. Blocks are read from the checkpoint when
+first needed, and only up to the deepest layer asked for. Everything runs in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from attnviz.models.activations import ACTIVATIONS
+from attnviz.models.checkpoint import Checkpoint
+from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
+
+
+class RMSNorm(nn.Module):
+    """transformers' ``LlamaRMSNorm``, operation for operation (float32 throughout)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``(x1, x2) -> (-x2, x1)`` over the last dimension: dimension i pairs with i + d/2."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x (b, heads, T, head_dim)`` rotated by ``cos``/``sin`` ``(T, rotary_dim)``: the
+    first ``rotary_dim`` dimensions of each head; the rest pass through unchanged."""
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    return torch.cat((rotated * cos + rotate_half(rotated) * sin, passed), dim=-1)
+
+
+def attention_mask(n: int, window: int | None) -> torch.Tensor:
+    """``(n, n)`` bool, True where key j is hidden from query i: the future (j > i) and,
+    with a sliding window W, the keys W or more positions back (j <= i - W). Made on the
+    CPU, also under a meta-device context, where triu would pull in torch's symbolic-shape
+    machinery (~1.5 s of imports)."""
+    ones = torch.ones(n, n, dtype=torch.bool, device="cpu")
+    mask = torch.triu(ones, diagonal=1)
+    if window is not None:
+        mask |= torch.tril(ones, diagonal=-window)
+    return mask
+
+
+class Attention(nn.Module):
+    """Causal self-attention of one layer, with the book's names (``W_query``,
+    ``W_key``, ``W_value``, ``out_proj``): queries ``(n_heads·head_dim, d)``, keys and
+    values ``(n_kv_heads·head_dim, d)``; query head h reads key/value head h // group."""
+
+    def __init__(self, spec: ModelSpec, layer: LayerSpec):
+        super().__init__()
+        d, hd = spec.d_model, spec.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.n_heads, spec.n_kv_heads, hd
+        self.W_query = nn.Linear(d, spec.n_heads * hd, bias=spec.qkv_bias)
+        self.W_key = nn.Linear(d, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+        self.W_value = nn.Linear(d, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+        self.out_proj = nn.Linear(spec.n_heads * hd, d, bias=spec.out_bias)
+        self.q_norm = RMSNorm(hd, spec.norm_eps) if layer.qk_norm else None
+        self.k_norm = RMSNorm(hd, spec.norm_eps) if layer.qk_norm else None
+        self.scale, self.rope, self.window, self.softcap = (
+            layer.scale, layer.rope, layer.window, layer.softcap)
+        self.mask: torch.Tensor | None = None  # (n, n) bool, set by the model (attention_mask)
+        self.rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin), likewise
+
+    def project(self, x: torch.Tensor, stages: dict | None = None):
+        """``x (b, T, d)`` -> queries ``(b, nh, T, hd)``, keys and values ``(b, nkv, T, hd)``
+        as the scores use them: after QK-norm and the rotation, before the scale.
+        ``stages``, when given, receives the queries and keys before each of those steps."""
+        b, num_tokens, _ = x.shape
+        # (b, T, heads·hd) -> (b, T, heads, hd) -> (b, heads, T, hd)
+        queries = self.W_query(x).view(b, num_tokens, self.num_heads, self.head_dim)
+        keys = self.W_key(x).view(b, num_tokens, self.num_kv_heads, self.head_dim)
+        values = self.W_value(x).view(b, num_tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            if stages is not None:
+                stages["queries_projected"], stages["keys_projected"] = (
+                    queries.transpose(1, 2), keys.transpose(1, 2))
+            queries, keys = self.q_norm(queries), self.k_norm(keys)
+        queries, keys = queries.transpose(1, 2), keys.transpose(1, 2)
+        if self.rope is not None:
+            if stages is not None:
+                stages["queries_unrotated"], stages["keys_unrotated"] = queries, keys
+            cos, sin = self.rope_tables
+            queries = apply_rope(queries, cos[:num_tokens], sin[:num_tokens])
+            keys = apply_rope(keys, cos[:num_tokens], sin[:num_tokens])
+        return queries, keys, values
+
+    def heads_context(self, x: torch.Tensor, weights_out: torch.Tensor | None = None):
+        """The per-head context before ``out_proj``, concatenated: ``(b, T, nh·hd)``, and the
+        weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy)."""
+        b, num_tokens, _ = x.shape
+        queries, keys, values = self.project(x)
+        group = self.num_heads // self.num_kv_heads
+        if group > 1:  # (b, nkv, T, hd) -> (b, nh, T, hd): each kv head serves `group` heads
+            keys = keys.repeat_interleave(group, dim=1)
+            values = values.repeat_interleave(group, dim=1)
+        # A power-of-two scale (1/8 for head_dim 64) is exact on either side of the product:
+        # scale the queries then, one fewer pass over the (T x T) matrix. Any other scale
+        # rounds: apply it to the scores, as transformers does, to get its very numbers.
+        exact = math.frexp(self.scale)[0] == 0.5
+        if exact:
+            queries = queries * self.scale
+        # (b, nh, T, hd) @ (b, nh, hd, T) -> (b, nh, T, T), computed where the weights go
+        attn_scores = torch.matmul(queries, keys.transpose(2, 3), out=weights_out)
+        if not exact:
+            attn_scores.mul_(self.scale)
+        if self.softcap is not None:
+            attn_scores.div_(self.softcap).tanh_().mul_(self.softcap)
+        attn_scores.masked_fill_(self.mask[:num_tokens, :num_tokens], float("-inf"))
+        attn_weights = torch.softmax(attn_scores, dim=-1, out=weights_out)
+        del attn_scores  # a (T x T) temporary (without weights_out) goes before the next product
+        context_vec = attn_weights @ values  # (b, nh, T, T) @ (b, nh, T, hd) -> (b, nh, T, hd)
+        context_vec = context_vec.transpose(1, 2)  # (b, T, nh, hd)
+        return context_vec.reshape(b, num_tokens, self.num_heads * self.head_dim), attn_weights
+
+    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None):
+        context_vec, attn_weights = self.heads_context(x, weights_out)
+        return self.out_proj(context_vec), attn_weights  # (b, T, d), (b, nh, T, T)
+
+
+class MLP(nn.Module):
+    """``proj(act(fc(x)))``, or gated: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        d, f, bias = spec.d_model, spec.mlp_width, spec.mlp_bias
+        self.gated = spec.gated_mlp
+        if self.gated:
+            self.gate, self.up = nn.Linear(d, f, bias), nn.Linear(d, f, bias)
+            self.down = nn.Linear(f, d, bias)
+        else:
+            self.fc, self.proj = nn.Linear(d, f, bias), nn.Linear(f, d, bias)
+        self.activation = ACTIVATIONS[spec.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down(self.activation(self.gate(x)) * self.up(x))
+        return self.proj(self.activation(self.fc(x)))
+
+
+def _norm(spec: ModelSpec) -> nn.Module:
+    if spec.norm == "rmsnorm":
+        return RMSNorm(spec.d_model, spec.norm_eps)
+    return nn.LayerNorm(spec.d_model, eps=spec.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, layer: int):
+        super().__init__()
+        self.norm1 = _norm(spec)
+        self.attn = Attention(spec, spec.layers[layer])
+        self.norm2 = _norm(spec)
+        self.mlp = MLP(spec)
+
+    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
+                mlp: bool = True):
+        """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
+        the weights are written into ``weights_out`` when given. ``mlp=False`` skips the
+        MLP (x_out is then None): the deepest block asked for needs only its attention."""
+        attn_input = self.norm1(x)
+        attn_out, weights = self.attn(attn_input, weights_out)
+        if not mlp:
+            return None, attn_input, weights
+        x = x + attn_out
+        return x + self.mlp(self.norm2(x)), attn_input, weights
+
+    @classmethod
+    def from_weights(cls, spec: ModelSpec, layer: int, tensors: dict[str, torch.Tensor],
+                     mlp: bool = True) -> Block:
+        """Block ``layer`` with the checkpoint's own tensors as parameters (views, not
+        copies). Built on the meta device: no random initialisation to overwrite.
+        ``mlp=False``: only the attention's tensors are given; the MLP and norm2 stay
+        unread (``has_mlp`` False) until ``add_mlp``."""
+        with torch.device("meta"):
+            block = cls(spec, layer)
+        block._take(tensors, {n for n, _ in block.named_parameters() if mlp or _attention_part(n)})
+        block.has_mlp = mlp
+        return block.eval()
+
+    def add_mlp(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Read the MLP (and norm2) of a block built with ``mlp=False``: the parts of
+        ``tensors`` (the whole block's) that are not its attention."""
+        wanted = {n for n, _ in self.named_parameters() if not _attention_part(n)}
+        self._take({n: t for n, t in tensors.items() if n in wanted}, wanted)
+        self.has_mlp = True
+
+    def to_device(self, device: torch.device) -> Block:
+        """``to(device)`` for the parts that are read (an unread MLP stays on meta)."""
+        parts = (self.norm1, self.attn) + ((self.norm2, self.mlp) if self.has_mlp else ())
+        for part in parts:
+            part.to(device)
+        return self
+
+    def _take(self, tensors: dict[str, torch.Tensor], expected: set[str]) -> None:
+        if missing := sorted(expected - set(tensors)):
+            raise ValueError(f"the weight map lacks {', '.join(missing)}")
+        if extra := sorted(set(tensors) - expected):
+            raise ValueError(f"the weight map has unused {', '.join(extra)}")
+        for name, tensor in tensors.items():
+            owner, _, leaf = name.rpartition(".")
+            setattr(self.get_submodule(owner), leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def _attention_part(name: str) -> bool:
+    return name.startswith(("norm1.", "attn."))
+
+
+class Transformer:
+    """The embeddings and blocks of a checkpoint (see the module docstring). The interface
+    every command uses through ``analysis.load_model``: ``n_layers``, ``n_heads``,
+    ``context_length``, ``describe()``, ``attn_scale(layer)``, ``run``/``iter_run``."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "cpu"):
+        self.checkpoint = checkpoint
+        self.spec = checkpoint.spec
+        self.tokenizer = checkpoint.tokenizer
+        self.device = torch.device(device)
+        self.blocks: list[Block] = []
+        self._masks: dict[int | None, torch.Tensor] = {}
+        self._rope: dict[RopeSpec, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def n_layers(self) -> int:
+        return self.spec.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.spec.n_heads
+
+    @property
+    def context_length(self) -> int:
+        return self.spec.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.spec.vocab_size  # rows of the embedding table
+
+    @property
+    def kv_heads(self) -> list[int]:
+        """The key/value head of each query head, for the families whose config has them
+        (GPT-2's outputs have no kv_head: empty)."""
+        return self.spec.kv_heads if "n_kv_heads" in self.checkpoint.described else []
+
+    def attn_scale(self, layer: int) -> float:
+        return self.spec.layers[layer].scale
+
+    def window(self, layer: int) -> int | None:
+        return self.spec.layers[layer].window
+
+    def describe(self) -> dict:
+        return self.checkpoint.describe()
+
+    def load_blocks(self, n_blocks: int, progress=None) -> None:
+        """Read blocks ``0 .. n_blocks - 1`` (what is not read yet): the last one's attention
+        only, since only its attention runs (a 1B model's first layer: 42 MB of float32, not
+        240 MB); ``progress(stage, done, total)`` is called after each."""
+        weights = self.checkpoint.weights
+        for i in range(n_blocks):
+            mlp = i + 1 < n_blocks
+            if i < len(self.blocks):
+                if mlp and not self.blocks[i].has_mlp:
+                    self.blocks[i].add_mlp(weights.block(i))
+                    self.blocks[i].to_device(self.device)
+                continue
+            block = Block.from_weights(self.spec, i, weights.block(i, mlp=mlp), mlp=mlp)
+            self.blocks.append(block.to_device(self.device))
+            if progress:
+                progress("Reading weights", i + 1, n_blocks)
+
+    def _prepare(self, n_tokens: int, blocks: list[Block]) -> None:
+        """Give ``blocks`` masks and rotation tables for ``n_tokens`` positions, shared by
+        the layers with the same window / RoPE (grown when a longer text comes)."""
+        # GPT-2's masks cover its whole context (1 MB at 1024), as they always have;
+        # long-context models get them sized to the text.
+        size = self.context_length if self.spec.positions == "learned" else n_tokens
+        for block in blocks:
+            attn = block.attn
+            mask = self._masks.get(attn.window)
+            if mask is None or mask.shape[0] < n_tokens:
+                mask = self._masks[attn.window] = attention_mask(max(size, n_tokens),
+                                                                 attn.window).to(self.device)
+            attn.mask = mask
+            if attn.rope is not None:
+                tables = self._rope.get(attn.rope)
+                if tables is None or tables[0].shape[0] < n_tokens:
+                    tables = self._rope[attn.rope] = tuple(
+                        t.to(self.device) for t in attn.rope.tables(n_tokens))
+                attn.rope_tables = tables
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """``token_ids (B, T)`` -> ``(B, T, d)``, reading only the rows of the tables used."""
+        return self.checkpoint.weights.embed(token_ids).to(self.device)
+
+    def run(self, token_ids: torch.Tensor, layers: list[int],
+            weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
+        """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
+        weights (B, nh, T, T), attention module)``. Rows of a batch may be right-padded:
+        the causal mask keeps every position blind to the padding after it.
+        ``weights_out``: a float32 ``(len(layers), B, nh, T, T)`` CPU tensor the weights
+        are written into (its slices are returned); ``progress(stage, done, total)`` is
+        called after each block read and each block run."""
+        out = {k: rest for k, *rest in self.iter_run(token_ids, layers, weights_out, progress)}
+        return [tuple(out[k]) for k in range(len(layers))]
+
+    @torch.inference_mode()
+    def iter_run(self, token_ids: torch.Tensor, layers: list[int],
+                 weights_out: torch.Tensor | None = None, progress=None):
+        """``run``, one layer at a time: yields ``(k, attn_input, weights, module)`` for
+        ``layers[k]`` as soon as its block has run (in the order of the blocks), so a caller
+        can write a layer out before the next is computed."""
+        deepest = max(layers) + 1
+        self.load_blocks(deepest, progress)
+        self._prepare(token_ids.shape[1], self.blocks[:deepest])
+        x = self.embed(token_ids)
+        wanted = {layer: k for k, layer in enumerate(layers)}
+        on_device = weights_out is not None and weights_out.device == self.device
+        for i, block in enumerate(self.blocks[:deepest]):
+            k = wanted.get(i)
+            target = weights_out[k] if k is not None and weights_out is not None else None
+            x, attn_input, weights = block(x, target if on_device else None, mlp=i + 1 < deepest)
+            if target is not None and not on_device:
+                weights = target.copy_(weights)  # back to the CPU, layer by layer
+            if progress:
+                progress("Forward pass", i + 1, deepest)
+            if k is not None:
+                yield k, attn_input, weights, block.attn
