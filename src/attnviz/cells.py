@@ -1,9 +1,13 @@
-"""A head's cells -> the pixels that show them: the causal mask, the ``exclude_first`` view,
-and every cell mapped to pixels of its colour.
+"""A head's cells -> the pixels that show them: the causal mask (and a sliding window's),
+the ``exclude_first`` view, and every cell mapped to pixels of its colour.
 
 A head's matrix is ``(T, T)`` ``[query_pos, key_pos]``; queries on rows, keys on columns.
 Masked cells (the causal future; key 0 with ``exclude_first``) get the colormap's "bad"
-colour (see ``attnviz.colours.weight_colormap``).
+colour (see ``attnviz.colours.weight_colormap``); with a sliding window of ``W`` keys,
+the keys outside it (``j <= i - W``) are masked too and get a second colour of their own
+(``attnviz.colours.outside_color``). A window of the text (``--tokens A:B``) cuts queries
+and keys at the same absolute positions, so ``i - j`` — all the window test reads — is
+the same in the cut as in the whole text.
 
 Pictures never hide a weight: when a heatmap has fewer pixels than cells, each pixel
 shows the **maximum** of the block of cells it covers (masked cells left out), so a
@@ -16,18 +20,24 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Colormap, Normalize, to_rgba
 
 from attnviz.colours import normalized
 
 
-def masked(weights: np.ndarray) -> np.ma.MaskedArray:
-    """``(T, T)`` weights with the causal future (above the diagonal) masked; a masked
-    array is returned as it is (its own mask wins)."""
+def masked(weights: np.ndarray, window: int | None = None) -> np.ma.MaskedArray:
+    """``(T, T)`` weights with the causal future (above the diagonal) masked and, with a
+    sliding ``window`` W, the keys outside it (``j <= i - W``); a masked array keeps its
+    own mask (the window's added to it)."""
+    n = weights.shape[-1]
     if isinstance(weights, np.ma.MaskedArray):
-        return weights
+        if window is None or window >= n:
+            return weights
+        return np.ma.masked_array(np.ma.getdata(weights),
+                                  mask=np.ma.getmaskarray(weights) | window_mask(n, window))
     # A copy of a cached mask: a memcpy, ~30x cheaper than np.triu, and still the head's own.
-    return np.ma.masked_array(weights, mask=causal_mask(weights.shape[-1]).copy())
+    mask = causal_mask(n) if window is None or window >= n else window_mask(n, window)
+    return np.ma.masked_array(weights, mask=mask.copy())
 
 
 @lru_cache(maxsize=4)
@@ -38,11 +48,29 @@ def causal_mask(n: int) -> np.ndarray:
     return mask
 
 
-def exclude_first(weights: np.ndarray) -> np.ma.MaskedArray:
+@lru_cache(maxsize=4)
+def window_mask(n: int, window: int) -> np.ndarray:
+    """``(n, n)`` bool, True above the diagonal and outside a sliding window of ``window``
+    keys (``j <= i - window``); one read-only array per size."""
+    mask = causal_mask(n) | outside_window(np.arange(n), np.arange(n), window)
+    mask.flags.writeable = False
+    return mask
+
+
+def outside_window(last_rows: np.ndarray, first_cols: np.ndarray, window: int) -> np.ndarray:
+    """``(R, C)`` bool: which blocks hold a cell outside a sliding window of ``window``
+    keys, for blocks whose queries end at ``last_rows`` and keys start at ``first_cols``
+    (one cell each: the cells outside the window). Key ``j`` is outside query ``i``'s
+    window when ``j <= i - window``."""
+    return first_cols[None, :] <= last_rows[:, None] - window
+
+
+def exclude_first(weights: np.ndarray, window: int | None = None) -> np.ma.MaskedArray:
     """View transform for heads whose first-token sink drowns the rest: key 0 dropped
-    (masked) and each row renormalised over keys 1..i; row 0 has no key left and is
-    masked whole. ``(T, T)`` -> ``(T, T)``; the input is not changed."""
-    view = masked(np.asarray(weights, dtype=np.float64)).copy()
+    (masked) and each row renormalised over keys 1..i (those of its sliding ``window``,
+    when there is one; the others stay masked); row 0 has no key left and is masked
+    whole. ``(T, T)`` -> ``(T, T)``; the input is not changed."""
+    view = masked(np.asarray(weights, dtype=np.float64), window).copy()
     view[:, 0] = np.ma.masked
     sums = view.sum(axis=1, keepdims=True)  # masked row 0 -> masked sum
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -61,10 +89,14 @@ def _axis_plan(n_cells: int, n_px: int) -> tuple[np.ndarray, bool]:
 
 
 def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Colormap,
-               norm: Normalize) -> np.ndarray:
+               norm: Normalize, window: int | None = None,
+               outside_color: str | None = None) -> np.ndarray:
     """``(R, C)`` cell values as an ``(height, width)`` image of RGBA words (uint32):
     block maximum where pixels are fewer than cells (masked cells left out; a block is
-    masked only when all its cells are), nearest neighbour where they are more."""
+    masked only when all its cells are), nearest neighbour where they are more. With a
+    sliding ``window`` (``values`` masked by ``masked(weights, window)``), a masked block
+    holding cells outside the window is drawn in ``outside_color`` rather than the
+    colormap's "bad" colour; a block with a visible cell shows its weights."""
     rows, pool_rows = _axis_plan(values.shape[0], height)
     cols, pool_cols = _axis_plan(values.shape[1], width)
     if pool_rows or pool_cols:
@@ -81,11 +113,23 @@ def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Col
     with np.errstate(invalid="ignore"):  # whatever a masked cell holds is never shown
         words = colormap(normalized(norm, data), bytes=True).view(np.uint32)[..., 0]  # (r, c)
     words[hidden] = colormap(np.ma.masked_all(1), bytes=True).view(np.uint32)[0, 0]
+    if window is not None and window < values.shape[0]:
+        # Per row of ``words``: its last query; per column: its first key (blocks or cells).
+        last_rows = np.append(rows[1:], values.shape[0]) - 1 if pool_rows else np.arange(
+            values.shape[0])
+        first_cols = cols if pool_cols else np.arange(values.shape[1])
+        outside = hidden & outside_window(last_rows, first_cols, window)
+        words[outside] = rgba_word(outside_color)
     if not pool_rows:
         words = words.take(rows, axis=0)  # nearest cell for each pixel row
     if not pool_cols:
         words = words.take(cols, axis=1)
     return np.ascontiguousarray(words)
+
+
+def rgba_word(color: str) -> np.uint32:
+    """``color`` as one opaque RGBA word (uint32), as ``cell_words`` draws pixels."""
+    return np.rint(np.array(to_rgba(color, 1.0)) * 255).astype(np.uint8).view(np.uint32)[0]
 
 
 def block_max(data: np.ndarray, starts: np.ndarray, axis: int) -> np.ndarray:

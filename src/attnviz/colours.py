@@ -1,5 +1,6 @@
 """Weights -> colours: the fixed 0..1 colour scales (sqrt, linear, log), the colormap
-with a colour for masked cells that no weight can have in it, and the colorbar.
+with a colour for masked cells that no weight can have in it, a second such colour for
+the keys outside a sliding window, and the colorbar.
 
 Weights are probabilities, so every head is drawn on the same scale and heads compare.
 """
@@ -22,6 +23,9 @@ LOG_FLOOR = 1e-4  # --scale log: weights below this share the lowest colour
 # every colour of the colormap is used, else the farthest.
 _MASK_CANDIDATES = ("#d0d0d0", "#ff66cc", "#00bcd4", "#e41a1c", "#ff9900", "#ffffff", "#000000")
 _MASK_MIN_DISTANCE = 25.0
+# Keys outside a sliding window: a darker grey than the future's when that is far enough
+# from the colormap and from the future's colour, else the first clearly different one.
+_OUTSIDE_CANDIDATES = ("#808080", "#ff66cc", "#00bcd4", "#e41a1c", "#ff9900", "#000000", "#804000")
 
 
 def check_cmap(name: str) -> Colormap:
@@ -81,6 +85,22 @@ def mask_color(cmap: str) -> str:
         if distance >= _MASK_MIN_DISTANCE:
             return color
     return _MASK_CANDIDATES[int(np.argmax(distances))]
+
+
+@lru_cache(maxsize=64)
+def outside_color(cmap: str) -> str:
+    """The colour of cells outside a sliding window (a query's keys more than W - 1
+    before it): far from every colour of ``cmap`` and from ``mask_color(cmap)``, so the
+    two kinds of masked cells and every weight stay apart; else the candidate farthest
+    from the nearer of the two."""
+    colormap = check_cmap(cmap)
+    future = _lab(to_rgb(mask_color(cmap)))
+    distances = [min(mask_distance(colormap, c), float(np.linalg.norm(_lab(to_rgb(c)) - future)))
+                 for c in _OUTSIDE_CANDIDATES]
+    for color, distance in zip(_OUTSIDE_CANDIDATES, distances):
+        if distance >= _MASK_MIN_DISTANCE:
+            return color
+    return _OUTSIDE_CANDIDATES[int(np.argmax(distances))]
 
 
 def weight_colormap(cmap: str) -> tuple[Colormap, str]:

@@ -4,7 +4,9 @@ The tokens stand in two columns, queries on the left and keys on the right; a li
 query ``i`` to key ``j`` with an opacity equal to the weight ``A[i, j]`` (a weight of 1.0
 is an opaque line, a masked pair has none). Several heads on one picture get one colour
 each. Readable up to LINES_MAX_TOKENS tokens; longer texts are refused (a window of the
-text, ``--tokens A:B``, can be drawn instead).
+text, ``--tokens A:B``, can be drawn instead). A layer with a sliding window has no line
+to the keys outside it either (masked, as the future), and the picture says so under its
+title (``window_line_note``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ def head_color(head: int) -> str:
     return HEAD_COLORS[head % len(HEAD_COLORS)]
 
 
+def window_line_note(window: int | None, n_tokens: int) -> str:
+    """The line under the title when a sliding window of ``window`` keys leaves keys of a
+    ``n_tokens`` picture out: which pairs have no line although they are in the past."""
+    if window is None or window >= n_tokens:
+        return ""
+    return f"no line to keys outside window {window} (j ≤ i − {window})"
+
+
 class LinesFigure:
     """One picture per call of ``save``: every query joined to its keys, for one or more
     heads (``(T, T)`` arrays or masked arrays) drawn over each other."""
@@ -67,6 +77,7 @@ class LinesFigure:
             ax.text(-0.03, -1.0, "query", ha="right", va="bottom", fontsize=9, style="italic")
             ax.text(1.03, -1.0, "key", ha="left", va="bottom", fontsize=9, style="italic")
             self.title = self.fig.suptitle("", fontsize=11, y=1 - 0.12 / height)
+        self.note = None  # the window's line under the title, made when first needed
         self.pending: list[Future] = []
         self._artists: list = []
 
@@ -75,7 +86,8 @@ class LinesFigure:
         in the query (``"query"``) or key column."""
         return tuple(self.ax.transData.transform((0.0 if side == "query" else 1.0, token)))
 
-    def _draw(self, panels: Sequence[np.ndarray], title: str, heads: Sequence[int]) -> None:
+    def _draw(self, panels: Sequence[np.ndarray], title: str, heads: Sequence[int],
+              head_names: Sequence[str] | None = None, note: str = "") -> None:
         from matplotlib.collections import LineCollection
         from matplotlib.colors import to_rgb
         from matplotlib.lines import Line2D
@@ -100,33 +112,43 @@ class LinesFigure:
         self._artists.append(lines)
         if len(heads) > 1:
             handles = [Line2D([], [], color=head_color(h), linewidth=2.5) for h in heads]
-            legend = self.fig.legend(handles, [f"head {h}" for h in heads], loc="lower center",
+            names = list(head_names) if head_names else [f"head {h}" for h in heads]
+            legend = self.fig.legend(handles, names, loc="lower center",
                                      ncols=min(len(heads), 6), fontsize=8, frameon=False,
                                      bbox_to_anchor=(0.5, 0.0))
             self._artists.append(legend)
         self.title.set_text(title)
+        if note and self.note is None:
+            height = self.fig.get_figheight()
+            self.note = self.fig.text(0.5, 1 - 0.36 / height, "", ha="center", va="top",
+                                      fontsize=8, color="#444444")
+        if self.note is not None:
+            self.note.set_text(note)
 
     def to_bytes(self, panels: Sequence[np.ndarray], title: str, heads: Sequence[int],
-                 fmt: str = "png") -> bytes:
+                 fmt: str = "png", head_names: Sequence[str] | None = None, note: str = "") -> bytes:
         with self.fonts.context():
-            self._draw(panels, title, heads)
+            self._draw(panels, title, heads, head_names, note)
             if fmt in ("svg", "pdf"):
                 return vector_bytes(self.fig, fmt)
             self.canvas.draw()
             return encode_raster(np.asarray(self.canvas.buffer_rgba()), fmt, self.dpi)
 
-    def render(self, panels: Sequence[np.ndarray], title: str, heads: Sequence[int]) -> np.ndarray:
+    def render(self, panels: Sequence[np.ndarray], title: str, heads: Sequence[int],
+               head_names: Sequence[str] | None = None, note: str = "") -> np.ndarray:
         """The picture as ``(H, W, 4)`` pixels."""
         with self.fonts.context():
-            self._draw(panels, title, heads)
+            self._draw(panels, title, heads, head_names, note)
             self.canvas.draw()
         return np.asarray(self.canvas.buffer_rgba())
 
     def save(self, path: Path, panels: Sequence[np.ndarray], titles: Sequence[str],
              writer: Executor | None = None, fmt: str = "png",
-             heads: Sequence[int] | None = None) -> Path:
+             heads: Sequence[int] | None = None, head_names: Sequence[str] | None = None,
+             note: str = "") -> Path:
         """Write one picture of ``panels`` (one title: ``titles[0]``); ``heads`` names
-        them for their colours (default 0, 1, ...)."""
+        them for their colours (default 0, 1, ...), ``head_names`` in the legend (default
+        "head 5"); ``note`` is a line under the title (see ``window_line_note``)."""
         heads = list(heads) if heads is not None else list(range(len(panels)))
-        write_bytes(path, self.to_bytes(panels, titles[0], heads, fmt))
+        write_bytes(path, self.to_bytes(panels, titles[0], heads, fmt, head_names, note))
         return path

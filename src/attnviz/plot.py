@@ -15,6 +15,12 @@ keys on columns. The parts live beside this module: ``attnviz.cells`` (the causa
 and cells -> pixels by block maximum, so no weight is hidden), ``attnviz.colours``
 (scales, colormap, mask colour, colorbar), ``attnviz.fonts`` (fonts and token labels),
 ``attnviz.images`` (the headless figure and its bytes in each format).
+
+Model families: a layer with a sliding window (``AttentionResult.windows``) has its keys
+outside the window masked in a second colour (``colours.outside_color``) and says
+"window W" in its titles; grouped-query heads (``AttentionResult.kv_heads``) name their
+key/value head ("head 5 · kv 1") and the overview lays each kv group out together under
+a shared label. A plain result (no window, no groups) is drawn exactly as before.
 """
 
 from __future__ import annotations
@@ -36,7 +42,14 @@ from matplotlib.patches import Rectangle
 
 from attnviz.analysis import AttentionResult
 from attnviz.cells import cell_words, exclude_first, masked, pool_note
-from attnviz.colours import check_cmap, colorbar, make_norm, normalized, weight_colormap
+from attnviz.colours import (
+    check_cmap,
+    colorbar,
+    make_norm,
+    normalized,
+    outside_color,
+    weight_colormap,
+)
 from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
 from attnviz.fonts import Fonts, text_width_in, use_font
@@ -61,6 +74,10 @@ _ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens b
 _ANNOTATE_CELL_IN = 0.4  # a cell with a printed weight: room for "0.25" at 8 pt and more
 _MIN_CELL_FONT = 8.0  # points: printed weights are never smaller
 _FRAME_RGBA = (40, 40, 40, 255)
+_LEGEND_FONT = 7.0  # points: the names beside the mask swatches
+_GROUP_BREAK_IN = 0.25  # extra room between two kv groups side by side in a grid
+_GROUP_LABEL_IN = 0.2  # room for a kv group's shared label above its tiles' titles
+_GROUP_ROW_MAX = 8  # at most this many heads of whole kv groups on one row of the overview
 
 
 # ---------------------------------------------------------------------------- checks
@@ -103,6 +120,110 @@ def check_picture_options(cmap: str = "viridis", dpi: int = 100, scale: str = "s
 
 def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+# ------------------------------------------------------------------- model families
+
+
+def window_note(window: int | None, n_tokens: int) -> str:
+    """How a title names a sliding window: "window 4"; "window 4096 ≥ 18 tokens" when it
+    covers the whole picture (no key is outside it: the cells look causal, the title
+    says why); "" without a window."""
+    if window is None:
+        return ""
+    if window >= n_tokens:
+        return f"window {window} ≥ {plural(n_tokens, 'token')}"
+    return f"window {window}"
+
+
+def head_extras(result: AttentionResult, layer_index: int, head: int) -> str:
+    """What a head's title adds for the model families: " · kv 1" when heads share
+    key/value heads, " · window 4" when the layer has a sliding window; "" otherwise."""
+    parts = [f"kv {result.kv_heads[head]}"] if result.grouped else []
+    note = window_note(result.layer_window(layer_index), result.n_tokens)
+    return "".join(f" · {part}" for part in [*parts, *([note] if note else [])])
+
+
+def outside_label(windows: Sequence[int | None], n_tokens: int) -> str | None:
+    """The legend's name for the second mask colour when some key of a ``n_tokens``
+    picture is outside one of ``windows``: "outside\nwindow 4" ("outside\nthe window"
+    when the layers' windows differ: their titles say which); None when none is."""
+    cut = sorted({w for w in windows if w is not None and w < n_tokens})
+    if not cut:
+        return None
+    return f"outside\nwindow {cut[0]}" if len(cut) == 1 else "outside\nthe window"
+
+
+def _legend_width_in(label: str | None) -> float:
+    return text_width_in(label.split("\n"), _LEGEND_FONT) if label else 0.0
+
+
+def kv_groups(kv_heads: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """``[(kv head, [its query heads])]`` in kv order."""
+    members: dict[int, list[int]] = {}
+    for head, kv in enumerate(kv_heads):
+        members.setdefault(kv, []).append(head)
+    return sorted(members.items())
+
+
+def _heads_text(heads: Sequence[int]) -> str:
+    if len(heads) == 1:
+        return f"head {heads[0]}"
+    if list(heads) == list(range(heads[0], heads[-1] + 1)):
+        return f"heads {heads[0]}–{heads[-1]}"
+    return "heads " + ", ".join(map(str, heads))
+
+
+@dataclass
+class OverviewPlan:
+    """Where each head of a layer sits in its overview grid, and how tiles are named."""
+
+    slots: list[list[int | None]]  # the head of each tile, row by row (None: empty slot)
+    titles: list[list[str]]  # each tile's title
+    col_breaks: Sequence[int] = ()  # columns with extra room before them (a new kv group)
+    groups: Sequence[tuple[int, int, int, str]] = ()  # (row, first col, last col, label)
+
+
+def overview_plan(n_heads: int, kv_heads: Sequence[int] = ()) -> OverviewPlan:
+    """The overview's layout. Plain heads: 4 or 6 a row, "head 5". Grouped-query heads:
+    each kv group's heads side by side, whole groups on a row (at most _GROUP_ROW_MAX
+    heads; a larger group wraps onto rows of its own), a gap between groups on one row,
+    a shared label over each ("kv 1: heads 4–7") and "head 5 · kv 1" over each tile."""
+    if not kv_heads or len(set(kv_heads)) == len(kv_heads):
+        rows, cols = _overview_shape(n_heads)
+        heads = [*range(n_heads), *[None] * (rows * cols - n_heads)]
+        slots = [heads[r * cols : (r + 1) * cols] for r in range(rows)]
+        return OverviewPlan(slots, [[f"head {h}" if h is not None else "" for h in row]
+                                    for row in slots])
+    groups = kv_groups(kv_heads)
+    size = max(len(heads) for _, heads in groups)
+    slots, labels, breaks = [], [], []
+    # One row of more than 6 small tiles leaves the colorbar too short: wrap a lone group.
+    lone = len(groups) == 1 and size > 6
+    if size > _GROUP_ROW_MAX or lone:  # one group over several rows
+        cols = math.ceil(size / max(2 if lone else 1, math.ceil(size / _GROUP_ROW_MAX)))
+        for kv, heads in groups:
+            for start in range(0, len(heads), cols):
+                chunk = heads[start : start + cols]
+                labels.append((len(slots), 0, len(chunk) - 1, f"kv {kv}: {_heads_text(heads)}"))
+                slots.append([*chunk, *[None] * (cols - len(chunk))])
+    else:
+        per_row = max(1, min(_GROUP_ROW_MAX // size, len(groups)))
+        if per_row == len(groups) and per_row * size > 6:
+            per_row = math.ceil(len(groups) / 2)  # two rows rather than one of small tiles
+        per_row = math.ceil(len(groups) / math.ceil(len(groups) / per_row))  # balanced rows
+        cols = per_row * size
+        breaks = [k * size for k in range(1, per_row)]
+        for r in range(math.ceil(len(groups) / per_row)):
+            row = []
+            for k, (kv, heads) in enumerate(groups[r * per_row : (r + 1) * per_row]):
+                labels.append((r, k * size, k * size + len(heads) - 1,
+                               f"kv {kv}: {_heads_text(heads)}"))
+                row += [*heads, *[None] * (size - len(heads))]
+            slots.append([*row, *[None] * (cols - len(row))])
+    titles = [[f"head {h} · kv {kv_heads[h]}" if h is not None else "" for h in row]
+              for row in slots]
+    return OverviewPlan(slots, titles, breaks, labels)
 
 
 # ---------------------------------------------------------------------------- heatmaps
@@ -149,6 +270,8 @@ class HeatmapFigure:
     static figure is restored from a saved background, each head's colour-mapped cells
     are pasted into its axes' pixel box, and only the frame and title are drawn anew.
     A panel is a ``(T, T)`` array (the causal future is masked) or a masked array.
+    ``windows`` (one per panel, when given) are the panels' sliding windows: the keys
+    outside are masked in the second colour, named in the legend by ``outside_label``.
     """
 
     def __init__(
@@ -162,6 +285,7 @@ class HeatmapFigure:
         mask_label: str = "masked\n(future)",
         extra_texts: Sequence[str] = (),
         columns: int | None = None,
+        outside_label: str | None = None,
     ):
         n = self.n_tokens = len(token_labels)
         self.annotate = n <= _ANNOTATE_TOKENS if annotate is None else annotate
@@ -169,11 +293,14 @@ class HeatmapFigure:
             raise InputError(f"--annotate prints weights up to {ANNOTATE_MAX_TOKENS} tokens; this "
                              f"text has {n} (pick a window with --tokens A:B)")
         self.dpi = dpi
+        self.outside_color = outside_color(cmap)
         fonts = Fonts([*token_labels, *extra_texts])
         with fonts.context():
-            self._build(fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns)
+            self._build(fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns,
+                        outside_label)
 
-    def _build(self, fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns) -> None:
+    def _build(self, fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns,
+               outside_label=None) -> None:
         n = self.n_tokens
         side, font, stride = _layout(n, self.annotate)
         n_rows, n_cols = _grid_shape(n_panels)
@@ -190,6 +317,10 @@ class HeatmapFigure:
         left = label_in + 0.35  # room for the tick labels and the axis label
         bottom = label_in + 0.35 + (0.2 if pooled else 0.0)
         right, top = 0.8, 0.45
+        # Two swatches under the colorbar (the future's, then the window's): room for both.
+        legend_h = 0.45 if outside_label is None else 0.75
+        if outside_label is not None:
+            right = max(right, 1.3 * cbar_w + _legend_width_in(outside_label) + 0.1 - cbar_w)
         grid_w = n_cols * side + (n_cols - 1) * gap
         width = left + grid_w + cbar_pad + cbar_w + right
         height = bottom + n_rows * side + (n_rows - 1) * row_gap + top
@@ -223,15 +354,21 @@ class HeatmapFigure:
         self.cell_texts = self._cell_texts(side * 72 / n) if self.annotate else []
         cbar_x = left + grid_w + cbar_pad
         cax = self.fig.add_axes(
-            (cbar_x / width, (bottom + 0.45) / height, cbar_w / width, (side - 0.45) / height)
+            (cbar_x / width, (bottom + legend_h) / height, cbar_w / width, (side - legend_h) / height)
         )
         colorbar(self.fig, cax, self.norm, self.colormap)
         # The legend for masked cells: a swatch of their colour under the colorbar.
-        swatch = self.fig.add_axes((cbar_x / width, bottom / height, cbar_w / width, 0.2 / height))
-        swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=self.mask_color, edgecolor="#282828",
-                                   linewidth=0.5))
-        swatch.set_axis_off()
-        swatch.text(1.3, 0.5, mask_label, va="center", fontsize=7, transform=swatch.transAxes)
+        swatches = [(mask_label, self.mask_color)]
+        if outside_label is not None:
+            swatches.append((outside_label, self.outside_color))
+        for k, (name, color) in enumerate(swatches):
+            y = bottom + 0.3 * (len(swatches) - 1 - k)
+            swatch = self.fig.add_axes((cbar_x / width, y / height, cbar_w / width, 0.2 / height))
+            swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=color, edgecolor="#282828",
+                                       linewidth=0.5))
+            swatch.set_axis_off()
+            swatch.text(1.3, 0.5, name, va="center", fontsize=_LEGEND_FONT,
+                        transform=swatch.transAxes)
         self.pending: list[Future] = []  # writes handed to a writer thread by save()
         self.boxes = [self._pixel_box(ax) for ax in self.axes]
         ys, xs = self.boxes[0]
@@ -258,20 +395,24 @@ class HeatmapFigure:
         y0, y1 = height_px - round(box.y1), height_px - round(box.y0)  # buffer rows go down
         return slice(y0, y1), slice(x0, x1)
 
-    def _words(self, p: int, values: np.ma.MaskedArray, height=None, width=None) -> np.ndarray:
+    def _words(self, p: int, values: np.ma.MaskedArray, height=None, width=None,
+               window: int | None = None) -> np.ndarray:
         ys, xs = self.boxes[p]
         return cell_words(values, height or ys.stop - ys.start, width or xs.stop - xs.start,
-                          self.colormap, self.norm)
+                          self.colormap, self.norm, window, self.outside_color)
 
-    def render(self, panels: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
+    def render(self, panels: Sequence[np.ndarray], titles: Sequence[str],
+               windows: Sequence[int | None] | None = None) -> np.ndarray:
         """Draw ``panels`` (each ``(T, T)``) with ``titles``; the canvas as ``(H, W, 4)``."""
         self.canvas.restore_region(self.background)
         pixels = np.asarray(self.canvas.buffer_rgba())  # (H, W, 4), a writable view
         words = pixels.view(np.uint32)[..., 0]  # (H, W): one RGBA pixel per word
-        for p, (ax, title, weights, text) in enumerate(zip(self.axes, self.titles, panels, titles)):
-            values = masked(weights)
+        windows = list(windows) if windows else [None] * len(panels)
+        for p, (ax, title, weights, text, window) in enumerate(
+                zip(self.axes, self.titles, panels, titles, windows)):
+            values = masked(weights, window)
             ys, xs = self.boxes[p]
-            words[ys, xs] = self._words(p, values)
+            words[ys, xs] = self._words(p, values, window=window)
             _paint_frame(words, ys, xs)
             title.set_text(text)
             ax.draw_artist(title)
@@ -290,16 +431,20 @@ class HeatmapFigure:
             if draw and shown[i, j]:
                 ax.draw_artist(artist)
 
-    def vector(self, panels: Sequence[np.ndarray], titles: Sequence[str], fmt: str) -> bytes:
+    def vector(self, panels: Sequence[np.ndarray], titles: Sequence[str], fmt: str,
+               windows: Sequence[int | None] | None = None) -> bytes:
         """SVG or PDF of the same picture: the cells embedded as a pixel-exact image
         (pooled exactly as in the PNG), frame, titles and numbers as vector art and text."""
         n = self.n_tokens
         images, animated = [], [*self.titles, *(t for texts in self.cell_texts for t in texts)]
+        windows = list(windows) if windows else [None] * len(panels)
         try:
-            for p, (ax, title, weights, text) in enumerate(zip(self.axes, self.titles, panels, titles)):
-                values = masked(weights)
+            for p, (ax, title, weights, text, window) in enumerate(
+                    zip(self.axes, self.titles, panels, titles, windows)):
+                values = masked(weights, window)
                 ys, xs = self.boxes[p]
-                words = self._words(p, values, min(n, ys.stop - ys.start), min(n, xs.stop - xs.start))
+                words = self._words(p, values, min(n, ys.stop - ys.start), min(n, xs.stop - xs.start),
+                                    window)
                 rgba = words.view(np.uint8).reshape(*words.shape, 4)
                 images.append(ax.imshow(rgba, extent=(-0.5, n - 0.5, n - 0.5, -0.5),
                                         interpolation="none", aspect="auto", zorder=0))
@@ -323,19 +468,22 @@ class HeatmapFigure:
                 for spine in ax.spines.values():
                     spine.set_visible(False)
 
-    def png(self, panels: Sequence[np.ndarray], titles: Sequence[str]) -> bytes:
-        return encode_png(self.render(panels, titles), self.dpi)
+    def png(self, panels: Sequence[np.ndarray], titles: Sequence[str],
+            windows: Sequence[int | None] | None = None) -> bytes:
+        return encode_png(self.render(panels, titles, windows), self.dpi)
 
     def save(self, path: Path, panels: Sequence[np.ndarray], titles: Sequence[str],
-             writer: Executor | None = None, fmt: str = "png") -> Path:
+             writer: Executor | None = None, fmt: str = "png",
+             windows: Sequence[int | None] | None = None) -> Path:
         """Write the picture in ``fmt``; with ``writer``, compress and write in its thread
         while the caller renders the next image (the canvas is free again when this returns)."""
         if fmt in ("svg", "pdf"):
-            write_bytes(path, self.vector(panels, titles, fmt))
+            write_bytes(path, self.vector(panels, titles, fmt, windows))
             return path
         # A plain copy of the canvas (a memcpy) frees it for the next picture; the scanline
         # packing and compression happen in the writer's thread.
-        rgba = self.render(panels, titles).copy()
+        rgba = (self.render(panels, titles) if windows is None else
+                self.render(panels, titles, windows)).copy()
         encode = lambda: encode_raster(rgba, fmt, self.dpi)  # noqa: E731
         if writer is None:
             write_bytes(path, encode())
@@ -392,20 +540,25 @@ class GridFigure:
     colormap: Colormap | None = None
     norm: Normalize | None = None
     background: object = None  # the static art, saved by the first image() (blitting)
+    row_windows: Sequence[int | None] = ()  # each row's sliding window (see grid_figure)
+    outside_color: str | None = None
 
-    def retile(self, tiles, title: str) -> None:
+    def retile(self, tiles, title: str, row_windows: Sequence[int | None] | None = None) -> None:
         """Other tiles (nested like ``grid_figure``'s, empty where this grid's are) and
         another title in the same layout: the next layer's overview without laying out
-        and drawing the whole figure again."""
+        and drawing the whole figure again (``row_windows``: the new tiles' windows)."""
+        if row_windows is not None:
+            self.row_windows = list(row_windows)
         top, left = self.area[0].start, self.area[1].start
-        for row, boxes in zip(tiles, self.tiles):
+        for r, (row, boxes) in enumerate(zip(tiles, self.tiles)):
+            window = _row_window(self.row_windows, r)
             for tile, box in zip(row, boxes):
                 if box is not None:
                     ys, xs = box
                     tile = tile() if callable(tile) else tile
                     self.mosaic[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left] = (
-                        cell_words(masked(tile), ys.stop - ys.start, xs.stop - xs.start,
-                                   self.colormap, self.norm))
+                        cell_words(masked(tile, window), ys.stop - ys.start, xs.stop - xs.start,
+                                   self.colormap, self.norm, window, self.outside_color))
         self.title.set_text(title)
 
     def image(self) -> np.ndarray:
@@ -444,6 +597,10 @@ class GridFigure:
         return encode_raster(self.image(), fmt, self.fig.dpi)
 
 
+def _row_window(row_windows: Sequence[int | None], row: int) -> int | None:
+    return row_windows[row] if row < len(row_windows) else None
+
+
 def grid_figure(
     tiles: np.ndarray,
     title: str,
@@ -454,6 +611,10 @@ def grid_figure(
     dpi: int = 100,
     scale: str = "sqrt",
     token_labels: Sequence[str] = (),
+    *,
+    row_windows: Sequence[int | None] = (),
+    col_breaks: Sequence[int] = (),
+    groups: Sequence[tuple[int, int, int, str]] = (),
 ) -> GridFigure:
     """Lay out a grid of small heatmaps — ``tiles`` is ``(rows, cols, T, T)`` (or masked
     arrays), NaN for an empty slot — with one colorbar, token labels on the left column
@@ -461,16 +622,24 @@ def grid_figure(
 
     ``tiles`` may also be nested lists (rows of tiles): each a ``(T, T)`` array, None for an
     empty slot, or a function returning the array — called when that tile is drawn, so a
-    grid of 144 transformed heads never holds them all at once."""
+    grid of 144 transformed heads never holds them all at once.
+
+    Model families: ``row_windows`` gives each row's sliding window (keys outside it in
+    the second mask colour, named in the legend); ``col_breaks`` the columns that get
+    extra room before them, and ``groups`` ``(row, first col, last col, label)`` a label
+    with a bracket over those tiles (kv groups)."""
     rows, cols = len(tiles), len(tiles[0])
     n = _first_tile(tiles).shape[-1]
+    legend = outside_label(row_windows, n)
     fonts = Fonts([*token_labels, title])
     with fonts.context():
         (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
          note, top, bottom, grid_w, grid_h, width, height) = _grid_layout(
-            rows, cols, n, fonts, row_names, col_names, tile_titles, dpi, token_labels)
+            rows, cols, n, fonts, row_names, col_names, tile_titles, dpi, token_labels,
+            col_breaks, bool(groups), legend)
         fig, canvas = new_figure(width, height, dpi)
         colormap, mask = weight_colormap(cmap)
+        outside = outside_color(cmap)
         norm = make_norm(scale)
         ax = fig.add_axes((left / width, bottom / height, grid_w / width, grid_h / height))
         ax.set_axis_off()
@@ -480,32 +649,43 @@ def grid_figure(
         area_w, area_h = round(box.x1) - x0, height_px - round(box.y0) - y0
         ax.set_xlim(0, area_w)
         ax.set_ylim(area_h, 0)  # data units = pixels of the grid area, from its top left
-        step_x = (area_w - tile_px) / max(cols - 1, 1)
+        break_px = _GROUP_BREAK_IN * dpi
+        step_x = (area_w - tile_px - len(col_breaks) * break_px) / max(cols - 1, 1)
         step_y = (area_h - tile_px) / max(rows - 1, 1)
+        # each column's left edge: even steps, plus the room before each kv group's first
+        col_x = [round(c * step_x + sum(b <= c for b in col_breaks) * break_px) for c in range(cols)]
         mosaic = np.full((area_h, area_w), _word((255, 255, 255, 255)), dtype=np.uint32)
         boxes: list[list] = []
         for r in range(rows):
             boxes.append([])
+            window = _row_window(row_windows, r)
             for c in range(cols):
-                ty, tx = round(r * step_y), round(c * step_x)
+                ty, tx = round(r * step_y), col_x[c]
                 tile = tiles[r][c]
                 tile = tile() if callable(tile) else tile
                 if tile is None or np.isnan(np.ma.getdata(tile)).all():
                     boxes[r].append(None)
                     continue
                 mosaic[ty : ty + tile_px, tx : tx + tile_px] = cell_words(
-                    masked(tile), tile_px, tile_px, colormap, norm)
+                    masked(tile, window), tile_px, tile_px, colormap, norm, window, outside)
                 boxes[r].append((slice(y0 + ty, y0 + ty + tile_px), slice(x0 + tx, x0 + tx + tile_px)))
         centre = lambda k, start: start + (k + 0.5) * tile_px / n  # noqa: E731  cell k's centre
         for c, name in enumerate(col_names):
-            ax.text(round(c * step_x) + tile_px / 2, -4, name, ha="center", va="bottom", fontsize=8)
+            ax.text(col_x[c] + tile_px / 2, -4, name, ha="center", va="bottom", fontsize=8)
         for r, name in enumerate(row_names):
             ax.text(-4 - label_in * dpi, round(r * step_y) + tile_px / 2, name, ha="right",
                     va="center", fontsize=8)
         for r, names in enumerate(tile_titles):
             for c, name in enumerate(names):
-                ax.text(round(c * step_x) + tile_px / 2, round(r * step_y) - 2, name, ha="center",
+                ax.text(col_x[c] + tile_px / 2, round(r * step_y) - 2, name, ha="center",
                         va="bottom", fontsize=8)
+        for r, first, last, name in groups:  # a bracket over the group's tiles and titles
+            y = round(r * step_y) - 2 - 0.17 * dpi
+            x_from, x_to = col_x[first] + 2, col_x[last] + tile_px - 2
+            ax.plot([x_from, x_from, x_to, x_to], [y + 0.05 * dpi, y, y, y + 0.05 * dpi],
+                    color="#555555", linewidth=0.8, solid_joinstyle="miter", clip_on=False)
+            ax.text((x_from + x_to) / 2, y - 2, name, ha="center", va="bottom", fontsize=8,
+                    color="#222222")
         for r in range(rows):  # token labels left of the first column ...
             for i, label in zip(ticks, tick_labels):
                 ax.text(-3, round(r * step_y) + centre(i, 0), label, ha="right", va="center",
@@ -514,23 +694,34 @@ def grid_figure(
                 if any(boxes[r][c] is not None for r in range(rows))]
         for c, r in enumerate(last):  # ... and below the lowest tile of each column
             for i, label in zip(ticks, tick_labels):
-                ax.text(round(c * step_x) + centre(i, 0), round(r * step_y) + tile_px + 3, label,
+                ax.text(col_x[c] + centre(i, 0), round(r * step_y) + tile_px + 3, label,
                         ha="center", va="top", rotation=90, fontsize=label_font, parse_math=False)
         suptitle = fig.suptitle(title, fontsize=12, y=1 - 0.12 / height)
         if note:
             fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
                      color="#444444")
         cbar_h = min(grid_h, 3.0)
-        cax = fig.add_axes(((width - 0.75) / width, (bottom + grid_h - cbar_h + 0.3) / height,
+        cbar_x = width - 0.75 - _grid_legend_extra(legend)
+        cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
         colorbar(fig, cax, norm, colormap)
-        swatch = fig.add_axes(((width - 0.75) / width, (bottom + grid_h - cbar_h) / height,
-                               0.15 / width, 0.15 / height))
-        swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=mask, edgecolor="#282828", linewidth=0.5))
-        swatch.set_axis_off()
-        swatch.text(1.3, 0.5, "masked", va="center", fontsize=7, transform=swatch.transAxes)
+        swatches = [("masked", mask)] + ([(legend, outside)] if legend else [])
+        for k, (name, color) in enumerate(swatches):  # the window's below the future's
+            swatch = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h - 0.3 * k) / height,
+                                   0.15 / width, 0.15 / height))
+            swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=color, edgecolor="#282828",
+                                       linewidth=0.5))
+            swatch.set_axis_off()
+            swatch.text(1.3, 0.5, name, va="center", fontsize=_LEGEND_FONT,
+                        transform=swatch.transAxes)
     return GridFigure(fig, canvas, ax, (slice(y0, y0 + area_h), slice(x0, x0 + area_w)), boxes,
-                      mosaic, note, suptitle, colormap, norm)
+                      mosaic, note, suptitle, colormap, norm, row_windows=list(row_windows),
+                      outside_color=outside)
+
+
+def _grid_legend_extra(legend: str | None) -> float:
+    """Inches the grid's right margin grows so the window's legend fits beside its swatch."""
+    return max(0.0, _legend_width_in(legend) - 0.45) if legend else 0.0
 
 
 def _first_tile(tiles) -> np.ndarray:
@@ -543,12 +734,15 @@ def _first_tile(tiles) -> np.ndarray:
 
 def _grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[str],
                  col_names: Sequence[str], tile_titles: Sequence[Sequence[str]], dpi: int,
-                 token_labels: Sequence[str]) -> tuple:
+                 token_labels: Sequence[str], col_breaks: Sequence[int] = (),
+                 groups: bool = False, legend: str | None = None) -> tuple:
     """The geometry of ``grid_figure`` (sizes in inches), computed without drawing, so a
     run can check every picture's size before it writes its first file."""
     tile_in = 1.6 if cols <= 6 else 1.1
     gap_in = max(0.06, 0.08 * tile_in)
     row_gap_in = 0.25 if tile_titles else gap_in  # room for the titles of the next row
+    if groups:
+        row_gap_in += _GROUP_LABEL_IN  # and for the kv groups' labels above them
     label_font = 6.0
     pitch = tile_in * 72 / n  # points per cell
     stride = max(1, math.ceil(label_font * 1.25 / pitch))
@@ -562,8 +756,14 @@ def _grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence
     top = 0.4 + (0.2 if note else 0) + (0.3 if col_names else 0) + (0.2 if tile_titles else 0)
     bottom = 0.3 + label_in
     grid_w = cols * tile_in + (cols - 1) * gap_in
+    if groups:
+        top += _GROUP_LABEL_IN
+    if col_breaks:
+        grid_w += len(col_breaks) * _GROUP_BREAK_IN
+    if legend:
+        bottom = max(bottom, 0.5)  # the window's swatch sits below the future's
     grid_h = rows * tile_in + (rows - 1) * row_gap_in
-    width, height = left + grid_w + 1.0, top + grid_h + bottom
+    width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
     return (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
             note, top, bottom, grid_w, grid_h, width, height)
 
@@ -579,47 +779,66 @@ def check_overviews(result: AttentionResult, dpi: int = 100) -> None:
     ``model`` for several layers) would be too large: they are drawn last."""
     n_layers, n_heads, n = result.weights.shape[:3]
     labels = result.token_labels
-    grids = [(*_overview_shape(n_heads), (), (), [["head"]])]
+    plan = overview_plan(n_heads, result.kv_heads)
+    windows = [result.layer_window(li) for li in range(n_layers)]
+    grids = [(len(plan.slots), len(plan.slots[0]), (), (), [["head"]], plan.col_breaks,
+              bool(plan.groups), outside_label([w], n)) for w in dict.fromkeys(windows)]
     if n_layers > 1:
-        grids.append((n_layers, n_heads, [f"layer {layer}" for layer in result.layers],
-                      [f"head {h}" for h in range(n_heads)], ()))
+        row_names, col_names, breaks = _model_grid_names(result)
+        grids.append((n_layers, n_heads, row_names, col_names, (), breaks, False,
+                      outside_label(windows, n)))
     fonts = Fonts(labels)
     with fonts.context():
-        for rows, cols, row_names, col_names, tile_titles in grids:
+        for rows, cols, row_names, col_names, tile_titles, breaks, groups, legend in grids:
             layout = _grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
-                                  labels)
+                                  labels, breaks, groups, legend)
             check_image_size(layout[-2], layout[-1], dpi)
+
+
+def _model_grid_names(result: AttentionResult) -> tuple[list[str], list[str], list[int]]:
+    """Row names, column names and kv group breaks of the model grid (layers x heads)."""
+    row_names = []
+    for li, layer in enumerate(result.layers):
+        note = window_note(result.layer_window(li), result.n_tokens)
+        row_names.append(f"layer {layer}" + (f" · {note}" if note else ""))
+    if not result.grouped:
+        return row_names, [f"head {h}" for h in range(result.n_heads)], []
+    kv = result.kv_heads
+    return (row_names, [f"head {h} · kv {kv[h]}" for h in range(result.n_heads)],
+            [h for h in range(1, result.n_heads) if kv[h] != kv[h - 1]])
 
 
 def save_grid(path: Path, tiles: np.ndarray, title: str, row_names: Sequence[str] = (),
               col_names: Sequence[str] = (), tile_titles: Sequence[Sequence[str]] = (),
               cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
-              token_labels: Sequence[str] = (), fmt: str = "png") -> Path:
+              token_labels: Sequence[str] = (), fmt: str = "png", *,
+              row_windows: Sequence[int | None] = (), col_breaks: Sequence[int] = ()) -> Path:
     """A grid of small heatmaps as one image (fast for 12 x 12 layers x heads); see
     ``grid_figure``."""
     grid = grid_figure(tiles, title, row_names, col_names, tile_titles, cmap, dpi, scale,
-                       token_labels)
+                       token_labels, row_windows=row_windows, col_breaks=col_breaks)
     write_bytes(path, grid.to_bytes(fmt))
     return path
 
 
 def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis", dpi: int = 100,
-                   scale: str = "sqrt", token_labels: Sequence[str] = ()) -> GridFigure:
+                   scale: str = "sqrt", token_labels: Sequence[str] = (), *,
+                   kv_heads: Sequence[int] = (), window: int | None = None) -> GridFigure:
     """All heads of one layer (``(H, T, T)``, or a list of ``(T, T)`` arrays) as a grid
-    of small heatmaps, 4 or 6 a row. The heads are not copied."""
-    n_heads = len(layer_weights)
-    rows, cols = _overview_shape(n_heads)
-    names = [f"head {h}" if h < n_heads else "" for h in range(rows * cols)]
-    return grid_figure(overview_tiles(layer_weights), title,
-                       tile_titles=[names[r * cols : (r + 1) * cols] for r in range(rows)],
-                       cmap=cmap, dpi=dpi, scale=scale, token_labels=token_labels)
+    of small heatmaps, 4 or 6 a row, or kv group by kv group when ``kv_heads`` shares
+    key/value heads (see ``overview_plan``); ``window``: the layer's sliding window. The
+    heads are not copied."""
+    plan = overview_plan(len(layer_weights), kv_heads)
+    return grid_figure(overview_tiles(layer_weights, kv_heads), title, tile_titles=plan.titles,
+                       cmap=cmap, dpi=dpi, scale=scale, token_labels=token_labels,
+                       row_windows=[window] * len(plan.slots), col_breaks=plan.col_breaks,
+                       groups=plan.groups)
 
 
-def overview_tiles(layer_weights) -> list[list]:
+def overview_tiles(layer_weights, kv_heads: Sequence[int] = ()) -> list[list]:
     """The heads of one layer as the rows of ``heads_overview``'s grid (None: empty slot)."""
-    rows, cols = _overview_shape(len(layer_weights))
-    slots = [masked(w) for w in layer_weights] + [None] * (rows * cols - len(layer_weights))
-    return [slots[r * cols : (r + 1) * cols] for r in range(rows)]
+    plan = overview_plan(len(layer_weights), kv_heads)
+    return [[None if h is None else masked(layer_weights[h]) for h in row] for row in plan.slots]
 
 
 def _similarity_layout(n_layers: int, n_heads: int) -> tuple[int, int, float]:
@@ -702,27 +921,38 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
     view_of = exclude_first if exclude_first_key else masked
     pretrained = result.config.get("mode") == "pretrained"
     several = len(result.layers) > 1
-    panels, titles = [], []
+    panels, titles, windows = [], [], []
     for li, layer in enumerate(result.layers):
         where = f"layer {layer}, " if pretrained or several else ""
+        window = result.layer_window(li)
         for h in heads:
-            panels.append(view_of(result.weights[li, h]))
-            auto = f"{where}head {h}" + (" (key 0 excluded)" if exclude_first_key else "")
+            panels.append(view_of(result.weights[li, h], window))
+            windows.append(window)
+            auto = (f"{where}head {h}{head_extras(result, li, h)}"
+                    + (" (key 0 excluded)" if exclude_first_key else ""))
             titles.append(title.format(layer=layer, head=h, tokens=result.n_tokens)
                           if title is not None else auto)
     if view == "lines":
-        from attnviz.lines import LinesFigure
+        from attnviz.lines import LinesFigure, window_line_note
 
         where = f"layer {result.layers[0]}, " if pretrained else ""
         names = ", ".join(map(str, heads))
+        note = window_note(windows[0], result.n_tokens)
         text = (title.format(layer=result.layers[0], head=names, tokens=result.n_tokens)
-                if title is not None else f"{where}{'heads' if len(heads) > 1 else 'head'} {names}")
+                if title is not None else f"{where}{'heads' if len(heads) > 1 else 'head'} {names}"
+                + (f" · {note}" if note else ""))
+        head_names = ([f"head {h} · kv {result.kv_heads[h]}" for h in heads] if result.grouped
+                      else None)
         figure = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[text])
-        return figure.save(path, panels[: len(heads)], [text], fmt=image_format, heads=heads)
+        return figure.save(path, panels[: len(heads)], [text], fmt=image_format, heads=heads,
+                           head_names=head_names,
+                           note=window_line_note(windows[0], result.n_tokens))
     figure = HeatmapFigure(result.token_labels, len(panels), cmap, dpi, scale, annotate,
                            mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
-                           extra_texts=titles, columns=len(heads) if several else None)
-    return figure.save(path, panels, titles, fmt=image_format)
+                           extra_texts=titles, columns=len(heads) if several else None,
+                           outside_label=outside_label(windows, result.n_tokens))
+    return figure.save(path, panels, titles, fmt=image_format,
+                       windows=windows if any(w is not None for w in windows) else None)
 
 
 @dataclass(frozen=True)
@@ -802,63 +1032,93 @@ def write_heatmaps(
     def titled(layer: int, head: int | str, auto: str) -> str:
         return title.format(layer=layer, head=head, tokens=n) if title is not None else auto
 
-    if view == "lines":
-        from attnviz.lines import LinesFigure
+    windows = [result.layer_window(li) for li in range(n_layers)]
+    figures: dict = {}  # per legend (the window's swatch or none): one figure, built once
 
-        figure = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[title or ""])
-    else:
-        figure = HeatmapFigure(result.token_labels, 1, cmap, dpi, scale, annotate,
-                               mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
-                               extra_texts=[title or ""])
+    def figure_for(window: int | None):
+        key = "lines" if view == "lines" else outside_label([window], n)
+        if key not in figures:
+            if view == "lines":
+                from attnviz.lines import LinesFigure
+
+                figures[key] = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[title or ""])
+            else:
+                figures[key] = HeatmapFigure(
+                    result.token_labels, 1, cmap, dpi, scale, annotate,
+                    mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
+                    extra_texts=[title or ""], outside_label=key)
+        return figures[key]
+
+    for window in dict.fromkeys(windows):  # built (and their options checked) before any file
+        figure_for(window)
     earlier = read_manifest(out_dir)
     written = []
     total = n_layers * (len(chosen) + 1) + (n_layers > 1)
 
     def drawn() -> None:
         # At most a few encoded-but-unwritten images wait (each holds a copy of the canvas).
-        waiting = [f for f in figure.pending if not f.done()]
+        waiting = [f for figure in figures.values() for f in figure.pending if not f.done()]
         for future in waiting[: max(0, len(waiting) - 2 * _ENCODERS)]:
             future.result()
         if progress:
             progress("Drawing", len(written), total)
 
-    overview = None
+    overview, overview_legend = None, None
     # zlib releases the GIL: the PNGs are compressed in threads while the next is drawn.
     with ThreadPoolExecutor(max_workers=_ENCODERS) as writer:
         for li, layer in enumerate(result.layers):
             folder = out_dir / f"layer_{layer:02d}" if n_layers > 1 else out_dir
             folder.mkdir(parents=True, exist_ok=True)
             where = f"layer {layer}, " if pretrained else ""
+            window = windows[li]
+            figure = figure_for(window)
             for h in chosen:
-                text = titled(layer, h, f"{where}head {h}{suffix}")
-                colour = {"heads": [h]} if view == "lines" else {}
+                text = titled(layer, h, f"{where}head {h}{head_extras(result, li, h)}{suffix}")
+                if view == "lines":
+                    from attnviz.lines import window_line_note
+
+                    extra = {"heads": [h], "note": window_line_note(window, n),
+                             "head_names": [f"head {h} · kv {result.kv_heads[h]}"]
+                             if result.grouped else None}
+                else:
+                    extra = {"windows": [window]} if window is not None else {}
                 path = figure.save(folder / f"head_{h:02d}.{image_format}",
-                                   [view_of(result.weights[li, h])], [text], writer, image_format,
-                                   **colour)
+                                   [view_of(result.weights[li, h], window)], [text], writer,
+                                   image_format, **extra)
                 written.append(WrittenFile(path, layer, h))
                 drawn()
-            auto = f"{where}all {n_heads} heads, {tokens}{suffix}"
+            note = window_note(window, n)
+            groups = f" in {plural(len(set(result.kv_heads)), 'kv group')}" if result.grouped else ""
+            auto = (f"{where}all {n_heads} heads{groups}, {tokens}"
+                    + (f" · {note}" if note else "") + suffix)
             heads_title = titled(layer, "all", auto[0].upper() + auto[1:])
-            views = [view_of(w) for w in result.weights[li]]
-            if overview is None or image_format in ("svg", "pdf"):
-                overview = heads_overview(views, heads_title, cmap, dpi, scale, result.token_labels)
+            views = [view_of(w, window) for w in result.weights[li]]
+            legend = outside_label([window], n)
+            if overview is None or image_format in ("svg", "pdf") or legend != overview_legend:
+                overview = heads_overview(views, heads_title, cmap, dpi, scale, result.token_labels,
+                                          kv_heads=result.kv_heads, window=window)
+                overview_legend = legend
             else:  # the same layout for every layer: only the cells and the title change
-                overview.retile(overview_tiles(views), heads_title)
+                overview.retile(overview_tiles(views, result.kv_heads), heads_title,
+                                [window] * len(overview.tiles))
             path = folder / f"heads.{image_format}"
             write_bytes(path, overview.to_bytes(image_format))
             written.append(WrittenFile(path, layer, None))
             drawn()
-        for future in figure.pending:
-            future.result()  # re-raise a failed write here
+        for figure in figures.values():
+            for future in figure.pending:
+                future.result()  # re-raise a failed write here
     if n_layers > 1:
         # Each tile is made when drawn (a view; a copy only with exclude_first).
-        tiles = [[(lambda w=w: view_of(w)) for w in layer] for layer in result.weights]
+        tiles = [[(lambda w=w, window=window: view_of(w, window)) for w in layer]
+                 for layer, window in zip(result.weights, windows)]
+        row_names, col_names, breaks = _model_grid_names(result)
         path = save_grid(
             out_dir / f"model.{image_format}", tiles,
             titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
-            row_names=[f"layer {layer}" for layer in result.layers],
-            col_names=[f"head {h}" for h in range(n_heads)],
+            row_names=row_names, col_names=col_names,
             cmap=cmap, dpi=dpi, scale=scale, token_labels=result.token_labels, fmt=image_format,
+            row_windows=windows, col_breaks=breaks,
         )
         written.append(WrittenFile(path, None, None))
         if progress:

@@ -6,6 +6,12 @@ inlined when the report is written; the data travels in one
 documented in docs/report.md. The output has no URL of any kind (no ``//`` at all) and is
 byte-identical for the same input.
 
+Model families: a result with sliding windows or grouped-query heads carries ``windows``
+(per layer) and ``kv_heads`` (per head) in its data, and the assets' blocks between
+``/* [families] */`` and ``/* [/families] */`` lines draw them; for any other result those
+blocks are left out of the page (``asset``), so a GPT-2 report stays byte for byte what
+it was before the families came.
+
 >>> from attnviz.analysis import analyze
 >>> from attnviz.report import build_payload, decode_weights
 >>> result = analyze("Hello world", heads=None)
@@ -42,6 +48,9 @@ ENCODINGS = ("u16", "sqrt-u8")
 
 _ASSETS = ("report.css", "data.js", "heatmap.js", "heads.js", "model.js", "tables.js", "main.js")
 _SCRIPT_END = re.compile(r"</script", re.I)
+# Whole lines of the assets, from "/* [families] */" to "/* [/families] */" (see asset()).
+_FAMILIES = re.compile(r"^[ \t]*/\* \[families\] \*/\n.*?^[ \t]*/\* \[/families\] \*/\n",
+                       re.M | re.S)
 
 
 def n_stored(n_layers: int, n_heads: int, n_tokens: int) -> int:
@@ -104,7 +113,9 @@ def choose_encoding(count: int) -> str:
 def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | None = None,
                   induction: np.ndarray | None = None) -> dict:
     """The document embedded in the page (schema: docs/report.md). ``induction``: the
-    ``(L, H)`` scores of ``analysis.induction_probe``, a column of the statistics."""
+    ``(L, H)`` scores of ``analysis.induction_probe``, a column of the statistics.
+    ``windows`` (per layer: W or None) is there only when a layer has a sliding window,
+    ``kv_heads`` (per head: its key/value head) only when heads share them."""
     from attnviz.output import clean
     from attnviz.stats import COLUMNS, add_induction, head_rows, similarity
 
@@ -117,6 +128,11 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
     rows = head_rows(result.weights, result.layers)
     if induction is not None:
         add_induction(rows, induction)
+    # Model families: written only when they say something, so a GPT-2 report is unchanged.
+    windows = [result.layer_window(li) for li in range(n_layers)]
+    families = {"windows": windows} if any(w is not None for w in windows) else {}
+    if result.grouped:
+        families["kv_heads"] = [int(kv) for kv in result.kv_heads]
     return clean({
         "format": FORMAT,
         "version": VERSION,
@@ -127,6 +143,7 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
         "tokens": result.tokens(),
         # --tokens A:B: the queries and keys A..B-1 of attention computed on the whole text
         "window": {"start": result.window[0], "stop": result.window[1]} if result.window else None,
+        **families,
         "weights": {
             "shape": [n_layers, n_heads, n_tokens, n_tokens],
             "layout": "lower-triangle",
@@ -164,19 +181,29 @@ def payload_json(payload: dict) -> str:
     return text
 
 
-def _asset(name: str) -> str:
+def asset(name: str, families: bool = True) -> str:
+    """The text of ``report_assets/name``; without ``families``, its lines from each
+    ``/* [families] */`` to the next ``/* [/families] */`` (both included) left out: the
+    code for sliding windows and grouped-query heads, which a plain report does not run."""
     text = resources.files("attnviz").joinpath("report_assets", name).read_text(encoding="utf-8")
     if name != "report.html" and _SCRIPT_END.search(text):  # would end a <script> early
         raise AssertionError(f"report asset {name} contains '</script'")
-    return text
+    return text if families else _FAMILIES.sub("", text)
+
+
+def has_families(payload: dict) -> bool:
+    """Whether the page needs the assets' model-family blocks (see ``asset``)."""
+    return "windows" in payload or "kv_heads" in payload
 
 
 def render_html(payload: dict) -> str:
     """The whole page: the template with the CSS, the data and the scripts inlined."""
-    scripts = "\n".join(f"<script>\n{_asset(name)}</script>" for name in _ASSETS if name.endswith(".js"))
-    page = _asset("report.html")
+    families = has_families(payload)
+    scripts = "\n".join(f"<script>\n{asset(name, families)}</script>" for name in _ASSETS
+                        if name.endswith(".js"))
+    page = asset("report.html")
     # One pass, so text inserted for one placeholder is never searched for another.
-    parts = {"{{css}}": _asset("report.css"), "{{data}}": payload_json(payload),
+    parts = {"{{css}}": asset("report.css", families), "{{data}}": payload_json(payload),
              "{{scripts}}": scripts}
     return re.sub(r"\{\{(css|data|scripts)\}\}", lambda m: parts[m.group(0)], page)
 

@@ -58,6 +58,44 @@ var AV = (function () {
   function weight(li, h, i, j) {
     return j > i ? NaN : values[rowStart(li, h, i) + j];
   }
+  /* [families] */
+  /* Sliding windows (payload.windows, per layer index) and grouped-query heads
+     (payload.kv_heads, per head): present only in reports of models that have them. */
+  var windows = payload.windows || [], kvHeads = payload.kv_heads || null;
+  /* The window W of layer index li, or null: query i sees keys i-W+1 .. i. */
+  function windowOf(li) {
+    return windows[li] === undefined ? null : windows[li];
+  }
+  /* The first key query i sees in layer index li (0 without a window). */
+  function firstKey(li, i) {
+    var w = windowOf(li);
+    return w === null ? 0 : Math.max(0, i - w + 1);
+  }
+  /* "window 4", or "window 4096 \u2265 18 tokens" when no key is outside it; "" without. */
+  function windowNote(li) {
+    var w = windowOf(li);
+    if (w === null) return "";
+    return "window " + w + (w >= nTokens ? " \u2265 " + nTokens + " token" + (nTokens === 1 ? "" : "s") : "");
+  }
+  /* What the heatmap's heading adds for head h of layer index li: " \u00b7 kv 1 \u00b7 window 4". */
+  function familyNote(li, h) {
+    var parts = [];
+    if (kvHeads) parts.push("kv " + kvHeads[h]);
+    if (windowOf(li) !== null) parts.push(windowNote(li));
+    return parts.map(function (part) { return " \u00b7 " + part; }).join("");
+  }
+  /* The kv groups in kv order: [{kv, heads: [...]}]. */
+  function kvGroups() {
+    var groups = {}, order = [];
+    for (var h = 0; h < nHeads; h++) {
+      var kv = kvHeads[h];
+      if (!groups[kv]) { groups[kv] = { kv: kv, heads: [] }; order.push(kv); }
+      groups[kv].heads.push(h);
+    }
+    order.sort(function (a, b) { return a - b; });
+    return order.map(function (kv) { return groups[kv]; });
+  }
+  /* [/families] */
 
   /* viridis, sampled from matplotlib at nine stops and interpolated to 256 entries */
   var stops = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 140],
@@ -90,6 +128,14 @@ var AV = (function () {
     tokens: payload.tokens,
     encoding: spec.encoding,
     weight: weight,
+    /* [families] */
+    windowOf: windowOf,
+    firstKey: firstKey,
+    windowNote: windowNote,
+    familyNote: familyNote,
+    kvHeads: kvHeads,
+    kvGroups: kvGroups,
+    /* [/families] */
     rowStart: rowStart,
     values: values,
     palette: palette,

@@ -104,6 +104,9 @@
       syncChips();
       draw();
     });
+    /* [families] */
+    var kvGroup = null; /* the chips' current kv group (grouped-query heads) */
+    /* [/families] */
     for (var h = 0; h < AV.nHeads; h++) {
       active[h] = true;
       var chip = document.createElement("button");
@@ -114,6 +117,23 @@
       chip.title = "head " + h + ": show or hide its lines";
       chip.setAttribute("aria-label", "head " + h);
       chip.style.setProperty("--chip", AV.headColor(h));
+      /* [families] */
+      if (AV.kvHeads) {
+        chip.dataset.kv = AV.kvHeads[h];
+        chip.title = "head " + h + " (kv head " + AV.kvHeads[h] + "): show or hide its lines";
+        if (h === 0 || AV.kvHeads[h] !== AV.kvHeads[h - 1]) {
+          /* a kv group's chips stay together behind its name */
+          kvGroup = document.createElement("span");
+          kvGroup.className = "kv-group";
+          kvGroup.dataset.kv = AV.kvHeads[h];
+          var kvLabel = document.createElement("span");
+          kvLabel.className = "kv-label";
+          kvLabel.textContent = "kv " + AV.kvHeads[h] + ":";
+          kvGroup.appendChild(kvLabel);
+          chips.appendChild(kvGroup);
+        }
+      }
+      /* [/families] */
       chip.addEventListener("click", function (event) {
         var which = Number(event.currentTarget.dataset.head);
         active[which] = !active[which];
@@ -121,6 +141,9 @@
         draw();
       });
       chips.appendChild(chip);
+      /* [families] */
+      if (AV.kvHeads) kvGroup.appendChild(chip);
+      /* [/families] */
     }
     document.getElementById("heads-all").addEventListener("click", function () { setAll(true); });
     document.getElementById("heads-none").addEventListener("click", function () { setAll(false); });

@@ -17,6 +17,17 @@
   var image = document.createElement("canvas"); /* the cells, one pixel per (pooled) cell */
   var geometry = null;
   var cursor = null; /* [query, key] under the pointer or keyboard cursor */
+  /* [families] */
+  /* the legend's swatch and name for keys outside the window: shown for a layer with one */
+  var outsideLegend = [document.createElement("span"), document.createElement("span")];
+  if (AV.payload.windows) {
+    outsideLegend[0].className = "swatch outside-swatch";
+    outsideLegend[0].setAttribute("aria-hidden", "true");
+    outsideLegend[1].id = "outside-label";
+    var maskedName = document.querySelector(".legend .masked-swatch").nextElementSibling;
+    maskedName.after(outsideLegend[0], outsideLegend[1]);
+  }
+  /* [/families] */
 
   function label(pos) {
     var text = AV.tokens[pos].label;
@@ -26,6 +37,9 @@
   function renderCells(n, start, pool) {
     var st = AV.state, size = Math.ceil(n / pool);
     var masked = AV.rgb(AV.cssVar("--masked") || "#d0d0d0");
+    /* [families] */
+    var outsideRgb = AV.rgb(AV.cssVar("--outside") || "#808080");
+    /* [/families] */
     image.width = size;
     image.height = size;
     var ictx = image.getContext("2d");
@@ -34,10 +48,19 @@
     for (var bi = 0; bi < size; bi++) {
       for (var bj = 0; bj < size; bj++) {
         var best = -1;
+        /* [families] */
+        var outside = false; /* the block holds keys outside the sliding window */
+        /* [/families] */
         for (var i = start + bi * pool; i < Math.min(start + (bi + 1) * pool, start + n); i++) {
           var base = AV.rowStart(st.layer, st.head, i);
+          /* [families] */
+          var first = AV.firstKey(st.layer, i);
+          /* [/families] */
           var jEnd = Math.min(start + (bj + 1) * pool, start + n, i + 1);
           for (var j = start + bj * pool; j < jEnd; j++) {
+            /* [families] */
+            if (j < first) { outside = true; continue; }
+            /* [/families] */
             if (AV.values[base + j] > best) best = AV.values[base + j];
           }
         }
@@ -48,6 +71,11 @@
           var c = AV.level(best, st.scale) * 3;
           px[o] = AV.palette[c]; px[o + 1] = AV.palette[c + 1]; px[o + 2] = AV.palette[c + 2];
         }
+        /* [families] */
+        if (best < 0 && outside) {
+          px[o] = outsideRgb[0]; px[o + 1] = outsideRgb[1]; px[o + 2] = outsideRgb[2];
+        }
+        /* [/families] */
         px[o + 3] = 255;
       }
     }
@@ -77,6 +105,12 @@
     canvas.dataset.cell = geometry.cell;
     canvas.dataset.start = start;
     document.getElementById("heatmap-head").textContent = AV.headName(st.layer, st.head);
+    /* [families] */
+    document.getElementById("heatmap-head").textContent += AV.familyNote(st.layer, st.head);
+    var w = AV.windowOf(st.layer), cut = w !== null && w < AV.nTokens;
+    outsideLegend.forEach(function (el) { el.hidden = !cut; });
+    outsideLegend[1].textContent = cut ? "outside window " + w : "";
+    /* [/families] */
     paint();
   }
 
@@ -125,6 +159,16 @@
     readout.dataset.head = st.head;
     readout.dataset.query = query;
     readout.dataset.key = key;
+    /* [families] */
+    if (key < AV.firstKey(st.layer, query)) {
+      var win = AV.windowOf(st.layer);
+      readout.dataset.weight = "";
+      readout.textContent = where + ": outside window " + win + " (query " + query + " sees keys " +
+        (query - win + 1) + "\u2013" + query + ")";
+      paint();
+      return;
+    }
+    /* [/families] */
     if (isNaN(w)) {
       readout.dataset.weight = "";
       readout.textContent = where + ": masked (a query never sees a later key)";

@@ -11,6 +11,14 @@
     cut.start + " are cut)" : AV.nTokens + " tokens";
   document.getElementById("summary").textContent = tokens + " \u00b7 " + AV.nLayers +
     " layer(s) \u00d7 " + AV.nHeads + " heads \u00b7 " + mode;
+  /* [families] */
+  var families = [];
+  if (AV.kvHeads) families.push(AV.nHeads + " heads share " + AV.kvGroups().length + " kv heads");
+  AV.layers.forEach(function (number, li) {
+    if (AV.windowOf(li) !== null) families.push("layer " + number + ": " + AV.windowNote(li));
+  });
+  document.getElementById("summary").textContent += families.map(function (f) { return " \u00b7 " + f; }).join("");
+  /* [/families] */
   AV.on(function (what) {
     if (what !== "select") return;
     var selected = document.getElementById("selected-head");

@@ -11,14 +11,24 @@
   function drawThumb(target, li, h) {
     var n = AV.nTokens, pool = Math.ceil(n / PIXELS), size = Math.ceil(n / pool);
     var masked = AV.rgb(AV.cssVar("--masked") || "#d0d0d0");
+    /* [families] */
+    var outsideRgb = AV.rgb(AV.cssVar("--outside") || "#808080");
+    var outside = new Uint8Array(size * size); /* blocks holding keys outside the window */
+    /* [/families] */
     target.width = size;
     target.height = size;
     var tctx = target.getContext("2d"), data = tctx.createImageData(size, size), px = data.data;
     var best = new Float32Array(size * size).fill(-1);
     for (var i = 0; i < n; i++) {
       var base = AV.rowStart(li, h, i), bi = Math.floor(i / pool) * size;
+      /* [families] */
+      var first = AV.firstKey(li, i);
+      /* [/families] */
       for (var j = 0; j <= i; j++) {
         var k = bi + Math.floor(j / pool);
+        /* [families] */
+        if (j < first) { outside[k] = 1; continue; }
+        /* [/families] */
         if (AV.values[base + j] > best[k]) best[k] = AV.values[base + j];
       }
     }
@@ -28,6 +38,9 @@
         var p = AV.level(best[c], "sqrt") * 3;
         rgb = [AV.palette[p], AV.palette[p + 1], AV.palette[p + 2]];
       }
+      /* [families] */
+      if (best[c] < 0 && outside[c]) rgb = outsideRgb;
+      /* [/families] */
       px.set([rgb[0], rgb[1], rgb[2], 255], c * 4);
     }
     tctx.putImageData(data, 0, 0);
@@ -35,11 +48,33 @@
 
   function build() {
     grid.style.gridTemplateColumns = "max-content repeat(" + AV.nHeads + ", max-content)";
+    /* [families] */
+    /* grouped-query heads: a row naming each kv group over its heads, a gap between groups */
+    if (AV.kvHeads) {
+      grid.classList.add("grouped");
+      grid.appendChild(document.createElement("span"));
+      AV.kvGroups().forEach(function (group) {
+        var label = document.createElement("span");
+        label.className = "kv-label";
+        label.dataset.kv = group.kv;
+        label.textContent = "kv " + group.kv;
+        label.title = "heads " + group.heads.join(", ") + " share key/value head " + group.kv;
+        label.style.gridColumn = (group.heads[0] + 2) + " / span " + group.heads.length;
+        grid.appendChild(label);
+      });
+    }
+    /* [/families] */
     grid.appendChild(document.createElement("span"));
     for (var h = 0; h < AV.nHeads; h++) {
       var head = document.createElement("span");
       head.className = "head-label";
       head.textContent = "h" + h;
+      /* [families] */
+      if (AV.kvHeads) {
+        head.title = "head " + h + ", kv head " + AV.kvHeads[h];
+        head.classList.toggle("group-start", h > 0 && AV.kvHeads[h] !== AV.kvHeads[h - 1]);
+      }
+      /* [/families] */
       grid.appendChild(head);
     }
     AV.layers.forEach(function (number, li) {
@@ -56,6 +91,14 @@
         button.dataset.head = h;
         button.dataset.index = li;
         button.setAttribute("aria-label", "layer " + number + ", head " + h);
+        /* [families] */
+        if (AV.kvHeads) {
+          button.dataset.kv = AV.kvHeads[h];
+          button.setAttribute("aria-label", "layer " + number + ", head " + h + ", kv head " + AV.kvHeads[h]);
+          button.classList.toggle("group-start", h > 0 && AV.kvHeads[h] !== AV.kvHeads[h - 1]);
+        }
+        if (AV.windowOf(li) !== null) button.title = "layer " + number + ", head " + h + " \u00b7 " + AV.windowNote(li);
+        /* [/families] */
         button.setAttribute("aria-pressed", "false");
         button.tabIndex = -1; /* one tab stop for the grid; arrows move inside */
         button.appendChild(document.createElement("canvas"));
