@@ -13,10 +13,22 @@ from urllib.parse import unquote
 
 
 class Repo:
-    def __init__(self, files: dict[str, bytes], commit: str | None = None, gated: bool = False):
+    """A repo's files at ``main``; ``revisions`` maps other branch names (Pythia's
+    ``step1000``) to the Repo of that revision, each with its own commit."""
+
+    def __init__(self, files: dict[str, bytes], commit: str | None = None, gated: bool = False,
+                 revisions: dict[str, Repo] | None = None):
         self.files = files
         self.commit = commit or hashlib.sha1(b"".join(files[k] for k in sorted(files))).hexdigest()
         self.gated = gated
+        self.revisions = revisions or {}
+
+    def at(self, revision: str) -> Repo | None:
+        """The repo at ``revision`` (a branch name or a commit), None when it has none."""
+        if revision in ("", "main", self.commit):
+            return self
+        return next((repo for name, repo in self.revisions.items()
+                     if revision in (name, repo.commit)), None)
 
     @classmethod
     def from_folder(cls, folder: Path, **kwargs) -> Repo:
@@ -64,7 +76,8 @@ class HubServer:
                     return self.error(401, "RepoNotFound")
                 if repo.gated:
                     return self.error(403, "GatedRepo")
-                if revision and revision not in ("main", repo.commit):
+                repo = repo.at(revision)
+                if repo is None:
                     return self.error(404, "RevisionNotFound")
                 doc = {"id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False,
                        "siblings": [{"rfilename": name} for name in repo.files]}
@@ -76,7 +89,8 @@ class HubServer:
                     return self.error(401, "RepoNotFound")
                 if repo.gated:
                     return self.error(403, "GatedRepo")
-                if revision not in ("main", repo.commit):
+                repo = repo.at(revision)
+                if repo is None:
                     return self.error(404, "RevisionNotFound")
                 if filename not in repo.files:
                     return self.error(404, "EntryNotFound")

@@ -166,12 +166,19 @@ def _norm(spec: ModelSpec) -> nn.Module:
 
 
 class Block(nn.Module):
+    """``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; or in parallel,
+    ``x + attn(norm1(x)) + mlp(norm2(x))``; with sandwich norms, each output normalised
+    (``attn_out_norm``, ``mlp_out_norm``) before it joins the residual stream."""
+
     def __init__(self, spec: ModelSpec, layer: int):
         super().__init__()
         self.norm1 = _norm(spec)
         self.attn = Attention(spec, spec.layers[layer])
         self.norm2 = _norm(spec)
         self.mlp = MLP(spec)
+        self.parallel = spec.parallel_residual
+        self.attn_out_norm = _norm(spec) if spec.sandwich_norms else None
+        self.mlp_out_norm = _norm(spec) if spec.sandwich_norms else None
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
                 mlp: bool = True):
@@ -182,8 +189,15 @@ class Block(nn.Module):
         attn_out, weights = self.attn(attn_input, weights_out)
         if not mlp:
             return None, attn_input, weights
+        if self.attn_out_norm is not None:
+            attn_out = self.attn_out_norm(attn_out)
+        if self.parallel:  # in transformers' order of the additions
+            return self.mlp(self.norm2(x)) + attn_out + x, attn_input, weights
         x = x + attn_out
-        return x + self.mlp(self.norm2(x)), attn_input, weights
+        mlp_out = self.mlp(self.norm2(x))
+        if self.mlp_out_norm is not None:
+            mlp_out = self.mlp_out_norm(mlp_out)
+        return x + mlp_out, attn_input, weights
 
     @classmethod
     def from_weights(cls, spec: ModelSpec, layer: int, tensors: dict[str, torch.Tensor],
@@ -207,9 +221,10 @@ class Block(nn.Module):
 
     def to_device(self, device: torch.device) -> Block:
         """``to(device)`` for the parts that are read (an unread MLP stays on meta)."""
-        parts = (self.norm1, self.attn) + ((self.norm2, self.mlp) if self.has_mlp else ())
-        for part in parts:
-            part.to(device)
+        later = (self.norm2, self.mlp, self.attn_out_norm, self.mlp_out_norm)
+        for part in (self.norm1, self.attn) + (later if self.has_mlp else ()):
+            if part is not None:
+                part.to(device)
         return self
 
     def _take(self, tensors: dict[str, torch.Tensor], expected: set[str]) -> None:

@@ -21,7 +21,6 @@ that is not causal) is refused by name, never silently run as something else.
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -30,8 +29,17 @@ import torch
 from attnviz.errors import AttnvizWarning, InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
+from attnviz.models.hf import (
+    check_shapes,
+    check_vocabularies,
+    count_layers,
+    field,
+    open_source,
+    own_tokenizer,
+    stored_dtype,
+)
 from attnviz.models.resolve import Located
-from attnviz.models.sources import DictSource, SafetensorsSource, TensorSource, read_state_dict
+from attnviz.models.sources import TensorSource
 from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
 
 # What transformers' config classes assume when config.json leaves a field out.
@@ -47,8 +55,6 @@ _DEFAULTS = {
                 "num_key_value_heads": 4},
 }
 ROPE_TYPES = ("default", "linear", "llama3")
-_LAYER = re.compile(r"^layers\.(\d+)\.")
-_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
 
 def _rename(name: str) -> str | None:
@@ -59,24 +65,7 @@ def _rename(name: str) -> str | None:
     return name.removeprefix("model.")
 
 
-def _field(raw: dict, name: str, where: Path, kind=int, default=None, minimum: int | None = 1):
-    value = raw.get(name, default)
-    if value is None:
-        if default is None and minimum is not None:
-            raise InputError(f"{where}: {name} is missing")
-        return None
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool)
-                        or (minimum is not None and value < minimum)):
-        raise InputError(f"{where}: {name} must be an integer ≥ {minimum}, got {value!r}")
-    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                          or not value > 0):
-        raise InputError(f"{where}: {name} must be a positive number, got {value!r}")
-    if kind is bool and not isinstance(value, bool):
-        raise InputError(f"{where}: {name} must be true or false, got {value!r}")
-    return kind(value)
-
-
-def _refuse_unsupported(raw: dict, where: Path) -> None:
+def refuse_unsupported(raw: dict, where: Path) -> None:
     if raw.get("quantization_config"):
         method = raw["quantization_config"].get("quant_method", "?") if isinstance(
             raw["quantization_config"], dict) else "?"
@@ -102,7 +91,7 @@ def _rope(raw: dict, family: str, head_dim: int, where: Path) -> RopeSpec:
     if isinstance(params, dict):
         merged.update(params)
     theta = merged.get("rope_theta", raw.get("rope_theta", _DEFAULTS[family]["rope_theta"]))
-    theta = _field({"rope_theta": theta}, "rope_theta", where, float)
+    theta = field({"rope_theta": theta}, "rope_theta", where, float)
     kind = merged.get("rope_type", merged.get("type", "default"))
     if kind not in ROPE_TYPES:
         raise InputError(f"{where}: rope_type {kind!r} is not implemented (attnviz computes "
@@ -114,11 +103,11 @@ def _rope(raw: dict, family: str, head_dim: int, where: Path) -> RopeSpec:
                          f"{family} (transformers rotates every dimension of these models)")
     if kind == "default":
         return RopeSpec(theta, head_dim)
-    factor = _field(merged, "factor", where, float)
+    factor = field(merged, "factor", where, float)
     if kind == "linear":
         return RopeSpec(theta, head_dim, ("linear", factor))
-    original = _field(merged, "original_max_position_embeddings", where, int)
-    low, high = (_field(merged, k, where, float) for k in ("low_freq_factor", "high_freq_factor"))
+    original = field(merged, "original_max_position_embeddings", where, int)
+    low, high = (field(merged, k, where, float) for k in ("low_freq_factor", "high_freq_factor"))
     if high <= low:
         raise InputError(f"{where}: rope high_freq_factor {high} must exceed low_freq_factor {low}")
     return RopeSpec(theta, head_dim, ("llama3", factor, low, high, original))
@@ -128,12 +117,12 @@ def _windows(raw: dict, family: str, n_layers: int, rotates: list[bool], where: 
     """The sliding window of each layer (None: plain causal), as transformers decides it."""
     window = raw.get("sliding_window", _DEFAULTS[family]["sliding_window"])
     if window is not None:
-        window = _field({"sliding_window": window}, "sliding_window", where, int)
+        window = field({"sliding_window": window}, "sliding_window", where, int)
     if family == "llama":
         return [None] * n_layers
     if family == "mistral":
         return [window] * n_layers
-    use = _field(raw, "use_sliding_window", where, bool, default=False, minimum=None)
+    use = field(raw, "use_sliding_window", where, bool, default=False, minimum=None)
     window = window if use else None
     types = raw.get("layer_types")
     if types is None:
@@ -141,7 +130,7 @@ def _windows(raw: dict, family: str, n_layers: int, rotates: list[bool], where: 
             types = ["sliding_attention" if use and window is not None and not r else "full_attention"
                      for r in rotates]
         else:
-            first = _field(raw, "max_window_layers", where, int, default=28, minimum=0)
+            first = field(raw, "max_window_layers", where, int, default=28, minimum=0)
             types = ["sliding_attention" if window is not None and i >= first else "full_attention"
                      for i in range(n_layers)]
     if not isinstance(types, list) or len(types) != n_layers:
@@ -153,30 +142,22 @@ def _windows(raw: dict, family: str, n_layers: int, rotates: list[bool], where: 
     return [window if t == "sliding_attention" else None for t in types]
 
 
-def _source(located: Located) -> TensorSource:
-    first = located.weights[0]
-    if first.suffix == ".safetensors":
-        return SafetensorsSource(located.weights, _rename)
-    state = read_state_dict(first)
-    return DictSource({n: v for k, v in state.items() if (n := _rename(k)) is not None}, first)
-
-
 def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=None) -> Checkpoint:
     """Check the config and tensor headers of a Llama-style checkpoint and describe it."""
     where = located.config
     family = raw["model_type"]
-    _refuse_unsupported(raw, where)
-    d = _field(raw, "hidden_size", where)
-    heads = _field(raw, "num_attention_heads", where)
-    kv_heads = _field(raw, "num_key_value_heads", where,
+    refuse_unsupported(raw, where)
+    d = field(raw, "hidden_size", where)
+    heads = field(raw, "num_attention_heads", where)
+    kv_heads = field(raw, "num_key_value_heads", where,
                       default=_DEFAULTS[family].get("num_key_value_heads", heads))
     if heads % kv_heads:
         raise InputError(f"{where}: num_key_value_heads={kv_heads} does not divide "
                          f"num_attention_heads={heads}")
-    head_dim = _field(raw, "head_dim", where, default=_DEFAULTS[family].get("head_dim", d // heads))
-    n_layers = _field(raw, "num_hidden_layers", where)
-    width = _field(raw, "intermediate_size", where)
-    eps = _field(raw, "rms_norm_eps", where, float, default=1e-6)
+    head_dim = field(raw, "head_dim", where, default=_DEFAULTS[family].get("head_dim", d // heads))
+    n_layers = field(raw, "num_hidden_layers", where)
+    width = field(raw, "intermediate_size", where)
+    eps = field(raw, "rms_norm_eps", where, float, default=1e-6)
     activation = raw.get("hidden_act", "silu")
     if activation not in ACTIVATIONS:
         raise InputError(f"{where}: hidden_act {activation!r} is not supported "
@@ -185,7 +166,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
     if family == "smollm3":
         flags = raw.get("no_rope_layers")
         if flags is None:
-            interval = _field(raw, "no_rope_layer_interval", where, default=4)
+            interval = field(raw, "no_rope_layer_interval", where, default=4)
             flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
         if not isinstance(flags, list) or len(flags) != n_layers:
             raise InputError(f"{where}: no_rope_layers must list one 0/1 flag per layer ({n_layers})")
@@ -194,15 +175,15 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         rotates = [True] * n_layers
     windows = _windows(raw, family, n_layers, rotates, where)
     qk_norm = family == "qwen3"
-    attention_bias = _field(raw, "attention_bias", where, bool, default=False, minimum=None)
+    attention_bias = field(raw, "attention_bias", where, bool, default=False, minimum=None)
     qkv_bias = True if family == "qwen2" else attention_bias and family != "mistral"
     out_bias = attention_bias and family not in ("qwen2", "mistral")
-    mlp_bias = _field(raw, "mlp_bias", where, bool, default=False, minimum=None) and family in (
+    mlp_bias = field(raw, "mlp_bias", where, bool, default=False, minimum=None) and family in (
         "llama", "smollm3")
-    tied = _field(raw, "tie_word_embeddings", where, bool,
+    tied = field(raw, "tie_word_embeddings", where, bool,
                   default=_DEFAULTS[family]["tie_word_embeddings"], minimum=None)
 
-    source = _source(located)
+    source = open_source(located, _rename)
     origin = located.origin
     if "embed_tokens.weight" not in source or len(source.shape("embed_tokens.weight")) != 2:
         raise InputError(f"{origin}: tensor model.embed_tokens.weight is missing; not a "
@@ -213,18 +194,18 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
     if raw.get("vocab_size") is not None and raw["vocab_size"] != vocab:
         raise InputError(f"{where} says vocab_size={raw['vocab_size']} but the embedding has "
                          f"{vocab} rows")
-    found_layers = len({int(m.group(1)) for k in source if (m := _LAYER.match(k))})
+    found_layers = count_layers(source, "layers.")
     if found_layers != n_layers:
         raise InputError(f"{where} says num_hidden_layers={n_layers} but the weights hold "
                          f"{found_layers} layers")
     spec = ModelSpec(
         family=family, n_layers=n_layers, d_model=d, n_heads=heads, n_kv_heads=kv_heads,
         head_dim=head_dim, vocab_size=vocab,
-        context_length=_field(raw, "max_position_embeddings", where, default=2048),
+        context_length=field(raw, "max_position_embeddings", where, default=2048),
         mlp_width=width, positions="rope", norm="rmsnorm", norm_eps=eps, activation=activation,
         gated_mlp=True, qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias,
         tied_embeddings=tied,
-        dtype=_dtype(source, raw),
+        dtype=stored_dtype(source, "embed_tokens.weight", raw),
         layers=tuple(LayerSpec(scale=head_dim**-0.5, rope=rope if rotates[i] else None,
                                window=windows[i], qk_norm=qk_norm) for i in range(n_layers)),
     )
@@ -236,10 +217,8 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         notes.append(f"--heads {n_heads} ignored: {where.name} says num_attention_heads={heads}")
     for note in notes:
         warnings.warn(note, AttnvizWarning, stacklevel=3)
-    tok = _tokenizer(located, tokenizer)
-    if tok.vocab_size > vocab:
-        raise InputError(f"the tokenizer ({tok.source}) has {tok.vocab_size} tokens but the "
-                         f"embedding only {vocab} rows: they are not of one model (see --tokenizer)")
+    tok = own_tokenizer(located, tokenizer)
+    check_vocabularies(tok, vocab)
     described = {"mode": "pretrained", "weights": str(origin), "layout": "huggingface",
                  **spec.describe(), "parameters": weights.parameters(),
                  "tokenizer": tok.describe()}
@@ -247,25 +226,6 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         described["notes"] = list(notes)
     return Checkpoint(spec=spec, weights=weights, source=origin, described=described,
                       tokenizer=tok, notes=notes)
-
-
-def _dtype(source: TensorSource, raw: dict) -> str:
-    if isinstance(source, SafetensorsSource):
-        return _DTYPES.get(source.dtype("embed_tokens.weight"), source.dtype("embed_tokens.weight"))
-    return str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
-
-
-def _tokenizer(located: Located, path):
-    from attnviz import tokenization
-
-    if path is not None:
-        return tokenization.load_tokenizer(Path(path))
-    folder = (located.config or located.weights[0]).parent
-    found = tokenization.find_tokenizer(folder)
-    if found is None:
-        raise InputError(f"{folder} has no tokenizer (tokenizer.json, or Llama 3's tokenizer.model); "
-                         "pass --tokenizer PATH with the model's own")
-    return tokenization.load_tokenizer(found)
 
 
 class LlamaWeights(WeightMap):
@@ -309,17 +269,14 @@ class LlamaWeights(WeightMap):
                   "attn.W_query.bias": (q,), "attn.W_key.bias": (kv,), "attn.W_value.bias": (kv,),
                   "attn.out_proj.bias": (d,), "mlp.gate.bias": (f,), "mlp.up.bias": (f,),
                   "mlp.down.bias": (d,), "attn.q_norm.weight": (s.head_dim,),
-                  "attn.k_norm.weight": (s.head_dim,)}
+                  "attn.k_norm.weight": (s.head_dim,), "attn_out_norm.weight": (d,),
+                  "mlp_out_norm.weight": (d,)}
         return {ours: shapes[ours] for ours in self.names}
 
     def check_shapes(self, layer: int, origin: Path) -> None:
-        for ours, shape in self._shapes().items():
-            key = f"layers.{layer}.{self.names[ours]}"
-            if key not in self.tensors:
-                raise InputError(f"{origin}: tensor model.{key} is missing")
-            if self.tensors.shape(key) != shape:
-                raise InputError(f"{origin}: tensor model.{key} has shape "
-                                 f"{self.tensors.shape(key)}, expected {shape}")
+        check_shapes(self.tensors, {f"layers.{layer}.{self.names[ours]}": shape
+                                    for ours, shape in self._shapes().items()},
+                     origin, lambda key: "model." + key)
 
     def block(self, layer: int, mlp: bool = True) -> dict[str, torch.Tensor]:
         return {ours: self.tensors.get(f"layers.{layer}.{theirs}")

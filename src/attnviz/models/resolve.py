@@ -20,6 +20,8 @@ class Located:
     weights: list[Path]  # one file, or the shards of an index
     config: Path | None  # config.json, when there is one
     origin: Path  # what to name in messages
+    repo: str | None = None  # the Hub repo id it came from (``org/name``), if any
+    revision: str | None = None  # and the revision asked for (``@step3000``), if any
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")
@@ -37,9 +39,13 @@ def resolve(weights: str, *, offline: bool = False, quiet: bool = True) -> Locat
     if looks_like_path or not _REPO_ID.fullmatch(weights):
         raise InputError(f"--weights {weights}: no such file or directory (nor a Hugging Face "
                          "repo id such as gpt2 or org/name)")
+    from dataclasses import replace
+
     from attnviz.models import hub
 
-    return _locate_path(hub.fetch(weights, offline=offline, quiet=quiet))
+    repo, revision = hub.split_revision(weights)
+    located = _locate_path(hub.fetch(weights, offline=offline, quiet=quiet))
+    return replace(located, repo=repo, revision=revision)
 
 
 def _locate_path(path: Path) -> Located:

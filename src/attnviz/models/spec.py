@@ -112,6 +112,8 @@ class ModelSpec:
     out_bias: bool = True
     mlp_bias: bool = True
     tied_embeddings: bool = True
+    parallel_residual: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX, Pythia)
+    sandwich_norms: bool = False  # a norm after the attention and after the MLP too (Gemma 2/3)
     dtype: str = "float32"  # what the file stores; attnviz computes in float32
     extra: dict = field(default_factory=dict, compare=False)  # family-specific facts for info
 
@@ -149,6 +151,10 @@ class ModelSpec:
             "gated_mlp": self.gated_mlp, "qkv_bias": self.qkv_bias,
             "tied_embeddings": self.tied_embeddings, "dtype": self.dtype,
         }
+        if self.parallel_residual:
+            described["parallel_residual"] = True
+        if self.sandwich_norms:
+            described["sandwich_norms"] = True
         if any(r is not None for r in ropes):
             distinct = {r for r in ropes if r is not None}
             described["rope"] = (next(iter(distinct)).describe() if len(distinct) == 1

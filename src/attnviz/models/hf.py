@@ -1,0 +1,94 @@
+"""What the readers of Hugging Face layouts share: typed config fields, the tensor source
+of the located files, the tensors' stored dtype, the checkpoint's own tokenizer, and the
+shape checks of a weight map."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from attnviz.errors import InputError
+from attnviz.models.resolve import Located
+from attnviz.models.sources import DictSource, SafetensorsSource, TensorSource, read_state_dict
+
+_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def field(raw: dict, name: str, where: Path, kind=int, default=None, minimum: int | None = 1):
+    """``raw[name]`` (or ``default``) checked to be a ``kind``: an int ≥ ``minimum``, a
+    positive float, or a bool (null counts as missing). A missing field without a default
+    is an error."""
+    value = raw.get(name)
+    value = default if value is None else value
+    if value is None:
+        if default is None and minimum is not None:
+            raise InputError(f"{where}: {name} is missing")
+        return None
+    if kind is int and (not isinstance(value, int) or isinstance(value, bool)
+                        or (minimum is not None and value < minimum)):
+        raise InputError(f"{where}: {name} must be an integer ≥ {minimum}, got {value!r}")
+    if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                          or not value > 0):
+        raise InputError(f"{where}: {name} must be a positive number, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise InputError(f"{where}: {name} must be true or false, got {value!r}")
+    return kind(value)
+
+
+def open_source(located: Located, rename: Callable[[str], str | None]) -> TensorSource:
+    """The located safetensors (lazily) or ``pytorch_model.bin`` (``weights_only``), under
+    the reader's names."""
+    first = located.weights[0]
+    if first.suffix == ".safetensors":
+        return SafetensorsSource(located.weights, rename)
+    state = read_state_dict(first)
+    return DictSource({n: v for k, v in state.items() if (n := rename(k)) is not None}, first)
+
+
+def stored_dtype(source: TensorSource, key: str, raw: dict) -> str:
+    """How ``key`` is stored (bfloat16, float16, float32): attnviz computes in float32."""
+    if isinstance(source, SafetensorsSource):
+        return _DTYPES.get(source.dtype(key), source.dtype(key))
+    return str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
+
+
+def own_tokenizer(located: Located, path, *, fallback=None):
+    """``--tokenizer PATH`` when given, else the tokenizer beside the checkpoint, else
+    ``fallback()`` (GPT-Neo: GPT-2's), else an error that says ``--tokenizer``."""
+    from attnviz import tokenization
+
+    if path is not None:
+        return tokenization.load_tokenizer(Path(path))
+    folder = (located.config or located.weights[0]).parent
+    found = tokenization.find_tokenizer(folder)
+    if found is not None:
+        return tokenization.load_tokenizer(found)
+    if fallback is not None:
+        return fallback()
+    raise InputError(f"{folder} has no tokenizer (tokenizer.json, or Llama 3's tokenizer.model); "
+                     "pass --tokenizer PATH with the model's own")
+
+
+def check_vocabularies(tokenizer, rows: int) -> None:
+    if tokenizer.vocab_size > rows:
+        raise InputError(f"the tokenizer ({tokenizer.source}) has {tokenizer.vocab_size} tokens but "
+                         f"the embedding only {rows} rows: they are not of one model (see --tokenizer)")
+
+
+def check_shapes(source: TensorSource, shapes: dict[str, tuple], origin: Path,
+                 shown: Callable[[str], str] = lambda key: key) -> None:
+    """Every tensor of ``shapes`` is there with that shape (``shown``: the file's name)."""
+    for key, shape in shapes.items():
+        if key not in source:
+            raise InputError(f"{origin}: tensor {shown(key)} is missing")
+        if source.shape(key) != shape:
+            raise InputError(f"{origin}: tensor {shown(key)} has shape {source.shape(key)}, "
+                             f"expected {shape}")
+
+
+def count_layers(source: TensorSource, prefix: str) -> int:
+    """How many blocks ``prefix + "N."`` the tensors hold."""
+    import re
+
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({int(m.group(1)) for k in source if (m := pattern.match(k))})
