@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import cells, colours, fonts, plot
+from attnviz import cells, colours, fonts, outdir, plot
 from attnviz.analysis import AttentionResult
 from attnviz.errors import InputError
 from attnviz.lines import LINES_MAX_TOKENS, LinesFigure
@@ -337,10 +337,10 @@ def test_rerun_removes_only_what_attnviz_wrote_before(tmp_path):
     one_layer.weights = one_layer.weights[:, :1]  # one head, one layer
     plot.write_heatmaps(one_layer, out)
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
-    assert names == [plot.MANIFEST, "head_00.png", "head_07.png", "heads.png", "notes.txt"]
+    assert names == [outdir.MANIFEST, "head_00.png", "head_07.png", "heads.png", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "head_07.png").read_bytes() == b"mine too"
-    manifest = json.loads((out / plot.MANIFEST).read_text())
+    manifest = json.loads((out / outdir.MANIFEST).read_text())
     assert manifest["files"] == ["head_00.png", "heads.png"]
     assert len(first) == 7
 
@@ -353,7 +353,7 @@ def test_a_tampered_manifest_never_deletes_other_files(tmp_path):
     (out / "notes.txt").write_text("mine")
     (out / "layer_03").mkdir()
     (out / "layer_03" / "head_00.png").symlink_to(outside)
-    (out / plot.MANIFEST).write_text(json.dumps(
+    (out / outdir.MANIFEST).write_text(json.dumps(
         {"files": ["../precious.png", "notes.txt", "/etc/passwd", "layer_03/head_00.png", 5]}))
     plot.write_heatmaps(fake_result(3), out)
     assert outside.read_bytes() == b"x" and (out / "notes.txt").exists()

@@ -427,9 +427,10 @@ def test_plot_writes_one_labelled_map_per_detector(cli, tmp_path, hf_checkpoint)
     result = cli("scan", *PROMPTS[:3], "--weights", hf_checkpoint, "--layer", "all", "--plot",
                  tmp_path / "maps", "--induction", "--quiet")
     assert result.exit_code == 0, result.stderr
-    names = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    names = sorted(p.name for p in (tmp_path / "maps").iterdir() if p.name != ".attnviz-manifest.json")
     assert names == ["duplicate_token_head.png", "first_token.png", "induction_head.png",
                      "induction_probe.png", "previous_token_head.png"]
+    assert (tmp_path / "maps" / ".attnviz-manifest.json").is_file()  # what the next run removes
     assert all((tmp_path / "maps" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
 
 

@@ -25,12 +25,9 @@ a shared label. A plain result (no window, no groups) is drawn exactly as before
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +59,11 @@ from attnviz.images import (
     new_figure,
     vector_bytes,
 )
+from attnviz.outdir import OutputFolder
 
 IMAGE_FORMATS = ("png", "svg", "pdf", "jpg")
 SUFFIX_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg"}
 ANNOTATE_MAX_TOKENS = 30  # --annotate: beyond this the numbers cannot be 8 pt in a sane figure
-MANIFEST = ".attnviz-manifest.json"
 _ENCODERS = 2  # threads compressing PNGs while the next picture is drawn
 _MIN_SIDE, _MAX_SIDE = 3.0, 11.0  # inches of heatmap per panel
 _MIN_FONT, _MAX_FONT = 6.0, 10.0  # points
@@ -962,39 +959,6 @@ class WrittenFile:
     head: int | None  # None for an overview grid
 
 
-_OWN_FILE = re.compile(r"(layer_\d+/)?(head_\d+|heads|model)\.(png|svg|pdf|jpg)")
-
-
-def read_manifest(out_dir: Path) -> set[str]:
-    """The files an earlier run wrote into ``out_dir`` (relative paths), as far as they
-    look like attnviz's own names; nothing when there is no readable manifest."""
-    try:
-        listed = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    return {name for name in listed if isinstance(name, str) and _OWN_FILE.fullmatch(name)}
-
-
-def remove_stale(out_dir: Path, earlier: set[str], current: set[str]) -> list[Path]:
-    """Delete what an earlier run wrote and this one did not (regular files only), then
-    any ``layer_NN`` folder left empty by that; returns the removed files."""
-    removed = []
-    for name in sorted(earlier - current):
-        path = out_dir / name
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
-            removed.append(path)
-    for folder in sorted({p.parent for p in removed if p.parent != out_dir}):
-        with suppress(OSError):
-            folder.rmdir()  # only when empty
-    return removed
-
-
-def write_manifest(out_dir: Path, names: set[str]) -> None:
-    write_bytes(out_dir / MANIFEST, (json.dumps({"written_by": "attnviz", "files": sorted(names)},
-                                                indent=1) + "\n").encode())
-
-
 def write_heatmaps(
     result: AttentionResult,
     out_dir: Path,
@@ -1016,7 +980,8 @@ def write_heatmaps(
     ``out_dir/layer_NN/...`` each, plus ``out_dir/model.<fmt>`` (layers x heads).
     ``view="lines"`` draws each head as lines from queries to keys (the overviews stay
     heatmaps). ``exclude_first_key`` is a view transform (see ``exclude_first``).
-    Files an earlier run wrote here and this one did not are removed (see MANIFEST).
+    Files an earlier run wrote here (even an interrupted one) and this one did not are
+    removed, and nothing else (see ``attnviz.outdir``).
     ``progress(stage, done, total)`` is called after each picture (see ``attnviz.progress``).
     """
     n_layers, n_heads = result.weights.shape[:2]
@@ -1051,7 +1016,11 @@ def write_heatmaps(
 
     for window in dict.fromkeys(windows):  # built (and their options checked) before any file
         figure_for(window)
-    earlier = read_manifest(out_dir)
+    folders = [f"layer_{layer:02d}/" if n_layers > 1 else "" for layer in result.layers]
+    planned = [f"{folder}{name}.{image_format}" for folder in folders
+               for name in [*(f"head_{h:02d}" for h in chosen), "heads"]]
+    # Listed before the first file is written: an interrupted run's files are known next time.
+    record = OutputFolder(out_dir, planned + ([f"model.{image_format}"] if n_layers > 1 else []))
     written = []
     total = n_layers * (len(chosen) + 1) + (n_layers > 1)
 
@@ -1082,6 +1051,7 @@ def write_heatmaps(
                              if result.grouped else None}
                 else:
                     extra = {"windows": [window]} if window is not None else {}
+                record.claim(f"{folders[li]}head_{h:02d}.{image_format}")
                 path = figure.save(folder / f"head_{h:02d}.{image_format}",
                                    [view_of(result.weights[li, h], window)], [text], writer,
                                    image_format, **extra)
@@ -1102,6 +1072,7 @@ def write_heatmaps(
                 overview.retile(overview_tiles(views, result.kv_heads), heads_title,
                                 [window] * len(overview.tiles))
             path = folder / f"heads.{image_format}"
+            record.claim(f"{folders[li]}heads.{image_format}")
             write_bytes(path, overview.to_bytes(image_format))
             written.append(WrittenFile(path, layer, None))
             drawn()
@@ -1113,6 +1084,7 @@ def write_heatmaps(
         tiles = [[(lambda w=w, window=window: view_of(w, window)) for w in layer]
                  for layer, window in zip(result.weights, windows)]
         row_names, col_names, breaks = _model_grid_names(result)
+        record.claim(f"model.{image_format}")
         path = save_grid(
             out_dir / f"model.{image_format}", tiles,
             titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
@@ -1123,7 +1095,5 @@ def write_heatmaps(
         written.append(WrittenFile(path, None, None))
         if progress:
             progress("Drawing", len(written), total)
-    current = {f.path.relative_to(out_dir).as_posix() for f in written}
-    remove_stale(out_dir, earlier, current)
-    write_manifest(out_dir, current)
+    record.finish(f.path.relative_to(out_dir).as_posix() for f in written)
     return written

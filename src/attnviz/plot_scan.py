@@ -4,11 +4,18 @@ without pyplot; files written atomically)."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 
+from attnviz.detectors import DETECTORS
 from attnviz.fileio import write_bytes
+from attnviz.outdir import OutputFolder
+from attnviz.stats import COLUMNS
+
+# The names a scan --plot folder can hold: one map per detector or statistic.
+SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe")) + r")\.png")
 
 MAX_ANNOTATED = 24  # cells per side that still hold a readable number
 
@@ -63,12 +70,17 @@ def figure_png(fig) -> bytes:
 
 def save_score_maps(out_dir: Path, maps: dict[str, tuple[np.ndarray, str]],
                     layers: list[int]) -> list[Path]:
-    """``out_dir/<name>.png`` for every ``name -> (scores (L, H), title)``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """``out_dir/<name>.png`` for every ``name -> (scores (L, H), title)``; the maps of an
+    earlier run (interrupted or not) that this one does not draw are removed, and nothing
+    else (see ``attnviz.outdir``)."""
+    record = OutputFolder(out_dir, [f"{name}.png" for name in maps], SCAN_MAPS)
     written = []
     for name, (scores, title) in maps.items():
         path = out_dir / f"{name}.png"
         label = "score" if name == "induction_probe" else "mean score over prompts"
-        write_bytes(path, figure_png(score_map_figure(scores, layers, title, label)))
+        png = figure_png(score_map_figure(scores, layers, title, label))
+        record.claim(path.name)
+        write_bytes(path, png)
         written.append(path)
+    record.finish(p.name for p in written)
     return written
