@@ -300,7 +300,16 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
     given = "n_heads" in config.explicit or config.n_heads != ModelConfig().n_heads
     n_heads = config.n_heads if given else None
     ckpt = models.load(weights, n_heads=n_heads, offline=config.offline,
-                       quiet=not config.progress, tokenizer=config.tokenizer)
+                       quiet=not config.progress, tokenizer=config.tokenizer,
+                       book_config=config.book_config, preset=config.book_preset)
+    if config.book_preset and not ckpt.layout.startswith("book-"):
+        import warnings
+
+        from attnviz.errors import AttnvizWarning
+
+        warnings.warn(f"--preset ignored: the checkpoint sets the model (a --preset such as "
+                      f"{config.book_preset!r} names a config for the book's state dicts)",
+                      AttnvizWarning, stacklevel=2)
     return Transformer(ckpt, device=device)
 
 

@@ -53,6 +53,10 @@ class ModelConfig:
     # --no-bos: do not prepend the beginning-of-sequence token the tokenizer adds.
     tokenizer: str | None = field(default=None, compare=False, repr=False)
     bos: bool = field(default=True, compare=False, repr=False)
+    # What a state dict of the book's Llama3Model / Qwen3Model / Gemma3Model does not record:
+    # --book-config cfg.json, or --preset naming one of the book's published configs.
+    book_config: str | None = field(default=None, compare=False, repr=False)
+    book_preset: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, flag in _SIZE_FLAGS.items():
@@ -76,7 +80,8 @@ class ModelConfig:
 
     def as_dict(self) -> dict:
         described = {**asdict(self), "head_dim": self.head_dim}
-        for run_option in ("explicit", "offline", "progress", "device", "tokenizer", "bos"):
+        for run_option in ("explicit", "offline", "progress", "device", "tokenizer", "bos",
+                           "book_config", "book_preset"):
             del described[run_option]
         if self.preset is None:
             del described["preset"]

@@ -59,9 +59,11 @@ LayerOpt = Annotated[
 ]
 PresetOpt = Annotated[
     str | None,
-    typer.Option("--preset", metavar="gpt2|gpt2-medium|gpt2-large|gpt2-xl",
-                 help="Random-mode sizes of a GPT-2 model (heads, d_model, context); explicit "
-                 "options win.", show_default=False),
+    typer.Option("--preset", metavar="NAME",
+                 help="Random mode: the sizes of gpt2, gpt2-medium, gpt2-large or gpt2-xl (heads, "
+                 "d_model, context; explicit options win). With --weights, a state dict of the "
+                 "book's classes: its published config (llama3.2-1b, llama3.2-3b, qwen3-0.6b, "
+                 "qwen3-1.7b, gemma3-270m).", show_default=False),
 ]
 OfflineOpt = Annotated[
     bool, typer.Option("--offline", help="Never use the network: a repo id must be in the local "
@@ -86,6 +88,12 @@ TokenizerOpt = Annotated[
     typer.Option("--tokenizer", metavar="PATH", help="The tokenizer for --weights: a "
                  "tokenizer.json, Llama 3's tokenizer.model, or a folder holding one (default: "
                  "the checkpoint's own; GPT-2's built in).", show_default=False),
+]
+BookConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--book-config", metavar="CFG.json", help="For a state dict of the book's "
+                 "Llama3Model, Qwen3Model or Gemma3Model: its configuration dict saved as JSON "
+                 "(the book's keys: emb_dim, n_heads, n_kv_groups, rope_base …).", show_default=False),
 ]
 BosOpt = Annotated[
     bool, typer.Option("--bos/--no-bos", help="Prepend the beginning-of-sequence token the "
@@ -183,10 +191,12 @@ _MODEL_OPTIONS = [
         ("threads", ThreadsOpt, None),
         ("tokenizer", TokenizerOpt, None),
         ("bos", BosOpt, True),
+        ("book_config", BookConfigOpt, None),
     )
 ]
-# Options that describe the random model: with --weights the checkpoint decides instead.
-_RANDOM_ONLY = ("d_model", "context_length", "qkv_bias", "impl", "preset")
+# Options that describe the random model: with --weights the checkpoint decides instead
+# (--preset then names a book config, for the book's state dicts).
+_RANDOM_ONLY = ("d_model", "context_length", "qkv_bias", "impl")
 
 
 def model_options(command):
@@ -205,11 +215,13 @@ def model_options(command):
                     if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
         quiet = bool(kwargs.get("quiet"))
         ignored = [n for n in _RANDOM_ONLY if n in explicit] if kwargs.get("weights") else []
+        book_preset = None
         if kwargs.get("weights"):
             # The checkpoint sets the model: the ignored random-mode sizes are not checked
             # either (a warning must not call an option ignored and then fail on it), and
             # --heads alone (for files that do not record the head count) is not checked
             # against the random-mode --d-model.
+            book_preset = values["preset"]
             values.update(d_model=values["heads"] * 64, context_length=1024, preset=None)
             explicit -= {"d_model", "context_length", "preset"}
         kwargs["config"] = ModelConfig.from_options(
@@ -225,11 +237,15 @@ def model_options(command):
             import torch
 
             torch.set_num_threads(values["threads"])
-        if values["tokenizer"] is not None and not kwargs.get("weights"):
-            raise InputError("--tokenizer goes with --weights: random mode reads GPT-2's tokens")
-        kwargs["config"] = replace(kwargs["config"], bos=values["bos"],
-                                   tokenizer=None if values["tokenizer"] is None
-                                   else str(values["tokenizer"]))
+        for name in ("tokenizer", "book_config"):
+            if values[name] is not None and not kwargs.get("weights"):
+                raise InputError(f"--{name.replace('_', '-')} goes with --weights: random mode "
+                                 "reads GPT-2's tokens and sizes")
+        kwargs["config"] = replace(
+            kwargs["config"], bos=values["bos"],
+            tokenizer=None if values["tokenizer"] is None else str(values["tokenizer"]),
+            book_config=None if values["book_config"] is None else str(values["book_config"]),
+            book_preset=book_preset)
         if ignored and not quiet:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")
