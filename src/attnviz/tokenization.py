@@ -723,7 +723,8 @@ def load_tokenizer(path: Path) -> Tokenizer:
         path = found
     elif not path.exists():
         raise InputError(
-            f"tokenizer {path} does not exist: pass --tokenizer PATH (a tokenizer.json or folder)"
+            f"tokenizer {path}: no such file or folder (--tokenizer takes a tokenizer.json, "
+            "Llama 3's tokenizer.model, or a folder holding one)"
         )
     try:
         stat = path.stat()

@@ -187,7 +187,8 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="attnviz",
-    help="See what the heads of GPT-2 style causal self-attention attend to: per-head "
+    help="See what the heads of causal self-attention attend to (GPT-2, Llama 3, Qwen, Mistral, "
+    "SmolLM, Pythia, GPT-Neo, Gemma, the book's models): per-head "
     "heatmap PNGs, head statistics, and JSON/CSV for scripts. Runs offline.",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
@@ -216,5 +217,5 @@ def _root(
                      help="Show the version and exit."),
     ] = False,
 ) -> None:
-    """See what the heads of GPT-2 style causal self-attention attend to."""
+    """See what the heads of causal self-attention attend to."""
 

@@ -96,8 +96,8 @@ def heatmap(
 
 
 def _config_summary(config: dict) -> dict:
-    keys = ("mode", "weights", "n_heads", "d_model", "head_dim", "context_length", "seed",
-            "qkv_bias", "impl", "layers")
+    keys = ("mode", "weights", "family", "revision", "n_heads", "n_kv_heads", "d_model",
+            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "layers")
     return {k: config[k] for k in keys if k in config}
 
 
