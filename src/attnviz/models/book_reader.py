@@ -602,7 +602,18 @@ class BookWeights(WeightMap):
                 out[ours] = 1.0 + tensor if self.kind == "Gemma3Model" and "norm" in ours else tensor
         return out
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        name = next((k for k in ("final_norm.weight", "final_norm.scale") if k in self.tensors), None)
+        if name is None:
+            return None
+        weight = self.tensors.get(name)
+        return {"weight": 1.0 + weight if self.kind == "Gemma3Model" else weight}
+
+    def unembedding(self) -> torch.Tensor | None:
+        key = "out_head.weight" if "out_head.weight" in self.tensors else "tok_emb.weight"
+        return self.tensors.get(key)
+
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         b, t = token_ids.shape
         table = self.tensors.tensors["tok_emb.weight"]  # rows first: a bf16 table stays bf16
         rows = table[token_ids.reshape(-1)].float().reshape(b, t, -1)  # (B, T, d)

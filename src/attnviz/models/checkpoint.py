@@ -26,10 +26,19 @@ class WeightMap:
         deepest layer asked for, whose MLP never runs."""
         raise NotImplementedError
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """``token_ids (B, T)`` -> ``(B, T, d)``: what enters block 0 (token embeddings,
-        plus learned positions where the model has them), reading only the rows used."""
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``token_ids (B, T)`` at positions ``start ..`` -> ``(B, T, d)``: what enters
+        block 0 (token embeddings, plus learned positions where the model has them),
+        reading only the rows used."""
         raise NotImplementedError
+
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        """The final norm's ``weight`` (and ``bias``), or None for a file without one."""
+        return None
+
+    def unembedding(self) -> torch.Tensor | None:
+        """``(V, d)``: the output head (or the tied embedding), or None without one."""
+        return None
 
     def parameters(self) -> int:
         import math

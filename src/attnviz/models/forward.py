@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from attnviz.models.activations import ACTIVATIONS
-from attnviz.models.checkpoint import Checkpoint
+from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
 
 
@@ -83,9 +83,10 @@ class Attention(nn.Module):
         self.mask: torch.Tensor | None = None  # (n, n) bool, set by the model (attention_mask)
         self.rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin), likewise
 
-    def project(self, x: torch.Tensor, stages: dict | None = None):
+    def project(self, x: torch.Tensor, stages: dict | None = None, start: int = 0):
         """``x (b, T, d)`` -> queries ``(b, nh, T, hd)``, keys and values ``(b, nkv, T, hd)``
-        as the scores use them: after QK-norm and the rotation, before the scale.
+        as the scores use them: after QK-norm and the rotation, before the scale. ``x``'s
+        tokens sit at positions ``start ..`` (a KV cache holds those before them).
         ``stages``, when given, receives the queries and keys before each of those steps."""
         b, num_tokens, _ = x.shape
         # (b, T, heads·hd) -> (b, T, heads, hd) -> (b, heads, T, hd)
@@ -102,15 +103,22 @@ class Attention(nn.Module):
             if stages is not None:
                 stages["queries_unrotated"], stages["keys_unrotated"] = queries, keys
             cos, sin = self.rope_tables
-            queries = apply_rope(queries, cos[:num_tokens], sin[:num_tokens])
-            keys = apply_rope(keys, cos[:num_tokens], sin[:num_tokens])
+            at = slice(start, start + num_tokens)
+            queries, keys = apply_rope(queries, cos[at], sin[at]), apply_rope(keys, cos[at], sin[at])
         return queries, keys, values
 
-    def heads_context(self, x: torch.Tensor, weights_out: torch.Tensor | None = None):
+    def heads_context(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
+                      cache: LayerCache | None = None):
         """The per-head context before ``out_proj``, concatenated: ``(b, T, nh·hd)``, and the
-        weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy)."""
+        weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy).
+        With ``cache``, ``x`` holds only the new tokens (after ``cache.length`` cached ones):
+        their keys and values join the cache, and the weights are their rows over every
+        position so far, ``(b, nh, T_new, T_cached + T_new)``."""
         b, num_tokens, _ = x.shape
-        queries, keys, values = self.project(x)
+        start = cache.length if cache is not None else 0
+        queries, keys, values = self.project(x, start=start)
+        if cache is not None:
+            keys, values = cache.append(keys, values)  # (b, nkv, start + T, hd)
         group = self.num_heads // self.num_kv_heads
         if group > 1:  # (b, nkv, T, hd) -> (b, nh, T, hd): each kv head serves `group` heads
             keys = keys.repeat_interleave(group, dim=1)
@@ -127,16 +135,56 @@ class Attention(nn.Module):
             attn_scores.mul_(self.scale)
         if self.softcap is not None:
             attn_scores.div_(self.softcap).tanh_().mul_(self.softcap)
-        attn_scores.masked_fill_(self.mask[:num_tokens, :num_tokens], float("-inf"))
+        end = start + num_tokens
+        attn_scores.masked_fill_(self.mask[start:end, :end], float("-inf"))
         attn_weights = torch.softmax(attn_scores, dim=-1, out=weights_out)
         del attn_scores  # a (T x T) temporary (without weights_out) goes before the next product
         context_vec = attn_weights @ values  # (b, nh, T, T) @ (b, nh, T, hd) -> (b, nh, T, hd)
         context_vec = context_vec.transpose(1, 2)  # (b, T, nh, hd)
         return context_vec.reshape(b, num_tokens, self.num_heads * self.head_dim), attn_weights
 
-    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None):
-        context_vec, attn_weights = self.heads_context(x, weights_out)
+    def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
+                cache: LayerCache | None = None):
+        context_vec, attn_weights = self.heads_context(x, weights_out, cache)
         return self.out_proj(context_vec), attn_weights  # (b, T, d), (b, nh, T, T)
+
+
+class LayerCache:
+    """One layer's keys and values so far (after QK-norm and RoPE), in buffers of
+    ``capacity`` positions grown by ``append``: a step costs its new tokens, not a copy of
+    the whole cache."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.keys: torch.Tensor | None = None  # (b, nkv, capacity, hd)
+        self.values: torch.Tensor | None = None
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor):
+        """Add ``(b, nkv, n, hd)`` keys and values; returns all so far, ``(b, nkv, length, hd)``."""
+        b, nkv, n, hd = keys.shape
+        if self.keys is None:
+            self.keys = keys.new_empty(b, nkv, max(self.capacity, n), hd)
+            self.values = values.new_empty(b, nkv, max(self.capacity, n), hd)
+        end = self.length + n
+        if end > self.keys.shape[2]:
+            raise ValueError(f"the KV cache holds {self.keys.shape[2]} positions, not {end}")
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    """The keys and values of every layer, for generation: pass it to
+    ``Transformer.decode`` step after step (``length``: positions cached)."""
+
+    def __init__(self, n_layers: int, capacity: int):
+        self.capacity = capacity
+        self.layers = [LayerCache(capacity) for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
 
 
 class MLP(nn.Module):
@@ -181,12 +229,13 @@ class Block(nn.Module):
         self.mlp_out_norm = _norm(spec) if spec.sandwich_norms else None
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                mlp: bool = True):
+                mlp: bool = True, cache: LayerCache | None = None):
         """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
         the weights are written into ``weights_out`` when given. ``mlp=False`` skips the
-        MLP (x_out is then None): the deepest block asked for needs only its attention."""
+        MLP (x_out is then None): the deepest block asked for needs only its attention.
+        ``cache``: see ``Attention.heads_context``."""
         attn_input = self.norm1(x)
-        attn_out, weights = self.attn(attn_input, weights_out)
+        attn_out, weights = self.attn(attn_input, weights_out, cache)
         if not mlp:
             return None, attn_input, weights
         if self.attn_out_norm is not None:
@@ -286,13 +335,13 @@ class Transformer:
     def describe(self) -> dict:
         return self.checkpoint.describe()
 
-    def load_blocks(self, n_blocks: int, progress=None) -> None:
+    def load_blocks(self, n_blocks: int, progress=None, whole: bool = False) -> None:
         """Read blocks ``0 .. n_blocks - 1`` (what is not read yet): the last one's attention
         only, since only its attention runs (a 1B model's first layer: 42 MB of float32, not
-        240 MB); ``progress(stage, done, total)`` is called after each."""
+        240 MB), unless ``whole``; ``progress(stage, done, total)`` is called after each."""
         weights = self.checkpoint.weights
         for i in range(n_blocks):
-            mlp = i + 1 < n_blocks
+            mlp = whole or i + 1 < n_blocks
             if i < len(self.blocks):
                 if mlp and not self.blocks[i].has_mlp:
                     self.blocks[i].add_mlp(weights.block(i))
@@ -307,7 +356,7 @@ class Transformer:
         """Give ``blocks`` masks and rotation tables for ``n_tokens`` positions, shared by
         the layers with the same window / RoPE (grown when a longer text comes)."""
         # GPT-2's masks cover its whole context (1 MB at 1024), as they always have;
-        # long-context models get them sized to the text.
+        # long-context models get them sized to the text (doubling, for generation).
         size = self.context_length if self.spec.positions == "learned" else n_tokens
         for block in blocks:
             attn = block.attn
@@ -323,9 +372,56 @@ class Transformer:
                         t.to(self.device) for t in attn.rope.tables(n_tokens))
                 attn.rope_tables = tables
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """``token_ids (B, T)`` -> ``(B, T, d)``, reading only the rows of the tables used."""
-        return self.checkpoint.weights.embed(token_ids).to(self.device)
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``token_ids (B, T)`` at positions ``start ..`` -> ``(B, T, d)``, reading only the
+        rows of the tables used."""
+        return self.checkpoint.weights.embed(token_ids, start).to(self.device)
+
+    @property
+    def can_predict(self) -> bool:
+        """Whether the checkpoint has what next-token logits need (final norm and head)."""
+        weights = self.checkpoint.weights
+        return type(weights).final_norm is not WeightMap.final_norm and weights.final_norm() is not None
+
+    def _head(self):
+        """``(final norm module, unembedding (V, d))``, read once."""
+        if getattr(self, "_head_parts", None) is None:
+            weights = self.checkpoint.weights
+            norm_tensors, unembedding = weights.final_norm(), weights.unembedding()
+            if norm_tensors is None or unembedding is None:
+                raise ValueError("the checkpoint has no final norm or output head")
+            with torch.device("meta"):
+                norm = _norm(self.spec)
+            for name, tensor in norm_tensors.items():
+                setattr(norm, name, nn.Parameter(tensor, requires_grad=False))
+            self._head_parts = (norm.to(self.device), unembedding.to(self.device))
+        return self._head_parts
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.n_layers, capacity)
+
+    @torch.inference_mode()
+    def decode(self, token_ids: torch.Tensor, cache: KVCache, keep: list[int] = (),
+               last_only: bool = True):
+        """Run ``token_ids (B, n)`` after the ``cache.length`` positions ``cache`` holds (its
+        keys and values grow by n): ``(logits (B, n or 1, V), {layer: weights (B, nh, n,
+        cache.length)})`` for the layers in ``keep`` — the new tokens' rows over every
+        position so far. ``last_only``: the logits of the last new token only."""
+        start, n = cache.length, token_ids.shape[1]
+        self.load_blocks(self.n_layers, whole=True)
+        self._prepare(max(start + n, cache.capacity), self.blocks)  # once, not every step
+        x = self.embed(token_ids, start)
+        rows, wanted = {}, set(keep)
+        for i, block in enumerate(self.blocks):
+            x, _, weights = block(x, cache=cache.layers[i])
+            if i in wanted:
+                rows[i] = weights
+        norm, unembedding = self._head()
+        hidden = norm(x[:, -1:] if last_only else x)
+        logits = hidden @ unembedding.T  # (B, n, d) @ (d, V) -> (B, n, V)
+        if self.spec.logit_softcap is not None:
+            logits = torch.tanh(logits / self.spec.logit_softcap) * self.spec.logit_softcap
+        return logits, rows
 
     def run(self, token_ids: torch.Tensor, layers: list[int],
             weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:

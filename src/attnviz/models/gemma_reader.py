@@ -140,6 +140,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         norm_eps=field(raw, "rms_norm_eps", where, float, default=1e-6), activation=activation,
         gated_mlp=True, qkv_bias=bias, out_bias=bias, mlp_bias=False,
         tied_embeddings=bool(raw.get("tie_word_embeddings", True)), sandwich_norms=True,
+        logit_softcap=raw.get("final_logit_softcapping", 30.0 if family == "gemma2" else None),
         dtype=stored_dtype(source, "embed_tokens.weight", raw),
         extra={"query_pre_attn_scalar": scalar},
         layers=tuple(LayerSpec(scale=scalar**-0.5, rope=ropes[t], softcap=softcap,
@@ -176,5 +177,9 @@ class GemmaWeights(LlamaWeights):
         tensors = super().block(layer, mlp)
         return {name: 1.0 + t if "norm" in name else t for name, t in tensors.items()}
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         return super().embed(token_ids) * torch.tensor(self.spec.d_model**0.5)
+
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        norm = super().final_norm()
+        return None if norm is None else {"weight": 1.0 + norm["weight"]}

@@ -141,7 +141,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
     tell (a lone .safetensors file, the book's GPTModel); otherwise it must agree.
     ``tokenizer``: another tokenizer than GPT-2's (``--tokenizer``)."""
     origin, first = located.origin, located.weights[0]
-    layout = "huggingface"
+    layout, head = "huggingface", None
     if first.suffix == ".safetensors":
         source: TensorSource = SafetensorsSource(located.weights, _hf_name)
         keys = source.keys()
@@ -153,6 +153,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
         if _is_book_layout(state):
             layout = "book"
             source = DictSource(_from_book(state, first), first)
+            head = state.get("out_head.weight")
         else:
             source = DictSource({n: v for k, v in state.items() if (n := _hf_name(k))}, first)
         keys = source.keys()
@@ -217,7 +218,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
             _expect(source, f"h.{i}.{name}", shape(n_embd, n_inner), origin)
     for note in notes:
         warnings.warn(note, AttnvizWarning, stacklevel=3)
-    return Checkpoint(spec=spec_of(config), weights=GPT2Weights(source), source=origin,
+    return Checkpoint(spec=spec_of(config), weights=GPT2Weights(source, head), source=origin,
                       described=_describe(config, source, origin, layout, notes),
                       tokenizer=_tokenizer(tokenizer), layout=layout, notes=notes)
 
@@ -288,11 +289,23 @@ class GPT2Weights(WeightMap):
             out[f"{ours}.bias"] = tensors.get(f"{prefix}{theirs}.bias")
         return out
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def __init__(self, tensors: TensorSource, head: torch.Tensor | None = None):
+        super().__init__(tensors)
+        self.head = head  # the book's out_head (untied); Hugging Face's GPT-2 ties it to wte
+
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         b, t = token_ids.shape
         tokens = self.tensors.rows("wte.weight", token_ids.reshape(-1).tolist()).reshape(b, t, -1)
-        positions = self.tensors.rows("wpe.weight", list(range(t)))  # (T, d)
+        positions = self.tensors.rows("wpe.weight", list(range(start, start + t)))  # (T, d)
         return tokens + positions
+
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        if "ln_f.weight" not in self.tensors:
+            return None
+        return {"weight": self.tensors.get("ln_f.weight"), "bias": self.tensors.get("ln_f.bias")}
+
+    def unembedding(self) -> torch.Tensor | None:
+        return self.head.float() if self.head is not None else self.tensors.get("wte.weight")
 
 
 def _expect(source: TensorSource, key: str, shape: tuple, origin: Path) -> None:

@@ -283,9 +283,16 @@ class LlamaWeights(WeightMap):
                 for ours, theirs in self.names.items()
                 if mlp or ours.startswith(("norm1.", "attn."))}
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         b, t = token_ids.shape
         rows = self.tensors.rows("embed_tokens.weight", token_ids.reshape(-1).tolist())
         return rows.reshape(b, t, -1)  # (B, T, d): no positions here, RoPE rotates q and k
+
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        return {"weight": self.tensors.get("norm.weight")} if "norm.weight" in self.tensors else None
+
+    def unembedding(self) -> torch.Tensor | None:
+        key = "lm_head.weight" if "lm_head.weight" in self.tensors else "embed_tokens.weight"
+        return self.tensors.get(key)
 
 

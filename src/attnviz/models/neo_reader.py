@@ -134,7 +134,15 @@ class NeoWeights(WeightMap):
                 out[ours + ".bias"] = self.tensors.get(f"{p}{theirs}.bias")
         return out
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         b, t = token_ids.shape
         tokens = self.tensors.rows("wte.weight", token_ids.reshape(-1).tolist()).reshape(b, t, -1)
-        return tokens + self.tensors.rows("wpe.weight", list(range(t)))
+        return tokens + self.tensors.rows("wpe.weight", list(range(start, start + t)))
+
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        if "ln_f.weight" not in self.tensors:
+            return None
+        return {"weight": self.tensors.get("ln_f.weight"), "bias": self.tensors.get("ln_f.bias")}
+
+    def unembedding(self) -> torch.Tensor | None:
+        return self.tensors.get("wte.weight")  # GPT-Neo ties its output head to wte

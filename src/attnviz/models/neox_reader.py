@@ -156,6 +156,15 @@ class NeoXWeights(WeightMap):
                     "mlp.proj.bias": get(p + "mlp.dense_4h_to_h.bias")}
         return out
 
-    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         b, t = token_ids.shape
         return self.tensors.rows("embed_in.weight", token_ids.reshape(-1).tolist()).reshape(b, t, -1)
+
+    def final_norm(self) -> dict[str, torch.Tensor] | None:
+        if "final_layer_norm.weight" not in self.tensors:
+            return None
+        return {"weight": self.tensors.get("final_layer_norm.weight"),
+                "bias": self.tensors.get("final_layer_norm.bias")}
+
+    def unembedding(self) -> torch.Tensor | None:
+        return self.tensors.get("embed_out.weight") if "embed_out.weight" in self.tensors else None

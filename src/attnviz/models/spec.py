@@ -114,6 +114,7 @@ class ModelSpec:
     tied_embeddings: bool = True
     parallel_residual: bool = False  # x + attn(norm1(x)) + mlp(norm2(x)) (GPT-NeoX, Pythia)
     sandwich_norms: bool = False  # a norm after the attention and after the MLP too (Gemma 2/3)
+    logit_softcap: float | None = None  # next-token logits -> c·tanh(logits / c) (Gemma 2)
     dtype: str = "float32"  # what the file stores; attnviz computes in float32
     extra: dict = field(default_factory=dict, compare=False)  # family-specific facts for info
 
