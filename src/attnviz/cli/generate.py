@@ -1,0 +1,203 @@
+"""`attnviz generate`: the model writes, and the attention of every token it writes is kept."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    DebugOpt,
+    FileOpt,
+    HeadOpt,
+    LayerOpt,
+    ModelOptions,
+    PictureOptions,
+    QuietOpt,
+    TextArg,
+    TokensOpt,
+    WeightsOpt,
+    check_file_target,
+    check_out_dir,
+    model_options,
+    picture_options,
+)
+from attnviz.errors import InputError
+from attnviz.inputs import read_text
+
+
+@app.command()
+@model_options
+@picture_options()
+def generate(
+    text: TextArg = None,
+    file: FileOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1,
+                                                help="Tokens to write at most.")] = 20,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample the next token (seeded by "
+                                         "--seed) instead of taking the most likely.")] = False,
+    temperature: Annotated[float, typer.Option("--temperature", help="With --sample: divide the "
+                                               "logits by this (> 0).")] = 1.0,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="With --sample: only the k "
+                                              "most likely tokens.", show_default=False)] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="With --sample: the smallest set "
+                                                "of tokens holding this probability, in (0, 1].",
+                                                show_default=False)] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Go on past the model's "
+                                             "end-of-sequence token.")] = False,
+    top_k_report: Annotated[int, typer.Option("--top-k-report", min=1, help="Alternatives "
+                                              "reported per step (JSON, report).")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the pictures of the "
+                                             "generated rows (per head, and the overview).",
+                                             show_default=False)] = None,
+    npz_path: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE.npz",
+                                                  help="Write the rows as .npz (see docs/generate.md).",
+                                                  show_default=False)] = None,
+    report_path: Annotated[Path | None, typer.Option("--report", metavar="PAGE.html",
+                                                     help="Write the offline report of the whole "
+                                                     "sequence.", show_default=False)] = None,
+    head: HeadOpt = None,
+    picture: PictureOptions = None,
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    layer: LayerOpt = None,
+    tokens: TokensOpt = None,
+    allow_special: AllowSpecialOpt = False,
+    fmt: Annotated[str, typer.Option("--format", help="table (the text) or json.")] = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Let the model continue TEXT and keep, for every token it writes, what each head
+    looked at when it wrote it (with a KV cache: one new token per step).
+
+    Prints the continuation as it comes on a terminal (all of it at the end when piped).
+    """
+    from attnviz.output import Output
+
+    if fmt not in ("table", "json"):
+        raise InputError(f"--format must be table or json, got {fmt!r}")
+    output = Output(fmt, quiet)
+    source = read_text(text, file)
+    from attnviz.generation import Sampling
+
+    sampling = Sampling(sample, temperature, top_k, top_p, config.seed)
+    sampling.check()
+    for path, option in ((npz_path, "--output"), (report_path, "--report")):
+        if path is not None:
+            check_file_target(path, option)
+    if out is not None:
+        picture.check()
+        check_out_dir(out)
+    if weights is None:
+        raise InputError("generation needs trained weights: random mode has no output head; "
+                         "pass --weights (a checkpoint or a Hub repo id such as gpt2)")
+    from attnviz.analysis import check_heads, check_text, encode_text, load_model, parse_layers
+    from attnviz.generation import TextStream, check_can_generate, continuation_text
+    from attnviz.generation import generate as run
+
+    check_text(source)
+    model = load_model(config, weights)
+    layers = parse_layers(layer or "all", model.n_layers)
+    check_heads(head, model.n_heads)
+    prompt_ids = encode_text(model, source, allow_special, bos=config.bos)
+    check_can_generate(model, len(prompt_ids), max_new_tokens)
+    tokenizer = model.tokenizer
+    live = fmt == "table" and sys.stdout.isatty()
+    stream = TextStream(tokenizer, lambda s: (sys.stdout.write(s), sys.stdout.flush())) if live else None
+    if live and not quiet:
+        sys.stdout.write(source)
+        sys.stdout.flush()
+    try:
+        result = run(model, prompt_ids, max_new_tokens, sampling=sampling, layers=layers,
+                     ignore_eos=ignore_eos, top_k_report=top_k_report, on_token=stream)
+    finally:
+        if stream is not None:
+            stream.close()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    written = _write_outputs(result, model, out, npz_path, report_path, picture, head, tokens)
+    continuation = continuation_text(tokenizer, result.new_ids)
+    if fmt == "json":
+        output.json(document(result, model, head, continuation, written))
+        return
+    if not live:
+        sys.stdout.write(continuation if quiet else source + continuation)
+        sys.stdout.write("\n")
+    output.message(f"{len(result.new_ids)} tokens written (stopped: {result.stopped}); "
+                   + "; ".join(f"wrote {w}" for w in written) if written else
+                   f"{len(result.new_ids)} tokens written (stopped: {result.stopped})")
+
+
+def _records(tokenizer, token_ids: list[int], first: int) -> list[dict]:
+    from attnviz.analysis import token_records
+
+    return token_records(token_ids, tokenizer.token_bytes(token_ids), first)
+
+
+def document(result, model, heads: list[int] | None, continuation: str, written: list[str]) -> dict:
+    """The JSON of `generate` (schema: docs/generate.md)."""
+    tokenizer, p = model.tokenizer, result.prompt_length
+    prompt = _records(tokenizer, result.prompt_ids, 0)
+    if model.tokenizer.bos_id is not None and result.prompt_ids[:1] == [model.tokenizer.bos_id]:
+        prompt[0]["bos"] = True
+    chosen = heads or list(range(result.rows.shape[1]))
+    steps = []
+    for g, record in enumerate(_records(tokenizer, result.new_ids, p)):
+        alternatives = [{**_records(tokenizer, [i], 0)[0], "probability": prob}
+                        for i, prob in result.alternatives[g]]
+        steps.append({
+            **record, "probability": result.probabilities[g],
+            "top_k": [{k: a[k] for k in ("id", "text", "label", "probability")} for a in alternatives],
+            # keys 0 .. P+g-1: what each head looked at when it wrote this token
+            "attention": [[result.rows[k, h, g, : p + g].tolist() for h in chosen]
+                          for k in range(len(result.layers))],
+        })
+    return {"prompt": {"tokens": prompt}, "generated": steps, "text": continuation,
+            "stopped": result.stopped, "layers": result.layers, "heads": chosen,
+            "config": result.config, **({"files": written} if written else {})}
+
+
+def _write_outputs(result, model, out, npz_path, report_path, picture, head, tokens) -> list[str]:
+    """The files asked for, each written whole (atomically) after generation."""
+    written = []
+    if npz_path is not None:
+        import numpy as np
+
+        from attnviz.fileio import atomic_write
+        from attnviz.npz import write_npz
+
+        with atomic_write(npz_path) as f:
+            write_npz(f, {
+                "rows": result.rows,  # (L, H, N, P + N), see docs/generate.md
+                "token_ids": np.asarray(result.token_ids, dtype=np.int64),
+                "tokens": np.asarray([t["text"] for t in _records(model.tokenizer, result.token_ids, 0)],
+                                     dtype=str),
+                "prompt_length": np.asarray(result.prompt_length, dtype=np.int64),
+                "layers": np.asarray(result.layers, dtype=np.int64),
+                "probabilities": np.asarray(result.probabilities, dtype=np.float32),
+            })
+        written.append(str(npz_path))
+    labels = None
+    if out is not None or report_path is not None:
+        from attnviz.tokenizer import token_label
+
+        labels = [token_label(raw) for raw in model.tokenizer.token_bytes(result.token_ids)]
+    extras = {"windows": [model.window(i) for i in result.layers], "kv_heads": list(model.kv_heads)}
+    if out is not None:
+        from attnviz import plot, plot_generate
+
+        files = plot_generate.write_generation_pictures(
+            result, labels, out, heads=head, cmap=picture.cmap, dpi=picture.dpi,
+            scale=picture.scale, image_format=plot.image_format(None, picture.image_format),
+            exclude_first_key=picture.exclude_first, tokens=tokens, **extras)
+        written.append(f"{len(files)} pictures to {out}")
+    if report_path is not None:
+        from attnviz import report
+
+        report.write_generation_report(result, labels, report_path, tokenizer=model.tokenizer, **extras)
+        written.append(str(report_path))
+    return written
