@@ -171,3 +171,81 @@ def test_a_prompt_at_the_context_length_is_refused(cli, tmp_path):
     folder = make_family_checkpoint(tmp_path / "tiny-context", "llama", max_position_embeddings=8)
     result = cli("generate", "the cat sat on the mat and the dog", "--weights", folder)
     assert result.exit_code == 2 and "no room to generate" in result.stderr
+
+
+def make_induction_model(folder, vocab: int = 300, n_positions: int = 64, seed: int = 0):
+    """A two-layer GPT-Neo (no score scaling, learned positions) built by hand: layer 0's
+    head looks at the previous position and copies that token's embedding into a second
+    block of the residual stream; layer 1's head matches the current token against it
+    (finding the position after its previous occurrence) and copies that position's token
+    into the first block, which the tied unembedding reads. It predicts the token that
+    followed the current one last time: an induction model. MLPs are zero."""
+    from safetensors.torch import save_file
+
+    e, p = 256, n_positions  # e: token block (and its copy), p: one-hot positions
+    d = 2 * e + p
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(vocab, e, generator=generator) / e**0.5  # ~unit, nearly orthogonal
+    wte = torch.zeros(vocab, d)
+    wte[:, :e] = tokens
+    wpe = torch.zeros(n_positions, d)
+    wpe[:, 2 * e:] = torch.eye(p)
+    token_block, copy_block, position_block = slice(0, e), slice(e, 2 * e), slice(2 * e, d)
+
+    def linear(rows: slice, cols: slice, matrix: torch.Tensor) -> torch.Tensor:
+        w = torch.zeros(d, d)
+        w[rows, cols] = matrix
+        return w
+
+    shift = torch.zeros(p, p)
+    shift[torch.arange(p - 1), torch.arange(1, p)] = 1.0  # position i -> i - 1
+    tensors = {"transformer.wte.weight": wte, "transformer.wpe.weight": wpe,
+               "transformer.ln_f.weight": torch.ones(d), "transformer.ln_f.bias": torch.zeros(d)}
+    layers = {
+        # layer 0: the query at i is position i-1, the keys are positions: the previous token
+        0: dict(q=linear(position_block, position_block, shift),
+                k=linear(position_block, position_block, torch.eye(p)),
+                v=linear(copy_block, token_block, torch.eye(e)), o=torch.eye(d) / 16),
+        # layer 1: the query is the current token (moved to the copy block), the keys are the
+        # copies of the previous tokens: the position after the previous occurrence
+        1: dict(q=linear(copy_block, token_block, torch.eye(e)),
+                k=linear(copy_block, copy_block, torch.eye(e)),
+                v=linear(token_block, token_block, torch.eye(e)), o=torch.eye(d) * 0.4),
+    }
+    for i, w in layers.items():
+        h = f"transformer.h.{i}."
+        tensors |= {h + "ln_1.weight": torch.ones(d), h + "ln_1.bias": torch.zeros(d),
+                    h + "ln_2.weight": torch.ones(d), h + "ln_2.bias": torch.zeros(d),
+                    h + "attn.attention.q_proj.weight": w["q"], h + "attn.attention.k_proj.weight": w["k"],
+                    h + "attn.attention.v_proj.weight": w["v"], h + "attn.attention.out_proj.weight": w["o"],
+                    h + "attn.attention.out_proj.bias": torch.zeros(d),
+                    h + "mlp.c_fc.weight": torch.zeros(4 * d, d), h + "mlp.c_fc.bias": torch.zeros(4 * d),
+                    h + "mlp.c_proj.weight": torch.zeros(d, 4 * d), h + "mlp.c_proj.bias": torch.zeros(d)}
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "gpt_neo", "hidden_size": d, "num_heads": 1, "num_layers": 2,
+        "attention_types": [[["global"], 2]], "window_size": 256, "vocab_size": vocab,
+        "max_position_embeddings": n_positions, "intermediate_size": 4 * d,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}))
+    from helpers import write_bpe_tokenizer
+
+    write_bpe_tokenizer(folder, vocab_size=vocab, bos=None)
+    return folder
+
+
+def test_an_induction_model_writes_the_copy_and_its_rows_peak_after_the_earlier_occurrence(tmp_path):
+    folder = make_induction_model(tmp_path / "induction")
+    model = load_model(None, str(folder))
+    first = np.random.default_rng(5).choice(np.arange(2, 300), size=12, replace=False).tolist()
+    prompt = first + first[:4]  # ... the pattern again: the model should go on copying it
+    result = generate(model, prompt, 8, ignore_eos=True)
+    assert result.new_ids == first[4:12]
+    p = result.prompt_length
+    for g in range(len(result.new_ids)):
+        query = p + g - 1  # the position that wrote token g holds a copy of first[(query) % 12]
+        earlier = query - 12  # the same token, one period before
+        row = result.rows[1, 0, g]  # layer 1: the induction head
+        assert int(row.argmax()) == earlier + 1 and row.max() > 0.9
+        previous = result.rows[0, 0, g]  # layer 0: the previous-token head
+        assert int(previous.argmax()) == query - 1
