@@ -23,11 +23,10 @@ from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.hf import (
     check_shapes,
-    check_vocabularies,
     count_layers,
     field,
+    hf_checkpoint,
     open_source,
-    own_tokenizer,
     stored_dtype,
 )
 from attnviz.models.llama_reader import ROPE_TYPES, LlamaWeights, refuse_unsupported
@@ -152,13 +151,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         check_shapes(source, {f"layers.{i}.{weights.names[ours]}": shape
                               for ours, shape in weights.shapes().items()},
                      origin, lambda key: "model." + key)
-    tok = own_tokenizer(located, tokenizer)
-    check_vocabularies(tok, vocab)
-    described = {"mode": "pretrained", "weights": str(origin), "layout": "huggingface",
-                 **spec.describe(), "parameters": weights.parameters(),
-                 "tokenizer": tok.describe()}
-    return Checkpoint(spec=spec, weights=weights, source=origin, described=described,
-                      tokenizer=tok)
+    return hf_checkpoint(located, spec, weights, tokenizer)
 
 
 class GemmaWeights(LlamaWeights):

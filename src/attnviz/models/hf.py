@@ -92,3 +92,20 @@ def count_layers(source: TensorSource, prefix: str) -> int:
 
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({int(m.group(1)) for k in source if (m := pattern.match(k))})
+
+
+def hf_checkpoint(located: Located, spec, weights, tokenizer_path, *, fallback=None,
+                  extra: dict | None = None, notes: list[str] = ()):
+    """The ``Checkpoint`` of a Hugging Face layout: its own tokenizer (``own_tokenizer``),
+    checked against the embedding, and the description ``info`` and every result show."""
+    from attnviz.models.checkpoint import Checkpoint
+
+    tok = own_tokenizer(located, tokenizer_path, fallback=fallback)
+    check_vocabularies(tok, spec.vocab_size)
+    described = {"mode": "pretrained", "weights": str(located.origin), "layout": "huggingface",
+                 **spec.describe(), **(extra or {}), "parameters": weights.parameters(),
+                 "tokenizer": tok.describe()}
+    if notes:
+        described["notes"] = list(notes)
+    return Checkpoint(spec=spec, weights=weights, source=located.origin, described=described,
+                      tokenizer=tok, notes=list(notes))

@@ -31,11 +31,10 @@ from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import (
     check_shapes,
-    check_vocabularies,
     count_layers,
     field,
+    hf_checkpoint,
     open_source,
-    own_tokenizer,
     stored_dtype,
 )
 from attnviz.models.resolve import Located
@@ -217,15 +216,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         notes.append(f"--heads {n_heads} ignored: {where.name} says num_attention_heads={heads}")
     for note in notes:
         warnings.warn(note, AttnvizWarning, stacklevel=3)
-    tok = own_tokenizer(located, tokenizer)
-    check_vocabularies(tok, vocab)
-    described = {"mode": "pretrained", "weights": str(origin), "layout": "huggingface",
-                 **spec.describe(), "parameters": weights.parameters(),
-                 "tokenizer": tok.describe()}
-    if notes:
-        described["notes"] = list(notes)
-    return Checkpoint(spec=spec, weights=weights, source=origin, described=described,
-                      tokenizer=tok, notes=notes)
+    return hf_checkpoint(located, spec, weights, tokenizer, notes=notes)
 
 
 class LlamaWeights(WeightMap):

@@ -16,11 +16,10 @@ from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import (
     check_shapes,
-    check_vocabularies,
     count_layers,
     field,
+    hf_checkpoint,
     open_source,
-    own_tokenizer,
     stored_dtype,
 )
 from attnviz.models.resolve import Located
@@ -93,13 +92,8 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         check_shapes(source, weights.shapes(i), origin, lambda key: "transformer." + key)
     from attnviz.tokenization import gpt2_tokenizer
 
-    tok = own_tokenizer(located, tokenizer, fallback=gpt2_tokenizer)
-    check_vocabularies(tok, vocab)
-    described = {"mode": "pretrained", "weights": str(origin), "layout": "huggingface",
-                 **spec.describe(), "attention_layers": kinds, "parameters": weights.parameters(),
-                 "tokenizer": tok.describe()}
-    return Checkpoint(spec=spec, weights=weights, source=origin, described=described,
-                      tokenizer=tok)
+    return hf_checkpoint(located, spec, weights, tokenizer, fallback=gpt2_tokenizer,
+                         extra={"attention_layers": kinds})
 
 
 class NeoWeights(WeightMap):

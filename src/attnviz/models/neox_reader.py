@@ -21,11 +21,10 @@ from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import (
     check_shapes,
-    check_vocabularies,
     count_layers,
     field,
+    hf_checkpoint,
     open_source,
-    own_tokenizer,
     stored_dtype,
 )
 from attnviz.models.resolve import Located
@@ -102,13 +101,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
     weights = NeoXWeights(source, spec)
     for i in range(n_layers):
         check_shapes(source, weights.shapes(i), origin, lambda key: "gpt_neox." + key)
-    tok = own_tokenizer(located, tokenizer)
-    check_vocabularies(tok, vocab)
-    described = {"mode": "pretrained", "weights": str(origin), "layout": "huggingface",
-                 **spec.describe(), "parameters": weights.parameters(),
-                 "tokenizer": tok.describe()}
-    return Checkpoint(spec=spec, weights=weights, source=origin, described=described,
-                      tokenizer=tok)
+    return hf_checkpoint(located, spec, weights, tokenizer)
 
 
 class NeoXWeights(WeightMap):
