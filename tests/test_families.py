@@ -332,3 +332,49 @@ def test_a_gated_family_repo_says_hf_token(tmp_path, checkpoints):
                          tmp_path / "out", env=hub_env(tmp_path, hub.url))
     assert result.returncode == 2 and "HF_TOKEN" in result.stderr and "gated" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+OFFLINE_RUNS = r"""
+import json, sys
+from typer.testing import CliRunner
+from attnviz.cli import app
+repo, out = sys.argv[1], sys.argv[2]
+text = "When Mary and John went to the store, John gave a drink to Mary."
+runs = {
+    "heatmap": ["heatmap", text, "--weights", repo, "--layer", "all", "--out", out + "/h", "-q"],
+    "compare-heads": ["compare-heads", text, "--weights", repo, "--format", "json"],
+    "report": ["report", text, "--weights", repo, "--layer", "all", "-o", out + "/r.html", "-q"],
+    "scan": ["scan", text, "the cat sat on the mat", "--weights", repo, "--layer", "all", "-q"],
+    "steps": ["steps", text, "--weights", repo, "--head", "1", "--output", out + "/s.png", "-q"],
+    "export": ["export", text, "--weights", repo, "--layer", "all", "-o", out + "/e.npz", "-q"],
+}
+print(json.dumps({name: [r.exit_code, r.stderr[-300:]] for name, args in runs.items()
+                  for r in [CliRunner().invoke(app, args)]}))
+"""
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-llama3-scaling", "qwen3-qknorm-bf16",
+                                  "mistral-window", "smollm3-nope-window"])
+def test_each_family_from_the_hub_downloads_once_then_every_command_runs_offline(
+        tmp_path, checkpoints, name):
+    import subprocess
+    import sys
+
+    from hub_server import HubServer, Repo
+    from test_hub import attnviz, hub_env
+
+    repo_id = f"org/{name}"
+    with HubServer({repo_id: Repo.from_folder(checkpoints[name])}) as hub:
+        env = hub_env(tmp_path, hub.url)
+        first = attnviz("info", "--weights", repo_id, "--format", "json", env=env)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["tokenizer"]["kind"] == "tokenizer.json"
+        before = len(hub.requests)
+        offline = subprocess.run([sys.executable, "-c", OFFLINE_RUNS, repo_id, str(tmp_path)],
+                                 env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                                 text=True, timeout=600)
+        assert offline.returncode == 0, offline.stderr
+        assert len(hub.requests) == before  # not one request after the first run
+    results = json.loads(offline.stdout.strip().splitlines()[-1])
+    assert {command: code for command, (code, _) in results.items()} == dict.fromkeys(results, 0), results
+    assert (tmp_path / "r.html").is_file() and (tmp_path / "e.npz").is_file()
