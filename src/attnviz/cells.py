@@ -9,6 +9,12 @@ the keys outside it (``j <= i - W``) are masked too and get a second colour of t
 and keys at the same absolute positions, so ``i - j`` — all the window test reads — is
 the same in the cut as in the whole text.
 
+Rows that are not the columns' own queries (``offset``, the generated rows of
+``attnviz.plot_generate``: ``(N, P + N)``, row ``g`` the query at position ``P + g - 1``)
+are masked the same way: row ``r`` is the query at column ``r + offset``, the keys after it
+masked as the future and those outside its window as outside. ``offset=0`` and a square
+array are the plain head, drawn as before.
+
 Pictures never hide a weight: when a heatmap has fewer pixels than cells, each pixel
 shows the **maximum** of the block of cells it covers (masked cells left out), so a
 weight of 1.0 stays visible at any size, and the figure says so (``pool_note``).
@@ -17,6 +23,7 @@ weight of 1.0 stays visible at any size, and the figure says so (``pool_note``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -25,11 +32,20 @@ from matplotlib.colors import Colormap, Normalize, to_rgba
 from attnviz.colours import normalized
 
 
-def masked(weights: np.ndarray, window: int | None = None) -> np.ma.MaskedArray:
+def masked(weights: np.ndarray, window: int | None = None,
+           offset: int = 0) -> np.ma.MaskedArray:
     """``(T, T)`` weights with the causal future (above the diagonal) masked and, with a
     sliding ``window`` W, the keys outside it (``j <= i - W``); a masked array keeps its
-    own mask (the window's added to it)."""
-    n = weights.shape[-1]
+    own mask (the window's added to it). ``(R, C)`` rows whose row ``r`` is the query at
+    column ``r + offset`` (``offset``; see the module docstring) are masked the same way."""
+    rows, n = weights.shape[-2], weights.shape[-1]
+    if offset or rows != n:
+        if isinstance(weights, np.ma.MaskedArray):
+            if window is None or window >= rows + offset:
+                return weights
+            return np.ma.masked_array(np.ma.getdata(weights), mask=np.ma.getmaskarray(weights)
+                                      | staircase_mask(rows, n, offset, window))
+        return np.ma.masked_array(weights, mask=staircase_mask(rows, n, offset, window).copy())
     if isinstance(weights, np.ma.MaskedArray):
         if window is None or window >= n:
             return weights
@@ -38,6 +54,19 @@ def masked(weights: np.ndarray, window: int | None = None) -> np.ma.MaskedArray:
     # A copy of a cached mask: a memcpy, ~30x cheaper than np.triu, and still the head's own.
     mask = causal_mask(n) if window is None or window >= n else window_mask(n, window)
     return np.ma.masked_array(weights, mask=mask.copy())
+
+
+@lru_cache(maxsize=8)
+def staircase_mask(rows: int, cols: int, offset: int, window: int | None = None) -> np.ndarray:
+    """``(rows, cols)`` bool: True at the keys after row ``r``'s query (column ``r + offset``)
+    and, with a sliding ``window``, at those outside it; one read-only array per shape."""
+    query = np.arange(rows)[:, None] + offset
+    keys = np.arange(cols)[None, :]
+    mask = keys > query
+    if window is not None:
+        mask |= keys <= query - window
+    mask.flags.writeable = False
+    return mask
 
 
 @lru_cache(maxsize=4)
@@ -65,17 +94,20 @@ def outside_window(last_rows: np.ndarray, first_cols: np.ndarray, window: int) -
     return first_cols[None, :] <= last_rows[:, None] - window
 
 
-def exclude_first(weights: np.ndarray, window: int | None = None) -> np.ma.MaskedArray:
+def exclude_first(weights: np.ndarray, window: int | None = None,
+                  offset: int = 0) -> np.ma.MaskedArray:
     """View transform for heads whose first-token sink drowns the rest: key 0 dropped
     (masked) and each row renormalised over keys 1..i (those of its sliding ``window``,
     when there is one; the others stay masked); row 0 has no key left and is masked
-    whole. ``(T, T)`` -> ``(T, T)``; the input is not changed."""
-    view = masked(np.asarray(weights, dtype=np.float64), window).copy()
+    whole. ``(T, T)`` -> ``(T, T)``; the input is not changed. ``offset``: rows that are
+    not the columns' own queries (see ``masked``); a row whose only key is 0 is masked whole."""
+    view = masked(np.asarray(weights, dtype=np.float64), window, offset).copy()
     view[:, 0] = np.ma.masked
     sums = view.sum(axis=1, keepdims=True)  # masked row 0 -> masked sum
     with np.errstate(invalid="ignore", divide="ignore"):
         out = view / sums
-    out[0, :] = np.ma.masked
+    if offset <= 0:
+        out[: 1 - offset, :] = np.ma.masked
     return np.ma.masked_array(np.ma.getdata(out).astype(np.float32), mask=np.ma.getmaskarray(out))
 
 
@@ -90,13 +122,14 @@ def _axis_plan(n_cells: int, n_px: int) -> tuple[np.ndarray, bool]:
 
 def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Colormap,
                norm: Normalize, window: int | None = None,
-               outside_color: str | None = None) -> np.ndarray:
+               outside_color: str | None = None, offset: int = 0) -> np.ndarray:
     """``(R, C)`` cell values as an ``(height, width)`` image of RGBA words (uint32):
     block maximum where pixels are fewer than cells (masked cells left out; a block is
     masked only when all its cells are), nearest neighbour where they are more. With a
     sliding ``window`` (``values`` masked by ``masked(weights, window)``), a masked block
     holding cells outside the window is drawn in ``outside_color`` rather than the
-    colormap's "bad" colour; a block with a visible cell shows its weights."""
+    colormap's "bad" colour; a block with a visible cell shows its weights. ``offset``:
+    row ``r`` is the query at column ``r + offset`` (see ``masked``)."""
     rows, pool_rows = _axis_plan(values.shape[0], height)
     cols, pool_cols = _axis_plan(values.shape[1], width)
     if pool_rows or pool_cols:
@@ -113,18 +146,44 @@ def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Col
     with np.errstate(invalid="ignore"):  # whatever a masked cell holds is never shown
         words = colormap(normalized(norm, data), bytes=True).view(np.uint32)[..., 0]  # (r, c)
     words[hidden] = colormap(np.ma.masked_all(1), bytes=True).view(np.uint32)[0, 0]
-    if window is not None and window < values.shape[0]:
+    if window is not None and window < values.shape[0] + offset:
         # Per row of ``words``: its last query; per column: its first key (blocks or cells).
         last_rows = np.append(rows[1:], values.shape[0]) - 1 if pool_rows else np.arange(
             values.shape[0])
         first_cols = cols if pool_cols else np.arange(values.shape[1])
-        outside = hidden & outside_window(last_rows, first_cols, window)
+        outside = hidden & outside_window(last_rows + offset, first_cols, window)
         words[outside] = rgba_word(outside_color)
     if not pool_rows:
         words = words.take(rows, axis=0)  # nearest cell for each pixel row
     if not pool_cols:
         words = words.take(cols, axis=1)
     return np.ascontiguousarray(words)
+
+
+def boundary_left(before: int, n_cols: int, width: int, line_px: int) -> int:
+    """Pixels left of the line ``boundary_words`` draws before column ``before``."""
+    return max(1, min(width - line_px - 1, round(before * (width - line_px) / n_cols)))
+
+
+def boundary_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Colormap,
+                   norm: Normalize, before: int, line: Sequence[np.uint32],
+                   window: int | None = None, outside_color: str | None = None,
+                   offset: int = 0) -> np.ndarray:
+    """``cell_words`` with a line of ``len(line)`` pixel columns (their colours) between
+    columns ``before - 1`` and ``before``: the columns on each side get their own pixels
+    (``boundary_left``), so the line covers no cell at any size."""
+    n_cols = values.shape[1]
+    if not 0 < before < n_cols or width < len(line) + 2:
+        return cell_words(values, height, width, colormap, norm, window, outside_color, offset)
+    left = boundary_left(before, n_cols, width, len(line))
+    words = np.empty((height, width), dtype=np.uint32)
+    words[:, :left] = cell_words(values[:, :before], height, left, colormap, norm, window,
+                                 outside_color, offset)
+    words[:, left : left + len(line)] = np.asarray(line, dtype=np.uint32)[None, :]
+    words[:, left + len(line):] = cell_words(values[:, before:], height, width - left - len(line),
+                                             colormap, norm, window, outside_color,
+                                             offset - before)
+    return words
 
 
 def rgba_word(color: str) -> np.uint32:
@@ -154,6 +213,24 @@ def pool_note(n_cells: int, n_px: int) -> str:
         return ""
     k = math.ceil(n_cells / n_px)
     return f"each pixel: max of {'' if n_cells % n_px == 0 else 'up to '}{k}×{k} cells"
+
+
+def pool_note_cells(n_rows: int, n_cols: int, rows_px: int, cols_px: int) -> str:
+    """``pool_note`` of ``n_rows`` x ``n_cols`` cells shown on ``rows_px`` x ``cols_px``
+    pixels: 'each pixel: max of up to 1×4 cells' (rows first), or ''."""
+    if n_rows <= rows_px and n_cols <= cols_px:
+        return ""
+    k_rows = math.ceil(n_rows / rows_px) if n_rows > rows_px else 1
+    k_cols = math.ceil(n_cols / cols_px) if n_cols > cols_px else 1
+    exact = all(n <= px or n % px == 0 for n, px in ((n_rows, rows_px), (n_cols, cols_px)))
+    return f"each pixel: max of {'' if exact else 'up to '}{k_rows}×{k_cols} cells"
+
+
+def first_pixel(cell: int, n_cells: int, n_px: int) -> int:
+    """The first of ``n_px`` pixels (along one axis of ``n_cells`` cells, as ``cell_words``
+    lays them out) that shows ``cell`` or a later one: where a line before ``cell`` goes."""
+    plan, _ = _axis_plan(n_cells, n_px)
+    return int(np.searchsorted(plan, cell))
 
 
 def pool(weights: np.ndarray, max_cells: int) -> np.ma.MaskedArray:

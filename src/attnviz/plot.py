@@ -21,6 +21,12 @@ outside the window masked in a second colour (``colours.outside_color``) and say
 "window W" in its titles; grouped-query heads (``AttentionResult.kv_heads``) name their
 key/value head ("head 5 · kv 1") and the overview lays each kv group out together under
 a shared label. A plain result (no window, no groups) is drawn exactly as before.
+
+Generated rows (``PanelRows``, used by ``attnviz.plot_generate``): panels and tiles of
+``(R, C)`` rows that are not the columns' own queries — row ``r`` the query at column
+``r + offset`` — labelled with their own labels, with a white line between two pixel
+columns of its own at the prompt/generated boundary (it covers no cell) and the generated
+tokens' labels coloured. Without it every picture is the square one, byte for byte.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -38,7 +45,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from attnviz.analysis import AttentionResult
-from attnviz.cells import cell_words, exclude_first, masked, pool_note
+from attnviz.cells import (
+    boundary_words,
+    cell_words,
+    exclude_first,
+    masked,
+    pool_note,
+    pool_note_cells,
+    rgba_word,
+)
 from attnviz.colours import (
     check_cmap,
     colorbar,
@@ -75,6 +90,13 @@ _LEGEND_FONT = 7.0  # points: the names beside the mask swatches
 _GROUP_BREAK_IN = 0.25  # extra room between two kv groups side by side in a grid
 _GROUP_LABEL_IN = 0.2  # room for a kv group's shared label above its tiles' titles
 _GROUP_ROW_MAX = 8  # at most this many heads of whole kv groups on one row of the overview
+# The line between the prompt's columns and the generated ones: pixel columns of its own
+# between the cells (cells.boundary_words), so it covers none.
+BOUNDARY_LINE = ("#ffffff", "#ffffff")
+_GENERATED_COLOR = "#c2185b"  # the generated tokens' labels
+_ROW_MIN_IN = 0.28  # a generated row is at least this tall, so its label can be read
+_MIN_ROWS_IN = 0.8  # a panel of few rows: room for its axis name on two lines
+_MIN_CBAR_IN = 2.0  # colorbar and legend beside a short panel
 
 
 # ---------------------------------------------------------------------------- checks
@@ -226,6 +248,10 @@ def overview_plan(n_heads: int, kv_heads: Sequence[int] = ()) -> OverviewPlan:
 # ---------------------------------------------------------------------------- heatmaps
 
 
+def _boundary_line() -> list[np.uint32]:
+    return [rgba_word(color) for color in BOUNDARY_LINE]
+
+
 def _word(rgba: Sequence[int]) -> np.uint32:
     return np.array(rgba, dtype=np.uint8).view(np.uint32)[0]
 
@@ -259,6 +285,21 @@ def _grid_shape(n_panels: int, max_cols: int = 4) -> tuple[int, int]:
     return rows, math.ceil(n_panels / rows)
 
 
+@dataclass(frozen=True)
+class PanelRows:
+    """The rows of non-square panels: rows that are not the columns' own queries, such as
+    the generated rows of ``attnviz.plot_generate`` (``(R, C)`` panels, C = the column
+    labels). ``offset``: row ``r`` is the query at column ``r + offset`` (the keys after it
+    are masked, see ``cells.masked``). ``marked_from``: the first column of the generated
+    tokens: a line marks the boundary before it and their labels (and the rows') are
+    coloured."""
+
+    labels: Sequence[str]
+    offset: int = 0
+    marked_from: int | None = None
+    axis_labels: tuple[str, str] = ("query token (row)", "key token (column)")
+
+
 class HeatmapFigure:
     """``n_panels`` heatmaps sharing token labels, colour scale and colorbar: one row up
     to four panels, then a grid (labels on the left column and the bottom row).
@@ -269,6 +310,7 @@ class HeatmapFigure:
     A panel is a ``(T, T)`` array (the causal future is masked) or a masked array.
     ``windows`` (one per panel, when given) are the panels' sliding windows: the keys
     outside are masked in the second colour, named in the legend by ``outside_label``.
+    ``rows`` (``PanelRows``): panels of other rows than the columns' queries, ``(R, T)``.
     """
 
     def __init__(
@@ -283,22 +325,27 @@ class HeatmapFigure:
         extra_texts: Sequence[str] = (),
         columns: int | None = None,
         outside_label: str | None = None,
+        rows: PanelRows | None = None,
     ):
         n = self.n_tokens = len(token_labels)
+        self.rows = rows
+        self.n_rows = n if rows is None else len(rows.labels)
+        self.offset = 0 if rows is None else rows.offset
+        self.title_lines = 1 + max(t.count("\n") for t in ["", *extra_texts])
         self.annotate = n <= _ANNOTATE_TOKENS if annotate is None else annotate
         if self.annotate and n > ANNOTATE_MAX_TOKENS:
             raise InputError(f"--annotate prints weights up to {ANNOTATE_MAX_TOKENS} tokens; this "
                              f"text has {n} (pick a window with --tokens A:B)")
         self.dpi = dpi
         self.outside_color = outside_color(cmap)
-        fonts = Fonts([*token_labels, *extra_texts])
+        fonts = Fonts([*token_labels, *extra_texts, *(rows.labels if rows else ())])
         with fonts.context():
             self._build(fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns,
                         outside_label)
 
     def _build(self, fonts, token_labels, n_panels, cmap, dpi, scale, mask_label, columns,
                outside_label=None) -> None:
-        n = self.n_tokens
+        n, rows = self.n_tokens, self.rows
         side, font, stride = _layout(n, self.annotate)
         n_rows, n_cols = _grid_shape(n_panels)
         if columns:
@@ -309,18 +356,39 @@ class HeatmapFigure:
         ticks = list(range(0, n, stride))
         tick_labels = [labels[i] for i in ticks]
         label_in = text_width_in(tick_labels, font) + 0.1  # + tick length and padding
-        pooled = side * dpi < n
+        side_h, row_ticks, row_tick_labels, row_label_in = side, ticks, tick_labels, label_in
+        row_font = font
+        row_name, col_name = ("query token (row)", "key token (column)") if rows is None \
+            else rows.axis_labels
+        if rows is not None:  # other rows than the columns' queries: cells as wide, rows legible
+            per_row = _ANNOTATE_CELL_IN if self.annotate else _ROW_MIN_IN
+            side_h = max(self.n_rows * side / n, min(self.n_rows * per_row, _MAX_SIDE),
+                         _MIN_ROWS_IN)
+            row_pitch = side_h * 72 / self.n_rows
+            row_font = min(max(row_pitch / 1.3, _MIN_FONT), _MAX_FONT)
+            row_stride = max(1, math.ceil(row_font * 1.3 / row_pitch))
+            row_ticks = list(range(0, self.n_rows, row_stride))
+            row_tick_labels = [fonts.label(rows.labels[i]) for i in row_ticks]
+            row_label_in = text_width_in(row_tick_labels, row_font) + 0.1
+            if text_width_in([row_name], 10) > side_h:  # a short panel: the name on two lines
+                row_name = row_name.replace(" ", "\n", 1)
+        pooled = side * dpi < n or side_h * dpi < self.n_rows
         gap, row_gap, cbar_w, cbar_pad = 0.3, 0.5, 0.18, 0.25
-        left = label_in + 0.35  # room for the tick labels and the axis label
+        left = row_label_in + 0.35  # room for the tick labels and the axis label
         bottom = label_in + 0.35 + (0.2 if pooled else 0.0)
         right, top = 0.8, 0.45
+        if rows is not None:
+            top += 0.18 * (self.title_lines - 1)
         # Two swatches under the colorbar (the future's, then the window's): room for both.
         legend_h = 0.45 if outside_label is None else 0.75
         if outside_label is not None:
             right = max(right, 1.3 * cbar_w + _legend_width_in(outside_label) + 0.1 - cbar_w)
         grid_w = n_cols * side + (n_cols - 1) * gap
+        panels_h = n_rows * side_h + (n_rows - 1) * row_gap
+        cbar_h = side_h if rows is None else max(panels_h, _MIN_CBAR_IN)  # colorbar + legend
+        bottom = max(bottom, cbar_h - panels_h + 0.15) if rows is not None else bottom
         width = left + grid_w + cbar_pad + cbar_w + right
-        height = bottom + n_rows * side + (n_rows - 1) * row_gap + top
+        height = bottom + n_rows * side_h + (n_rows - 1) * row_gap + top
         self.fig, self.canvas = new_figure(width, height, dpi)
         self.colormap, self.mask_color = weight_colormap(cmap)
         self.norm = make_norm(scale)
@@ -329,29 +397,32 @@ class HeatmapFigure:
         for p in range(n_panels):
             r, c = divmod(p, n_cols)
             x0 = left + c * (side + gap)
-            y0 = bottom + (n_rows - 1 - r) * (side + row_gap)
-            ax = self.fig.add_axes((x0 / width, y0 / height, side / width, side / height))
+            y0 = bottom + (n_rows - 1 - r) * (side_h + row_gap)
+            ax = self.fig.add_axes((x0 / width, y0 / height, side / width, side_h / height))
             ax.set_xlim(-0.5, n - 0.5)
-            ax.set_ylim(n - 0.5, -0.5)  # query 0 at the top, like a printed matrix
+            ax.set_ylim(self.n_rows - 0.5, -0.5)  # query 0 at the top, like a printed matrix
             bottom_row = p + n_cols >= n_panels
             self.col_labels.append(
                 _token_ticks(ax, ticks, tick_labels if bottom_row else [], font, "x"))
             if bottom_row:
-                ax.set_xlabel("key token (column)", labelpad=label_in * 72)
-            y_texts = _token_ticks(ax, ticks, tick_labels if c == 0 else [], font, "y")
+                ax.set_xlabel(col_name, labelpad=label_in * 72)
+            y_texts = _token_ticks(ax, row_ticks, row_tick_labels if c == 0 else [], row_font, "y")
             if p == 0:
                 self.row_labels = y_texts
             if c == 0:
-                ax.set_ylabel("query token (row)", labelpad=label_in * 72)
+                ax.set_ylabel(row_name, labelpad=row_label_in * 72)
             for spine in ax.spines.values():  # raster: a frame painted outside the cells
                 spine.set_visible(False)
                 spine.set_position(("outward", 1.0))  # vector: the same, drawn by matplotlib
             self.titles.append(ax.set_title("", fontsize=11, animated=True))
             self.axes.append(ax)
+            if rows is not None and rows.marked_from is not None:
+                self._mark_generated(p, ticks)
         self.cell_texts = self._cell_texts(side * 72 / n) if self.annotate else []
         cbar_x = left + grid_w + cbar_pad
+        base = bottom + panels_h - cbar_h if rows is not None else bottom
         cax = self.fig.add_axes(
-            (cbar_x / width, (bottom + legend_h) / height, cbar_w / width, (side - legend_h) / height)
+            (cbar_x / width, (base + legend_h) / height, cbar_w / width, (cbar_h - legend_h) / height)
         )
         colorbar(self.fig, cax, self.norm, self.colormap)
         # The legend for masked cells: a swatch of their colour under the colorbar.
@@ -359,7 +430,7 @@ class HeatmapFigure:
         if outside_label is not None:
             swatches.append((outside_label, self.outside_color))
         for k, (name, color) in enumerate(swatches):
-            y = bottom + 0.3 * (len(swatches) - 1 - k)
+            y = base + 0.3 * (len(swatches) - 1 - k)
             swatch = self.fig.add_axes((cbar_x / width, y / height, cbar_w / width, 0.2 / height))
             swatch.add_patch(Rectangle((0, 0), 1, 1, facecolor=color, edgecolor="#282828",
                                        linewidth=0.5))
@@ -369,18 +440,33 @@ class HeatmapFigure:
         self.pending: list[Future] = []  # writes handed to a writer thread by save()
         self.boxes = [self._pixel_box(ax) for ax in self.axes]
         ys, xs = self.boxes[0]
-        self.note = pool_note(n, min(ys.stop - ys.start, xs.stop - xs.start))
+        if rows is None:
+            self.note = pool_note(n, min(ys.stop - ys.start, xs.stop - xs.start))
+        else:
+            line = len(BOUNDARY_LINE) if rows.marked_from is not None else 0
+            self.note = pool_note_cells(self.n_rows, n, ys.stop - ys.start,
+                                        xs.stop - xs.start - line)
         if self.note:
             self.fig.text(left / width, 0.06 / height, self.note, fontsize=8, color="#444444")
         self.canvas.draw()  # everything static, once
         self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+
+    def _mark_generated(self, p: int, ticks) -> None:
+        """The generated tokens' labels of panel ``p`` (columns from ``rows.marked_from``,
+        and the rows) in _GENERATED_COLOR; the boundary line is drawn with the cells."""
+        for text, tick in zip(self.col_labels[p], ticks):
+            if tick >= self.rows.marked_from:
+                text.set_color(_GENERATED_COLOR)
+        if p == 0:
+            for text in self.row_labels:
+                text.set_color(_GENERATED_COLOR)
 
     def _cell_texts(self, cell_pt: float) -> list[list]:
         """Per panel, one animated Text per cell, for printing the weights (>= 8 pt)."""
         size = min(10.0, max(_MIN_CELL_FONT, cell_pt / 3.2))
         return [
             [ax.text(j, i, "", ha="center", va="center", fontsize=size, animated=True)
-             for i in range(self.n_tokens) for j in range(self.n_tokens)]
+             for i in range(self.n_rows) for j in range(self.n_tokens)]
             for ax in self.axes
         ]
 
@@ -395,19 +481,25 @@ class HeatmapFigure:
     def _words(self, p: int, values: np.ma.MaskedArray, height=None, width=None,
                window: int | None = None) -> np.ndarray:
         ys, xs = self.boxes[p]
-        return cell_words(values, height or ys.stop - ys.start, width or xs.stop - xs.start,
-                          self.colormap, self.norm, window, self.outside_color)
+        height, width = height or ys.stop - ys.start, width or xs.stop - xs.start
+        if self.rows is not None and self.rows.marked_from is not None:
+            return boundary_words(values, height, width, self.colormap, self.norm,
+                                  self.rows.marked_from, _boundary_line(), window,
+                                  self.outside_color, self.offset)
+        return cell_words(values, height, width, self.colormap, self.norm, window,
+                          self.outside_color, self.offset)
 
     def render(self, panels: Sequence[np.ndarray], titles: Sequence[str],
                windows: Sequence[int | None] | None = None) -> np.ndarray:
-        """Draw ``panels`` (each ``(T, T)``) with ``titles``; the canvas as ``(H, W, 4)``."""
+        """Draw ``panels`` (each ``(T, T)``, or ``(R, T)`` with ``rows``) with ``titles``;
+        the canvas as ``(H, W, 4)``."""
         self.canvas.restore_region(self.background)
         pixels = np.asarray(self.canvas.buffer_rgba())  # (H, W, 4), a writable view
         words = pixels.view(np.uint32)[..., 0]  # (H, W): one RGBA pixel per word
         windows = list(windows) if windows else [None] * len(panels)
         for p, (ax, title, weights, text, window) in enumerate(
                 zip(self.axes, self.titles, panels, titles, windows)):
-            values = masked(weights, window)
+            values = masked(weights, window, self.offset)
             ys, xs = self.boxes[p]
             words[ys, xs] = self._words(p, values, window=window)
             _paint_frame(words, ys, xs)
@@ -432,21 +524,24 @@ class HeatmapFigure:
                windows: Sequence[int | None] | None = None) -> bytes:
         """SVG or PDF of the same picture: the cells embedded as a pixel-exact image
         (pooled exactly as in the PNG), frame, titles and numbers as vector art and text."""
-        n = self.n_tokens
+        n, n_rows = self.n_tokens, self.n_rows
         images, animated = [], [*self.titles, *(t for texts in self.cell_texts for t in texts)]
         windows = list(windows) if windows else [None] * len(panels)
         try:
             for p, (ax, title, weights, text, window) in enumerate(
                     zip(self.axes, self.titles, panels, titles, windows)):
-                values = masked(weights, window)
+                values = masked(weights, window, self.offset)
                 ys, xs = self.boxes[p]
-                words = self._words(p, values, min(n, ys.stop - ys.start), min(n, xs.stop - xs.start),
-                                    window)
+                # With a boundary line, every pixel of the panel (the line is one or two).
+                full = self.rows is not None and self.rows.marked_from is not None
+                words = self._words(p, values, ys.stop - ys.start if full else min(
+                    n_rows, ys.stop - ys.start), xs.stop - xs.start if full else min(
+                    n, xs.stop - xs.start), window)
                 rgba = words.view(np.uint8).reshape(*words.shape, 4)
-                images.append(ax.imshow(rgba, extent=(-0.5, n - 0.5, n - 0.5, -0.5),
+                images.append(ax.imshow(rgba, extent=(-0.5, n - 0.5, n_rows - 0.5, -0.5),
                                         interpolation="none", aspect="auto", zorder=0))
                 ax.set_xlim(-0.5, n - 0.5)
-                ax.set_ylim(n - 0.5, -0.5)
+                ax.set_ylim(n_rows - 0.5, -0.5)
                 title.set_text(text)
                 if self.cell_texts:
                     self._annotate(self.cell_texts[p], values, ax, draw=False)
@@ -539,6 +634,7 @@ class GridFigure:
     background: object = None  # the static art, saved by the first image() (blitting)
     row_windows: Sequence[int | None] = ()  # each row's sliding window (see grid_figure)
     outside_color: str | None = None
+    rows: PanelRows | None = None  # tiles of other rows than the columns' queries
 
     def retile(self, tiles, title: str, row_windows: Sequence[int | None] | None = None) -> None:
         """Other tiles (nested like ``grid_figure``'s, empty where this grid's are) and
@@ -554,8 +650,8 @@ class GridFigure:
                     ys, xs = box
                     tile = tile() if callable(tile) else tile
                     self.mosaic[ys.start - top : ys.stop - top, xs.start - left : xs.stop - left] = (
-                        cell_words(masked(tile, window), ys.stop - ys.start, xs.stop - xs.start,
-                                   self.colormap, self.norm, window, self.outside_color))
+                        _tile_words(tile, window, ys.stop - ys.start, xs.stop - xs.start,
+                                    self.colormap, self.norm, self.outside_color, self.rows))
         self.title.set_text(title)
 
     def image(self) -> np.ndarray:
@@ -598,6 +694,18 @@ def _row_window(row_windows: Sequence[int | None], row: int) -> int | None:
     return row_windows[row] if row < len(row_windows) else None
 
 
+def _tile_words(tile, window: int | None, height: int, width: int, colormap: Colormap,
+                norm: Normalize, outside: str | None, rows: PanelRows | None) -> np.ndarray:
+    """One tile's pixels (see ``cell_words``; with ``rows``, its offset and boundary line)."""
+    if rows is None:
+        return cell_words(masked(tile, window), height, width, colormap, norm, window, outside)
+    values = masked(tile, window, rows.offset)
+    if rows.marked_from is None:
+        return cell_words(values, height, width, colormap, norm, window, outside, rows.offset)
+    return boundary_words(values, height, width, colormap, norm, rows.marked_from,
+                          _boundary_line(), window, outside, rows.offset)
+
+
 def grid_figure(
     tiles: np.ndarray,
     title: str,
@@ -612,6 +720,7 @@ def grid_figure(
     row_windows: Sequence[int | None] = (),
     col_breaks: Sequence[int] = (),
     groups: Sequence[tuple[int, int, int, str]] = (),
+    rows_of_tiles: PanelRows | None = None,
 ) -> GridFigure:
     """Lay out a grid of small heatmaps — ``tiles`` is ``(rows, cols, T, T)`` (or masked
     arrays), NaN for an empty slot — with one colorbar, token labels on the left column
@@ -624,16 +733,21 @@ def grid_figure(
     Model families: ``row_windows`` gives each row's sliding window (keys outside it in
     the second mask colour, named in the legend); ``col_breaks`` the columns that get
     extra room before them, and ``groups`` ``(row, first col, last col, label)`` a label
-    with a bracket over those tiles (kv groups)."""
+    with a bracket over those tiles (kv groups). ``rows_of_tiles`` (``PanelRows``): tiles of
+    ``(R, T)`` other rows than the columns' queries (the generated rows), labelled on the left
+    with its labels; their boundary line drawn between the cells, the generated labels coloured."""
     rows, cols = len(tiles), len(tiles[0])
     n = _first_tile(tiles).shape[-1]
     legend = outside_label(row_windows, n)
-    fonts = Fonts([*token_labels, title])
+    extra = rows_of_tiles.labels if rows_of_tiles is not None else ()
+    fonts = Fonts([*token_labels, title, *extra])
     with fonts.context():
+        layout = _grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
+                              token_labels, col_breaks, bool(groups), legend, rows_of_tiles,
+                              title if rows_of_tiles is not None else "")
         (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
-         note, top, bottom, grid_w, grid_h, width, height) = _grid_layout(
-            rows, cols, n, fonts, row_names, col_names, tile_titles, dpi, token_labels,
-            col_breaks, bool(groups), legend)
+         note, top, bottom, grid_w, grid_h, width, height) = layout[:16]
+        tile_h, n_rows = layout.tile_h_px, layout.n_rows
         fig, canvas = new_figure(width, height, dpi)
         colormap, mask = weight_colormap(cmap)
         outside = outside_color(cmap)
@@ -648,7 +762,7 @@ def grid_figure(
         ax.set_ylim(area_h, 0)  # data units = pixels of the grid area, from its top left
         break_px = _GROUP_BREAK_IN * dpi
         step_x = (area_w - tile_px - len(col_breaks) * break_px) / max(cols - 1, 1)
-        step_y = (area_h - tile_px) / max(rows - 1, 1)
+        step_y = (area_h - tile_h) / max(rows - 1, 1)
         # each column's left edge: even steps, plus the room before each kv group's first
         col_x = [round(c * step_x + sum(b <= c for b in col_breaks) * break_px) for c in range(cols)]
         mosaic = np.full((area_h, area_w), _word((255, 255, 255, 255)), dtype=np.uint32)
@@ -663,15 +777,16 @@ def grid_figure(
                 if tile is None or np.isnan(np.ma.getdata(tile)).all():
                     boxes[r].append(None)
                     continue
-                mosaic[ty : ty + tile_px, tx : tx + tile_px] = cell_words(
-                    masked(tile, window), tile_px, tile_px, colormap, norm, window, outside)
-                boxes[r].append((slice(y0 + ty, y0 + ty + tile_px), slice(x0 + tx, x0 + tx + tile_px)))
+                mosaic[ty : ty + tile_h, tx : tx + tile_px] = _tile_words(
+                    tile, window, tile_h, tile_px, colormap, norm, outside, rows_of_tiles)
+                boxes[r].append((slice(y0 + ty, y0 + ty + tile_h), slice(x0 + tx, x0 + tx + tile_px)))
         centre = lambda k, start: start + (k + 0.5) * tile_px / n  # noqa: E731  cell k's centre
+        row_centre = lambda k: (k + 0.5) * tile_h / n_rows  # noqa: E731
         for c, name in enumerate(col_names):
             ax.text(col_x[c] + tile_px / 2, -4, name, ha="center", va="bottom", fontsize=8)
         for r, name in enumerate(row_names):
-            ax.text(-4 - label_in * dpi, round(r * step_y) + tile_px / 2, name, ha="right",
-                    va="center", fontsize=8)
+            ax.text(-4 - layout.row_label_in * dpi, round(r * step_y) + tile_h / 2, name,
+                    ha="right", va="center", fontsize=8)
         for r, names in enumerate(tile_titles):
             for c, name in enumerate(names):
                 ax.text(col_x[c] + tile_px / 2, round(r * step_y) - 2, name, ha="center",
@@ -683,21 +798,25 @@ def grid_figure(
                     color="#555555", linewidth=0.8, solid_joinstyle="miter", clip_on=False)
             ax.text((x_from + x_to) / 2, y - 2, name, ha="center", va="bottom", fontsize=8,
                     color="#222222")
+        marked = None if rows_of_tiles is None else rows_of_tiles.marked_from
         for r in range(rows):  # token labels left of the first column ...
-            for i, label in zip(ticks, tick_labels):
-                ax.text(-3, round(r * step_y) + centre(i, 0), label, ha="right", va="center",
-                        fontsize=label_font, parse_math=False)
+            for i, label in zip(layout.row_ticks, layout.row_tick_labels):
+                ax.text(-3, round(r * step_y) + row_centre(i), label, ha="right", va="center",
+                        fontsize=label_font, parse_math=False,
+                        **({"color": _GENERATED_COLOR} if marked is not None else {}))
         last = [max(r for r in range(rows) if boxes[r][c] is not None) for c in range(cols)
                 if any(boxes[r][c] is not None for r in range(rows))]
         for c, r in enumerate(last):  # ... and below the lowest tile of each column
             for i, label in zip(ticks, tick_labels):
-                ax.text(col_x[c] + centre(i, 0), round(r * step_y) + tile_px + 3, label,
-                        ha="center", va="top", rotation=90, fontsize=label_font, parse_math=False)
+                generated = {"color": _GENERATED_COLOR} if marked is not None and i >= marked else {}
+                ax.text(col_x[c] + centre(i, 0), round(r * step_y) + tile_h + 3, label,
+                        ha="center", va="top", rotation=90, fontsize=label_font, parse_math=False,
+                        **generated)
         suptitle = fig.suptitle(title, fontsize=12, y=1 - 0.12 / height)
         if note:
             fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
                      color="#444444")
-        cbar_h = min(grid_h, 3.0)
+        cbar_h = layout.cbar_h
         cbar_x = width - 0.75 - _grid_legend_extra(legend)
         cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
@@ -713,7 +832,7 @@ def grid_figure(
                         transform=swatch.transAxes)
     return GridFigure(fig, canvas, ax, (slice(y0, y0 + area_h), slice(x0, x0 + area_w)), boxes,
                       mosaic, note, suptitle, colormap, norm, row_windows=list(row_windows),
-                      outside_color=outside)
+                      outside_color=outside, rows=rows_of_tiles)
 
 
 def _grid_legend_extra(legend: str | None) -> float:
@@ -729,10 +848,42 @@ def _first_tile(tiles) -> np.ndarray:
     raise ValueError("a grid needs at least one tile")
 
 
+class GridLayout(NamedTuple):
+    """``_grid_layout``'s geometry (inches unless named ``_px``)."""
+
+    tile_in: float
+    gap_in: float
+    row_gap_in: float
+    label_font: float
+    ticks: list[int]
+    tick_labels: list[str]
+    label_in: float
+    left: float
+    tile_px: int
+    note: str
+    top: float
+    bottom: float
+    grid_w: float
+    grid_h: float
+    width: float
+    height: float
+    # Rows of the tiles (the columns' tokens for square tiles, else PanelRows' labels):
+    n_rows: int
+    tile_h_px: int
+    row_ticks: list[int]
+    row_tick_labels: list[str]
+    row_label_in: float
+    cbar_h: float  # the colorbar, its swatches below it
+
+
+_TILE_MIN_RATIO = 0.2  # tiles of few generated rows are at least this tall for their width
+
+
 def _grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[str],
                  col_names: Sequence[str], tile_titles: Sequence[Sequence[str]], dpi: int,
                  token_labels: Sequence[str], col_breaks: Sequence[int] = (),
-                 groups: bool = False, legend: str | None = None) -> tuple:
+                 groups: bool = False, legend: str | None = None,
+                 rows_of_tiles: PanelRows | None = None, title: str = "") -> GridLayout:
     """The geometry of ``grid_figure`` (sizes in inches), computed without drawing, so a
     run can check every picture's size before it writes its first file."""
     tile_in = 1.6 if cols <= 6 else 1.1
@@ -759,10 +910,34 @@ def _grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence
         grid_w += len(col_breaks) * _GROUP_BREAK_IN
     if legend:
         bottom = max(bottom, 0.5)  # the window's swatch sits below the future's
-    grid_h = rows * tile_in + (rows - 1) * row_gap_in
+    if rows_of_tiles is None:
+        grid_h = rows * tile_in + (rows - 1) * row_gap_in
+        width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+        return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
+                          left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
+                          n, tile_px, ticks, tick_labels, label_in, min(grid_h, 3.0))
+    # Tiles of R generated rows x n columns: as wide, cells as wide, R/n as tall (or more).
+    n_rows = len(rows_of_tiles.labels)
+    tile_h_in = tile_in * min(1.0, max(n_rows / n, _TILE_MIN_RATIO))
+    tile_h = math.floor(tile_h_in * dpi)
+    row_stride = max(1, math.ceil(label_font * 1.25 / (tile_h_in * 72 / n_rows)))
+    row_ticks = (list(range(0, n_rows, row_stride))
+                 if row_stride == 1 or n_rows / row_stride >= 2 else [])
+    row_tick_labels = [fonts.label(rows_of_tiles.labels[i])[:8] for i in row_ticks]
+    row_label_in = text_width_in(row_tick_labels, label_font) + 0.08 if row_ticks else 0.0
+    left = 0.25 + names_in + row_label_in
+    line = len(BOUNDARY_LINE) if rows_of_tiles.marked_from is not None else 0
+    note = pool_note_cells(n_rows, n, tile_h, tile_px - line)
+    top = 0.4 + (0.2 if note else 0) + (0.3 if col_names else 0) + (0.2 if tile_titles else 0)
+    top += _GROUP_LABEL_IN if groups else 0.0
+    grid_h = rows * tile_h_in + (rows - 1) * row_gap_in
+    cbar_h = max(min(grid_h, 3.0), 1.6)  # a colorbar that can be read beside short tiles
+    bottom = max(bottom, cbar_h - grid_h + (0.45 if legend else 0.15))
     width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
-    return (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
-            note, top, bottom, grid_w, grid_h, width, height)
+    width = max(width, text_width_in([title], 12) + 0.4)  # the title is not cut
+    return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
+                      left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
+                      n_rows, tile_h, row_ticks, row_tick_labels, row_label_in, cbar_h)
 
 
 def _overview_shape(n_heads: int) -> tuple[int, int]:
@@ -789,7 +964,7 @@ def check_overviews(result: AttentionResult, dpi: int = 100) -> None:
         for rows, cols, row_names, col_names, tile_titles, breaks, groups, legend in grids:
             layout = _grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
                                   labels, breaks, groups, legend)
-            check_image_size(layout[-2], layout[-1], dpi)
+            check_image_size(layout.width, layout.height, dpi)
 
 
 def _model_grid_names(result: AttentionResult) -> tuple[list[str], list[str], list[int]]:
@@ -809,33 +984,40 @@ def save_grid(path: Path, tiles: np.ndarray, title: str, row_names: Sequence[str
               col_names: Sequence[str] = (), tile_titles: Sequence[Sequence[str]] = (),
               cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
               token_labels: Sequence[str] = (), fmt: str = "png", *,
-              row_windows: Sequence[int | None] = (), col_breaks: Sequence[int] = ()) -> Path:
+              row_windows: Sequence[int | None] = (), col_breaks: Sequence[int] = (),
+              rows_of_tiles: PanelRows | None = None) -> Path:
     """A grid of small heatmaps as one image (fast for 12 x 12 layers x heads); see
     ``grid_figure``."""
     grid = grid_figure(tiles, title, row_names, col_names, tile_titles, cmap, dpi, scale,
-                       token_labels, row_windows=row_windows, col_breaks=col_breaks)
+                       token_labels, row_windows=row_windows, col_breaks=col_breaks,
+                       rows_of_tiles=rows_of_tiles)
     write_bytes(path, grid.to_bytes(fmt))
     return path
 
 
 def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis", dpi: int = 100,
                    scale: str = "sqrt", token_labels: Sequence[str] = (), *,
-                   kv_heads: Sequence[int] = (), window: int | None = None) -> GridFigure:
+                   kv_heads: Sequence[int] = (), window: int | None = None,
+                   rows_of_tiles: PanelRows | None = None) -> GridFigure:
     """All heads of one layer (``(H, T, T)``, or a list of ``(T, T)`` arrays) as a grid
     of small heatmaps, 4 or 6 a row, or kv group by kv group when ``kv_heads`` shares
     key/value heads (see ``overview_plan``); ``window``: the layer's sliding window. The
-    heads are not copied."""
+    heads are not copied. ``rows_of_tiles``: heads of ``(R, T)`` rows (see ``grid_figure``)."""
     plan = overview_plan(len(layer_weights), kv_heads)
-    return grid_figure(overview_tiles(layer_weights, kv_heads), title, tile_titles=plan.titles,
-                       cmap=cmap, dpi=dpi, scale=scale, token_labels=token_labels,
-                       row_windows=[window] * len(plan.slots), col_breaks=plan.col_breaks,
-                       groups=plan.groups)
+    offset = 0 if rows_of_tiles is None else rows_of_tiles.offset
+    return grid_figure(overview_tiles(layer_weights, kv_heads, offset), title,
+                       tile_titles=plan.titles, cmap=cmap, dpi=dpi, scale=scale,
+                       token_labels=token_labels, row_windows=[window] * len(plan.slots),
+                       col_breaks=plan.col_breaks, groups=plan.groups,
+                       rows_of_tiles=rows_of_tiles)
 
 
-def overview_tiles(layer_weights, kv_heads: Sequence[int] = ()) -> list[list]:
-    """The heads of one layer as the rows of ``heads_overview``'s grid (None: empty slot)."""
+def overview_tiles(layer_weights, kv_heads: Sequence[int] = (), offset: int = 0) -> list[list]:
+    """The heads of one layer as the rows of ``heads_overview``'s grid (None: empty slot);
+    ``offset``: see ``cells.masked``."""
     plan = overview_plan(len(layer_weights), kv_heads)
-    return [[None if h is None else masked(layer_weights[h]) for h in row] for row in plan.slots]
+    return [[None if h is None else masked(layer_weights[h], None, offset) for h in row]
+            for row in plan.slots]
 
 
 def _similarity_layout(n_layers: int, n_heads: int) -> tuple[int, int, float]:

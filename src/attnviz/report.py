@@ -12,6 +12,14 @@ Model families: a result with sliding windows or grouped-query heads carries ``w
 blocks are left out of the page (``asset``), so a GPT-2 report stays byte for byte what
 it was before the families came.
 
+Generation (``attnviz generate``): ``write_generation_report`` writes the same page over the
+whole sequence (prompt and generated tokens) from a ``generation.GenerationResult``. Only
+the generated rows are stored (layout ``"generated-rows"``: row ``g`` is the query at
+position ``P + g - 1`` that wrote generated token ``g``, over keys ``0 .. P + g - 1``), with
+the steps (each token's probability and top-k alternatives) in ``generation``; the assets'
+``/* [generation] */`` blocks mark the generated tokens, leave the rows that were not
+computed blank and add the heads view's step slider. Any other report leaves them out.
+
 >>> from attnviz.analysis import analyze
 >>> from attnviz.report import build_payload, decode_weights
 >>> result = analyze("Hello world", heads=None)
@@ -51,6 +59,10 @@ _SCRIPT_END = re.compile(r"</script", re.I)
 # Whole lines of the assets, from "/* [families] */" to "/* [/families] */" (see asset()).
 _FAMILIES = re.compile(r"^[ \t]*/\* \[families\] \*/\n.*?^[ \t]*/\* \[/families\] \*/\n",
                        re.M | re.S)
+# The same for "/* [generation] */" ... "/* [/generation] */": the generation report's code.
+_GENERATION = re.compile(
+    r"^[ \t]*/\* \[generation\] \*/\n.*?^[ \t]*/\* \[/generation\] \*/\n", re.M | re.S)
+GENERATED_ROWS = "generated-rows"  # weights.layout of a generation report
 
 
 def n_stored(n_layers: int, n_heads: int, n_tokens: int) -> int:
@@ -160,8 +172,16 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
 
 
 def decode_weights(payload: dict) -> np.ndarray:
-    """``(L, H, T, T)`` float64 weights from a payload (zeros above the diagonal)."""
+    """``(L, H, T, T)`` float64 weights from a payload (zeros above the diagonal); for a
+    generation report (layout ``"generated-rows"``) its ``(L, H, N, T)`` rows, zeros at
+    the keys not yet written."""
     spec = payload["weights"]
+    if spec["layout"] == GENERATED_ROWS:
+        n_layers, n_heads, n_steps, n_tokens = spec["shape"]
+        values = dequantize(base64.urlsafe_b64decode(spec["data"]), spec["encoding"])
+        rows = np.zeros((n_layers, n_heads, n_steps, n_tokens))
+        rows[..., _written_keys(n_tokens - n_steps, n_steps)] = values.reshape(n_layers, n_heads, -1)
+        return rows
     n_layers, n_heads, n_tokens, _ = spec["shape"]
     values = dequantize(base64.urlsafe_b64decode(spec["data"]), spec["encoding"])
     values = values.reshape(n_layers, n_heads, n_tokens * (n_tokens + 1) // 2)
@@ -181,14 +201,16 @@ def payload_json(payload: dict) -> str:
     return text
 
 
-def asset(name: str, families: bool = True) -> str:
+def asset(name: str, families: bool = True, generation: bool = True) -> str:
     """The text of ``report_assets/name``; without ``families``, its lines from each
     ``/* [families] */`` to the next ``/* [/families] */`` (both included) left out: the
-    code for sliding windows and grouped-query heads, which a plain report does not run."""
+    code for sliding windows and grouped-query heads, which a plain report does not run;
+    without ``generation``, the same for the ``/* [generation] */`` blocks."""
     text = resources.files("attnviz").joinpath("report_assets", name).read_text(encoding="utf-8")
     if name != "report.html" and _SCRIPT_END.search(text):  # would end a <script> early
         raise AssertionError(f"report asset {name} contains '</script'")
-    return text if families else _FAMILIES.sub("", text)
+    text = text if families else _FAMILIES.sub("", text)
+    return text if generation else _GENERATION.sub("", text)
 
 
 def has_families(payload: dict) -> bool:
@@ -198,12 +220,12 @@ def has_families(payload: dict) -> bool:
 
 def render_html(payload: dict) -> str:
     """The whole page: the template with the CSS, the data and the scripts inlined."""
-    families = has_families(payload)
-    scripts = "\n".join(f"<script>\n{asset(name, families)}</script>" for name in _ASSETS
-                        if name.endswith(".js"))
+    families, generation = has_families(payload), "generation" in payload
+    scripts = "\n".join(f"<script>\n{asset(name, families, generation)}</script>"
+                        for name in _ASSETS if name.endswith(".js"))
     page = asset("report.html")
     # One pass, so text inserted for one placeholder is never searched for another.
-    parts = {"{{css}}": asset("report.css", families), "{{data}}": payload_json(payload),
+    parts = {"{{css}}": asset("report.css", families, generation), "{{data}}": payload_json(payload),
              "{{scripts}}": scripts}
     return re.sub(r"\{\{(css|data|scripts)\}\}", lambda m: parts[m.group(0)], page)
 
@@ -254,3 +276,173 @@ def read_payload(path: str | Path) -> dict:
     if match is None:
         raise InputError(f"{path} is not an attnviz report (no attnviz-data element)")
     return json.loads(match.group(1))
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def _written_keys(prompt_length: int, n_steps: int) -> np.ndarray:
+    """``(N, P + N)`` bool: the keys each generated row saw (row ``g``: ``0 .. P + g - 1``)."""
+    keys = np.arange(prompt_length + n_steps)[None, :]
+    return keys < prompt_length + np.arange(n_steps)[:, None]
+
+
+def n_generated_stored(n_layers: int, n_heads: int, prompt_length: int, n_steps: int) -> int:
+    """How many weights a generation report stores: ``P + g`` keys for each generated row."""
+    return n_layers * n_heads * (n_steps * prompt_length + n_steps * (n_steps - 1) // 2)
+
+
+def generated_row_stats(rows: np.ndarray, prompt_length: int, layers: list[int],
+                        kv_heads: list[int] = ()) -> list[dict]:
+    """``stats.head_rows`` for generated rows ``(L, H, N, P + N)``: the same statistics
+    (docs/heads.md), each a mean over the generated rows, row ``g`` being the query at
+    position ``P + g - 1``; NaN as None."""
+    from attnviz.stats import COLUMNS, row_entropy
+
+    n_steps, n_tokens = rows.shape[2:]
+    queries = prompt_length - 1 + np.arange(n_steps)  # (N,) each row's query position
+    later = queries >= 1  # the statistics of keys before the query need one
+    index = np.arange(n_steps)
+    distance = queries[:, None] - np.arange(n_tokens)[None, :]  # (N, T); later keys weigh 0
+    records = []
+    for layer, layer_rows in zip(layers, rows):
+        w = layer_rows.astype(np.float64)  # (H, N, T)
+        entropy = row_entropy(w)  # (H, N)
+        nan = np.full(w.shape[0], np.nan)
+        stats = {
+            "entropy": entropy.mean(axis=-1),
+            "normalized_entropy": (entropy[:, later] / np.log(queries[later] + 1.0)).mean(axis=-1)
+            if later.any() else nan,
+            "max_weight": w.max(axis=-1).mean(axis=-1),
+            "self": w[:, index, queries].mean(axis=-1),
+            "previous_token": w[:, index[later], queries[later] - 1].mean(axis=-1)
+            if later.any() else nan,
+            "first_token": w[:, later, 0].mean(axis=-1) if later.any() else nan,
+            "mean_distance": (w * distance).sum(axis=-1).mean(axis=-1),
+        }
+        for h in range(w.shape[0]):
+            record = {"layer": layer, "head": h, **({"kv_head": kv_heads[h]} if kv_heads else {})}
+            for name in COLUMNS:
+                value = float(stats[name][h])
+                record[name] = None if np.isnan(value) else value
+            records.append(record)
+    return records
+
+
+def _token_info(token_ids: list[int], tokenizer, known: dict[int, str]) -> dict[int, dict]:
+    """id -> {"text", "label"}: from the tokenizer's bytes when there is one, else the
+    labels of the sequence (``known``; other ids get "id 123")."""
+    from attnviz.tokenizer import token_label, token_text
+
+    ids = list(dict.fromkeys(token_ids))
+    if tokenizer is not None:
+        return {i: {"text": token_text(raw), "label": token_label(raw)}
+                for i, raw in zip(ids, tokenizer.token_bytes(ids))}
+    return {i: {"text": known.get(i, f"id {i}"), "label": known.get(i, f"id {i}")} for i in ids}
+
+
+def build_generation_payload(result, token_labels: list[str], *, tokenizer=None,
+                             windows: list[int | None] | None = None,
+                             kv_heads: list[int] | None = None, encoding: str = "auto",
+                             limit: int | None = None) -> dict:
+    """The document of a generation report (schema: docs/report.md, "Generation"):
+    ``result`` a ``generation.GenerationResult``, ``token_labels`` one per token (prompt and
+    generated); ``tokenizer`` (anything with ``token_bytes(ids)``, e.g. ``model.tokenizer``)
+    gives the tokens' text and bytes and the alternatives' text (without it the labels
+    stand for the text, bytes are null and an alternative outside the sequence is "id 123").
+    ``windows`` (per layer) and ``kv_heads`` (per head) as ``AttentionResult``'s."""
+    from attnviz.output import clean
+    from attnviz.stats import COLUMNS, similarity
+
+    prompt, n_steps = result.prompt_length, len(result.new_ids)
+    n_layers, n_heads = result.rows.shape[:2]
+    n_tokens = prompt + n_steps
+    if n_steps == 0:
+        raise InputError("nothing was generated: a generation report needs a generated token")
+    if result.rows.shape != (n_layers, n_heads, n_steps, n_tokens):
+        raise ValueError(f"rows must be (layers, heads, {n_steps}, {n_tokens}), got "
+                         f"{result.rows.shape}")
+    if len(token_labels) != n_tokens:
+        raise ValueError(f"{len(token_labels)} token labels for {n_tokens} tokens")
+    limit = MAX_WEIGHTS if limit is None else limit
+    count = n_generated_stored(n_layers, n_heads, prompt, n_steps)
+    if count > limit:
+        raise InputError(
+            f"a report of {n_layers} layer(s) x {n_heads} heads x {n_steps} generated tokens after "
+            f"a {prompt}-token prompt would hold {count:,} attention weights, more than the "
+            f"{limit:,} a report can hold; choose fewer layers with --layer or generate fewer "
+            "tokens")
+    if encoding == "auto":
+        encoding = choose_encoding(count)
+    data = quantize(result.rows[..., _written_keys(prompt, n_steps)], encoding)
+    token_ids = result.token_ids
+    labels = {tid: label for tid, label in zip(token_ids, token_labels)}
+    alternatives = [tid for step in result.alternatives for tid, _ in step]
+    info = _token_info(token_ids + alternatives, tokenizer, labels)
+    if tokenizer is not None:
+        from attnviz.analysis import token_records
+
+        bos = getattr(tokenizer, "bos_id", None)
+        tokens = token_records(token_ids, tokenizer.token_bytes(token_ids),
+                               bos=bos is not None and token_ids[0] == bos)
+    else:
+        tokens = [{"position": i, "id": tid, "text": label, "label": label, "bytes": None}
+                  for i, (tid, label) in enumerate(zip(token_ids, token_labels))]
+    for record in tokens[prompt:]:
+        record["generated"] = True
+    steps = [{"id": tid, "text": info[tid]["text"], "label": token_labels[prompt + g],
+              "probability": float(p),
+              "top_k": [{"id": a, "text": info[a]["text"], "label": info[a]["label"],
+                         "probability": float(q)} for a, q in result.alternatives[g]]}
+             for g, (tid, p) in enumerate(zip(result.new_ids, result.probabilities))]
+    windows = list(windows or [])
+    families = {"windows": windows} if any(w is not None for w in windows) else {}
+    if kv_heads and len(set(kv_heads)) < len(kv_heads):
+        families["kv_heads"] = [int(kv) for kv in kv_heads]
+    rows = generated_row_stats(result.rows, prompt, list(result.layers))
+    return clean({
+        "format": FORMAT,
+        "version": VERSION,
+        "config": result.config,
+        "layers": list(result.layers),
+        "n_heads": n_heads,
+        "n_tokens": n_tokens,
+        "tokens": tokens,
+        "window": None,
+        **families,
+        "generation": {"prompt_length": prompt, "stopped": result.stopped, "steps": steps},
+        "weights": {
+            "shape": [n_layers, n_heads, n_steps, n_tokens],
+            "layout": GENERATED_ROWS,
+            "encoding": encoding,
+            "data": base64.urlsafe_b64encode(data).decode("ascii"),
+        },
+        "stats": {
+            "columns": ["layer", "head", *COLUMNS],
+            "heads": rows,
+            "similarity": [[[float(x) for x in row] for row in similarity(layer_rows)]
+                           for layer_rows in result.rows],
+        },
+    })
+
+
+def write_generation_report(result, token_labels: list[str], path: str | Path, *,
+                            tokenizer=None, windows: list[int | None] | None = None,
+                            kv_heads: list[int] | None = None, encoding: str = "auto",
+                            limit: int | None = None) -> ReportInfo:
+    """Write the generation ``result`` as one offline HTML file at ``path`` (atomically):
+    the report over the whole sequence with the generated tokens marked and, in the heads
+    view, a step slider (each generated token's row per head and its top-k alternatives).
+    Options: see ``build_generation_payload``; ``encoding`` and ``limit`` as ``write_report``."""
+    from attnviz.fileio import write_bytes
+
+    if encoding not in ("auto", *ENCODINGS):
+        raise InputError(f"unknown encoding {encoding!r}; choose auto, {', '.join(ENCODINGS)}")
+    payload = build_generation_payload(result, token_labels, tokenizer=tokenizer, windows=windows,
+                                       kv_heads=kv_heads, encoding=encoding, limit=limit)
+    html = render_html(payload).encode("ascii")
+    path = Path(path)
+    write_bytes(path, html)
+    return ReportInfo(path=path, bytes=len(html), data_bytes=len(payload["weights"]["data"]),
+                      encoding=payload["weights"]["encoding"], layers=list(result.layers),
+                      n_heads=int(result.rows.shape[1]), n_tokens=payload["n_tokens"])

@@ -8,6 +8,20 @@ var AV = (function () {
   var spec = payload.weights;
   var nLayers = spec.shape[0], nHeads = spec.shape[1], nTokens = spec.shape[2];
   var perHead = nTokens * (nTokens + 1) / 2;
+  /* [generation] */
+  /* attnviz generate: only the generated rows are stored (layout "generated-rows", shape
+     [L, H, N, P + N]): row g is the query at position P + g - 1 that wrote generated token g,
+     over keys 0 .. P + g - 1. Views index rows by query position as for any report; the
+     other queries (the prompt's, and the last token's) were not computed. */
+  var generation = payload.generation;
+  var promptLength = generation.prompt_length, nSteps = generation.steps.length;
+  nTokens = spec.shape[3];
+  perHead = nSteps * promptLength + nSteps * (nSteps - 1) / 2;
+  /* Whether query position i has a stored row (it wrote generated token i - P + 1). */
+  function known(i) {
+    return i >= promptLength - 1 && i <= promptLength + nSteps - 2;
+  }
+  /* [/generation] */
 
   /* base64url (RFC 4648 section 5, "-" and "_") -> bytes */
   function base64urlBytes(text) {
@@ -52,10 +66,17 @@ var AV = (function () {
 
   /* Index of the first stored weight of row i of head h in layer index li. */
   function rowStart(li, h, i) {
+    /* [generation] */
+    var g = i - promptLength + 1; /* the generated token query i wrote */
+    return (li * nHeads + h) * perHead + g * promptLength + g * (g - 1) / 2;
+    /* [/generation] */
     return (li * nHeads + h) * perHead + i * (i + 1) / 2;
   }
   /* Weight of query i on key j, or NaN for the masked future (j > i). */
   function weight(li, h, i, j) {
+    /* [generation] */
+    if (!known(i)) return NaN;
+    /* [/generation] */
     return j > i ? NaN : values[rowStart(li, h, i) + j];
   }
   /* [families] */
@@ -137,6 +158,14 @@ var AV = (function () {
     kvGroups: kvGroups,
     /* [/families] */
     rowStart: rowStart,
+    /* [generation] */
+    generation: generation,
+    promptLength: promptLength,
+    nSteps: nSteps,
+    known: known,
+    /* the generated tokens: positions P .. P + N - 1 */
+    isGenerated: function (pos) { return pos >= promptLength; },
+    /* [/generation] */
     values: values,
     palette: palette,
     state: state,

@@ -32,6 +32,9 @@
       var paths = []; /* one path per opacity level: a few strokes instead of thousands */
       for (var i = start; i < start + n; i++) {
         if (focus && focus.side === "query" && focus.pos !== i) continue;
+        /* [generation] */
+        if (!AV.known(i)) continue;
+        /* [/generation] */
         var base = AV.rowStart(layer, h, i);
         for (var j = start; j <= i; j++) {
           if (focus && focus.side === "key" && focus.pos !== j) continue;
@@ -63,6 +66,13 @@
         tok.dataset.side = column === left ? "query" : "key";
         tok.textContent = AV.tokens[pos].label;
         tok.title = pos + ": " + AV.tokens[pos].label + " (id " + AV.tokens[pos].id + ")";
+        /* [generation] */
+        if (AV.isGenerated(pos)) {
+          tok.classList.add("generated");
+          tok.title += ", generated with probability " +
+            AV.generation.steps[pos - AV.promptLength].probability.toFixed(4);
+        }
+        /* [/generation] */
         column.appendChild(tok);
       }
     });
@@ -71,6 +81,9 @@
   function hover(event) {
     var tok = event.target.closest(".tok");
     var next = tok ? { side: tok.dataset.side, pos: Number(tok.dataset.pos) } : null;
+    /* [generation] */
+    if (!next) next = stepFocus(); /* back to the chosen step's row */
+    /* [/generation] */
     if (JSON.stringify(next) === JSON.stringify(focus)) return;
     document.querySelectorAll("#heads-view .tok.hot").forEach(function (el) { el.classList.remove("hot"); });
     if (tok) tok.classList.add("hot");
@@ -78,6 +91,167 @@
     draw();
   }
 
+  /* [generation] */
+  /* attnviz generate: the step slider. Choosing generated token g keeps only the lines of
+     its row (the query at position P + g - 1, in every head shown) and says what the model
+     wrote there: the token, its probability, the top-k alternatives, and each head's
+     strongest keys. "all rows" goes back to every row. */
+  var step = null; /* the chosen generated token, or null */
+  var stepInput, stepLabel, stepInfo, stepTopk, stepHeads;
+  var STRONGEST = 3, LEAST = 0.005; /* keys listed per head: at most 3, none under 0.005 */
+
+  function stepFocus() {
+    return step === null ? null : { side: "query", pos: AV.promptLength - 1 + step };
+  }
+
+  function tableCell(row, tag, text, className) {
+    var el = document.createElement(tag);
+    el.textContent = text;
+    if (className) el.className = className;
+    row.appendChild(el);
+    return el;
+  }
+
+  function quotedToken(pos) {
+    return "\u201c" + AV.tokens[pos].label + "\u201d";
+  }
+
+  function fillTopk(s) {
+    stepTopk.textContent = "";
+    stepTopk.createCaption().textContent = "What the model expected (top " + s.top_k.length + ")";
+    var head = stepTopk.createTHead().insertRow();
+    ["rank", "token", "id", "probability"].forEach(function (name) {
+      tableCell(head, "th", name, name === "token" ? "text" : "");
+    });
+    var body = stepTopk.createTBody();
+    var rows = s.top_k.map(function (alt, k) { return [String(k + 1), alt]; });
+    if (!s.top_k.some(function (alt) { return alt.id === s.id; })) {
+      rows.push(["\u2014", s]); /* sampled outside the top k */
+    }
+    rows.forEach(function (entry) {
+      var alt = entry[1], tr = body.insertRow();
+      tr.dataset.id = alt.id;
+      tr.dataset.probability = alt.probability;
+      if (alt.id === s.id) tr.classList.add("chosen");
+      tableCell(tr, "td", entry[0]);
+      tableCell(tr, "td", alt.label, "text");
+      tableCell(tr, "td", String(alt.id));
+      tableCell(tr, "td", alt.probability.toFixed(4));
+    });
+  }
+
+  function fillStepHeads() {
+    stepHeads.textContent = "";
+    if (step === null) return;
+    var query = AV.promptLength - 1 + step;
+    stepHeads.createCaption().textContent = "layer " + AV.layers[layer] + ": each head's strongest keys";
+    var head = stepHeads.createTHead().insertRow();
+    tableCell(head, "th", "head");
+    tableCell(head, "th", "strongest keys (position, weight)", "text");
+    var body = stepHeads.createTBody();
+    for (var h = 0; h < AV.nHeads; h++) {
+      var base = AV.rowStart(layer, h, query), keys = [];
+      for (var j = 0; j <= query; j++) keys.push(j);
+      keys.sort(function (a, b) { return AV.values[base + b] - AV.values[base + a] || a - b; });
+      keys = keys.slice(0, STRONGEST).filter(function (j, k) {
+        return k === 0 || AV.values[base + j] >= LEAST;
+      });
+      var tr = body.insertRow();
+      tr.dataset.head = h;
+      tr.dataset.keys = keys.join(",");
+      tr.dataset.weights = keys.map(function (j) { return AV.values[base + j]; }).join(",");
+      tableCell(tr, "td", String(h)).style.color = AV.headColor(h);
+      tableCell(tr, "td", keys.map(function (j) {
+        return quotedToken(j) + " (" + j + ") " + AV.values[base + j].toFixed(3);
+      }).join(", "), "text");
+    }
+  }
+
+  function markStep() {
+    document.querySelectorAll("#heads-view .tok.step-query, #heads-view .tok.step-token")
+      .forEach(function (el) { el.classList.remove("step-query", "step-token"); });
+    if (step === null) return;
+    var pos = AV.promptLength + step;
+    var query = left.querySelector('.tok[data-pos="' + (pos - 1) + '"]');
+    var written = right.querySelector('.tok[data-pos="' + pos + '"]');
+    if (query) query.classList.add("step-query");
+    if (written) written.classList.add("step-token");
+  }
+
+  function showStep(g) {
+    step = g;
+    stepInfo.dataset.step = g === null ? "" : String(g);
+    if (g === null) {
+      stepLabel.textContent = "all " + AV.nSteps + " generated rows";
+      stepInfo.textContent = "Move the slider to choose a generated token: its row alone, what the " +
+        "model wrote there, with which probability, and what else it expected.";
+      stepTopk.textContent = "";
+    } else {
+      var s = AV.generation.steps[g], pos = AV.promptLength + g, st = AV.state;
+      stepLabel.textContent = (g + 1) + " of " + AV.nSteps + " (position " + pos + ")";
+      stepInfo.dataset.position = pos;
+      stepInfo.dataset.id = s.id;
+      stepInfo.dataset.probability = s.probability;
+      stepInfo.textContent = "Generated token " + (g + 1) + " of " + AV.nSteps + " (position " + pos +
+        "): wrote \u201c" + s.label +
+        "\u201d (id " + s.id + ") with probability " + s.probability.toFixed(4) +
+        ", from the query at position " + (pos - 1) + " " + quotedToken(pos - 1) + ".";
+      fillTopk(s);
+      if (pos - 1 < st.winStart || pos >= st.winStart + st.winSize) {
+        AV.setWindow(pos + 1 - st.winSize, st.winSize); /* the query and the token in view */
+      }
+    }
+    fillStepHeads();
+    focus = stepFocus();
+    markStep();
+    draw();
+  }
+
+  function buildSteps() {
+    var controls = document.createElement("div");
+    controls.className = "controls step-controls";
+    var label = document.createElement("label");
+    label.textContent = "Generated token ";
+    stepInput = document.createElement("input");
+    stepInput.type = "range";
+    stepInput.id = "step";
+    stepInput.min = "0";
+    stepInput.max = String(AV.nSteps - 1);
+    stepInput.step = "1";
+    stepInput.value = "0";
+    label.appendChild(stepInput);
+    stepLabel = document.createElement("output");
+    stepLabel.id = "step-label";
+    stepLabel.htmlFor = "step";
+    var all = document.createElement("button");
+    all.type = "button";
+    all.id = "step-all";
+    all.textContent = "all rows";
+    controls.append(label, stepLabel, all);
+    var panel = document.createElement("div");
+    panel.id = "step-panel";
+    panel.className = "step-panel";
+    stepInfo = document.createElement("p");
+    stepInfo.id = "step-info";
+    stepInfo.className = "readout";
+    stepInfo.setAttribute("aria-live", "polite");
+    stepTopk = document.createElement("table");
+    stepTopk.id = "step-topk";
+    stepHeads = document.createElement("table");
+    stepHeads.id = "step-heads";
+    panel.appendChild(stepInfo);
+    [stepTopk, stepHeads].forEach(function (table) {
+      var scroll = document.createElement("div");
+      scroll.className = "table-scroll";
+      scroll.appendChild(table);
+      panel.appendChild(scroll);
+    });
+    document.querySelector("#heads-section .hint").after(controls, panel);
+    stepInput.addEventListener("input", function () { showStep(Number(stepInput.value)); });
+    all.addEventListener("click", function () { showStep(null); });
+  }
+
+  /* [/generation] */
   function syncChips() {
     chips.querySelectorAll(".chip").forEach(function (chip) {
       var h = Number(chip.dataset.head);
@@ -101,6 +275,9 @@
     });
     layerSelect.addEventListener("change", function () {
       layer = Number(layerSelect.value);
+      /* [generation] */
+      fillStepHeads();
+      /* [/generation] */
       syncChips();
       draw();
     });
@@ -151,16 +328,27 @@
     view.addEventListener("mouseover", hover);
     view.addEventListener("mouseleave", hover);
     fillTokens();
+    /* [generation] */
+    buildSteps();
+    showStep(null);
+    /* [/generation] */
     AV.on(function (what) {
       if (what === "select") {
         /* a head chosen elsewhere: show its layer and that head alone */
         layer = AV.state.layer;
         layerSelect.value = layer;
         for (var h = 0; h < AV.nHeads; h++) active[h] = h === AV.state.head;
+        /* [generation] */
+        fillStepHeads();
+        /* [/generation] */
       }
       if (what === "window") {
         focus = null;
         fillTokens();
+        /* [generation] */
+        focus = stepFocus();
+        markStep();
+        /* [/generation] */
       }
       if (what === "scale") return;
       syncChips();

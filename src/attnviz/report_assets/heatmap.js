@@ -28,6 +28,17 @@
     maskedName.after(outsideLegend[0], outsideLegend[1]);
   }
   /* [/families] */
+  /* [generation] */
+  /* the legend's swatch and name for the rows generation did not compute (left blank) */
+  (function () {
+    var swatch = document.createElement("span"), name = document.createElement("span");
+    swatch.className = "swatch unknown-swatch";
+    swatch.setAttribute("aria-hidden", "true");
+    name.id = "unknown-label";
+    name.textContent = "not computed (queries before " + (AV.promptLength - 1) + " and the last)";
+    document.getElementById("pool-note").before(swatch, name);
+  })();
+  /* [/generation] */
 
   function label(pos) {
     var text = AV.tokens[pos].label;
@@ -40,6 +51,9 @@
     /* [families] */
     var outsideRgb = AV.rgb(AV.cssVar("--outside") || "#808080");
     /* [/families] */
+    /* [generation] */
+    var unknownRgb = AV.rgb(AV.cssVar("--unknown") || "#ffffff");
+    /* [/generation] */
     image.width = size;
     image.height = size;
     var ictx = image.getContext("2d");
@@ -51,7 +65,14 @@
         /* [families] */
         var outside = false; /* the block holds keys outside the sliding window */
         /* [/families] */
+        /* [generation] */
+        var computed = false; /* the block holds a row generation computed */
+        /* [/generation] */
         for (var i = start + bi * pool; i < Math.min(start + (bi + 1) * pool, start + n); i++) {
+          /* [generation] */
+          if (!AV.known(i)) continue;
+          computed = true;
+          /* [/generation] */
           var base = AV.rowStart(st.layer, st.head, i);
           /* [families] */
           var first = AV.firstKey(st.layer, i);
@@ -76,6 +97,11 @@
           px[o] = outsideRgb[0]; px[o + 1] = outsideRgb[1]; px[o + 2] = outsideRgb[2];
         }
         /* [/families] */
+        /* [generation] */
+        if (!computed) {
+          px[o] = unknownRgb[0]; px[o + 1] = unknownRgb[1]; px[o + 2] = unknownRgb[2];
+        }
+        /* [/generation] */
         px[o + 3] = 255;
       }
     }
@@ -127,6 +153,10 @@
       ctx.textBaseline = "middle";
       for (var k = 0; k < g.n; k++) {
         var centre = g.margin + (k + 0.5) * g.cell;
+        /* [generation] */
+        ctx.fillStyle = AV.isGenerated(g.start + k) ? AV.cssVar("--generated") || "#c2185b"
+          : AV.cssVar("--fg") || "#000";
+        /* [/generation] */
         ctx.textAlign = "right";
         ctx.fillText(label(g.start + k), g.margin - 4, centre);
         ctx.save();
@@ -169,6 +199,15 @@
       return;
     }
     /* [/families] */
+    /* [generation] */
+    if (!AV.known(query)) {
+      readout.dataset.weight = "";
+      readout.textContent = where + ": not computed (generate keeps the rows that wrote a token: " +
+        "queries " + (AV.promptLength - 1) + "\u2013" + (AV.promptLength + AV.nSteps - 2) + ")";
+      paint();
+      return;
+    }
+    /* [/generation] */
     if (isNaN(w)) {
       readout.dataset.weight = "";
       readout.textContent = where + ": masked (a query never sees a later key)";
@@ -176,6 +215,9 @@
       readout.dataset.weight = String(w);
       readout.textContent = where + ": weight " + w.toFixed(3);
     }
+    /* [generation] */
+    readout.textContent += " (writing " + quoted(query + 1) + ")";
+    /* [/generation] */
     paint();
   }
 

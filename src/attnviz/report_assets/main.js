@@ -11,6 +11,13 @@
     cut.start + " are cut)" : AV.nTokens + " tokens";
   document.getElementById("summary").textContent = tokens + " \u00b7 " + AV.nLayers +
     " layer(s) \u00d7 " + AV.nHeads + " heads \u00b7 " + mode;
+  /* [generation] */
+  var generated = AV.generation;
+  document.getElementById("summary").textContent = AV.nTokens + " tokens: " + AV.promptLength +
+    " of the prompt, " + AV.nSteps + " generated (in colour; stopped: " +
+    String(generated.stopped).replace(/_/g, " ") + "; only the rows that wrote them are stored) \u00b7 " +
+    AV.nLayers + " layer(s) \u00d7 " + AV.nHeads + " heads \u00b7 " + mode;
+  /* [/generation] */
   /* [families] */
   var families = [];
   if (AV.kvHeads) families.push(AV.nHeads + " heads share " + AV.kvGroups().length + " kv heads");

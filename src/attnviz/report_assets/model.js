@@ -15,11 +15,19 @@
     var outsideRgb = AV.rgb(AV.cssVar("--outside") || "#808080");
     var outside = new Uint8Array(size * size); /* blocks holding keys outside the window */
     /* [/families] */
+    /* [generation] */
+    var unknownRgb = AV.rgb(AV.cssVar("--unknown") || "#ffffff");
+    var computed = new Uint8Array(size); /* block rows holding a row generation computed */
+    /* [/generation] */
     target.width = size;
     target.height = size;
     var tctx = target.getContext("2d"), data = tctx.createImageData(size, size), px = data.data;
     var best = new Float32Array(size * size).fill(-1);
     for (var i = 0; i < n; i++) {
+      /* [generation] */
+      if (!AV.known(i)) continue;
+      computed[Math.floor(i / pool)] = 1;
+      /* [/generation] */
       var base = AV.rowStart(li, h, i), bi = Math.floor(i / pool) * size;
       /* [families] */
       var first = AV.firstKey(li, i);
@@ -41,6 +49,9 @@
       /* [families] */
       if (best[c] < 0 && outside[c]) rgb = outsideRgb;
       /* [/families] */
+      /* [generation] */
+      if (!computed[Math.floor(c / size)]) rgb = unknownRgb;
+      /* [/generation] */
       px.set([rgb[0], rgb[1], rgb[2], 255], c * 4);
     }
     tctx.putImageData(data, 0, 0);

@@ -101,6 +101,9 @@
     ["position", "id", "token", "bytes"].forEach(function (name) {
       head.appendChild(cell("th", name, name === "token" ? "text" : ""));
     });
+    /* [generation] */
+    head.appendChild(cell("th", "probability (generated)"));
+    /* [/generation] */
     var body = table.createTBody();
     AV.tokens.forEach(function (t) {
       var tr = body.insertRow();
@@ -108,6 +111,13 @@
       tr.appendChild(cell("td", String(t.id)));
       tr.appendChild(cell("td", t.label, "text"));
       tr.appendChild(cell("td", String(t.bytes)));
+      /* [generation] */
+      if (t.bytes === null || t.bytes === undefined) tr.lastChild.textContent = "\u2014";
+      var generated = AV.isGenerated(t.position);
+      tr.classList.toggle("generated", generated);
+      tr.appendChild(cell("td", generated ?
+        AV.generation.steps[t.position - AV.promptLength].probability.toFixed(4) : ""));
+      /* [/generation] */
     });
   }
 
