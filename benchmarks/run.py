@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmark modules
 
-from models_bench import bench_models  # noqa: E402
 from report_bench import bench_report  # noqa: E402
 from scan_bench import bench_scan  # noqa: E402
 
@@ -397,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models (not with --write-docs)")
+                        "report, scan (not with --write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
     tokens, long_tokens = (8, 32) if args.smoke else (64, 1024)
@@ -411,7 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         "large": lambda tmp: [bench_large_one_layer(args.smoke, tmp)],
         "report": lambda tmp: bench_report(args.smoke, repeat, tmp),
         "scan": lambda tmp: bench_scan(tmp, smoke=args.smoke),
-        "models": lambda tmp: bench_models(args.smoke, repeat, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)
     unknown = [name for name in chosen if name not in groups]

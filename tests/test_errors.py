@@ -1,6 +1,7 @@
 """Every bad input: one `Error:` line on stderr, the right exit code, nothing on stdout,
 nothing half-written. Interrupts leave no temporaries. Random input never crashes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -143,6 +144,12 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.png"]
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it, also when the suite itself runs as a
+    background job (which starts with SIGINT ignored, and Python keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_run_leaves_only_complete_pngs(tmp_path, sig):
     out = tmp_path / "out"
@@ -150,6 +157,7 @@ def test_signal_mid_run_leaves_only_complete_pngs(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "attnviz", "heatmap", text, "--out", str(out), "--heads", "96",
          "--d-model", "768"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and len(list(out.glob("head_*.png"))) >= 3):
@@ -158,9 +166,11 @@ def test_signal_mid_run_leaves_only_complete_pngs(tmp_path, sig):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.decode().strip().splitlines()[-1] == "Error: interrupted; no partial files were left behind"
-    files = list(out.iterdir())
+    files = [p for p in out.iterdir() if p.name != ".attnviz-manifest.json"]
     assert files and all(p.name.startswith("head_") and p.suffix == ".png" for p in files)
     assert len(files) < 96  # it really was interrupted mid-run
+    listed = json.loads((out / ".attnviz-manifest.json").read_text())  # what the next run cleans
+    assert {p.name for p in files} <= set(listed["files"]) and listed["complete"] is False
     for png in files:
         with Image.open(png) as image:
             image.load()  # a truncated file would raise here

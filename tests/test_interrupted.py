@@ -26,8 +26,11 @@ EXPECTED = {"head_00.png", "head_01.png", "head_02.png", "head_03.png", "heads.p
 
 def attnviz(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # SIGINT as a terminal delivers it, also when the suite runs as a background job (which
+    # starts with SIGINT ignored: Python would keep it ignored)
     return subprocess.Popen([sys.executable, "-m", "attnviz", *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def heads_written(out: Path) -> int:

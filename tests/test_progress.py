@@ -189,12 +189,14 @@ def test_block_parameters_are_the_checkpoint_tensors(hf_checkpoint):
     model.load_blocks(1)
     block = model.blocks[0]
     reference = GPT2Model.from_pretrained(hf_checkpoint).h[0]
-    d = block.attn.d_out
+    d = block.attn.W_query.out_features
     c_attn = reference.attn.c_attn.weight.detach()  # (d, 3d), Conv1D layout
     torch.testing.assert_close(block.attn.W_key.weight, c_attn[:, d : 2 * d].T, rtol=0, atol=0)
-    torch.testing.assert_close(block.c_fc.weight, reference.mlp.c_fc.weight.detach().T,
+    model.load_blocks(2)  # block 0's MLP is read once a deeper layer needs its output
+    torch.testing.assert_close(block.mlp.fc.weight, reference.mlp.c_fc.weight.detach().T,
                                rtol=0, atol=0)
     assert not any(p.requires_grad for p in block.parameters())
+    model.run(torch.tensor([[1, 2, 3]]), [0])  # the masks are made for the first text
     assert block.attn.mask.device.type == "cpu" and bool(block.attn.mask[0, 1])
 
 

@@ -342,7 +342,8 @@ def test_sigint_leaves_valid_json_lines_and_exit_130(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "attnviz", "scan", "--file", "many.txt", "--per-prompt", str(out),
          "--batch-size", "1", "--format", "json"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # also in a background job
     deadline = time.monotonic() + 120
     while (not out.exists() or out.stat().st_size == 0) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()
