@@ -22,6 +22,7 @@ from attnviz.errors import InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.hf import (
+    check_layer_types,
     check_shapes,
     count_layers,
     field,
@@ -82,12 +83,7 @@ def _layer_types(raw: dict, family: str, n_layers: int, where: Path) -> list[str
         pattern = field({"sliding_window_pattern": pattern}, "sliding_window_pattern", where)
         types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
                  for i in range(n_layers)]
-    if not isinstance(types, list) or len(types) != n_layers:
-        raise InputError(f"{where}: layer_types must list one type per layer ({n_layers})")
-    unknown = sorted({t for t in types if t not in ("full_attention", "sliding_attention")})
-    if unknown:
-        raise InputError(f"{where}: layer_types {', '.join(map(repr, unknown))} not supported "
-                         "(full_attention, sliding_attention)")
+    check_layer_types(types, n_layers, where)
     return types
 
 

@@ -35,6 +35,16 @@ def field(raw: dict, name: str, where: Path, kind=int, default=None, minimum: in
     return kind(value)
 
 
+def check_layer_types(types, n_layers: int, where: Path) -> None:
+    """``layer_types`` (transformers' per-layer attention kinds) that attnviz computes."""
+    if not isinstance(types, list) or len(types) != n_layers:
+        raise InputError(f"{where}: layer_types must list one type per layer ({n_layers})")
+    unknown = sorted({t for t in types if t not in ("full_attention", "sliding_attention")})
+    if unknown:
+        raise InputError(f"{where}: layer_types {', '.join(map(repr, unknown))} not supported "
+                         "(full_attention, sliding_attention)")
+
+
 def open_source(located: Located, rename: Callable[[str], str | None]) -> TensorSource:
     """The located safetensors (lazily) or ``pytorch_model.bin`` (``weights_only``), under
     the reader's names."""

@@ -30,6 +30,7 @@ from attnviz.errors import AttnvizWarning, InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import (
+    check_layer_types,
     check_shapes,
     count_layers,
     field,
@@ -132,12 +133,7 @@ def _windows(raw: dict, family: str, n_layers: int, rotates: list[bool], where: 
             first = field(raw, "max_window_layers", where, int, default=28, minimum=0)
             types = ["sliding_attention" if window is not None and i >= first else "full_attention"
                      for i in range(n_layers)]
-    if not isinstance(types, list) or len(types) != n_layers:
-        raise InputError(f"{where}: layer_types must list one type per layer ({n_layers})")
-    unknown = sorted({t for t in types if t not in ("full_attention", "sliding_attention")})
-    if unknown:
-        raise InputError(f"{where}: layer_types {', '.join(map(repr, unknown))} not supported "
-                         "(full_attention, sliding_attention)")
+    check_layer_types(types, n_layers, where)
     return [window if t == "sliding_attention" else None for t in types]
 
 
