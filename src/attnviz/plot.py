@@ -1141,6 +1141,24 @@ class WrittenFile:
     head: int | None  # None for an overview grid
 
 
+def plan_folder(out_dir: Path, layers: Sequence[int], heads: Sequence[int], image_format: str):
+    """``(folders, record)``: the ``layer_NN/`` prefix of each layer ("" for one layer) and
+    the ``OutputFolder`` listing every file a heatmap folder will hold, before the first is
+    written (an interrupted run's files are then known to the next run)."""
+    folders = [f"layer_{layer:02d}/" if len(layers) > 1 else "" for layer in layers]
+    planned = [f"{folder}{name}.{image_format}" for folder in folders
+               for name in [*(f"head_{h:02d}" for h in heads), "heads"]]
+    model = [f"model.{image_format}"] if len(layers) > 1 else []
+    return folders, OutputFolder(Path(out_dir), planned + model)
+
+
+def throttle(figures) -> None:
+    """At most a few encoded-but-unwritten images wait (each holds a copy of the canvas)."""
+    waiting = [f for figure in figures for f in figure.pending if not f.done()]
+    for future in waiting[: max(0, len(waiting) - 2 * _ENCODERS)]:
+        future.result()
+
+
 def write_heatmaps(
     result: AttentionResult,
     out_dir: Path,
@@ -1198,19 +1216,12 @@ def write_heatmaps(
 
     for window in dict.fromkeys(windows):  # built (and their options checked) before any file
         figure_for(window)
-    folders = [f"layer_{layer:02d}/" if n_layers > 1 else "" for layer in result.layers]
-    planned = [f"{folder}{name}.{image_format}" for folder in folders
-               for name in [*(f"head_{h:02d}" for h in chosen), "heads"]]
-    # Listed before the first file is written: an interrupted run's files are known next time.
-    record = OutputFolder(out_dir, planned + ([f"model.{image_format}"] if n_layers > 1 else []))
+    folders, record = plan_folder(out_dir, result.layers, chosen, image_format)
     written = []
     total = n_layers * (len(chosen) + 1) + (n_layers > 1)
 
     def drawn() -> None:
-        # At most a few encoded-but-unwritten images wait (each holds a copy of the canvas).
-        waiting = [f for figure in figures.values() for f in figure.pending if not f.done()]
-        for future in waiting[: max(0, len(waiting) - 2 * _ENCODERS)]:
-            future.result()
+        throttle(figures.values())
         if progress:
             progress("Drawing", len(written), total)
 

@@ -34,7 +34,6 @@ from attnviz.errors import InputError
 from attnviz.fileio import write_bytes
 from attnviz.fonts import Fonts, text_width_in
 from attnviz.images import check_image_size
-from attnviz.outdir import OutputFolder
 from attnviz.plot import (
     _ENCODERS,
     IMAGE_FORMATS,
@@ -50,8 +49,10 @@ from attnviz.plot import (
     outside_label,
     overview_plan,
     overview_tiles,
+    plan_folder,
     plural,
     save_grid,
+    throttle,
     window_note,
 )
 
@@ -251,17 +252,12 @@ def write_generation_pictures(
             return full[view.first_step:view.first_step + n_rows, view.start:view.stop]
         return view.rows[li, h]
 
-    folders = [f"layer_{layer:02d}/" if n_layers > 1 else "" for layer in result.layers]
-    planned = [f"{folder}{name}.{image_format}" for folder in folders
-               for name in [*(f"head_{h:02d}" for h in chosen), "heads"]]
-    record = OutputFolder(Path(out_dir), planned + ([f"model.{image_format}"] if n_layers > 1 else []))
+    folders, record = plan_folder(out_dir, result.layers, chosen, image_format)
     written: list[WrittenFile] = []
     total = n_layers * (len(chosen) + 1) + (n_layers > 1)
 
     def drawn() -> None:
-        waiting = [f for figure in figures.values() for f in figure.pending if not f.done()]
-        for future in waiting[: max(0, len(waiting) - 2 * _ENCODERS)]:
-            future.result()
+        throttle(figures.values())
         if progress:
             progress("Drawing", len(written), total)
 
