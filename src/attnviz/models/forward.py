@@ -144,8 +144,12 @@ class Attention(nn.Module):
         return context_vec.reshape(b, num_tokens, self.num_heads * self.head_dim), attn_weights
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                cache: LayerCache | None = None):
+                cache: LayerCache | None = None, edit=None):
+        """``edit``, when given, maps the per-head context ``(b, T, nh·hd)`` to the one
+        ``out_proj`` receives (an ablation zeroes a head's slice; a recorder keeps it)."""
         context_vec, attn_weights = self.heads_context(x, weights_out, cache)
+        if edit is not None:
+            context_vec = edit(context_vec)
         return self.out_proj(context_vec), attn_weights  # (b, T, d), (b, nh, T, T)
 
 
@@ -229,23 +233,34 @@ class Block(nn.Module):
         self.mlp_out_norm = _norm(spec) if spec.sandwich_norms else None
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                mlp: bool = True, cache: LayerCache | None = None):
+                mlp: bool = True, cache: LayerCache | None = None, edit=None,
+                record: dict | None = None):
         """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
         the weights are written into ``weights_out`` when given. ``mlp=False`` skips the
         MLP (x_out is then None): the deepest block asked for needs only its attention.
-        ``cache``: see ``Attention.heads_context``."""
+        ``cache``: see ``Attention.heads_context``; ``edit``: see ``Attention.forward``.
+        ``record``, when given, receives what the block adds to the residual stream,
+        ``(b, T, d)`` each: ``attn_out`` (out_proj's output, before a sandwich norm),
+        ``attn_added`` and ``mlp_added`` (x_out = x + attn_added + mlp_added)."""
         attn_input = self.norm1(x)
-        attn_out, weights = self.attn(attn_input, weights_out, cache)
+        attn_out, weights = self.attn(attn_input, weights_out, cache, edit)
         if not mlp:
             return None, attn_input, weights
+        if record is not None:
+            record["attn_out"] = attn_out
         if self.attn_out_norm is not None:
             attn_out = self.attn_out_norm(attn_out)
         if self.parallel:  # in transformers' order of the additions
-            return self.mlp(self.norm2(x)) + attn_out + x, attn_input, weights
+            mlp_out = self.mlp(self.norm2(x))
+            if record is not None:
+                record["attn_added"], record["mlp_added"] = attn_out, mlp_out
+            return mlp_out + attn_out + x, attn_input, weights
         x = x + attn_out
         mlp_out = self.mlp(self.norm2(x))
         if self.mlp_out_norm is not None:
             mlp_out = self.mlp_out_norm(mlp_out)
+        if record is not None:
+            record["attn_added"], record["mlp_added"] = attn_out, mlp_out
         return x + mlp_out, attn_input, weights
 
     @classmethod
@@ -383,7 +398,7 @@ class Transformer:
         weights = self.checkpoint.weights
         return type(weights).final_norm is not WeightMap.final_norm and weights.final_norm() is not None
 
-    def _head(self):
+    def output_head(self):
         """``(final norm module, unembedding (V, d))``, read once."""
         if getattr(self, "_head_parts", None) is None:
             weights = self.checkpoint.weights
@@ -396,6 +411,13 @@ class Transformer:
                 setattr(norm, name, nn.Parameter(tensor, requires_grad=False))
             self._head_parts = (norm.to(self.device), unembedding.to(self.device))
         return self._head_parts
+
+    def ready(self, n_tokens: int) -> list[Block]:
+        """Every block, read whole and given masks and rotations for ``n_tokens``
+        positions: for a caller that runs the blocks itself (attribution)."""
+        self.load_blocks(self.n_layers, whole=True)
+        self._prepare(n_tokens, self.blocks)
+        return self.blocks
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.n_layers, capacity)
@@ -416,7 +438,7 @@ class Transformer:
             x, _, weights = block(x, cache=cache.layers[i])
             if i in wanted:
                 rows[i] = weights
-        norm, unembedding = self._head()
+        norm, unembedding = self.output_head()
         hidden = norm(x[:, -1:] if last_only else x)
         logits = hidden @ unembedding.T  # (B, n, d) @ (d, V) -> (B, n, V)
         if self.spec.logit_softcap is not None:

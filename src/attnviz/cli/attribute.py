@@ -1,0 +1,232 @@
+"""`attnviz attribute`: which heads matter for one prediction (direct logit attribution and
+ablation, see ``attnviz.attribution``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import (
+    AllowSpecialOpt,
+    DebugOpt,
+    DpiOpt,
+    FileOpt,
+    FormatOpt,
+    ImageFormatOpt,
+    ModelOptions,
+    QuietOpt,
+    TextArg,
+    WeightsOpt,
+    check_out_dir,
+    model_options,
+)
+from attnviz.errors import InputError
+from attnviz.inputs import read_text
+
+
+@app.command()
+@model_options
+def attribute(
+    text: TextArg = None,
+    file: FileOpt = None,
+    target: Annotated[str | None, typer.Option("--target", metavar="TOKEN", help="The token "
+                      "whose logit is explained (one token, e.g. ' Mary' with its leading "
+                      "space). Default: the model's top prediction.", show_default=False)] = None,
+    contrast: Annotated[str | None, typer.Option("--contrast", metavar="TOKEN", help="Explain the "
+                        "logit difference target - contrast instead (the IOI metric).",
+                        show_default=False)] = None,
+    position: Annotated[int, typer.Option("--position", help="The position whose next token is "
+                        "predicted (0-based; negative counts from the end).")] = -1,
+    ablate: Annotated[str, typer.Option("--ablate", help="zero: a head's output removed; mean: "
+                      "replaced by its mean over the prompt's positions (or --baseline-file's)."
+                      )] = "zero",
+    baseline_file: Annotated[Path | None, typer.Option("--baseline-file", help="With --ablate "
+                             "mean: average each head's output over these prompts (one a "
+                             "line) instead of the prompt.", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions listed.")] = 10,
+    top_heads: Annotated[int, typer.Option("--top-heads", min=1, help="Heads listed per "
+                         "measure (largest |value| first) and drawn in top_heads.png.")] = 10,
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="DIR", help="Write dla.png, "
+                    "ablation.png (layers x heads) and top_heads.png (their attention at the "
+                    "position) to this folder.", show_default=False)] = None,
+    dpi: DpiOpt = 100,
+    image_format: ImageFormatOpt = None,
+    config: ModelOptions = None,
+    weights: WeightsOpt = None,
+    allow_special: AllowSpecialOpt = False,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Which heads matter for the model's prediction at a position: each head's direct
+    logit attribution and the effect of ablating it, with the predictions.
+
+    The metric is the target's logit, or target - contrast with --contrast (before a final
+    softcap). Needs --weights: random mode has no output head. See docs/attribution.md.
+    """
+    from attnviz.output import Output
+
+    output = Output(fmt, quiet)
+    source = read_text(text, file)
+    if ablate not in ("zero", "mean"):
+        raise InputError(f"--ablate must be zero or mean, got {ablate!r}")
+    if baseline_file is not None and ablate != "mean":
+        raise InputError("--baseline-file gives the means of --ablate mean; add --ablate mean")
+    fmt_out = None
+    if plot is not None:
+        from attnviz import plot as pictures
+
+        pictures.check_picture_options(dpi=dpi)
+        fmt_out = pictures.image_format(None, image_format)
+        check_out_dir(plot)
+    if weights is None:
+        raise InputError("attribute needs trained weights: random mode has no output head "
+                         "(unembedding); pass --weights (a checkpoint or a Hub repo id such as "
+                         "gpt2)")
+    from attnviz.analysis import check_length, encode_text, load_model
+    from attnviz.attribution import attribute as run
+    from attnviz.attribution import check_can_attribute, check_position, single_token
+
+    model = load_model(config, weights)
+    check_can_attribute(model)
+    token_ids = encode_text(model, source, allow_special, bos=config.bos)
+    check_length(len(token_ids), model.context_length, " (the checkpoint's context)")
+    check_position(position, len(token_ids))
+    tokenizer = model.tokenizer
+    target_id = single_token(tokenizer, target, "--target") if target is not None else None
+    contrast_id = single_token(tokenizer, contrast, "--contrast") if contrast is not None else None
+    if contrast_id is not None and contrast_id == target_id:
+        raise InputError("--contrast is the target token itself: the logit difference would be "
+                         "0; give another token")
+    baseline = _baseline(model, baseline_file, config.bos) if baseline_file is not None else None
+    output.message(f"Attributing: {model.n_layers} layers x {model.n_heads} heads "
+                   f"({model.n_layers * model.n_heads} ablations, {ablate})…")
+    result = run(model, token_ids, position=position, target=target_id, contrast=contrast_id,
+                 ablate=ablate, baseline=baseline, top_k=top_k)
+    labels = _labels(tokenizer, token_ids)
+    metric_name = _metric_name(tokenizer, result)
+    files = []
+    if plot is not None:
+        from attnviz.plot_attribute import write_attribution_pictures
+
+        files = [str(f) for f in write_attribution_pictures(
+            result, labels, plot, metric_name, top=top_heads, dpi=dpi, fmt=fmt_out)]
+    document = attribution_document(result, tokenizer)
+    if files:
+        document["files"] = files
+    rows = head_rows(result)
+    if fmt == "json":
+        output.json(document)
+        return
+    if fmt == "csv":
+        output.csv(rows, ["layer", "head", "dla", "ablation"]
+                   + [f"key_{k}" for k in range(result.position + 1)])
+        return
+    _print_table(output, result, tokenizer, labels, metric_name, top_heads)
+    for f in files:
+        output.message(f"Wrote {f}")
+
+
+def _labels(tokenizer, token_ids: list[int]) -> list[str]:
+    from attnviz.tokenizer import token_label
+
+    return [token_label(raw) for raw in tokenizer.token_bytes(token_ids)]
+
+
+def _token(tokenizer, token_id: int) -> dict:
+    from attnviz.analysis import token_records
+
+    record = token_records([token_id], tokenizer.token_bytes([token_id]))[0]
+    return {k: record[k] for k in ("id", "text", "label")}
+
+
+def _metric_name(tokenizer, result) -> str:
+    target = _token(tokenizer, result.target)["label"]
+    if result.contrast is None:
+        return f"logit({target})"
+    return f"logit({target}) - logit({_token(tokenizer, result.contrast)['label']})"
+
+
+def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
+    from attnviz.analysis import encode_text
+    from attnviz.scan import read_corpus
+
+    records, where = read_corpus(None, path)
+    prompts = []
+    for number, line in records:
+        ids = encode_text(model, line, bos=bos)
+        if len(ids) > model.context_length:
+            raise InputError(f"{where} {number} is {len(ids)} tokens, longer than the context "
+                             f"length {model.context_length}: shorten it")
+        prompts.append(ids)
+    return prompts
+
+
+def head_rows(result) -> list[dict]:
+    """One row per layer x head: ``dla``, ``ablation`` and ``key_<k>``, the head's weight
+    on key k at the position (the CSV)."""
+    rows = []
+    for layer in range(result.n_layers):
+        for head in range(result.n_heads):
+            row = {"layer": layer, "head": head, "dla": float(result.dla[layer, head]),
+                   "ablation": float(result.ablation[layer, head])}
+            row.update({f"key_{k}": float(w) for k, w in enumerate(result.attention[layer, head])})
+            rows.append(row)
+    return rows
+
+
+def attribution_document(result, tokenizer) -> dict:
+    """The JSON of `attribute` (schema: docs/attribution.md)."""
+    from attnviz.analysis import token_records
+
+    tokens = token_records(result.token_ids, tokenizer.token_bytes(result.token_ids), 0,
+                           tokenizer.bos_id is not None and result.token_ids[:1] == [tokenizer.bos_id])
+    return {
+        "position": result.position,
+        "metric": {
+            "kind": "logit" if result.contrast is None else "logit_difference",
+            "target": _token(tokenizer, result.target),
+            "contrast": None if result.contrast is None else _token(tokenizer, result.contrast),
+            "value": result.metric,
+        },
+        "predictions": [{"rank": rank, **_token(tokenizer, i), "probability": p, "logit": logit}
+                        for rank, (i, p, logit) in enumerate(result.predictions, start=1)],
+        "heads": [{"layer": layer, "head": head, "dla": float(result.dla[layer, head]),
+                   "ablation": float(result.ablation[layer, head]),
+                   "attention": result.attention[layer, head].tolist()}
+                  for layer in range(result.n_layers) for head in range(result.n_heads)],
+        "components": result.components,
+        "decomposition_total": result.decomposition_total(),
+        "ablate": result.ablate,
+        "baseline_prompts": result.baseline_prompts,
+        "tokens": tokens,
+        "config": result.config,
+    }
+
+
+def _print_table(output, result, tokenizer, labels, metric_name, top_heads) -> None:
+    at = f"position {result.position} ({labels[result.position]})"
+    predictions = [{"rank": rank, "token": _token(tokenizer, i)["label"], "id": i,
+                    "probability": p, "logit": logit}
+                   for rank, (i, p, logit) in enumerate(result.predictions, start=1)]
+    output.table(predictions, ["rank", "token", "id", "probability", "logit"],
+                 title=f"Predictions after {at}")
+    output.line(f"metric: {metric_name} = {result.metric:.4f}; the heads' direct attributions "
+                f"add up to {float(result.dla.sum()):.4f} (with the embeddings, MLPs and biases: "
+                f"{result.decomposition_total():.4f})")
+    ablated = "zeroed" if result.ablate == "zero" else "mean-ablated"
+    for measure, title in (("dla", "direct logit attribution"),
+                           ("ablation", f"ablation effect (head {ablated})")):
+        rows = []
+        for rank, (layer, head, _) in enumerate(result.top_heads(measure, top_heads), start=1):
+            weights = result.attention[layer, head]
+            key = int(weights.argmax())
+            rows.append({"rank": rank, "layer": layer, "head": head,
+                         "dla": float(result.dla[layer, head]),
+                         "ablation": float(result.ablation[layer, head]),
+                         "looks at": f"{key}: {labels[key]} ({weights[key]:.2f})"})
+        output.table(rows, ["rank", "layer", "head", "dla", "ablation", "looks at"],
+                     title=f"Top heads by {title}", keys=["rank", "layer", "head"])
