@@ -281,3 +281,47 @@ def test_random_mode_is_refused(cli):
     result = cli("attribute", TEXT)
     assert result.exit_code == 2
     assert "pass --weights" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["Qwen3Model", "Gemma3Model"])
+def test_the_book_classes_ablation_equals_their_independent_implementation(tmp_path, kind):
+    """The book's own classes (written in tests/test_book_models.py), their logits read from
+    ``out_head``, the head zeroed by a pre-hook on ``att.out_proj``."""
+    import warnings
+
+    from test_book_models import book_model, save
+
+    book, cfg = book_model(kind)
+    path, cfg_path, tokenizer = save(tmp_path, book, cfg)
+    config = ModelConfig(book_config=str(cfg_path), tokenizer=str(tokenizer))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what came from the config is said
+        model = load_model(config, str(path))
+    ids = encode_text(model, TEXT)
+    blocks = book.blocks if hasattr(book, "blocks") else book.trf_blocks
+    hd = blocks[0].att.head_dim
+    target = ids[4]
+
+    def metric(hooks=()):
+        handles = [module.register_forward_pre_hook(hook) for module, hook in hooks]
+        with torch.no_grad():
+            value = float(book(torch.tensor([ids]))[0, -1, target])
+        for handle in handles:
+            handle.remove()
+        return value
+
+    def zero(head):
+        def hook(module, args):
+            x = args[0].clone()
+            x[..., head * hd:(head + 1) * hd] = 0
+            return (x,)
+        return hook
+
+    clean = metric()
+    expected = np.array([[metric([(block.att.out_proj, zero(h))]) - clean
+                          for h in range(cfg["n_heads"])] for block in blocks])
+    result = attribute(model, ids, target=target)
+    assert result.metric == pytest.approx(clean, abs=1e-4)
+    assert np.abs(expected).max() > 0.05
+    np.testing.assert_allclose(result.ablation, expected, atol=1e-4)
+    assert result.decomposition_total() == pytest.approx(result.metric, abs=1e-4)

@@ -78,11 +78,12 @@ def jsonl_texts(lines: Iterable[tuple[int, str]], source: str) -> Iterator[tuple
 
 
 def read_corpus(prompts: list[str] | None, file: Path | None, jsonl: bool = False,
-                limit: int | None = None) -> tuple[list[tuple[int, str]], str]:
+                limit: int | None = None, option: str = "--file") -> tuple[list[tuple[int, str]], str]:
     """``(records, where)``: ``(line number, text)`` of every non-empty prompt, and how
     to name a line in a message (``"--file p.txt line"``). From ``prompts`` (arguments, or
     ``["-"]`` for standard input) or ``file`` (one prompt a line; JSON Lines with a
-    ``"text"`` field when ``jsonl`` or the name ends in ``.jsonl``), the first ``limit``."""
+    ``"text"`` field when ``jsonl`` or the name ends in ``.jsonl``), the first ``limit``.
+    ``option``: how messages name the file's option."""
     prompts = prompts or []
     if file is not None and prompts:
         raise InputError("give prompts as arguments, '-' for standard input, or --file; not both")
@@ -91,8 +92,8 @@ def read_corpus(prompts: list[str] | None, file: Path | None, jsonl: bool = Fals
     if file is not None and str(file) == "-":
         data, source = stdin_bytes("the prompts"), "standard input"
     elif file is not None:
-        data = read_file_bytes(file)
-        source, jsonl = f"--file {file}", jsonl or file.suffix.lower() == ".jsonl"
+        data = read_file_bytes(file, option)
+        source, jsonl = f"{option} {file}", jsonl or file.suffix.lower() == ".jsonl"
     elif prompts == ["-"]:
         data, source = stdin_bytes("the prompts"), "standard input"
     elif prompts:

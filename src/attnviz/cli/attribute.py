@@ -154,7 +154,7 @@ def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
     from attnviz.analysis import encode_text
     from attnviz.scan import read_corpus
 
-    records, where = read_corpus(None, path)
+    records, where = read_corpus(None, path, option="--baseline-file")
     prompts = []
     for number, line in records:
         ids = encode_text(model, line, bos=bos)
