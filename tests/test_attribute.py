@@ -100,7 +100,7 @@ class Reference:
         if isinstance(norm, torch.nn.LayerNorm):
             sigma = torch.sqrt(stream.var(unbiased=False) + norm.eps)
             return (component - component.mean()) / sigma * norm.weight
-        eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon")
+        eps = getattr(norm, "eps", None) or norm.variance_epsilon
         rms = torch.sqrt(stream.pow(2).mean() + eps)
         weight = (1 + norm.weight) if self.kind.startswith("gemma") else norm.weight
         return component / rms * weight

@@ -110,9 +110,9 @@ def check_position(position: int, n_tokens: int) -> int:
 class _Forward:
     """The clean forward pass of one text, recording what the decomposition needs."""
 
-    def __init__(self, model, token_ids: list[int]):
+    def __init__(self, model, token_ids: list[int], progress=None):
         self.model = model
-        model.ready(len(token_ids))
+        model.ready(len(token_ids), progress)
         x = model.embed(torch.tensor([token_ids]))  # (1, T, d)
         self.embedding = x[0]
         self.inputs, self.contexts, self.weights, self.records = [], [], [], []
@@ -205,9 +205,11 @@ def mean_contexts(model, prompts: list[list[int]]) -> list[torch.Tensor]:
 
 
 def ablation_effects(model, forward: _Forward, position: int, direction: torch.Tensor,
-                     replacements: list[torch.Tensor] | None, clean: float) -> np.ndarray:
+                     replacements: list[torch.Tensor] | None, clean: float,
+                     progress=None) -> np.ndarray:
     """``(L, H)``: the metric with each head ablated, minus ``clean``. ``replacements``:
-    per layer the ``(nh·hd,)`` context put in a head's place (None: zeros)."""
+    per layer the ``(nh·hd,)`` context put in a head's place (None: zeros).
+    ``progress(stage, done, total)`` hears of each batch of heads done."""
     n = position + 1
     nh, hd = model.n_heads, model.blocks[0].attn.head_dim
     d = forward.final.shape[-1]
@@ -233,17 +235,20 @@ def ablation_effects(model, forward: _Forward, position: int, direction: torch.T
                     x, _, _ = block(x)
                 metrics = _metric(model, x[:, position], direction)  # (rows,)
                 effects[layer, first:first + len(heads)] = metrics.double().numpy() - clean
+                if progress:
+                    progress("Ablations", layer * nh + first + len(heads), model.n_layers * nh)
     return effects
 
 
 def attribute(model, token_ids: list[int], *, position: int = -1, target: int | None = None,
               contrast: int | None = None, ablate: str = "zero",
-              baseline: list[list[int]] | None = None, top_k: int = 10) -> AttributionResult:
+              baseline: list[list[int]] | None = None, top_k: int = 10,
+              progress=None) -> AttributionResult:
     """Rank every head of ``model`` (from ``analysis.load_model``) by what it does for the
     prediction after ``token_ids[position]`` (see the module docstring). ``target`` /
     ``contrast``: token ids (``target`` None: the top prediction). ``ablate``: ``zero`` or
     ``mean``; with ``mean``, ``baseline`` (token ids of prompts) gives the means, else the
-    prompt itself does."""
+    prompt itself does. ``progress(stage, done, total)``: see ``attnviz.progress``."""
     check_can_attribute(model)
     if ablate not in ABLATIONS:
         raise InputError(f"--ablate must be zero or mean, got {ablate!r}")
@@ -254,7 +259,7 @@ def attribute(model, token_ids: list[int], *, position: int = -1, target: int | 
             raise InputError(f"{option} token id {token} is outside the output head's "
                              f"{vocab} rows")
     with torch.inference_mode():
-        forward = _Forward(model, token_ids)
+        forward = _Forward(model, token_ids, progress)
         norm, unembedding = model.output_head()
         logits = norm(forward.final[position]) @ unembedding.T  # (V,)
         softcap = model.spec.logit_softcap
@@ -277,7 +282,8 @@ def attribute(model, token_ids: list[int], *, position: int = -1, target: int | 
             else:
                 replacements = [c.double().mean(0).float() for c in forward.contexts]
         clean = float(_metric(model, forward.final[position], direction))
-        ablation = ablation_effects(model, forward, position, direction, replacements, clean)
+        ablation = ablation_effects(model, forward, position, direction, replacements, clean,
+                                    progress)
         attention = np.stack([w[:, position, : position + 1].numpy() for w in forward.weights])
     return AttributionResult(
         token_ids=list(token_ids), position=position, target=target, contrast=contrast,

@@ -102,10 +102,12 @@ def attribute(
         raise InputError("--contrast is the target token itself: the logit difference would be "
                          "0; give another token")
     baseline = _baseline(model, baseline_file, config.bos) if baseline_file is not None else None
-    output.message(f"Attributing: {model.n_layers} layers x {model.n_heads} heads "
-                   f"({model.n_layers * model.n_heads} ablations, {ablate})…")
-    result = run(model, token_ids, position=position, target=target_id, contrast=contrast_id,
-                 ablate=ablate, baseline=baseline, top_k=top_k)
+    from attnviz.progress import Progress
+
+    with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
+        result = run(model, token_ids, position=position, target=target_id, contrast=contrast_id,
+                     ablate=ablate, baseline=baseline, top_k=top_k, progress=progress)
+        progress.summary(f"{model.n_layers * model.n_heads} heads attributed ({ablate} ablation)")
     labels = _labels(tokenizer, token_ids)
     metric_name = _metric_name(tokenizer, result)
     files = []

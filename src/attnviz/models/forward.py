@@ -412,10 +412,10 @@ class Transformer:
             self._head_parts = (norm.to(self.device), unembedding.to(self.device))
         return self._head_parts
 
-    def ready(self, n_tokens: int) -> list[Block]:
+    def ready(self, n_tokens: int, progress=None) -> list[Block]:
         """Every block, read whole and given masks and rotations for ``n_tokens``
         positions: for a caller that runs the blocks itself (attribution)."""
-        self.load_blocks(self.n_layers, whole=True)
+        self.load_blocks(self.n_layers, progress, whole=True)
         self._prepare(n_tokens, self.blocks)
         return self.blocks
 
