@@ -325,3 +325,36 @@ def test_the_book_classes_ablation_equals_their_independent_implementation(tmp_p
     assert np.abs(expected).max() > 0.05
     np.testing.assert_allclose(result.ablation, expected, atol=1e-4)
     assert result.decomposition_total() == pytest.approx(result.metric, abs=1e-4)
+
+
+def test_report_with_a_target_carries_the_attribution(cli, checkpoints, tmp_path):
+    from attnviz.report import read_payload
+
+    weights = str(checkpoints["gpt2"])
+    page = tmp_path / "r.html"
+    done = cli("report", TEXT, "--weights", weights, "--target", " Mary", "--contrast", " John",
+               "-o", page, "-q")
+    assert done.exit_code == 0, done.stderr
+    data = read_payload(page)["attribution"]
+    doc = run_json(cli, TEXT, "--weights", weights, "--target", " Mary", "--contrast", " John")
+    assert data["metric"] == doc["metric"] and data["predictions"] == doc["predictions"]
+    assert data["dla"] == [[r["dla"] for r in doc["heads"] if r["layer"] == layer] for layer in range(3)]
+    assert data["ablation"] == [[r["ablation"] for r in doc["heads"] if r["layer"] == layer]
+                                for layer in range(3)]
+    plain = tmp_path / "plain.html"
+    assert cli("report", TEXT, "--weights", weights, "-o", plain, "-q").exit_code == 0
+    assert "attribution" not in read_payload(plain)
+    assert "Heads that matter" not in plain.read_text() and "Heads that matter" in page.read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", " Mary and"], "is 2 tokens, not one"),
+    (["--target", " Mary", "--ablate", "half"], "--ablate must be zero or mean"),
+    (["--target", " Mary", "--position", "-40"], "--position -40 is out of range"),
+])
+def test_report_refuses_a_bad_target_before_writing(cli, checkpoints, tmp_path, args, message):
+    page = tmp_path / "r.html"
+    done = cli("report", TEXT, "--weights", str(checkpoints["gpt2"]), *args, "-o", page)
+    assert done.exit_code == 2 and message in done.stderr and not page.exists()
+    random_mode = cli("report", TEXT, "--target", " Mary", "-o", page)
+    assert random_mode.exit_code == 2 and "pass --weights" in random_mode.stderr

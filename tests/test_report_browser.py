@@ -290,3 +290,46 @@ def test_window_and_induction_column_are_shown(browser, hf_checkpoint, tmp_path)
                                            "tds => tds.map(td => td.title || td.textContent)")
     np.testing.assert_allclose([float(v) for v in shown], expected, atol=5e-4)
     page.page.close()
+
+
+def test_heads_that_matter_view_selects_heads_and_shows_the_numbers(browser, tmp_path):
+    """`report --target`: the predictions and both maps; clicking a map cell selects that
+    head everywhere, and the cells carry the numbers of `attribute --format json`."""
+    import json
+
+    from helpers import make_hf_checkpoint
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    checkpoint = make_hf_checkpoint(tmp_path / "lm", 3, 4, 64, lm_head=True)
+    common = [TEXT, "--weights", str(checkpoint), "--target", " Mary", "--contrast", " John"]
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", *common, "--layer", "1,2", "-o", str(tmp_path / "r.html"), "-q"])
+    assert done.exit_code == 0, done.stderr
+    numbers = runner.invoke(app, ["attribute", *common, "--format", "json", "-q"])
+    expected = json.loads(numbers.stdout)
+    page = Page(browser, tmp_path / "r.html")
+    try:
+        assert not page.errors and all(u.startswith("file:") for u in page.requests)
+        assert page.page.locator("#attribution-section h2").inner_text() == "Heads that matter"
+        assert "logit(\u2423Mary) \u2212 logit(\u2423John)" in page.page.inner_text("#attribution-summary")
+        rows = page.page.locator("#attribution-predictions tr").count()
+        assert rows == 1 + len(expected["predictions"])
+        for row in expected["heads"]:
+            for measure in ("dla", "ablation"):
+                cell = page.page.locator(f"#{measure}-map td[data-layer='{row['layer']}']"
+                                         f"[data-head='{row['head']}']")
+                assert float(cell.get_attribute("data-value")) == pytest.approx(row[measure], abs=1e-9)
+        # a head of layer 2 (the report's second layer): selected in the other views
+        page.page.click("#ablation-map td[data-layer='2'][data-head='3']")
+        assert page.heatmap_head() == "2/3"
+        assert page.page.get_attribute("#selected-head", "data-layer") == "2"
+        assert page.page.locator("#dla-map td.hl").get_attribute("data-head") == "3"
+        # layer 0 is not in the report: its cells show numbers but select nothing
+        page.page.click("#dla-map td[data-layer='0'][data-head='1']")
+        assert page.heatmap_head() == "2/3"
+        if os.environ.get("ATTNVIZ_SCREENSHOTS"):
+            page.page.locator("#attribution-section").screenshot(path=os.environ["ATTNVIZ_SCREENSHOTS"])
+    finally:
+        page.page.close()

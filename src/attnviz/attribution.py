@@ -107,6 +107,22 @@ def check_position(position: int, n_tokens: int) -> int:
     return absolute
 
 
+def resolve_metric(model, token_ids: list[int], target: str | None, contrast: str | None,
+                   position: int) -> tuple[int | None, int | None]:
+    """``--target``/``--contrast`` texts -> token ids (None: the top prediction / no
+    contrast), refused before any work when they are not one token each, the same token,
+    or ``position`` is outside the text; the model must have an output head."""
+    check_can_attribute(model)
+    check_position(position, len(token_ids))
+    target_id = single_token(model.tokenizer, target, "--target") if target is not None else None
+    contrast_id = (single_token(model.tokenizer, contrast, "--contrast")
+                   if contrast is not None else None)
+    if contrast_id is not None and contrast_id == target_id:
+        raise InputError("--contrast is the target token itself: the logit difference would be "
+                         "0; give another token")
+    return target_id, contrast_id
+
+
 class _Forward:
     """The clean forward pass of one text, recording what the decomposition needs."""
 
@@ -292,3 +308,64 @@ def attribute(model, token_ids: list[int], *, position: int = -1, target: int | 
         baseline_prompts=len(baseline) if ablate == "mean" and baseline else 0,
         config={**model.describe(), "logit_softcap": softcap},
     )
+
+
+def token_info(tokenizer, token_id: int) -> dict:
+    """``{"id", "text", "label"}`` of one token."""
+    from attnviz.analysis import token_records
+
+    record = token_records([token_id], tokenizer.token_bytes([token_id]))[0]
+    return {k: record[k] for k in ("id", "text", "label")}
+
+
+def describe_metric(result: AttributionResult, tokenizer) -> str:
+    """``logit(␣Mary) - logit(␣John)``: the metric, for titles and tables."""
+    target = token_info(tokenizer, result.target)["label"]
+    if result.contrast is None:
+        return f"logit({target})"
+    return f"logit({target}) - logit({token_info(tokenizer, result.contrast)['label']})"
+
+
+def attribution_document(result: AttributionResult, tokenizer) -> dict:
+    """The JSON of `attribute` (schema: docs/attribution.md)."""
+    from attnviz.analysis import token_records
+
+    tokens = token_records(result.token_ids, tokenizer.token_bytes(result.token_ids), 0,
+                           tokenizer.bos_id is not None and result.token_ids[:1] == [tokenizer.bos_id])
+    return {
+        "position": result.position,
+        "metric": {
+            "kind": "logit" if result.contrast is None else "logit_difference",
+            "target": token_info(tokenizer, result.target),
+            "contrast": None if result.contrast is None else token_info(tokenizer, result.contrast),
+            "value": result.metric,
+        },
+        "predictions": [{"rank": rank, **token_info(tokenizer, i), "probability": p, "logit": logit}
+                        for rank, (i, p, logit) in enumerate(result.predictions, start=1)],
+        "heads": [{"layer": layer, "head": head, "dla": float(result.dla[layer, head]),
+                   "ablation": float(result.ablation[layer, head]),
+                   "attention": result.attention[layer, head].tolist()}
+                  for layer in range(result.n_layers) for head in range(result.n_heads)],
+        "components": result.components,
+        "decomposition_total": result.decomposition_total(),
+        "ablate": result.ablate,
+        "baseline_prompts": result.baseline_prompts,
+        "tokens": tokens,
+        "config": result.config,
+    }
+
+
+def report_data(result: AttributionResult, tokenizer) -> dict:
+    """What the report's "heads that matter" view shows (docs/report.md): the metric, the
+    predictions and the two ``(L, H)`` maps, for every layer of the model."""
+    document = attribution_document(result, tokenizer)
+    return {
+        "position": result.position,
+        "metric": document["metric"],
+        "predictions": document["predictions"],
+        "layers": list(range(result.n_layers)),
+        "dla": result.dla.tolist(),
+        "ablation": result.ablation.tolist(),
+        "ablate": result.ablate,
+        "decomposition_total": document["decomposition_total"],
+    }

@@ -54,7 +54,9 @@ MAX_WEIGHTS = 2**24
 MAX_U16_WEIGHTS = 2**20
 ENCODINGS = ("u16", "sqrt-u8")
 
-_ASSETS = ("report.css", "data.js", "heatmap.js", "heads.js", "model.js", "tables.js", "main.js")
+_ASSETS = ("report.css", "data.js", "heatmap.js", "heads.js", "model.js", "tables.js",
+           "attribution.js", "main.js")
+_OPTIONAL = {"attribution.js": "attribution"}  # asset -> the payload key it needs
 _SCRIPT_END = re.compile(r"</script", re.I)
 # Whole lines of the assets, from "/* [families] */" to "/* [/families] */" (see asset()).
 _FAMILIES = re.compile(r"^[ \t]*/\* \[families\] \*/\n.*?^[ \t]*/\* \[/families\] \*/\n",
@@ -123,9 +125,10 @@ def choose_encoding(count: int) -> str:
 
 
 def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | None = None,
-                  induction: np.ndarray | None = None) -> dict:
+                  induction: np.ndarray | None = None, attribution: dict | None = None) -> dict:
     """The document embedded in the page (schema: docs/report.md). ``induction``: the
     ``(L, H)`` scores of ``analysis.induction_probe``, a column of the statistics.
+    ``attribution``: ``attribution.report_data``'s, for the "heads that matter" view.
     ``windows`` (per layer: W or None) is there only when a layer has a sliding window,
     ``kv_heads`` (per head: its key/value head) only when heads share them."""
     from attnviz.output import clean
@@ -168,6 +171,7 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
             "similarity": [[[float(x) for x in row] for row in similarity(w)]
                            for w in result.weights],
         },
+        **({"attribution": attribution} if attribution is not None else {}),
     })
 
 
@@ -222,7 +226,8 @@ def render_html(payload: dict) -> str:
     """The whole page: the template with the CSS, the data and the scripts inlined."""
     families, generation = has_families(payload), "generation" in payload
     scripts = "\n".join(f"<script>\n{asset(name, families, generation)}</script>"
-                        for name in _ASSETS if name.endswith(".js"))
+                        for name in _ASSETS if name.endswith(".js")
+                        and _OPTIONAL.get(name, "format") in payload)
     page = asset("report.html")
     # One pass, so text inserted for one placeholder is never searched for another.
     parts = {"{{css}}": asset("report.css", families, generation), "{{data}}": payload_json(payload),
@@ -249,18 +254,20 @@ class ReportInfo:
 
 
 def write_report(result: AttentionResult, path: str | Path, encoding: str = "auto",
-                 limit: int | None = None, induction: np.ndarray | None = None) -> ReportInfo:
+                 limit: int | None = None, induction: np.ndarray | None = None,
+                 attribution: dict | None = None) -> ReportInfo:
     """Write ``result`` as one offline HTML file at ``path`` (atomically).
 
     ``encoding``: ``"auto"`` (16-bit when at most ``MAX_U16_WEIGHTS`` weights, else
     8-bit square root), ``"u16"`` or ``"sqrt-u8"``. Raises ``InputError`` above ``limit``
-    (default ``MAX_WEIGHTS``) stored weights. ``induction``: see ``build_payload``.
+    (default ``MAX_WEIGHTS``) stored weights. ``induction``, ``attribution``: see
+    ``build_payload``.
     """
     from attnviz.fileio import write_bytes
 
     if encoding not in ("auto", *ENCODINGS):
         raise InputError(f"unknown encoding {encoding!r}; choose auto, {', '.join(ENCODINGS)}")
-    payload = build_payload(result, encoding, limit, induction)
+    payload = build_payload(result, encoding, limit, induction, attribution)
     html = render_html(payload).encode("ascii")
     path = Path(path)
     write_bytes(path, html)

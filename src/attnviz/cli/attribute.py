@@ -88,19 +88,19 @@ def attribute(
                          "gpt2)")
     from attnviz.analysis import check_length, encode_text, load_model
     from attnviz.attribution import attribute as run
-    from attnviz.attribution import check_can_attribute, check_position, single_token
+    from attnviz.attribution import (
+        attribution_document,
+        check_can_attribute,
+        describe_metric,
+        resolve_metric,
+    )
 
     model = load_model(config, weights)
     check_can_attribute(model)
     token_ids = encode_text(model, source, allow_special, bos=config.bos)
     check_length(len(token_ids), model.context_length, " (the checkpoint's context)")
-    check_position(position, len(token_ids))
+    target_id, contrast_id = resolve_metric(model, token_ids, target, contrast, position)
     tokenizer = model.tokenizer
-    target_id = single_token(tokenizer, target, "--target") if target is not None else None
-    contrast_id = single_token(tokenizer, contrast, "--contrast") if contrast is not None else None
-    if contrast_id is not None and contrast_id == target_id:
-        raise InputError("--contrast is the target token itself: the logit difference would be "
-                         "0; give another token")
     baseline = _baseline(model, baseline_file, config.bos) if baseline_file is not None else None
     from attnviz.progress import Progress
 
@@ -109,7 +109,7 @@ def attribute(
                      ablate=ablate, baseline=baseline, top_k=top_k, progress=progress)
         progress.summary(f"{model.n_layers * model.n_heads} heads attributed ({ablate} ablation)")
     labels = _labels(tokenizer, token_ids)
-    metric_name = _metric_name(tokenizer, result)
+    metric_name = describe_metric(result, tokenizer)
     files = []
     if plot is not None:
         from attnviz.plot_attribute import write_attribution_pictures
@@ -136,20 +136,6 @@ def _labels(tokenizer, token_ids: list[int]) -> list[str]:
     from attnviz.tokenizer import token_label
 
     return [token_label(raw) for raw in tokenizer.token_bytes(token_ids)]
-
-
-def _token(tokenizer, token_id: int) -> dict:
-    from attnviz.analysis import token_records
-
-    record = token_records([token_id], tokenizer.token_bytes([token_id]))[0]
-    return {k: record[k] for k in ("id", "text", "label")}
-
-
-def _metric_name(tokenizer, result) -> str:
-    target = _token(tokenizer, result.target)["label"]
-    if result.contrast is None:
-        return f"logit({target})"
-    return f"logit({target}) - logit({_token(tokenizer, result.contrast)['label']})"
 
 
 def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
@@ -180,38 +166,11 @@ def head_rows(result) -> list[dict]:
     return rows
 
 
-def attribution_document(result, tokenizer) -> dict:
-    """The JSON of `attribute` (schema: docs/attribution.md)."""
-    from attnviz.analysis import token_records
-
-    tokens = token_records(result.token_ids, tokenizer.token_bytes(result.token_ids), 0,
-                           tokenizer.bos_id is not None and result.token_ids[:1] == [tokenizer.bos_id])
-    return {
-        "position": result.position,
-        "metric": {
-            "kind": "logit" if result.contrast is None else "logit_difference",
-            "target": _token(tokenizer, result.target),
-            "contrast": None if result.contrast is None else _token(tokenizer, result.contrast),
-            "value": result.metric,
-        },
-        "predictions": [{"rank": rank, **_token(tokenizer, i), "probability": p, "logit": logit}
-                        for rank, (i, p, logit) in enumerate(result.predictions, start=1)],
-        "heads": [{"layer": layer, "head": head, "dla": float(result.dla[layer, head]),
-                   "ablation": float(result.ablation[layer, head]),
-                   "attention": result.attention[layer, head].tolist()}
-                  for layer in range(result.n_layers) for head in range(result.n_heads)],
-        "components": result.components,
-        "decomposition_total": result.decomposition_total(),
-        "ablate": result.ablate,
-        "baseline_prompts": result.baseline_prompts,
-        "tokens": tokens,
-        "config": result.config,
-    }
-
-
 def _print_table(output, result, tokenizer, labels, metric_name, top_heads) -> None:
+    from attnviz.attribution import token_info
+
     at = f"position {result.position} ({labels[result.position]})"
-    predictions = [{"rank": rank, "token": _token(tokenizer, i)["label"], "id": i,
+    predictions = [{"rank": rank, "token": token_info(tokenizer, i)["label"], "id": i,
                     "probability": p, "logit": logit}
                    for rank, (i, p, logit) in enumerate(result.predictions, start=1)]
     output.table(predictions, ["rank", "token", "id", "probability", "logit"],

@@ -23,6 +23,7 @@ from attnviz.cli.options import (
     model_options,
     score_induction,
 )
+from attnviz.errors import InputError
 from attnviz.inputs import read_text
 
 
@@ -37,6 +38,16 @@ def report(
     induction: Annotated[bool, typer.Option(
         "--induction", help="Add each head's induction score to the statistics (a 100-token "
         "probe, as compare-heads --induction; meaningful with --weights).")] = False,
+    target: Annotated[str | None, typer.Option("--target", metavar="TOKEN", help="Add the "
+                      "'heads that matter' view: each head's direct logit attribution and "
+                      "ablation effect on this token's logit (see attnviz attribute).",
+                      show_default=False)] = None,
+    contrast: Annotated[str | None, typer.Option("--contrast", metavar="TOKEN", help="With the "
+                        "view: the logit difference target - contrast.", show_default=False)] = None,
+    position: Annotated[int, typer.Option("--position", help="With the view: the position whose "
+                        "next token is explained (negative counts from the end).")] = -1,
+    ablate: Annotated[str, typer.Option("--ablate", help="With the view: zero or mean "
+                      "ablation.")] = "zero",
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -52,16 +63,39 @@ def report(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analysis import analyze
+    from attnviz.analysis import analyze_with, crop, encode_text, load_model, parse_window
     from attnviz.report import check_size, write_report
 
-    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
-                     tokens=tokens)
+    attributing = target is not None or contrast is not None
+    if attributing:
+        from attnviz.attribution import ABLATIONS, check_can_attribute, resolve_metric
+
+        if ablate not in ABLATIONS:
+            raise InputError(f"--ablate must be zero or mean, got {ablate!r}")
+        if weights is None:
+            raise InputError("--target needs trained weights: random mode has no output head "
+                             "(unembedding); pass --weights")
+    model = load_model(config, weights)
+    token_ids = encode_text(model, source, allow_special, bos=config.bos)
+    window = parse_window(tokens, len(token_ids))
+    if attributing:
+        check_can_attribute(model)
+        metric_ids = resolve_metric(model, token_ids, target, contrast, position)
+    result = analyze_with(model, token_ids, layer)
+    result = crop(result, *window) if window else result
     check_size(*result.weights.shape[:3])
+    attribution = None
+    if attributing:
+        from attnviz.attribution import attribute, report_data
+
+        output.message(f"Attributing the prediction to {model.n_layers * model.n_heads} heads…")
+        found = attribute(model, token_ids, position=position, target=metric_ids[0],
+                          contrast=metric_ids[1], ablate=ablate)
+        attribution = report_data(found, model.tokenizer)
     scores = score_induction(output, config, weights, result.layers) if induction else None
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
-    info = write_report(result, output_path, induction=scores)
+    info = write_report(result, output_path, induction=scores, attribution=attribution)
     document = info.as_dict()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}
