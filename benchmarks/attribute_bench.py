@@ -12,15 +12,13 @@ Each side is a fresh process, run alternately; the effects of both are checked e
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_bench import make_checkpoint, wall  # noqa: E402
+from generate_bench import make_checkpoint, run_standalone, wall  # noqa: E402
 
 TRANSFORMERS = r"""
 import sys, numpy as np, torch, transformers
@@ -99,15 +97,7 @@ def bench_attribute(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in bench_attribute(Path(tmp), smoke=args.smoke, repeat=args.repeat):
-            print(" | ".join(str(row[k]) for k in ("measure", "baseline", "attnviz", "ratio",
-                                                   "target", "met")))
-    return 0
+    return run_standalone(bench_attribute, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -147,16 +147,22 @@ def bench_generate(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_standalone(bench, doc: str, argv: list[str] | None = None) -> int:
+    """The command line of a standalone benchmark script: ``bench(tmp, smoke, repeat)``'s
+    rows printed one a line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        for row in bench_generate(Path(tmp), smoke=args.smoke, repeat=args.repeat):
+        for row in bench(Path(tmp), smoke=args.smoke, repeat=args.repeat):
             print(" | ".join(str(row[k]) for k in ("measure", "baseline", "attnviz", "ratio",
                                                    "target", "met")))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_standalone(bench_generate, __doc__, argv)
 
 
 if __name__ == "__main__":
