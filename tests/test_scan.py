@@ -356,7 +356,8 @@ def test_sigint_leaves_valid_json_lines_and_exit_130(tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("Error: interrupted")
     text = out.read_text()
     assert text.endswith("\n")
-    records = [json.loads(line) for line in text.splitlines()]
+    header, *records = [json.loads(line) for line in text.splitlines()]
+    assert header["format"] == "attnviz-scan-log" and header["fingerprint"]["corpus"]["prompts"] == 4000
     assert 1 <= len(records) < len(lines)
     assert all(r["n_tokens"] == 40 and len(r["scores"]["induction_head"][0]) == 12 for r in records)
 
@@ -377,7 +378,8 @@ def test_json_has_one_row_per_layer_and_head(cli, hf_checkpoint, tmp_path):
     assert len(document["top"]["induction_head"]) == 2
     best = max(document["heads"], key=lambda r: r["duplicate_token_head_mean"])
     assert document["top"]["duplicate_token_head"][0]["mean"] == best["duplicate_token_head_mean"]
-    records = [json.loads(line) for line in (tmp_path / "each.jsonl").read_text().splitlines()]
+    header, *records = [json.loads(line) for line in (tmp_path / "each.jsonl").read_text().splitlines()]
+    assert header["fingerprint"]["layers"] == [0, 1, 2]
     assert sorted(r["line"] for r in records) == [1, 2, 3, 4]
     mean = np.mean([r["scores"]["previous_token_head"] for r in records], axis=0)
     table = np.array([r["previous_token_head_mean"] for r in document["heads"]]).reshape(3, 4)

@@ -39,6 +39,7 @@ TOP_COLUMNS = (*DETECTORS, "first_token")  # the detectors the table ranks heads
 PAD_ID = 0  # any id the embedding has works: causal attention never looks right
 DEFAULT_BATCH_SIZE = 16
 WEIGHTS_BUDGET = 256 * 2**20  # bytes of float32 weights one batch may hold (all layers)
+SLICE = 256  # prompts: batches stay within a slice; shards are made of whole slices
 
 
 @dataclass
@@ -169,8 +170,20 @@ def tokenize_corpus(records: list[tuple[int, str]], context_length: int, *,
 
 def plan_batches(prompts: Iterable[Prompt], batch_size: int, n_layers: int,
                  n_heads: int) -> list[list[Prompt]]:
-    """Longest prompts first (a batch too big for memory shows at once), up to
-    ``batch_size`` prompts a batch and at most ``WEIGHTS_BUDGET`` bytes of weights."""
+    """Up to ``batch_size`` prompts a batch and at most ``WEIGHTS_BUDGET`` bytes of weights,
+    within each slice of ``SLICE`` prompts (by index; longest first in a slice, so a batch
+    too big for memory shows early). A batch never spans two slices: a shard (whole slices)
+    or a resumed run (whole batches done) is batched as the whole scan is, so every prompt
+    gets the very numbers it gets there."""
+    slices: dict[int, list[Prompt]] = {}
+    for prompt in prompts:
+        slices.setdefault(prompt.index // SLICE, []).append(prompt)
+    return [batch for key in sorted(slices)
+            for batch in _greedy_batches(slices[key], batch_size, n_layers, n_heads)]
+
+
+def _greedy_batches(prompts: list[Prompt], batch_size: int, n_layers: int,
+                    n_heads: int) -> list[list[Prompt]]:
     ordered = sorted(prompts, key=lambda p: len(p.token_ids), reverse=True)
     batches: list[list[Prompt]] = []
     for prompt in ordered:
@@ -285,11 +298,16 @@ class RunningStats:
         filled = np.where(valid, values, 0.0)
         batch_mean = filled.sum(axis=0) / safe_n
         batch_m2 = (np.where(valid, values - batch_mean, 0.0) ** 2).sum(axis=0)
-        total = self.count + n_batch
-        delta = batch_mean - self.mean
-        weight = np.where(total > 0, n_batch / np.maximum(total, 1), 0.0)
+        self.combine(n_batch, batch_mean, batch_m2)
+
+    def combine(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Fold in the statistics of another set of values (Chan et al.'s update): the
+        result is that of both sets together."""
+        total = self.count + count
+        delta = mean - self.mean
+        weight = np.where(total > 0, count / np.maximum(total, 1), 0.0)
         self.mean = self.mean + delta * weight
-        self.m2 = self.m2 + batch_m2 + delta**2 * self.count * weight
+        self.m2 = self.m2 + m2 + delta**2 * self.count * weight
         self.count = total
 
     @property
@@ -317,6 +335,8 @@ class ScanResult:
     count: dict[str, np.ndarray]
     induction_probe: np.ndarray | None = None
     kv_heads: list[int] = field(default_factory=list)  # per head, for grouped-query models
+    # per column: the sums of squared deviations behind ``std`` (what a partial stores)
+    m2: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -371,17 +391,24 @@ def scan(
     exclude_self: bool = False,
     on_prompt: Callable[[Prompt, dict[str, np.ndarray]], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    done: dict[int, dict[str, np.ndarray]] | None = None,
 ) -> ScanResult:
     """Run ``model`` (``analysis.load_model``) on every prompt and aggregate per head.
 
     ``on_prompt(prompt, values)`` gets each prompt's values (name -> ``(L, H)`` float64) as
     soon as its batch is done (prompts come longest first); ``on_batch(n_prompts, n_tokens)``
-    reports progress after each batch.
+    reports progress after each batch. ``done``: prompt index -> values of prompts an
+    earlier, interrupted run scored (``--resume``): folded in, not run again.
     """
     prompts = list(prompts)
     shape = (len(layers), model.n_heads)
     running = {name: RunningStats(shape) for name in COLUMNS}
-    for batch in plan_batches(prompts, batch_size, len(layers), model.n_heads):
+    done = done or {}
+    if done:
+        for name in COLUMNS:  # (n_done, L, H), in prompt order
+            running[name].update(np.stack([done[i][name] for i in sorted(done)]))
+    todo = [p for p in prompts if p.index not in done]
+    for batch in plan_batches(todo, batch_size, len(layers), model.n_heads):
         token_ids, lengths = padded_ids(batch)
         patterns = batch_patterns(token_ids, lengths, exclude_first=exclude_first,
                                   exclude_self=exclude_self)
@@ -406,6 +433,7 @@ def scan(
         std={name: running[name].std for name in COLUMNS},
         count={name: running[name].count for name in COLUMNS},
         kv_heads=list(model.kv_heads),
+        m2={name: running[name].m2 for name in COLUMNS},
     )
 
 
@@ -422,26 +450,41 @@ def prompt_record(prompt: Prompt, values: dict[str, np.ndarray], layers: list[in
 
 
 class PromptLog:
-    """``--per-prompt``: one complete JSON line per prompt, written with one system call
-    each; on any failure the file is cut back to its last complete line."""
+    """``--per-prompt``: a first line with the run's fingerprint (``header``, see
+    ``attnviz.scan_runs``), then one complete JSON line per prompt, each written with one
+    system call; on any failure the file is cut back to its last complete line.
+    ``resume_at``: the bytes of complete lines an earlier run left (``--resume``): the file
+    is cut there and appended to, its header kept."""
 
-    def __init__(self, path: Path | None, layers: list[int]):
+    def __init__(self, path: Path | None, layers: list[int], header: dict | None = None,
+                 resume_at: int | None = None):
         self.path, self.layers = path, layers
+        self.header, self.resume_at = header, resume_at
         self.fd = None
         self.complete = 0  # bytes of complete lines
 
     def __enter__(self):
         if self.path is not None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            if self.resume_at is not None:
+                self.fd = os.open(self.path, os.O_WRONLY)
+                os.ftruncate(self.fd, self.resume_at)
+                os.lseek(self.fd, 0, os.SEEK_END)
+                self.complete = self.resume_at
+            else:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                if self.header is not None:
+                    self._write_line(self.header)
         return self
 
-    def write(self, prompt: Prompt, values: dict[str, np.ndarray]) -> None:
-        line = (json.dumps(prompt_record(prompt, values, self.layers), allow_nan=False)
-                + "\n").encode()
+    def _write_line(self, record: dict) -> None:
+        line = (json.dumps(record, allow_nan=False) + "\n").encode()
         view = memoryview(line)
         while view:
             view = view[os.write(self.fd, view):]
         self.complete += len(line)
+
+    def write(self, prompt: Prompt, values: dict[str, np.ndarray]) -> None:
+        self._write_line(prompt_record(prompt, values, self.layers))
 
     def __exit__(self, kind, value, tb):
         if self.fd is not None:

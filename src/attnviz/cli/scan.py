@@ -22,6 +22,7 @@ from attnviz.cli.options import (
     check_out_dir,
     model_options,
 )
+from attnviz.errors import InputError
 
 TITLES = {
     "previous_token_head": "previous-token detector (TransformerLens mul)",
@@ -65,6 +66,15 @@ def scan_command(
         "--batch-size", min=1, help="Prompts run together (fewer when they are long).")] = 16,
     progress: Annotated[bool, typer.Option(
         "--progress", help="Report progress on stderr even when it is not a terminal.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="With --per-prompt: go on from the prompts an interrupted run logged "
+        "there (same corpus, model and options, checked).")] = False,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", metavar="K/N", help="Scan only shard K of N (0-based): slices of 256 prompts, "
+        "every N-th; merge the --partial files with attnviz scan-merge.", show_default=False)] = None,
+    partial: Annotated[Path | None, typer.Option(
+        "--partial", metavar="FILE.json", help="Write the aggregates (count, mean, M2 per head) "
+        "for attnviz scan-merge.", show_default=False)] = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -74,7 +84,7 @@ def scan_command(
     debug: DebugOpt = False,
 ) -> None:
     """Score every head over many prompts: detectors and statistics, mean ± std."""
-    from attnviz import scan
+    from attnviz import scan, scan_runs
     from attnviz.analysis import (
         check_fits,
         check_induction_probe,
@@ -86,8 +96,13 @@ def scan_command(
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
-    if per_prompt is not None:
-        check_file_target(per_prompt, "--per-prompt")
+    if resume and per_prompt is None:
+        raise InputError("--resume goes on from a --per-prompt log; add --per-prompt FILE.jsonl "
+                         "(the file the interrupted run wrote)")
+    shard_spec = scan_runs.parse_shard(shard) if shard is not None else (0, 1)
+    for path, option in ((per_prompt, "--per-prompt"), (partial, "--partial")):
+        if path is not None:
+            check_file_target(path, option)
     if plot_dir is not None:
         check_out_dir(plot_dir)
     records, where = scan.read_corpus(prompts, file, jsonl, limit)
@@ -98,20 +113,61 @@ def scan_command(
     corpus = scan.tokenize_corpus(
         records, model.context_length, truncate=truncate, where=where,
         encode=lambda text: encode_text(model, text, allow_special, bos=config.bos))
-    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
+    options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
+    described = {**model.describe(), "layers": layers}
+    fp = scan_runs.fingerprint(described, layers, options, corpus.prompts)
+    chosen = scan_runs.shard_prompts(corpus.prompts, *shard_spec)
+    if not chosen:
+        raise InputError(f"--shard {shard} holds no prompts: the corpus has "
+                         f"{len(corpus.prompts)} (slices of {scan_runs.SHARD_SLICE}); use fewer shards")
+    done, resume_at = {}, None
+    if resume:
+        plan = scan.plan_batches(chosen, batch_size, len(layers), model.n_heads)
+        done, resume_at = scan_runs.read_log(per_prompt, fp, plan)
+    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in chosen))
     if corpus.one_token:
         output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need a "
                        "previous token")
+    if done:
+        output.message(f"Resuming: {len(done)} of {len(chosen)} prompts were scored by the "
+                       "earlier run")
     started = time.perf_counter()
-    with scan.PromptLog(per_prompt, layers) as log, \
-            Progress(len(corpus.prompts), corpus.n_tokens, show=_show_progress(progress, quiet)) as bar:
-        result = scan.scan(model, corpus.prompts, layers, batch_size=batch_size,
+    todo = [p for p in chosen if p.index not in done]
+    with scan.PromptLog(per_prompt, layers, scan_runs.log_header(fp), resume_at) as log, \
+            Progress(len(todo), sum(len(p.token_ids) for p in todo),
+                     show=_show_progress(progress, quiet)) as bar:
+        result = scan.scan(model, chosen, layers, batch_size=batch_size,
                            exclude_first=exclude_first, exclude_self=exclude_self,
-                           on_prompt=log.write if per_prompt else None, on_batch=bar.advance)
+                           on_prompt=log.write if per_prompt else None, on_batch=bar.advance,
+                           done=done)
     seconds = time.perf_counter() - started
+    corpus_info = {"truncated": corpus.truncated, "skipped_one_token": corpus.one_token}
+    if partial is not None:
+        scan_runs.write_partial(partial, scan_runs.partial_document(result, fp, shard_spec,
+                                                                    corpus_info, described))
     if induction:
         output.message("Scoring induction on a repeated random sequence…")
         result.induction_probe = induction_probe(model, layers, config.seed, fit=True)
+    summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
+               f"{_layer_text(layers)}, {seconds:.1f} s")
+    if corpus.truncated:
+        summary += f"; {corpus.truncated} truncated to {model.context_length} tokens"
+    if shard is not None:
+        summary += f"; shard {shard_spec[0]}/{shard_spec[1]}"
+    extra = {"shard": {"index": shard_spec[0], "count": shard_spec[1]}} if shard is not None else {}
+    present(output, fmt, result, corpus_info, options, described, top, plot_dir, summary, extra)
+    for path in (per_prompt, partial):
+        if path is not None:
+            output.message(f"Wrote {path}")
+
+
+def present(output, fmt: str, result, corpus_info: dict, options: dict, described: dict,
+            top: int, plot_dir: Path | None, summary: str, extra: dict | None = None) -> None:
+    """The results of a scan (or a merge of partials): JSON, CSV or the table, and maps."""
+    from attnviz import scan
+
+    layers = result.layers
+    induction = result.induction_probe is not None
     detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
     files = []
     if plot_dir is not None:
@@ -123,21 +179,18 @@ def scan_command(
             what = "" if name == "induction_probe" else f"\nmean over {result.n_prompts} prompts"
             maps[name] = (scores, TITLES[name] + what)
         files = [str(p) for p in save_score_maps(plot_dir, maps, layers)]
-    summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
-               f"{_layer_text(layers)}, {seconds:.1f} s")
-    if corpus.truncated:
-        summary += f"; {corpus.truncated} truncated to {model.context_length} tokens"
     rows = result.rows()
     document = {
         "heads": rows,
         "top": {name: result.top(name, top) for name in detectors},
         "prompts": result.n_prompts,
         "tokens": result.n_tokens,
-        "truncated": corpus.truncated,
-        "skipped_one_token": corpus.one_token,
+        "truncated": corpus_info["truncated"],
+        "skipped_one_token": corpus_info["skipped_one_token"],
         "layers": layers,
-        "options": {"exclude_first": exclude_first, "exclude_self": exclude_self},
-        "config": {**model.describe(), "layers": layers},
+        "options": options,
+        "config": described,
+        **(extra or {}),
     }
     if files:
         document["files"] = files
@@ -152,8 +205,35 @@ def scan_command(
         output.line(summary)
     for f in files:
         output.message(f"Wrote {f}")
-    if per_prompt is not None:
-        output.message(f"Wrote {per_prompt}")
+
+
+@app.command("scan-merge")
+def scan_merge_command(
+    partials: Annotated[list[Path] | None, typer.Argument(
+        help="The --partial files of every shard of one scan.", show_default=False)] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Heads listed per detector in the "
+                                     "table.")] = 5,
+    plot_dir: Annotated[Path | None, typer.Option(
+        "--plot", metavar="DIR", help="Write one layers x heads score map PNG per detector "
+        "into this folder.", show_default=False)] = None,
+    fmt: FormatOpt = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Merge the partials of a sharded scan (scan --shard K/N --partial F) into the results
+    one scan of the whole corpus gives: the same table, JSON, CSV and maps."""
+    from attnviz import scan_runs
+    from attnviz.output import Output
+
+    output = Output(fmt, quiet)
+    if plot_dir is not None:
+        check_out_dir(plot_dir)
+    result, first = scan_runs.merge(partials or [])
+    n = int(first["shard"]["count"])
+    summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
+               f"{_layer_text(result.layers)}; merged from {n} shard(s)")
+    present(output, fmt, result, first["corpus"], first["fingerprint"]["options"],
+            first["config"], top, plot_dir, summary, {"merged_shards": n})
 
 
 def _layer_text(layers: list[int]) -> str:
