@@ -162,3 +162,58 @@ def test_bad_shard_and_resume_options(cli, tmp_path, args, message):
                  "--partial", tmp_path / "p.json")
     assert result.exit_code == 2 and message in result.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_dask_local_cluster_equals_one_scan(tmp_path):
+    """Two worker processes of a real dask.distributed LocalCluster, each scanning shards of
+    the corpus with a checkpoint, merged: one scan of the whole corpus."""
+    from dask.distributed import Client, LocalCluster
+    from helpers import make_hf_checkpoint
+
+    import attnviz
+    from attnviz import scan
+    from attnviz.analysis import encode_text, load_model
+    from attnviz.config import ModelConfig
+
+    checkpoint = str(make_hf_checkpoint(tmp_path / "gpt2", 2, 4, 32))
+    rng = np.random.default_rng(7)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 20)))) for _ in range(700)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=None) as cluster, Client(cluster) as client:
+        merged = attnviz.scan_distributed(texts, checkpoint, client=client, shards=3, layer="all",
+                                          exclude_first=True)
+    model = load_model(ModelConfig(), checkpoint)
+    corpus = scan.tokenize_corpus(list(enumerate(texts, start=1)), model.context_length,
+                                  encode=lambda t: encode_text(model, t))
+    whole = scan.scan(model, corpus.prompts, [0, 1], exclude_first=True)
+    assert merged.n_prompts == whole.n_prompts == 700 and merged.n_tokens == whole.n_tokens
+    for name in scan.COLUMNS:
+        np.testing.assert_array_equal(merged.count[name], whole.count[name])
+        np.testing.assert_allclose(merged.mean[name], whole.mean[name], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(merged.std[name], whole.std[name], rtol=1e-9, atol=1e-12)
+
+
+def test_device_auto_picks_the_cpu_here_and_says_so(cli):
+    import torch
+
+    document = scan_json(cli, "a b c a b c", "the cat sat on the mat", "--heads", "4",
+                         "--d-model", "32", "--device", "auto")
+    assert document["config"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="no CUDA device on this machine: the GPU path "
+                    "of scan is exercised where one exists")
+def test_scan_on_cuda_equals_the_cpu(cli, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    write_corpus(corpus, 50, seed=8)
+    common = ["--file", corpus, "--heads", "4", "--d-model", "32"]
+    cpu = scan_json(cli, *common)
+    gpu = scan_json(cli, *common, "--device", "cuda")
+    assert gpu["config"]["device"].startswith("cuda")
+    assert_same_aggregates(cpu, gpu, rtol=1e-4)

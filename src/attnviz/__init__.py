@@ -6,3 +6,12 @@ of query ``i`` over the keys ``0..i`` (entries above the diagonal are exactly 0)
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``attnviz.scan_distributed`` (needs ``attnviz[dask]``), imported when first used."""
+    if name == "scan_distributed":
+        from attnviz.distributed import scan_distributed
+
+        return scan_distributed
+    raise AttributeError(f"module 'attnviz' has no attribute {name!r}")

@@ -48,11 +48,12 @@ def corpus_digest(prompts: Sequence[Prompt]) -> str:
 
 def fingerprint(model_description: dict, layers: list[int], options: dict,
                 prompts: Sequence[Prompt]) -> dict:
-    """What must agree for two runs to be parts of one scan (see the module docstring)."""
+    """What must agree for two runs to be parts of one scan (see the module docstring);
+    not the device: a scan may go on, or a shard run, on another."""
     from attnviz.output import clean
 
     return clean({
-        "model": model_description,
+        "model": {k: v for k, v in model_description.items() if k != "device"},
         "layers": list(layers),
         "options": options,
         "corpus": {"prompts": len(prompts), "tokens": sum(len(p.token_ids) for p in prompts),
@@ -219,13 +220,18 @@ def read_partial(path: Path) -> dict:
 
 
 def merge(paths: Sequence[Path]) -> tuple[ScanResult, dict]:
-    """Combine partials into the scan of the whole corpus: ``(result, first partial)``.
-    Refused: nothing to merge, partials of different scans (naming what differs), shard
-    counts that disagree, a missing or repeated shard."""
+    """Combine the partial files ``paths`` into the scan of the whole corpus: ``(result,
+    first partial)``; see ``merge_documents``."""
     if not paths:
         raise InputError("nothing to merge: give the partial files, e.g. attnviz scan-merge "
                          "part-*.json")
-    documents = [(Path(p), read_partial(p)) for p in paths]
+    return merge_documents([(Path(p), read_partial(p)) for p in paths])
+
+
+def merge_documents(documents: Sequence[tuple[object, dict]]) -> tuple[ScanResult, dict]:
+    """Combine ``(name, partial document)`` pairs (``partial_document``'s) into the scan of
+    the whole corpus: ``(result, first partial)``. Refused: partials of different scans
+    (naming what differs), shard counts that disagree, a missing or repeated shard."""
     first_path, first = documents[0]
     n = int(first["shard"]["count"])
     seen: dict[int, Path] = {}
@@ -265,3 +271,24 @@ def merge(paths: Sequence[Path]) -> tuple[ScanResult, dict]:
         m2={name: merged[name].m2 for name in COLUMNS},
     )
     return result, first
+
+
+def scan_partial(model, records: list[tuple[int, str]], layers: list[int], shard: tuple[int, int],
+                 *, batch_size: int = 16, exclude_first: bool = False, exclude_self: bool = False,
+                 truncate: bool = False, allow_special: bool = False, bos: bool = True) -> dict:
+    """Shard ``shard`` of the corpus ``records`` (``(line, text)``, as ``scan.read_corpus``
+    gives) scanned by ``model``: its partial document, as ``scan --shard --partial`` writes."""
+    from attnviz import scan
+    from attnviz.analysis import encode_text
+
+    corpus = scan.tokenize_corpus(
+        records, model.context_length, truncate=truncate,
+        encode=lambda text: encode_text(model, text, allow_special, bos=bos))
+    options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
+    described = {**model.describe(), "layers": list(layers), "device": str(model.device)}
+    fp = fingerprint(described, layers, options, corpus.prompts)
+    chosen = shard_prompts(corpus.prompts, *shard)
+    result = scan.scan(model, chosen, layers, batch_size=batch_size, exclude_first=exclude_first,
+                       exclude_self=exclude_self)
+    info = {"truncated": corpus.truncated, "skipped_one_token": corpus.one_token}
+    return partial_document(result, fp, shard, info, described)

@@ -114,7 +114,7 @@ def scan_command(
         records, model.context_length, truncate=truncate, where=where,
         encode=lambda text: encode_text(model, text, allow_special, bos=config.bos))
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
-    described = {**model.describe(), "layers": layers}
+    described = {**model.describe(), "layers": layers, "device": str(model.device)}
     fp = scan_runs.fingerprint(described, layers, options, corpus.prompts)
     chosen = scan_runs.shard_prompts(corpus.prompts, *shard_spec)
     if not chosen:
