@@ -170,3 +170,34 @@ def test_grid_writes_one_image_with_a_title(tmp_path):
                           col_names=["x", "y", "z"])
     image = Image.open(path)
     assert image.size[0] > image.size[1] > 100
+
+
+@pytest.mark.parametrize("scale,first,last", [("sqrt", "0", "5"), ("linear", "0", "5"),
+                                              ("log", "≤0.0005", "5")])
+def test_a_measure_other_than_weights_gets_its_own_scale_and_label(scale, first, last):
+    measure = colours.Measure(label="‖α·f(x)‖ (value-weighted)", top=5.0, title=" · x")
+    w = causal_random(6)[0] * 5.0
+    figure = plot.HeatmapFigure(labels(6), scale=scale, measure=measure, annotate=True)
+    figure.render([w], ["t"])
+    bar = [ax for ax in figure.fig.axes if ax.get_ylabel() == measure.label]
+    assert len(bar) == 1
+    ticks = [t.get_text() for t in bar[0].get_yticklabels()]
+    assert ticks[0] == first and ticks[-1] == last
+    top = colormaps["viridis"](1.0, bytes=True)
+    i, j = np.unravel_index(np.argmax(np.tril(w)), w.shape)
+    scaled = colours.make_norm(scale, 5.0)(w[i, j])
+    np.testing.assert_allclose(cell_pixel(figure, 0, i, j),
+                               colormaps["viridis"](float(scaled), bytes=True), atol=2)
+    assert w[i, j] < 5.0 or np.allclose(cell_pixel(figure, 0, i, j), top, atol=2)
+    printed = [t.get_text() for t in figure.cell_texts[0] if t.get_text()]
+    assert printed[0] == f"{w[0, 0]:.2f}" and measure.decimals == 2
+    grid = plot.grid_figure(np.stack([w, w])[None], "g", measure=measure)
+    assert any(ax.get_ylabel() == measure.label for ax in grid.fig.axes)
+
+
+def test_scaled_ticks_are_round_and_reach_the_top():
+    for top in (0.4, 1.5, 2.5, 5.0, 8.0, 150.0):
+        ticks = colours.scaled_ticks(top)
+        assert ticks[0] == 0 and ticks[-1] == top and ticks == sorted(set(ticks))
+        assert all(float(f"{t:.2g}") == t for t in ticks)
+    assert len(colours.scaled_ticks(5.0, short=True)) == len(colours.scaled_ticks(5.0)) - 1

@@ -268,3 +268,107 @@ def test_help_lists_the_command(cli):
     done = cli("report", "--help")
     assert done.exit_code == 0 and "--output" in done.stdout and "--layer" in done.stdout
     assert "report" in cli("--help").stdout
+
+
+# ------------------------------------------------- value-weighted norms and rollout
+
+
+@pytest.fixture(scope="module")
+def norm_report(hf_checkpoint, tmp_path_factory):
+    """`report --weighting norm --rollout` of every layer of the test checkpoint, with
+    `export`'s norms and rollouts of the same run."""
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    folder = tmp_path_factory.mktemp("norm-report")
+    common = [SHORT_TEXT + " to the store", "--weights", str(hf_checkpoint), "--layer", "all"]
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", *common, "--weighting", "norm", "--rollout",
+                               "-o", str(folder / "r.html"), "-q"])
+    assert done.exit_code == 0, done.stderr
+    arrays = {}
+    for name, extra in (("attention", []), ("norm", ["--weighting", "norm"])):
+        done = runner.invoke(app, ["export", *common, *extra, "--rollout", "-o",
+                                   str(folder / f"{name}.npz"), "-q"])
+        assert done.exit_code == 0, done.stderr
+        arrays[name] = dict(np.load(folder / f"{name}.npz"))
+    return folder / "r.html", arrays, common
+
+
+def test_norm_report_carries_the_norms_and_both_rollouts(norm_report):
+    path, arrays, _ = norm_report
+    payload = report.read_payload(path)
+    spec = payload["norms"]
+    assert spec["shape"] == list(arrays["norm"]["norms"].shape) and spec["layout"] == "lower-triangle"
+    assert spec["encoding"] == payload["weights"]["encoding"] == "u16"
+    exact = arrays["norm"]["norms"].astype(np.float64)
+    from attnviz.weighting import colour_top
+
+    assert spec["scale"] == colour_top(exact) and exact.max() <= spec["scale"] < 2 * exact.max()
+    # decoded independently: stored value x scale, the layout of the weights
+    decoded = independent_decode({"weights": {**spec}}) * spec["scale"]
+    assert np.abs(decoded - exact).max() <= 0.5 / 65535 * spec["scale"] + 1e-7
+    np.testing.assert_allclose(report.decode_norms(payload), decoded)
+    assert np.abs(report.decode_weights(payload) - arrays["norm"]["weights"]).max() <= 0.5 / 65535 + 1e-7
+    rollout = payload["rollout"]
+    assert rollout["layers"] == [0, 1, 2] and rollout["encoding"] == "u16"
+    for name in ("attention", "norm"):
+        got = report.decode_rollout(payload, name)
+        assert np.abs(got - arrays[name]["rollout"]).max() <= 0.5 / 65535 + 1e-7
+    assert np.abs(report.decode_rollout(payload, "norm") - arrays["attention"]["rollout"]).max() > 1e-3
+    assert payload["config"]["weighting"]["name"] == "norm"
+
+
+def test_norm_report_statistics_equal_compare_heads_norm(cli, norm_report):
+    path, _, common = norm_report
+    payload = report.read_payload(path)
+    for extra, stats in (([], payload["stats"]), (["--weighting", "norm"], payload["norms"]["stats"])):
+        done = cli("compare-heads", *common, *extra, "--similarity", "--format", "json")
+        assert done.exit_code == 0, done.stderr
+        expected = json.loads(done.stdout)
+        assert stats["heads"] == [{k: v for k, v in row.items()} for row in expected["heads"]]
+        np.testing.assert_allclose(stats["similarity"], expected["similarity"], rtol=1e-12)
+    assert payload["stats"]["heads"] != payload["norms"]["stats"]["heads"]
+
+
+def test_plain_report_has_none_of_the_norms_code(short_result, norm_report):
+    plain = report.render_html(report.build_payload(short_result))
+    for marker in ("setWeighting", "rollout-section", "attnviz report --weighting", "[norms]"):
+        assert marker not in plain
+    html = norm_report[0].read_text()
+    assert "setWeighting" in html and "rollout-section" in html
+    assert "//" not in html.split('id="attnviz-data"')[0] and html.isascii()
+
+
+def test_rollout_alone_and_its_size(cli, tmp_path, hf_checkpoint):
+    path = tmp_path / "r.html"
+    done = cli("report", SHORT_TEXT, "--weights", hf_checkpoint, "--layer", "1", "--rollout",
+               "-o", path, "-q")
+    assert done.exit_code == 0, done.stderr
+    payload = report.read_payload(path)
+    assert "norms" not in payload and "norm" not in payload["rollout"]
+    assert payload["layers"] == [1] and payload["rollout"]["layers"] == [0, 1]  # 0..L
+    assert "setWeighting" not in path.read_text()
+
+
+def test_norms_count_twice_against_the_size_limit(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "MAX_WEIGHTS", 100)  # 4 heads x 21 = 84 weights: fits alone
+    assert cli("report", SHORT_TEXT, *SIZES, "-o", tmp_path / "a.html", "-q").exit_code == 0
+    done = cli("report", SHORT_TEXT, *SIZES, "--weighting", "norm", "-o", tmp_path / "b.html")
+    assert done.exit_code == 2
+    assert "would hold 168 values (attention weights and their value-weighted norms)" in done.stderr
+    assert "leave out --weighting norm" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "b.html").exists()
+
+
+def test_norm_report_of_random_mode_with_induction(cli, tmp_path):
+    path = tmp_path / "r.html"
+    done = cli("report", SHORT_TEXT, *SIZES, "--context-length", "128", "--weighting", "norm",
+               "--induction", "-o", path, "-q")
+    assert done.exit_code == 0, done.stderr
+    payload = report.read_payload(path)
+    assert payload["norms"]["stats"]["columns"][-1] == "induction"
+    plain = [row["induction"] for row in payload["stats"]["heads"]]
+    weighted = [row["induction"] for row in payload["norms"]["stats"]["heads"]]
+    assert plain != weighted and all(0 <= w <= 1 for w in weighted)

@@ -333,3 +333,88 @@ def test_heads_that_matter_view_selects_heads_and_shows_the_numbers(browser, tmp
             page.page.locator("#attribution-section").screenshot(path=os.environ["ATTNVIZ_SCREENSHOTS"])
     finally:
         page.page.close()
+
+
+def test_weighting_switch_changes_every_view_and_rollout_reads_out(browser, hf_checkpoint, tmp_path):
+    """`report --weighting norm --rollout`: the switch puts the value-weighted norms in the
+    model view, heatmap (read-out = export's norm within the step), heads view, statistics
+    (compare-heads --weighting norm's) and rollout view; switching back restores the weights."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from attnviz.cli import app
+
+    common = [TEXT, "--weights", str(hf_checkpoint), "--layer", "all"]
+    runner = CliRunner()
+    done = runner.invoke(app, ["report", *common, "--weighting", "norm", "--rollout",
+                               "-o", str(tmp_path / "r.html"), "-q"])
+    assert done.exit_code == 0, done.stderr
+    done = runner.invoke(app, ["export", *common, "--weighting", "norm", "--rollout",
+                               "-o", str(tmp_path / "n.npz"), "-q"])
+    assert done.exit_code == 0, done.stderr
+    arrays = np.load(tmp_path / "n.npz")
+    attention_rollout = runner.invoke(app, ["export", *common, "--rollout", "-o",
+                                            str(tmp_path / "a.npz"), "-q"])
+    assert attention_rollout.exit_code == 0
+    plain_rollout = np.load(tmp_path / "a.npz")["rollout"]
+    stats = json.loads(runner.invoke(app, ["compare-heads", *common, "--weighting", "norm",
+                                           "--format", "json"]).stdout)["heads"]
+    scale = report.read_payload(tmp_path / "r.html")["norms"]["scale"]
+    page = Page(browser, tmp_path / "r.html")
+    try:
+        assert page.errors == [] and page.requests == [page.url]
+        p = page.page
+        assert p.is_checked("#weighting-attention") and not p.is_checked("#weighting-norm")
+
+        def views():
+            return {"heatmap": page.canvas_png("#heatmap-canvas"),
+                    "thumb": page.canvas_png('.thumb[data-layer="2"][data-head="1"] canvas'),
+                    "heads": page.canvas_png("#heads-canvas"),
+                    "rollout": page.canvas_png("#rollout-canvas"),
+                    "stats": p.inner_text("#stats-table"), "similarity": p.inner_text("#similarity-table")}
+
+        p.click('.thumb[data-layer="1"][data-head="2"]')
+        before = views()
+        attention = page.hover_cell(13, 0)
+        p.click("#weighting-norm")
+        p.wait_for_selector("#model-view[data-weighting=norm]")
+        after = views()
+        assert all(before[k] != after[k] for k in before), [k for k in before if before[k] == after[k]]
+        assert p.get_attribute("body", "data-weighting") == "norm"
+        assert "value-weighted" in p.text_content("#heatmap-head")
+        assert p.text_content("#colorbar-top").startswith(f"{scale:g}")
+        for query, key in [(13, 0), (13, 13), (7, 3), (10, 9), (0, 0)]:
+            data = page.hover_cell(query, key)
+            exact = float(arrays["norms"][1, 2, query, key])
+            assert abs(float(data["weight"]) - exact) <= 0.5 / 65535 * scale + 1e-6
+            assert "\u2016\u03b1\u00b7f(x)\u2016" in data["text"]
+            weight = float(data["text"].rsplit("(weight ", 1)[1].rstrip(")"))
+            assert abs(weight - arrays["weights"][1, 2, query, key]) <= 0.0006
+        # the statistics are compare-heads --weighting norm's
+        first = p.eval_on_selector_all("#stats-table tbody tr:first-child td", "tds => tds.map(t => t.title)")
+        assert float(first[2]) == pytest.approx(stats[0]["entropy"], rel=1e-12)
+        # the rollout view: the value-weighted rollout, read out
+        box = p.locator("#rollout-canvas").bounding_box()
+        where = p.eval_on_selector("#rollout-canvas", "c => ({...c.dataset})")
+        assert where["weighting"] == "norm"
+        margin, cell = float(where["margin"]), float(where["cell"])
+        p.evaluate(f"window.scrollBy(0, {box['y'] + margin + 9.5 * cell} - innerHeight / 2)")
+        box = p.locator("#rollout-canvas").bounding_box()
+        p.mouse.move(box["x"] + margin + 2.5 * cell, box["y"] + margin + 9.5 * cell)
+        out = p.eval_on_selector("#rollout-readout", "e => ({...e.dataset, text: e.textContent})")
+        assert (out["query"], out["key"], out["weighting"]) == ("9", "2", "norm")
+        assert abs(float(out["value"]) - arrays["rollout"][9, 2]) <= 0.5 / 65535 + 1e-6
+        # back: every view is the weights' again (pixel for pixel where no cursor is drawn)
+        p.click("#weighting-attention")
+        p.wait_for_selector("#model-view[data-weighting=attention]")
+        again = views()
+        for name in ("thumb", "heads", "stats", "similarity"):
+            assert again[name] == before[name], name
+        assert page.hover_cell(13, 0)["weight"] == attention["weight"]
+        p.mouse.move(box["x"] + margin + 2.5 * cell, box["y"] + margin + 9.5 * cell)
+        out = p.eval_on_selector("#rollout-readout", "e => ({...e.dataset})")
+        assert abs(float(out["value"]) - plain_rollout[9, 2]) <= 0.5 / 65535 + 1e-6
+        assert page.errors == []
+    finally:
+        page.page.close()

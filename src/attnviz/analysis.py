@@ -428,6 +428,13 @@ class LayerStream:
                 for kind in ("W", "b")[: 1 + biased]]
 
     def __iter__(self):
+        for weights, _, _ in self.with_inputs():
+            yield weights  # (H, T, T)
+
+    def with_inputs(self):
+        """Iterate as ``__iter__`` does, yielding ``(weights (H, T, T), attn_input (T, d),
+        module)`` for each layer: what the layer received and the attention module that
+        computed it, cut to the window as the weights are."""
         import torch
 
         cut = slice(*self.window) if self.window else slice(None)
@@ -439,7 +446,7 @@ class LayerStream:
             waiting[k] = np.ascontiguousarray(weights[0, :, cut, cut].float().cpu().numpy())
             self._inputs[k], self._modules[k] = attn_input[0, cut], module  # (T, d), small
             while next_k in waiting:
-                yield waiting.pop(next_k)  # (H, T, T)
+                yield waiting.pop(next_k), self._inputs[next_k], self._modules[next_k]
                 next_k += 1
 
     def attn_inputs(self) -> np.ndarray:
@@ -498,10 +505,11 @@ def check_induction_probe(model, period: int = INDUCTION_PERIOD, fit: bool = Fal
 
 
 def induction_probe(model, layers: list[int], seed: int = 0, period: int = INDUCTION_PERIOD,
-                    fit: bool = False) -> np.ndarray:
+                    fit: bool = False, weighting: str = "attention") -> np.ndarray:
     """``(L, H)`` induction score of every head of ``layers`` of ``model`` (from
     ``load_model``): attention on ``period`` random tokens (drawn with ``seed``) repeated
-    twice (see ``stats.induction_score``); ``fit`` as ``check_induction_probe``.
+    twice (see ``stats.induction_score``); ``fit`` as ``check_induction_probe``;
+    ``weighting="norm"``: of the value-weighted rows renormalised (``attnviz.weighting``).
     compare-heads, report and scan all use this."""
     from attnviz.stats import induction_score
 
@@ -509,7 +517,12 @@ def induction_probe(model, layers: list[int], seed: int = 0, period: int = INDUC
     rng = np.random.default_rng(seed)
     first = probe_tokens(model, rng, period)
     result = analyze_with(model, first + first, layers)
-    return np.stack([induction_score(w, period) for w in result.weights])
+    rows = result.weights
+    if weighting != "attention":
+        from attnviz.weighting import probability_rows
+
+        rows = probability_rows(result, weighting)
+    return np.stack([induction_score(w, period) for w in rows])
 
 
 def probe_tokens(model, rng: np.random.Generator, n: int) -> list[int]:

@@ -8,6 +8,7 @@ Weights are probabilities, so every head is drawn on the same scale and heads co
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -38,22 +39,46 @@ def check_cmap(name: str) -> Colormap:
         raise InputError(f"unknown colormap {name!r}{hint}") from None
 
 
-def make_norm(scale: str) -> Normalize:
+@dataclass(frozen=True)
+class Measure:
+    """What the colours of a picture stand for: attention weights on 0..1 (the default),
+    or another quantity >= 0 on 0..``top`` (the value-weighted norms of
+    ``attnviz.weighting``), named ``label`` on the colorbar; ``title`` is what each
+    picture's title adds (" · value-weighted")."""
+
+    label: str = "attention weight"
+    top: float = 1.0
+    title: str = ""
+
+    @property
+    def decimals(self) -> int:
+        """Decimals of a number printed in a cell: 2 for weights, about 3 significant
+        digits of ``top`` otherwise."""
+        if self.top == 1.0:
+            return 2
+        return max(0, 2 - int(np.floor(np.log10(self.top))))
+
+
+WEIGHTS = Measure()
+
+
+def make_norm(scale: str, top: float = 1.0) -> Normalize:
     """Weights are probabilities: one fixed 0..1 scale for every head, so heads compare.
     ``sqrt`` spreads the small weights of long texts over more of the colormap; ``log``
-    spreads them further (LOG_FLOOR..1, smaller weights get the lowest colour)."""
+    spreads them further (LOG_FLOOR..1, smaller weights get the lowest colour). ``top``:
+    the scale of another quantity (0..top, LOG_FLOOR·top..top on the log scale)."""
     if scale not in SCALES:
         raise InputError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if scale == "log":
-        return LogNorm(LOG_FLOOR, 1.0, clip=True)
-    return PowerNorm(0.5, vmin=0.0, vmax=1.0) if scale == "sqrt" else Normalize(0.0, 1.0)
+        return LogNorm(LOG_FLOOR * top, top, clip=True)
+    return PowerNorm(0.5, vmin=0.0, vmax=top) if scale == "sqrt" else Normalize(0.0, top)
 
 
 def normalized(norm: Normalize, values: np.ma.MaskedArray) -> np.ma.MaskedArray:
     """``values`` mapped to 0..1 by ``norm``; on the log scale a weight of exactly 0 gets
     the lowest colour (a LogNorm would mask it, making it look like a masked cell)."""
     if isinstance(norm, LogNorm):
-        values = np.ma.maximum(values, LOG_FLOOR)
+        values = np.ma.maximum(values, norm.vmin)
     return norm(values)
 
 
@@ -109,17 +134,46 @@ def weight_colormap(cmap: str) -> tuple[Colormap, str]:
     return check_cmap(cmap).with_extremes(bad=color), color
 
 
-def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap):
-    """A colorbar for weights in 0..1, with ticks where the eye needs them on each scale."""
+def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap, label: str = "attention weight"):
+    """A colorbar for weights in 0..1 (or 0..``norm.vmax``), with ticks where the eye
+    needs them on each scale."""
     from matplotlib.cm import ScalarMappable
 
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax)
+    top = float(norm.vmax)
     if isinstance(norm, LogNorm):
-        ticks = [LOG_FLOOR, 1e-3, 1e-2, 0.1, 1.0]
-        cbar.set_ticks(ticks, labels=[f"≤{LOG_FLOOR:g}", "0.001", "0.01", "0.1", "1"])
+        ticks = [LOG_FLOOR * top, 1e-3 * top, 1e-2 * top, 0.1 * top, top]
+        labels = ["≤" + _tick(ticks[0])] + [_tick(t) for t in ticks[1:]]
+        if top == 1.0:
+            labels = [f"≤{LOG_FLOOR:g}", "0.001", "0.01", "0.1", "1"]
+        cbar.set_ticks(ticks, labels=labels)
         cbar.minorticks_off()
     elif isinstance(norm, PowerNorm):
-        cbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1])
-    cbar.set_label("attention weight", fontsize=9)
+        if top == 1.0:
+            cbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1])
+        else:
+            bar_in = cax.get_position().height * fig.get_figheight()
+            ticks = scaled_ticks(top, short=bar_in < 2.0)
+            cbar.set_ticks(ticks, labels=[_tick(t) for t in ticks])
+    cbar.set_label(label, fontsize=9)
     cbar.ax.tick_params(labelsize=8)
     return cbar
+
+
+def scaled_ticks(top: float, short: bool = False) -> list[float]:
+    """Round ticks for a square-root colorbar of 0..``top``: round steps over the whole
+    range, and two round small values where the square root stretches the bar (one on a
+    ``short`` bar, where the labels of both would touch)."""
+    from matplotlib.ticker import MaxNLocator
+
+    linear = [float(t) for t in MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(0, top)
+              if 0 <= t <= top * (1 + 1e-9)]
+    small = [float(f"{top * f:.1g}") for f in ((0.05,) if short else (0.01, 0.05))]
+    # the top itself, and no other tick so close below it that the labels would touch
+    linear = [t for t in linear if (t / top) ** 0.5 < 0.95]
+    return sorted({round(t, 12) for t in [0.0, *small, *linear, top]})
+
+
+def _tick(value: float) -> str:
+    """A colorbar tick of a scale other than 0..1: three significant digits at most."""
+    return f"{float(f'{value:.3g}'):g}"

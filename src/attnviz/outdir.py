@@ -23,9 +23,9 @@ from pathlib import Path
 from attnviz.fileio import write_bytes
 
 MANIFEST = ".attnviz-manifest.json"
-# The names of a heatmap folder (head_MM, heads, model, in layer_NN folders); other folders
-# bring their own (plot_scan.SCAN_MAPS).
-HEATMAP_FILES = re.compile(r"(layer_\d+/)?(head_\d+|heads|model)\.(png|svg|pdf|jpg)")
+# The names of a heatmap folder (head_MM, heads, model, in layer_NN folders; rollout); other
+# folders bring their own (plot_scan.SCAN_MAPS).
+HEATMAP_FILES = re.compile(r"(layer_\d+/)?(head_\d+|heads|model|rollout)\.(png|svg|pdf|jpg)")
 
 
 def read_manifest(out_dir: Path, own: re.Pattern = HEATMAP_FILES) -> set[str]:

@@ -55,6 +55,8 @@ from attnviz.cells import (
     rgba_word,
 )
 from attnviz.colours import (
+    WEIGHTS,
+    Measure,
     check_cmap,
     colorbar,
     make_norm,
@@ -326,8 +328,11 @@ class HeatmapFigure:
         columns: int | None = None,
         outside_label: str | None = None,
         rows: PanelRows | None = None,
+        measure: Measure = WEIGHTS,
+        axis_labels: tuple[str, str] | None = None,
     ):
         n = self.n_tokens = len(token_labels)
+        self.measure, self.axis_labels = measure, axis_labels
         self.rows = rows
         self.n_rows = n if rows is None else len(rows.labels)
         self.offset = 0 if rows is None else rows.offset
@@ -358,8 +363,8 @@ class HeatmapFigure:
         label_in = text_width_in(tick_labels, font) + 0.1  # + tick length and padding
         side_h, row_ticks, row_tick_labels, row_label_in = side, ticks, tick_labels, label_in
         row_font = font
-        row_name, col_name = ("query token (row)", "key token (column)") if rows is None \
-            else rows.axis_labels
+        row_name, col_name = (self.axis_labels or ("query token (row)", "key token (column)")) \
+            if rows is None else rows.axis_labels
         if rows is not None:  # other rows than the columns' queries: cells as wide, rows legible
             per_row = _ANNOTATE_CELL_IN if self.annotate else _ROW_MIN_IN
             side_h = max(self.n_rows * side / n, min(self.n_rows * per_row, _MAX_SIDE),
@@ -391,7 +396,7 @@ class HeatmapFigure:
         height = bottom + n_rows * side_h + (n_rows - 1) * row_gap + top
         self.fig, self.canvas = new_figure(width, height, dpi)
         self.colormap, self.mask_color = weight_colormap(cmap)
-        self.norm = make_norm(scale)
+        self.norm = make_norm(scale, self.measure.top)
         self.axes, self.titles = [], []
         self.row_labels, self.col_labels = [], []  # the token label Text artists drawn
         for p in range(n_panels):
@@ -424,7 +429,7 @@ class HeatmapFigure:
         cax = self.fig.add_axes(
             (cbar_x / width, (base + legend_h) / height, cbar_w / width, (cbar_h - legend_h) / height)
         )
-        colorbar(self.fig, cax, self.norm, self.colormap)
+        colorbar(self.fig, cax, self.norm, self.colormap, self.measure.label)
         # The legend for masked cells: a swatch of their colour under the colorbar.
         swatches = [(mask_label, self.mask_color)]
         if outside_label is not None:
@@ -515,7 +520,7 @@ class HeatmapFigure:
         for k, artist in enumerate(texts):
             i, j = divmod(k, self.n_tokens)
             r, g, b = colors[i, j, :3]
-            artist.set_text(f"{values[i, j]:.2f}" if shown[i, j] else "")
+            artist.set_text(f"{values[i, j]:.{self.measure.decimals}f}" if shown[i, j] else "")
             artist.set_color("black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
             if draw and shown[i, j]:
                 ax.draw_artist(artist)
@@ -721,6 +726,7 @@ def grid_figure(
     col_breaks: Sequence[int] = (),
     groups: Sequence[tuple[int, int, int, str]] = (),
     rows_of_tiles: PanelRows | None = None,
+    measure: Measure = WEIGHTS,
 ) -> GridFigure:
     """Lay out a grid of small heatmaps — ``tiles`` is ``(rows, cols, T, T)`` (or masked
     arrays), NaN for an empty slot — with one colorbar, token labels on the left column
@@ -735,7 +741,8 @@ def grid_figure(
     extra room before them, and ``groups`` ``(row, first col, last col, label)`` a label
     with a bracket over those tiles (kv groups). ``rows_of_tiles`` (``PanelRows``): tiles of
     ``(R, T)`` other rows than the columns' queries (the generated rows), labelled on the left
-    with its labels; their boundary line drawn between the cells, the generated labels coloured."""
+    with its labels; their boundary line drawn between the cells, the generated labels coloured.
+    ``measure``: what the colours stand for (``colours.Measure``; weights on 0..1 by default)."""
     rows, cols = len(tiles), len(tiles[0])
     n = _first_tile(tiles).shape[-1]
     legend = outside_label(row_windows, n)
@@ -751,7 +758,7 @@ def grid_figure(
         fig, canvas = new_figure(width, height, dpi)
         colormap, mask = weight_colormap(cmap)
         outside = outside_color(cmap)
-        norm = make_norm(scale)
+        norm = make_norm(scale, measure.top)
         ax = fig.add_axes((left / width, bottom / height, grid_w / width, grid_h / height))
         ax.set_axis_off()
         box = ax.get_window_extent()
@@ -820,7 +827,7 @@ def grid_figure(
         cbar_x = width - 0.75 - _grid_legend_extra(legend)
         cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
-        colorbar(fig, cax, norm, colormap)
+        colorbar(fig, cax, norm, colormap, measure.label)
         swatches = [("masked", mask)] + ([(legend, outside)] if legend else [])
         for k, (name, color) in enumerate(swatches):  # the window's below the future's
             swatch = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h - 0.3 * k) / height,
@@ -985,12 +992,12 @@ def save_grid(path: Path, tiles: np.ndarray, title: str, row_names: Sequence[str
               cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
               token_labels: Sequence[str] = (), fmt: str = "png", *,
               row_windows: Sequence[int | None] = (), col_breaks: Sequence[int] = (),
-              rows_of_tiles: PanelRows | None = None) -> Path:
+              rows_of_tiles: PanelRows | None = None, measure: Measure = WEIGHTS) -> Path:
     """A grid of small heatmaps as one image (fast for 12 x 12 layers x heads); see
     ``grid_figure``."""
     grid = grid_figure(tiles, title, row_names, col_names, tile_titles, cmap, dpi, scale,
                        token_labels, row_windows=row_windows, col_breaks=col_breaks,
-                       rows_of_tiles=rows_of_tiles)
+                       rows_of_tiles=rows_of_tiles, measure=measure)
     write_bytes(path, grid.to_bytes(fmt))
     return path
 
@@ -998,7 +1005,8 @@ def save_grid(path: Path, tiles: np.ndarray, title: str, row_names: Sequence[str
 def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis", dpi: int = 100,
                    scale: str = "sqrt", token_labels: Sequence[str] = (), *,
                    kv_heads: Sequence[int] = (), window: int | None = None,
-                   rows_of_tiles: PanelRows | None = None) -> GridFigure:
+                   rows_of_tiles: PanelRows | None = None,
+                   measure: Measure = WEIGHTS) -> GridFigure:
     """All heads of one layer (``(H, T, T)``, or a list of ``(T, T)`` arrays) as a grid
     of small heatmaps, 4 or 6 a row, or kv group by kv group when ``kv_heads`` shares
     key/value heads (see ``overview_plan``); ``window``: the layer's sliding window. The
@@ -1009,7 +1017,7 @@ def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis",
                        tile_titles=plan.titles, cmap=cmap, dpi=dpi, scale=scale,
                        token_labels=token_labels, row_windows=[window] * len(plan.slots),
                        col_breaks=plan.col_breaks, groups=plan.groups,
-                       rows_of_tiles=rows_of_tiles)
+                       rows_of_tiles=rows_of_tiles, measure=measure)
 
 
 def overview_tiles(layer_weights, kv_heads: Sequence[int] = (), offset: int = 0) -> list[list]:
@@ -1092,10 +1100,13 @@ def save_similarity(path: Path, js: np.ndarray, title: str, dpi: int = 100,
 def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap: str = "viridis",
                  dpi: int = 100, scale: str = "sqrt", *, image_format: str = "png",
                  view: str = "heatmap", exclude_first_key: bool = False,
-                 annotate: bool | None = None, title: str | None = None) -> Path:
+                 annotate: bool | None = None, title: str | None = None,
+                 measure: Measure = WEIGHTS) -> Path:
     """``heads`` of every layer in ``result`` side by side in one picture (a row per
     layer when there are several; else up to four a row), on one colour scale. The
-    lines view draws them over each other, one colour per head (one layer)."""
+    lines view draws them over each other, one colour per head (one layer). ``measure``:
+    what ``result.weights`` hold (``colours.Measure``): the norms of ``attnviz.weighting``
+    are drawn on 0..``measure.top``, and as lines of opacity value / top."""
     check_title(title)
     view_of = exclude_first if exclude_first_key else masked
     pretrained = result.config.get("mode") == "pretrained"
@@ -1108,7 +1119,7 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
             panels.append(view_of(result.weights[li, h], window))
             windows.append(window)
             auto = (f"{where}head {h}{head_extras(result, li, h)}"
-                    + (" (key 0 excluded)" if exclude_first_key else ""))
+                    + (" (key 0 excluded)" if exclude_first_key else "") + measure.title)
             titles.append(title.format(layer=layer, head=h, tokens=result.n_tokens)
                           if title is not None else auto)
     if view == "lines":
@@ -1119,19 +1130,35 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
         note = window_note(windows[0], result.n_tokens)
         text = (title.format(layer=result.layers[0], head=names, tokens=result.n_tokens)
                 if title is not None else f"{where}{'heads' if len(heads) > 1 else 'head'} {names}"
-                + (f" · {note}" if note else ""))
+                + (f" · {note}" if note else "") + measure.title)
         head_names = ([f"head {h} · kv {result.kv_heads[h]}" for h in heads] if result.grouped
                       else None)
         figure = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[text])
-        return figure.save(path, panels[: len(heads)], [text], fmt=image_format, heads=heads,
-                           head_names=head_names,
-                           note=window_line_note(windows[0], result.n_tokens))
+        return figure.save(path, [lines_panel(p, measure) for p in panels[: len(heads)]], [text],
+                           fmt=image_format, heads=heads, head_names=head_names,
+                           note=lines_note(window_line_note(windows[0], result.n_tokens), measure))
     figure = HeatmapFigure(result.token_labels, len(panels), cmap, dpi, scale, annotate,
                            mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
                            extra_texts=titles, columns=len(heads) if several else None,
-                           outside_label=outside_label(windows, result.n_tokens))
+                           outside_label=outside_label(windows, result.n_tokens), measure=measure)
     return figure.save(path, panels, titles, fmt=image_format,
                        windows=windows if any(w is not None for w in windows) else None)
+
+
+def lines_panel(values: np.ndarray, measure: Measure = WEIGHTS) -> np.ndarray:
+    """What the lines view draws for ``values`` measured by ``measure``: the weights
+    themselves, or a quantity on 0..top as opacity value / top."""
+    if measure.top == 1.0:
+        return values
+    return values / np.float32(measure.top)
+
+
+def lines_note(note: str, measure: Measure = WEIGHTS) -> str:
+    """The line under a lines picture's title, with what the opacity means for ``measure``."""
+    if measure.top == 1.0:
+        return note
+    scale = f"opacity = {measure.label.split(' (')[0]} / {measure.top:g}"
+    return f"{scale} · {note}" if note else scale
 
 
 @dataclass(frozen=True)
@@ -1173,6 +1200,7 @@ def write_heatmaps(
     annotate: bool | None = None,
     title: str | None = None,
     progress=None,
+    measure: Measure = WEIGHTS,
 ) -> list[WrittenFile]:
     """Per-head pictures plus an overview of all heads, for every layer in ``result``.
 
@@ -1183,6 +1211,9 @@ def write_heatmaps(
     Files an earlier run wrote here (even an interrupted one) and this one did not are
     removed, and nothing else (see ``attnviz.outdir``).
     ``progress(stage, done, total)`` is called after each picture (see ``attnviz.progress``).
+    ``measure``: what ``result.weights`` hold (``colours.Measure``): the norms of
+    ``attnviz.weighting`` get their own colour scale, 0..``measure.top``, named on the
+    colorbar, and ``measure.title`` in every title.
     """
     n_layers, n_heads = result.weights.shape[:2]
     n = result.n_tokens
@@ -1191,7 +1222,7 @@ def write_heatmaps(
     pretrained = result.config.get("mode") == "pretrained"
     check_title(title)
     view_of = exclude_first if exclude_first_key else masked
-    suffix = " (key 0 excluded, rows renormalised)" if exclude_first_key else ""
+    suffix = (" (key 0 excluded, rows renormalised)" if exclude_first_key else "") + measure.title
     tokens = plural(n, "token")
 
     def titled(layer: int, head: int | str, auto: str) -> str:
@@ -1211,7 +1242,7 @@ def write_heatmaps(
                 figures[key] = HeatmapFigure(
                     result.token_labels, 1, cmap, dpi, scale, annotate,
                     mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
-                    extra_texts=[title or ""], outside_label=key)
+                    extra_texts=[title or ""], outside_label=key, measure=measure)
         return figures[key]
 
     for window in dict.fromkeys(windows):  # built (and their options checked) before any file
@@ -1239,14 +1270,16 @@ def write_heatmaps(
                 if view == "lines":
                     from attnviz.lines import window_line_note
 
-                    extra = {"heads": [h], "note": window_line_note(window, n),
+                    extra = {"heads": [h], "note": lines_note(window_line_note(window, n), measure),
                              "head_names": [f"head {h} · kv {result.kv_heads[h]}"]
                              if result.grouped else None}
+                    panel = lines_panel(result.weights[li, h], measure)
                 else:
                     extra = {"windows": [window]} if window is not None else {}
+                    panel = result.weights[li, h]
                 record.claim(f"{folders[li]}head_{h:02d}.{image_format}")
                 path = figure.save(folder / f"head_{h:02d}.{image_format}",
-                                   [view_of(result.weights[li, h], window)], [text], writer,
+                                   [view_of(panel, window)], [text], writer,
                                    image_format, **extra)
                 written.append(WrittenFile(path, layer, h))
                 drawn()
@@ -1259,7 +1292,7 @@ def write_heatmaps(
             legend = outside_label([window], n)
             if overview is None or image_format in ("svg", "pdf") or legend != overview_legend:
                 overview = heads_overview(views, heads_title, cmap, dpi, scale, result.token_labels,
-                                          kv_heads=result.kv_heads, window=window)
+                                          kv_heads=result.kv_heads, window=window, measure=measure)
                 overview_legend = legend
             else:  # the same layout for every layer: only the cells and the title change
                 overview.retile(overview_tiles(views, result.kv_heads), heads_title,
@@ -1283,10 +1316,49 @@ def write_heatmaps(
             titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
             row_names=row_names, col_names=col_names,
             cmap=cmap, dpi=dpi, scale=scale, token_labels=result.token_labels, fmt=image_format,
-            row_windows=windows, col_breaks=breaks,
+            row_windows=windows, col_breaks=breaks, measure=measure,
         )
         written.append(WrittenFile(path, None, None))
         if progress:
             progress("Drawing", len(written), total)
     record.finish(f.path.relative_to(out_dir).as_posix() for f in written)
     return written
+
+
+ROLLOUT = Measure(label="rollout: share of input token")
+ROLLOUT_AXES = ("position after the last layer (row)", "input token (column)")
+
+
+def write_rollout(
+    rollout: np.ndarray,
+    token_labels: Sequence[str],
+    out_dir: Path,
+    title: str,
+    cmap: str = "viridis",
+    dpi: int = 100,
+    scale: str = "sqrt",
+    *,
+    image_format: str = "png",
+    annotate: bool | None = None,
+    title_template: str | None = None,
+    layer: int = 0,
+) -> list[WrittenFile]:
+    """The attention rollout of the model (``(T, T)``, see ``attnviz.weighting``) as one
+    picture, ``out_dir/rollout.<fmt>``: rows are positions after the last layer, columns
+    the input tokens they draw on; rows sum to 1 (less in a ``--tokens`` window), so the
+    weights' 0..1 scales apply. ``title_template`` (``--title``) is filled with
+    ``layer`` (the deepest), ``head="all"`` and the token count. Files of an earlier run
+    into the folder are removed, as ``write_heatmaps`` does."""
+    check_title(title_template)
+    n = len(token_labels)
+    if title_template is not None:
+        title = title_template.format(layer=layer, head="all", tokens=n)
+    figure = HeatmapFigure(token_labels, 1, cmap, dpi, scale, annotate, extra_texts=[title],
+                           measure=ROLLOUT, axis_labels=ROLLOUT_AXES)
+    name = f"rollout.{image_format}"
+    record = OutputFolder(Path(out_dir), [name])
+    record.claim(name)
+    path = figure.save(Path(out_dir) / name, [np.asarray(rollout, dtype=np.float32)], [title],
+                       fmt=image_format)
+    record.finish([name])
+    return [WrittenFile(path, None, None)]

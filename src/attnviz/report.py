@@ -55,33 +55,47 @@ MAX_U16_WEIGHTS = 2**20
 ENCODINGS = ("u16", "sqrt-u8")
 
 _ASSETS = ("report.css", "data.js", "heatmap.js", "heads.js", "model.js", "tables.js",
-           "attribution.js", "main.js")
-_OPTIONAL = {"attribution.js": "attribution"}  # asset -> the payload key it needs
+           "attribution.js", "weighting.js", "rollout.js", "main.js")
+# asset -> the payload key it needs
+_OPTIONAL = {"attribution.js": "attribution", "weighting.js": "norms", "rollout.js": "rollout"}
 _SCRIPT_END = re.compile(r"</script", re.I)
-# Whole lines of the assets, from "/* [families] */" to "/* [/families] */" (see asset()).
-_FAMILIES = re.compile(r"^[ \t]*/\* \[families\] \*/\n.*?^[ \t]*/\* \[/families\] \*/\n",
-                       re.M | re.S)
-# The same for "/* [generation] */" ... "/* [/generation] */": the generation report's code.
-_GENERATION = re.compile(
-    r"^[ \t]*/\* \[generation\] \*/\n.*?^[ \t]*/\* \[/generation\] \*/\n", re.M | re.S)
+
+
+def _block(name: str) -> re.Pattern:
+    """Whole lines of the assets, from "/* [name] */" to "/* [/name] */" (see asset())."""
+    return re.compile(rf"^[ \t]*/\* \[{name}\] \*/\n.*?^[ \t]*/\* \[/{name}\] \*/\n",
+                      re.M | re.S)
+
+
+_FAMILIES = _block("families")
+# The generation report's code: "/* [generation] */" ... "/* [/generation] */".
+_GENERATION = _block("generation")
+# The value-weighted norms' code (--weighting norm): "/* [norms] */" ... "/* [/norms] */".
+_NORMS = _block("norms")
 GENERATED_ROWS = "generated-rows"  # weights.layout of a generation report
 
 
-def n_stored(n_layers: int, n_heads: int, n_tokens: int) -> int:
-    """How many weights a report stores: the lower triangle (with the diagonal) of each head."""
-    return n_layers * n_heads * n_tokens * (n_tokens + 1) // 2
+def n_stored(n_layers: int, n_heads: int, n_tokens: int, matrices: int = 1) -> int:
+    """How many weights a report stores: the lower triangle (with the diagonal) of each head,
+    for each of ``matrices`` matrices per head (2 with the value-weighted norms)."""
+    return matrices * n_layers * n_heads * n_tokens * (n_tokens + 1) // 2
 
 
-def check_size(n_layers: int, n_heads: int, n_tokens: int, limit: int | None = None) -> None:
-    """Refuse, before any encoding, a report too large for a browser to open comfortably."""
+def check_size(n_layers: int, n_heads: int, n_tokens: int, limit: int | None = None,
+               matrices: int = 1) -> None:
+    """Refuse, before any encoding, a report too large for a browser to open comfortably;
+    ``matrices=2`` when it carries the norms of ``--weighting norm`` beside the weights."""
     limit = MAX_WEIGHTS if limit is None else limit
-    count = n_stored(n_layers, n_heads, n_tokens)
+    count = n_stored(n_layers, n_heads, n_tokens, matrices)
     if count > limit:
+        what = "attention weights" if matrices == 1 else (
+            "values (attention weights and their value-weighted norms)")
         raise InputError(
             f"a report of {n_layers} layer(s) x {n_heads} heads x {n_tokens} tokens would hold "
-            f"{count:,} attention weights, more than the {limit:,} a report can hold (about "
+            f"{count:,} {what}, more than the {limit:,} a report can hold (about "
             f"{limit * 4 / 3 / 1e6:.1f} MB of HTML); choose fewer layers with --layer (e.g. --layer 0 "
-            "or --layer 3,5) or a shorter text"
+            "or --layer 3,5) or a shorter text" + (", or leave out --weighting norm"
+                                                    if matrices > 1 else "")
         )
 
 
@@ -124,34 +138,95 @@ def choose_encoding(count: int) -> str:
     return "u16" if count <= MAX_U16_WEIGHTS else "sqrt-u8"
 
 
+def _stats(rows_of: np.ndarray, layers: list[int], induction: np.ndarray | None) -> dict:
+    """The statistics block of the page: ``compare-heads``' rows and similarity matrices."""
+    from attnviz.stats import COLUMNS, add_induction, head_rows, similarity
+
+    rows = head_rows(rows_of, layers)
+    if induction is not None:
+        add_induction(rows, induction)
+    return {
+        "columns": ["layer", "head", *COLUMNS] + (["induction"] if induction is not None else []),
+        "heads": rows,
+        "similarity": [[[float(x) for x in row] for row in similarity(w)] for w in rows_of],
+    }
+
+
+def _norms_block(norms: np.ndarray, encoding: str, layers: list[int],
+                 induction: np.ndarray | None) -> dict:
+    """``--weighting norm``: the norms ``(L, H, T, T)`` as a second matrix (stored as
+    norm / scale in the weights' layout and encoding) and the statistics of their rows
+    renormalised to sum 1."""
+    from attnviz.weighting import colour_top, renormalized
+
+    scale = colour_top(norms)
+    n_layers, n_heads, n_tokens, _ = norms.shape
+    return {
+        "shape": [n_layers, n_heads, n_tokens, n_tokens],
+        "layout": "lower-triangle",
+        "encoding": encoding,
+        "scale": scale,
+        "data": base64.urlsafe_b64encode(quantize(lower_triangles(norms) / scale, encoding)
+                                         ).decode("ascii"),
+        "stats": _stats(renormalized(norms), layers, induction),
+    }
+
+
+def _rollout_block(rollout: dict) -> dict:
+    """The rollout view's data: ``rollout`` holds ``layers`` and the ``(T, T)`` matrices
+    ``attention`` (and ``norm``), stored as 16-bit lower triangles (rows sum to at most 1)."""
+    n_tokens = rollout["attention"].shape[-1]
+    block = {"layers": list(rollout["layers"]), "shape": [n_tokens, n_tokens],
+             "layout": "lower-triangle", "encoding": "u16"}
+    for name in ("attention", "norm"):
+        if rollout.get(name) is not None:
+            block[name] = base64.urlsafe_b64encode(
+                quantize(lower_triangles(np.asarray(rollout[name])), "u16")).decode("ascii")
+    return block
+
+
 def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | None = None,
-                  induction: np.ndarray | None = None, attribution: dict | None = None) -> dict:
+                  induction: np.ndarray | None = None, attribution: dict | None = None,
+                  norms: np.ndarray | None = None, norm_induction: np.ndarray | None = None,
+                  rollout: dict | None = None) -> dict:
     """The document embedded in the page (schema: docs/report.md). ``induction``: the
     ``(L, H)`` scores of ``analysis.induction_probe``, a column of the statistics.
     ``attribution``: ``attribution.report_data``'s, for the "heads that matter" view.
     ``windows`` (per layer: W or None) is there only when a layer has a sliding window,
-    ``kv_heads`` (per head: its key/value head) only when heads share them."""
+    ``kv_heads`` (per head: its key/value head) only when heads share them.
+    ``norms``: the ``(L, H, T, T)`` value-weighted norms (``weighting.norm_weights``), a
+    second matrix the page's switch shows instead of the weights (``norm_induction``: the
+    induction scores of their rows); ``rollout``: ``{"layers", "attention": (T, T),
+    "norm": (T, T) or None}`` for the rollout view. Each key is absent without them."""
     from attnviz.output import clean
-    from attnviz.stats import COLUMNS, add_induction, head_rows, similarity
 
     n_layers, n_heads, n_tokens, _ = result.weights.shape
-    check_size(n_layers, n_heads, n_tokens, limit)
-    count = n_stored(n_layers, n_heads, n_tokens)
+    matrices = 1 if norms is None else 2
+    check_size(n_layers, n_heads, n_tokens, limit, matrices)
+    count = n_stored(n_layers, n_heads, n_tokens, matrices)
     if encoding == "auto":
         encoding = choose_encoding(count)
     data = quantize(lower_triangles(result.weights), encoding)
-    rows = head_rows(result.weights, result.layers)
-    if induction is not None:
-        add_induction(rows, induction)
     # Model families: written only when they say something, so a GPT-2 report is unchanged.
     windows = [result.layer_window(li) for li in range(n_layers)]
     families = {"windows": windows} if any(w is not None for w in windows) else {}
     if result.grouped:
         families["kv_heads"] = [int(kv) for kv in result.kv_heads]
+    extras = {}
+    config = result.config
+    if norms is not None:
+        from attnviz.weighting import weighting_config
+
+        extras["norms"] = _norms_block(norms, encoding, list(result.layers), norm_induction)
+        config = {**config, "weighting": weighting_config(
+            "norm", "a second matrix beside the weights; the page's switch shows either",
+            top=extras["norms"]["scale"])}
+    if rollout is not None:
+        extras["rollout"] = _rollout_block(rollout)
     return clean({
         "format": FORMAT,
         "version": VERSION,
-        "config": result.config,
+        "config": config,
         "layers": list(result.layers),
         "n_heads": n_heads,
         "n_tokens": n_tokens,
@@ -165,13 +240,9 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
             "encoding": encoding,
             "data": base64.urlsafe_b64encode(data).decode("ascii"),
         },
-        "stats": {
-            "columns": ["layer", "head", *COLUMNS] + (["induction"] if induction is not None else []),
-            "heads": rows,
-            "similarity": [[[float(x) for x in row] for row in similarity(w)]
-                           for w in result.weights],
-        },
+        "stats": _stats(result.weights, list(result.layers), induction),
         **({"attribution": attribution} if attribution is not None else {}),
+        **extras,
     })
 
 
@@ -195,6 +266,32 @@ def decode_weights(payload: dict) -> np.ndarray:
     return weights
 
 
+def _lower_triangle_values(data: str, encoding: str, lead: tuple[int, ...], n_tokens: int) -> np.ndarray:
+    """Stored lower triangles (base64url) -> ``lead + (T, T)`` float64, zeros above the diagonal."""
+    values = dequantize(base64.urlsafe_b64decode(data), encoding)
+    values = values.reshape(*lead, n_tokens * (n_tokens + 1) // 2)
+    out = np.zeros((*lead, n_tokens, n_tokens))
+    rows, cols = np.tril_indices(n_tokens)
+    out[..., rows, cols] = values
+    return out
+
+
+def decode_norms(payload: dict) -> np.ndarray:
+    """``(L, H, T, T)`` float64 value-weighted norms of a ``--weighting norm`` report
+    (stored value × ``norms.scale``; zeros above the diagonal)."""
+    spec = payload["norms"]
+    n_layers, n_heads, n_tokens, _ = spec["shape"]
+    return _lower_triangle_values(spec["data"], spec["encoding"], (n_layers, n_heads),
+                                  n_tokens) * spec["scale"]
+
+
+def decode_rollout(payload: dict, which: str = "attention") -> np.ndarray:
+    """The ``(T, T)`` rollout of a ``--rollout`` report: of the attention weights, or of
+    the renormalised norms (``which="norm"``)."""
+    spec = payload["rollout"]
+    return _lower_triangle_values(spec[which], spec["encoding"], (), spec["shape"][0])
+
+
 def payload_json(payload: dict) -> str:
     """JSON safe inside a ``<script>`` element: ASCII only, ``<``, ``>``, ``&`` escaped (they
     occur only inside strings) so no token text can close the element, and ``/`` written
@@ -205,15 +302,17 @@ def payload_json(payload: dict) -> str:
     return text
 
 
-def asset(name: str, families: bool = True, generation: bool = True) -> str:
+def asset(name: str, families: bool = True, generation: bool = True, norms: bool = True) -> str:
     """The text of ``report_assets/name``; without ``families``, its lines from each
     ``/* [families] */`` to the next ``/* [/families] */`` (both included) left out: the
     code for sliding windows and grouped-query heads, which a plain report does not run;
-    without ``generation``, the same for the ``/* [generation] */`` blocks."""
+    without ``generation``, the same for the ``/* [generation] */`` blocks, and without
+    ``norms`` for the ``/* [norms] */`` blocks (the value-weighted switch's hooks)."""
     text = resources.files("attnviz").joinpath("report_assets", name).read_text(encoding="utf-8")
     if name != "report.html" and _SCRIPT_END.search(text):  # would end a <script> early
         raise AssertionError(f"report asset {name} contains '</script'")
     text = text if families else _FAMILIES.sub("", text)
+    text = text if norms else _NORMS.sub("", text)
     return text if generation else _GENERATION.sub("", text)
 
 
@@ -224,13 +323,14 @@ def has_families(payload: dict) -> bool:
 
 def render_html(payload: dict) -> str:
     """The whole page: the template with the CSS, the data and the scripts inlined."""
-    families, generation = has_families(payload), "generation" in payload
-    scripts = "\n".join(f"<script>\n{asset(name, families, generation)}</script>"
+    families, generation, norms = has_families(payload), "generation" in payload, "norms" in payload
+    scripts = "\n".join(f"<script>\n{asset(name, families, generation, norms)}</script>"
                         for name in _ASSETS if name.endswith(".js")
                         and _OPTIONAL.get(name, "format") in payload)
     page = asset("report.html")
     # One pass, so text inserted for one placeholder is never searched for another.
-    parts = {"{{css}}": asset("report.css", families, generation), "{{data}}": payload_json(payload),
+    parts = {"{{css}}": asset("report.css", families, generation, norms),
+             "{{data}}": payload_json(payload),
              "{{scripts}}": scripts}
     return re.sub(r"\{\{(css|data|scripts)\}\}", lambda m: parts[m.group(0)], page)
 
@@ -255,19 +355,22 @@ class ReportInfo:
 
 def write_report(result: AttentionResult, path: str | Path, encoding: str = "auto",
                  limit: int | None = None, induction: np.ndarray | None = None,
-                 attribution: dict | None = None) -> ReportInfo:
+                 attribution: dict | None = None, norms: np.ndarray | None = None,
+                 norm_induction: np.ndarray | None = None,
+                 rollout: dict | None = None) -> ReportInfo:
     """Write ``result`` as one offline HTML file at ``path`` (atomically).
 
     ``encoding``: ``"auto"`` (16-bit when at most ``MAX_U16_WEIGHTS`` weights, else
     8-bit square root), ``"u16"`` or ``"sqrt-u8"``. Raises ``InputError`` above ``limit``
-    (default ``MAX_WEIGHTS``) stored weights. ``induction``, ``attribution``: see
-    ``build_payload``.
+    (default ``MAX_WEIGHTS``) stored weights. ``induction``, ``attribution``, ``norms``,
+    ``norm_induction``, ``rollout``: see ``build_payload``.
     """
     from attnviz.fileio import write_bytes
 
     if encoding not in ("auto", *ENCODINGS):
         raise InputError(f"unknown encoding {encoding!r}; choose auto, {', '.join(ENCODINGS)}")
-    payload = build_payload(result, encoding, limit, induction, attribution)
+    payload = build_payload(result, encoding, limit, induction, attribution, norms,
+                            norm_induction, rollout)
     html = render_html(payload).encode("ascii")
     path = Path(path)
     write_bytes(path, html)

@@ -19,6 +19,7 @@ from attnviz.cli.options import (
     QuietOpt,
     TextArg,
     TokensOpt,
+    WeightingOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -60,6 +61,7 @@ def compare_heads(
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
+    weighting: WeightingOpt = "attention",
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -67,7 +69,11 @@ def compare_heads(
     """Compare the heads: entropy, focus, self / previous / first-token attention, distance.
 
     The table lists every head of the chosen layers; --head picks the heads drawn by --plot.
+    With --weighting norm the statistics are those of the value-weighted rows renormalised
+    to sum 1, and --plot draws the norms.
     """
+    from dataclasses import replace
+
     import numpy as np
 
     from attnviz.output import Output
@@ -88,6 +94,9 @@ def compare_heads(
         from attnviz import plot
 
         picture.check()
+        if weighting == "norm" and picture.exclude_first:
+            raise InputError("--exclude-first renormalises attention rows; the norms of "
+                             "--weighting norm are not probabilities: give one of them")
         for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
             if path:
                 plot.image_format(path, picture.image_format, option)
@@ -104,11 +113,19 @@ def compare_heads(
         raise InputError("--view lines draws the heads of one layer over each other; give one "
                          "--layer, or use --view heatmap for a grid of every layer")
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
+    drawn, measure = result, {}  # what --plot draws, on which colour scale
+    if weighting == "norm":  # statistics of probability rows: the norms, renormalised
+        from attnviz.weighting import STATISTICS_NOTE, norm_pictures, renormalized, weighting_config
+
+        drawn, measure["measure"] = norm_pictures(result)
+        about = weighting_config("norm", STATISTICS_NOTE)
+        result = replace(result, weights=renormalized(drawn.weights),
+                         config={**result.config, "weighting": about})
     rows = head_rows(result.weights, result.layers, result.kv_heads)
     if result.kv_heads:  # grouped-query models: which key/value head each head reads
         columns.insert(2, "kv_head")
     if induction:
-        add_induction(rows, score_induction(output, config, weights, result.layers))
+        add_induction(rows, score_induction(output, config, weights, result.layers, weighting))
     rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "layers": result.layers, "tokens": result.tokens(),
                 "config": result.config}
@@ -129,9 +146,9 @@ def compare_heads(
         if similarity_plot:  # checked before --plot is written: all checks come first
             plot.check_similarity_size(len(result.layers), result.n_heads, picture.dpi)
         if plot_path:
-            plot.save_compare(plot_path, result, plot_heads,
+            plot.save_compare(plot_path, drawn, plot_heads,
                               image_format=plot.image_format(plot_path, picture.image_format),
-                              **picture.heatmap_args())
+                              **picture.heatmap_args(), **measure)
             files.append(str(plot_path))
         if similarity_plot:
             plot.save_similarity(similarity_plot, np.stack(matrices),
@@ -153,7 +170,9 @@ def compare_heads(
         focused = min(range(len(rows)), key=lambda i: rows[i]["entropy"])
         broadest = max(range(len(rows)), key=lambda i: rows[i]["entropy"])
         styles = {focused: "bold green", broadest: "yellow"}
-    output.emit(document, rows, shown, title=f"Head statistics, {result.n_tokens} tokens{window_note}",
+    weighted = " of the value-weighted rows (renormalised)" if weighting == "norm" else ""
+    output.emit(document, rows, shown,
+                title=f"Head statistics{weighted}, {result.n_tokens} tokens{window_note}",
                 styles=styles, keys=shown[: 2 if show_layer else 1])
     if fmt != "table":
         return

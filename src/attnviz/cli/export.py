@@ -18,6 +18,7 @@ from attnviz.cli.options import (
     QuietOpt,
     TextArg,
     TokensOpt,
+    WeightingOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -34,6 +35,10 @@ def export(
                            "'-' writes it to standard output.", show_default=False)] = ...,
     include_params: Annotated[bool, typer.Option("--include-params", help="Also export the "
                               "attention input and the query/key/value weights.")] = False,
+    weighting: WeightingOpt = "attention",
+    rollout: Annotated[bool, typer.Option("--rollout", help="Also export the attention rollout "
+                       "(T x T) through every layer from 0 to the deepest exported (--layer all: "
+                       "the whole model); of the value-weighted rows with --weighting norm.")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -44,8 +49,9 @@ def export(
 ) -> None:
     """Save the attention weights (and optionally the inputs and parameters) as .npz.
 
-    Prints what was written (with --quiet only the path); with -o - the .npz goes to
-    standard output and the summary to standard error.
+    With --weighting norm also the value-weighted norms (norms, beside weights); with
+    --rollout the attention rollout. Prints what was written (with --quiet only the path);
+    with -o - the .npz goes to standard output and the summary to standard error.
     """
     import io
     import sys
@@ -75,6 +81,11 @@ def export(
                                 allow_special=allow_special, tokens=tokens, progress=progress)
         single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
                                                      for x in layer or [])
+        if rollout:
+            from attnviz.weighting import rollout_layers
+
+            rolled = rollout_layers(layer, result.model.n_layers, default_all=False,
+                                    option="--rollout")
         pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
         shape = result.shape[1:] if single else result.shape  # (H, T, T) or (L, H, T, T)
         arrays = {
@@ -85,6 +96,17 @@ def export(
             # absolute positions of the tokens (a window of the text with --tokens)
             "positions": np.asarray([t["position"] for t in result.tokens()], dtype=np.int64),
         }
+        if weighting == "norm":  # a second forward pass: still one layer in memory at a time
+            from attnviz.weighting import stream_norms
+
+            arrays["norms"] = Pieces(shape, np.float32, stream_norms(result))
+        if rollout:
+            from attnviz.weighting import model_rollout
+
+            cut = slice(*result.window) if result.window else slice(None)
+            arrays["rollout"] = lambda: model_rollout(result.model, result.all_token_ids, rolled,
+                                                      weighting)[cut, cut].astype(np.float32)
+            arrays["rollout_layers"] = np.asarray(rolled, dtype=np.int64)
         if include_params:  # gathered while the weights were written, so called after them
             arrays["attn_input"] = lambda: pick(result.attn_inputs())
             arrays.update({name: lambda name=name: pick(result.params()[name])

@@ -23,6 +23,7 @@ from attnviz.cli.options import (
     TextArg,
     TokenizerOpt,
     TokensOpt,
+    WeightingOpt,
     WeightsOpt,
     check_out_dir,
     model_options,
@@ -47,12 +48,14 @@ def heatmap(
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
+    weighting: WeightingOpt = "attention",
     fmt: FormatOpt = "table",
     as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png).
+    """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png);
+    with --view rollout, one picture of the model's attention rollout (rollout.png).
 
     Prints what was written; with --quiet, only the paths, one per line.
     """
@@ -66,19 +69,33 @@ def heatmap(
     source = read_text(text, file)
     from attnviz import plot
 
-    picture.check()
+    picture.check(rollout=True)
     picture_format = plot.image_format(None, picture.image_format)
     check_out_dir(out)
+    if weighting == "norm" and picture.exclude_first:
+        raise InputError("--exclude-first renormalises attention rows; the norms of "
+                         "--weighting norm are not probabilities (and already shrink a sink "
+                         "whose value is short): give one of them")
+    if picture.view == "rollout":
+        if head:
+            raise InputError("--view rollout draws the whole model in one picture: drop --head")
+        return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
+                        allow_special, weighting, output, fmt, quiet)
     from attnviz.analysis import analyze
     from attnviz.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = analyze(source, config, weights=weights, layer=layer,
                          allow_special=allow_special, heads=head, tokens=tokens, progress=progress)
+        measure = {}
+        if weighting == "norm":
+            from attnviz.weighting import norm_pictures
+
+            result, measure["measure"] = norm_pictures(result)
         layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""
         output.message(f"Drawing {result.n_tokens} tokens{layers} × {result.n_heads} heads…")
         files = plot.write_heatmaps(result, out, heads=head, image_format=picture_format,
-                                    progress=progress, **picture.heatmap_args())
+                                    progress=progress, **picture.heatmap_args(), **measure)
         progress.summary(f"Wrote {len(files)} {picture_format.upper()} files to {out}")
     rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
     document = {"files": [r["file"] for r in rows], "tokens": result.tokens(),
@@ -89,10 +106,43 @@ def heatmap(
         output.paths(document["files"])
         return
     window = f", tokens {result.window[0]}-{result.window[1] - 1}" if result.window else ""
+    if measure:
+        window += f" (value-weighted norms, colours 0-{measure['measure'].top:g})"
     output.emit(document, rows, ["file", "layer", "head"], keys=["file"],
                 title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}{window}")
     if fmt == "table":
         output.mapping(_config_summary(result.config), title="Model")
+
+
+def _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
+             allow_special, weighting, output, fmt, quiet) -> None:
+    """``heatmap --view rollout``: one picture of the model, rollout.<fmt>."""
+    from attnviz import plot
+    from attnviz.progress import Progress
+    from attnviz.weighting import analyze_rollout
+
+    with Progress(quiet) as progress:
+        found = analyze_rollout(source, config, weights=weights, layer=layer,
+                                allow_special=allow_special, tokens=tokens, weighting=weighting,
+                                progress=progress)
+        output.message(f"Drawing the rollout of {found.n_tokens} tokens through "
+                       f"{len(found.layers)} layer(s)…")
+        files = plot.write_rollout(found.matrix, found.token_labels, out, found.title,
+                                   picture.cmap, picture.dpi, picture.scale,
+                                   image_format=picture_format, annotate=picture.annotate,
+                                   title_template=picture.title, layer=found.layers[-1])
+    document = {"files": [str(f.path) for f in files], "tokens": found.tokens(),
+                "config": found.config}
+    if found.window:
+        document["window"] = {"start": found.window[0], "stop": found.window[1]}
+    if fmt == "table" and quiet:
+        output.paths(document["files"])
+        return
+    rows = [{"file": f, "layer": None, "head": None} for f in document["files"]]
+    output.emit(document, rows, ["file", "layer", "head"], keys=["file"],
+                title=f"Wrote {found.title[0].lower() + found.title[1:]} to {out}")
+    if fmt == "table":
+        output.mapping(_config_summary(found.config), title="Model")
 
 
 def _config_summary(config: dict) -> dict:

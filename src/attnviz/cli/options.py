@@ -134,9 +134,16 @@ ImageFormatOpt = Annotated[
                  "SVG and PDF keep the text as text.", show_default=False),
 ]
 ViewOpt = Annotated[
-    Literal["heatmap", "lines"],
+    Literal["heatmap", "lines", "rollout"],
     typer.Option("--view", help="heatmap, or lines: each query joined to its keys, opacity = "
-                 "weight (up to 64 tokens)."),
+                 "weight (up to 64 tokens); heatmap only: rollout, one picture of the attention "
+                 "rollout through layers 0..L (every layer without --layer)."),
+]
+WeightingOpt = Annotated[
+    Literal["attention", "norm"],
+    typer.Option("--weighting", help="attention: the weights; norm: value-weighted attention "
+                 "‖α·f(x)‖ (Kobayashi et al. 2020), each weight times the length of "
+                 "its key's value through the head's output projection (docs/heads.md)."),
 ]
 ExcludeFirstOpt = Annotated[
     bool, typer.Option("--exclude-first", help="Pictures only: drop key 0 (the first-token sink) and "
@@ -286,11 +293,15 @@ class Picture:
     title: str | None = None
     font: str | None = None
 
-    def check(self) -> None:
+    def check(self, rollout: bool = False) -> None:
         """Refuse a bad colormap, dpi, scale, title or font before any work (and put the
-        font to use); imports matplotlib, so call it only when a picture will be drawn."""
+        font to use); imports matplotlib, so call it only when a picture will be drawn.
+        ``--view rollout`` is refused unless the command draws it (``rollout``)."""
         from attnviz import plot
 
+        if self.view == "rollout" and not rollout:
+            raise InputError("--view rollout is one picture of the whole model: use attnviz "
+                             "heatmap --view rollout")
         plot.check_picture_options(self.cmap, self.dpi, self.scale, self.title, self.font)
 
     def heatmap_args(self) -> dict:
@@ -338,16 +349,20 @@ def picture_options(*, full: bool = True):
     return decorate
 
 
-def score_induction(output, config: ModelConfig, weights: str | None, layers: list[int]):
+def score_induction(output, config: ModelConfig, weights: str | None, layers: list[int],
+                    weighting: str = "attention"):
     """``--induction`` of compare-heads and report: the ``(L, H)`` scores of
-    ``analysis.induction_probe``, refused before it runs when the context cannot hold it."""
+    ``analysis.induction_probe``, refused before it runs when the context cannot hold it;
+    ``weighting="norm"``: scored on the renormalised value-weighted rows."""
     from attnviz.analysis import INDUCTION_PERIOD, check_induction_probe, induction_probe, load_model
 
     model = load_model(config, weights)
     check_induction_probe(model)
     output.message(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} "
                    "tokens)…")
-    return induction_probe(model, layers, config.seed)
+    if weighting == "attention":
+        return induction_probe(model, layers, config.seed)
+    return induction_probe(model, layers, config.seed, weighting=weighting)
 
 
 def check_out_dir(out: Path) -> None:

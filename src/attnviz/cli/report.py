@@ -18,6 +18,7 @@ from attnviz.cli.options import (
     QuietOpt,
     TextArg,
     TokensOpt,
+    WeightingOpt,
     WeightsOpt,
     check_file_target,
     model_options,
@@ -48,6 +49,10 @@ def report(
                         "next token is explained (negative counts from the end).")] = -1,
     ablate: Annotated[str, typer.Option("--ablate", help="With the view: zero or mean "
                       "ablation.")] = "zero",
+    weighting: WeightingOpt = "attention",
+    rollout: Annotated[bool, typer.Option("--rollout", help="Add the attention rollout view: "
+                       "through every layer from 0 to the deepest asked for (--layer all: the "
+                       "whole model; --layer L: layers 0-L).")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
     layer: LayerOpt = None,
@@ -57,7 +62,11 @@ def report(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write one offline, interactive HTML page: every head, heatmaps, statistics, tokens."""
+    """Write one offline, interactive HTML page: every head, heatmaps, statistics, tokens.
+
+    With --weighting norm the page also holds the value-weighted norms and a switch between
+    them and the weights; with --rollout, an attention rollout view.
+    """
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
@@ -81,9 +90,27 @@ def report(
     if attributing:
         check_can_attribute(model)
         metric_ids = resolve_metric(model, token_ids, target, contrast, position)
+    rolled = None
+    if rollout:
+        from attnviz.weighting import rollout_layers
+
+        rolled = rollout_layers(layer, model.n_layers, default_all=False, option="--rollout")
     result = analyze_with(model, token_ids, layer)
     result = crop(result, *window) if window else result
-    check_size(*result.weights.shape[:3])
+    check_size(*result.weights.shape[:3], matrices=2 if weighting == "norm" else 1)
+    extras = {}
+    if weighting == "norm":
+        from attnviz.weighting import norm_weights
+
+        extras["norms"] = norm_weights(result)
+    if rolled is not None:
+        from attnviz.weighting import model_rollouts
+
+        output.message(f"Rolling attention out through layers 0-{rolled[-1]}…")
+        cut = slice(*window) if window else slice(None)
+        found = model_rollouts(model, token_ids, rolled, ["attention"] + (
+            ["norm"] if weighting == "norm" else []))
+        extras["rollout"] = {"layers": rolled, **{k: v[cut, cut] for k, v in found.items()}}
     attribution = None
     if attributing:
         from attnviz.attribution import attribute, report_data
@@ -93,9 +120,11 @@ def report(
                           contrast=metric_ids[1], ablate=ablate)
         attribution = report_data(found, model.tokenizer)
     scores = score_induction(output, config, weights, result.layers) if induction else None
+    if induction and weighting == "norm":
+        extras["norm_induction"] = score_induction(output, config, weights, result.layers, "norm")
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
-    info = write_report(result, output_path, induction=scores, attribution=attribution)
+    info = write_report(result, output_path, induction=scores, attribution=attribution, **extras)
     document = info.as_dict()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}

@@ -63,6 +63,13 @@ var AV = (function () {
   }
 
   var values = decode(spec.data, spec.encoding);
+  /* [norms] */
+  /* --weighting norm: the value-weighted norms, a second matrix in the same layout, stored as
+     norm / norms.scale. setWeighting (below) puts them in place of the weights for every
+     view; top is what a stored value is multiplied by (1 for the weights). */
+  var attentionValues = values, normValues = decode(payload.norms.data, payload.norms.encoding);
+  var top = 1;
+  /* [/norms] */
 
   /* Index of the first stored weight of row i of head h in layer index li. */
   function rowStart(li, h, i) {
@@ -77,6 +84,9 @@ var AV = (function () {
     /* [generation] */
     if (!known(i)) return NaN;
     /* [/generation] */
+    /* [norms] */
+    if (top !== 1) return j > i ? NaN : values[rowStart(li, h, i) + j] * top;
+    /* [/norms] */
     return j > i ? NaN : values[rowStart(li, h, i) + j];
   }
   /* [families] */
@@ -167,6 +177,23 @@ var AV = (function () {
     isGenerated: function (pos) { return pos >= promptLength; },
     /* [/generation] */
     values: values,
+    /* [norms] */
+    weighting: "attention", /* what the views show: "attention" or "norm" */
+    top: 1, /* the value of the top colour: 1, or norms.scale */
+    /* The attention weight of query i on key j, whatever is shown. */
+    attentionWeight: function (li, h, i, j) {
+      return j > i ? NaN : attentionValues[rowStart(li, h, i) + j];
+    },
+    /* Show the weights ("attention") or the value-weighted norms ("norm") in every view. */
+    setWeighting: function (name) {
+      values = name === "norm" ? normValues : attentionValues;
+      top = name === "norm" ? payload.norms.scale : 1;
+      this.values = values;
+      this.top = top;
+      this.weighting = name;
+      emit("weighting");
+    },
+    /* [/norms] */
     palette: palette,
     state: state,
     on: function (listener) { listeners.push(listener); },

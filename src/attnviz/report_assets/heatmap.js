@@ -137,6 +137,9 @@
     outsideLegend.forEach(function (el) { el.hidden = !cut; });
     outsideLegend[1].textContent = cut ? "outside window " + w : "";
     /* [/families] */
+    /* [norms] */
+    if (AV.weighting === "norm") document.getElementById("heatmap-head").textContent += " \u00b7 value-weighted";
+    /* [/norms] */
     paint();
   }
 
@@ -214,6 +217,12 @@
     } else {
       readout.dataset.weight = String(w);
       readout.textContent = where + ": weight " + w.toFixed(3);
+      /* [norms] */
+      if (AV.weighting === "norm") {
+        readout.textContent = where + ": \u2016\u03b1\u00b7f(x)\u2016 " + w.toFixed(3) + " (weight " +
+          AV.attentionWeight(st.layer, st.head, query, key).toFixed(3) + ")";
+      }
+      /* [/norms] */
     }
     /* [generation] */
     readout.textContent += " (writing " + quoted(query + 1) + ")";
@@ -293,6 +302,13 @@
       if (what === "scale") drawColorbar();
       render();
       if (cursor && what === "select") show(cursor[0], cursor[1]);
+      /* [norms] */
+      if (what !== "weighting") return;
+      var end = document.getElementById("colorbar").nextElementSibling; /* the top's label */
+      end.id = "colorbar-top";
+      end.textContent = AV.weighting === "norm" ? String(AV.top) + " \u2016\u03b1\u00b7f(x)\u2016" : "1";
+      if (cursor) show(cursor[0], cursor[1]);
+      /* [/norms] */
     });
     var pending = 0;
     window.addEventListener("resize", function () {

@@ -159,5 +159,13 @@
       });
     });
     drawLayers(done);
+    /* [norms] */
+    /* the value-weighted switch: every thumbnail drawn again; data-weighting says when done */
+    AV.on(function (what) {
+      if (what !== "weighting") return;
+      delete grid.dataset.weighting;
+      drawLayers(function () { grid.dataset.weighting = AV.weighting; });
+    });
+    /* [/norms] */
   };
 })(AV);

@@ -139,6 +139,15 @@
   AV.initTables = function () {
     fillTokens();
     fillConfig();
+    /* [norms] */
+    /* the value-weighted switch: the statistics of the norms' rows renormalised to sum 1 */
+    AV.on(function (what) {
+      if (what !== "weighting") return;
+      stats = AV.weighting === "norm" ? AV.payload.norms.stats : AV.payload.stats;
+      fillStats();
+      fillSimilarity();
+    });
+    /* [/norms] */
     AV.on(function (what) {
       if (what !== "select") return;
       fillStats();
