@@ -1,9 +1,11 @@
-"""The Llama-style families benchmark (SPEC section 7, "Other families (round 3)"):
-memory of one layer and time of every layer of a Llama-3.2-1B-shaped checkpoint, and
-`attnviz scan` of a SmolLM2-135M-shaped one, each against transformers.
+"""The other families benchmark (SPEC section 7, "Other families (round 3)"): memory of
+one layer and time of every layer of a Llama-3.2-1B-shaped checkpoint, `attnviz scan` of a
+SmolLM2-135M-shaped one, and `attnviz scan` and `heatmap --layer all` of a
+Pythia-160m-shaped (GPT-NeoX) one, each against transformers.
 
     python benchmarks/models_bench.py            # full sizes, prints a markdown table
     python benchmarks/models_bench.py --smoke    # tiny shapes, one run: checks it works
+    python benchmarks/models_bench.py --only pythia --repeat 3   # the rows of one checkpoint
 
 Full sizes, random weights made here (no download):
 
@@ -14,7 +16,10 @@ Full sizes, random weights made here (no download):
   into ``/tmp/attnviz-bench-llama1b`` (``ATTNVIZ_BENCH_CACHE`` moves it) and reused while
   its stamp matches;
 - a **SmolLM2-135M** shape: 30 layers, d_model 576, 9 / 3 heads, MLP 1536, vocabulary
-  49152, tied, theta 100000, bfloat16 as SmolLM2 ships (``/tmp/attnviz-bench-smollm2``).
+  49152, tied, theta 100000, bfloat16 as SmolLM2 ships (``/tmp/attnviz-bench-smollm2``);
+- a **Pythia-160m** shape (GPT-NeoX): 12 layers x 12 heads, d_model 768, MLP 3072, RoPE on
+  25% of each head (16 of 64 dimensions) with base 10000, parallel residual, vocabulary
+  50304, untied, float16 as Pythia ships (``/tmp/attnviz-bench-pythia160m``).
 
 The tensors are filled with torch directly and written with ``safetensors.torch.save_file``
 under the names transformers' ``LlamaForCausalLM`` uses, beside a ``config.json`` in the
@@ -22,7 +27,11 @@ hub's own form; when a folder is built, transformers loads it once
 (``AutoModelForCausalLM.from_pretrained``) to check that every tensor is used and none is
 missing. The tokenizer is a byte-level BPE trained with ``tokenizers`` on the benchmark's
 words (every word with its leading space one token, so texts have exact lengths): Llama 3
-style with ``<|begin_of_text|>`` prepended, SmolLM2 style with none.
+style with ``<|begin_of_text|>`` prepended, SmolLM2 style with none. The Pythia shape is
+made by transformers itself instead (``GPTNeoXForCausalLM``, seeded, matrices respread,
+``save_pretrained`` in float16), with the same kind of tokenizer declared
+``GPTNeoXTokenizer`` (``<|endoftext|>``, ``<|padding|>``; nothing added to a text), which
+AutoTokenizer is checked to read the same way when the folder is built.
 
 Rows (``bench_models`` returns them in ``benchmarks/run.py``'s format):
 
@@ -37,7 +46,13 @@ Rows (``bench_models`` returns them in ``benchmarks/run.py``'s format):
 - ``attnviz scan`` of 300 prompts (scan_bench's generator, 20-120 tokens) ``--layer all``
   against transformers eager (``AutoModel``, the base model, as scan_bench uses
   ``GPT2Model``) one prompt at a time computing the same statistics and detectors; the
-  means are compared (target >= 1.5x the prompts/s).
+  means are compared (target >= 1.5x the prompts/s); the same row for the Pythia shape;
+- ``attnviz heatmap --layer all`` of 1001 tokens of the Pythia shape (144 head pictures,
+  12 layer overviews, the model overview) against run.py's full-context transformers
+  script (``GPTNeoXModel.from_pretrained(attn_implementation="eager", dtype=torch.float32)``,
+  the forward with attentions, ``np.savez``; the ids given), whole processes alternating as
+  run.py's GPT-2 rows do (target <= 1.0x); one ``attnviz export --layer all`` of the same
+  text afterwards checks that the weights agree.
 """
 
 from __future__ import annotations
@@ -80,11 +95,29 @@ SMOLLM2_135M = {  # HuggingFaceTB/SmolLM2-135M's config.json (token ids left out
     "pretraining_tp": 1, "use_cache": True, "bos_token_id": None, "eos_token_id": None,
     "torch_dtype": "bfloat16",
 }
+PYTHIA_160M = {  # EleutherAI/pythia-160m's config.json (token ids left out)
+    "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "num_hidden_layers": 12,
+    "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072,
+    "rotary_pct": 0.25, "rotary_emb_base": 10000, "use_parallel_residual": True,
+    "vocab_size": 50304, "max_position_embeddings": 2048, "layer_norm_eps": 1e-5,
+    "tie_word_embeddings": False, "hidden_act": "gelu", "initializer_range": 0.02,
+    "use_cache": True, "bos_token_id": None, "eos_token_id": None, "dtype": "float16",
+}
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 300,
         "max_position_embeddings": 2048}
+TINY_NEOX = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+             "intermediate_size": 128, "vocab_size": 300}
+
+SPREAD = 1.8  # the random matrices' std times sqrt(d_model): peaked attention rows, not one-hot
 
 BOS = "<|begin_of_text|>"
+NEOX_SPECIALS = ("<|endoftext|>", "<|padding|>")  # ids 0 and 1, as in Pythia's tokenizer
+NEOX_TOKENIZER = {  # EleutherAI/pythia-160m's tokenizer_config.json, in transformers 5's form
+    "tokenizer_class": "GPTNeoXTokenizer", "model_max_length": 2048, "add_bos_token": False,
+    "add_eos_token": False, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>", "pad_token": None,
+}
 
 # What a user writes with transformers to get every layer's attention of a text into a file.
 TRANSFORMERS_EXPORT = r"""
@@ -139,6 +172,13 @@ means = {name: (s / n).tolist() for name, s in sums.items()}
 json.dump({"mean": means}, open(sys.argv[3], "w"))
 """
 
+# The ids transformers' AutoTokenizer gives a text (the GPT-NeoX checkpoint's check).
+VERIFY_TOKENIZER = r"""
+import json, sys
+from transformers import AutoTokenizer
+print(json.dumps(AutoTokenizer.from_pretrained(sys.argv[1])(sys.argv[2])["input_ids"]))
+"""
+
 # Run once per folder built: transformers must take every tensor, miss none, and read the
 # config as meant (the llama3 RoPE, tied embeddings).
 VERIFY = r"""
@@ -155,11 +195,14 @@ print(json.dumps({"problems": problems, "tied": model.lm_head.weight.data_ptr()
 """
 
 
-def write_tokenizer(folder: Path, vocab_size: int, bos: str | None) -> Path:
+def write_tokenizer(folder: Path, vocab_size: int, bos: str | None,
+                    specials: tuple[str, ...] = ("<|end_of_text|>",),
+                    config: dict | None = None) -> Path:
     """A byte-level BPE (``tokenizers``) trained on the benchmark's words, saved as
     tokenizer.json + tokenizer_config.json; with a vocabulary of a few hundred merges
     every `` word`` is one token. ``bos`` is prepended by the post-processor (Llama 3) or
-    nothing is (SmolLM2)."""
+    nothing is (SmolLM2, Pythia); ``specials`` are the other special tokens (the first is
+    EOS), ``config`` the tokenizer_config.json (by default a PreTrainedTokenizerFast)."""
     import numpy as np
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -169,9 +212,9 @@ def write_tokenizer(folder: Path, vocab_size: int, bos: str | None) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    specials = ([bos] if bos else []) + ["<|end_of_text|>"]
     tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        vocab_size=vocab_size, special_tokens=([bos] if bos else []) + list(specials),
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     if bos:
         tokenizer.post_processor = processors.TemplateProcessing(
@@ -180,9 +223,9 @@ def write_tokenizer(folder: Path, vocab_size: int, bos: str | None) -> Path:
     else:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
+    (folder / "tokenizer_config.json").write_text(json.dumps(config or {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 131072,
-        "bos_token": bos, "eos_token": "<|end_of_text|>"}))
+        "bos_token": bos, "eos_token": specials[0]}))
     return folder
 
 
@@ -196,7 +239,7 @@ def _fill_tensors(config: dict, dtype, seed: int) -> dict:
     d, f = config["hidden_size"], config["intermediate_size"]
     hd = config.get("head_dim") or d // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
-    std = 1.8 / d**0.5
+    std = SPREAD / d**0.5
 
     def weight(*shape: int) -> torch.Tensor:
         return torch.empty(shape).normal_(0.0, std, generator=generator).to(dtype)
@@ -219,47 +262,102 @@ def _fill_tensors(config: dict, dtype, seed: int) -> dict:
     return tensors
 
 
+def built_once(folder: Path, stamp: dict, build) -> Path:
+    """``folder`` as ``build(path)`` fills it, reused while its stamp.json equals ``stamp``
+    (built beside it, then renamed: an interrupted build leaves no half folder)."""
+    import shutil
+
+    stamp = {"version": BUILD_VERSION, **stamp}
+    if (folder / "stamp.json").is_file() and json.loads((folder / "stamp.json").read_text()) == stamp:
+        return folder
+    building = folder.with_name(folder.name + ".building")
+    if building.exists():
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
+    build(building)
+    (building / "stamp.json").write_text(json.dumps(stamp))
+    if folder.exists():
+        shutil.rmtree(folder)
+    building.rename(folder)
+    return folder
+
+
 def make_checkpoint(folder: Path, config: dict, *, bos: str | None, tokenizer_vocab: int,
                     seed: int = 0, verify: bool = True) -> Path:
     """``folder`` holding config.json, one bfloat16 model.safetensors and a tokenizer;
     reused when its stamp says it was made from the same config the same way. ``verify``:
     load it once with transformers (--smoke leaves that to the rows, which load it too)."""
-    import torch
-    from safetensors.torch import save_file
 
-    stamp = {"version": BUILD_VERSION, "config": config, "bos": bos,
-             "tokenizer_vocab": tokenizer_vocab, "seed": seed}
-    if (folder / "stamp.json").is_file() and json.loads((folder / "stamp.json").read_text()) == stamp:
-        return folder
-    building = folder.with_name(folder.name + ".building")
-    if building.exists():
-        import shutil
+    def build(building: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
 
-        shutil.rmtree(building)
-    building.mkdir(parents=True)
-    start = time.perf_counter()
-    tensors = _fill_tensors(config, torch.bfloat16, seed)
-    save_file(tensors, building / "model.safetensors", metadata={"format": "pt"})
-    del tensors
-    (building / "config.json").write_text(json.dumps(config, indent=2))
-    write_tokenizer(building, tokenizer_vocab, bos)
-    if verify:
-        out = subprocess.run([sys.executable, "-c", VERIFY, str(building)], capture_output=True,
-                             text=True, check=True)
-        verdict = json.loads(out.stdout.strip().splitlines()[-1])
-        rope = (config.get("rope_scaling") or {}).get("rope_type", "default")
-        if verdict["problems"] or not verdict["tied"] or verdict["rope_type"] != rope:
-            raise RuntimeError(f"transformers does not read the benchmark checkpoint as meant: "
-                               f"{verdict}")
-        print(f"built {folder} ({verdict['parameters'] / 1e6:.0f}M parameters, loaded by "
-              f"transformers) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    (building / "stamp.json").write_text(json.dumps(stamp))
-    if folder.exists():
-        import shutil
+        start = time.perf_counter()
+        tensors = _fill_tensors(config, torch.bfloat16, seed)
+        save_file(tensors, building / "model.safetensors", metadata={"format": "pt"})
+        del tensors
+        (building / "config.json").write_text(json.dumps(config, indent=2))
+        write_tokenizer(building, tokenizer_vocab, bos)
+        if verify:
+            out = subprocess.run([sys.executable, "-c", VERIFY, str(building)],
+                                 capture_output=True, text=True, check=True)
+            verdict = json.loads(out.stdout.strip().splitlines()[-1])
+            rope = (config.get("rope_scaling") or {}).get("rope_type", "default")
+            if verdict["problems"] or not verdict["tied"] or verdict["rope_type"] != rope:
+                raise RuntimeError(f"transformers does not read the benchmark checkpoint as "
+                                   f"meant: {verdict}")
+            print(f"built {folder} ({verdict['parameters'] / 1e6:.0f}M parameters, loaded by "
+                  f"transformers) in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
-        shutil.rmtree(folder)
-    building.rename(folder)
-    return folder
+    return built_once(folder, {"config": config, "bos": bos, "tokenizer_vocab": tokenizer_vocab,
+                               "seed": seed}, build)
+
+
+def make_neox_checkpoint(folder: Path, config: dict, *, tokenizer_vocab: int, seed: int = 0,
+                         verify: bool = True) -> Path:
+    """A GPT-NeoX checkpoint made by transformers itself: ``GPTNeoXForCausalLM`` built from
+    ``GPTNeoXConfig(**config)`` (seeded), its matrices respread (``SPREAD``, as
+    ``_fill_tensors``; LayerNorms ones and zeros, biases zeros as transformers initialises
+    them), cast to float16 and written by ``save_pretrained`` (one model.safetensors), with
+    a GPT-NeoX-style tokenizer (``GPTNeoXTokenizer``: ``<|endoftext|>`` and
+    ``<|padding|>``, nothing added to a text). ``verify``: transformers' AutoTokenizer must
+    give the ids ``tokenizers`` reads from the file, one per word."""
+
+    def build(building: Path) -> None:
+        import torch
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        # built in float32 and cast (the config's dtype is what save_pretrained records)
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**{k: v for k, v in config.items()
+                                                    if k not in ("model_type", "dtype")}))
+        generator = torch.Generator().manual_seed(seed)
+        std = SPREAD / config["hidden_size"] ** 0.5
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.ndim == 2:  # embeddings, projections, MLP, unembedding
+                    param.normal_(0.0, std, generator=generator)
+        model.to(torch.float16).save_pretrained(building)
+        n_parameters = sum(p.numel() for p in model.parameters())
+        del model
+        write_tokenizer(building, tokenizer_vocab, None, specials=NEOX_SPECIALS, config=NEOX_TOKENIZER)
+        if verify:
+            text, n = text_of(building, 200, exact=True)
+            out = subprocess.run([sys.executable, "-c", VERIFY_TOKENIZER, str(building), text],
+                                 capture_output=True, text=True, check=True)
+            ids = json.loads(out.stdout.strip().splitlines()[-1])
+            from tokenizers import Tokenizer
+
+            if ids != Tokenizer.from_file(str(building / "tokenizer.json")).encode(text).ids:
+                raise RuntimeError("transformers' AutoTokenizer does not read the benchmark "
+                                   "tokenizer as tokenizers does")
+            print(f"built {folder} ({n_parameters / 1e6:.0f}M parameters, float16; "
+                  f"AutoTokenizer: {n} tokens as meant) in {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr)
+
+    return built_once(folder, {"config": config, "tokenizer_vocab": tokenizer_vocab, "seed": seed,
+                               "tokenizer": NEOX_TOKENIZER}, build)
 
 
 def text_of(folder: Path, n_tokens: int, exact: bool) -> tuple[str, int]:
@@ -280,8 +378,10 @@ def text_of(folder: Path, n_tokens: int, exact: bool) -> tuple[str, int]:
 def shape_of(config: dict, smoke: bool, name: str) -> str:
     if smoke:
         return f"tiny {name} stand-in ({config['num_hidden_layers']} layers)"
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads", heads)
     return (f"{name} shape ({config['num_hidden_layers']} layers, "
-            f"{config['num_attention_heads']}/{config['num_key_value_heads']} heads)")
+            f"{heads if kv == heads else f'{heads}/{kv}'} heads)")
 
 
 def bench_llama_one_layer(folder: Path, smoke: bool, tmp: Path) -> dict:
@@ -337,10 +437,13 @@ def bench_llama_export(folder: Path, smoke: bool, repeat: int, tmp: Path) -> dic
             "met": mine / base <= 0.6 and diff < 1e-5}
 
 
-def bench_smollm2_scan(folder: Path, smoke: bool, repeat: int, tmp: Path) -> dict:
-    """Row 2: scan of 300 prompts against transformers eager one prompt at a time."""
+def bench_scan_vs_transformers(folder: Path, shape: str, file_kind: str, smoke: bool,
+                               repeat: int, tmp: Path) -> dict:
+    """``attnviz scan --layer all`` of 300 prompts against transformers eager one prompt
+    at a time (``HF_SCAN``), whole processes alternating; the means are compared."""
     import numpy as np
 
+    tmp.mkdir(parents=True, exist_ok=True)
     n_prompts, shortest, longest = (6, 5, 20) if smoke else (300, 20, 120)
     prompts_file = write_prompts(tmp / "prompts.txt", make_prompts(n_prompts, shortest, longest))
     ours_json, hf_json = tmp / "scan.json", tmp / "hf.json"
@@ -366,36 +469,101 @@ def bench_smollm2_scan(folder: Path, smoke: bool, repeat: int, tmp: Path) -> dic
     for name, expected in reference["mean"].items():
         got = np.array([row[f"{name}_mean"] for row in document["heads"]], dtype=float)
         diff = max(diff, float(np.nanmax(np.abs(got - np.array(expected, dtype=float).reshape(-1)))))
-    shape = shape_of(SMOLLM2_135M | (TINY if smoke else {}), smoke, "SmolLM2-135M")
     return {"measure": f"`attnviz scan --layer all`, {n_prompts} prompts of {shortest}-{longest} "
-                       f"tokens, {shape}, bf16 file: vs transformers eager, one prompt at a time",
+                       f"tokens, {shape}, {file_kind} file: vs transformers eager, one prompt at a time",
             "baseline": f"{hf_rate:.2f} prompts/s (AutoModel; same means, max diff {diff:.1e})",
             "attnviz": f"{ours_rate:.2f} prompts/s", "ratio": f"{ours_rate / hf_rate:.2f}x faster",
             "target": ">= 1.5x faster", "met": ours_rate / hf_rate >= 1.5 and diff < 1e-4}
 
 
-def bench_models(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
-    """The rows of SPEC section 7's "Other families (round 3)" (see the module docstring)."""
+def bench_smollm2_scan(folder: Path, smoke: bool, repeat: int, tmp: Path) -> dict:
+    """Row (c): scan of 300 prompts of the SmolLM2-135M shape."""
+    shape = shape_of(SMOLLM2_135M | (TINY if smoke else {}), smoke, "SmolLM2-135M")
+    return bench_scan_vs_transformers(folder, shape, "bf16", smoke, repeat, tmp / "smollm2-scan")
+
+
+def bench_pythia_scan(folder: Path, smoke: bool, repeat: int, tmp: Path) -> dict:
+    """Row (d): scan of 300 prompts of the Pythia-160m shape (GPT-NeoX, float16 file)."""
+    shape = shape_of(PYTHIA_160M | (TINY_NEOX if smoke else {}), smoke, "Pythia-160m")
+    return bench_scan_vs_transformers(folder, shape, "fp16", smoke, repeat, tmp / "pythia-scan")
+
+
+def bench_pythia_heatmap(folder: Path, smoke: bool, repeat: int, tmp: Path) -> dict:
+    """Row (e): ``attnviz heatmap --layer all`` of 1001 tokens of the Pythia-160m shape
+    against run.py's transformers script (``GPTNeoXModel``, float32 eager, the ids given),
+    as run.py's GPT-2 full-context rows, alternating; ``attnviz export --layer all`` of the
+    same text is run once after them to check that both sides compute the same weights."""
+    from run import all_layers_commands, max_diff, rotating_medians  # benchmarks/run.py
+
+    from attnviz.tokenization import load_tokenizer
+
+    n_tokens = 32 if smoke else 1001
+    work = tmp / "pythia-heatmap"
+    work.mkdir(parents=True, exist_ok=True)
+    text, n = text_of(folder, n_tokens, exact=not smoke)
+    ids = load_tokenizer(folder).encode(text)  # attnviz's ids: AutoTokenizer's (no BOS for NeoX)
+    if len(ids) != n:
+        raise RuntimeError(f"attnviz's tokenizer gives {len(ids)} tokens, tokenizers {n}")
+    commands = all_layers_commands(folder, text, ids, work, model_class="GPTNeoXModel")
+    medians = rotating_medians({k: commands[k] for k in ("transformers", "heatmap")}, repeat)
+    base, ours = medians["transformers"], medians["heatmap"]
+    wall(commands["export"])
+    diff = max_diff(work)
+    n_files = len(list((work / "out").rglob("*.png")))
+    shape = shape_of(PYTHIA_160M | (TINY_NEOX if smoke else {}), smoke, "Pythia-160m")
+    return {"measure": f"`attnviz heatmap --layer all`, {n} tokens, {shape}, fp16 file, "
+                       "whole process",
+            "baseline": f"{base:.2f} s (transformers script: import, from_pretrained float32, "
+                        "forward, savez)",
+            "attnviz": f"{ours:.2f} s ({n_files} PNGs; its export: max diff {diff:.1e})",
+            "ratio": f"{ours / base:.2f}x its time", "target": "<= 1.0x",
+            "met": ours / base <= 1.0 and diff < 1e-5}
+
+
+FAMILIES = ("llama", "smollm2", "pythia")
+
+
+def bench_models(smoke: bool, repeat: int, tmp: Path,
+                 families: tuple[str, ...] = FAMILIES) -> list[dict]:
+    """The rows of SPEC section 7's "Other families (round 3)" (see the module docstring);
+    ``families``: only the rows of these checkpoints."""
     tmp.mkdir(parents=True, exist_ok=True)
     repeat = 1 if smoke else repeat
     home = tmp if smoke else CACHE
-    llama = make_checkpoint(home / "attnviz-bench-llama1b", LLAMA_3_2_1B | (TINY if smoke else {}),
-                            bos=BOS, tokenizer_vocab=300 if smoke else 2048, verify=not smoke)
-    smollm2 = make_checkpoint(home / "attnviz-bench-smollm2",
-                              SMOLLM2_135M | (TINY if smoke else {}), bos=None,
-                              tokenizer_vocab=300 if smoke else 2048, verify=not smoke)
-    return [bench_llama_one_layer(llama, smoke, tmp),
-            bench_llama_export(llama, smoke, repeat, tmp),
-            bench_smollm2_scan(smollm2, smoke, repeat, tmp)]
+    vocab = 300 if smoke else 2048
+    rows = []
+    if "llama" in families:
+        llama = make_checkpoint(home / "attnviz-bench-llama1b",
+                                LLAMA_3_2_1B | (TINY if smoke else {}), bos=BOS,
+                                tokenizer_vocab=vocab, verify=not smoke)
+        rows += [bench_llama_one_layer(llama, smoke, tmp),
+                 bench_llama_export(llama, smoke, repeat, tmp)]
+    if "smollm2" in families:
+        smollm2 = make_checkpoint(home / "attnviz-bench-smollm2",
+                                  SMOLLM2_135M | (TINY if smoke else {}), bos=None,
+                                  tokenizer_vocab=vocab, verify=not smoke)
+        rows.append(bench_smollm2_scan(smollm2, smoke, repeat, tmp))
+    if "pythia" in families:
+        pythia = make_neox_checkpoint(home / "attnviz-bench-pythia160m",
+                                      PYTHIA_160M | (TINY_NEOX if smoke else {}),
+                                      tokenizer_vocab=vocab, verify=not smoke)
+        rows += [bench_pythia_scan(pythia, smoke, repeat, tmp),
+                 bench_pythia_heatmap(pythia, smoke, repeat, tmp)]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one run")
     parser.add_argument("--repeat", type=int, default=5, help="alternating runs per side")
+    parser.add_argument("--only", metavar="FAMILY,...", default=",".join(FAMILIES),
+                        help=f"only the rows of these checkpoints ({', '.join(FAMILIES)})")
     args = parser.parse_args(argv)
+    families = tuple(args.only.split(","))
+    if unknown := [f for f in families if f not in FAMILIES]:
+        parser.error(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as folder:
-        rows = bench_models(args.smoke, args.repeat, Path(folder))
+        rows = bench_models(args.smoke, args.repeat, Path(folder), families)
     from run import table
 
     print(table(rows))

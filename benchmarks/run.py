@@ -83,17 +83,20 @@ print(time.perf_counter() - start)
 """
 
 # What a user writes with transformers to get every layer's attention of one text into a
-# file: import, from_pretrained, the eager forward with attentions, np.savez of all layers.
-# The token ids come ready-made (attnviz tokenizes on its side of the comparison).
+# file: import, from_pretrained (float32: a no-op for GPT-2's float32 file, an upcast for a
+# half-precision one), the eager forward with attentions, np.savez of all layers. The token
+# ids come ready-made (attnviz tokenizes on its side of the comparison); the last argument
+# names the base model's class (GPT2Model, GPTNeoXModel, ...).
 TRANSFORMERS_ALL_LAYERS = r"""
 import sys
-import numpy as np, torch
-from transformers import GPT2Model
-token_ids = np.load(sys.argv[2])
-model = GPT2Model.from_pretrained(sys.argv[1], attn_implementation="eager").eval()
+import numpy as np, torch, transformers
+checkpoint, ids_file, out, model_class = sys.argv[1:5]
+token_ids = np.load(ids_file)
+model = getattr(transformers, model_class).from_pretrained(
+    checkpoint, attn_implementation="eager", dtype=torch.float32).eval()
 with torch.inference_mode():
     attentions = model(torch.from_numpy(token_ids)[None], output_attentions=True).attentions
-np.savez(sys.argv[3], weights=np.stack([a[0].numpy() for a in attentions]))  # (L, H, T, T)
+np.savez(out, weights=np.stack([a[0].numpy() for a in attentions]))  # (L, H, T, T)
 """
 
 # Loading a whole checkpoint: every tensor read (and touched) with safetensors.
@@ -250,37 +253,64 @@ def make_gpt2_checkpoint(folder: Path, smoke: bool) -> Path:
     return folder
 
 
+def all_layers_commands(checkpoint: Path, text: str, token_ids, folder: Path,
+                        model_class: str = "GPT2Model") -> dict[str, list[str]]:
+    """The three whole processes of the full-context rows, for a checkpoint folder and a
+    text (with its ids, for the transformers side): the transformers script writing
+    ``folder/transformers.npz``, ``attnviz export --layer all`` writing ``folder/ours.npz``
+    and ``attnviz heatmap --layer all`` into ``folder/out``."""
+    import numpy as np
+
+    text_file, ids_file = folder / "long.txt", folder / "ids.npy"
+    text_file.write_text(text, encoding="utf-8")
+    np.save(ids_file, np.asarray(token_ids, dtype=np.int64))
+    theirs = [sys.executable, "-c", TRANSFORMERS_ALL_LAYERS, str(checkpoint), str(ids_file),
+              str(folder / "transformers.npz"), model_class]
+    common = ["--file", str(text_file), "--weights", str(checkpoint), "--layer", "all", "--quiet"]
+    export = [sys.executable, "-m", "attnviz", "export", *common, "-o", str(folder / "ours.npz")]
+    heatmap = [sys.executable, "-m", "attnviz", "heatmap", *common, "--out", str(folder / "out")]
+    return {"transformers": theirs, "export": export, "heatmap": heatmap}
+
+
+def rotating_medians(commands: dict[str, list[str]], repeat: int) -> dict[str, float]:
+    """Each command run once to warm the OS file cache and the tokenizer caches, then
+    ``repeat`` rounds of all of them, in a different order each round: median seconds."""
+    for cmd in commands.values():
+        wall(cmd)
+    names = list(commands)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeat):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(wall(commands[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def max_diff(folder: Path) -> float:
+    """The largest difference between the weights of ours.npz and transformers.npz."""
+    import numpy as np
+
+    ours, theirs = np.load(folder / "ours.npz")["weights"], np.load(folder / "transformers.npz")["weights"]
+    if ours.shape != theirs.shape:
+        raise RuntimeError(f"attnviz wrote {ours.shape}, transformers {theirs.shape}")
+    return float(np.abs(ours - theirs).max())
+
+
 def bench_whole_model(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     """`export` and `heatmap` of every layer at full context against the transformers
     script, three whole processes alternating; and the heatmap run's peak RSS."""
-    import numpy as np
-
     from attnviz.tokenizer import encode
 
     n_tokens = 32 if smoke else 1001
     folder = tmp / "whole"
     folder.mkdir()
     checkpoint = make_gpt2_checkpoint(folder / "checkpoint", smoke)
-    text_file = folder / "long.txt"
-    text_file.write_text(text_of(n_tokens), encoding="utf-8")
-    ids_file = folder / "ids.npy"
-    np.save(ids_file, np.asarray(encode(text_file.read_text(encoding="utf-8")), dtype=np.int64))
-    theirs = [sys.executable, "-c", TRANSFORMERS_ALL_LAYERS, str(checkpoint), str(ids_file),
-              str(folder / "transformers.npz")]
-    common = ["--file", str(text_file), "--weights", str(checkpoint), "--layer", "all", "--quiet"]
-    export = [sys.executable, "-m", "attnviz", "export", *common, "-o", str(folder / "ours.npz")]
-    heatmap = [sys.executable, "-m", "attnviz", "heatmap", *common, "--out", str(folder / "out")]
-    commands = {"transformers": theirs, "export": export, "heatmap": heatmap}
-    for cmd in commands.values():
-        wall(cmd)  # warm the OS file cache and the tokenizer cache
-    times: dict[str, list[float]] = {name: [] for name in commands}
-    for i in range(repeat):  # a different order each round
-        names = list(commands)[i % 3:] + list(commands)[: i % 3]
-        for name in names:
-            times[name].append(wall(commands[name]))
-    base, ours_export, ours_heatmap = (statistics.median(times[n]) for n in commands)
-    diff = float(np.abs(np.load(folder / "ours.npz")["weights"]
-                        - np.load(folder / "transformers.npz")["weights"]).max())
+    text = text_of(n_tokens)
+    commands = all_layers_commands(checkpoint, text, encode(text), folder)
+    medians = rotating_medians(commands, repeat)
+    base, ours_export, ours_heatmap = (medians[n] for n in ("transformers", "export", "heatmap"))
+    diff = max_diff(folder)
+    theirs, export, heatmap = (commands[n] for n in ("transformers", "export", "heatmap"))
     rss = peak_rss_mb(heatmap)
     export_rss, theirs_rss = peak_rss_mb(export), peak_rss_mb(theirs)
     n_files = len(list((folder / "out").rglob("*.png")))
@@ -492,7 +522,14 @@ DOC_TAIL = """
   beside a `config.json` in the hub's form; each folder is loaded once by transformers
   (`AutoModelForCausalLM.from_pretrained`: no missing or unused tensor, tied, `llama3`
   RoPE) when it is built, into `/tmp/attnviz-bench-llama1b` and `/tmp/attnviz-bench-smollm2`
-  (reused while their stamp matches). The tokenizer is a byte-level BPE trained with
+  (reused while their stamp matches). Pythia-160m (GPT-NeoX: 12 layers x 12 heads, d_model
+  768, MLP 3072, RoPE on 16 of each head's 64 dimensions with base 10000, parallel
+  residual, vocabulary 50304, untied; float16, as Pythia ships: 325 MB) is made by
+  transformers itself, `GPTNeoXForCausalLM(GPTNeoXConfig(...))` seeded, its matrices
+  respread to the same std, written by `save_pretrained` in float16 into
+  `/tmp/attnviz-bench-pythia160m`, beside the same kind of tokenizer declared
+  `GPTNeoXTokenizer` (`<|endoftext|>`, `<|padding|>`, nothing added to a text; AutoTokenizer
+  checked to give the same ids when it is built). The tokenizer is a byte-level BPE trained with
   `tokenizers` on the benchmark's words (each word one token; `<|begin_of_text|>` prepended
   for Llama 3, nothing for SmolLM2). *One layer*: `attnviz heatmap` of 64 tokens (BOS
   included) at `--layer 0`, whole-process peak RSS against the file's size, and for
@@ -505,7 +542,11 @@ DOC_TAIL = """
   reported. *Scan*: 300 prompts of 20-120 tokens (scan_bench's generator), `--layer all`,
   against scan_bench's baseline on transformers' `AutoModel` (the base model, as
   scan_bench's `GPT2Model`: no LM head), one prompt at a time, computing the same
-  statistics and detectors; the means are compared.
+  statistics and detectors; the means are compared; for SmolLM2 and Pythia. *Every layer
+  as pictures* (Pythia): `attnviz heatmap --layer all` of 1001 tokens against the GPT-2
+  full-context rows' transformers script (here `GPTNeoXModel.from_pretrained(
+  attn_implementation="eager", dtype=torch.float32)`, token ids given), alternating; one
+  `attnviz export --layer all` afterwards checks that both sides' weights agree.
   Where the time goes (py-spy, one run each): `export` (25.7 s sampled) is 8.8 s of
   projection and MLP products, 7.8 s reading the blocks — the bfloat16 -> float32 upcast
   writes 3.9 GB of fresh memory (the 144 block tensors: 2.2 s into fresh memory, 0.36 s

@@ -65,9 +65,10 @@ def test_benchmark_script_runs_at_tiny_sizes():
         "render 12 heads": 1, "`attnviz heatmap` on": 1, "tokenizer ready": 1,
         "MultiHeadAttention vs MultiHeadAttentionWrapper": 1,
         "MultiHeadAttention vs torch.nn.MultiheadAttention": 1, "`attnviz heatmap` at T=": 1,
-        "`attnviz export --layer all`": 3, "`attnviz heatmap --layer all`": 2,
+        "`attnviz export --layer all`": 3,
+        "`attnviz heatmap --layer all`": 3,  # GPT-2 time and RSS, Pythia-160m time (models_bench)
         "`attnviz heatmap --layer 0`": 2, "`attnviz report`": 2, "`attnviz scan`": 3,
-        "`attnviz scan --layer all`": 1,  # the other families (round 3): benchmarks/models_bench.py
+        "`attnviz scan --layer all`": 2,  # the other families (round 3): SmolLM2, Pythia-160m
     }
     found = {prefix: sum(m.startswith(prefix) for m in measures) for prefix in expected}
     assert found == expected, measures
