@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_bench import make_checkpoint, run_standalone, wall  # noqa: E402
+from generate_bench import bench_prompt, make_checkpoint, run_standalone, wall  # noqa: E402
 
 TRANSFORMERS = r"""
 import sys, numpy as np, torch, transformers
@@ -51,13 +51,7 @@ def bench_attribute(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dic
     n_prompt = 8 if smoke else 20
     repeat = 1 if smoke else repeat
     checkpoint = make_checkpoint(tmp / "gpt2-lm", smoke)
-    words = ("the of and to in is was for on that with as by at from his it an were are "
-             "which this be or had not but first one").split()
-    text = "".join(" " + words[(i * 7) % len(words)] for i in range(n_prompt))
-    prompt_ids = encode(text)
-    assert len(prompt_ids) == n_prompt, len(prompt_ids)
-    ids_file = tmp / "prompt.txt"
-    ids_file.write_text(" ".join(map(str, prompt_ids)))
+    text, _, ids_file = bench_prompt(tmp, n_prompt)
     target = " the"
     target_id = encode(target)[0]
     ours_json = tmp / "ours.json"

@@ -89,14 +89,11 @@ def peak_rss_mb(cmd: list[str]) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def bench_generate(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict]:
-    import numpy as np
+def bench_prompt(tmp: Path, n_prompt: int) -> tuple[str, list[int], Path]:
+    """A prompt of ``n_prompt`` GPT-2 tokens (common words), its ids, and the ids in a file
+    the baseline scripts read: ``(text, ids, path)``."""
+    from attnviz.tokenizer import encode
 
-    from attnviz.tokenizer import encode, get_encoding
-
-    n_prompt, n_new = (8, 10) if smoke else (32, 200)
-    repeat = 1 if smoke else repeat
-    checkpoint = make_checkpoint(tmp / "gpt2-lm", smoke)
     words = ("the of and to in is was for on that with as by at from his it an were are "
              "which this be or had not but first one").split()
     text = "".join(" " + words[(i * 7) % len(words)] for i in range(n_prompt))
@@ -104,6 +101,18 @@ def bench_generate(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict
     assert len(prompt_ids) == n_prompt, len(prompt_ids)
     ids_file = tmp / "prompt.txt"
     ids_file.write_text(" ".join(map(str, prompt_ids)))
+    return text, prompt_ids, ids_file
+
+
+def bench_generate(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict]:
+    import numpy as np
+
+    from attnviz.tokenizer import get_encoding
+
+    n_prompt, n_new = (8, 10) if smoke else (32, 200)
+    repeat = 1 if smoke else repeat
+    checkpoint = make_checkpoint(tmp / "gpt2-lm", smoke)
+    text, prompt_ids, ids_file = bench_prompt(tmp, n_prompt)
     ours = [sys.executable, "-m", "attnviz", "generate", text, "--weights", str(checkpoint),
             "-n", str(n_new), "--ignore-eos", "-o", str(tmp / "ours.npz"), "-q"]
     commands = {

@@ -127,7 +127,6 @@ class _Forward:
     """The clean forward pass of one text, recording what the decomposition needs."""
 
     def __init__(self, model, token_ids: list[int], progress=None):
-        self.model = model
         model.ready(len(token_ids), progress)
         x = model.embed(torch.tensor([token_ids]))  # (1, T, d)
         self.embedding = x[0]

@@ -90,13 +90,11 @@ def attribute(
     from attnviz.attribution import attribute as run
     from attnviz.attribution import (
         attribution_document,
-        check_can_attribute,
         describe_metric,
         resolve_metric,
     )
 
     model = load_model(config, weights)
-    check_can_attribute(model)
     token_ids = encode_text(model, source, allow_special, bos=config.bos)
     check_length(len(token_ids), model.context_length, " (the checkpoint's context)")
     target_id, contrast_id = resolve_metric(model, token_ids, target, contrast, position)

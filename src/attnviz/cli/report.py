@@ -77,7 +77,7 @@ def report(
 
     attributing = target is not None or contrast is not None
     if attributing:
-        from attnviz.attribution import ABLATIONS, check_can_attribute, resolve_metric
+        from attnviz.attribution import ABLATIONS, resolve_metric
 
         if ablate not in ABLATIONS:
             raise InputError(f"--ablate must be zero or mean, got {ablate!r}")
@@ -88,7 +88,6 @@ def report(
     token_ids = encode_text(model, source, allow_special, bos=config.bos)
     window = parse_window(tokens, len(token_ids))
     if attributing:
-        check_can_attribute(model)
         metric_ids = resolve_metric(model, token_ids, target, contrast, position)
     rolled = None
     if rollout:
