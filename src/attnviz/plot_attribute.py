@@ -85,17 +85,18 @@ def save_top_heads(path: Path, result: AttributionResult, heads: Sequence[tuple[
     cell_w = min(0.32, max(0.012, 11.0 / keys))
     cell_h = 0.32
     labelled = cell_w >= 0.12  # a token label under every key
-    shown = [displayable_label for displayable_label in token_labels[:keys]]
-    bottom = 0.3 + text_width_in(shown, 7) if labelled else 0.6
-    width = 2.4 + keys * cell_w + 1.1
-    height = bottom + len(heads) * cell_h + 0.45
-    fig, canvas = new_figure(max(width, 5.0), height, dpi)
-    width = max(width, 5.0)
+    bottom = 0.3 + text_width_in(list(token_labels[:keys]), 7) if labelled else 0.6
     colormap = check_cmap(cmap)
     query = token_labels[result.position]
     title = (f"Top heads by {MEASURES[measure]}: attention of the query at {result.position} "
              f"({query}) over the keys")
     fonts = Fonts([title, *token_labels[:keys]])
+    with fonts.context():
+        title_in = text_width_in([title], 9)
+    grid_in = keys * cell_w
+    width = max(2.4 + grid_in + 1.1, 2.4 + title_in + 0.3)  # the whole title, however few keys
+    height = bottom + len(heads) * cell_h + 0.45
+    fig, canvas = new_figure(width, height, dpi)
     with fonts.context():
         ax = fig.add_axes((2.4 / width, bottom / height, keys * cell_w / width,
                            len(heads) * cell_h / height))
@@ -111,7 +112,7 @@ def save_top_heads(path: Path, result: AttributionResult, heads: Sequence[tuple[
             ax.set_xticks(range(0, keys, step), [str(k) for k in range(0, keys, step)], fontsize=7)
             ax.set_xlabel("key position", fontsize=8)
         ax.set_title(title, fontsize=9, loc="left")
-        cax = fig.add_axes(((width - 0.8) / width, bottom / height, 0.12 / width,
+        cax = fig.add_axes(((2.4 + grid_in + 0.25) / width, bottom / height, 0.12 / width,
                             len(heads) * cell_h / height))
         cbar = fig.colorbar(image, cax=cax)
         cbar.ax.tick_params(labelsize=7)
