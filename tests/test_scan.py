@@ -16,7 +16,8 @@ import pytest
 import torch
 from helpers import make_hf_checkpoint
 
-from attnviz import detectors, scan
+from attnviz import detectors
+from attnviz import scanning as scan
 from attnviz.analysis import analyze_ids, induction_probe, induction_scores, load_model
 from attnviz.config import ModelConfig
 from attnviz.stats import head_stats
@@ -310,7 +311,7 @@ def test_scan_fits_the_induction_probe_to_a_short_context(cli):
 
 
 def test_prompt_log_keeps_only_complete_lines(tmp_path, monkeypatch):
-    from attnviz.scan import PromptLog
+    from attnviz.scanning import PromptLog
 
     model = load_model(SMALL)
     prompts = corpus()

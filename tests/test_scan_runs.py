@@ -171,7 +171,7 @@ def test_dask_local_cluster_equals_one_scan(tmp_path):
     from helpers import make_hf_checkpoint
 
     import attnviz
-    from attnviz import scan
+    from attnviz import scanning as scan
     from attnviz.analysis import encode_text, load_model
     from attnviz.config import ModelConfig
 

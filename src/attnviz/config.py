@@ -106,3 +106,37 @@ class ModelConfig:
 def _nearest_divisor(n: int, near: int) -> int:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - near), d))
+
+
+def config_for(weights, *, heads: int = 12, d_model: int = 768, context_length: int = 1024,
+               seed: int = 123, qkv_bias: bool = False, impl: str = "fused",
+               preset: str | None = None, offline: bool = False, progress: bool = True,
+               device: str = "cpu", tokenizer=None, bos: bool = True, book_config=None,
+               explicit: frozenset = frozenset()) -> ModelConfig:
+    """The ``ModelConfig`` of the model options every command (and ``attnviz.load``)
+    takes, spelled as on the command line; ``explicit``: the option names the user gave.
+    With ``weights`` the checkpoint sets the model: ``preset`` then names one of the book's
+    configs (``book_preset``) and only ``heads`` (for files that do not record the head
+    count) is kept of the sizes."""
+    book_preset = None
+    if weights:
+        # The ignored random-mode sizes are not checked either (a warning must not call an
+        # option ignored and then fail on it), and --heads alone is not checked against
+        # the random-mode --d-model.
+        book_preset, preset = preset, None
+        d_model, context_length = heads * 64, 1024
+        explicit = frozenset(explicit) - {"d_model", "context_length", "preset"}
+    for name, value in (("tokenizer", tokenizer), ("book_config", book_config)):
+        if value is not None and not weights:
+            raise InputError(f"--{name.replace('_', '-')} goes with --weights: random mode "
+                             "reads GPT-2's tokens and sizes")
+    config = ModelConfig.from_options(
+        preset=preset,
+        explicit=frozenset({"heads": "n_heads"}.get(n, n) for n in explicit),
+        n_heads=heads, d_model=d_model, context_length=context_length, seed=seed,
+        qkv_bias=qkv_bias, impl=impl, offline=offline, progress=progress, device=device)
+    from dataclasses import replace
+
+    return replace(config, bos=bos, tokenizer=None if tokenizer is None else str(tokenizer),
+                   book_config=None if book_config is None else str(book_config),
+                   book_preset=book_preset)

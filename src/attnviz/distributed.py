@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from attnviz.config import ModelConfig
-from attnviz.scan import ScanResult
+from attnviz.scanning import ScanResult
 
 
 def _shard_task(records, weights, config, layer, shard, options) -> dict:
@@ -37,8 +37,8 @@ def scan_distributed(prompts: Sequence[str], weights: str | None = None, *, clie
     workers in ``shards`` shards (default: one per worker, at most one per 256-prompt
     slice) and merge them. The options are ``attnviz scan``'s."""
     from attnviz.errors import InputError
-    from attnviz.scan import SLICE
     from attnviz.scan_runs import merge_documents
+    from attnviz.scanning import SLICE
 
     records = [(i, text) for i, text in enumerate(prompts, start=1) if text.strip()]
     if not records:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from attnviz.errors import InputError
-from attnviz.scan import COLUMNS, SLICE, Prompt, RunningStats, ScanResult
+from attnviz.scanning import COLUMNS, SLICE, Prompt, RunningStats, ScanResult
 
 LOG_FORMAT = "attnviz-scan-log"
 PARTIAL_FORMAT = "attnviz-scan-partial"
@@ -278,7 +278,7 @@ def scan_partial(model, records: list[tuple[int, str]], layers: list[int], shard
                  truncate: bool = False, allow_special: bool = False, bos: bool = True) -> dict:
     """Shard ``shard`` of the corpus ``records`` (``(line, text)``, as ``scan.read_corpus``
     gives) scanned by ``model``: its partial document, as ``scan --shard --partial`` writes."""
-    from attnviz import scan
+    from attnviz import scanning as scan
     from attnviz.analysis import encode_text
 
     corpus = scan.tokenize_corpus(

@@ -138,7 +138,7 @@ def _labels(tokenizer, token_ids: list[int]) -> list[str]:
 
 def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
     from attnviz.analysis import encode_text
-    from attnviz.scan import read_corpus
+    from attnviz.scanning import read_corpus
 
     records, where = read_corpus(None, path, option="--baseline-file")
     prompts = []

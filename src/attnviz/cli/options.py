@@ -8,7 +8,7 @@ import inspect
 import os
 import sys
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +16,7 @@ import typer
 from typer._click.core import ParameterSource  # Typer >= 0.29 vendors click
 
 from attnviz.cli.app import set_debug
-from attnviz.config import ModelConfig
+from attnviz.config import ModelConfig, config_for
 from attnviz.errors import AttnvizWarning, InputError
 
 TextArg = Annotated[
@@ -204,6 +204,8 @@ _MODEL_OPTIONS = [
 # Options that describe the random model: with --weights the checkpoint decides instead
 # (--preset then names a book config, for the book's state dicts).
 _RANDOM_ONLY = ("d_model", "context_length", "qkv_bias", "impl")
+_CONFIG_OPTIONS = ("heads", "d_model", "context_length", "seed", "qkv_bias", "impl", "preset",
+                   "offline", "device", "tokenizer", "bos", "book_config")
 
 
 def model_options(command):
@@ -222,37 +224,13 @@ def model_options(command):
                     if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
         quiet = bool(kwargs.get("quiet"))
         ignored = [n for n in _RANDOM_ONLY if n in explicit] if kwargs.get("weights") else []
-        book_preset = None
-        if kwargs.get("weights"):
-            # The checkpoint sets the model: the ignored random-mode sizes are not checked
-            # either (a warning must not call an option ignored and then fail on it), and
-            # --heads alone (for files that do not record the head count) is not checked
-            # against the random-mode --d-model.
-            book_preset = values["preset"]
-            values.update(d_model=values["heads"] * 64, context_length=1024, preset=None)
-            explicit -= {"d_model", "context_length", "preset"}
-        kwargs["config"] = ModelConfig.from_options(
-            preset=values["preset"],
-            explicit=frozenset({"heads": "n_heads", "d_model": "d_model",
-                                "context_length": "context_length"}.get(n, n) for n in explicit),
-            n_heads=values["heads"], d_model=values["d_model"],
-            context_length=values["context_length"], seed=values["seed"],
-            qkv_bias=values["qkv_bias"], impl=values["impl"], offline=values["offline"],
-            progress=not quiet, device=values["device"],
-        )
         if values.get("threads") is not None:
             import torch
 
             torch.set_num_threads(values["threads"])
-        for name in ("tokenizer", "book_config"):
-            if values[name] is not None and not kwargs.get("weights"):
-                raise InputError(f"--{name.replace('_', '-')} goes with --weights: random mode "
-                                 "reads GPT-2's tokens and sizes")
-        kwargs["config"] = replace(
-            kwargs["config"], bos=values["bos"],
-            tokenizer=None if values["tokenizer"] is None else str(values["tokenizer"]),
-            book_config=None if values["book_config"] is None else str(values["book_config"]),
-            book_preset=book_preset)
+        kwargs["config"] = config_for(
+            kwargs.get("weights"), explicit=frozenset(explicit), progress=not quiet,
+            **{name: values[name] for name in _CONFIG_OPTIONS})
         if ignored and not quiet:
             flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
             sys.stderr.write(f"Warning: {flags} ignored: with --weights the checkpoint sets the model\n")

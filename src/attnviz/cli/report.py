@@ -22,9 +22,7 @@ from attnviz.cli.options import (
     WeightsOpt,
     check_file_target,
     model_options,
-    score_induction,
 )
-from attnviz.errors import InputError
 from attnviz.inputs import read_text
 
 
@@ -72,58 +70,21 @@ def report(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analysis import analyze_with, crop, encode_text, load_model, parse_window
-    from attnviz.report import check_size, write_report
+    from attnviz.analysis import encode_text, load_model
+    from attnviz.report import write_report
+    from attnviz.reporting import check_report_options, report_contents
 
-    attributing = target is not None or contrast is not None
-    if attributing:
-        from attnviz.attribution import ABLATIONS, resolve_metric
-
-        if ablate not in ABLATIONS:
-            raise InputError(f"--ablate must be zero or mean, got {ablate!r}")
-        if weights is None:
-            raise InputError("--target needs trained weights: random mode has no output head "
-                             "(unembedding); pass --weights")
+    check_report_options(weighting, target, contrast, ablate, pretrained=weights is not None)
     model = load_model(config, weights)
     token_ids = encode_text(model, source, allow_special, bos=config.bos)
-    window = parse_window(tokens, len(token_ids))
-    if attributing:
-        metric_ids = resolve_metric(model, token_ids, target, contrast, position)
-    rolled = None
-    if rollout:
-        from attnviz.weighting import rollout_layers
-
-        rolled = rollout_layers(layer, model.n_layers, default_all=False, option="--rollout")
-    result = analyze_with(model, token_ids, layer)
-    result = crop(result, *window) if window else result
-    check_size(*result.weights.shape[:3], matrices=2 if weighting == "norm" else 1)
-    extras = {}
-    if weighting == "norm":
-        from attnviz.weighting import norm_weights
-
-        extras["norms"] = norm_weights(result)
-    if rolled is not None:
-        from attnviz.weighting import model_rollouts
-
-        output.message(f"Rolling attention out through layers 0-{rolled[-1]}…")
-        cut = slice(*window) if window else slice(None)
-        found = model_rollouts(model, token_ids, rolled, ["attention"] + (
-            ["norm"] if weighting == "norm" else []))
-        extras["rollout"] = {"layers": rolled, **{k: v[cut, cut] for k, v in found.items()}}
-    attribution = None
-    if attributing:
-        from attnviz.attribution import attribute, report_data
-
-        output.message(f"Attributing the prediction to {model.n_layers * model.n_heads} heads…")
-        found = attribute(model, token_ids, position=position, target=metric_ids[0],
-                          contrast=metric_ids[1], ablate=ablate)
-        attribution = report_data(found, model.tokenizer)
-    scores = score_induction(output, config, weights, result.layers) if induction else None
-    if induction and weighting == "norm":
-        extras["norm_induction"] = score_induction(output, config, weights, result.layers, "norm")
+    contents = report_contents(model, token_ids, layer=layer, tokens=tokens, weighting=weighting,
+                               rollout=rollout, induction=induction, seed=config.seed,
+                               target=target, contrast=contrast, position=position,
+                               ablate=ablate, say=output.message)
+    result = contents.result
     output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
                    f"{result.n_heads} heads…")
-    info = write_report(result, output_path, induction=scores, attribution=attribution, **extras)
+    info = write_report(result, output_path, **contents.extras)
     document = info.as_dict()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}

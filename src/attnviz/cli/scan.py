@@ -84,7 +84,8 @@ def scan_command(
     debug: DebugOpt = False,
 ) -> None:
     """Score every head over many prompts: detectors and statistics, mean ± std."""
-    from attnviz import scan, scan_runs
+    from attnviz import scan_runs
+    from attnviz import scanning as scan
     from attnviz.analysis import (
         check_fits,
         check_induction_probe,
@@ -164,7 +165,7 @@ def scan_command(
 def present(output, fmt: str, result, corpus_info: dict, options: dict, described: dict,
             top: int, plot_dir: Path | None, summary: str, extra: dict | None = None) -> None:
     """The results of a scan (or a merge of partials): JSON, CSV or the table, and maps."""
-    from attnviz import scan
+    from attnviz import scanning as scan
 
     layers = result.layers
     induction = result.induction_probe is not None
