@@ -15,6 +15,7 @@ import numpy as np
 
 from attnviz.config import ModelConfig
 from attnviz.errors import InputError
+from attnviz.notebook import Displayable
 from attnviz.tokenizer import token_label, token_text
 
 _FLOAT32 = 4
@@ -41,9 +42,10 @@ class LazyArrays(Mapping):
         return len(self._get())
 
 
-@dataclass
-class AttentionResult:
-    """Attention of one text, as numpy arrays.
+@dataclass(repr=False)
+class AttentionResult(Displayable):
+    """Attention of one text, as numpy arrays; shown in a notebook as the interactive report
+    (see ``attnviz.notebook``).
 
     ``weights``: ``(L, H, T, T)`` float32 for the ``L`` layers in ``layers`` —
     ``[layer, head, query_pos, key_pos]``. ``attn_inputs``: ``(L, T, d_model)``, what each
@@ -100,6 +102,49 @@ class AttentionResult:
         (visible whitespace), bytes."""
         return token_records(self.token_ids, self.raw_tokens, self.window[0] if self.window else 0,
                              self.bos)
+
+    def __repr__(self) -> str:
+        from attnviz.reporting import _short
+
+        window = f", tokens {self.window[0]}:{self.window[1]}" if self.window else ""
+        return f"<attnviz attention of {_short(self)}{window}>"
+
+    def _view(self):
+        from attnviz.notebook import attention_view
+
+        return attention_view(self)
+
+    def to_numpy(self) -> np.ndarray:
+        """``weights``: ``(L, H, T, T)`` float32, ``[layer, head, query, key]``."""
+        return self.weights
+
+    def to_pandas(self):
+        """One row per (layer, head, query, key) with ``key <= query`` (what the causal mask
+        leaves): the positions, both tokens' labels and the weight. Needs pandas."""
+        pd = _pandas()
+        n_layers, n_heads, n = self.weights.shape[:3]
+        queries, keys = np.tril_indices(n)
+        first = self.window[0] if self.window else 0
+        labels = np.array([token_label(raw) for raw in self.raw_tokens], dtype=object)
+        count = len(queries)
+        return pd.DataFrame({
+            "layer": np.repeat(np.array(self.layers), n_heads * count),
+            "head": np.tile(np.repeat(np.arange(n_heads), count), n_layers),
+            "query": np.tile(queries + first, n_layers * n_heads),
+            "key": np.tile(keys + first, n_layers * n_heads),
+            "query_token": np.tile(labels[queries], n_layers * n_heads),
+            "key_token": np.tile(labels[keys], n_layers * n_heads),
+            "weight": self.weights[:, :, queries, keys].reshape(-1),
+        })
+
+
+def _pandas():
+    """pandas, imported when a result is turned into a DataFrame (an optional dependency)."""
+    try:
+        import pandas
+    except ImportError:
+        raise InputError("to_pandas() needs pandas: pip install pandas") from None
+    return pandas
 
 
 def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0,

@@ -30,13 +30,16 @@ import numpy as np
 import torch
 
 from attnviz.errors import InputError
+from attnviz.notebook import Displayable
 
 ABLATIONS = ("zero", "mean")
 _CHUNK_BYTES = 256 * 2**20  # activations of one batch of ablation rows, at most
 
 
-@dataclass
-class AttributionResult:
+@dataclass(repr=False)
+class AttributionResult(Displayable):
+    """Shown in a notebook as the metric, the top heads and the two layers × heads maps."""
+
     token_ids: list[int]
     position: int  # absolute, 0-based: the prediction is of the token after this one
     target: int
@@ -50,6 +53,32 @@ class AttributionResult:
     ablate: str = "zero"
     baseline_prompts: int = 0  # prompts the mean ablation averaged over (0: the prompt)
     config: dict = field(default_factory=dict)
+    # the model's tokenizer, for labels (not data)
+    tokenizer: object = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        metric = (describe_metric(self, self.tokenizer) if self.tokenizer is not None
+                  else f"token {self.target}")
+        return (f"<attnviz attribution of {metric} = {self.metric:.4f} at position "
+                f"{self.position}, {self.n_layers} layers × {self.n_heads} heads>")
+
+    def _view(self):
+        from attnviz.notebook import attribution_view
+
+        return attribution_view(self)
+
+    def to_numpy(self, measure: str = "dla") -> np.ndarray:
+        """``dla`` or ``ablation`` per head: ``(L, H)``."""
+        if measure not in ("dla", "ablation"):
+            raise InputError(f"measure must be dla or ablation, got {measure!r}")
+        return getattr(self, measure)
+
+    def to_pandas(self):
+        """One row per (layer, head): ``dla``, ``ablation`` and ``key_<k>``, the head's
+        weight on key k at the position (the CSV of `attnviz attribute`). Needs pandas."""
+        from attnviz.analysis import _pandas
+
+        return _pandas().DataFrame(attribution_rows(self))
 
     @property
     def n_layers(self) -> int:
@@ -305,7 +334,7 @@ def attribute(model, token_ids: list[int], *, position: int = -1, target: int | 
         metric=metric, predictions=predictions, dla=dla, ablation=ablation,
         attention=attention.astype(np.float32), components=components, ablate=ablate,
         baseline_prompts=len(baseline) if ablate == "mean" and baseline else 0,
-        config={**model.describe(), "logit_softcap": softcap},
+        config={**model.describe(), "logit_softcap": softcap}, tokenizer=model.tokenizer,
     )
 
 
@@ -315,6 +344,40 @@ def token_info(tokenizer, token_id: int) -> dict:
 
     record = token_records([token_id], tokenizer.token_bytes([token_id]))[0]
     return {k: record[k] for k in ("id", "text", "label")}
+
+
+def attribution_rows(result: AttributionResult) -> list[dict]:
+    """One row per layer x head: ``dla``, ``ablation`` and ``key_<k>``, the head's weight
+    on key k at the position (the CSV)."""
+    rows = []
+    for layer in range(result.n_layers):
+        for head in range(result.n_heads):
+            row = {"layer": layer, "head": head, "dla": float(result.dla[layer, head]),
+                   "ablation": float(result.ablation[layer, head])}
+            row.update({f"key_{k}": float(w) for k, w in enumerate(result.attention[layer, head])})
+            rows.append(row)
+    return rows
+
+
+def token_labels(tokenizer, token_ids: list[int]) -> list[str]:
+    """Display labels of ``token_ids`` (visible whitespace)."""
+    from attnviz.tokenizer import token_label
+
+    return [token_label(raw) for raw in tokenizer.token_bytes(token_ids)]
+
+
+def top_head_rows(result: AttributionResult, labels: list[str], measure: str, k: int) -> list[dict]:
+    """The ``k`` heads with the largest ``|measure|``: rank, layer, head, dla, ablation and
+    what the head looks at from the position (its heaviest key, labelled)."""
+    rows = []
+    for rank, (layer, head, _) in enumerate(result.top_heads(measure, k), start=1):
+        weights = result.attention[layer, head]
+        key = int(weights.argmax())
+        rows.append({"rank": rank, "layer": layer, "head": head,
+                     "dla": float(result.dla[layer, head]),
+                     "ablation": float(result.ablation[layer, head]),
+                     "looks at": f"{key}: {labels[key]} ({weights[key]:.2f})"})
+    return rows
 
 
 def describe_metric(result: AttributionResult, tokenizer) -> str:

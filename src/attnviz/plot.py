@@ -1325,6 +1325,38 @@ def write_heatmaps(
     return written
 
 
+def overview_png(result: AttentionResult, dpi: int = 80) -> bytes:
+    """Every head of ``result`` in one PNG: its layer's heads overview (one layer) or the
+    layers x heads grid (several) — what a notebook shows where scripts cannot run. Drawn
+    at a lower resolution when ``dpi`` would make it too large."""
+    n_layers, n_heads = result.weights.shape[:2]
+    windows = [result.layer_window(li) for li in range(n_layers)]
+    tokens = plural(result.n_tokens, "token")
+    while True:
+        try:
+            check_overviews(result, dpi)
+            break
+        except InputError:
+            if dpi <= 20:
+                raise
+            dpi = max(20, dpi // 2)
+    if n_layers == 1:
+        pretrained = result.config.get("mode") == "pretrained"
+        note = window_note(windows[0], result.n_tokens)
+        title = ((f"Layer {result.layers[0]}, all" if pretrained else "All")
+                 + f" {n_heads} heads, {tokens}" + (f" · {note}" if note else ""))
+        figure = heads_overview([masked(w, windows[0]) for w in result.weights[0]], title,
+                                dpi=dpi, token_labels=result.token_labels,
+                                kv_heads=result.kv_heads, window=windows[0])
+        return figure.to_bytes("png")
+    tiles = [[(lambda w=w, window=window: masked(w, window)) for w in layer]
+             for layer, window in zip(result.weights, windows)]
+    row_names, col_names, breaks = _model_grid_names(result)
+    return grid_figure(tiles, f"Every layer and head, {tokens}", row_names, col_names, dpi=dpi,
+                       token_labels=result.token_labels, row_windows=windows,
+                       col_breaks=breaks).to_bytes("png")
+
+
 ROLLOUT = Measure(label="rollout: share of input token")
 ROLLOUT_AXES = ("position after the last layer (row)", "input token (column)")
 

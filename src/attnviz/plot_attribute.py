@@ -30,6 +30,13 @@ def _ink(rgb) -> str:
 
 def save_head_map(path: Path, values: np.ndarray, title: str, label: str, dpi: int = 100,
                   fmt: str = "png") -> Path:
+    """``head_map_bytes`` written to ``path``."""
+    write_bytes(path, head_map_bytes(values, title, label, dpi, fmt))
+    return path
+
+
+def head_map_bytes(values: np.ndarray, title: str, label: str, dpi: int = 100,
+                   fmt: str = "png") -> bytes:
     """``values (L, H)`` as a layers (rows, 0 at the top) × heads map on a colour scale
     symmetric about 0; each cell's value printed when the cells are large enough."""
     n_layers, n_heads = values.shape
@@ -71,8 +78,7 @@ def save_head_map(path: Path, values: np.ndarray, title: str, label: str, dpi: i
         cbar = fig.colorbar(image, cax=cax)
         cbar.ax.tick_params(labelsize=7)
         cbar.set_label(label, fontsize=8)
-        write_bytes(path, figure_bytes(fig, canvas, fmt))
-    return path
+        return figure_bytes(fig, canvas, fmt)
 
 
 def save_top_heads(path: Path, result: AttributionResult, heads: Sequence[tuple[int, int, float]],

@@ -20,23 +20,37 @@ SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe"))
 MAX_ANNOTATED = 24  # cells per side that still hold a readable number
 
 
-def score_map_figure(scores: np.ndarray, layers: list[int], title: str, label: str,
-                     dpi: int = 100, cmap: str = "viridis"):
-    """A ``Figure`` of ``scores (L, H)``: layers on rows, heads on columns, a 0..1 colour
-    scale shared by every map, the value in each cell when the grid is small enough; NaN
-    cells are grey."""
+TITLES = {
+    "previous_token_head": "previous-token detector (TransformerLens mul)",
+    "duplicate_token_head": "duplicate-token detector (TransformerLens mul)",
+    "induction_head": "induction detector (TransformerLens mul)",
+    "first_token": "first-token (sink) mass",
+    "induction_probe": "induction probe (repeated random tokens)",
+}
+
+
+def detector_maps(result, detectors: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    """``name -> (scores (L, H), title)`` of a ``ScanResult``, for ``save_score_maps``."""
+    maps = {}
+    for name in detectors:
+        scores = result.induction_probe if name == "induction_probe" else result.mean[name]
+        what = "" if name == "induction_probe" else f"\nmean over {result.n_prompts} prompts"
+        maps[name] = (scores, TITLES[name] + what)
+    return maps
+
+
+def _cell_size(n_layers: int, n_heads: int) -> float:
+    return 0.5 if max(n_layers, n_heads) <= MAX_ANNOTATED else max(0.12, 12 / max(n_layers, n_heads))
+
+
+def draw_score_map(fig, ax, scores: np.ndarray, layers: list[int], title: str, label: str,
+                   cmap: str = "viridis") -> None:
+    """``scores (L, H)`` on ``ax``: layers on rows, heads on columns, a 0..1 colour scale
+    shared by every map, the value in each cell when the grid is small enough; NaN cells
+    are grey."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     n_layers, n_heads = scores.shape
-    cell = 0.5 if max(n_layers, n_heads) <= MAX_ANNOTATED else max(0.12, 12 / max(n_layers, n_heads))
-    width, height = n_heads * cell + 2.4, n_layers * cell + 1.6
-    title_width = 0.085 * max(len(line) for line in title.splitlines())  # inches at 10 pt
-    fig = Figure(figsize=(max(width, title_width + 0.6, 4.5), max(height, 2.8)), dpi=dpi,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     colormap = colormaps[cmap].with_extremes(bad="#d0d0d0")
     image = ax.imshow(np.ma.masked_invalid(scores), cmap=colormap, vmin=0.0, vmax=1.0,
                       interpolation="nearest", aspect="equal")
@@ -59,6 +73,47 @@ def score_map_figure(scores: np.ndarray, layers: list[int], title: str, label: s
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=size,
                         color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, shrink=0.9).set_label(label, fontsize=8)
+
+
+def score_map_figure(scores: np.ndarray, layers: list[int], title: str, label: str,
+                     dpi: int = 100, cmap: str = "viridis"):
+    """A ``Figure`` of one map (see ``draw_score_map``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layers, n_heads = scores.shape
+    cell = _cell_size(n_layers, n_heads)
+    width, height = n_heads * cell + 2.4, n_layers * cell + 1.6
+    title_width = 0.085 * max(len(line) for line in title.splitlines())  # inches at 10 pt
+    fig = Figure(figsize=(max(width, title_width + 0.6, 4.5), max(height, 2.8)), dpi=dpi,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_score_map(fig, fig.add_subplot(), scores, layers, title, label, cmap)
+    return fig
+
+
+def score_maps_figure(maps: dict[str, tuple[np.ndarray, str]], layers: list[int],
+                      dpi: int = 100, columns: int = 2):
+    """Every map of ``maps`` (``name -> (scores, title)``) in one ``Figure``, ``columns``
+    a row: what a notebook shows of a scan."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layers, n_heads = next(iter(maps.values()))[0].shape
+    cell = _cell_size(n_layers, n_heads)
+    title_width = max(0.085 * len(line) for _, title in maps.values() for line in title.splitlines())
+    panel_w = max(n_heads * cell + 2.4, title_width + 0.6, 4.5)
+    panel_h = max(n_layers * cell + 1.6, 2.8)
+    columns = min(columns, len(maps))
+    rows = -(-len(maps) // columns)
+    fig = Figure(figsize=(panel_w * columns, panel_h * rows), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax, (name, (scores, title)) in zip(axes, maps.items()):
+        label = "score" if name == "induction_probe" else "mean score over prompts"
+        draw_score_map(fig, ax, scores, layers, title, label)
+    for ax in axes[len(maps):]:  # the empty panels of the last row
+        ax.set_visible(False)
     return fig
 
 

@@ -10,15 +10,36 @@ from dataclasses import dataclass, field
 
 from attnviz.analysis import AttentionResult
 from attnviz.errors import InputError
+from attnviz.notebook import Displayable
 
 
 @dataclass
-class ReportContents:
+class Report(Displayable):
     """``result`` (the attention, cut to ``tokens`` when asked) and the keyword arguments
-    of ``report.write_report``/``build_payload`` beside it."""
+    of ``report.write_report``/``build_payload`` beside it; shown in a notebook as the
+    report, and ``save("r.html")`` writes the page `attnviz report` writes."""
 
     result: AttentionResult
     extras: dict = field(default_factory=dict)
+
+    def _view(self):
+        from attnviz.notebook import attention_view
+
+        return attention_view(self.result, self.extras)
+
+    def __repr__(self) -> str:
+        views = [name for name in ("norms", "rollout", "attribution", "induction")
+                 if name in self.extras]
+        more = f" + {', '.join(views)}" if views else ""
+        return f"<attnviz report of {_short(self.result)}{more}>"
+
+
+def _short(result: AttentionResult) -> str:
+    from attnviz.api import model_name
+    from attnviz.scanning import layer_text
+
+    return (f"{result.n_tokens} tokens, {layer_text(result.layers)}, {result.n_heads} heads · "
+            f"{model_name(result.config)}")
 
 
 def check_report_options(weighting: str = "attention", target: str | None = None,
@@ -41,7 +62,7 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
                     weighting: str = "attention", rollout: bool = False,
                     induction: bool = False, seed: int = 123, target: str | None = None,
                     contrast: str | None = None, position: int = -1, ablate: str = "zero",
-                    say: Callable[[str], None] = lambda message: None) -> ReportContents:
+                    say: Callable[[str], None] = lambda message: None) -> Report:
     """Everything a report of ``token_ids`` shows, computed by ``model`` (``load_model``);
     the options are `attnviz report`'s. ``say`` hears what is being done."""
     from attnviz.analysis import analyze_with, crop, parse_window
@@ -95,4 +116,4 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
         if weighting == "norm":
             extras["norm_induction"] = induction_probe(model, result.layers, seed,
                                                        weighting="norm")
-    return ReportContents(result, extras)
+    return Report(result, extras)

@@ -32,6 +32,7 @@ import numpy as np
 from attnviz.detectors import DETECTORS
 from attnviz.errors import InputError
 from attnviz.inputs import decode_utf8, read_file_bytes, stdin_bytes, strip_bom
+from attnviz.notebook import Displayable
 from attnviz.stats import COLUMNS as STAT_COLUMNS
 
 COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
@@ -321,10 +322,11 @@ class RunningStats:
         return np.where(self.count > 0, self.mean, np.nan)
 
 
-@dataclass
-class ScanResult:
+@dataclass(repr=False)
+class ScanResult(Displayable):
     """Per (layer, head): ``mean``, ``std`` (sample, n - 1) and ``count`` of every value in
-    ``COLUMNS``, each ``(L, H)``; ``induction_probe`` ``(L, H)`` when asked for."""
+    ``COLUMNS``, each ``(L, H)``; ``induction_probe`` ``(L, H)`` when asked for. Shown in a
+    notebook as the top heads per detector and the detector maps."""
 
     layers: list[int]
     n_heads: int
@@ -341,6 +343,33 @@ class ScanResult:
     @property
     def columns(self) -> list[str]:
         return list(COLUMNS)
+
+    def __repr__(self) -> str:
+        return (f"<attnviz scan of {self.n_prompts} prompts ({self.n_tokens} tokens), "
+                f"{layer_text(self.layers)} × {self.n_heads} heads>")
+
+    def _view(self):
+        from attnviz.notebook import scan_view
+
+        return scan_view(self)
+
+    def to_numpy(self, column: str = "induction_head") -> np.ndarray:
+        """The mean of ``column`` (a detector, a statistic or ``induction_probe``) per head:
+        ``(L, H)``."""
+        if column == "induction_probe":
+            if self.induction_probe is None:
+                raise InputError("no induction probe in this scan: run it with induction=True")
+            return self.induction_probe
+        if column not in self.mean:
+            raise InputError(f"unknown column {column!r}; choose one of "
+                             f"{', '.join(COLUMNS)} or induction_probe")
+        return self.mean[column]
+
+    def to_pandas(self):
+        """``rows()`` as a DataFrame: one row per (layer, head). Needs pandas."""
+        from attnviz.analysis import _pandas
+
+        return _pandas().DataFrame(self.rows())
 
     def rows(self) -> list[dict]:
         """One record per (layer, head): ``layer``, ``head``, ``count`` (prompts scored),
@@ -435,6 +464,31 @@ def scan(
         kv_heads=list(model.kv_heads),
         m2={name: running[name].m2 for name in COLUMNS},
     )
+
+
+def layer_text(layers: list[int]) -> str:
+    """``layer 3``, ``layers 0-11`` or ``layers 0,4,7``."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + ",".join(map(str, layers))
+
+
+def top_table(result, detectors: list[str], k: int) -> list[dict]:
+    """Rank r's row holds, per detector, the r-th best head and its mean ± std."""
+    tops = {name: result.top(name, k) for name in detectors}
+    rows = []
+    for rank in range(min(k, len(result.layers) * result.n_heads)):
+        row = {"rank": rank + 1}
+        for name in detectors:
+            entry = tops[name][rank]
+            head = f"L{entry['layer']} H{entry['head']}"
+            mean = "—" if entry["mean"] is None else f"{entry['mean']:.3f}"
+            spread = "" if entry["std"] is None else f" ± {entry['std']:.3f}"
+            row[name] = f"{head}  {mean}{spread}"
+        rows.append(row)
+    return rows
 
 
 def prompt_record(prompt: Prompt, values: dict[str, np.ndarray], layers: list[int]) -> dict:

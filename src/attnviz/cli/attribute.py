@@ -90,8 +90,10 @@ def attribute(
     from attnviz.attribution import attribute as run
     from attnviz.attribution import (
         attribution_document,
+        attribution_rows,
         describe_metric,
         resolve_metric,
+        token_labels,
     )
 
     model = load_model(config, weights)
@@ -106,7 +108,7 @@ def attribute(
         result = run(model, token_ids, position=position, target=target_id, contrast=contrast_id,
                      ablate=ablate, baseline=baseline, top_k=top_k, progress=progress)
         progress.summary(f"{model.n_layers * model.n_heads} heads attributed ({ablate} ablation)")
-    labels = _labels(tokenizer, token_ids)
+    labels = token_labels(tokenizer, token_ids)
     metric_name = describe_metric(result, tokenizer)
     files = []
     if plot is not None:
@@ -117,7 +119,7 @@ def attribute(
     document = attribution_document(result, tokenizer)
     if files:
         document["files"] = files
-    rows = head_rows(result)
+    rows = attribution_rows(result)
     if fmt == "json":
         output.json(document)
         return
@@ -128,12 +130,6 @@ def attribute(
     _print_table(output, result, tokenizer, labels, metric_name, top_heads)
     for f in files:
         output.message(f"Wrote {f}")
-
-
-def _labels(tokenizer, token_ids: list[int]) -> list[str]:
-    from attnviz.tokenizer import token_label
-
-    return [token_label(raw) for raw in tokenizer.token_bytes(token_ids)]
 
 
 def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
@@ -151,21 +147,8 @@ def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
     return prompts
 
 
-def head_rows(result) -> list[dict]:
-    """One row per layer x head: ``dla``, ``ablation`` and ``key_<k>``, the head's weight
-    on key k at the position (the CSV)."""
-    rows = []
-    for layer in range(result.n_layers):
-        for head in range(result.n_heads):
-            row = {"layer": layer, "head": head, "dla": float(result.dla[layer, head]),
-                   "ablation": float(result.ablation[layer, head])}
-            row.update({f"key_{k}": float(w) for k, w in enumerate(result.attention[layer, head])})
-            rows.append(row)
-    return rows
-
-
 def _print_table(output, result, tokenizer, labels, metric_name, top_heads) -> None:
-    from attnviz.attribution import token_info
+    from attnviz.attribution import token_info, top_head_rows
 
     at = f"position {result.position} ({labels[result.position]})"
     predictions = [{"rank": rank, "token": token_info(tokenizer, i)["label"], "id": i,
@@ -179,13 +162,6 @@ def _print_table(output, result, tokenizer, labels, metric_name, top_heads) -> N
     ablated = "zeroed" if result.ablate == "zero" else "mean-ablated"
     for measure, title in (("dla", "direct logit attribution"),
                            ("ablation", f"ablation effect (head {ablated})")):
-        rows = []
-        for rank, (layer, head, _) in enumerate(result.top_heads(measure, top_heads), start=1):
-            weights = result.attention[layer, head]
-            key = int(weights.argmax())
-            rows.append({"rank": rank, "layer": layer, "head": head,
-                         "dla": float(result.dla[layer, head]),
-                         "ablation": float(result.ablation[layer, head]),
-                         "looks at": f"{key}: {labels[key]} ({weights[key]:.2f})"})
+        rows = top_head_rows(result, labels, measure, top_heads)
         output.table(rows, ["rank", "layer", "head", "dla", "ablation", "looks at"],
                      title=f"Top heads by {title}", keys=["rank", "layer", "head"])

@@ -24,14 +24,6 @@ from attnviz.cli.options import (
 )
 from attnviz.errors import InputError
 
-TITLES = {
-    "previous_token_head": "previous-token detector (TransformerLens mul)",
-    "duplicate_token_head": "duplicate-token detector (TransformerLens mul)",
-    "induction_head": "induction detector (TransformerLens mul)",
-    "first_token": "first-token (sink) mass",
-    "induction_probe": "induction probe (repeated random tokens)",
-}
-
 
 @app.command("scan")
 @model_options
@@ -150,7 +142,7 @@ def scan_command(
         output.message("Scoring induction on a repeated random sequence…")
         result.induction_probe = induction_probe(model, layers, config.seed, fit=True)
     summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
-               f"{_layer_text(layers)}, {seconds:.1f} s")
+               f"{scan.layer_text(layers)}, {seconds:.1f} s")
     if corpus.truncated:
         summary += f"; {corpus.truncated} truncated to {model.context_length} tokens"
     if shard is not None:
@@ -172,14 +164,10 @@ def present(output, fmt: str, result, corpus_info: dict, options: dict, describe
     detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
     files = []
     if plot_dir is not None:
-        from attnviz.plot_scan import save_score_maps
+        from attnviz.plot_scan import detector_maps, save_score_maps
 
-        maps = {}
-        for name in detectors:
-            scores = result.induction_probe if name == "induction_probe" else result.mean[name]
-            what = "" if name == "induction_probe" else f"\nmean over {result.n_prompts} prompts"
-            maps[name] = (scores, TITLES[name] + what)
-        files = [str(p) for p in save_score_maps(plot_dir, maps, layers)]
+        files = [str(p) for p in save_score_maps(plot_dir, detector_maps(result, detectors),
+                                                 layers)]
     rows = result.rows()
     document = {
         "heads": rows,
@@ -200,7 +188,7 @@ def present(output, fmt: str, result, corpus_info: dict, options: dict, describe
     elif fmt == "csv":
         output.csv(rows, list(rows[0]))
     else:
-        table_rows = _top_table(result, detectors, top)
+        table_rows = scan.top_table(result, detectors, top)
         output.table(table_rows, ["rank", *detectors], keys=["rank"],
                      title=f"Top heads per detector, mean ± std over {result.n_prompts} prompts")
         output.line(summary)
@@ -224,6 +212,7 @@ def scan_merge_command(
     """Merge the partials of a sharded scan (scan --shard K/N --partial F) into the results
     one scan of the whole corpus gives: the same table, JSON, CSV and maps."""
     from attnviz import scan_runs
+    from attnviz import scanning as scan
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
@@ -232,33 +221,9 @@ def scan_merge_command(
     result, first = scan_runs.merge(partials or [])
     n = int(first["shard"]["count"])
     summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
-               f"{_layer_text(result.layers)}; merged from {n} shard(s)")
+               f"{scan.layer_text(result.layers)}; merged from {n} shard(s)")
     present(output, fmt, result, first["corpus"], first["fingerprint"]["options"],
             first["config"], top, plot_dir, summary, {"merged_shards": n})
-
-
-def _layer_text(layers: list[int]) -> str:
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + ",".join(map(str, layers))
-
-
-def _top_table(result, detectors: list[str], k: int) -> list[dict]:
-    """Rank r's row holds, per detector, the r-th best head and its mean ± std."""
-    tops = {name: result.top(name, k) for name in detectors}
-    rows = []
-    for rank in range(min(k, len(result.layers) * result.n_heads)):
-        row = {"rank": rank + 1}
-        for name in detectors:
-            entry = tops[name][rank]
-            head = f"L{entry['layer']} H{entry['head']}"
-            mean = "—" if entry["mean"] is None else f"{entry['mean']:.3f}"
-            spread = "" if entry["std"] is None else f" ± {entry['std']:.3f}"
-            row[name] = f"{head}  {mean}{spread}"
-        rows.append(row)
-    return rows
 
 
 def _show_progress(forced: bool, quiet: bool) -> str | None:

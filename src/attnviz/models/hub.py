@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from attnviz.errors import AttnvizError, InputError
@@ -25,6 +26,10 @@ INDEX = "model.safetensors.index.json"
 # where there is no tokenizer.json (Llama 3's tiktoken file).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_MODEL = "tokenizer.model"
+
+# In a notebook without ipywidgets, tqdm.auto (the Hub's progress bars) warns that it falls
+# back to text bars: which is fine, and not the user's business.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 def split_revision(name: str) -> tuple[str, str | None]:
@@ -95,7 +100,9 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
     from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    show_progress = not quiet and sys.stderr.isatty()
+    from attnviz.notebook import in_notebook
+
+    show_progress = not quiet and (sys.stderr.isatty() or in_notebook())
     (enable_progress_bars if show_progress else disable_progress_bars)()
     # Its retry messages would add lines to our one-line errors.
     logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)

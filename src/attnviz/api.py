@@ -1,0 +1,240 @@
+"""The Python API, for notebooks and scripts: what the commands do, as functions.
+
+>>> import attnviz
+>>> gpt2 = attnviz.load("gpt2")                        # doctest: +SKIP  (read once)
+>>> attnviz.show("When Mary and John went to the store", gpt2, layer="all")  # doctest: +SKIP
+>>> result = attnviz.analyze("Your journey starts with one step")   # random GPT-2 small
+>>> result.to_numpy().shape                            # (layers, heads, query, key)
+(1, 12, 6, 6)
+
+Every function takes the model as ``weights``: ``None`` (random mode: seeded weights of the
+GPT-2 small shape), a checkpoint path or Hub repo id (``"gpt2"``,
+``"EleutherAI/pythia-160m@step3000"``), or a ``Model`` from ``load`` — reused, so its weights
+are read once. The model options (``heads``, ``seed``, ``tokenizer``, ``offline``,
+``device``, …) are the command line's, spelled as Python names. Results show themselves in
+a notebook (see ``attnviz.notebook``) and have ``to_html()``, ``save(path)``,
+``to_numpy()`` and ``to_pandas()`` (pandas is imported only then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnviz.errors import InputError
+
+__all__ = ["Model", "load", "analyze", "report_page", "show", "scan", "attribute"]
+
+
+class Model:
+    """A model read once and reused by every call that is given it: ``engine`` (what the
+    commands run: random mode's attention layer or a checkpoint's transformer; blocks are
+    read the first time they run) and ``config`` (its ``ModelConfig``: tokenizer options,
+    the BOS, the seed of the induction probe)."""
+
+    def __init__(self, engine, config, weights: str | None):
+        self.engine, self.config, self.weights = engine, config, weights
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def n_layers(self) -> int:
+        return self.engine.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.engine.n_heads
+
+    def describe(self) -> dict:
+        """What the commands print as ``config``."""
+        return self.engine.describe()
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """``text`` in the model's token ids (with its BOS unless loaded with ``bos=False``)."""
+        from attnviz.analysis import encode_text
+
+        return encode_text(self.engine, text, allow_special, bos=self.config.bos)
+
+    def __repr__(self) -> str:
+        return f"attnviz.Model({model_name(self.describe())})"
+
+
+def model_name(described: dict) -> str:
+    """``gpt2-tiny · 3 layers × 4 heads, d_model 64`` or ``random · 12 heads, d_model 768,
+    seed 123``: a model in one line."""
+    sizes = f"{described.get('n_heads')} heads, d_model {described.get('d_model')}"
+    if described.get("mode") == "random":
+        return f"random · {sizes}, seed {described.get('seed')}"
+    weights = Path(described.get("weights", "?"))
+    cached = [part for part in weights.parts if part.startswith("models--")]  # the Hub cache
+    name = (described.get("repo") or (cached[-1][len("models--"):].replace("--", "/") if cached
+                                      else weights.parent.name if weights.suffix else weights.name))
+    if described.get("revision"):
+        name += f"@{described['revision']}"
+    return f"{name} · {described.get('n_layers')} layers × {sizes}"
+
+
+def load(weights: str | Path | None = None, **options) -> Model:
+    """Read a model once: ``weights`` a checkpoint (file or folder), a Hub repo id
+    (``"gpt2"``, ``"repo@revision"``; downloaded once into the Hugging Face cache) or None for
+    random mode. ``options``: the command line's model options — ``heads``, ``d_model``,
+    ``context_length``, ``seed``, ``qkv_bias``, ``impl``, ``preset``, ``offline``,
+    ``device``, ``tokenizer``, ``bos``, ``book_config`` — and ``progress`` (download bars,
+    on by default)."""
+    from attnviz.analysis import load_model
+    from attnviz.config import config_for
+
+    if isinstance(weights, Model):
+        raise InputError("load() was given a Model: it is loaded already")
+    weights = None if weights is None else str(weights)
+    known = {"heads", "d_model", "context_length", "seed", "qkv_bias", "impl", "preset",
+             "offline", "device", "tokenizer", "bos", "book_config", "progress"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"load() got unknown option(s) {', '.join(unknown)}; the options are "
+                         f"{', '.join(sorted(known))}")
+    explicit = frozenset(options) - {"progress"}
+    config = config_for(weights, explicit=explicit, **options)
+    return Model(load_model(config, weights), config, weights)
+
+
+def _model(weights, options: dict) -> Model:
+    """``weights`` as a ``Model``: itself, or loaded with ``options``."""
+    if isinstance(weights, Model):
+        if options:
+            raise InputError(f"model options ({', '.join(sorted(options))}) go to "
+                             "attnviz.load(), not to a call given a loaded Model")
+        return weights
+    return load(weights, **options)
+
+
+def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
+            allow_special: bool = False, **options):
+    """The attention of ``text``: an ``AttentionResult`` (``weights (L, H, T, T)``, tokens,
+    config) that shows itself as the interactive report. ``layer``: a number, ``"3,5"`` or
+    ``"all"``; ``tokens="A:B"``: keep queries and keys A..B-1 of the whole text's run."""
+    from attnviz.analysis import analyze_with, crop, parse_window
+
+    model = _model(weights, options)
+    token_ids = model.encode(text, allow_special)
+    window = parse_window(tokens, len(token_ids))
+    result = analyze_with(model.engine, token_ids, layer)
+    return crop(result, *window) if window else result
+
+
+def report_page(text: str, weights=None, *, layer=0, tokens: str | None = None,
+           weighting: str = "attention", rollout: bool = False, induction: bool = False,
+           target: str | None = None, contrast: str | None = None, position: int = -1,
+           ablate: str = "zero", allow_special: bool = False, **options):
+    """`attnviz report` as an object (a ``reporting.Report``): shown inline in a notebook,
+    ``.save("r.html")`` writes the same page the command writes (``attnviz.report`` is the
+    module that writes pages, hence the name). The options are the
+    command's: ``weighting="norm"``, ``rollout``, ``induction``, and ``target`` (with
+    ``contrast``, ``position``, ``ablate``) for the "heads that matter" view."""
+    from attnviz.reporting import check_report_options, report_contents
+
+    check_report_options(weighting, target, contrast, ablate)  # before a model is read
+    model = _model(weights, options)
+    return report_contents(model.engine, model.encode(text, allow_special), layer=layer,
+                           tokens=tokens, weighting=weighting, rollout=rollout,
+                           induction=induction, seed=model.config.seed, target=target,
+                           contrast=contrast, position=position, ablate=ablate)
+
+
+def show(text: str, weights=None, **options) -> None:
+    """Show the report of ``text`` (``report_page``'s options) in the notebook; outside one,
+    write it to a temporary file and open it in the browser."""
+    page = report_page(text, weights, **options)
+    from attnviz.notebook import in_notebook
+
+    if in_notebook():
+        from IPython.display import display
+
+        display(page)
+        return
+    import tempfile
+    import webbrowser
+
+    path = Path(tempfile.mkdtemp(prefix="attnviz-")) / "report.html"
+    page.save(path)
+    print(f"Wrote {path}")
+    webbrowser.open(path.as_uri())
+
+
+def scan(prompts: str | Path | Sequence[str], weights=None, *, layer="all",
+         batch_size: int = 16, exclude_first: bool = False, exclude_self: bool = False,
+         truncate: bool = False, induction: bool = False, allow_special: bool = False,
+         **options):
+    """`attnviz scan`: every head's detector scores and statistics over ``prompts`` (a list
+    of texts, or the path of a file with one a line / a ``.jsonl`` of ``{"text": …}``): a
+    ``ScanResult`` with ``mean``/``std``/``count`` per column, ``(L, H)`` each, shown as the
+    detector maps and the top heads."""
+    from attnviz import scanning
+    from attnviz.analysis import check_fits, check_induction_probe, induction_probe, parse_layers
+
+    records, where = _corpus(prompts)
+    model = _model(weights, options)
+    layers = parse_layers(layer, model.n_layers)
+    if induction:
+        check_induction_probe(model.engine, fit=True)
+    corpus = scanning.tokenize_corpus(records, model.engine.context_length, truncate=truncate,
+                                      where=where,
+                                      encode=lambda text: model.encode(text, allow_special))
+    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
+    result = scanning.scan(model.engine, corpus.prompts, layers, batch_size=batch_size,
+                           exclude_first=exclude_first, exclude_self=exclude_self)
+    if induction:
+        result.induction_probe = induction_probe(model.engine, layers, model.config.seed, fit=True)
+    return result
+
+
+def _corpus(prompts) -> tuple[list[tuple[int, str]], str]:
+    """``scan``'s prompts as ``(number, text)`` records: a ``Path`` (or a ``str`` naming a
+    file that exists) is read as `attnviz scan --file` reads it; other text holds one
+    prompt a line; a sequence holds one prompt per item."""
+    from attnviz import scanning
+
+    if isinstance(prompts, str) and Path(prompts).is_file():
+        prompts = Path(prompts)
+    if isinstance(prompts, Path):
+        return scanning.read_corpus(None, prompts)
+    if isinstance(prompts, str):
+        if "\n" not in prompts and Path(prompts).suffix.lower() in (".txt", ".jsonl"):
+            raise InputError(f"scan(): {prompts} does not exist (give a list of prompts, or "
+                             "the path of a file with one a line)")
+        prompts = prompts.splitlines()
+    records = [(i, text) for i, text in enumerate(prompts, start=1) if text.strip()]
+    if not records:
+        raise InputError("scan() was given no prompts (empty ones are skipped)")
+    return records, "prompt"
+
+
+def attribute(text: str, weights, *, target: str | None = None, contrast: str | None = None,
+              position: int = -1, ablate: str = "zero",
+              baseline: Sequence[str] | None = None, top_k: int = 10,
+              allow_special: bool = False, **options):
+    """`attnviz attribute`: which heads matter for the prediction after ``position`` — each
+    head's direct logit attribution and ablation effect on the logit of ``target`` (a token's
+    text, ``" Mary"``; default: the top prediction), or on ``target`` − ``contrast``. An
+    ``AttributionResult`` (``dla``, ``ablation``: ``(L, H)``), shown as the two maps and the
+    top heads. ``ablate="mean"`` with ``baseline`` prompts: their mean per head."""
+    from attnviz.analysis import check_length
+    from attnviz.attribution import attribute as run
+    from attnviz.attribution import resolve_metric
+
+    if weights is None:
+        raise InputError("attribute needs trained weights: random mode has no output head "
+                         "(unembedding); pass weights (a checkpoint, a Hub id or a Model)")
+    model = _model(weights, options)
+    token_ids = model.encode(text, allow_special)
+    check_length(len(token_ids), model.engine.context_length, " (the checkpoint's context)")
+    target_id, contrast_id = resolve_metric(model.engine, token_ids, target, contrast, position)
+    baseline_ids = None
+    if baseline:
+        baseline_ids = [model.encode(line) for line in baseline if line.strip()]
+        for ids in baseline_ids:
+            check_length(len(ids), model.engine.context_length, " (the checkpoint's context)")
+    return run(model.engine, token_ids, position=position, target=target_id,
+               contrast=contrast_id, ablate=ablate, baseline=baseline_ids, top_k=top_k)
