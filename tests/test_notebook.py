@@ -132,8 +132,8 @@ def notebook_page(notebook, path: Path) -> Path:
 
 @pytest.mark.browser
 def test_views_render_independently_in_chromium(executed, tmp_path):
-    from test_report_browser import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
+    from test_report_browser import CHROMIUM, CHROMIUM_ARGS
 
     notebook, _ = executed
     path = notebook_page(notebook, tmp_path / "notebook.html")
