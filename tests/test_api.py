@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,7 +202,7 @@ def test_show_outside_a_notebook_opens_the_page(model, monkeypatch, capsys):
     attnviz.show(TEXT, model, layer=1)
     path = capsys.readouterr().out.strip().removeprefix("Wrote ")
     assert opened == [f"file://{path}"]
-    assert '"layers":[1]' in open(path).read().replace(" ", "")
+    assert "\"layers\":[1]" in Path(path).read_text().replace(" ", "")
 
 
 def test_load_refuses_what_it_cannot_use(model):

@@ -44,6 +44,32 @@ def test_readme_python_example():
     assert result.token_labels == ["Your", "␣journey", "␣starts", "␣with", "␣one", "␣step"]
 
 
+def test_python_doc_examples_run(tmp_path):
+    """docs/python.md's ```python blocks, run in order in one fresh interpreter, with "gpt2"
+    served by the stand-in Hub on 127.0.0.1 (a tiny checkpoint with an output head)."""
+    from helpers import make_hf_checkpoint
+    from hub_server import HubServer, Repo
+
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "python.md").read_text(),
+                        re.S | re.M)
+    assert len(blocks) >= 3
+    checkpoint = make_hf_checkpoint(tmp_path / "gpt2", n_layer=2, n_head=4, n_embd=64,
+                                    lm_head=True, seed=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    work = tmp_path / "work"
+    work.mkdir()
+    with HubServer({"gpt2": Repo.from_folder(checkpoint)}) as hub:
+        proc = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=work,
+                              env={**env, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")},
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    assert "(1, 12, 6, 6)" in proc.stdout and "attnviz.Model(gpt2 · 2 layers" in proc.stdout
+    assert "(1, 4, 6, 6)" in proc.stdout  # the random model of heads=4, d_model=64
+    assert (work / "ioi-report.html").read_text().startswith("<!DOCTYPE html>")
+    assert (work / "ioi-heads.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_readme_quick_start_is_two_commands():
     text = (ROOT / "README.md").read_text()
     quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
