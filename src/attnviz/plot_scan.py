@@ -14,8 +14,10 @@ from attnviz.fileio import write_bytes
 from attnviz.outdir import OutputFolder
 from attnviz.stats import COLUMNS
 
-# The names a scan --plot folder can hold: one map per detector or statistic.
-SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe")) + r")\.png")
+# The names a scan --plot folder can hold: one map per detector or statistic
+# (and, across checkpoints, <name>_over_checkpoints: plot_series)
+SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe"))
+                       + r")(_over_checkpoints)?\.png")
 
 MAX_ANNOTATED = 24  # cells per side that still hold a readable number
 

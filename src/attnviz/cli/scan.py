@@ -17,7 +17,6 @@ from attnviz.cli.options import (
     LayerOpt,
     ModelOptions,
     QuietOpt,
-    WeightsOpt,
     check_file_target,
     check_out_dir,
     model_options,
@@ -67,15 +66,24 @@ def scan_command(
     partial: Annotated[Path | None, typer.Option(
         "--partial", metavar="FILE.json", help="Write the aggregates (count, mean, M2 per head) "
         "for attnviz scan-merge.", show_default=False)] = None,
+    revisions: Annotated[str | None, typer.Option(
+        "--revisions", metavar="LIST|RANGE", help="Scan one --weights REPO at each of these "
+        "revisions: step1000,step2000 or a range step0:143000:8000 (Pythia's training "
+        "checkpoints).", show_default=False)] = None,
     config: ModelOptions = None,
-    weights: WeightsOpt = None,
+    weights: Annotated[list[str] | None, typer.Option(
+        "--weights", metavar="PATH|REPO", help="Real weights instead of random ones (a "
+        "checkpoint folder or file, or a Hub repo id, repo@revision); repeat it (or give a "
+        "glob such as 'run/step-*') to scan the corpus with every checkpoint and compare.",
+        show_default=False)] = None,
     layer: LayerOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Score every head over many prompts: detectors and statistics, mean ± std."""
+    """Score every head over many prompts: detectors and statistics, mean ± std; with several
+    checkpoints, every checkpoint's scores and what changed between them."""
     from attnviz import scan_runs
     from attnviz import scanning as scan
     from attnviz.analysis import (
@@ -89,6 +97,23 @@ def scan_command(
     from attnviz.output import Output
 
     output = Output(fmt, quiet)
+    from attnviz.cli.scan_checkpoints import checkpoint_names, scan_checkpoints
+
+    names, prompts = checkpoint_names(weights, revisions, prompts, file)
+    if len(names) > 1 or revisions is not None:
+        for value, option in ((resume, "--resume"), (shard, "--shard"), (partial, "--partial"),
+                              (per_prompt, "--per-prompt")):
+            if value:
+                raise InputError(f"{option} scans one checkpoint; run it once per --weights")
+        if plot_dir is not None:
+            check_out_dir(plot_dir)
+        records, where = scan.read_corpus(prompts, file, jsonl, limit)
+        return scan_checkpoints(output, fmt, names, records, where, config=config, layer=layer,
+                                truncate=truncate, allow_special=allow_special,
+                                batch_size=batch_size, exclude_first=exclude_first,
+                                exclude_self=exclude_self, induction=induction, top=top,
+                                plot_dir=plot_dir, progress=_show_progress(progress, quiet))
+    weights = names[0] if names else None
     if resume and per_prompt is None:
         raise InputError("--resume goes on from a --per-prompt log; add --per-prompt FILE.jsonl "
                          "(the file the interrupted run wrote)")
