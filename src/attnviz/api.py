@@ -172,22 +172,18 @@ def scan(prompts: str | Path | Sequence[str], weights=None, *, layer="all",
     ``ScanResult`` with ``mean``/``std``/``count`` per column, ``(L, H)`` each, shown as the
     detector maps and the top heads."""
     from attnviz import scanning
-    from attnviz.analysis import check_fits, check_induction_probe, induction_probe, parse_layers
+    from attnviz.analysis import check_induction_probe, parse_layers
 
     records, where = _corpus(prompts)
     model = _model(weights, options)
     layers = parse_layers(layer, model.n_layers)
     if induction:
         check_induction_probe(model.engine, fit=True)
-    corpus = scanning.tokenize_corpus(records, model.engine.context_length, truncate=truncate,
-                                      where=where,
-                                      encode=lambda text: model.encode(text, allow_special))
-    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
-    result = scanning.scan(model.engine, corpus.prompts, layers, batch_size=batch_size,
-                           exclude_first=exclude_first, exclude_self=exclude_self)
-    if induction:
-        result.induction_probe = induction_probe(model.engine, layers, model.config.seed, fit=True)
-    return result
+    corpus = scanning.model_corpus(model.engine, records, truncate=truncate,
+                                   allow_special=allow_special, bos=model.config.bos, where=where)
+    return scanning.scan_corpus(model.engine, corpus, layers, batch_size=batch_size,
+                                exclude_first=exclude_first, exclude_self=exclude_self,
+                                induction_seed=model.config.seed if induction else None)
 
 
 def _corpus(prompts) -> tuple[list[tuple[int, str]], str]:

@@ -279,11 +279,9 @@ def scan_partial(model, records: list[tuple[int, str]], layers: list[int], shard
     """Shard ``shard`` of the corpus ``records`` (``(line, text)``, as ``scan.read_corpus``
     gives) scanned by ``model``: its partial document, as ``scan --shard --partial`` writes."""
     from attnviz import scanning as scan
-    from attnviz.analysis import encode_text
 
-    corpus = scan.tokenize_corpus(
-        records, model.context_length, truncate=truncate,
-        encode=lambda text: encode_text(model, text, allow_special, bos=bos))
+    corpus = scan.model_corpus(model, records, truncate=truncate, allow_special=allow_special,
+                               bos=bos)
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
     described = {**model.describe(), "layers": list(layers), "device": str(model.device)}
     fp = fingerprint(described, layers, options, corpus.prompts)

@@ -166,6 +166,16 @@ def tokenize_corpus(records: list[tuple[int, str]], context_length: int, *,
     return Corpus(prompts, truncated, one_token)
 
 
+def model_corpus(model, records: list[tuple[int, str]], *, truncate: bool = False,
+                 allow_special: bool = False, bos: bool = True, where: str = "line") -> Corpus:
+    """``tokenize_corpus`` in ``model``'s own tokens: its tokenizer (``bos``: with the BOS it
+    adds) and its context length."""
+    from attnviz.analysis import encode_text
+
+    return tokenize_corpus(records, model.context_length, truncate=truncate, where=where,
+                           encode=lambda text: encode_text(model, text, allow_special, bos=bos))
+
+
 # ---------------------------------------------------------------------------- batches
 
 
@@ -489,6 +499,20 @@ def top_table(result, detectors: list[str], k: int) -> list[dict]:
             row[name] = f"{head}  {mean}{spread}"
         rows.append(row)
     return rows
+
+
+def scan_corpus(model, corpus: Corpus, layers: list[int], *, induction_seed: int | None = None,
+                **options) -> ScanResult:
+    """``scan`` of every prompt of ``corpus`` once the attention fits in memory, plus the
+    induction probe (``analysis.induction_probe``, seeded) unless ``induction_seed`` is
+    None. ``options``: ``scan``'s."""
+    from attnviz.analysis import check_fits, induction_probe
+
+    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
+    result = scan(model, corpus.prompts, layers, **options)
+    if induction_seed is not None:
+        result.induction_probe = induction_probe(model, layers, induction_seed, fit=True)
+    return result
 
 
 def prompt_record(prompt: Prompt, values: dict[str, np.ndarray], layers: list[int]) -> dict:

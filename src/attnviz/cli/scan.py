@@ -89,7 +89,6 @@ def scan_command(
     from attnviz.analysis import (
         check_fits,
         check_induction_probe,
-        encode_text,
         induction_probe,
         load_model,
         parse_layers,
@@ -128,9 +127,8 @@ def scan_command(
     layers = parse_layers(layer, model.n_layers)
     if induction:
         check_induction_probe(model, fit=True)  # before the corpus is scanned, not after
-    corpus = scan.tokenize_corpus(
-        records, model.context_length, truncate=truncate, where=where,
-        encode=lambda text: encode_text(model, text, allow_special, bos=config.bos))
+    corpus = scan.model_corpus(model, records, truncate=truncate, allow_special=allow_special,
+                               bos=config.bos, where=where)
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
     described = {**model.describe(), "layers": layers, "device": str(model.device)}
     fp = scan_runs.fingerprint(described, layers, options, corpus.prompts)

@@ -45,14 +45,7 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
                      progress: str | None) -> None:
     from attnviz import scan_series
     from attnviz import scanning as scan
-    from attnviz.analysis import (
-        check_fits,
-        check_induction_probe,
-        encode_text,
-        induction_probe,
-        load_model,
-        parse_layers,
-    )
+    from attnviz.analysis import check_induction_probe, load_model, parse_layers
     from attnviz.cli.scan import Progress
 
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
@@ -66,22 +59,19 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
         return model
 
     def tokenize(model):
-        corpus = scan.tokenize_corpus(
-            records, model.context_length, truncate=truncate, where=where,
-            encode=lambda text: encode_text(model, text, allow_special, bos=config.bos))
+        corpus = scan.model_corpus(model, records, truncate=truncate,
+                                   allow_special=allow_special, bos=config.bos, where=where)
         if corpus.one_token:
             output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need "
                            "a previous token")
         return corpus
 
     def scan_one(model, corpus):
-        layers = parse_layers(layer, model.n_layers)
-        check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
         with Progress(len(corpus.prompts), corpus.n_tokens, show=progress) as bar:
-            result = scan.scan(model, corpus.prompts, layers, batch_size=batch_size,
-                               on_batch=bar.advance, **options)
-        if induction:
-            result.induction_probe = induction_probe(model, layers, config.seed, fit=True)
+            result = scan.scan_corpus(model, corpus, parse_layers(layer, model.n_layers),
+                                      batch_size=batch_size, on_batch=bar.advance,
+                                      induction_seed=config.seed if induction else None,
+                                      **options)
         corpus_info[id(result)] = {"truncated": corpus.truncated,
                                    "skipped_one_token": corpus.one_token}
         return result
