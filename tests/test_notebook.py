@@ -103,8 +103,8 @@ def test_static_outputs_show_tables_and_pictures(executed, canonical_gpt2):
     attribution = only_bundle(notebook, "attnviz.attribute(text")
     assert "logit(␣Mary) - logit(␣John)" in attribution["text/html"]
     assert attribution["text/html"].count("<img") == 2
-    frame = only_bundle(notebook, "heads.to_pandas()")
-    assert "induction_head_mean" in frame["text/html"]  # pandas' own table
+    best = only_bundle(notebook, 'heads.top("induction_head"')["text/plain"]
+    assert best.startswith("[{'layer': ") and best.count("'head'") == 3
 
 
 def test_the_model_is_loaded_once_and_the_page_is_saved(executed):
@@ -113,10 +113,10 @@ def test_the_model_is_loaded_once_and_the_page_is_saved(executed):
         "attnviz.Model(gpt2 · 3 layers × 4 heads, d_model 64)")
     saved = (folder / "ioi-report.html").read_text()
     assert '"attribution"' in saved and saved.startswith("<!DOCTYPE html>")
-    printed = [o for o in outputs_of(notebook, "result = attnviz.analyze")]
-    stream = next(c for c in notebook.cells if c.source.startswith("result = attnviz.analyze"))
-    assert "(3, 4, 14, 14)" in "".join(o.get("text", "") for o in stream.outputs)
-    assert printed and "weight" in printed[0]["data"]["text/html"]
+    cell = next(c for c in notebook.cells if c.source.startswith("result = attnviz.analyze"))
+    assert "(3, 4, 14, 14)" in "".join(o.get("text", "") for o in cell.outputs)
+    looked_at = only_bundle(notebook, "result = attnviz.analyze")["text/plain"]
+    assert looked_at.startswith("[") and looked_at.count("'") == 8  # 4 heads' token labels
 
 
 def notebook_page(notebook, path: Path) -> Path:
