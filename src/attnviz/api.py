@@ -125,14 +125,14 @@ def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
 
 
 def report_page(text: str, weights=None, *, layer=0, tokens: str | None = None,
-           weighting: str = "attention", rollout: bool = False, induction: bool = False,
-           target: str | None = None, contrast: str | None = None, position: int = -1,
-           ablate: str = "zero", allow_special: bool = False, **options):
+                weighting: str = "attention", rollout: bool = False, induction: bool = False,
+                target: str | None = None, contrast: str | None = None, position: int = -1,
+                ablate: str = "zero", allow_special: bool = False, **options):
     """`attnviz report` as an object (a ``reporting.Report``): shown inline in a notebook,
     ``.save("r.html")`` writes the same page the command writes (``attnviz.report`` is the
-    module that writes pages, hence the name). The options are the
-    command's: ``weighting="norm"``, ``rollout``, ``induction``, and ``target`` (with
-    ``contrast``, ``position``, ``ablate``) for the "heads that matter" view."""
+    module that writes pages, hence the name). The options are the command's:
+    ``weighting="norm"``, ``rollout``, ``induction``, and ``target`` (with ``contrast``,
+    ``position``, ``ablate``) for the "heads that matter" view."""
     from attnviz.reporting import check_report_options, report_contents
 
     check_report_options(weighting, target, contrast, ablate)  # before a model is read
