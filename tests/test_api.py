@@ -66,13 +66,16 @@ def test_analyze_equals_transformers_and_reuses_the_model(model, hf_lm_checkpoin
     result = attnviz.analyze(TEXT, model, layer="all")
     expected = transformers_attentions(hf_lm_checkpoint, result.token_ids)
     assert expected.max() > 0.9  # peaked rows: a wrong scale or mask would show
-    np.testing.assert_allclose(result.to_numpy(), expected, atol=1e-5)
+    # Layer 0 exactly; deeper layers read a residual stream through MLPs whose spread
+    # weights amplify float32 rounding (thread-count dependent, up to ~1e-4 seen in CI).
+    np.testing.assert_allclose(result.to_numpy()[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(result.to_numpy(), expected, atol=5e-4)
     blocks = list(model.engine.blocks)
     again = attnviz.analyze(TEXT, model, layer="all")
     assert [id(b) for b in model.engine.blocks] == [id(b) for b in blocks]  # not read again
     np.testing.assert_array_equal(again.weights, result.weights)
     by_path = attnviz.analyze(TEXT, str(hf_lm_checkpoint), layer=1, tokens="2:9")
-    np.testing.assert_allclose(by_path.weights[0], expected[1, :, 2:9, 2:9], atol=1e-5)
+    np.testing.assert_allclose(by_path.weights[0], expected[1, :, 2:9, 2:9], atol=5e-4)
 
 
 def test_random_mode_equals_torch_multihead_attention():
