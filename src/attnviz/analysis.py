@@ -104,10 +104,10 @@ class AttentionResult(Displayable):
                              self.bos)
 
     def __repr__(self) -> str:
-        from attnviz.reporting import _short
+        from attnviz.reporting import one_line
 
         window = f", tokens {self.window[0]}:{self.window[1]}" if self.window else ""
-        return f"<attnviz attention of {_short(self)}{window}>"
+        return f"<attnviz attention of {one_line(self)}{window}>"
 
     def _view(self):
         from attnviz.notebook import attention_view
@@ -121,7 +121,7 @@ class AttentionResult(Displayable):
     def to_pandas(self):
         """One row per (layer, head, query, key) with ``key <= query`` (what the causal mask
         leaves): the positions, both tokens' labels and the weight. Needs pandas."""
-        pd = _pandas()
+        pd = import_pandas()
         n_layers, n_heads, n = self.weights.shape[:3]
         queries, keys = np.tril_indices(n)
         first = self.window[0] if self.window else 0
@@ -138,7 +138,7 @@ class AttentionResult(Displayable):
         })
 
 
-def _pandas():
+def import_pandas():
     """pandas, imported when a result is turned into a DataFrame (an optional dependency)."""
     try:
         import pandas

@@ -76,9 +76,9 @@ class AttributionResult(Displayable):
     def to_pandas(self):
         """One row per (layer, head): ``dla``, ``ablation`` and ``key_<k>``, the head's
         weight on key k at the position (the CSV of `attnviz attribute`). Needs pandas."""
-        from attnviz.analysis import _pandas
+        from attnviz.analysis import import_pandas
 
-        return _pandas().DataFrame(attribution_rows(self))
+        return import_pandas().DataFrame(attribution_rows(self))
 
     @property
     def n_layers(self) -> int:

@@ -31,10 +31,10 @@ class Report(Displayable):
         views = [name for name in ("norms", "rollout", "attribution", "induction")
                  if name in self.extras]
         more = f" + {', '.join(views)}" if views else ""
-        return f"<attnviz report of {_short(self.result)}{more}>"
+        return f"<attnviz report of {one_line(self.result)}{more}>"
 
 
-def _short(result: AttentionResult) -> str:
+def one_line(result: AttentionResult) -> str:
     from attnviz.api import model_name
     from attnviz.scanning import layer_text
 

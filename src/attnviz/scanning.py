@@ -377,9 +377,9 @@ class ScanResult(Displayable):
 
     def to_pandas(self):
         """``rows()`` as a DataFrame: one row per (layer, head). Needs pandas."""
-        from attnviz.analysis import _pandas
+        from attnviz.analysis import import_pandas
 
-        return _pandas().DataFrame(self.rows())
+        return import_pandas().DataFrame(self.rows())
 
     def rows(self) -> list[dict]:
         """One record per (layer, head): ``layer``, ``head``, ``count`` (prompts scored),
