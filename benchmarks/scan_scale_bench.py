@@ -11,7 +11,7 @@ every layer, whole processes:
   (<= 1e-9 relative) on the 1,000 prompts with one thread on both sides (a 2-thread and a
   1-thread run round float32 matmuls differently, by ~1e-8).
 
-    python benchmarks/scan_scale_bench.py [--smoke]
+    python benchmarks/scan_scale_bench.py [--smoke] [--only rss|resume|shards]
 """
 
 from __future__ import annotations
@@ -72,54 +72,69 @@ def merged_difference(tmp: Path, corpus: Path, checkpoint: Path) -> float:
                for k in x if k.endswith("_mean") and x[k] is not None)
 
 
-def bench_scan_scale(tmp: Path, smoke: bool = False, repeat: int = 1) -> list[dict]:
+def bench_scan_scale(tmp: Path, smoke: bool = False, repeat: int = 1,
+                     only: str | None = None) -> list[dict]:
     n_big, n_small = (400, 40) if smoke else (10_000, 1_000)
     checkpoint = make_checkpoint(tmp / "gpt2", smoke)
     big, small = tmp / "big.txt", tmp / "small.txt"
     write_corpus(big, n_big)
     small.write_text("".join(big.read_text().splitlines(keepends=True)[:n_small]))
-    rss_small = peak_rss_mb(scan_cmd(small, checkpoint))
-    rss_big = peak_rss_mb(scan_cmd(big, checkpoint))
-    whole_out = tmp / "whole.json"
-    start = time.perf_counter()
-    with whole_out.open("w") as f:
-        subprocess.run(scan_cmd(big, checkpoint), stdout=f, check=True)
-    whole = time.perf_counter() - start
-    log = tmp / "log.jsonl"
-    logged = killed_half_way(scan_cmd(big, checkpoint, "--per-prompt", str(log)), log, n_big)
-    resumed = wall(scan_cmd(big, checkpoint, "--per-prompt", str(log), "--resume"))
-    start = time.perf_counter()
-    shards = [subprocess.Popen(scan_cmd(big, checkpoint, "--threads", "1", "--shard", f"{k}/2",
-                                        "--partial", str(tmp / f"p{k}.json")),
-                               stdout=subprocess.DEVNULL) for k in range(2)]
-    for proc in shards:
-        assert proc.wait() == 0
-    merged = subprocess.run([sys.executable, "-m", "attnviz", "scan-merge", str(tmp / "p0.json"),
-                             str(tmp / "p1.json"), "--format", "json"], capture_output=True,
-                            text=True, check=True).stdout
-    sharded = time.perf_counter() - start
-    del merged  # timed only: 2 threads and 1 thread round float32 matmuls differently (~1e-8)
-    diff = merged_difference(tmp, big if smoke else small, checkpoint)  # >= 2 slices of 256
     what = f"`attnviz scan`, {n_big:,} prompts of 20-120 tokens, GPT-2-small shape, every layer"
-    return [
-        {"measure": f"{what}: peak RSS vs {n_small:,} prompts", "baseline": f"{rss_small:.0f} MB",
-         "attnviz": f"{rss_big:.0f} MB", "ratio": f"{rss_big / rss_small:.2f}x",
-         "target": "<= 1.2x", "met": rss_big <= 1.2 * rss_small},
-        {"measure": f"{what}: killed with SIGKILL after {logged:,} prompts, then --resume",
-         "baseline": f"{whole:.1f} s (the whole run)", "attnviz": f"{resumed:.1f} s (the rest)",
-         "ratio": f"{resumed / whole:.2f}x", "target": "<= 0.55x",
-         "met": resumed <= 0.55 * whole},
-        {"measure": f"{what}: 2 shards at once (--threads 1 each) + scan-merge",
-         "baseline": f"{whole:.1f} s (one scan, 2 threads)",
-         "attnviz": f"{sharded:.1f} s (merged = one scan to {diff:.0e} relative, "
-                    f"{n_big if smoke else n_small:,} prompts, 1 thread each)",
-         "ratio": f"{sharded / whole:.2f}x", "target": "<= 1.1x",
-         "met": sharded <= 1.1 * whole and diff <= 1e-9},
-    ]
+    rows = []
+    if only in (None, "rss"):
+        rss_small = peak_rss_mb(scan_cmd(small, checkpoint))
+        rss_big = peak_rss_mb(scan_cmd(big, checkpoint))
+        rows.append(
+            {"measure": f"{what}: peak RSS vs {n_small:,} prompts",
+             "baseline": f"{rss_small:.0f} MB", "attnviz": f"{rss_big:.0f} MB",
+             "ratio": f"{rss_big / rss_small:.2f}x", "target": "<= 1.2x",
+             "met": rss_big <= 1.2 * rss_small})
+    if only == "rss":
+        return rows
+    whole = wall(scan_cmd(big, checkpoint))
+    if only in (None, "resume"):
+        log = tmp / "log.jsonl"
+        logged = killed_half_way(scan_cmd(big, checkpoint, "--per-prompt", str(log)), log,
+                                 n_big)
+        resumed = wall(scan_cmd(big, checkpoint, "--per-prompt", str(log), "--resume"))
+        rows.append(
+            {"measure": f"{what}: killed with SIGKILL after {logged:,} prompts, then --resume",
+             "baseline": f"{whole:.1f} s (the whole run)",
+             "attnviz": f"{resumed:.1f} s (the rest)",
+             "ratio": f"{resumed / whole:.2f}x", "target": "<= 0.55x",
+             "met": resumed <= 0.55 * whole})
+    if only in (None, "shards"):
+        start = time.perf_counter()
+        shards = [subprocess.Popen(scan_cmd(big, checkpoint, "--threads", "1", "--shard",
+                                            f"{k}/2", "--partial", str(tmp / f"p{k}.json")),
+                                   stdout=subprocess.DEVNULL) for k in range(2)]
+        for proc in shards:
+            assert proc.wait() == 0
+        subprocess.run([sys.executable, "-m", "attnviz", "scan-merge", str(tmp / "p0.json"),
+                        str(tmp / "p1.json"), "--format", "json"], capture_output=True,
+                       text=True, check=True)
+        sharded = time.perf_counter() - start
+        # timed only: 2 threads and 1 thread round float32 matmuls differently (~1e-8)
+        diff = merged_difference(tmp, big if smoke else small, checkpoint)  # >= 2 slices
+        rows.append(
+            {"measure": f"{what}: 2 shards at once (--threads 1 each) + scan-merge",
+             "baseline": f"{whole:.1f} s (one scan, 2 threads)",
+             "attnviz": f"{sharded:.1f} s (merged = one scan to {diff:.0e} relative, "
+                        f"{n_big if smoke else n_small:,} prompts, 1 thread each)",
+             "ratio": f"{sharded / whole:.2f}x", "target": "<= 1.1x",
+             "met": sharded <= 1.1 * whole and diff <= 1e-9})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_standalone(bench_scan_scale, __doc__, argv)
+    only = None
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--only" in argv:
+        at = argv.index("--only")
+        only, argv = argv[at + 1], argv[:at] + argv[at + 2:]
+    return run_standalone(lambda tmp, smoke, repeat: bench_scan_scale(tmp, smoke, repeat, only),
+                          __doc__, argv)
 
 
 if __name__ == "__main__":
