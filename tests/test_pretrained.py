@@ -181,6 +181,35 @@ def test_vocabulary_must_be_gpt2s(tmp_path, hf_checkpoint):
         checkpoint.load(str(folder))
 
 
+def test_vocabulary_of_its_own_with_the_tokenizer_beside_it(tmp_path):
+    """A GPT-2-architecture model trained with another vocabulary (300 tokens) opens with
+    the tokenizer.json beside it: tokens equal AutoTokenizer's, attention transformers'."""
+    from helpers import write_bpe_tokenizer
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model
+
+    folder = tmp_path / "own"
+    torch.manual_seed(3)
+    model = GPT2Model(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=300))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln_" not in name:
+                param.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    write_bpe_tokenizer(folder, vocab_size=300, bos=None, specials=("<|endoftext|>",))
+    result = analyze(TEXT, weights=str(folder), layer="all")
+    expected_ids = AutoTokenizer.from_pretrained(folder)(TEXT)["input_ids"]
+    assert result.token_ids == expected_ids and max(expected_ids) >= 256  # merges, not bytes
+    expected = hf_attentions(folder, expected_ids)
+    np.testing.assert_allclose(result.weights, expected, atol=1e-5)
+    assert np.abs(expected - np.tril(np.ones_like(expected[0, 0])) /
+                  np.arange(1, len(expected_ids) + 1)[:, None]).max() > 0.1
+    assert result.config["vocab_size"] == 300
+    assert result.config["tokenizer"]["source"] == str(folder / "tokenizer.json")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(InputError, match="300 rows, not GPT-2's 50257.*no tokenizer.json"):
+        checkpoint.load(str(folder))
+
+
 def test_layer_out_of_range_names_the_range(hf_checkpoint):
     with pytest.raises(InputError, match=r"--layer 3 is out of range: the checkpoint has 3 layers \(0-2\)"):
         analyze_ids([1, 2], weights=str(hf_checkpoint), layer=3)

@@ -165,9 +165,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
         if key not in keys or len(source.shape(key)) != 2:
             raise InputError(f"{origin}: tensor {key} is missing; not a GPT-2 checkpoint?")
     vocab_size, n_embd = source.shape("wte.weight")
-    if vocab_size != GPT2_VOCAB_SIZE:
-        raise InputError(f"{origin}: tensor wte.weight has {vocab_size} rows; attnviz needs "
-                         f"GPT-2's {GPT2_VOCAB_SIZE}-token vocabulary")
+    tok = _tokenizer(located, tokenizer, vocab_size)
     n_layer = len({int(m.group(1)) for k in keys if (m := _LAYER_KEY.match(k))})
     if n_layer == 0:
         raise InputError(f"{origin}: no transformer blocks (h.0... / trf_blocks.0...) found")
@@ -197,7 +195,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
     qkv_bias = layout == "huggingface" or "h.0.attn.c_attn.bias" in keys
     config = GPT2Config(
         n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=source.shape("wpe.weight")[0],
-        n_inner=n_inner, layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+        n_inner=n_inner, vocab_size=vocab_size, layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
         activation_function=raw.get("activation_function", "gelu_new"), qkv_bias=qkv_bias,
         scale_attn_weights=bool(raw.get("scale_attn_weights", True)),
         scale_attn_by_inverse_layer_idx=bool(raw.get("scale_attn_by_inverse_layer_idx", False)),
@@ -219,8 +217,8 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
     for note in notes:
         warnings.warn(note, AttnvizWarning, stacklevel=3)
     return Checkpoint(spec=spec_of(config), weights=GPT2Weights(source, head), source=origin,
-                      described=_describe(config, source, origin, layout, notes),
-                      tokenizer=_tokenizer(tokenizer), layout=layout, notes=notes)
+                      described=_describe(config, source, origin, layout, notes, tok),
+                      tokenizer=tok, layout=layout, notes=notes)
 
 
 def spec_of(config: GPT2Config) -> ModelSpec:
@@ -235,14 +233,27 @@ def spec_of(config: GPT2Config) -> ModelSpec:
     )
 
 
-def _tokenizer(path):
+def _tokenizer(located: Located, path, vocab_size: int):
+    """``--tokenizer PATH``; else GPT-2's for GPT-2's vocabulary (a tokenizer.json beside it
+    is GPT-2's too); else the model's own, beside it (a GPT-2-architecture model trained
+    with another vocabulary, such as ``attnviz train``'s), checked against the embedding."""
     from attnviz import tokenization
+    from attnviz.models.hf import check_vocabularies
 
-    return tokenization.load_tokenizer(Path(path)) if path else tokenization.gpt2_tokenizer()
+    if path is None and vocab_size == GPT2_VOCAB_SIZE:
+        return tokenization.gpt2_tokenizer()
+    folder = (located.config or located.weights[0]).parent
+    if path is None and tokenization.find_tokenizer(folder) is None:
+        raise InputError(f"{located.origin}: tensor wte.weight has {vocab_size} rows, not GPT-2's "
+                         f"{GPT2_VOCAB_SIZE}-token vocabulary, and {folder} has no tokenizer.json; "
+                         "put the model's own beside it or pass --tokenizer PATH")
+    tok = tokenization.load_tokenizer(Path(path) if path is not None else folder)
+    check_vocabularies(tok, vocab_size)
+    return tok
 
 
 def _describe(cfg: GPT2Config, source: TensorSource, origin: Path, layout: str,
-              notes: list[str]) -> dict:
+              notes: list[str], tok) -> dict:
     """The configuration in attnviz's terms, as shown by ``info`` and in results."""
     described = {
         "mode": "pretrained", "weights": str(origin), "layout": layout,
@@ -256,6 +267,8 @@ def _describe(cfg: GPT2Config, source: TensorSource, origin: Path, layout: str,
         "n_heads_assumed": cfg.n_head_assumed,
         "parameters": sum(math.prod(source.shape(k)) for k in source),
     }
+    if tok.kind != "gpt2":  # GPT-2's own stays unnamed, as it always was
+        described["tokenizer"] = tok.describe()
     if notes:
         described["notes"] = list(notes)
     return described
