@@ -238,16 +238,18 @@ def _tokenizer(located: Located, path, vocab_size: int):
     is GPT-2's too); else the model's own, beside it (a GPT-2-architecture model trained
     with another vocabulary, such as ``attnviz train``'s), checked against the embedding."""
     from attnviz import tokenization
-    from attnviz.models.hf import check_vocabularies
+    from attnviz.models.hf import check_vocabularies, own_tokenizer
 
     if path is None and vocab_size == GPT2_VOCAB_SIZE:
         return tokenization.gpt2_tokenizer()
-    folder = (located.config or located.weights[0]).parent
-    if path is None and tokenization.find_tokenizer(folder) is None:
+
+    def none_beside_it():
+        folder = (located.config or located.weights[0]).parent
         raise InputError(f"{located.origin}: tensor wte.weight has {vocab_size} rows, not GPT-2's "
                          f"{GPT2_VOCAB_SIZE}-token vocabulary, and {folder} has no tokenizer.json; "
                          "put the model's own beside it or pass --tokenizer PATH")
-    tok = tokenization.load_tokenizer(Path(path) if path is not None else folder)
+
+    tok = own_tokenizer(located, path, fallback=none_beside_it)
     check_vocabularies(tok, vocab_size)
     return tok
 
