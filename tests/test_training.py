@@ -119,3 +119,17 @@ def test_training_is_deterministic_and_learns():
     assert losses == again
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
     assert np.mean(losses[-10:]) < losses[0] - 0.3  # copying the seen tokens already helps
+
+
+def test_a_rewritten_snapshot_replaces_the_old_whole(tmp_path, vocabulary):
+    from safetensors.torch import load_file
+
+    config = training.TrainConfig(vocab_size=len(vocabulary), n_positions=16)
+    first = training.TinyGPT2(config)
+    second = training.TinyGPT2(training.TrainConfig(vocab_size=len(vocabulary), n_positions=16, seed=9))
+    training.save_snapshot(first, tmp_path / "s", vocabulary=vocabulary)
+    folder = training.save_snapshot(second, tmp_path / "s", vocabulary=vocabulary)
+    saved = load_file(folder / "model.safetensors")["transformer.wte.weight"]
+    assert torch.equal(saved, second.wte.weight.detach())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no .tmp or .old left
+    assert (folder.stat().st_mode & 0o777) != 0o700  # the umask's mode, not mkdtemp's

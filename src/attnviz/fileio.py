@@ -19,7 +19,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 is not what a user expects
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp's 0600 is not what a user expects
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, path)
@@ -36,7 +36,7 @@ def _read_umask() -> int:
 
 # Read once, at import: os.umask can only be read by setting it, which must not happen
 # while the writer thread of plot.write_heatmaps creates files.
-_UMASK = _read_umask()
+UMASK = _read_umask()
 
 
 def _unlink_quietly(path: str) -> None:

@@ -30,6 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnviz.errors import InputError
+from attnviz.fileio import UMASK
+
 UNK = "[UNK]"
 
 
@@ -137,12 +140,11 @@ class TinyGPT2(nn.Module):
         for i, block in enumerate(self.h):
             p = f"transformer.h.{i}."
             out[p + "ln_1.weight"], out[p + "ln_1.bias"] = block.ln_1.weight, block.ln_1.bias
-            for name, value in block.attn.items():
-                out[p + "attn." + name.replace("_weight", ".weight").replace("_bias", ".bias")] = value
+            for name, value in _dotted(block.attn).items():
+                out[p + "attn." + name] = value
             if block.mlp is not None:
                 out[p + "ln_2.weight"], out[p + "ln_2.bias"] = block.ln_2.weight, block.ln_2.bias
-                mlp = {k.replace("_weight", ".weight").replace("_bias", ".bias"): v
-                       for k, v in block.mlp.items()}
+                mlp = _dotted(block.mlp)
             else:  # attention only: an MLP that adds exactly zero
                 d, f = c.n_embd, c.n_inner
                 out[p + "ln_2.weight"], out[p + "ln_2.bias"] = torch.ones(d), torch.zeros(d)
@@ -151,6 +153,11 @@ class TinyGPT2(nn.Module):
             for name, value in mlp.items():
                 out[p + "mlp." + name] = value
         return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
+
+
+def _dotted(params: nn.ParameterDict) -> dict[str, torch.Tensor]:
+    """``c_attn_weight`` -> ``c_attn.weight`` (a ParameterDict key cannot hold a dot)."""
+    return {re.sub(r"_(weight|bias)$", r".\1", key): value for key, value in params.items()}
 
 
 # ---------------------------------------------------------------------------- the tasks
@@ -178,15 +185,6 @@ def induction_batch(config: TrainConfig, step: int, n: int | None = None):
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def previous_batch(config: TrainConfig, step: int, n: int | None = None):
-    """Random tokens; the target at each position is the token before it (``ids`` holds
-    the inputs, the loss compares position p's prediction with the input at p-1)."""
-    rng = _rng(config, step)
-    n, t = n or config.batch_size, config.n_positions
-    ids = torch.from_numpy(rng.integers(1, config.vocab_size, (n, t)).astype(np.int64))
-    return ids, torch.ones(n, t - 1, dtype=torch.bool)
-
-
 # ---------------------------------------------------------------------------- vocabulary
 
 
@@ -197,7 +195,7 @@ def word_vocabulary(size: int) -> list[str]:
 
     words = [raw[1:].decode() for raw in load_token_bytes() if re.fullmatch(rb" [a-z]{2,}", raw)]
     if size - 1 > len(words):
-        raise ValueError(f"a word vocabulary holds at most {len(words) + 1} tokens")
+        raise InputError(f"--vocab {size}: a word vocabulary holds at most {len(words) + 1} tokens")
     return [UNK, *words[: size - 1]]
 
 
@@ -236,10 +234,12 @@ def save_snapshot(model: TinyGPT2, folder: Path, tokenizer_files: Path | None = 
                 shutil.copyfile(Path(tokenizer_files) / name, tmp / name)
         elif vocabulary is not None:
             save_word_tokenizer(vocabulary, tmp)
-        os.chmod(tmp, 0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp's 0700 is not what a user expects
+        old = folder.with_name(tmp.name.removesuffix(".tmp") + ".old")
+        if folder.exists():  # rewritten (--force): moved aside, removed once the new one is in
+            os.replace(folder, old)
         os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
