@@ -53,12 +53,24 @@ def transformers_greedy(folder, prompt_ids, n, model_class=transformers.AutoMode
     return out[0, len(prompt_ids):].tolist()
 
 
-@pytest.mark.parametrize("which", ["gpt2", "llama", "gemma2"])
+@pytest.mark.parametrize("which", ["gpt2", "gpt2-untied", "llama", "gemma2"])
 def test_greedy_ids_equal_transformers_generate(which, hf_checkpoint, llama, gemma2, tmp_path):
     if which == "gpt2":  # transformers' GPT2LMHeadModel ties its head to wte, as attnviz reads it
         model_class = transformers.GPT2LMHeadModel
         folder = tmp_path / "lm"
         model_class.from_pretrained(hf_checkpoint).save_pretrained(folder)
+    elif which == "gpt2-untied":  # tie_word_embeddings: false, as `attnviz train` writes
+        model_class = transformers.GPT2LMHeadModel
+        folder = tmp_path / "untied"
+        tied = model_class.from_pretrained(hf_checkpoint)
+        config = tied.config
+        config.tie_word_embeddings = False
+        untied = model_class(config)
+        untied.transformer.load_state_dict(tied.transformer.state_dict())
+        torch.manual_seed(3)
+        with torch.no_grad():  # a head unlike wte: reading wte instead changes every logit
+            untied.lm_head.weight.copy_(torch.randn_like(untied.lm_head.weight))
+        untied.save_pretrained(folder)
     else:
         folder, model_class = {"llama": llama, "gemma2": gemma2}[which], transformers.AutoModelForCausalLM
     model = load_model(None, str(folder))

@@ -156,6 +156,15 @@ def test_config_that_lies_about_shapes_is_caught(tmp_path, hf_checkpoint):
         checkpoint.load(str(folder))
 
 
+def test_untied_config_without_its_output_head_is_refused(tmp_path, hf_checkpoint):
+    # tie_word_embeddings: false names lm_head.weight as the unembedding; wte is not a stand-in
+    folder = _rewrite(hf_checkpoint, tmp_path, edit_config=lambda c: c.update(tie_word_embeddings=False))
+    with pytest.raises(InputError, match=r"tensor lm_head\.weight is missing"):
+        checkpoint.load(str(folder))
+    tied = checkpoint.load(str(hf_checkpoint))
+    assert tied.spec.tied_embeddings is True
+
+
 def test_missing_tensor_is_named(tmp_path, hf_checkpoint):
     folder = _rewrite(hf_checkpoint, tmp_path, edit_tensors=lambda t: t.pop("h.1.attn.c_attn.weight"))
     with pytest.raises(InputError, match=r"tensor h\.1\.attn\.c_attn\.weight is missing"):

@@ -11,10 +11,11 @@ and tensors checked and mapped to one ``ModelSpec`` and the forward's parameter 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -73,12 +74,16 @@ class GPT2Config:
         return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
 
-def _hf_name(key: str) -> str | None:
+def _hf_name(key: str, untied: bool = False) -> str | None:
     """Hugging Face's tensor name without the ``transformer.`` prefix of GPT2LMHeadModel;
-    None for what attnviz never needs (causal-mask buffers, the tied output head)."""
+    None for what attnviz never needs (causal-mask buffers, an output head tied to wte).
+    ``untied``: config.json says ``tie_word_embeddings: false``, so ``lm_head.weight`` is
+    the unembedding (as in ``attnviz train``'s snapshots)."""
     key = key.removeprefix("transformer.")
-    if key.endswith((".attn.bias", ".attn.masked_bias")) or key.startswith("lm_head."):
+    if key.endswith((".attn.bias", ".attn.masked_bias")):
         return None
+    if key.startswith("lm_head."):
+        return key if untied and key == "lm_head.weight" else None
     return key
 
 
@@ -142,8 +147,10 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
     ``tokenizer``: another tokenizer than GPT-2's (``--tokenizer``)."""
     origin, first = located.origin, located.weights[0]
     layout, head = "huggingface", None
+    untied = located.config is not None and raw.get("tie_word_embeddings") is False
+    hf_name = functools.partial(_hf_name, untied=untied)
     if first.suffix == ".safetensors":
-        source: TensorSource = SafetensorsSource(located.weights, _hf_name)
+        source: TensorSource = SafetensorsSource(located.weights, hf_name)
         keys = source.keys()
         if _is_book_layout(keys):
             raise InputError(f"{first}: a GPTModel state dict saved as safetensors; save it with "
@@ -155,7 +162,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
             source = DictSource(_from_book(state, first), first)
             head = state.get("out_head.weight")
         else:
-            source = DictSource({n: v for k, v in state.items() if (n := _hf_name(k))}, first)
+            source = DictSource({n: v for k, v in state.items() if (n := hf_name(k))}, first)
         keys = source.keys()
     raw = _check_config(raw, located.config) if located.config and layout == "huggingface" else {}
     if located.config is None and any(k.endswith("embed_tokens.weight") for k in keys):
@@ -209,6 +216,8 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
             raise InputError(f"{located.config} says {key}={value} but the weights have "
                              f"{getattr(config, key)}")
     _expect(source, "wpe.weight", (config.n_positions, n_embd), origin)
+    if untied and layout == "huggingface":  # tie_word_embeddings: false -> its own output head
+        _expect(source, "lm_head.weight", (vocab_size, n_embd), origin)
     for i in range(n_layer):
         for name, shape in _BLOCK_SHAPES.items():
             if name == "attn.c_attn.bias" and not qkv_bias:
@@ -216,7 +225,8 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
             _expect(source, f"h.{i}.{name}", shape(n_embd, n_inner), origin)
     for note in notes:
         warnings.warn(note, AttnvizWarning, stacklevel=3)
-    return Checkpoint(spec=spec_of(config), weights=GPT2Weights(source, head), source=origin,
+    spec = replace(spec_of(config), tied_embeddings=not untied and head is None)
+    return Checkpoint(spec=spec, weights=GPT2Weights(source, head), source=origin,
                       described=_describe(config, source, origin, layout, notes, tok),
                       tokenizer=tok, layout=layout, notes=notes)
 
@@ -320,7 +330,11 @@ class GPT2Weights(WeightMap):
         return {"weight": self.tensors.get("ln_f.weight"), "bias": self.tensors.get("ln_f.bias")}
 
     def unembedding(self) -> torch.Tensor | None:
-        return self.head.float() if self.head is not None else self.tensors.get("wte.weight")
+        if self.head is not None:  # the book's out_head
+            return self.head.float()
+        if "lm_head.weight" in self.tensors:  # kept only when config.json unties it
+            return self.tensors.get("lm_head.weight")
+        return self.tensors.get("wte.weight")
 
 
 def _expect(source: TensorSource, key: str, shape: tuple, origin: Path) -> None:
