@@ -130,7 +130,8 @@ def _check_config(raw: dict, path: Path) -> dict:
                          f"(supported: {', '.join(ACTIVATIONS)})")
     # Every other field of transformers' GPT2Config is inert for attention in inference
     # (dropout rates, initialisation, generation and task-head settings): see docs/pretrained.md.
-    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                "tie_word_embeddings"):  # the last one picks the unembedding (lm_head or wte)
         if not isinstance(raw.get(key, False), bool):
             raise InputError(f"{path}: {key} must be true or false, got {raw[key]!r}")
     eps = raw.get("layer_norm_epsilon", 1e-5)
