@@ -57,18 +57,22 @@ def test_snapshot_equals_transformers(tmp_path, vocabulary, mlp):
     np.testing.assert_allclose(result.weights, theirs.numpy(), atol=1e-5, rtol=0)
 
 
-def test_attention_only_snapshot_has_a_zero_mlp(tmp_path, vocabulary):
+def test_attention_only_snapshot_has_a_zero_mlp_and_its_own_output_head(tmp_path, vocabulary):
     from safetensors.torch import load_file
 
     config = training.TrainConfig(vocab_size=len(vocabulary), n_positions=16)
-    folder = training.save_snapshot(training.TinyGPT2(config), tmp_path / "s", vocabulary=vocabulary)
+    model = training.TinyGPT2(config)
+    folder = training.save_snapshot(model, tmp_path / "s", vocabulary=vocabulary)
     tensors = load_file(folder / "model.safetensors")
-    assert not any(key.startswith("lm_head") for key in tensors)  # tied to wte
+    assert torch.equal(tensors["lm_head.weight"], model.lm_head.weight.detach())  # untied
+    assert not torch.equal(tensors["lm_head.weight"], tensors["transformer.wte.weight"])
     for i in range(config.n_layer):
         assert tensors[f"transformer.h.{i}.mlp.c_fc.weight"].abs().sum() == 0
         assert tensors[f"transformer.h.{i}.mlp.c_proj.bias"].abs().sum() == 0
     saved = json.loads((folder / "config.json").read_text())
     assert saved["vocab_size"] == 64 and saved["n_positions"] == 16
+    assert saved["tie_word_embeddings"] is False
+    assert saved["attnviz_training"]["weight_decay"] == config.weight_decay
     assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written left behind
 
 
@@ -84,19 +88,63 @@ def test_word_tokenizer_equals_autotokenizer(tmp_path, vocabulary):
     assert vocabulary[0] == training.UNK and len(set(vocabulary)) == len(vocabulary)
 
 
-def test_induction_batch_repeats_and_masks_the_repeats():
-    config = training.TrainConfig(n_positions=32, batch_size=16, seed=7)
-    ids, mask = training.induction_batch(config, step=5)
-    assert ids.shape == (16, 32) and mask.shape == (16, 31)
+def test_induction_batch_tiles_a_segment_after_noise_and_targets_the_repeats():
+    config = training.TrainConfig(n_positions=32, batch_size=64, seed=7)
+    ids, targets = training.induction_batch(config, step=5)
+    assert ids.shape == targets.shape == (64, 32)
     assert ids.min() >= 1 and ids.max() < config.vocab_size
-    for row, m in zip(ids, mask):
-        period = int(m.float().argmax()) + 1  # the first masked prediction is of token `period`
-        assert 4 <= period <= 16
-        assert torch.equal(row[period:], row[:-period])  # a repeat of the segment
-        assert not m[: period - 1].any() and m[period - 1:].all()
+    starts, lengths = set(), set()
+    for row, target in zip(ids, targets):
+        scored = (target != training.NO_TARGET).nonzero().flatten()
+        first = int(scored[0])  # the first scored prediction: at start + length
+        # the segment's length: the period of the tail (random tokens repeat by chance
+        # too rarely for two periods to fit)
+        periods = [n for n in range(1, 17) if torch.equal(row[first:], row[first - n:32 - n])]
+        assert len(periods) == 1
+        length = periods[0]
+        start = first - length
+        assert 0 <= start <= 16 - length and 4 <= length <= 8
+        assert torch.equal(scored, torch.arange(first, 31))  # every repeat but the first token
+        assert torch.equal(target[first:31], row[first + 1:])  # next-token targets
+        assert target[31] == training.NO_TARGET
+        starts.add(start)
+        lengths.add(length)
+    assert len(starts) > 5 and lengths == set(range(4, 9))  # not always from position 0
     again, _ = training.induction_batch(config, step=5)
     other, _ = training.induction_batch(config, step=6)
     assert torch.equal(ids, again) and not torch.equal(ids, other)
+
+
+def test_previous_batch_targets_the_token_before():
+    config = training.TrainConfig(n_positions=16, batch_size=8, vocab_size=40)
+    ids, targets = training.previous_batch(config, step=0)
+    assert (targets[:, 0] == training.NO_TARGET).all()
+    assert torch.equal(targets[:, 1:], ids[:, :-1])
+
+
+def test_text_batch_is_windows_of_the_text_and_refuses_a_short_one():
+    config = training.TrainConfig(n_positions=8, batch_size=5)
+    tokens = np.arange(100, 150)
+    ids, targets = training.text_batch(config, 3, tokens)
+    assert ids.shape == targets.shape == (5, 8)
+    assert torch.equal(targets[:, :-1], ids[:, 1:]) and ((ids[:, 1:] - ids[:, :-1]) == 1).all()
+    assert torch.equal(targets[:, -1], ids[:, -1] + 1)
+    with pytest.raises(training.InputError, match="at least 9"):
+        training.text_batch(config, 0, tokens[:8])
+
+
+def test_text_tokenizer_equals_autotokenizer(tmp_path):
+    from attnviz import tokenization
+
+    text = ("Every effort moves you forward. " * 20
+            + "I had always thought Jack Gisburn rather a cheap genius.")
+    training.save_text_tokenizer(text, 300, tmp_path)
+    sample = "Every genius moves, thought Jack — naïve café!"
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)(sample)["input_ids"]
+    ours = tokenization.load_tokenizer(tmp_path / "tokenizer.json").encode(sample)
+    assert ours == theirs and len(ours) < len(sample.encode())  # merges learnt, bytes covered
+    with pytest.raises(training.InputError, match="at least 256"):
+        training.save_text_tokenizer(text, 100, tmp_path)
 
 
 def test_training_is_deterministic_and_learns():

@@ -15,6 +15,13 @@ class InputError(AttnvizError, ValueError):
     exit_code = 2
 
 
+class Interrupted(AttnvizError):
+    """Ctrl-C (or SIGTERM) during a long run that leaves something resumable behind; the
+    message says what (exit code 130)."""
+
+    exit_code = 130
+
+
 class AttnvizWarning(UserWarning):
     """Something the user should know about a result (an assumption, an ignored option);
     the CLI shows it as one ``Warning:`` line on stderr unless --quiet."""

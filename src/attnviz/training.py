@@ -1,17 +1,23 @@
 """A small GPT-2-architecture model trained here, and its snapshots in Hugging Face's
-GPT-2 layout (the core of ``attnviz train``, issue #23; the command is not built yet).
+GPT-2 layout (the core of ``attnviz train``; the run itself is ``train_run``).
 
-    model = TinyGPT2(TrainConfig())                    # 2 layers, 4 heads, d_model 64
-    ids, mask = induction_batch(config, step=0)        # (B, T) tokens, (B, T-1) loss mask
-    loss = model.loss(ids, mask)
+    model = TinyGPT2(TrainConfig())                    # 2 layers, 2 heads, d_model 64
+    ids, targets = induction_batch(config, step=0)     # (B, T) tokens, (B, T) targets (-1: none)
+    loss = model.loss(ids, targets)
     save_snapshot(model, folder)                        # config.json, model.safetensors,
                                                         # tokenizer.json: any --weights opens it
 
 Parameters are stored as transformers' ``GPT2LMHeadModel`` stores them (``Conv1D``
-weights as ``(in, out)``, the output head tied to ``wte``), so a snapshot is the state dict
-with a ``transformer.`` prefix. An attention-only model (the default) is saved with zero
+weights as ``(in, out)``; an untied ``lm_head``, which the config says with
+``tie_word_embeddings: false``). An attention-only model (the default) is saved with zero
 MLP weights and biases: the MLP of a GPT-2 block then adds exactly 0, and the file loads in
 any GPT-2 reader unchanged.
+
+The defaults are the recipe that forms an induction head within a couple of minutes on a
+CPU (docs/training.md, "Why these defaults"): 2 heads of 32 dimensions per layer, an
+untied output head, attention biases drawn as ``nn.Linear`` draws them (not GPT-2's
+zeros), AdamW with weight decay 0.1, and the induction task of ``induction_batch`` (a
+repeated segment after a random prefix, so that absolute positions do not solve it).
 """
 
 from __future__ import annotations
@@ -34,17 +40,21 @@ from attnviz.errors import InputError
 from attnviz.fileio import UMASK
 
 UNK = "[UNK]"
+NO_TARGET = -1  # a position without a loss
+TRAINING_KEYS = ("mlp", "batch_size", "lr", "weight_decay", "seed")  # not GPT2Config's
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     n_layer: int = 2
-    n_head: int = 4
+    n_head: int = 2
     n_embd: int = 64
     n_positions: int = 32  # the context: training sequences are this long
     vocab_size: int = 512
     mlp: bool = False  # attention only unless asked
     batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.1
     seed: int = 0
 
     @property
@@ -57,10 +67,10 @@ class TrainConfig:
                 "vocab_size": self.vocab_size, "n_positions": self.n_positions,
                 "n_embd": self.n_embd, "n_layer": self.n_layer, "n_head": self.n_head,
                 "n_inner": self.n_inner, "activation_function": "gelu_new",
-                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": False,
                 "bos_token_id": None, "eos_token_id": None,  # no GPT-2 <|endoftext|> here
-                "attnviz_training": {"mlp": self.mlp, **{k: v for k, v in asdict(self).items()
-                                                         if k in ("batch_size", "seed")}}}
+                "attnviz_training": {k: v for k, v in asdict(self).items() if k in TRAINING_KEYS}}
+
 
 
 class _Block(nn.Module):
@@ -103,7 +113,8 @@ class _Block(nn.Module):
 
 
 class TinyGPT2(nn.Module):
-    """GPT-2 (pre-LayerNorm, learned positions, tied output head), optionally without MLPs."""
+    """GPT-2 (pre-LayerNorm, learned positions, an untied output head), optionally without
+    MLPs."""
 
     def __init__(self, config: TrainConfig):
         super().__init__()
@@ -113,30 +124,43 @@ class TinyGPT2(nn.Module):
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList(_Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=1e-5)
-        for param in self.parameters():  # GPT-2's initialisation
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # (V, d)
+        for param in self.parameters():  # GPT-2's initialisation of the weights
             if param.dim() > 1:
                 nn.init.normal_(param, 0.0, 0.02)
+        bound = 1 / math.sqrt(config.n_embd)  # the attention's biases as torch's nn.Linear
+        for block in self.h:                  # draws them (GPT-2 starts them at 0): the
+            for name in ("c_attn_bias", "c_proj_bias"):  # induction head forms far sooner
+                nn.init.uniform_(block.attn[name], -bound, bound)
 
-    def forward(self, ids: torch.Tensor, keep_weights: bool = False):
-        """``ids (B, T)`` -> logits ``(B, T, V)`` and per layer the weights ``(B, H, T, T)``
-        (None unless ``keep_weights``)."""
+    def hidden(self, ids: torch.Tensor, keep_weights: bool = False):
+        """``ids (B, T)`` -> the final hidden states ``(B, T, d)`` (after ``ln_f``) and per
+        layer the weights ``(B, H, T, T)`` (None unless ``keep_weights``)."""
         x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))
         weights = []
         for block in self.h:
             x, w = block(x, keep_weights)
             weights.append(w)
-        return self.ln_f(x) @ self.wte.weight.T, weights
+        return self.ln_f(x), weights
 
-    def loss(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the next-token predictions where ``mask (B, T-1)`` is True."""
-        logits, _ = self(ids)
-        return F.cross_entropy(logits[:, :-1][mask], ids[:, 1:][mask])
+    def forward(self, ids: torch.Tensor, keep_weights: bool = False):
+        """``ids (B, T)`` -> logits ``(B, T, V)`` and the weights, as ``hidden``."""
+        x, weights = self.hidden(ids, keep_weights)
+        return self.lm_head(x), weights
+
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the predictions at the positions whose ``targets (B, T)``
+        is a token (``NO_TARGET``: no loss there; those are not unembedded at all)."""
+        x, _ = self.hidden(ids)
+        scored = targets != NO_TARGET  # (B, T)
+        return F.cross_entropy(self.lm_head(x[scored]), targets[scored])
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors of ``GPT2LMHeadModel`` (without the tied ``lm_head``), contiguous."""
+        """The tensors of ``GPT2LMHeadModel``, contiguous."""
         c = self.config
         out = {"transformer.wte.weight": self.wte.weight, "transformer.wpe.weight": self.wpe.weight,
-               "transformer.ln_f.weight": self.ln_f.weight, "transformer.ln_f.bias": self.ln_f.bias}
+               "transformer.ln_f.weight": self.ln_f.weight, "transformer.ln_f.bias": self.ln_f.bias,
+               "lm_head.weight": self.lm_head.weight}
         for i, block in enumerate(self.h):
             p = f"transformer.h.{i}."
             out[p + "ln_1.weight"], out[p + "ln_1.bias"] = block.ln_1.weight, block.ln_1.bias
@@ -170,19 +194,46 @@ def _rng(config: TrainConfig, step: int) -> np.random.Generator:
 
 
 def induction_batch(config: TrainConfig, step: int, n: int | None = None):
-    """Sequences of a random segment (length 4 … T/2, tokens uniform over every id but
-    ``[UNK]``'s 0) repeated to the context length; the loss is on the repeats only.
-    Returns ``ids (B, T)`` int64 and ``mask (B, T-1)`` bool (position p predicts p+1)."""
+    """Random tokens (uniform over every id but ``[UNK]``'s 0) in which, from a random
+    position r (0 … T/2 - L), a segment of L tokens (4 … T/4) is tiled to the end; the
+    loss is on the predictions of the repeats (the position of r + L on: the first repeated
+    token cannot be known yet). The prefix of noise keeps absolute positions from solving
+    the task: a model must look back at what followed the current token.
+    Returns ``ids (B, T)`` and ``targets (B, T)``, int64 (``NO_TARGET`` where no loss)."""
     rng = _rng(config, step)
     n, t = n or config.batch_size, config.n_positions
-    ids = np.empty((n, t), dtype=np.int64)
-    mask = np.zeros((n, t - 1), dtype=bool)
+    ids = rng.integers(1, config.vocab_size, (n, t))
+    targets = np.full((n, t), NO_TARGET, dtype=np.int64)
     for i in range(n):
-        period = int(rng.integers(4, t // 2 + 1))
-        segment = rng.integers(1, config.vocab_size, period)
-        ids[i] = np.tile(segment, -(-t // period))[:t]
-        mask[i, period - 1:] = True  # the token at p+1 >= period repeats one seen before
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+        length = int(rng.integers(4, t // 4 + 1))
+        start = int(rng.integers(0, t // 2 - length + 1))
+        ids[i, start:] = np.tile(ids[i, start:start + length], -(-t // length))[: t - start]
+        targets[i, start + length: t - 1] = ids[i, start + length + 1:]
+    return torch.from_numpy(ids), torch.from_numpy(targets)
+
+
+def previous_batch(config: TrainConfig, step: int, n: int | None = None):
+    """Random tokens; the target at every position but the first is the token before it
+    (a previous-token head solves it). Returns ``ids`` and ``targets`` as ``induction_batch``."""
+    rng = _rng(config, step)
+    n, t = n or config.batch_size, config.n_positions
+    ids = rng.integers(1, config.vocab_size, (n, t))
+    targets = np.full((n, t), NO_TARGET, dtype=np.int64)
+    targets[:, 1:] = ids[:, :-1]
+    return torch.from_numpy(ids), torch.from_numpy(targets)
+
+
+def text_batch(config: TrainConfig, step: int, tokens: np.ndarray, n: int | None = None):
+    """Next-token prediction on windows of ``tokens`` (a text's ids, at least T + 1) at
+    random offsets. Returns ``ids`` and ``targets`` as ``induction_batch``."""
+    rng = _rng(config, step)
+    n, t = n or config.batch_size, config.n_positions
+    if len(tokens) < t + 1:
+        raise InputError(f"the text is {len(tokens)} tokens; training needs at least "
+                         f"{t + 1} (the context length + 1)")
+    starts = rng.integers(0, len(tokens) - t, n)
+    windows = np.stack([tokens[s:s + t + 1] for s in starts]).astype(np.int64)  # (B, T+1)
+    return torch.from_numpy(windows[:, :-1].copy()), torch.from_numpy(windows[:, 1:].copy())
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -211,6 +262,28 @@ def save_word_tokenizer(vocabulary: list[str], folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": UNK,
          "model_max_length": 1_000_000}, indent=2) + "\n")
+
+
+def save_text_tokenizer(text: str, vocab_size: int, folder: Path) -> None:
+    """A byte-level BPE of at most ``vocab_size`` tokens trained on ``text`` (GPT-2's kind
+    of tokenizer, without its special token), as ``tokenizer.json`` and
+    ``tokenizer_config.json``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet):
+        raise InputError(f"--vocab {vocab_size}: a byte-level tokenizer for --text needs at "
+                         f"least {len(alphabet)} tokens (one per byte)")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tokenizer.train_from_iterator([text], trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000},
+        indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------- snapshots

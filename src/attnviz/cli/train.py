@@ -1,0 +1,182 @@
+"""`attnviz train`: a small GPT-2 trained here, a snapshot every K steps, its heads filmed
+(``attnviz.train_run`` runs it, ``attnviz.plot_training`` draws it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnviz.cli.app import app
+from attnviz.cli.options import DebugOpt, DpiOpt, QuietOpt, check_out_dir
+from attnviz.errors import InputError, Interrupted
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="The run's folder: snapshots "
+                   "step-NNNNNN/, training.jsonl, heads.gif, detectors.png.")],
+    task: Annotated[str, typer.Option("--task", help="induction: random segments repeated, "
+                    "loss on the repeats (forms induction heads); previous: output the "
+                    "previous token (forms previous-token heads).")] = "induction",
+    text: Annotated[Path | None, typer.Option("--text", metavar="FILE", help="Train on this "
+                    "UTF-8 text instead (next-token prediction, with a byte-level BPE of "
+                    "--vocab tokens trained on it).", show_default=False)] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 6000,
+    snapshot_every: Annotated[int, typer.Option("--snapshot-every", min=1, metavar="K",
+                              help="Save a snapshot (and score it) every K steps.")] = 250,
+    layers: Annotated[int, typer.Option("--layers", min=1, max=12, help="Layers.")] = 2,
+    heads: Annotated[int, typer.Option("--heads", min=1, help="Heads per layer.")] = 2,
+    d_model: Annotated[int, typer.Option("--d-model", min=8, help="Embedding width.")] = 64,
+    context: Annotated[int, typer.Option("--context", min=16, max=1024, help="Sequence "
+                       "length (the model's context).")] = 32,
+    vocab: Annotated[int, typer.Option("--vocab", min=8, help="Vocabulary size (words for the "
+                     "tasks, BPE tokens for --text).")] = 512,
+    mlp: Annotated[bool, typer.Option("--mlp", help="Add MLPs (default: attention only).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 3e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
+                            help="AdamW weight decay.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seeds the "
+                    "weights and every batch.")] = 0,
+    probe: Annotated[str | None, typer.Option("--probe", metavar="TEXT", help="The sequence "
+                     "the film shows (default: the first probe, a random segment repeated).",
+                     show_default=False)] = None,
+    film_format: Annotated[str, typer.Option("--film-format", help="gif, apng (heads.png) or "
+                           "mp4 (needs ffmpeg).")] = "gif",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its "
+                      "last snapshot (same options; --steps may grow).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the run in --out.")] = False,
+    dpi: DpiOpt = 100,
+    fmt: Annotated[str, typer.Option("--format", help="table or json (the summary on "
+                   "stdout).")] = "table",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a small GPT-2-architecture model here and film its heads as they learn.
+
+    Every --snapshot-every steps a snapshot in the Hugging Face GPT-2 layout (any
+    --weights opens it) and a line in training.jsonl with every head's scan scores on the
+    probes; at the end the film (heads.gif) and detectors.png. See docs/training.md.
+    """
+    from attnviz import plot as pictures
+    from attnviz.output import Output
+    from attnviz.plot_training import check_film_format
+    from attnviz.train_run import RunSettings, check_settings, snapshot_name, write_pictures
+    from attnviz.training import TrainConfig
+
+    output = Output(fmt, quiet)
+    if fmt not in ("table", "json"):
+        raise InputError(f"--format must be table or json, got {fmt!r}")
+    if text is not None and task != "induction":
+        raise InputError("--text and --task: pass one (--text trains on the text)")
+    film_name = check_film_format(film_format)
+    pictures.check_picture_options(dpi=dpi)
+    check_out_dir(out)
+    settings = RunSettings(
+        TrainConfig(n_layer=layers, n_head=heads, n_embd=d_model, n_positions=context,
+                    vocab_size=vocab, mlp=mlp, batch_size=batch_size, lr=lr,
+                    weight_decay=weight_decay, seed=seed),
+        task="text" if text is not None else task, steps=steps, snapshot_every=snapshot_every,
+        text=None if text is None else str(text), probe=probe)
+    check_settings(settings)
+    last = {"step": None}
+    with _Bar(steps, quiet) as bar:
+        try:
+            summary = _run(out, settings, resume, force, bar, last)
+        except KeyboardInterrupt:
+            bar.stop()
+            if last["step"] is None:
+                raise Interrupted("interrupted before the first snapshot; nothing to resume") from None
+            raise Interrupted(f"interrupted; {out / snapshot_name(last['step'])} is the last "
+                              "complete snapshot (it opens with --weights); continue with "
+                              f"attnviz train --out {out} --resume and the same options") from None
+        bar.stop()
+        files = write_pictures(out, settings, summary.records, film_name, dpi=dpi)
+    _report(output, fmt, summary, files)
+
+
+def _run(out, settings, resume, force, bar, last):
+    from attnviz.train_run import train
+
+    def on_snapshot(record):
+        last["step"] = record["step"]
+        bar.snapshot(record)
+
+    return train(out, settings, resume=resume, force=force, on_step=bar.step,
+                 on_snapshot=on_snapshot)
+
+
+class _Bar:
+    """Steps, loss and time left on stderr while training (a terminal only, not --quiet)."""
+
+    def __init__(self, total: int, quiet: bool):
+        from attnviz.progress import stderr_is_terminal
+
+        self.total, self.enabled, self.bars = total, not quiet and stderr_is_terminal(), None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bars = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}"),
+                                 TextColumn("induction {task.fields[induction]}"),
+                                 TimeElapsedColumn(), TextColumn("elapsed,"),
+                                 TimeRemainingColumn(), TextColumn("left"),
+                                 console=Console(stderr=True), transient=True)
+            self.bars.start()
+            self.task = self.bars.add_task("train", total=self.total, loss="—", induction="—")
+        return self
+
+    def step(self, done: int, loss: float) -> None:
+        if self.bars is not None and (done % 10 == 0 or done == self.total):
+            self.bars.update(self.task, completed=done, loss=f"{loss:.3f}")
+
+    def snapshot(self, record: dict) -> None:
+        if self.bars is not None:
+            from attnviz.plot_training import best_score, induction_from
+
+            first = induction_from(len(record["scores"]["induction_head"]))
+            self.bars.update(self.task, completed=record["step"],
+                             induction=f"{best_score(record, 'induction_head', first):.2f}")
+
+    def stop(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+            self.bars = None
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _report(output, fmt: str, summary, files: list[Path]) -> None:
+    from attnviz.train_run import summary_document
+
+    document = summary_document(summary, files)
+    if fmt == "json":
+        output.json(document)
+        return
+    rows = [{"detector": name.replace("_head", "").replace("_", " "),
+             "best head": f"L{best['layer']} H{best['head']}",
+             "step 0": best["score_at_step_0"], f"step {document['steps']:,}": best["score"]}
+            for name, best in document["best"].items()]
+    resumed = (f", resumed at step {summary.resumed_from:,}" if summary.resumed_from is not None
+               else "")
+    output.table(rows, list(rows[0]), title=f"Trained {document['steps']:,} steps in "
+                 f"{summary.seconds:.0f} s{resumed}; final loss {summary.last['loss']:.4f}")
+    for f in files:
+        output.message(f"Wrote {f}")
+    output.message(f"Wrote {len(summary.records)} snapshots, {summary.records[0]['snapshot']} … "
+                   f"{summary.last['snapshot']}, and training.jsonl to {summary.out}")
+    output.message(f"Next: attnviz scan --weights {summary.out}/step-* --file "
+                   f"{summary.out}/probes.txt --layer all --plot {summary.out}/maps")
