@@ -127,12 +127,17 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
 
 
 def write_film(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
-               path: Path, dpi: int = 100) -> Path:
-    """The film at ``path``; its format from the name (``FILM_FORMATS``)."""
+               path: Path, dpi: int = 100, progress=None) -> Path:
+    """The film at ``path``; its format from the name (``FILM_FORMATS``). ``progress``:
+    an ``attnviz.progress`` callback, told of every frame drawn."""
     from PIL import Image
 
     path = Path(path)
-    pictures = list(film_frames(frames, labels, records, dpi))
+    pictures = []
+    for picture in film_frames(frames, labels, records, dpi):
+        pictures.append(picture)
+        if progress is not None:
+            progress("Drawing the film", len(pictures), len(frames))
     if path.suffix == ".mp4":
         _write_mp4(pictures, path)
         return path

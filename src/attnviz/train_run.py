@@ -74,7 +74,6 @@ class RunSummary:
     resumed_from: int | None
     seconds: float
     records: list[dict]  # the lines of training.jsonl
-    files: list[Path]
 
     @property
     def last(self) -> dict:
@@ -249,10 +248,11 @@ def _decoder(folder: Path) -> Callable[[list[int]], str]:
     return Tokenizer.from_file(str(folder / "tokenizer.json")).decode
 
 
-def probe_lines(config: TrainConfig, decode, text_tokens: np.ndarray | None) -> list[str]:
-    """``N_PROBES`` held-out sequences of the context's length: a segment of T / 4 tokens
-    repeated 4 times, drawn from a stream the training batches never use (random ids, or
-    for --text segments of the text's own tokens), as text."""
+def probe_lines(config: TrainConfig, decode, text_tokens: np.ndarray | None,
+                encode=None) -> list[str]:
+    """``N_PROBES`` sequences of the context's length, as text: a segment of T / 4 tokens
+    repeated 4 times. For the tasks, random ids from a stream the training batches never
+    use; for --text, segments of the text (shortened when the text read back is longer)."""
     rng = np.random.default_rng([config.seed, 2**31])  # training batches use (seed, step)
     period = config.n_positions // REPEATS
     lines = []
@@ -262,9 +262,17 @@ def probe_lines(config: TrainConfig, decode, text_tokens: np.ndarray | None) -> 
         else:
             start = int(rng.integers(0, len(text_tokens) - period + 1))
             segment = text_tokens[start:start + period]
-        line = decode(np.tile(segment, REPEATS).tolist())
-        lines.append(" ".join(line.split()))  # one line, no edge spaces
+        line = _probe_line(segment, decode)
+        # a text's segment, decoded and read again, may merge into more tokens than it was
+        while encode is not None and len(segment) > 2 and len(encode(line)) > config.n_positions:
+            segment = segment[:-1]
+            line = _probe_line(segment, decode)
+        lines.append(line)
     return lines
+
+
+def _probe_line(segment: np.ndarray, decode) -> str:
+    return " ".join(decode(np.tile(segment, REPEATS).tolist()).split())  # one line, no edge spaces
 
 
 def _fits(tokenizer, line: str, config: TrainConfig, what: str) -> list[int]:
@@ -321,7 +329,7 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
             tokenizer = tokenization.load_tokenizer(staging / "tokenizer.json")
             text_tokens = _text_tokens(tokenizer, text, settings)
             config = config if text is None else _with_vocab(config, tokenizer)
-            lines = probe_lines(config, _decoder(staging), text_tokens)
+            lines = probe_lines(config, _decoder(staging), text_tokens, tokenizer.encode)
             if settings.probe is not None:
                 _fits(tokenizer, settings.probe, config, "--probe")
             for number, line in enumerate(lines, start=1):
@@ -393,7 +401,7 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
     finally:
         torch.set_num_threads(threads)
     return RunSummary(out, settings.steps, state["step"] if state else None,
-                      time.perf_counter() - started, records, [])
+                      time.perf_counter() - started, records)
 
 
 def _text_tokens(tokenizer, text: str | None, settings: RunSettings) -> np.ndarray | None:
@@ -431,7 +439,7 @@ def film_probe(out: Path, settings: RunSettings) -> str:
 
 
 def write_pictures(out: Path, settings: RunSettings, records: list[dict], film_name: str,
-                   dpi: int = 100) -> list[Path]:
+                   dpi: int = 100, progress=None) -> list[Path]:
     """The film (every snapshot's attention on the probe, read back from the snapshot
     folders, so a resumed run's film has every step) and detectors.png."""
     from attnviz.analysis import analyze
@@ -439,14 +447,16 @@ def write_pictures(out: Path, settings: RunSettings, records: list[dict], film_n
 
     probe = film_probe(out, settings)
     frames, labels = [], []
-    for record in records:
+    for done, record in enumerate(records, start=1):
         result = analyze(probe, weights=str(out / record["snapshot"]), layer="all")
         frames.append(result.weights)  # (L, H, T, T)
         labels = result.token_labels
+        if progress is not None:
+            progress("Reading snapshots", done, len(records))
     for name in FILM_NAMES:  # an earlier film of another format is not this run's
         if name != film_name:
             (out / name).unlink(missing_ok=True)
-    return [write_film(frames, labels, records, out / film_name, dpi=dpi),
+    return [write_film(frames, labels, records, out / film_name, dpi=dpi, progress=progress),
             write_detector_chart(records, out / "detectors.png", dpi=dpi)]
 
 

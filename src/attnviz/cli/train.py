@@ -93,7 +93,12 @@ def train(
                               "complete snapshot (it opens with --weights); continue with "
                               f"attnviz train --out {out} --resume and the same options") from None
         bar.stop()
-        files = write_pictures(out, settings, summary.records, film_name, dpi=dpi)
+    from attnviz.progress import Progress
+
+    with Progress(quiet) as progress:  # bars on a terminal's stderr, else nothing
+        files = write_pictures(out, settings, summary.records, film_name, dpi=dpi,
+                               progress=progress)
+        progress.summary(f"Drew the film of {len(summary.records)} snapshots and the chart")
     _report(output, fmt, summary, files)
 
 
