@@ -22,9 +22,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -361,13 +363,15 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
     records = []
 
     def snapshot(step: int, loss: float) -> None:
-        folder = training.save_snapshot(model, out / snapshot_name(step), tokenizer_files=tokenizer_dir)
-        line = {"step": step, "loss": round(loss, 6), "snapshot": folder.name,
-                "seconds": round(time.perf_counter() - started, 3),
-                "scores": score_snapshot(folder, probes)}
-        with open(out / LOG_FILE, "a", encoding="utf-8") as log:
-            log.write(json.dumps(line) + "\n")
-        _save_state(out, step, model, optimizer)  # after the log line: a resumed run has it
+        with _interrupt_deferred():  # the snapshot, its log line and the state: all or none
+            folder = training.save_snapshot(model, out / snapshot_name(step),
+                                            tokenizer_files=tokenizer_dir)
+            line = {"step": step, "loss": round(loss, 6), "snapshot": folder.name,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "scores": score_snapshot(folder, probes)}
+            with open(out / LOG_FILE, "a", encoding="utf-8") as log:
+                log.write(json.dumps(line) + "\n")
+            _save_state(out, step, model, optimizer)
         records.append(line)
         if on_snapshot is not None:
             on_snapshot(line)
@@ -402,6 +406,30 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
         torch.set_num_threads(threads)
     return RunSummary(out, settings.steps, state["step"] if state else None,
                       time.perf_counter() - started, records)
+
+
+@contextmanager
+def _interrupt_deferred():
+    """Ctrl-C or SIGTERM inside the block takes effect (as a KeyboardInterrupt) when it
+    ends; a kill -9 can still cut it, and --resume then drops the log lines past the
+    saved state."""
+    received = []
+
+    def hold(signum, frame):
+        received.append(signum)
+
+    try:
+        previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _text_tokens(tokenizer, text: str | None, settings: RunSettings) -> np.ndarray | None:

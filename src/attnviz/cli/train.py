@@ -63,7 +63,7 @@ def train(
     from attnviz import plot as pictures
     from attnviz.output import Output
     from attnviz.plot_training import check_film_format
-    from attnviz.train_run import RunSettings, check_settings, snapshot_name, write_pictures
+    from attnviz.train_run import RUN_FILE, RunSettings, check_settings, read_log, train, write_pictures
     from attnviz.training import TrainConfig
 
     output = Output(fmt, quiet)
@@ -81,15 +81,16 @@ def train(
         task="text" if text is not None else task, steps=steps, snapshot_every=snapshot_every,
         text=None if text is None else str(text), probe=probe)
     check_settings(settings)
-    last = {"step": None}
     with _Bar(steps, quiet) as bar:
         try:
-            summary = _run(out, settings, resume, force, bar, last)
+            summary = train(out, settings, resume=resume, force=force, on_step=bar.step,
+                            on_snapshot=bar.snapshot)
         except KeyboardInterrupt:
             bar.stop()
-            if last["step"] is None:
+            done = read_log(out) if (out / RUN_FILE).is_file() else []
+            if not done:
                 raise Interrupted("interrupted before the first snapshot; nothing to resume") from None
-            raise Interrupted(f"interrupted; {out / snapshot_name(last['step'])} is the last "
+            raise Interrupted(f"interrupted; {out / done[-1]['snapshot']} is the last "
                               "complete snapshot (it opens with --weights); continue with "
                               f"attnviz train --out {out} --resume and the same options") from None
         bar.stop()
@@ -100,17 +101,6 @@ def train(
                                progress=progress)
         progress.summary(f"Drew the film of {len(summary.records)} snapshots and the chart")
     _report(output, fmt, summary, files)
-
-
-def _run(out, settings, resume, force, bar, last):
-    from attnviz.train_run import train
-
-    def on_snapshot(record):
-        last["step"] = record["step"]
-        bar.snapshot(record)
-
-    return train(out, settings, resume=resume, force=force, on_step=bar.step,
-                 on_snapshot=on_snapshot)
 
 
 class _Bar:
