@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.detectors import DETECTORS
 from attnviz.errors import AttnvizError, InputError
 from attnviz.fileio import atomic_write, write_bytes
 from attnviz.plot_scan import figure_png
 
 FILM_FORMATS = {"gif": "heads.gif", "apng": "heads.png", "mp4": "heads.mp4"}
-DETECTORS = ("previous_token_head", "duplicate_token_head", "induction_head")
 SHORT = {"previous_token_head": "prev", "duplicate_token_head": "dup", "induction_head": "ind"}
 FRAME_MS, LAST_FRAME_MS = 300, 2500
 MAX_TICK_LABELS = 40  # tokens; past this the axes carry positions only
@@ -37,12 +37,9 @@ def check_film_format(fmt: str) -> str:
 
 
 def _figure(width: float, height: float, dpi: int):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from attnviz.images import new_figure  # matplotlib: only once a picture is drawn
 
-    fig = Figure(figsize=(width, height), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, dpi)[0]
 
 
 def best_score(record: dict, detector: str, from_layer: int = 0) -> float:

@@ -34,13 +34,14 @@ import numpy as np
 
 from attnviz.errors import InputError
 from attnviz.fileio import UMASK, write_bytes
+from attnviz.plot_training import FILM_FORMATS
 from attnviz.training import TrainConfig
 
 TASKS = ("induction", "previous", "text")
 RUN_FILE, STATE_FILE, LOG_FILE, PROBES_FILE = "run.json", "training_state.pt", "training.jsonl", "probes.txt"
 TOKENIZER_DIR = "tokenizer"
 SNAPSHOT = re.compile(r"step-(\d{6,})")
-FILM_NAMES = ("heads.gif", "heads.png", "heads.mp4")
+FILM_NAMES = tuple(FILM_FORMATS.values())
 N_PROBES = 16
 # Threads of every run: a matrix product split over another count rounds differently, and
 # a tiny model's training amplifies that; 2 is the fastest count for the default model.
@@ -491,7 +492,8 @@ def write_pictures(out: Path, settings: RunSettings, records: list[dict], film_n
 def summary_document(summary: RunSummary, files: list[Path]) -> dict:
     """The run's JSON summary: per detector the best head at the end (for induction, of
     layer 1 on) and its score at step 0, the snapshots and the files."""
-    from attnviz.plot_training import DETECTORS, induction_from
+    from attnviz.detectors import DETECTORS
+    from attnviz.plot_training import induction_from
 
     first, last = summary.records[0], summary.last
     best = {}
