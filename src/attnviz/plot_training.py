@@ -23,7 +23,7 @@ from attnviz.plot_scan import figure_png
 FILM_FORMATS = {"gif": "heads.gif", "apng": "heads.png", "mp4": "heads.mp4"}
 SHORT = {"previous_token_head": "prev", "duplicate_token_head": "dup", "induction_head": "ind"}
 FRAME_MS, LAST_FRAME_MS = 300, 2500
-MAX_TICK_LABELS = 40  # tokens; past this the axes carry positions only
+MAX_TICK_LABELS = 40  # tokens; past this the axes carry every 16th position instead
 
 
 def check_film_format(fmt: str) -> str:
@@ -82,11 +82,13 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
                               norm=norm, interpolation="nearest")
             images.append((image, layer, head))
             titles.append((ax.set_title("", fontsize=8), layer, head))
-            ticks = range(n) if show_labels else []
-            ax.set_xticks(ticks, [labels[i] for i in ticks] if show_labels and layer == n_layers - 1
-                          else [""] * len(ticks), rotation=90, fontsize=5)
-            ax.set_yticks(ticks, [labels[i] for i in ticks] if show_labels and head == 0
-                          else [""] * len(ticks), fontsize=5)
+            # every token's label, or past MAX_TICK_LABELS every 16th position's number
+            ticks = range(n) if show_labels else range(0, n, 16)
+            names = [labels[i] for i in ticks] if show_labels else [str(i) for i in ticks]
+            ax.set_xticks(ticks, names if layer == n_layers - 1 else [""] * len(ticks),
+                          rotation=90 if show_labels else 0, fontsize=5 if show_labels else 7)
+            ax.set_yticks(ticks, names if head == 0 else [""] * len(ticks),
+                          fontsize=5 if show_labels else 7)
             ax.tick_params(length=0)
     fig.colorbar(images[0][0], cax=fig.add_subplot(grid[:n_layers, n_heads]),
                  label="attention weight")
