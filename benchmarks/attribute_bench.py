@@ -46,7 +46,7 @@ np.save(sys.argv[4], effects)
 def bench_attribute(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict]:
     import numpy as np
 
-    from attnviz.tokenizer import encode
+    from attnviz.text.gpt2_bpe import encode
 
     n_prompt = 8 if smoke else 20
     repeat = 1 if smoke else repeat

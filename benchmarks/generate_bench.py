@@ -27,7 +27,7 @@ from pathlib import Path
 
 RECOMPUTE = r"""
 import sys, numpy as np, torch
-from attnviz.analysis import load_model
+from attnviz.analyses.attention import load_model
 model = load_model(None, sys.argv[1])
 ids = [int(t) for t in open(sys.argv[2]).read().split()]
 n_new, p = int(sys.argv[3]), len(ids)
@@ -92,7 +92,7 @@ def peak_rss_mb(cmd: list[str]) -> float:
 def bench_prompt(tmp: Path, n_prompt: int) -> tuple[str, list[int], Path]:
     """A prompt of ``n_prompt`` GPT-2 tokens (common words), its ids, and the ids in a file
     the baseline scripts read: ``(text, ids, path)``."""
-    from attnviz.tokenizer import encode
+    from attnviz.text.gpt2_bpe import encode
 
     words = ("the of and to in is was for on that with as by at from his it an were are "
              "which this be or had not but first one").split()
@@ -107,7 +107,7 @@ def bench_prompt(tmp: Path, n_prompt: int) -> tuple[str, list[int], Path]:
 def bench_generate(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict]:
     import numpy as np
 
-    from attnviz.tokenizer import get_encoding
+    from attnviz.text.gpt2_bpe import get_encoding
 
     n_prompt, n_new = (8, 10) if smoke else (32, 200)
     repeat = 1 if smoke else repeat

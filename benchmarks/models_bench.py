@@ -147,8 +147,8 @@ total = sum(float(t.sum()) for t in tensors.values())
 HF_SCAN = r"""
 import json, sys
 import numpy as np, torch, transformers
-from attnviz.stats import head_stats
-from attnviz.detectors import detector_scores
+from attnviz.analyses.stats import head_stats
+from attnviz.analyses.detectors import detector_scores
 prompts = [line for line in open(sys.argv[1], encoding="utf-8").read().split("\n") if line.strip()]
 tokenizer = transformers.AutoTokenizer.from_pretrained(sys.argv[2])
 model = transformers.AutoModel.from_pretrained(sys.argv[2], attn_implementation="eager",
@@ -495,7 +495,7 @@ def bench_pythia_heatmap(folder: Path, smoke: bool, repeat: int, tmp: Path) -> d
     same text is run once after them to check that both sides compute the same weights."""
     from run import all_layers_commands, max_diff, rotating_medians  # benchmarks/run.py
 
-    from attnviz.tokenization import load_tokenizer
+    from attnviz.text.tokenization import load_tokenizer
 
     n_tokens = 32 if smoke else 1001
     work = tmp / "pythia-heatmap"

@@ -34,7 +34,7 @@ WORDS = ("the of and to in is was for on that with as by at from his it an were 
 
 def text_of(n_tokens: int) -> str:
     """A text of exactly ``n_tokens`` GPT-2 tokens (each word below is one token)."""
-    from attnviz.tokenizer import encode
+    from attnviz.text.gpt2_bpe import encode
 
     text = "".join(" " + WORDS[(i * 7) % len(WORDS)] for i in range(n_tokens))
     if len(encode(text)) != n_tokens:
@@ -99,7 +99,7 @@ def bench_report(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     info = json.loads(proc.stdout)
 
     # bertviz's way: the full float weights as JSON; measured on one layer, times the layers.
-    from attnviz.report import decode_weights, read_payload
+    from attnviz.display.report import decode_weights, read_payload
 
     one_layer = decode_weights(read_payload(page))[0].astype(np.float32)
     json_bytes = len(json.dumps(one_layer.tolist())) * n_layer

@@ -39,9 +39,9 @@ import matplotlib; matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
-from attnviz.cells import masked
-from attnviz.fonts import displayable
-from attnviz.plot import HeatmapFigure
+from attnviz.pictures.cells import masked
+from attnviz.pictures.fonts import displayable
+from attnviz.pictures.plot import HeatmapFigure
 weights = np.load(sys.argv[1])["weights"]; labels = list(np.load(sys.argv[1])["labels"])
 size = HeatmapFigure(labels).fig.get_size_inches()  # the same figure size as attnviz
 cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
@@ -64,7 +64,7 @@ ATTNVIZ_RENDER = r"""
 import sys, time, numpy as np
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from attnviz.plot import HeatmapFigure
+from attnviz.pictures.plot import HeatmapFigure
 weights = np.load(sys.argv[1])["weights"]; labels = list(np.load(sys.argv[1])["labels"])
 start = time.perf_counter()
 figure = HeatmapFigure(labels)
@@ -77,7 +77,7 @@ print(time.perf_counter() - start)
 TOKENIZER_READY = r"""
 import time
 start = time.perf_counter()
-from attnviz.tokenizer import get_encoding
+from attnviz.text.gpt2_bpe import get_encoding
 get_encoding().encode("warm")
 print(time.perf_counter() - start)
 """
@@ -110,7 +110,7 @@ total = sum(float(t.sum()) for t in tensors.values())
 
 def text_of(n_tokens: int) -> str:
     """A text of exactly ``n_tokens`` GPT-2 tokens (every word below is one token)."""
-    from attnviz.tokenizer import encode
+    from attnviz.text.gpt2_bpe import encode
 
     text = "".join(" " + WORDS[(i * 7) % len(WORDS)] for i in range(n_tokens))
     assert len(encode(text)) == n_tokens, len(encode(text))
@@ -151,7 +151,7 @@ def side_by_side(baseline, ours, repeat: int) -> tuple[float, float]:
 def bench_render(n_tokens: int, repeat: int, tmp: Path) -> dict:
     import numpy as np
 
-    from attnviz.analysis import analyze
+    from attnviz.analyses.attention import analyze
 
     result = analyze(text_of(n_tokens))
     data = tmp / "render.npz"
@@ -197,7 +197,7 @@ def bench_tokenizer(repeat: int, tmp: Path) -> dict:
 def bench_attention(n_tokens: int, repeat: int) -> list[dict]:
     import torch
 
-    from attnviz.attention import MultiHeadAttention, wrapper_from_fused
+    from attnviz.core.attention import MultiHeadAttention, wrapper_from_fused
 
     torch.manual_seed(0)
     fused = MultiHeadAttention(768, 768, n_tokens, num_heads=12).eval()
@@ -299,7 +299,7 @@ def max_diff(folder: Path) -> float:
 def bench_whole_model(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     """`export` and `heatmap` of every layer at full context against the transformers
     script, three whole processes alternating; and the heatmap run's peak RSS."""
-    from attnviz.tokenizer import encode
+    from attnviz.text.gpt2_bpe import encode
 
     n_tokens = 32 if smoke else 1001
     folder = tmp / "whole"

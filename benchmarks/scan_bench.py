@@ -42,9 +42,9 @@ HF_BASELINE = r"""
 import json, sys, time
 start = time.perf_counter()
 import numpy as np, torch, transformers
-from attnviz.tokenizer import encode
-from attnviz.stats import head_stats
-from attnviz.detectors import detector_scores
+from attnviz.text.gpt2_bpe import encode
+from attnviz.analyses.stats import head_stats
+from attnviz.analyses.detectors import detector_scores
 prompts = [line for line in open(sys.argv[1], encoding="utf-8").read().split("\n") if line.strip()]
 model = transformers.GPT2Model.from_pretrained(sys.argv[2], attn_implementation="eager").eval()
 sums, squares = {}, {}

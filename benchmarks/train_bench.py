@@ -27,8 +27,8 @@ from pathlib import Path
 
 BARE = r"""
 import sys, torch
-from attnviz import training
-from attnviz.train_run import TRAIN_THREADS
+from attnviz.analyses import training
+from attnviz.analyses.train_run import TRAIN_THREADS
 torch.set_num_threads(TRAIN_THREADS)
 config = training.TrainConfig()
 model = training.TinyGPT2(config)

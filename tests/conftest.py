@@ -26,7 +26,7 @@ def canonical_gpt2(tmp_path_factory):
     the same two files (tiktoken keys the cache by the sha1 of the URL and checks sha256)."""
     import tiktoken
 
-    from attnviz.tokenizer import bpe_data_dir
+    from attnviz.text.gpt2_bpe import bpe_data_dir
 
     cache = tmp_path_factory.mktemp("tiktoken-cache")
     for name, url in GPT2_URLS.items():

@@ -5,12 +5,12 @@ import pytest
 import torch
 from helpers import SHORT_TEXT
 
-from attnviz.analysis import analyze, analyze_ids, parse_layers
-from attnviz.attention import MultiHeadAttention
-from attnviz.config import ModelConfig
-from attnviz.errors import InputError
-from attnviz.model import RandomModel, seeded_rows
-from attnviz.tokenizer import encode
+from attnviz.analyses.attention import analyze, analyze_ids, parse_layers
+from attnviz.core.attention import MultiHeadAttention
+from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
+from attnviz.models.random_model import RandomModel, seeded_rows
+from attnviz.text.gpt2_bpe import encode
 
 
 def test_defaults_are_gpt2_small():
@@ -124,7 +124,7 @@ def test_huge_context_length_does_not_allocate_a_huge_mask():
 
 
 def test_memory_estimate_refuses_before_computing(monkeypatch):
-    import attnviz.analysis as analysis
+    import attnviz.analyses.attention as analysis
 
     monkeypatch.setattr(analysis, "available_memory", lambda: 10_000)
     with pytest.raises(InputError, match="GiB"):

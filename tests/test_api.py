@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import attnviz
-from attnviz import notebook
 from attnviz.cli import app
-from attnviz.errors import AttnvizWarning, InputError
+from attnviz.core.errors import AttnvizWarning, InputError
+from attnviz.display import notebook
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
 PROMPTS = ["The cat sat on the mat. The cat sat on the mat.",

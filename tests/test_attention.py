@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnviz.attention import (
+from attnviz.core.attention import (
     CausalAttention,
     MultiHeadAttention,
     MultiHeadAttentionWrapper,

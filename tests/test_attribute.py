@@ -16,9 +16,9 @@ import transformers
 from helpers import make_family_checkpoint, make_hf_checkpoint
 from test_families_ii import CASES, build
 
-from attnviz.analysis import encode_text, load_model
-from attnviz.attribution import attribute
-from attnviz.config import ModelConfig
+from attnviz.analyses.attention import encode_text, load_model
+from attnviz.analyses.attribution import attribute
+from attnviz.core.config import ModelConfig
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
 
@@ -328,7 +328,7 @@ def test_the_book_classes_ablation_equals_their_independent_implementation(tmp_p
 
 
 def test_report_with_a_target_carries_the_attribution(cli, checkpoints, tmp_path):
-    from attnviz.report import read_payload
+    from attnviz.display.report import read_payload
 
     weights = str(checkpoints["gpt2"])
     page = tmp_path / "r.html"

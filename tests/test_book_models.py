@@ -16,9 +16,9 @@ from helpers import write_bpe_tokenizer
 from torch import nn
 
 from attnviz import models
-from attnviz.analysis import analyze
-from attnviz.config import ModelConfig
-from attnviz.errors import InputError
+from attnviz.analyses.attention import analyze
+from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
 from attnviz.models import book_reader
 from attnviz.models.spec import RopeSpec
 

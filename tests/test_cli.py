@@ -12,7 +12,7 @@ import pytest
 from helpers import SHORT_TEXT, small_options
 from PIL import Image
 
-from attnviz.tokenizer import encode
+from attnviz.text.gpt2_bpe import encode
 
 ATTNVIZ = [sys.executable, "-m", "attnviz"]
 

@@ -421,12 +421,12 @@ def test_bad_windows_are_refused(cli, tmp_path, spec, message):
 def test_a_failed_file_write_is_one_clear_error(cli, tmp_path, monkeypatch):
     import errno
 
-    from attnviz import fileio
+    from attnviz.files import fileio
 
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("attnviz.plot.write_bytes", full_disk)
+    monkeypatch.setattr("attnviz.pictures.plot.write_bytes", full_disk)
     monkeypatch.setattr(fileio, "write_bytes", full_disk)
     result = cli("compare-heads", SHORT_TEXT, *SMALL, "--plot", tmp_path / "p.png")
     assert result.exit_code == 1
@@ -434,7 +434,7 @@ def test_a_failed_file_write_is_one_clear_error(cli, tmp_path, monkeypatch):
 
 
 def test_json_keeps_each_row_of_values_on_one_line_and_reads_back():
-    from attnviz.output import clean, to_json
+    from attnviz.files.output import clean, to_json
 
     document = {"a": [[0.25, None, 1], [True, "x\n\"y\"", -3e-8]], "empty": [], "none": {},
                 "text": "中文 ␣", "rows": [{"k": [1, 2]}, {"k": []}], "n": 0}

@@ -107,9 +107,9 @@ def test_benchmark_script_runs_at_tiny_sizes():
 def test_module_docstring_examples():
     import doctest
 
-    import attnviz.analysis
+    import attnviz.analyses.attention
 
-    failures, tried = doctest.testmod(attnviz.analysis)
+    failures, tried = doctest.testmod(attnviz.analyses.attention)
     assert tried >= 3 and failures == 0
 
 

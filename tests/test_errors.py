@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attnviz.analysis import analyze
-from attnviz.config import ModelConfig
-from attnviz.fileio import atomic_write
+from attnviz.analyses.attention import analyze
+from attnviz.core.config import ModelConfig
+from attnviz.files.fileio import atomic_write
 
 LONG = " ".join(["word"] * 40)
 
@@ -103,20 +103,20 @@ def test_invalid_utf8_file_is_refused(cli, tmp_path):
 
 
 def test_memory_estimate_refuses_on_the_command_line(cli, monkeypatch):
-    import attnviz.analysis
+    import attnviz.analyses.attention
 
-    monkeypatch.setattr(attnviz.analysis, "available_memory", lambda: 1000)
+    monkeypatch.setattr(attnviz.analyses.attention, "available_memory", lambda: 1000)
     result = cli("compare-heads", SHORT_TEXT)
     assert_one_error_line(result, 2, r"need about .* GiB for the attention weights")
 
 
 def test_unexpected_failure_is_one_line_exit_1_and_debug_shows_traceback(cli, monkeypatch):
-    import attnviz.stats
+    import attnviz.analyses.stats
 
     def boom(*args):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(attnviz.stats, "head_rows", boom)
+    monkeypatch.setattr(attnviz.analyses.stats, "head_rows", boom)
     result = cli("compare-heads", SHORT_TEXT, *small_options())
     assert_one_error_line(result, 1, "unexpected failure: RuntimeError: simulated bug")
     debug = cli("compare-heads", SHORT_TEXT, *small_options(), "--debug")
@@ -124,12 +124,12 @@ def test_unexpected_failure_is_one_line_exit_1_and_debug_shows_traceback(cli, mo
 
 
 def test_keyboard_interrupt_exits_130_with_one_line(cli, monkeypatch, tmp_path):
-    import attnviz.plot
+    import attnviz.pictures.plot
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(attnviz.plot, "write_heatmaps", interrupted)
+    monkeypatch.setattr(attnviz.pictures.plot, "write_heatmaps", interrupted)
     result = cli("heatmap", SHORT_TEXT, "--out", tmp_path / "o", "--quiet")
     assert_one_error_line(result, 130, "interrupted")
 

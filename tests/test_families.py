@@ -14,9 +14,9 @@ import transformers
 from helpers import make_family_checkpoint
 
 from attnviz import models
-from attnviz.analysis import analyze, analyze_ids
-from attnviz.errors import InputError
-from attnviz.pipeline import head_steps
+from attnviz.analyses.attention import analyze, analyze_ids
+from attnviz.analyses.steps import head_steps
+from attnviz.core.errors import InputError
 
 TEXT = "When Mary and John went to the store, John gave a drink to Mary. The cat sat on the mat."
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -137,7 +137,7 @@ def test_text_is_fed_as_the_model_s_own_token_ids(checkpoints, name):
     assert with_bos.token_ids == auto(TEXT)["input_ids"]
     assert with_bos.token_ids[0] == auto.bos_token_id and with_bos.bos
     assert with_bos.tokens()[0]["bos"] is True and "bos" not in with_bos.tokens()[1]
-    from attnviz.config import ModelConfig
+    from attnviz.core.config import ModelConfig
 
     without = analyze(TEXT, ModelConfig(bos=False), weights=str(folder))
     assert without.token_ids == auto(TEXT, add_special_tokens=False)["input_ids"]

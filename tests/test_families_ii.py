@@ -15,8 +15,8 @@ import transformers
 from helpers import write_bpe_tokenizer
 
 from attnviz import models
-from attnviz.analysis import analyze_ids
-from attnviz.pipeline import head_steps
+from attnviz.analyses.attention import analyze_ids
+from attnviz.analyses.steps import head_steps
 
 TEXT = "When Mary and John went to the store, John gave a drink to Mary. The cat sat on the mat."
 VOCAB = 300

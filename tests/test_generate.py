@@ -11,8 +11,8 @@ import torch
 import transformers
 from helpers import make_family_checkpoint
 
-from attnviz.analysis import analyze_ids, load_model
-from attnviz.generation import Sampling, generate
+from attnviz.analyses.attention import analyze_ids, load_model
+from attnviz.analyses.generation import Sampling, generate
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -17,10 +17,12 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import colours, outdir, plot, report
-from attnviz.errors import InputError
-from attnviz.generation import GenerationResult
-from attnviz.plot_generate import generation_view, write_generation_pictures
+from attnviz.analyses.generation import GenerationResult
+from attnviz.core.errors import InputError
+from attnviz.display import report
+from attnviz.files import outdir
+from attnviz.pictures import colours, plot
+from attnviz.pictures.generation import generation_view, write_generation_pictures
 
 GENERATED_FILL = "#c2185b"
 
@@ -321,7 +323,7 @@ def test_report_data_carries_the_steps_and_the_rows(tmp_path):
 
 
 def test_report_takes_text_and_bytes_from_the_tokenizer(tmp_path):
-    from attnviz.tokenization import gpt2_tokenizer
+    from attnviz.text.tokenization import gpt2_tokenizer
 
     tokenizer = gpt2_tokenizer()
     result = staircase_result(3, 2)
@@ -396,10 +398,10 @@ def test_a_real_generation_through_pictures_and_report(tmp_path_factory, tmp_pat
     """A tiny GPT-2 with an output head: generate, then the pictures and the report."""
     from helpers import make_hf_checkpoint
 
-    from attnviz.analysis import load_model
-    from attnviz.config import ModelConfig
-    from attnviz.generation import generate
-    from attnviz.tokenizer import token_label
+    from attnviz.analyses.attention import load_model
+    from attnviz.analyses.generation import generate
+    from attnviz.core.config import ModelConfig
+    from attnviz.text.gpt2_bpe import token_label
 
     folder = make_hf_checkpoint(tmp_path_factory.mktemp("gpt2-lm"), n_layer=2, n_head=2,
                                 n_embd=32, lm_head=True)

@@ -100,7 +100,7 @@ def test_sharded_fp16_checkpoint_downloads_only_what_it_needs(tmp_path):
     with torch.no_grad():
         expected = np.stack([a[0].numpy() for a in fp32(torch.tensor([ids]),
                                                         output_attentions=True).attentions])
-    from attnviz.stats import head_rows
+    from attnviz.analyses.stats import head_rows
 
     np.testing.assert_allclose([r["entropy"] for r in doc["heads"]],
                                [r["entropy"] for r in head_rows(expected, [0, 1, 2])], atol=1e-4)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from attnviz import outdir
+from attnviz.files import outdir
 
 WORDS = "the cat sat on a mat while seven quick foxes jumped over lazy dogs near rivers".split()
 LONG_TEXT = " ".join(WORDS[i % len(WORDS)] + ("," if i % 9 == 8 else "") for i in range(800))

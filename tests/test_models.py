@@ -14,9 +14,9 @@ from helpers import SHORT_TEXT, make_hf_checkpoint
 from torch import nn
 
 from attnviz import models as checkpoint
-from attnviz.analysis import analyze, analyze_ids
-from attnviz.config import ModelConfig
-from attnviz.errors import InputError
+from attnviz.analyses.attention import analyze, analyze_ids
+from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
 
 TEXT = "The cat sat on the mat. The cat sat on the mat again, and again."
 
@@ -141,7 +141,7 @@ def test_book_head_count_comes_from_heads_and_is_said(tmp_path, cli):
     assert len(doc["heads"]) == 8 and doc["config"]["n_heads_assumed"] is False
     assert "Warning: 8 heads, from --heads" in result.stderr
     ids = [t["id"] for t in doc["tokens"]]
-    from attnviz.stats import head_rows
+    from attnviz.analyses.stats import head_rows
 
     expected = head_rows(book_attentions(model, ids)[1:2], [1])
     np.testing.assert_allclose([r["entropy"] for r in doc["heads"]],

@@ -17,7 +17,7 @@ import pytest
 from hub_server import HubServer, Repo
 from nbclient import NotebookClient
 
-from attnviz.notebook import MAX_OUTPUT_BYTES
+from attnviz.display.notebook import MAX_OUTPUT_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "examples" / "attnviz.ipynb"

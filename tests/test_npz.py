@@ -1,4 +1,4 @@
-"""attnviz.npz writes what np.savez writes (np.load reads the same arrays back), also when
+"""attnviz.files.npz writes what np.savez writes (np.load reads the same arrays back), also when
 a member is given piece by piece."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from attnviz.npz import Pieces, write_npz
+from attnviz.files.npz import Pieces, write_npz
 
 
 def saved(arrays) -> dict:

@@ -18,10 +18,11 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import cells, colours, fonts, outdir, plot
-from attnviz.analysis import AttentionResult
-from attnviz.errors import InputError
-from attnviz.lines import LINES_MAX_TOKENS, LinesFigure
+from attnviz.analyses.attention import AttentionResult
+from attnviz.core.errors import InputError
+from attnviz.files import outdir
+from attnviz.pictures import cells, colours, fonts, plot
+from attnviz.pictures.lines import LINES_MAX_TOKENS, LinesFigure
 
 LONG = 1001
 
@@ -131,10 +132,10 @@ def test_overview_grids_keep_every_peak():
 
 
 def test_heatmap_writes_both_patterns_at_1001_tokens_through_the_cli(cli, tmp_path, monkeypatch):
-    import attnviz.analysis
+    import attnviz.analyses.attention
 
     result = fake_result(LONG, n_layers=2)
-    monkeypatch.setattr(attnviz.analysis, "analyze", lambda *a, **k: result)
+    monkeypatch.setattr(attnviz.analyses.attention, "analyze", lambda *a, **k: result)
     out = tmp_path / "out"
     run = cli("heatmap", "ignored", "--out", out, "--dpi", 40, "--quiet")
     assert run.exit_code == 0, run.stderr
@@ -383,7 +384,7 @@ def test_lines_view_draws_a_strong_line_for_1_and_none_for_masked_pairs():
         x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
         return pixels[int(round(height - y)), int(round(x))]
 
-    from attnviz.lines import head_color
+    from attnviz.pictures.lines import head_color
 
     strong = np.array(to_rgba(head_color(3))) * 255
     for i in (0, 4, 7):

@@ -23,9 +23,10 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import cells, colours, plot, report
-from attnviz.analysis import AttentionResult, crop
-from attnviz.lines import LinesFigure
+from attnviz.analyses.attention import AttentionResult, crop
+from attnviz.display import report
+from attnviz.pictures import cells, colours, plot
+from attnviz.pictures.lines import LinesFigure
 
 CMAPS = ["viridis", "magma", "cividis", "Blues", "Greys", "gray", "coolwarm", "turbo"]
 

@@ -9,8 +9,8 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from attnviz import cells, colours, fonts, images, plot
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
+from attnviz.pictures import cells, colours, fonts, images, plot
 
 
 def causal_random(n, seed=0, heads=1):

@@ -13,9 +13,9 @@ import transformers  # a test extra; CI installs it
 from helpers import SHORT_TEXT, make_hf_checkpoint
 
 from attnviz import models as checkpoint
-from attnviz.analysis import analyze, analyze_ids
-from attnviz.errors import InputError
-from attnviz.tokenizer import encode
+from attnviz.analyses.attention import analyze, analyze_ids
+from attnviz.core.errors import InputError
+from attnviz.text.gpt2_bpe import encode
 
 TEXT = "The cat sat on the mat. The cat sat on the mat again, and again."
 
@@ -94,7 +94,7 @@ def test_bare_name_is_found_in_a_cache_transformers_filled(tmp_path, hf_checkpoi
 
 
 def test_induction_heads_are_scored(hf_checkpoint):
-    from attnviz.analysis import induction_scores
+    from attnviz.analyses.attention import induction_scores
 
     scores = induction_scores(weights=str(hf_checkpoint), layer="all", period=20)
     assert scores.shape == (3, 4)

@@ -1,4 +1,4 @@
-"""Issue 15: live progress (attnviz.progress), --threads, and the whole-model fast paths
+"""Issue 15: live progress (attnviz.files.progress), --threads, and the whole-model fast paths
 (weights written in place by the forward, checkpoint tensors used as parameters, PNGs
 encoded in threads, overview tiles never stacked) — each checked against an independent
 computation or the slow path it replaces. Nothing here is timed."""
@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from attnviz import cells, colours, images, plot, progress
-from attnviz.analysis import analyze, analyze_with, load_model
-from attnviz.attention import MultiHeadAttention
-from attnviz.config import ModelConfig
-from attnviz.progress import Progress
+from attnviz.analyses.attention import analyze, analyze_with, load_model
+from attnviz.core.attention import MultiHeadAttention
+from attnviz.core.config import ModelConfig
+from attnviz.files import progress
+from attnviz.files.progress import Progress
+from attnviz.pictures import cells, colours, images, plot
 
 TEXT = "Your journey starts with one step, and then another one after it"
 

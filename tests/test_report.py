@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from helpers import SHORT_TEXT
 
-from attnviz import report
-from attnviz.analysis import AttentionResult, analyze
-from attnviz.config import ModelConfig
-from attnviz.errors import InputError
-from attnviz.tokenizer import token_bytes
+from attnviz.analyses.attention import AttentionResult, analyze
+from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
+from attnviz.display import report
+from attnviz.text.gpt2_bpe import token_bytes
 
 HOSTILE_TEXT = "</script><script>alert(1)</script> <!-- 東京 😀 \x00\x07\u2028 é & \\/ http://x //y"
 SIZES = ["--heads", "4", "--d-model", "32"]
@@ -303,7 +303,7 @@ def test_norm_report_carries_the_norms_and_both_rollouts(norm_report):
     assert spec["shape"] == list(arrays["norm"]["norms"].shape) and spec["layout"] == "lower-triangle"
     assert spec["encoding"] == payload["weights"]["encoding"] == "u16"
     exact = arrays["norm"]["norms"].astype(np.float64)
-    from attnviz.weighting import colour_top
+    from attnviz.analyses.weighting import colour_top
 
     assert spec["scale"] == colour_top(exact) and exact.max() <= spec["scale"] < 2 * exact.max()
     # decoded independently: stored value x scale, the layout of the weights

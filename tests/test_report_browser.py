@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnviz import report
-from attnviz.analysis import analyze
+from attnviz.analyses.attention import analyze
+from attnviz.display import report
 
 pytestmark = pytest.mark.browser
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from helpers import make_hf_checkpoint
 
-from attnviz import detectors
-from attnviz import scanning as scan
-from attnviz.analysis import analyze_ids, induction_probe, induction_scores, load_model
-from attnviz.config import ModelConfig
-from attnviz.stats import head_stats
-from attnviz.tokenizer import encode
+from attnviz.analyses import detectors
+from attnviz.analyses import scanning as scan
+from attnviz.analyses.attention import analyze_ids, induction_probe, induction_scores, load_model
+from attnviz.analyses.stats import head_stats
+from attnviz.core.config import ModelConfig
+from attnviz.text.gpt2_bpe import encode
 
 SMALL = ModelConfig(n_heads=4, d_model=32)
 PROMPTS = [
@@ -311,7 +311,7 @@ def test_scan_fits_the_induction_probe_to_a_short_context(cli):
 
 
 def test_prompt_log_keeps_only_complete_lines(tmp_path, monkeypatch):
-    from attnviz.scanning import PromptLog
+    from attnviz.analyses.scanning import PromptLog
 
     model = load_model(SMALL)
     prompts = corpus()
@@ -439,7 +439,7 @@ def test_plot_writes_one_labelled_map_per_detector(cli, tmp_path, hf_checkpoint)
 
 
 def test_score_map_figure_labels_axes_and_cells():
-    from attnviz.plot_scan import score_map_figure
+    from attnviz.pictures.scan import score_map_figure
 
     scores = np.arange(12, dtype=float).reshape(3, 4) / 12
     scores[1, 2] = np.nan

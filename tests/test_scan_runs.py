@@ -171,9 +171,9 @@ def test_dask_local_cluster_equals_one_scan(tmp_path):
     from helpers import make_hf_checkpoint
 
     import attnviz
-    from attnviz import scanning as scan
-    from attnviz.analysis import encode_text, load_model
-    from attnviz.config import ModelConfig
+    from attnviz.analyses import scanning as scan
+    from attnviz.analyses.attention import encode_text, load_model
+    from attnviz.core.config import ModelConfig
 
     checkpoint = str(make_hf_checkpoint(tmp_path / "gpt2", 2, 4, 32))
     rng = np.random.default_rng(7)

@@ -14,7 +14,7 @@ import pytest
 from helpers import make_hf_checkpoint
 from hub_server import HubServer, Repo
 
-from attnviz import scan_series
+from attnviz.analyses import scan_series
 from attnviz.cli import app
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to",
@@ -155,9 +155,9 @@ def test_revisions_download_side_by_side_and_match_single_scans(tmp_path, corpus
 
 
 def test_the_corpus_is_tokenized_once_per_tokenizer(run_folder):
-    from attnviz.analysis import encode_text, load_model
-    from attnviz.config import ModelConfig
-    from attnviz.scanning import scan, tokenize_corpus
+    from attnviz.analyses.attention import encode_text, load_model
+    from attnviz.analyses.scanning import scan, tokenize_corpus
+    from attnviz.core.config import ModelConfig
 
     calls = []
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from attnviz.stats import COLUMNS, head_rows, head_stats, induction_score, js_divergence, similarity
+from attnviz.analyses.stats import COLUMNS, head_rows, head_stats, induction_score, js_divergence, similarity
 
 
 def uniform_causal(n):

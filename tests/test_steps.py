@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import SHORT_TEXT, small_options
 
-from attnviz.analysis import analyze
-from attnviz.config import ModelConfig
-from attnviz.pipeline import head_steps
-from attnviz.plot_steps import build_panels, steps_figure
+from attnviz.analyses.attention import analyze
+from attnviz.analyses.steps import head_steps
+from attnviz.core.config import ModelConfig
+from attnviz.pictures.steps import build_panels, steps_figure
 
 TT_PANELS = ("scores", "scaled", "masked", "weights")
 EIGHT_PANELS = ("queries", "keys", "scores", "scaled", "masked", "weights", "values", "context")
@@ -91,7 +91,7 @@ def test_random_mode_pipeline_reproduces_the_model(cli, tmp_path, heads, d_model
     np.testing.assert_allclose(context, sdpa_context(doc), atol=1e-6)
 
     # ... and the per-head slice of MultiHeadAttention's context before out_proj
-    from attnviz.attention import MultiHeadAttention
+    from attnviz.core.attention import MultiHeadAttention
 
     mha = MultiHeadAttention(d_model, d_model, 6, num_heads=heads, qkv_bias=qkv_bias).eval()
     with torch.no_grad():

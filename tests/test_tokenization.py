@@ -1,4 +1,4 @@
-"""attnviz.tokenization against independent implementations, offline.
+"""attnviz.text.tokenization against independent implementations, offline.
 
 Every tokenizer.json / tokenizer.model below is built here, in a temporary folder, with the
 ``tokenizers`` library (trained on a small corpus, or GPT-2's real vocabulary), and the ids we give
@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnviz import tokenization
-from attnviz import tokenizer as gpt2
-from attnviz.errors import InputError
-from attnviz.tokenization import find_tokenizer, gpt2_tokenizer, load_tokenizer
+from attnviz.core.errors import InputError
+from attnviz.text import gpt2_bpe as gpt2
+from attnviz.text import tokenization
+from attnviz.text.tokenization import find_tokenizer, gpt2_tokenizer, load_tokenizer
 
 CORPUS = [
     "Your journey starts with one step. It's a long road, but we'll walk it together.",
@@ -819,7 +819,7 @@ def test_other_files_are_refused(tmp_path):
 
 def test_import_is_light():
     heavy = "{'tokenizers', 'tiktoken', 'transformers', 'torch'}"
-    code = f"import sys, attnviz.tokenization; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, attnviz.text.tokenization; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

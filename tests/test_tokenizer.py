@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnviz import tokenizer
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
+from attnviz.text import gpt2_bpe as tokenizer
 
 TEXTS = [
     "Your journey starts with one step",

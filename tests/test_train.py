@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnviz import train_run, training
-from attnviz.train_run import RunSettings
+from attnviz.analyses import train_run, training
+from attnviz.analyses.train_run import RunSettings
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,7 +66,7 @@ def test_the_log_equals_attnviz_scan_on_the_same_snapshot_and_probes(small_run, 
 
 def test_a_snapshot_gives_transformers_attention(small_run):
     out, _ = small_run
-    from attnviz.analysis import analyze
+    from attnviz.analyses.attention import analyze
 
     folder = out / "step-000040"
     text = (out / "probes.txt").read_text().splitlines()[3]
@@ -162,7 +162,7 @@ def test_text_runs_train_on_the_text_with_its_own_tokenizer(tmp_path, cli):
     assert summary["steps"] == 20 and len(summary["snapshots"]) == 3
     folder = Path(summary["snapshots"][-1])
     theirs = transformers.AutoTokenizer.from_pretrained(folder)(STORY[:200])["input_ids"]
-    from attnviz.tokenization import load_tokenizer
+    from attnviz.text.tokenization import load_tokenizer
 
     assert load_tokenizer(folder / "tokenizer.json").encode(STORY[:200]) == theirs
     assert json.loads((folder / "config.json").read_text())["vocab_size"] <= 300
@@ -272,7 +272,7 @@ def test_a_shortened_default_run_forms_an_induction_head(tmp_path):
     """The issue's target on a run known to form the head: the default model, task and
     optimiser with seed 2 for 4000 steps (about 50 s). The default run itself (seed 0, 6000
     steps) is measured by benchmarks/train_bench.py."""
-    from attnviz.analysis import analyze
+    from attnviz.analyses.attention import analyze
 
     settings = RunSettings(training.TrainConfig(seed=2), steps=4000, snapshot_every=2000)
     summary = train_run.train(tmp_path / "run", settings)

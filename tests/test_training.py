@@ -1,4 +1,4 @@
-"""attnviz.training (the core of `attnviz train`): the tiny model, its tasks and its
+"""attnviz.analyses.training (the core of `attnviz train`): the tiny model, its tasks and its
 snapshots, checked against transformers' GPT2LMHeadModel and AutoTokenizer."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnviz import training
-from attnviz.analysis import analyze
+from attnviz.analyses import training
+from attnviz.analyses.attention import analyze
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,7 +77,7 @@ def test_attention_only_snapshot_has_a_zero_mlp_and_its_own_output_head(tmp_path
 
 
 def test_word_tokenizer_equals_autotokenizer(tmp_path, vocabulary):
-    from attnviz import tokenization
+    from attnviz.text import tokenization
 
     training.save_word_tokenizer(vocabulary, tmp_path)
     text = " ".join(vocabulary[1:40:3]) + "  zzqx " + vocabulary[5]
@@ -134,7 +134,7 @@ def test_text_batch_is_windows_of_the_text_and_refuses_a_short_one():
 
 
 def test_text_tokenizer_equals_autotokenizer(tmp_path):
-    from attnviz import tokenization
+    from attnviz.text import tokenization
 
     text = ("Every effort moves you forward. " * 20
             + "I had always thought Jack Gisburn rather a cheap genius.")

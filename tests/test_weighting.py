@@ -13,8 +13,9 @@ from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from PIL import Image
 
-from attnviz import plot, weighting
-from attnviz.colours import Measure
+from attnviz.analyses import weighting
+from attnviz.pictures import plot
+from attnviz.pictures.colours import Measure
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
 LLAMA_TEXT = "The cat sat on the mat. The dog sat on the log. Mary and John"
@@ -126,7 +127,7 @@ def test_llama_grouped_kv_heads_read_their_own_value_head(cli, tmp_path, llama):
 def test_random_mode_norms_use_out_proj_of_the_seeded_module(cli, tmp_path, impl, bias):
     import torch
 
-    from attnviz.attention import MultiHeadAttention
+    from attnviz.core.attention import MultiHeadAttention
 
     flags = ["--qkv-bias"] if bias else []
     arrays = export(cli, tmp_path, "Your journey starts with one step today", *small_options(4, 32),
@@ -145,7 +146,7 @@ def test_random_mode_norms_use_out_proj_of_the_seeded_module(cli, tmp_path, impl
 
 
 def test_library_norms_equal_the_export_and_survive_a_window(cli, tmp_path, hf_checkpoint):
-    from attnviz.analysis import analyze
+    from attnviz.analyses.attention import analyze
 
     arrays = export(cli, tmp_path, TEXT, "--weights", hf_checkpoint, "--layer", "1",
                     "--weighting", "norm")
@@ -210,7 +211,7 @@ def test_rollout_layers_run_from_zero_to_the_deepest(spec, expected):
 
 
 def test_rollout_layers_refuse_a_list_with_a_gap():
-    from attnviz.errors import InputError
+    from attnviz.core.errors import InputError
 
     with pytest.raises(InputError, match="cannot take the layers 1,2"):
         weighting.rollout_layers(["1,2"], 3)
@@ -281,7 +282,7 @@ def test_heatmap_norm_draws_the_norms_on_their_own_scale(cli, tmp_path, llama):
 
 
 def test_heatmap_titles_say_value_weighted(tmp_path, hf_checkpoint):
-    from attnviz.analysis import analyze
+    from attnviz.analyses.attention import analyze
 
     result = analyze(TEXT, weights=str(hf_checkpoint), layer="all")
     shown, measure = weighting.norm_pictures(result)

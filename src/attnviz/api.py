@@ -12,7 +12,7 @@ GPT-2 small shape), a checkpoint path or Hub repo id (``"gpt2"``,
 ``"EleutherAI/pythia-160m@step3000"``), or a ``Model`` from ``load`` — reused, so its weights
 are read once. The model options (``heads``, ``seed``, ``tokenizer``, ``offline``,
 ``device``, …) are the command line's, spelled as Python names. Results show themselves in
-a notebook (see ``attnviz.notebook``) and have ``to_html()``, ``save(path)``,
+a notebook (see ``attnviz.display.notebook``) and have ``to_html()``, ``save(path)``,
 ``to_numpy()`` and ``to_pandas()`` (pandas is imported only then).
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 
 __all__ = ["Model", "load", "analyze", "report_page", "show", "scan", "attribute"]
 
@@ -53,7 +53,7 @@ class Model:
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """``text`` in the model's token ids (with its BOS unless loaded with ``bos=False``)."""
-        from attnviz.analysis import encode_text
+        from attnviz.analyses.attention import encode_text
 
         return encode_text(self.engine, text, allow_special, bos=self.config.bos)
 
@@ -83,8 +83,8 @@ def load(weights: str | Path | None = None, **options) -> Model:
     ``context_length``, ``seed``, ``qkv_bias``, ``impl``, ``preset``, ``offline``,
     ``device``, ``tokenizer``, ``bos``, ``book_config`` — and ``progress`` (download bars,
     on by default)."""
-    from attnviz.analysis import load_model
-    from attnviz.config import config_for
+    from attnviz.analyses.attention import load_model
+    from attnviz.core.config import config_for
 
     if isinstance(weights, Model):
         raise InputError("load() was given a Model: it is loaded already")
@@ -115,7 +115,7 @@ def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
     """The attention of ``text``: an ``AttentionResult`` (``weights (L, H, T, T)``, tokens,
     config) that shows itself as the interactive report. ``layer``: a number, ``"3,5"`` or
     ``"all"``; ``tokens="A:B"``: keep queries and keys A..B-1 of the whole text's run."""
-    from attnviz.analysis import analyze_with, crop, parse_window
+    from attnviz.analyses.attention import analyze_with, crop, parse_window
 
     model = _model(weights, options)
     token_ids = model.encode(text, allow_special)
@@ -129,11 +129,11 @@ def report_page(text: str, weights=None, *, layer=0, tokens: str | None = None,
                 target: str | None = None, contrast: str | None = None, position: int = -1,
                 ablate: str = "zero", allow_special: bool = False, **options):
     """`attnviz report` as an object (a ``reporting.Report``): shown inline in a notebook,
-    ``.save("r.html")`` writes the same page the command writes (``attnviz.report`` is the
+    ``.save("r.html")`` writes the same page the command writes (``attnviz.display.report`` is the
     module that writes pages, hence the name). The options are the command's:
     ``weighting="norm"``, ``rollout``, ``induction``, and ``target`` (with ``contrast``,
     ``position``, ``ablate``) for the "heads that matter" view."""
-    from attnviz.reporting import check_report_options, report_contents
+    from attnviz.display.report_contents import check_report_options, report_contents
 
     check_report_options(weighting, target, contrast, ablate)  # before a model is read
     model = _model(weights, options)
@@ -147,7 +147,7 @@ def show(text: str, weights=None, **options) -> None:
     """Show the report of ``text`` (``report_page``'s options) in the notebook; outside one,
     write it to a temporary file and open it in the browser."""
     page = report_page(text, weights, **options)
-    from attnviz.notebook import in_notebook
+    from attnviz.display.notebook import in_notebook
 
     if in_notebook():
         from IPython.display import display
@@ -171,8 +171,8 @@ def scan(prompts: str | Path | Sequence[str], weights=None, *, layer="all",
     of texts, or the path of a file with one a line / a ``.jsonl`` of ``{"text": …}``): a
     ``ScanResult`` with ``mean``/``std``/``count`` per column, ``(L, H)`` each, shown as the
     detector maps and the top heads."""
-    from attnviz import scanning
-    from attnviz.analysis import check_induction_probe, parse_layers
+    from attnviz.analyses import scanning
+    from attnviz.analyses.attention import check_induction_probe, parse_layers
 
     records, where = _corpus(prompts)
     model = _model(weights, options)
@@ -190,7 +190,7 @@ def _corpus(prompts) -> tuple[list[tuple[int, str]], str]:
     """``scan``'s prompts as ``(number, text)`` records: a ``Path`` (or a ``str`` naming a
     file that exists) is read as `attnviz scan --file` reads it; other text holds one
     prompt a line; a sequence holds one prompt per item."""
-    from attnviz import scanning
+    from attnviz.analyses import scanning
 
     if isinstance(prompts, str) and Path(prompts).is_file():
         prompts = Path(prompts)
@@ -216,9 +216,9 @@ def attribute(text: str, weights, *, target: str | None = None, contrast: str | 
     text, ``" Mary"``; default: the top prediction), or on ``target`` − ``contrast``. An
     ``AttributionResult`` (``dla``, ``ablation``: ``(L, H)``), shown as the two maps and the
     top heads. ``ablate="mean"`` with ``baseline`` prompts: their mean per head."""
-    from attnviz.analysis import check_length
-    from attnviz.attribution import attribute as run
-    from attnviz.attribution import resolve_metric
+    from attnviz.analyses.attention import check_length
+    from attnviz.analyses.attribution import attribute as run
+    from attnviz.analyses.attribution import resolve_metric
 
     if weights is None:
         raise InputError("attribute needs trained weights: random mode has no output head "

@@ -22,7 +22,7 @@ from typer._click.exceptions import (  # Typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
 from attnviz import __version__
-from attnviz.errors import AttnvizError
+from attnviz.core.errors import AttnvizError
 
 _debug = {"on": False}  # set per invocation by _Group.main and --debug
 

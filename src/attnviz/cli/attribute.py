@@ -1,5 +1,5 @@
 """`attnviz attribute`: which heads matter for one prediction (direct logit attribution and
-ablation, see ``attnviz.attribution``)."""
+ablation, see ``attnviz.analyses.attribution``)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from attnviz.cli.options import (
     check_out_dir,
     model_options,
 )
-from attnviz.errors import InputError
-from attnviz.inputs import read_text
+from attnviz.core.errors import InputError
+from attnviz.text.inputs import read_text
 
 
 @app.command()
@@ -67,7 +67,7 @@ def attribute(
     The metric is the target's logit, or target - contrast with --contrast (before a final
     softcap). Needs --weights: random mode has no output head. See docs/attribution.md.
     """
-    from attnviz.output import Output
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
@@ -77,7 +77,7 @@ def attribute(
         raise InputError("--baseline-file gives the means of --ablate mean; add --ablate mean")
     fmt_out = None
     if plot is not None:
-        from attnviz import plot as pictures
+        from attnviz.pictures import plot as pictures
 
         pictures.check_picture_options(dpi=dpi)
         fmt_out = pictures.image_format(None, image_format)
@@ -86,9 +86,9 @@ def attribute(
         raise InputError("attribute needs trained weights: random mode has no output head "
                          "(unembedding); pass --weights (a checkpoint or a Hub repo id such as "
                          "gpt2)")
-    from attnviz.analysis import check_length, encode_text, load_model
-    from attnviz.attribution import attribute as run
-    from attnviz.attribution import (
+    from attnviz.analyses.attention import check_length, encode_text, load_model
+    from attnviz.analyses.attribution import attribute as run
+    from attnviz.analyses.attribution import (
         attribution_document,
         attribution_rows,
         describe_metric,
@@ -102,7 +102,7 @@ def attribute(
     target_id, contrast_id = resolve_metric(model, token_ids, target, contrast, position)
     tokenizer = model.tokenizer
     baseline = _baseline(model, baseline_file, config.bos) if baseline_file is not None else None
-    from attnviz.progress import Progress
+    from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = run(model, token_ids, position=position, target=target_id, contrast=contrast_id,
@@ -112,7 +112,7 @@ def attribute(
     metric_name = describe_metric(result, tokenizer)
     files = []
     if plot is not None:
-        from attnviz.plot_attribute import write_attribution_pictures
+        from attnviz.pictures.attribution import write_attribution_pictures
 
         files = [str(f) for f in write_attribution_pictures(
             result, labels, plot, metric_name, top=top_heads, dpi=dpi, fmt=fmt_out)]
@@ -133,8 +133,8 @@ def attribute(
 
 
 def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
-    from attnviz.analysis import encode_text
-    from attnviz.scanning import read_corpus
+    from attnviz.analyses.attention import encode_text
+    from attnviz.analyses.scanning import read_corpus
 
     records, where = read_corpus(None, path, option="--baseline-file")
     prompts = []
@@ -148,7 +148,7 @@ def _baseline(model, path: Path, bos: bool) -> list[list[int]]:
 
 
 def _print_table(output, result, tokenizer, labels, metric_name, top_heads) -> None:
-    from attnviz.attribution import token_info, top_head_rows
+    from attnviz.analyses.attribution import token_info, top_head_rows
 
     at = f"position {result.position} ({labels[result.position]})"
     predictions = [{"rank": rank, "token": token_info(tokenizer, i)["label"], "id": i,

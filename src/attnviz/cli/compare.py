@@ -26,8 +26,8 @@ from attnviz.cli.options import (
     picture_options,
     score_induction,
 )
-from attnviz.errors import InputError
-from attnviz.inputs import read_text
+from attnviz.core.errors import InputError
+from attnviz.text.inputs import read_text
 
 
 @app.command("compare-heads")
@@ -76,8 +76,8 @@ def compare_heads(
 
     import numpy as np
 
-    from attnviz.output import Output
-    from attnviz.stats import COLUMNS
+    from attnviz.analyses.stats import COLUMNS
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
@@ -91,7 +91,7 @@ def compare_heads(
                          "always lists every head)")
     source = read_text(text, file)
     if plot_path or similarity_plot:
-        from attnviz import plot
+        from attnviz.pictures import plot
 
         picture.check()
         if weighting == "norm" and picture.exclude_first:
@@ -101,10 +101,10 @@ def compare_heads(
             if path:
                 plot.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analysis import analyze
-    from attnviz.output import sort_rows
-    from attnviz.stats import add_induction, head_rows
-    from attnviz.stats import similarity as js_matrix
+    from attnviz.analyses.attention import analyze
+    from attnviz.analyses.stats import add_induction, head_rows
+    from attnviz.analyses.stats import similarity as js_matrix
+    from attnviz.files.output import sort_rows
 
     result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
                      heads=head, tokens=tokens)
@@ -115,7 +115,7 @@ def compare_heads(
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
     drawn, measure = result, {}  # what --plot draws, on which colour scale
     if weighting == "norm":  # statistics of probability rows: the norms, renormalised
-        from attnviz.weighting import STATISTICS_NOTE, norm_pictures, renormalized, weighting_config
+        from attnviz.analyses.weighting import STATISTICS_NOTE, norm_pictures, renormalized, weighting_config
 
         drawn, measure["measure"] = norm_pictures(result)
         about = weighting_config("norm", STATISTICS_NOTE)
@@ -141,7 +141,7 @@ def compare_heads(
         document["similarity"] = matrices
     files = []
     if plot_path or similarity_plot:
-        from attnviz import plot
+        from attnviz.pictures import plot
 
         if similarity_plot:  # checked before --plot is written: all checks come first
             plot.check_similarity_size(len(result.layers), result.n_heads, picture.dpi)

@@ -23,7 +23,7 @@ from attnviz.cli.options import (
     check_file_target,
     model_options,
 )
-from attnviz.inputs import read_text
+from attnviz.text.inputs import read_text
 
 
 @app.command()
@@ -59,9 +59,9 @@ def export(
 
     import numpy as np
 
-    from attnviz.errors import InputError
-    from attnviz.fileio import atomic_write
-    from attnviz.output import Output, write_stdout
+    from attnviz.core.errors import InputError
+    from attnviz.files.fileio import atomic_write
+    from attnviz.files.output import Output, write_stdout
 
     to_stdout = str(output_path) == "-"
     output = Output("table", quiet)
@@ -71,9 +71,9 @@ def export(
     elif sys.stdout.isatty():
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
-    from attnviz.analysis import analyze_layers
-    from attnviz.npz import Pieces, write_npz
-    from attnviz.progress import Progress
+    from attnviz.analyses.attention import analyze_layers
+    from attnviz.files.npz import Pieces, write_npz
+    from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         # Each layer goes to the file as the forward pass reaches it: one in memory at a time.
@@ -82,7 +82,7 @@ def export(
         single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
                                                      for x in layer or [])
         if rollout:
-            from attnviz.weighting import rollout_layers
+            from attnviz.analyses.weighting import rollout_layers
 
             rolled = rollout_layers(layer, result.model.n_layers, default_all=False,
                                     option="--rollout")
@@ -97,11 +97,11 @@ def export(
             "positions": np.asarray([t["position"] for t in result.tokens()], dtype=np.int64),
         }
         if weighting == "norm":  # a second forward pass: still one layer in memory at a time
-            from attnviz.weighting import stream_norms
+            from attnviz.analyses.weighting import stream_norms
 
             arrays["norms"] = Pieces(shape, np.float32, stream_norms(result))
         if rollout:
-            from attnviz.weighting import model_rollout
+            from attnviz.analyses.weighting import model_rollout
 
             cut = slice(*result.window) if result.window else slice(None)
             arrays["rollout"] = lambda: model_rollout(result.model, result.all_token_ids, rolled,
@@ -143,11 +143,11 @@ def info(
     import platform
     from importlib.metadata import version
 
-    from attnviz import tokenizer
-    from attnviz.output import Output
+    from attnviz.files.output import Output
+    from attnviz.text import gpt2_bpe as tokenizer
 
     output = Output(fmt, quiet)
-    from attnviz.analysis import load_model
+    from attnviz.analyses.attention import load_model
 
     model = load_model(config, weights)
     model_info = model.describe()

@@ -26,8 +26,8 @@ from attnviz.cli.options import (
     model_options,
     picture_options,
 )
-from attnviz.errors import InputError
-from attnviz.inputs import read_text
+from attnviz.core.errors import InputError
+from attnviz.text.inputs import read_text
 
 
 @app.command()
@@ -76,13 +76,13 @@ def generate(
 
     Prints the continuation as it comes on a terminal (all of it at the end when piped).
     """
-    from attnviz.output import Output
+    from attnviz.files.output import Output
 
     if fmt not in ("table", "json"):
         raise InputError(f"--format must be table or json, got {fmt!r}")
     output = Output(fmt, quiet)
     source = read_text(text, file)
-    from attnviz.generation import Sampling
+    from attnviz.analyses.generation import Sampling
 
     sampling = Sampling(sample, temperature, top_k, top_p, config.seed)
     sampling.check()
@@ -95,9 +95,9 @@ def generate(
     if weights is None:
         raise InputError("generation needs trained weights: random mode has no output head; "
                          "pass --weights (a checkpoint or a Hub repo id such as gpt2)")
-    from attnviz.analysis import check_heads, check_text, encode_text, load_model, parse_layers
-    from attnviz.generation import TextStream, check_can_generate, continuation_text
-    from attnviz.generation import generate as run
+    from attnviz.analyses.attention import check_heads, check_text, encode_text, load_model, parse_layers
+    from attnviz.analyses.generation import TextStream, check_can_generate, continuation_text
+    from attnviz.analyses.generation import generate as run
 
     check_text(source)
     model = load_model(config, weights)
@@ -133,7 +133,7 @@ def generate(
 
 
 def _records(tokenizer, token_ids: list[int], first: int) -> list[dict]:
-    from attnviz.analysis import token_records
+    from attnviz.analyses.attention import token_records
 
     return token_records(token_ids, tokenizer.token_bytes(token_ids), first)
 
@@ -167,8 +167,8 @@ def _write_outputs(result, model, out, npz_path, report_path, picture, head, tok
     if npz_path is not None:
         import numpy as np
 
-        from attnviz.fileio import atomic_write
-        from attnviz.npz import write_npz
+        from attnviz.files.fileio import atomic_write
+        from attnviz.files.npz import write_npz
 
         with atomic_write(npz_path) as f:
             write_npz(f, {
@@ -183,12 +183,13 @@ def _write_outputs(result, model, out, npz_path, report_path, picture, head, tok
         written.append(str(npz_path))
     labels = None
     if out is not None or report_path is not None:
-        from attnviz.tokenizer import token_label
+        from attnviz.text.gpt2_bpe import token_label
 
         labels = [token_label(raw) for raw in model.tokenizer.token_bytes(result.token_ids)]
     extras = {"windows": [model.window(i) for i in result.layers], "kv_heads": list(model.kv_heads)}
     if out is not None:
-        from attnviz import plot, plot_generate
+        from attnviz.pictures import generation as plot_generate
+        from attnviz.pictures import plot
 
         files = plot_generate.write_generation_pictures(
             result, labels, out, heads=head, cmap=picture.cmap, dpi=picture.dpi,
@@ -196,7 +197,7 @@ def _write_outputs(result, model, out, npz_path, report_path, picture, head, tok
             exclude_first_key=picture.exclude_first, tokens=tokens, **extras)
         written.append(f"{len(files)} pictures to {out}")
     if report_path is not None:
-        from attnviz import report
+        from attnviz.display import report
 
         report.write_generation_report(result, labels, report_path, tokenizer=model.tokenizer, **extras)
         written.append(str(report_path))

@@ -29,7 +29,7 @@ from attnviz.cli.options import (
     model_options,
     picture_options,
 )
-from attnviz.inputs import read_text
+from attnviz.text.inputs import read_text
 
 
 @app.command()
@@ -59,15 +59,15 @@ def heatmap(
 
     Prints what was written; with --quiet, only the paths, one per line.
     """
-    from attnviz.errors import InputError
-    from attnviz.output import Output
+    from attnviz.core.errors import InputError
+    from attnviz.files.output import Output
 
     if as_json and fmt not in ("table", "json"):
         raise InputError(f"--json and --format {fmt} disagree; give one of them")
     fmt = "json" if as_json else fmt
     output = Output(fmt, quiet)
     source = read_text(text, file)
-    from attnviz import plot
+    from attnviz.pictures import plot
 
     picture.check(rollout=True)
     picture_format = plot.image_format(None, picture.image_format)
@@ -81,15 +81,15 @@ def heatmap(
             raise InputError("--view rollout draws the whole model in one picture: drop --head")
         return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
                         allow_special, weighting, output, fmt, quiet)
-    from attnviz.analysis import analyze
-    from attnviz.progress import Progress
+    from attnviz.analyses.attention import analyze
+    from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = analyze(source, config, weights=weights, layer=layer,
                          allow_special=allow_special, heads=head, tokens=tokens, progress=progress)
         measure = {}
         if weighting == "norm":
-            from attnviz.weighting import norm_pictures
+            from attnviz.analyses.weighting import norm_pictures
 
             result, measure["measure"] = norm_pictures(result)
         layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""
@@ -117,9 +117,9 @@ def heatmap(
 def _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
              allow_special, weighting, output, fmt, quiet) -> None:
     """``heatmap --view rollout``: one picture of the model, rollout.<fmt>."""
-    from attnviz import plot
-    from attnviz.progress import Progress
-    from attnviz.weighting import analyze_rollout
+    from attnviz.analyses.weighting import analyze_rollout
+    from attnviz.files.progress import Progress
+    from attnviz.pictures import plot
 
     with Progress(quiet) as progress:
         found = analyze_rollout(source, config, weights=weights, layer=layer,
@@ -166,9 +166,9 @@ def tokens(
 ) -> None:
     """Show the tokenization: position, id, text (visible whitespace), bytes. GPT-2's by
     default; with --weights that model's own (its BOS first), with --tokenizer that file's."""
-    from attnviz.analysis import check_text, encode_text, load_model, token_records
-    from attnviz.config import ModelConfig
-    from attnviz.output import Output
+    from attnviz.analyses.attention import check_text, encode_text, load_model, token_records
+    from attnviz.core.config import ModelConfig
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
@@ -178,7 +178,7 @@ def tokens(
                            weights)
         token_ids, tok = encode_text(model, source, allow_special, bos), model.tokenizer
     else:
-        from attnviz import tokenization
+        from attnviz.text import tokenization
 
         tok = (tokenization.load_tokenizer(tokenizer) if tokenizer is not None
                else tokenization.gpt2_tokenizer())

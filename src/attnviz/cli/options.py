@@ -16,8 +16,8 @@ import typer
 from typer._click.core import ParameterSource  # Typer >= 0.29 vendors click
 
 from attnviz.cli.app import set_debug
-from attnviz.config import ModelConfig, config_for
-from attnviz.errors import AttnvizWarning, InputError
+from attnviz.core.config import ModelConfig, config_for
+from attnviz.core.errors import AttnvizWarning, InputError
 
 TextArg = Annotated[
     str | None,
@@ -106,7 +106,7 @@ HeadOpt = Annotated[
 ]
 def _check_tokens(value: str | None) -> str | None:
     if value is not None:
-        from attnviz.analysis import check_window_syntax
+        from attnviz.analyses.attention import check_window_syntax
 
         check_window_syntax(value)
     return value
@@ -275,7 +275,7 @@ class Picture:
         """Refuse a bad colormap, dpi, scale, title or font before any work (and put the
         font to use); imports matplotlib, so call it only when a picture will be drawn.
         ``--view rollout`` is refused unless the command draws it (``rollout``)."""
-        from attnviz import plot
+        from attnviz.pictures import plot
 
         if self.view == "rollout" and not rollout:
             raise InputError("--view rollout is one picture of the whole model: use attnviz "
@@ -332,7 +332,12 @@ def score_induction(output, config: ModelConfig, weights: str | None, layers: li
     """``--induction`` of compare-heads and report: the ``(L, H)`` scores of
     ``analysis.induction_probe``, refused before it runs when the context cannot hold it;
     ``weighting="norm"``: scored on the renormalised value-weighted rows."""
-    from attnviz.analysis import INDUCTION_PERIOD, check_induction_probe, induction_probe, load_model
+    from attnviz.analyses.attention import (
+        INDUCTION_PERIOD,
+        check_induction_probe,
+        induction_probe,
+        load_model,
+    )
 
     model = load_model(config, weights)
     check_induction_probe(model)

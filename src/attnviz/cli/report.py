@@ -23,7 +23,7 @@ from attnviz.cli.options import (
     check_file_target,
     model_options,
 )
-from attnviz.inputs import read_text
+from attnviz.text.inputs import read_text
 
 
 @app.command()
@@ -65,14 +65,14 @@ def report(
     With --weighting norm the page also holds the value-weighted norms and a switch between
     them and the weights; with --rollout, an attention rollout view.
     """
-    from attnviz.output import Output
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analysis import encode_text, load_model
-    from attnviz.report import write_report
-    from attnviz.reporting import check_report_options, report_contents
+    from attnviz.analyses.attention import encode_text, load_model
+    from attnviz.display.report import write_report
+    from attnviz.display.report_contents import check_report_options, report_contents
 
     check_report_options(weighting, target, contrast, ablate, pretrained=weights is not None)
     model = load_model(config, weights)

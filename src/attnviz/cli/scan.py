@@ -21,7 +21,7 @@ from attnviz.cli.options import (
     check_out_dir,
     model_options,
 )
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 
 
 @app.command("scan")
@@ -84,16 +84,16 @@ def scan_command(
 ) -> None:
     """Score every head over many prompts: detectors and statistics, mean ± std; with several
     checkpoints, every checkpoint's scores and what changed between them."""
-    from attnviz import scan_runs
-    from attnviz import scanning as scan
-    from attnviz.analysis import (
+    from attnviz.analyses import scan_runs
+    from attnviz.analyses import scanning as scan
+    from attnviz.analyses.attention import (
         check_fits,
         check_induction_probe,
         induction_probe,
         load_model,
         parse_layers,
     )
-    from attnviz.output import Output
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     from attnviz.cli.scan_checkpoints import checkpoint_names, scan_checkpoints
@@ -180,14 +180,14 @@ def scan_command(
 def present(output, fmt: str, result, corpus_info: dict, options: dict, described: dict,
             top: int, plot_dir: Path | None, summary: str, extra: dict | None = None) -> None:
     """The results of a scan (or a merge of partials): JSON, CSV or the table, and maps."""
-    from attnviz import scanning as scan
+    from attnviz.analyses import scanning as scan
 
     layers = result.layers
     induction = result.induction_probe is not None
     detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
     files = []
     if plot_dir is not None:
-        from attnviz.plot_scan import detector_maps, save_score_maps
+        from attnviz.pictures.scan import detector_maps, save_score_maps
 
         files = [str(p) for p in save_score_maps(plot_dir, detector_maps(result, detectors),
                                                  layers)]
@@ -234,9 +234,9 @@ def scan_merge_command(
 ) -> None:
     """Merge the partials of a sharded scan (scan --shard K/N --partial F) into the results
     one scan of the whole corpus gives: the same table, JSON, CSV and maps."""
-    from attnviz import scan_runs
-    from attnviz import scanning as scan
-    from attnviz.output import Output
+    from attnviz.analyses import scan_runs
+    from attnviz.analyses import scanning as scan
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     if plot_dir is not None:

@@ -7,7 +7,7 @@ import glob
 import time
 from pathlib import Path
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 
 
 def _is_checkpoint_path(text: str) -> bool:
@@ -21,7 +21,7 @@ def checkpoint_names(weights: list[str] | None, revisions: str | None,
     """The checkpoints to scan and the prompts left: a quoted glob in ``--weights`` is
     expanded here, and the checkpoint paths an unquoted glob (``--weights run/step-*``)
     spread over the prompt arguments are taken back as more ``--weights``."""
-    from attnviz.scan_series import expand_weights
+    from attnviz.analyses.scan_series import expand_weights
 
     names = []
     for name in weights or []:
@@ -43,9 +43,9 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
                      truncate: bool, allow_special: bool, batch_size: int, exclude_first: bool,
                      exclude_self: bool, induction: bool, top: int, plot_dir: Path | None,
                      progress: str | None) -> None:
-    from attnviz import scan_series
-    from attnviz import scanning as scan
-    from attnviz.analysis import check_induction_probe, load_model, parse_layers
+    from attnviz.analyses import scan_series
+    from attnviz.analyses import scanning as scan
+    from attnviz.analyses.attention import check_induction_probe, load_model, parse_layers
     from attnviz.cli.scan import Progress
 
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
@@ -92,7 +92,7 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
                        f"{scan_series.THRESHOLD}), not head by head")
     files = []
     if plot_dir is not None:
-        from attnviz.plot_series import save_series_plots
+        from attnviz.pictures.series import save_series_plots
 
         files = [str(p) for p in save_series_plots(plot_dir, series, detectors)]
     document = {
@@ -133,8 +133,8 @@ def _score(value) -> str:
 def _tables(output, series, detectors: list[str], top: int, same: bool) -> None:
     """Same shape: per detector, the heads that changed most. Otherwise: per checkpoint and
     detector, its best head and the heads over the threshold."""
-    from attnviz import scan_series
-    from attnviz.plot_series import label
+    from attnviz.analyses import scan_series
+    from attnviz.pictures.series import label
 
     if same:
         first, last = label(series[0]), label(series[-1])

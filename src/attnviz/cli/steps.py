@@ -24,8 +24,8 @@ from attnviz.cli.options import (
     model_options,
     picture_options,
 )
-from attnviz.errors import AttnvizError, InputError
-from attnviz.inputs import read_text
+from attnviz.core.errors import AttnvizError, InputError
+from attnviz.text.inputs import read_text
 
 
 @app.command()
@@ -60,11 +60,13 @@ def steps(
     """
     import numpy as np
 
-    from attnviz.output import Output
+    from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
-    from attnviz import pipeline, plot, plot_steps
+    from attnviz.analyses import steps as pipeline
+    from attnviz.pictures import plot
+    from attnviz.pictures import steps as plot_steps
 
     picture.check()
     image_format = plot.image_format(output_path, picture.image_format, "--output")
@@ -77,7 +79,14 @@ def steps(
     layers = [part for item in layer or [] for part in str(item).split(",") if part.strip()]
     if len(layers) > 1 or any(part.strip().lower() == "all" for part in layers):
         raise InputError("steps follows one head of one layer: give a single --layer N")
-    from attnviz.analysis import analyze_with, check_text, crop, encode_text, load_model, parse_window
+    from attnviz.analyses.attention import (
+        analyze_with,
+        check_text,
+        crop,
+        encode_text,
+        load_model,
+        parse_window,
+    )
 
     check_text(source)
     model = load_model(config, weights)
@@ -146,7 +155,7 @@ def _crop_steps(steps, start: int, stop: int):
     context rows still mix the values of the keys before the window)."""
     from dataclasses import replace
 
-    from attnviz import pipeline
+    from attnviz.analyses import steps as pipeline
 
     rows, square = slice(start, stop), (slice(start, stop), slice(start, stop))
     return replace(steps, **{name: getattr(steps, name)[rows] for name in

@@ -1,5 +1,5 @@
 """`attnviz train`: a small GPT-2 trained here, a snapshot every K steps, its heads filmed
-(``attnviz.train_run`` runs it, ``attnviz.plot_training`` draws it)."""
+(``attnviz.analyses.train_run`` runs it, ``attnviz.pictures.training`` draws it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from attnviz.cli.app import app
 from attnviz.cli.options import DebugOpt, DpiOpt, QuietOpt, check_out_dir
-from attnviz.errors import InputError, Interrupted
+from attnviz.core.errors import InputError, Interrupted
 
 
 @app.command()
@@ -60,11 +60,18 @@ def train(
     --weights opens it) and a line in training.jsonl with every head's scan scores on the
     probes; at the end the film (heads.gif) and detectors.png. See docs/training.md.
     """
-    from attnviz import plot as pictures
-    from attnviz.output import Output
-    from attnviz.plot_training import check_film_format
-    from attnviz.train_run import RUN_FILE, RunSettings, check_settings, read_log, train, write_pictures
-    from attnviz.training import TrainConfig
+    from attnviz.analyses.train_run import (
+        RUN_FILE,
+        RunSettings,
+        check_settings,
+        read_log,
+        train,
+        write_pictures,
+    )
+    from attnviz.analyses.training import TrainConfig
+    from attnviz.files.output import Output
+    from attnviz.pictures import plot as pictures
+    from attnviz.pictures.training import check_film_format
 
     output = Output(fmt, quiet)
     if fmt not in ("table", "json"):
@@ -94,7 +101,7 @@ def train(
                               "complete snapshot (it opens with --weights); continue with "
                               f"attnviz train --out {out} --resume and the same options") from None
         bar.stop()
-    from attnviz.progress import Progress
+    from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # bars on a terminal's stderr, else nothing
         files = write_pictures(out, settings, summary.records, film_name, dpi=dpi,
@@ -107,7 +114,7 @@ class _Bar:
     """Steps, loss and time left on stderr while training (a terminal only, not --quiet)."""
 
     def __init__(self, total: int, quiet: bool):
-        from attnviz.progress import stderr_is_terminal
+        from attnviz.files.progress import stderr_is_terminal
 
         self.total, self.enabled, self.bars = total, not quiet and stderr_is_terminal(), None
 
@@ -139,7 +146,7 @@ class _Bar:
 
     def snapshot(self, record: dict) -> None:
         if self.bars is not None:
-            from attnviz.plot_training import best_score, induction_from
+            from attnviz.pictures.training import best_score, induction_from
 
             first = induction_from(len(record["scores"]["induction_head"]))
             self.bars.update(self.task, completed=record["step"],
@@ -155,7 +162,7 @@ class _Bar:
 
 
 def _report(output, fmt: str, summary, files: list[Path]) -> None:
-    from attnviz.train_run import summary_document
+    from attnviz.analyses.train_run import summary_document
 
     document = summary_document(summary, files)
     if fmt == "json":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.resolve import read_config, resolve
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from attnviz.errors import AttnvizWarning, InputError
+from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import check_vocabularies, count_layers
 from attnviz.models.resolve import Located, read_config
@@ -570,7 +570,7 @@ def read(located: Located, kind: str, *, book_config=None, preset: str | None = 
 def _tokenizer(located: Located, path, kind: str, notes: list[str]):
     """``--tokenizer PATH``, else a tokenizer beside the state dict (said), else the error
     that asks for ``--tokenizer``: a state dict holds none."""
-    from attnviz import tokenization
+    from attnviz.text import tokenization
 
     if path is not None:
         return tokenization.load_tokenizer(Path(path))

@@ -52,7 +52,7 @@ class Checkpoint:
     weights: WeightMap
     source: Path
     described: dict  # the reader's description, as ``info`` and every result show it
-    tokenizer: object = None  # attnviz.tokenization.Tokenizer
+    tokenizer: object = None  # attnviz.text.tokenization.Tokenizer
     layout: str = "huggingface"
     notes: list[str] = field(default_factory=list)  # what was assumed, for the user
 

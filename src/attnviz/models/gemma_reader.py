@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.hf import (

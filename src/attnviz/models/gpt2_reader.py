@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from attnviz.config import GPT2_VOCAB_SIZE
-from attnviz.errors import AttnvizWarning, InputError
+from attnviz.core.config import GPT2_VOCAB_SIZE
+from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.resolve import Located
@@ -248,8 +248,8 @@ def _tokenizer(located: Located, path, vocab_size: int):
     """``--tokenizer PATH``; else GPT-2's for GPT-2's vocabulary (a tokenizer.json beside it
     is GPT-2's too); else the model's own, beside it (a GPT-2-architecture model trained
     with another vocabulary, such as ``attnviz train``'s), checked against the embedding."""
-    from attnviz import tokenization
     from attnviz.models.hf import check_vocabularies, own_tokenizer
+    from attnviz.text import tokenization
 
     if path is None and vocab_size == GPT2_VOCAB_SIZE:
         return tokenization.gpt2_tokenizer()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 from attnviz.models.resolve import Located
 from attnviz.models.sources import DictSource, SafetensorsSource, TensorSource, read_state_dict
 
@@ -65,7 +65,7 @@ def stored_dtype(source: TensorSource, key: str, raw: dict) -> str:
 def own_tokenizer(located: Located, path, *, fallback=None):
     """``--tokenizer PATH`` when given, else the tokenizer beside the checkpoint, else
     ``fallback()`` (GPT-Neo: GPT-2's), else an error that says ``--tokenizer``."""
-    from attnviz import tokenization
+    from attnviz.text import tokenization
 
     if path is not None:
         return tokenization.load_tokenizer(Path(path))

@@ -17,12 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from attnviz.errors import AttnvizError, InputError
+from attnviz.core.errors import AttnvizError, InputError
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-# What a model's own tokenizer is read from (attnviz.tokenization); tokenizer.model only
+# What a model's own tokenizer is read from (attnviz.text.tokenization); tokenizer.model only
 # where there is no tokenizer.json (Llama 3's tiktoken file).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_MODEL = "tokenizer.model"
@@ -100,7 +100,7 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
     from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    from attnviz.notebook import in_notebook
+    from attnviz.display.notebook import in_notebook
 
     show_progress = not quiet and (sys.stderr.isatty() or in_notebook())
     (enable_progress_bars if show_progress else disable_progress_bars)()

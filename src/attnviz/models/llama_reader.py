@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from attnviz.errors import AttnvizWarning, InputError
+from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import (

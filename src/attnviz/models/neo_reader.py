@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.hf import (
@@ -90,7 +90,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
     weights = NeoWeights(source, spec)
     for i in range(n_layers):
         check_shapes(source, weights.shapes(i), origin, lambda key: "transformer." + key)
-    from attnviz.tokenization import gpt2_tokenizer
+    from attnviz.text.tokenization import gpt2_tokenizer
 
     return hf_checkpoint(located, spec, weights, tokenizer, fallback=gpt2_tokenizer,
                          extra={"attention_layers": kinds})

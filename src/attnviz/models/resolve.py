@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 
 
 @dataclass(frozen=True)

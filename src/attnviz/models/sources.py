@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from attnviz.errors import InputError
+from attnviz.core.errors import InputError
 
 
 class TensorSource:

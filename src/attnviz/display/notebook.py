@@ -1,0 +1,263 @@
+"""Results that show themselves in notebooks (Jupyter, JupyterLab, VS Code, Colab) and
+save themselves as files.
+
+A result's display is a ``View``: a standalone HTML page, a PNG picture of the same thing
+and a one-line description. In a notebook the cell output holds three forms (a mimebundle):
+
+- ``text/html``: an interactive page (the report) inside ``<iframe srcdoc=… sandbox=
+  "allow-scripts">`` — its scripts run in a document of their own with an opaque origin: no
+  require.js, no CDN, no global names in the notebook's page, any number of views side by
+  side — sized to its content by a message the page posts to its parent; a static page (a
+  table and pictures, no scripts) is inlined as it is;
+- the PNG again inside that HTML, shown until the interactive page reports that it runs (an
+  untrusted notebook, GitHub's viewer and nbviewer strip scripts and iframes: the picture
+  stays);
+- ``image/png`` (what nbconvert puts in a PDF) and ``text/plain`` (a terminal).
+
+Imported by the result classes; heavy modules are imported only when something is shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnviz.core.errors import AttnvizWarning, InputError
+
+# A cell output above this many bytes is warned about (once a session): notebook files grow
+# by it, and frontends slow down (VS Code and Jupyter handle a few MB at ease).
+MAX_OUTPUT_BYTES = 10 * 2**20
+DEFAULT_HEIGHT = 640  # px: the iframe's height until the page has measured itself
+_warned = False
+
+# Inside the report: tell the notebook how tall the page is (and again when it changes).
+# The heads view's 75vh would grow with the iframe itself: it gets a fixed height instead.
+_RESIZER = """<style>.heads-scroll { max-height: 560px; }</style>
+<script>
+(function () {
+  function post() {
+    parent.postMessage({attnviz: "%(id)s",
+                        height: Math.ceil(document.body.getBoundingClientRect().height)}, "*");
+  }
+  window.addEventListener("load", post);
+  if (window.ResizeObserver) new ResizeObserver(post).observe(document.body);
+})();
+</script>
+"""
+# In the notebook's page: size the iframe, hide the picture once the page runs.
+_LISTENER = """<script>
+(function () {
+  var box = document.getElementById("%(id)s");
+  if (!box) return;
+  var frame = box.querySelector("iframe"), picture = box.querySelector("img");
+  window.addEventListener("message", function (event) {
+    var data = event.data;
+    if (event.source !== frame.contentWindow || !data || data.attnviz !== "%(id)s") return;
+    frame.style.height = Math.max(120, data.height) + "px";
+    if (picture) picture.style.display = "none";
+  });
+})();
+</script>"""
+
+
+@dataclass
+class View:
+    """What a result shows: ``page`` (a whole HTML document; ``interactive``: it runs
+    scripts), ``png`` (the same as a picture), ``title`` (one line) and ``narrow`` (how to
+    make it smaller, for the size warning)."""
+
+    page: str
+    png: bytes
+    title: str
+    interactive: bool = False
+    narrow: str = ""
+
+    def snippet(self) -> str:
+        """The ``text/html`` of a notebook cell (see the module docstring)."""
+        picture = (f'<img alt="{html.escape(self.title)}" style="max-width:100%;display:block" '
+                   f'src="data:image/png;base64,{base64.b64encode(self.png).decode("ascii")}">')
+        if not self.interactive:
+            return _body(self.page)
+        view_id = "attnviz-" + uuid.uuid4().hex[:12]
+        page = self.page.replace("</body>", _RESIZER % {"id": view_id} + "</body>", 1)
+        return (f'<div class="attnviz-view" id="{view_id}">'
+                f'<iframe title="{html.escape(self.title)}" sandbox="allow-scripts" '
+                f'style="width:100%;height:{DEFAULT_HEIGHT}px;border:0;display:block" '
+                f'srcdoc="{html.escape(page, quote=True)}"></iframe>{picture}'
+                f'{_LISTENER % {"id": view_id}}</div>')
+
+
+def _body(page: str) -> str:
+    """A static page's content, for inlining: what is between its body tags."""
+    start = page.index("<body>") + len("<body>")
+    return page[start:page.rindex("</body>")].strip()
+
+
+def bundle(view: View, text: str) -> dict:
+    """The mimebundle of a cell output (IPython's ``_repr_mimebundle_``)."""
+    global _warned
+    snippet = view.snippet()
+    png = base64.b64encode(view.png).decode("ascii")
+    size = len(snippet) + len(png)
+    if size > MAX_OUTPUT_BYTES and not _warned:
+        _warned = True
+        warnings.warn(f"this output is {size / 2**20:.1f} MB (above attnviz.display.notebook."
+                      f"MAX_OUTPUT_BYTES, {MAX_OUTPUT_BYTES / 2**20:.0f} MB): the notebook file "
+                      f"grows by as much; {view.narrow or 'show less of it'}", AttnvizWarning,
+                      stacklevel=3)
+    return {"text/plain": text, "text/html": snippet, "image/png": png}
+
+
+def save(view: View, path: str | Path) -> Path:
+    """``path`` ending in .html: the page; .png: the picture (written atomically)."""
+    from attnviz.files.fileio import write_bytes
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".html", ".htm", ".png"):
+        raise InputError(f"save({str(path)!r}): the name must end in .html or .png")
+    write_bytes(path, view.page.encode("utf-8") if suffix != ".png" else view.png)
+    return path
+
+
+class Displayable:
+    """Notebook display and ``to_html``/``save`` for a result class that gives ``_view()``
+    (a ``View``) and a short ``__repr__``."""
+
+    def _view(self) -> View:  # pragma: no cover - every subclass gives its own
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        return bundle(self._view(), repr(self))
+
+    def _repr_html_(self) -> str:
+        return self._view().snippet()
+
+    def _repr_png_(self) -> bytes:
+        return self._view().png
+
+    def to_html(self) -> str:
+        """A whole, self-contained HTML page of this result (what ``save("x.html")``
+        writes): offline, no request leaves it."""
+        return self._view().page
+
+    def save(self, path: str | Path) -> Path:
+        """Write this result to ``path``: ``.html`` (the page of ``to_html``) or ``.png``
+        (the picture a notebook shows where scripts cannot run)."""
+        return save(self._view(), path)
+
+
+# ------------------------------------------------------------------------- static pages
+
+_STATIC_STYLE = """<style>
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px; }
+</style>"""
+
+
+def static_page(title: str, body: str) -> str:
+    """A standalone page around ``body`` (HTML that needs no script and no style of its own:
+    inlined in a notebook as it is)."""
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(title)}</title>\n{_STATIC_STYLE}\n</head>\n<body>\n{body}\n"
+            f"</body>\n</html>\n")
+
+
+def table(columns: list[str], rows: list[list], caption: str = "") -> str:
+    """An HTML table; every cell's text escaped."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    caption = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def image(png: bytes, alt: str) -> str:
+    return (f'<img alt="{html.escape(alt)}" style="max-width:100%" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython with a display front end)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+# ------------------------------------------------------------------------------ the views
+
+_NARROW = "show less: layer= (one layer, or a list) or tokens='A:B' (a window of the text)"
+
+
+def attention_view(result, extras: dict | None = None) -> View:
+    """The report of an ``AttentionResult`` (with ``report.build_payload``'s ``extras``:
+    norms, rollout, attribution, induction), and its heads as one picture."""
+    from attnviz.analyses.scanning import layer_text
+    from attnviz.display.report import build_payload, render_html
+    from attnviz.pictures.plot import overview_png
+
+    page = render_html(build_payload(result, **(extras or {})))
+    title = (f"attnviz report: {result.n_tokens} tokens, {layer_text(result.layers)}, "
+             f"{result.n_heads} heads")
+    return View(page, overview_png(result), title, interactive=True, narrow=_NARROW)
+
+
+def scan_view(result, top: int = 5) -> View:
+    """A ``ScanResult``: its top heads per detector and the detector maps."""
+    from attnviz.analyses.scanning import TOP_COLUMNS, layer_text, top_table
+    from attnviz.pictures.scan import detector_maps, figure_png, score_maps_figure
+
+    detectors = list(TOP_COLUMNS) + (["induction_probe"] if result.induction_probe is not None
+                                     else [])
+    png = figure_png(score_maps_figure(detector_maps(result, detectors), result.layers))
+    rows = top_table(result, detectors, top)
+    title = (f"attnviz scan: {result.n_prompts} prompts, {result.n_tokens} tokens, "
+             f"{layer_text(result.layers)}")
+    body = (f"<h3>{html.escape(title)}</h3>"
+            + table(["rank", *detectors], [[row[c] for c in ("rank", *detectors)] for row in rows],
+                    f"Top heads per detector, mean ± std over {result.n_prompts} prompts")
+            + image(png, "detector maps: layers × heads"))
+    return View(static_page(title, body), png, title)
+
+
+def attribution_view(result) -> View:
+    """An ``AttributionResult``: the metric, the predictions, the top heads by each measure
+    and the two layers × heads maps."""
+    from attnviz.analyses.attribution import describe_metric, token_info, token_labels, top_head_rows
+    from attnviz.pictures.attribution import head_map_bytes
+
+    tokenizer = result.tokenizer
+    labels = token_labels(tokenizer, result.token_ids)
+    metric = describe_metric(result, tokenizer)
+    ablated = "zeroed" if result.ablate == "zero" else "replaced by its mean"
+    dla = head_map_bytes(result.dla, f"Direct logit attribution to {metric}", "logits")
+    ablation = head_map_bytes(result.ablation, f"Ablation effect on {metric} (head {ablated})",
+                              "Δ metric (logits)")
+    at = f"position {result.position} ({labels[result.position]})"
+    title = f"attnviz attribute: {metric} after {at}"
+    predictions = [[rank, token_info(tokenizer, i)["label"], i, f"{p:.4f}", f"{logit:.3f}"]
+                   for rank, (i, p, logit) in enumerate(result.predictions, start=1)]
+    columns = ["rank", "layer", "head", "dla", "ablation", "looks at"]
+
+    def heads_table(measure: str, caption: str) -> str:
+        rows = top_head_rows(result, labels, measure, 10)
+        return table(columns, [[f"{r[c]:.4f}" if c in ("dla", "ablation") else r[c]
+                                for c in columns] for r in rows], caption)
+
+    body = (f"<h3>{html.escape(title)}</h3>"
+            f"<p>{html.escape(metric)} = {result.metric:.4f}; the heads' direct attributions add "
+            f"up to {float(result.dla.sum()):.4f} (with the embeddings, MLPs and biases: "
+            f"{result.decomposition_total():.4f})</p>"
+            + table(["rank", "token", "id", "probability", "logit"], predictions,
+                    f"Predictions after {at}")
+            + heads_table("dla", "Top heads by direct logit attribution")
+            + heads_table("ablation", f"Top heads by ablation effect (head {ablated})")
+            + image(dla, "direct logit attribution: layers × heads")
+            + image(ablation, "ablation effect: layers × heads"))
+    return View(static_page(title, body), dla, title)

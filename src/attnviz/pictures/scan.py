@@ -1,0 +1,143 @@
+"""Score maps of ``attnviz scan``: one layers x heads picture per detector (matplotlib
+without pyplot; files written atomically)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+
+from attnviz.analyses.detectors import DETECTORS
+from attnviz.analyses.stats import COLUMNS
+from attnviz.files.fileio import write_bytes
+from attnviz.files.outdir import OutputFolder
+
+# The names a scan --plot folder can hold: one map per detector or statistic
+# (and, across checkpoints, <name>_over_checkpoints: plot_series)
+SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe"))
+                       + r")(_over_checkpoints)?\.png")
+
+MAX_ANNOTATED = 24  # cells per side that still hold a readable number
+
+
+TITLES = {
+    "previous_token_head": "previous-token detector (TransformerLens mul)",
+    "duplicate_token_head": "duplicate-token detector (TransformerLens mul)",
+    "induction_head": "induction detector (TransformerLens mul)",
+    "first_token": "first-token (sink) mass",
+    "induction_probe": "induction probe (repeated random tokens)",
+}
+
+
+def detector_maps(result, detectors: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+    """``name -> (scores (L, H), title)`` of a ``ScanResult``, for ``save_score_maps``."""
+    maps = {}
+    for name in detectors:
+        scores = result.induction_probe if name == "induction_probe" else result.mean[name]
+        what = "" if name == "induction_probe" else f"\nmean over {result.n_prompts} prompts"
+        maps[name] = (scores, TITLES[name] + what)
+    return maps
+
+
+def _cell_size(n_layers: int, n_heads: int) -> float:
+    return 0.5 if max(n_layers, n_heads) <= MAX_ANNOTATED else max(0.12, 12 / max(n_layers, n_heads))
+
+
+def draw_score_map(fig, ax, scores: np.ndarray, layers: list[int], title: str, label: str,
+                   cmap: str = "viridis") -> None:
+    """``scores (L, H)`` on ``ax``: layers on rows, heads on columns, a 0..1 colour scale
+    shared by every map, the value in each cell when the grid is small enough; NaN cells
+    are grey."""
+    from matplotlib import colormaps
+
+    n_layers, n_heads = scores.shape
+    colormap = colormaps[cmap].with_extremes(bad="#d0d0d0")
+    image = ax.imshow(np.ma.masked_invalid(scores), cmap=colormap, vmin=0.0, vmax=1.0,
+                      interpolation="nearest", aspect="equal")
+    step_h = max(1, n_heads // 24)
+    step_l = max(1, n_layers // 24)
+    ax.set_xticks(range(0, n_heads, step_h), [str(h) for h in range(0, n_heads, step_h)], fontsize=8)
+    ax.set_yticks(range(0, n_layers, step_l), [str(layers[i]) for i in range(0, n_layers, step_l)],
+                  fontsize=8)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    if max(n_layers, n_heads) <= MAX_ANNOTATED:
+        size = 7 if max(n_layers, n_heads) <= 16 else 5.5
+        for i in range(n_layers):
+            for j in range(n_heads):
+                value = scores[i, j]
+                if np.isnan(value):
+                    continue
+                r, g, b = colormap(float(value))[:3]
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=size,
+                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, shrink=0.9).set_label(label, fontsize=8)
+
+
+def score_map_figure(scores: np.ndarray, layers: list[int], title: str, label: str,
+                     dpi: int = 100, cmap: str = "viridis"):
+    """A ``Figure`` of one map (see ``draw_score_map``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layers, n_heads = scores.shape
+    cell = _cell_size(n_layers, n_heads)
+    width, height = n_heads * cell + 2.4, n_layers * cell + 1.6
+    title_width = 0.085 * max(len(line) for line in title.splitlines())  # inches at 10 pt
+    fig = Figure(figsize=(max(width, title_width + 0.6, 4.5), max(height, 2.8)), dpi=dpi,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_score_map(fig, fig.add_subplot(), scores, layers, title, label, cmap)
+    return fig
+
+
+def score_maps_figure(maps: dict[str, tuple[np.ndarray, str]], layers: list[int],
+                      dpi: int = 100, columns: int = 2):
+    """Every map of ``maps`` (``name -> (scores, title)``) in one ``Figure``, ``columns``
+    a row: what a notebook shows of a scan."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_layers, n_heads = next(iter(maps.values()))[0].shape
+    cell = _cell_size(n_layers, n_heads)
+    title_width = max(0.085 * len(line) for _, title in maps.values() for line in title.splitlines())
+    panel_w = max(n_heads * cell + 2.4, title_width + 0.6, 4.5)
+    panel_h = max(n_layers * cell + 1.6, 2.8)
+    columns = min(columns, len(maps))
+    rows = -(-len(maps) // columns)
+    fig = Figure(figsize=(panel_w * columns, panel_h * rows), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax, (name, (scores, title)) in zip(axes, maps.items()):
+        label = "score" if name == "induction_probe" else "mean score over prompts"
+        draw_score_map(fig, ax, scores, layers, title, label)
+    for ax in axes[len(maps):]:  # the empty panels of the last row
+        ax.set_visible(False)
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi)
+    return buffer.getvalue()
+
+
+def save_score_maps(out_dir: Path, maps: dict[str, tuple[np.ndarray, str]],
+                    layers: list[int]) -> list[Path]:
+    """``out_dir/<name>.png`` for every ``name -> (scores (L, H), title)``; the maps of an
+    earlier run (interrupted or not) that this one does not draw are removed, and nothing
+    else (see ``attnviz.files.outdir``)."""
+    record = OutputFolder(out_dir, [f"{name}.png" for name in maps], SCAN_MAPS)
+    written = []
+    for name, (scores, title) in maps.items():
+        path = out_dir / f"{name}.png"
+        label = "score" if name == "induction_probe" else "mean score over prompts"
+        png = figure_png(score_map_figure(scores, layers, title, label))
+        record.claim(path.name)
+        write_bytes(path, png)
+        written.append(path)
+    record.finish(p.name for p in written)
+    return written

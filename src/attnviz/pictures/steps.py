@@ -1,0 +1,369 @@
+"""The figure of ``attnviz steps``: one head walked through the attention pipeline.
+
+Panels, in pipeline order (left to right, wrapped onto a second row when one row would
+be too wide): Q, K, scores Q·Kᵀ, scaled scores, masked scores, softmax weights,
+[dropout], V, context. Every panel keeps the token rows of the text at the same height,
+so one token can be followed across the figure. Signed matrices use a diverging
+colormap centred at 0 (panels that belong together share a scale: Q with K, the scaled
+with the masked scores, V with the context, which is a weighted average of V's rows);
+the weights use the colormap and scale of ``attnviz heatmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap, LogNorm, Normalize, PowerNorm
+from matplotlib.figure import Figure
+
+from attnviz.analyses.steps import STAGES, HeadSteps, causal_future
+from attnviz.core.errors import InputError
+from attnviz.files.fileio import write_bytes
+from attnviz.pictures import colours, images
+from attnviz.pictures.fonts import Fonts, text_width_in
+
+DIVERGING_CMAP = "RdBu_r"  # red > 0, blue < 0, white at 0
+MAX_TOKENS = 128  # every cell is drawn: beyond this the cells would be thinner than a pixel
+ANNOTATE_TOKENS = 8  # print the values in the cells up to this many tokens
+ANNOTATE_DIMS = 8  # ... and in the T x d_k panels when d_k is this small too
+# Sizes in inches.
+_MIN_SIDE, _MAX_SIDE = 2.0, 4.4  # a T x T panel: 0.34 in a token between these
+_MIN_DIM_W, _DIM_SHARE = 1.1, 0.6  # a T x d_k panel: at most this share of a T x T one
+_TITLE_H, _SUPTITLE_H, _SUBTITLE_H, _LEGEND_H = 0.6, 0.55, 0.25, 0.45
+_YLABEL_W, _XLABEL_H = 0.3, 0.4  # the axis names ("query", "key")
+_GAP, _MARGIN = 0.3, 0.2
+_TITLE_FONT = 9.5  # points
+_MASK_MIN_DISTANCE = 25.0  # CIELAB distance from every colour of the map, as colours.mask_color
+_CBAR_W, _CBAR_PAD, _CBAR_TICKS = 0.11, 0.07, 0.45
+
+
+@dataclass
+class Panel:
+    """One matrix of the pipeline and how to draw it."""
+
+    name: str  # the HeadSteps attribute, e.g. "scaled"
+    data: np.ndarray  # (T, T) or (T, d_k)
+    title: str  # formula, then what it is and its shape
+    row_axis: str  # "query" or "key"
+    square: bool  # (T, T) with keys on the columns, else (T, d_k)
+    scale: int  # index into the figure's colour scales; panels sharing one are adjacent
+
+
+@dataclass
+class ColourScale:
+    colormap: Colormap
+    norm: Normalize
+    label: str
+    weights: bool  # drawn like heatmap's weights (colorbar ticks of the sqrt scale)
+    image: object = None  # an image drawn on this scale, for its colorbar
+
+
+def check_steps_size(n_tokens: int) -> None:
+    if n_tokens > MAX_TOKENS:
+        raise InputError(f"the text is {n_tokens} tokens; the steps figure draws every cell and "
+                         f"is limited to {MAX_TOKENS} tokens: use a shorter text")
+
+
+def _shape(rows: int, cols: int, names: str) -> str:
+    return f"{rows} × {cols}  ({names})"
+
+
+def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
+                 ) -> tuple[list[Panel], list[ColourScale]]:
+    """The panels of ``steps`` in pipeline order, and their colour scales."""
+    n, dk = steps.n_tokens, steps.head_dim
+    tt, td = _shape(n, n, "T × T"), _shape(n, dk, "T × d_k")
+    formula = steps.formulas()
+    scale_text = (f"√d_k = √{dk} = {math.sqrt(dk):.4g}" if steps.divides_by_sqrt_dk
+                  else f"scaled by {steps.scale:.4g}")
+
+    def signed(label: str, *arrays: np.ndarray) -> ColourScale:
+        finite = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays])
+        top = float(np.abs(finite).max()) if finite.size else 1.0
+        colormap = colours.check_cmap(DIVERGING_CMAP).with_extremes(bad=_mask_colour(DIVERGING_CMAP))
+        return ColourScale(colormap, Normalize(-(top or 1.0), top or 1.0), label, weights=False)
+
+    # A window of a longer text (--tokens A:B, A > 0) cuts the keys before A off its rows.
+    whole_rows = np.allclose(steps.weights.sum(axis=1), 1.0, atol=1e-4)
+    row_sums = "rows sum to 1" if whole_rows else "rows of a window (keys before it cut)"
+    weights_map = colours.check_cmap(cmap).with_extremes(bad=_mask_colour(cmap))
+    stages = {name: m for name, m in steps.matrices().items() if name in STAGES}
+    scales = [
+        signed("Q, K", steps.queries, steps.keys, *stages.values()),
+        signed("scores", steps.scores),
+        signed("scaled scores", steps.scaled),
+        ColourScale(weights_map, colours.make_norm(scale), "attention weight", weights=True),
+        signed("V, context", steps.values, steps.context),
+    ]
+    before = {"queries_projected": "queries before QK-norm", "keys_projected": "keys before QK-norm",
+              "queries_unrotated": "queries before RoPE", "keys_unrotated": "keys before RoPE"}
+    panels = [Panel(name, m, f"{formula[name]}\n{before[name]}, {td}",
+                    "key" if name.startswith("keys") else "query", False, 0)
+              for name, m in stages.items()]
+    rotated = ", rotated by position" if steps.rope else ""
+    hidden = "−∞ above the diagonal" + (
+        f" and {steps.window}+ back (window {steps.window})" if steps.window else "")
+    panels += [
+        Panel("queries", steps.queries, f"{formula['queries']}\nqueries{rotated}, {td}", "query",
+              False, 0),
+        Panel("keys", steps.keys, f"{formula['keys']}\nkeys{rotated}, {td}", "key", False, 0),
+        Panel("scores", steps.scores, f"{formula['scores']}\nscores, {tt}", "query", True, 1),
+        Panel("scaled", steps.scaled, f"{formula['scaled']}\n{scale_text}, {tt}", "query", True, 2),
+        Panel("masked", steps.masked, f"{formula['masked']}\n{hidden}, {tt}", "query", True, 2),
+        Panel("weights", steps.weights, f"{formula['weights']}\nweights, {row_sums}, {tt}",
+              "query", True, 3),
+    ]
+    if steps.dropped is not None:
+        keep = 1 / (1 - steps.dropout)
+        norm = {"sqrt": PowerNorm(0.5, 0.0, keep), "linear": Normalize(0.0, keep),
+                "log": LogNorm(colours.LOG_FLOOR, keep, clip=True)}[scale]
+        scales.insert(4, ColourScale(weights_map, norm, "weight after dropout", weights=True))
+        panels.append(Panel("dropped", steps.dropped,
+                            f"{formula['dropped']}, seed {steps.seed}\n"
+                            f"survivors ÷ (1 − p), i.e. × {keep:.3g}, {tt}", "query", True, 4))
+    v = len(scales) - 1
+    panels += [
+        Panel("values", steps.values, f"{formula['values']}\nvalues, {td}", "key", False, v),
+        Panel("context", steps.context, f"{formula['context']}\ncontext vectors, {td}",
+              "query", False, v),
+    ]
+    return panels, scales
+
+
+def _mask_colour(cmap: str) -> str:
+    """The colour of masked (−∞) cells: one no value of ``cmap`` can have. For the
+    diverging map of the scores, the lightest grey that is clearly not one of its colours
+    (a calm colour on a slide; its light greys are too close to the pale colours near 0)."""
+    if cmap == DIVERGING_CMAP:
+        colormap = colours.check_cmap(cmap)
+        for grey in ("#909090", "#808080", "#606060"):
+            if colours.mask_distance(colormap, grey) >= _MASK_MIN_DISTANCE:
+                return grey
+    return colours.mask_color(cmap)
+
+
+def _cell_text(value: float, weights: bool) -> str:
+    if not np.isfinite(value):
+        return "−∞"
+    if weights:
+        return f"{value:.2f}"
+    size = abs(value)
+    text = f"{value:.0f}" if size >= 99.5 else f"{value:.1f}" if size >= 9.95 else f"{value:.2f}"
+    return text.replace("-", "−")
+
+
+def _rows(panels: Sequence[Panel]) -> list[list[int]]:
+    """Panel indices per row: the scores (Q, K, S, scaled, masked) on the first row, the
+    weights and what they do (A, dropout, V, Z) on the second. All eight panels on one
+    row would be too wide for a slide at any size worth reading."""
+    cut = next(i for i, p in enumerate(panels) if p.name == "weights")
+    if panels[0].name in STAGES:  # QK-norm / RoPE stages: Q and K get a row of their own
+        scores = next(i for i, p in enumerate(panels) if p.name == "scores")
+        return [list(range(scores)), list(range(scores, cut)), list(range(cut, len(panels)))]
+    return [list(range(cut)), list(range(cut, len(panels)))]
+
+
+def steps_figure(
+    steps: HeadSteps,
+    token_labels: Sequence[str],
+    cmap: str = "viridis",
+    dpi: int = 100,
+    scale: str = "sqrt",
+    title: str | None = None,
+    subtitle: str | None = None,
+    fonts: Fonts | None = None,
+) -> tuple[Figure, FigureCanvasAgg]:
+    """The whole pipeline of ``steps`` as one figure (drawn when it is saved).
+
+    Axes are labelled with the panel names (``ax.get_label()``: "queries", "scores", …,
+    and "<name> colorbar"). ``subtitle`` goes under the title (e.g. which model)."""
+    n, dk = steps.n_tokens, steps.head_dim
+    check_steps_size(n)
+    panels, scales = build_panels(steps, cmap, scale)
+    labels = [(fonts or Fonts(token_labels)).label(t) for t in token_labels]
+
+    side = min(max(n * 0.34, _MIN_SIDE), _MAX_SIDE)  # a T x T panel, inches
+    cell_pt = side / n * 72  # the height of one token row, in points
+    font = min(max(cell_pt / 1.3, 6.0), 9.0)
+    stride = max(1, math.ceil(font * 1.2 / cell_pt))
+    ticks = list(range(0, n, stride))
+    label_w = text_width_in([labels[t] for t in ticks], font)
+    dim_w = min(max(dk * side / n, _MIN_DIM_W), _DIM_SHARE * side)  # a T x d_k panel, inches
+    annotate = n <= ANNOTATE_TOKENS
+    rows = _rows(panels)
+
+    def has_bar(i: int) -> bool:  # the last panel of its colour scale, or of its row
+        return i == len(panels) - 1 or panels[i + 1].scale != panels[i].scale or any(
+            row[-1] == i for row in rows)
+
+    def named(i: int) -> bool:  # token labels on the rows: first of a row, or K's and V's keys
+        return any(row[0] == i for row in rows) or panels[i].row_axis == "key"
+
+    # Per panel (left margin, panel, right margin), inches; a title wider than its panel
+    # pushes the next panel away rather than run into its title.
+    slots = []
+    for i, panel in enumerate(panels):
+        w = side if panel.square else dim_w
+        ticks_w = _CBAR_TICKS + (0.2 if isinstance(scales[panel.scale].norm, LogNorm) else 0.0)
+        right = (_CBAR_PAD + _CBAR_W + ticks_w if has_bar(i) else 0.0) + _GAP
+        slots.append([(label_w if named(i) else 0.0) + _YLABEL_W, w, right])
+    overhang = [max(0.0, (_title_width(p.title) - slots[i][1]) / 2) for i, p in enumerate(panels)]
+    for row in rows:
+        for i, j in zip(row, row[1:]):
+            slots[i][2] += max(0.0, overhang[i] + overhang[j] + 0.15 - slots[i][2] - slots[j][0])
+    row_widths = [sum(sum(slots[i]) for i in row) - _GAP for row in rows]
+    width = max(row_widths) + 2 * _MARGIN
+    bottom = label_w + _XLABEL_H  # key labels (rotated) + the axis name
+    row_h = _TITLE_H + side + bottom
+    top = _SUPTITLE_H + (_SUBTITLE_H if subtitle else 0.0)
+    height = top + row_h * len(rows) + _LEGEND_H
+    fig, canvas = images.new_figure(width, height, dpi)
+
+    def box(x: float, y_top: float, w: float, h: float):
+        return (x / width, 1 - (y_top + h) / height, w / width, h / height)
+
+    for r, row in enumerate(rows):
+        x = _MARGIN + (max(row_widths) - row_widths[r]) / 2  # rows are centred
+        y = top + r * row_h + _TITLE_H
+        for i in row:
+            panel, colour = panels[i], scales[panels[i].scale]
+            left, w, right = slots[i]
+            x += left
+            ax = fig.add_axes(box(x, y, w, side), label=panel.name)
+            _draw_panel(ax, panel, colour, steps, labels, ticks if named(i) else [], ticks,
+                        font, cell_pt, annotate)
+            if has_bar(i):
+                cax = fig.add_axes(box(x + w + _CBAR_PAD, y, _CBAR_W, side),
+                                   label=f"{panel.name} colorbar")
+                _colorbar(fig, cax, colour)
+            x += w + right
+
+    heading = title or _default_title(steps)
+    fig.text(0.5, 1 - 0.2 / height, heading, ha="center", va="top", fontsize=13,
+             label="title", parse_math=False)
+    if subtitle:
+        fig.text(0.5, 1 - (0.2 + _SUPTITLE_H - 0.3) / height, subtitle, ha="center", va="top",
+                 fontsize=9.5, color="#444444", label="subtitle", parse_math=False)
+    _legend(fig, steps, cmap, height)
+    return fig, canvas
+
+
+def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels: Sequence[str],
+                row_ticks: list[int], key_ticks: list[int], font: float, cell_pt: float,
+                annotate: bool) -> None:
+    n, dk = steps.n_tokens, steps.head_dim
+    data = np.ma.masked_invalid(panel.data)  # the -inf of the masked scores
+    if colour.weights:  # the future, exactly 0, is drawn as masked, as in heatmap
+        data = np.ma.masked_where(causal_future(n, steps.window), data)
+        if isinstance(colour.norm, LogNorm):  # a visible 0 (dropout) is the lowest colour, not masked
+            data = np.ma.maximum(data, colours.LOG_FLOOR)
+    image = ax.imshow(data, cmap=colour.colormap, norm=colour.norm, aspect="auto",
+                      interpolation="nearest")
+    colour.image = image
+    ax.set_title(panel.title, fontsize=_TITLE_FONT, pad=5, linespacing=1.4)
+    ax.set_yticks(key_ticks, [labels[t] for t in row_ticks] if row_ticks else [], fontsize=font)
+    ax.set_ylabel(panel.row_axis, fontsize=9, labelpad=2)
+    if panel.square:
+        ax.set_xticks(key_ticks, [labels[t] for t in key_ticks], fontsize=font, rotation=90)
+        ax.set_xlabel("key", fontsize=9, labelpad=3)
+    else:
+        dims = [0, dk - 1] if dk <= 16 else [0, dk // 2, dk - 1]
+        dims = list(range(dk)) if dk <= 4 else dims
+        ax.set_xticks(sorted(set(dims)), [str(d) for d in sorted(set(dims))], fontsize=7)
+        ax.set_xlabel("d_k dimension", fontsize=9, labelpad=3)
+    ax.tick_params(length=2, pad=1.5)
+    if panel.name == "dropped":
+        _mark_dropped(ax, steps, cell_pt)
+    if annotate and (panel.square or dk <= ANNOTATE_DIMS):
+        _annotate(ax, panel, image, colour.weights, min(9.0, cell_pt / 3.4))
+
+
+def _colorbar(fig: Figure, cax, colour: ColourScale) -> None:
+    if colour.weights:
+        bar = colours.colorbar(fig, cax, colour.norm, colour.colormap)
+        bar.set_label(colour.label, fontsize=8)
+    else:
+        bar = fig.colorbar(colour.image, cax=cax)
+        bar.ax.tick_params(labelsize=7)
+
+
+def _title_width(title: str) -> float:
+    return text_width_in(title.split("\n"), _TITLE_FONT)
+
+
+def _default_title(steps: HeadSteps) -> str:
+    return (f"Layer {steps.layer}, head {steps.head}: how attention turns {steps.n_tokens} token "
+            f"vectors into context vectors (d_k = {steps.head_dim})")
+
+
+def _annotate(ax, panel: Panel, image, weights: bool, size: float) -> None:
+    """Print each value in its cell, black or white for contrast with the cell colour."""
+    rgba = image.to_rgba(image.get_array())  # (T, cols, 4) floats, masked cells included
+    rows, cols = panel.data.shape
+    for i in range(rows):
+        for j in range(cols):
+            value = panel.data[i, j]
+            if weights and j > i:
+                continue  # the future: no weight was ever there
+            if panel.name == "dropped" and value == 0 and j <= i:
+                continue  # marked with a cross instead
+            r, g, b = rgba[i, j, :3]
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+            ax.text(j, i, _cell_text(value, weights), ha="center", va="center", fontsize=size,
+                    color="white" if dark else "black", parse_math=False)
+
+
+def _mark_dropped(ax, steps: HeadSteps, cell_pt: float) -> None:
+    """A cross on every visible cell dropout set to 0."""
+    n = steps.n_tokens
+    visible = ~np.triu(np.ones((n, n), bool), 1)
+    rows, cols = np.nonzero(visible & (steps.dropped == 0) & (steps.weights > 0))
+    ax.scatter(cols, rows, marker="x", s=(0.45 * cell_pt) ** 2, linewidths=max(0.6, cell_pt / 30),
+               color="#ff5050", label="dropped")
+
+
+def _legend(fig: Figure, steps: HeadSteps, cmap: str, height: float) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(facecolor=_mask_colour(DIVERGING_CMAP), edgecolor="black", linewidth=0.5,
+              label="masked score: −∞ (a key in the future of its query" + (
+                  f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")),
+        Patch(facecolor=_mask_colour(cmap), edgecolor="black", linewidth=0.5,
+              label="masked weight: e^−∞ = 0"),
+    ]
+    if steps.dropped is not None:
+        handles.append(Line2D([], [], linestyle="none", marker="x", color="#ff5050",
+                              label="dropped by dropout (set to 0)"))
+    if handles[0].get_facecolor() == handles[1].get_facecolor():
+        handles = [Patch(facecolor=_mask_colour(cmap), edgecolor="black", linewidth=0.5,
+                         label="masked: score −∞, weight e^−∞ = 0 (a key in the future of its query"
+                         + (f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")),
+                   *handles[2:]]
+    fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0.08 / height))
+
+
+def render_steps(steps: HeadSteps, token_labels: Sequence[str], fmt: str = "png",
+                 cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
+                 title: str | None = None, subtitle: str | None = None) -> bytes:
+    """The figure as ``fmt`` (png, svg, pdf or jpg) bytes; the same input gives the same
+    bytes. Token labels the main font cannot draw use a CJK font when one is installed."""
+    fonts = Fonts(token_labels)
+    with fonts.context():
+        fig, canvas = steps_figure(steps, token_labels, cmap, dpi, scale, title, subtitle, fonts)
+        return images.figure_bytes(fig, canvas, fmt)
+
+
+def save_steps(path: Path, steps: HeadSteps, token_labels: Sequence[str], fmt: str = "png",
+               cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
+               title: str | None = None, subtitle: str | None = None) -> Path:
+    """Write the figure to ``path`` atomically (never a half-written file); returns it."""
+    write_bytes(path, render_steps(steps, token_labels, fmt, cmap, dpi, scale, title, subtitle))
+    return path

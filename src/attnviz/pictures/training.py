@@ -1,0 +1,209 @@
+"""The pictures of ``attnviz train``: the film of every head's attention on one probe at
+every snapshot (GIF, APNG, or MP4 through ffmpeg), and the detector scores of every head
+against the training step (matplotlib without pyplot; files written atomically).
+
+    write_film(frames, labels, records, DIR / "heads.gif")   # frames: (L, H, T, T) per snapshot
+    write_detector_chart(records, DIR / "detectors.png")
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from attnviz.analyses.detectors import DETECTORS
+from attnviz.core.errors import AttnvizError, InputError
+from attnviz.files.fileio import atomic_write, write_bytes
+from attnviz.pictures.scan import figure_png
+
+FILM_FORMATS = {"gif": "heads.gif", "apng": "heads.png", "mp4": "heads.mp4"}
+SHORT = {"previous_token_head": "prev", "duplicate_token_head": "dup", "induction_head": "ind"}
+FRAME_MS, LAST_FRAME_MS = 300, 2500
+MAX_TICK_LABELS = 40  # tokens; past this the axes carry every 16th position instead
+
+
+def check_film_format(fmt: str) -> str:
+    """The film's file name for ``fmt``; refused before any training when its writer is
+    missing (mp4 needs ffmpeg on PATH)."""
+    if fmt not in FILM_FORMATS:
+        raise InputError(f"--film-format must be one of {', '.join(FILM_FORMATS)}, got {fmt!r}")
+    if fmt == "mp4" and shutil.which("ffmpeg") is None:
+        raise InputError("--film-format mp4 needs ffmpeg on PATH (not found); use gif or apng")
+    return FILM_FORMATS[fmt]
+
+
+def _figure(width: float, height: float, dpi: int):
+    from attnviz.pictures.images import new_figure  # matplotlib: only once a picture is drawn
+
+    return new_figure(width, height, dpi)[0]
+
+
+def best_score(record: dict, detector: str, from_layer: int = 0) -> float:
+    """The best head's ``detector`` score in ``record`` (a training.jsonl line), among the
+    layers from ``from_layer`` on (an induction head needs a layer before it)."""
+    scores = np.array(record["scores"][detector], dtype=float)[from_layer:]  # (L, H)
+    return float(np.nanmax(scores))
+
+
+def induction_from(n_layers: int) -> int:
+    """The first layer an induction head can be in: 1 (0 for a one-layer model)."""
+    return 1 if n_layers > 1 else 0
+
+
+def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
+                dpi: int = 100):
+    """One RGB image (``(h, w, 3)`` uint8) per snapshot: a layers × heads grid of the
+    heads' attention on the probe, each titled with its detector scores at that step, and
+    under it the loss and the best induction score up to that step. One figure
+    is drawn once and its images updated, so every frame has the same layout."""
+    from matplotlib.colors import Normalize
+
+    from attnviz.pictures.colours import weight_colormap
+
+    n_layers, n_heads, n, _ = frames[0].shape
+    cell = 2.4 if n <= 48 else 3.2
+    fig = _figure(cell * n_heads + 1.2, cell * n_layers + 2.4, dpi)
+    grid = fig.add_gridspec(n_layers + 1, n_heads + 1, height_ratios=[cell] * n_layers + [1.5],
+                            width_ratios=[1] * n_heads + [0.06], left=0.08, right=0.86,
+                            top=0.92, bottom=0.08, hspace=0.35, wspace=0.18)
+    colormap, _ = weight_colormap("viridis")
+    norm = Normalize(0.0, 1.0)
+    future = ~np.tri(n, dtype=bool)  # (T, T): the keys after each query
+    images, titles = [], []
+    show_labels = n <= MAX_TICK_LABELS
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            ax = fig.add_subplot(grid[layer, head])
+            image = ax.imshow(np.ma.masked_array(frames[0][layer, head], future), cmap=colormap,
+                              norm=norm, interpolation="nearest")
+            images.append((image, layer, head))
+            titles.append((ax.set_title("", fontsize=8), layer, head))
+            # every token's label, or past MAX_TICK_LABELS every 16th position's number
+            ticks = range(n) if show_labels else range(0, n, 16)
+            names = [labels[i] for i in ticks] if show_labels else [str(i) for i in ticks]
+            ax.set_xticks(ticks, names if layer == n_layers - 1 else [""] * len(ticks),
+                          rotation=90 if show_labels else 0, fontsize=5 if show_labels else 7)
+            ax.set_yticks(ticks, names if head == 0 else [""] * len(ticks),
+                          fontsize=5 if show_labels else 7)
+            ax.tick_params(length=0)
+    fig.colorbar(images[0][0], cax=fig.add_subplot(grid[:n_layers, n_heads]),
+                 label="attention weight")
+    curve = fig.add_subplot(grid[n_layers, :n_heads])
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] for r in records]
+    (loss_line,) = curve.plot(steps, losses, color="tab:blue", lw=1.2)
+    curve.set_xlim(steps[0] - 0.02 * (steps[-1] - steps[0] or 1), steps[-1] * 1.02 or 1)
+    curve.set_ylim(0, max(losses) * 1.05)
+    curve.set_ylabel("loss", color="tab:blue", fontsize=8)
+    curve.set_xlabel("training step", fontsize=8)
+    curve.tick_params(labelsize=7)
+    scores = curve.twinx()
+    first = induction_from(n_layers)
+    best = [best_score(r, "induction_head", first) for r in records]
+    (score_line,) = scores.plot(steps, best, color="tab:orange", lw=1.2)
+    scores.set_ylim(0, 1)
+    scores.set_ylabel("best induction\nscore" + (f" (L{first}+)" if first else ""),
+                      color="tab:orange", fontsize=8)
+    scores.tick_params(labelsize=7)
+    marker = curve.axvline(steps[0], color="0.3", lw=1, ls="--")
+    heading = fig.suptitle("", fontsize=11)
+    for i, (weights, record) in enumerate(zip(frames, records)):
+        loss_line.set_data(steps[: i + 1], losses[: i + 1])  # the curves so far
+        score_line.set_data(steps[: i + 1], best[: i + 1])
+        for image, layer, head in images:
+            image.set_data(np.ma.masked_array(weights[layer, head], future))
+        for title, layer, head in titles:
+            values = " · ".join(f"{SHORT[d]} {record['scores'][d][layer][head]:.2f}" for d in DETECTORS)
+            title.set_text(f"L{layer} H{head}   {values}")
+        marker.set_xdata([record["step"]])
+        heading.set_text(f"step {record['step']:,}   ·   loss {record['loss']:.3f}")
+        fig.canvas.draw()
+        yield np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def write_film(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
+               path: Path, dpi: int = 100, progress=None) -> Path:
+    """The film at ``path``; its format from the name (``FILM_FORMATS``). ``progress``:
+    an ``attnviz.files.progress`` callback, told of every frame drawn."""
+    from PIL import Image
+
+    path = Path(path)
+    pictures = []
+    for picture in film_frames(frames, labels, records, dpi):
+        pictures.append(picture)
+        if progress is not None:
+            progress("Drawing the film", len(pictures), len(frames))
+    if path.suffix == ".mp4":
+        _write_mp4(pictures, path)
+        return path
+    images = [Image.fromarray(p) for p in pictures]
+    durations = [FRAME_MS] * (len(images) - 1) + [LAST_FRAME_MS]
+    kind = "GIF" if path.suffix == ".gif" else "PNG"
+    with atomic_write(path) as f:
+        images[0].save(f, format=kind, save_all=True, append_images=images[1:],
+                       duration=durations, loop=0, **({"optimize": False} if kind == "GIF" else {}))
+    return path
+
+
+def _write_mp4(pictures: list[np.ndarray], path: Path) -> None:
+    height, width, _ = pictures[0].shape
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    command = ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(1000 / FRAME_MS), "-i", "-",
+               "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p", str(tmp)]
+    hold = max(1, round(LAST_FRAME_MS / FRAME_MS))
+    data = b"".join(p.tobytes() for p in pictures) + pictures[-1].tobytes() * (hold - 1)
+    try:
+        done = subprocess.run(command, input=data, capture_output=True)
+        if done.returncode != 0:
+            raise AttnvizError(f"ffmpeg could not write {path}: "
+                               f"{done.stderr.decode(errors='replace').strip()[:300]}")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_detector_chart(records: Sequence[dict], path: Path, dpi: int = 100) -> Path:
+    """``path``: the loss and, per detector, every head's score against the step (one
+    colour per head, the same in every panel; layers told apart by line style)."""
+    from matplotlib import colormaps
+
+    steps = [r["step"] for r in records]
+    n_layers = len(records[0]["scores"]["induction_head"])
+    n_heads = len(records[0]["scores"]["induction_head"][0])
+    fig = _figure(11, 7.5, dpi)
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(2, 2)
+    loss = axes[0, 0]
+    loss.plot(steps, [r["loss"] for r in records], color="black", lw=1.3)
+    if min(r["loss"] for r in records) > 0:
+        from matplotlib.ticker import FuncFormatter
+
+        loss.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.1, 1, 6: not 10^-1
+        loss.yaxis.set_major_formatter(plain)
+        loss.yaxis.set_minor_formatter(plain)
+    loss.set_title("training loss")
+    palette = colormaps["tab10" if n_heads <= 10 else "tab20"]
+    styles = ["-", "--", ":", "-."]
+    for ax, detector in zip(axes.flat[1:], DETECTORS):
+        values = np.array([r["scores"][detector] for r in records], dtype=float)  # (S, L, H)
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                ax.plot(steps, values[:, layer, head], color=palette(head % palette.N),
+                        ls=styles[layer % len(styles)], lw=1.3,
+                        label=f"L{layer} H{head}" if n_layers * n_heads <= 24 else None)
+        ax.set_ylim(0, 1)
+        ax.set_title(detector.replace("_", " ") + " score (on the probes)")
+    for ax in axes.flat:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    if n_layers * n_heads <= 24:
+        axes[1, 1].legend(fontsize=8, ncols=max(1, n_layers), loc="upper left")
+    fig.suptitle("Heads through training")
+    write_bytes(path, figure_png(fig))
+    return path

@@ -1,0 +1,751 @@
+"""One tokenizer interface for every model family: GPT-2 offline, ``tokenizer.json``, Llama 3's tiktoken.
+
+Each model must be fed its own token ids, the ids ``transformers.AutoTokenizer.from_pretrained(folder)
+(text)["input_ids"]`` gives. Three kinds of tokenizer sit behind :class:`Tokenizer`:
+
+- ``"gpt2"``: the offline GPT-2 tiktoken encoding of :mod:`attnviz.text.gpt2_bpe` (:func:`gpt2_tokenizer`).
+- ``"tokenizer.json"``: a Hugging Face ``tokenizer.json`` read with the ``tokenizers`` library, set up
+  the way transformers 5 sets it up (below).
+- ``"tiktoken"``: Llama 3's ``tokenizer.model`` (lines ``base64-token rank``) as a ``tiktoken.Encoding``
+  with Llama 3's split pattern and its 256 special tokens after the ranks, as Meta's reference
+  ``llama_models/llama3/tokenizer.py`` builds it for the 3.1 text models (11 named tokens, then
+  ``<|reserved_special_token_2|>`` ...; the 3.2 vision version puts ``<|image|>`` at n+11, which
+  only renames the reserved tokens after it).
+
+Product rules:
+
+- **BOS / EOS.** ``encode(text)`` (``add_bos=True``) adds exactly what AutoTokenizer adds by default
+  (``add_special_tokens=True``); ``add_bos=False`` (the CLI's ``--no-bos``) equals
+  ``add_special_tokens=False``. transformers 5 decides from the files alone:
+
+  * With a ``tokenizer.json``, ``add_bos_token`` / ``add_eos_token`` in ``tokenizer_config.json`` are
+    dropped (``PreTrainedTokenizerBase._from_pretrained`` pops them), so what is added is exactly what
+    the ``post_processor`` of ``tokenizer.json`` adds: Llama 3's TemplateProcessing
+    ``<|begin_of_text|> $A``, Llama 2 / Mistral's ``<s> $A``, nothing for Qwen2/3 and GPT-2 / SmolLM2
+    (a ByteLevel post-processor), nothing when it is ``null``. The one exception: ``GPTNeoXTokenizer``
+    (Pythia) replaces the post-processor by one that adds nothing.
+  * Llama 3's tiktoken ``tokenizer.model`` prepends ``<|begin_of_text|>`` (Meta's reference does;
+    transformers does when ``tokenizer_config.json`` says ``add_bos_token: true``).
+  * GPT-2 offline adds nothing (``bos_id`` None, ``add_bos`` has no effect), as AutoTokenizer on
+    ``gpt2`` does.
+
+- **Special-token strings in the text** follow one rule for every tokenizer, GPT-2's: by default they
+  are plain text, encoded as ordinary characters (AutoTokenizer with ``split_special_tokens=True``;
+  ``tokenizers``' ``encode_special_tokens``); with ``allow_special=True`` (``--allow-special``) each
+  becomes its special token (AutoTokenizer's default). Added tokens that are *not* special (Qwen3's
+  ``<think>``, say) are matched whole either way, as transformers does.
+
+- **Which pipeline.** transformers 5 rebuilds the normalizer, pre-tokenizer and BPE options of some
+  classes named by ``tokenizer_class`` (from ``tokenizer_config.json``, else ``config.json``'s
+  ``tokenizer_class`` or ``model_type``), keeping only the vocabulary, merges and post-processor of
+  ``tokenizer.json``; we do the same (:data:`_RECIPES`): ``GPT2Tokenizer`` (byte-level, SmolLM2),
+  ``Qwen2Tokenizer`` (NFC + Qwen's split pattern + byte-level), ``LlamaTokenizer`` (Metaspace ``▁``
+  without normalizer, byte fallback; the prepend scheme from ``add_prefix_space`` / ``legacy``;
+  a byte-level ``tokenizer.json`` declared ``LlamaTokenizer`` is read as it is, as AutoTokenizer
+  does), ``GPTNeoXTokenizer`` and ``GemmaTokenizer``. ``PreTrainedTokenizerFast`` (Llama 3,
+  SmolLM3), no class, or a class not in that table: ``tokenizer.json`` as it is. Added and named
+  special tokens (``bos_token``, ``eos_token``, ... with the class's defaults, ``added_tokens_decoder``,
+  else ``special_tokens_map.json`` and the ``added_tokens`` of ``tokenizer.json``) are registered
+  in the order transformers registers them, so the same strings are special.
+
+- **Labels.** :meth:`Tokenizer.token_bytes` gives each token's raw bytes for
+  :func:`attnviz.text.gpt2_bpe.token_label`: byte-level pieces are mapped back to their bytes
+  (``Ġ`` -> ``b" "``, ``Ċ`` -> ``b"\\n"``), SentencePiece's ``▁`` -> ``b" "``, byte-fallback pieces
+  ``<0x0A>`` -> ``b"\\n"``, added and special tokens -> their text as UTF-8. For byte-level tokenizers
+  without a normalizer the bytes of ``encode(t, add_bos=False)`` join to ``t.encode()``.
+
+- **Not matched.** A class transformers rebuilds but :data:`_RECIPES` does not know (Cohere, T5,
+  ...) is read as its ``tokenizer.json`` says; the old ``added_tokens.json`` file is not read; a
+  tiktoken ``tokenizer.model`` always gets Meta's 256 names and BOS, whatever a
+  ``tokenizer_config.json`` beside it says (transformers takes both from that file).
+
+- Problems are :class:`~attnviz.core.errors.InputError` naming the file. ``tokenizers`` and ``tiktoken``
+  are imported when a tokenizer is loaded, never at import time; loaded tokenizers are cached per
+  path (and modification time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from attnviz.core.errors import InputError
+from attnviz.text import gpt2_bpe as gpt2
+
+__all__ = [
+    "LLAMA3_PAT_STR",
+    "LLAMA3_SPECIAL_TOKENS",
+    "Tokenizer",
+    "find_tokenizer",
+    "gpt2_tokenizer",
+    "load_tokenizer",
+]
+
+# The same sentence attnviz.text.gpt2_bpe.encode gives for empty text.
+EMPTY_TEXT = "the text is empty: give some text, '-' to read stdin, or --file PATH"
+
+LLAMA3_PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_NAMED = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",  # end of message
+    "<|eot_id|>",  # end of turn
+    "<|python_tag|>",
+]
+# Meta's 256 special tokens, with ids n, n+1, ... after the n ranks of tokenizer.model.
+LLAMA3_SPECIAL_TOKENS = _LLAMA3_NAMED + [
+    f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(_LLAMA3_NAMED))
+]
+
+# transformers' Qwen2Tokenizer.PRETOKENIZE_REGEX (digits one by one, unlike Llama 3's \p{N}{1,3}).
+QWEN2_PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+_NAMED_TOKEN_KEYS = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+_ADDED_TOKEN_FIELDS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+_MODEL_TYPES = {"BPE", "Unigram", "WordPiece", "WordLevel"}
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]+")
+
+
+def _check_text(text: str) -> None:
+    if not text:
+        raise InputError(EMPTY_TEXT)
+
+
+class Tokenizer:
+    """The interface every tokenizer implements.
+
+    ``kind`` is ``"gpt2"``, ``"tokenizer.json"`` or ``"tiktoken"``; ``source`` is where it was read
+    from (``"gpt2 (offline)"`` or a path); every id it produces is ``< vocab_size`` (added and
+    special tokens included); ``bos_id`` is the id ``encode`` prepends by default (None: none).
+    """
+
+    kind: str
+    source: str
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+
+    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text`` (special-token strings are plain text unless ``allow_special``)."""
+        raise NotImplementedError
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        """Each token's raw bytes, for :func:`attnviz.text.gpt2_bpe.token_label`."""
+        raise NotImplementedError
+
+    def is_special(self, token_id: int) -> bool:
+        raise NotImplementedError
+
+    def _token_info(self, token_id: int | None) -> dict | None:
+        if token_id is None:
+            return None
+        return {"id": token_id, "text": gpt2.token_text(self.token_bytes([token_id])[0])}
+
+    def describe(self) -> dict:
+        """``kind``, ``source``, ``vocab_size``, ``bos`` and ``eos`` (``{"id", "text"}`` or None)."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "vocab_size": self.vocab_size,
+            "bos": self._token_info(self.bos_id),
+            "eos": self._token_info(self.eos_id),
+        }
+
+    def _unknown_id(self, token_id: int) -> InputError:
+        return InputError(
+            f"token id {token_id} is not in the vocabulary of {self.source} (0..{self.vocab_size - 1})"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} {self.source} vocab_size={self.vocab_size}>"
+
+
+# -- GPT-2, offline -------------------------------------------------------------------------------
+
+
+class Gpt2Tokenizer(Tokenizer):
+    """:mod:`attnviz.text.gpt2_bpe`'s offline GPT-2 encoding; prepends nothing, as GPT-2 does."""
+
+    kind = "gpt2"
+    source = "gpt2 (offline)"
+    vocab_size = gpt2.ENDOFTEXT_ID + 1
+    bos_id = None
+    eos_id = gpt2.ENDOFTEXT_ID
+
+    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
+        return gpt2.encode(text, allow_special=allow_special)
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        for token_id in token_ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise self._unknown_id(token_id)
+        return gpt2.token_bytes(token_ids)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id == gpt2.ENDOFTEXT_ID
+
+
+@lru_cache(maxsize=1)
+def gpt2_tokenizer() -> Tokenizer:
+    return Gpt2Tokenizer()
+
+
+# -- Llama 3's tiktoken tokenizer.model -----------------------------------------------------------
+
+
+class TiktokenTokenizer(Tokenizer):
+    """Llama 3's ``tokenizer.model`` as tiktoken: ranks, Llama 3's pattern, Meta's 256 specials."""
+
+    kind = "tiktoken"
+
+    def __init__(self, source: str, encoding, n_ranks: int):
+        self.source = source
+        self._encoding = encoding
+        self._n_ranks = n_ranks
+        self.vocab_size = n_ranks + len(LLAMA3_SPECIAL_TOKENS)
+        self.bos_id = n_ranks  # <|begin_of_text|>
+        self.eos_id = n_ranks + 1  # <|end_of_text|>
+
+    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
+        _check_text(text)
+        allowed = "all" if allow_special else set()
+        ids = self._encoding.encode(text, allowed_special=allowed, disallowed_special=())
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        out = []
+        for token_id in token_ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise self._unknown_id(token_id)
+            out.append(self._encoding.decode_single_token_bytes(token_id))
+        return out
+
+    def is_special(self, token_id: int) -> bool:
+        return self._n_ranks <= token_id < self.vocab_size
+
+
+def _load_tiktoken_model(path: Path, data: bytes) -> TiktokenTokenizer:
+    import tiktoken
+
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise InputError(
+                f"{path} line {lineno} is not 'base64-token rank': the tiktoken tokenizer.model is damaged"
+            ) from None
+    n = len(ranks)
+    if n == 0 or sorted(ranks.values()) != list(range(n)):
+        raise InputError(f"{path}: the ranks of this tiktoken tokenizer.model are not 0..{n - 1} once each")
+    specials = {token: n + i for i, token in enumerate(LLAMA3_SPECIAL_TOKENS)}
+    try:
+        encoding = tiktoken.Encoding(
+            name=path.name, pat_str=LLAMA3_PAT_STR, mergeable_ranks=ranks, special_tokens=specials
+        )
+    except ValueError as exc:  # e.g. a special token that is also a rank
+        raise InputError(f"{path}: tiktoken cannot build an encoding from it ({exc})") from None
+    return TiktokenTokenizer(str(path), encoding, n)
+
+
+# -- tokenizer.json through the tokenizers library ------------------------------------------------
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's bytes_to_unicode (``Ġ`` -> 0x20), shared by every byte-level BPE."""
+    return gpt2._data_gym_byte_decoder()
+
+
+class JsonTokenizer(Tokenizer):
+    """A ``tokenizers.Tokenizer`` set up as transformers sets it up (see the module docstring)."""
+
+    kind = "tokenizer.json"
+
+    def __init__(
+        self, source: str, backend, *, byte_level: bool, tokenizer_class: str | None, eos: str | None
+    ):
+        self.source = source
+        self.tokenizer_class = tokenizer_class
+        self._backend = backend
+        self._byte_level = byte_level
+        self._byte_fallback = bool(getattr(backend.model, "byte_fallback", False))
+        self._byte_of = _byte_decoder() if byte_level else {}
+        added = backend.get_added_tokens_decoder()  # id -> AddedToken
+        self._added = {token_id: token.content.encode() for token_id, token in added.items()}
+        self._special = {token_id for token_id, token in added.items() if token.special}
+        size = max([backend.get_vocab_size(with_added_tokens=False), *(i + 1 for i in added)])
+        while backend.id_to_token(size) is not None:  # a model vocabulary with holes
+            size += 1
+        self.vocab_size = size
+        prefix, suffix = self._template_tokens()
+        self.bos_id = prefix[0] if prefix else None
+        self.eos_id = suffix[-1] if suffix else (backend.token_to_id(eos) if eos else None)
+
+    def _template_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the post-processor puts before and after a sequence."""
+        self._backend.encode_special_tokens = True
+        encoding = self._backend.encode("a", add_special_tokens=True)
+        ids, sequence_ids = encoding.ids, encoding.sequence_ids
+        content = [i for i, s in enumerate(sequence_ids) if s is not None]
+        if not content:
+            return ids, []
+        return ids[: content[0]], ids[content[-1] + 1 :]
+
+    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
+        _check_text(text)
+        self._backend.encode_special_tokens = not allow_special
+        return self._backend.encode(text, add_special_tokens=add_bos).ids
+
+    def _piece_bytes(self, token_id: int) -> bytes:
+        if token_id in self._added:
+            return self._added[token_id]
+        piece = self._backend.id_to_token(token_id) if token_id >= 0 else None
+        if piece is None:
+            raise self._unknown_id(token_id)
+        if self._byte_fallback and (match := _BYTE_PIECE.fullmatch(piece)):
+            return bytes([int(match.group(1), 16)])
+        if self._byte_level:
+            try:
+                return bytes(self._byte_of[ch] for ch in piece)
+            except KeyError:  # not a byte-level piece (a plain special string in the vocabulary)
+                return piece.encode()
+        return piece.replace("\u2581", " ").encode()
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        return [self._piece_bytes(token_id) for token_id in token_ids]
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+
+def _read_json_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} is not a JSON object")
+    return value
+
+
+def _explain_unreadable(path: Path, data: bytes, exc: Exception) -> InputError:
+    try:
+        document = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = ""
+        if isinstance(err, json.JSONDecodeError):
+            where = f" ({err.msg} at line {err.lineno} column {err.colno})"
+        return InputError(f"{path} is not valid JSON{where}: the file is damaged or is not a tokenizer.json")
+    model = document.get("model") if isinstance(document, dict) else None
+    if not isinstance(model, dict):
+        return InputError(f'{path} is not a tokenizer.json: it has no "model" object')
+    model_type = model.get("type")
+    if model_type is not None and model_type not in _MODEL_TYPES:
+        return InputError(
+            f"{path} has an unknown tokenizer model type {model_type!r} "
+            f"(the tokenizers library reads {', '.join(sorted(_MODEL_TYPES))})"
+        )
+    return InputError(f"the tokenizers library cannot read {path}: {exc}")
+
+
+def _added_token(value):
+    """A transformers-style token value (string, ``{"content": ...}`` dict, AddedToken) as str/AddedToken."""
+    from tokenizers import AddedToken
+
+    if isinstance(value, dict) and "content" in value:
+        return AddedToken(**{k: v for k, v in value.items() if k in _ADDED_TOKEN_FIELDS})
+    return value
+
+
+def _prepend_scheme(kwargs: dict) -> str:
+    """transformers' _get_prepend_scheme for LlamaTokenizer (add_prefix_space None means True)."""
+    add_prefix_space = kwargs.get("add_prefix_space")
+    if add_prefix_space is None or add_prefix_space:
+        return "first" if not kwargs.get("legacy", False) else "always"
+    return "never"
+
+
+def _bpe_options(**options) -> dict:
+    """A BPE model's options as ``tokenizers.models.BPE(vocab, merges, **options)`` leaves them."""
+    defaults = {
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": False,
+        "byte_fallback": False,
+        "ignore_merges": False,
+    }
+    return {**defaults, **options}
+
+
+def _recipe_gpt2(kwargs):
+    from tokenizers import pre_tokenizers
+
+    return {
+        "defaults": {
+            "unk_token": "<|endoftext|>",
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+        },
+        "bpe": _bpe_options(continuing_subword_prefix="", end_of_word_suffix=""),
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizers.ByteLevel(
+            add_prefix_space=bool(kwargs.get("add_prefix_space", False))
+        ),
+        "byte_level": True,
+    }
+
+
+def _recipe_qwen2(kwargs):
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PAT_STR), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=bool(kwargs.get("add_prefix_space")), use_regex=False),
+        ]
+    )
+    return {
+        "defaults": {
+            "unk_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+        },
+        "bpe": _bpe_options(continuing_subword_prefix="", end_of_word_suffix=""),
+        "normalizer": normalizers.NFC(),
+        "pre_tokenizer": pre,
+        "byte_level": True,
+        "add_all_special": True,  # Qwen2Tokenizer.__init__ adds every special token once more
+    }
+
+
+def _recipe_llama(kwargs):
+    from tokenizers import pre_tokenizers
+
+    return {
+        "defaults": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
+        "bpe": _bpe_options(fuse_unk=True, byte_fallback=True),
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizers.Metaspace(
+            replacement="\u2581", prepend_scheme=_prepend_scheme(kwargs), split=False
+        ),
+        "byte_level": False,
+    }
+
+
+def _recipe_gpt_neox(kwargs):
+    from tokenizers import normalizers, pre_tokenizers
+
+    pre = pre_tokenizers.ByteLevel(
+        add_prefix_space=bool(kwargs.get("add_prefix_space", False)),
+        trim_offsets=bool(kwargs.get("trim_offsets", True)),
+    )
+    defaults = {"unk_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+    return {
+        "defaults": {**defaults, "pad_token": "<|padding|>"},
+        "bpe": _bpe_options(continuing_subword_prefix="", end_of_word_suffix=""),
+        "normalizer": normalizers.NFC(),
+        "pre_tokenizer": pre,
+        "byte_level": True,
+        "no_post_processor": True,  # GPTNeoXTokenizer calls update_post_processor(): nothing added
+    }
+
+
+def _recipe_gemma(kwargs):
+    from tokenizers import normalizers, pre_tokenizers
+
+    unk = kwargs.get("unk_token", "<unk>")
+    return {
+        "defaults": {
+            "unk_token": "<unk>",
+            "bos_token": "<bos>",
+            "eos_token": "<eos>",
+            "pad_token": "<pad>",
+            "mask_token": "<mask>",
+        },
+        "bpe": _bpe_options(fuse_unk=True, byte_fallback=True, unk_token=None if unk is None else str(unk)),
+        "normalizer": normalizers.Replace(" ", "\u2581"),
+        "pre_tokenizer": pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False),
+        "byte_level": False,
+    }
+
+
+# transformers 5 classes whose __init__ rebuilds the pipeline around tokenizer.json's vocabulary.
+_RECIPES = {
+    "GPT2Tokenizer": _recipe_gpt2,
+    "Qwen2Tokenizer": _recipe_qwen2,
+    "LlamaTokenizer": _recipe_llama,
+    "GPTNeoXTokenizer": _recipe_gpt_neox,
+    "GemmaTokenizer": _recipe_gemma,
+}
+# config.json model_type -> class, for a tokenizer_config.json that names none (transformers' mapping).
+_MODEL_TYPE_CLASS = {
+    "gpt2": "GPT2Tokenizer",
+    "qwen2": "Qwen2Tokenizer",
+    "qwen2_moe": "Qwen2Tokenizer",
+    "qwen3": "Qwen2Tokenizer",
+    "qwen3_moe": "Qwen2Tokenizer",
+    "gpt_neox": "GPTNeoXTokenizer",
+    "gemma": "GemmaTokenizer",
+    "gemma2": "GemmaTokenizer",
+    "gemma3": "GemmaTokenizer",
+    "gemma3_text": "GemmaTokenizer",
+}
+
+
+def _tokenizer_class(config: dict, model_config: dict) -> str | None:
+    name = config.get("tokenizer_class") or model_config.get("tokenizer_class")
+    if not name:
+        return _MODEL_TYPE_CLASS.get(model_config.get("model_type"))
+    return name if name == "PreTrainedTokenizerFast" else name.removesuffix("Fast")
+
+
+def _is_byte_level(backend) -> bool:
+    parts = (backend.pre_tokenizer, backend.decoder, backend.normalizer)
+    return any(part is not None and b'"ByteLevel"' in part.__getstate__() for part in parts)
+
+
+def _set_up_like_transformers(backend, data: bytes, folder: Path):
+    """Register added and special tokens (and rebuild the pipeline) as transformers 5 does.
+
+    Mirrors ``AutoTokenizer.from_pretrained`` -> ``PreTrainedTokenizerBase._from_pretrained`` ->
+    ``TokenizersBackend.__init__`` (and the class's own ``__init__``) for a folder with a
+    tokenizer.json, in the same order, so the tokenizers library ends in the same state.
+    Returns the backend to use, whether it is byte-level, the class name and the eos string.
+    """
+    from tokenizers import AddedToken
+
+    config = _read_json_config(folder / "tokenizer_config.json")
+    model_config = {}
+    if not config.get("tokenizer_class"):
+        model_config = _read_json_config(folder / "config.json")
+    class_name = _tokenizer_class(config, model_config)
+    if class_name == "LlamaTokenizer" and b'"ByteLevel"' in data:
+        class_name = "TokenizersBackend"  # AutoTokenizer's own correction for byte-level "Llama" files
+    kwargs = {
+        k: v for k, v in config.items() if k not in ("add_bos_token", "add_eos_token", "tokenizer_class")
+    }
+    if "additional_special_tokens" in kwargs and not kwargs.get("extra_special_tokens"):
+        kwargs["extra_special_tokens"] = kwargs.pop("additional_special_tokens")
+    if "added_tokens_decoder" in kwargs:
+        added = {int(i): _added_token(t) for i, t in kwargs["added_tokens_decoder"].items()}
+    else:  # legacy: special_tokens_map.json, then the tokenizer.json's own added tokens
+        for key, value in _read_json_config(folder / "special_tokens_map.json").items():
+            if isinstance(value, dict) and key != "extra_special_tokens":
+                value = AddedToken(**{**_added_token(value).__getstate__(), "special": True})
+            elif key == "extra_special_tokens" and isinstance(value, list):
+                existing = list(kwargs.get("extra_special_tokens") or [])
+                for token in map(_added_token, value):
+                    if token not in existing:
+                        existing.append(token)
+                value = existing
+            kwargs[key] = value
+        added = backend.get_added_tokens_decoder()
+    kwargs = {k: _added_token(v) if k.endswith("_token") else v for k, v in kwargs.items()}
+    if "additional_special_tokens" in kwargs and "extra_special_tokens" not in kwargs:
+        kwargs["extra_special_tokens"] = kwargs.pop("additional_special_tokens")
+    added_by_text = {str(token): token for token in added.values() if not isinstance(token, str)}
+
+    recipe = _RECIPES[class_name](kwargs) if class_name in _RECIPES else None
+    if recipe is not None and backend.model.__class__.__name__ == "BPE":
+        backend = _rebuild(backend, recipe)
+    else:
+        recipe = None
+
+    # The named special tokens (bos, eos, ..., then model-specific *_token keys), class defaults first.
+    named: dict[str, object] = dict(recipe["defaults"]) if recipe else {}
+    extra: list = []
+    for key, value in kwargs.items():
+        if key in _NAMED_TOKEN_KEYS or (key.endswith("_token") and isinstance(value, (str, AddedToken))):
+            named[key] = value
+        elif key == "extra_special_tokens" and isinstance(value, dict):
+            named.update({k: _added_token(v) for k, v in value.items()})
+        elif key == "extra_special_tokens" and isinstance(value, (list, tuple)):
+            extra = [_added_token(v) for v in value]
+    ordered = [k for k in _NAMED_TOKEN_KEYS if k in named] + [k for k in named if k not in _NAMED_TOKEN_KEYS]
+    named_values = []
+    for key in ordered:
+        value = named[key]
+        if value is None:
+            continue
+        if isinstance(value, str) and value in added_by_text:
+            value = added_by_text[value]
+        named_values.append(value)
+    named_text = {str(v) for v in named_values}
+
+    to_add = [added[i] for i in sorted(added)]
+    known = {token.content for token in backend.get_added_tokens_decoder().values()} | {
+        str(t) for t in to_add
+    }
+    for value in [*named_values, *extra]:
+        if str(value) not in known and value not in to_add:
+            to_add.append(value)
+            known.add(str(value))
+    tokens = []
+    for token in to_add:
+        if isinstance(token, str):
+            token = AddedToken(token, special=True)
+        elif not token.special and str(token) in named_text:
+            token.special = True
+        tokens.append(token)
+    if tokens:
+        backend.add_tokens(tokens)
+    if recipe and recipe.get("add_all_special"):
+        seen: list[str] = []
+        for value in [*named_values, *extra]:
+            if str(value) not in seen:
+                seen.append(str(value))
+        backend.add_tokens([AddedToken(text, special=True) for text in seen])
+    if recipe and recipe.get("no_post_processor"):
+        backend.post_processor = None
+    eos = named.get("eos_token")
+    byte_level = recipe["byte_level"] if recipe else _is_byte_level(backend)
+    return backend, byte_level, class_name, None if eos is None else str(eos)
+
+
+def _rebuild(backend, recipe: dict):
+    """A fresh backend around the same BPE vocabulary and merges, as the class's __init__ builds it."""
+    from tokenizers import Tokenizer as Backend
+
+    fresh = Backend(backend.model)  # shares the model: no copy of the vocabulary
+    for option, value in recipe["bpe"].items():
+        setattr(fresh.model, option, value)
+    fresh.normalizer = recipe["normalizer"]
+    fresh.pre_tokenizer = recipe["pre_tokenizer"]
+    fresh.post_processor = backend.post_processor
+    return fresh
+
+
+def _load_json_tokenizer(path: Path, data: bytes) -> JsonTokenizer:
+    from tokenizers import Tokenizer as Backend
+
+    try:
+        backend = Backend.from_buffer(data)
+    except Exception as exc:  # tokenizers raises plain Exception with serde's message
+        raise _explain_unreadable(path, data, exc) from None
+    backend, byte_level, class_name, eos = _set_up_like_transformers(backend, data, path.parent)
+    backend.no_truncation()  # transformers switches both off for a plain call
+    backend.no_padding()
+    return JsonTokenizer(str(path), backend, byte_level=byte_level, tokenizer_class=class_name, eos=eos)
+
+
+# -- finding and loading ---------------------------------------------------------------------------
+
+
+def _head(path: Path, size: int = 256) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise InputError(f"cannot read tokenizer {path}: {exc.strerror}") from None
+
+
+def _is_tiktoken(head: bytes) -> bool:
+    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+    return bool(_TIKTOKEN_LINE.fullmatch(first))
+
+
+def _is_sentencepiece(data: bytes) -> bool:
+    """A SentencePiece ModelProto: field 1 (pieces) first, and binary (scores are packed floats)."""
+    if data[:1] != b"\n":
+        return False
+    try:
+        data[:4096].decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(byte < 9 for byte in data[:4096])
+
+
+def _sentencepiece_error(path: Path) -> InputError:
+    return InputError(
+        f"{path} is a SentencePiece model, which attnviz does not read: it reads tokenizer.json "
+        "(or Llama 3's tiktoken tokenizer.model); pass --tokenizer PATH to the checkpoint's tokenizer.json"
+    )
+
+
+def find_tokenizer(folder: Path) -> Path | None:
+    """``tokenizer.json`` in ``folder``, else a tiktoken-format ``tokenizer.model``, else None."""
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return folder / "tokenizer.json"
+    model = folder / "tokenizer.model"
+    if model.is_file() and _is_tiktoken(_head(model)):
+        return model
+    return None
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer in a folder, or in a ``tokenizer.json`` / ``tokenizer.model`` file (cached)."""
+    path = Path(path)
+    if path.is_dir():
+        found = find_tokenizer(path)
+        if found is None:
+            if (path / "tokenizer.model").is_file():
+                raise _sentencepiece_error(path / "tokenizer.model")
+            raise InputError(
+                f"no tokenizer.json or tiktoken tokenizer.model in {path}: pass --tokenizer PATH"
+            )
+        path = found
+    elif not path.exists():
+        raise InputError(
+            f"tokenizer {path}: no such file or folder (--tokenizer takes a tokenizer.json, "
+            "Llama 3's tokenizer.model, or a folder holding one)"
+        )
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise InputError(f"cannot read tokenizer {path}: {exc.strerror}") from None
+    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(resolved: str, mtime_ns: int, size: int) -> Tokenizer:
+    path = Path(resolved)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read tokenizer {path}: {exc.strerror}") from None
+    if data[:64].lstrip()[:1] == b"{" or path.suffix == ".json":
+        return _load_json_tokenizer(path, data)
+    if _is_tiktoken(data[:256]):
+        return _load_tiktoken_model(path, data)
+    if _is_sentencepiece(data):
+        raise _sentencepiece_error(path)
+    raise InputError(
+        f"{path} is neither a tokenizer.json nor a tiktoken tokenizer.model: pass --tokenizer PATH"
+    )
