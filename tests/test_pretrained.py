@@ -94,7 +94,7 @@ def test_bare_name_is_found_in_a_cache_transformers_filled(tmp_path, hf_checkpoi
 
 
 def test_induction_heads_are_scored(hf_checkpoint):
-    from attnviz.analyses.attention import induction_scores
+    from attnviz.analyses.induction import induction_scores
 
     scores = induction_scores(weights=str(hf_checkpoint), layer="all", period=20)
     assert scores.shape == (3, 4)

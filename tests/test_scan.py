@@ -18,7 +18,8 @@ from helpers import make_hf_checkpoint
 
 from attnviz.analyses import detectors
 from attnviz.analyses import scanning as scan
-from attnviz.analyses.attention import analyze_ids, induction_probe, induction_scores, load_model
+from attnviz.analyses.attention import analyze_ids, load_model
+from attnviz.analyses.induction import induction_probe, induction_scores
 from attnviz.analyses.stats import head_stats
 from attnviz.core.config import ModelConfig
 from attnviz.text.gpt2_bpe import encode

@@ -17,6 +17,7 @@ import torch
 
 from attnviz.analyses import train_run, training
 from attnviz.analyses.train_run import RunSettings
+from attnviz.pictures.training import write_run_pictures
 
 transformers = pytest.importorskip("transformers")
 
@@ -119,7 +120,7 @@ def test_the_film_has_a_frame_per_snapshot_and_the_chart_is_drawn(small_run):
     from PIL import Image
 
     out, summary = small_run
-    files = train_run.write_pictures(out, RunSettings(SMALL), summary.records, "heads.gif")
+    files = write_run_pictures(out, RunSettings(SMALL), summary.records, "heads.gif")
     assert [f.name for f in files] == ["heads.gif", "detectors.png"]
     with Image.open(out / "heads.gif") as film:
         assert film.n_frames == len(summary.records)
@@ -127,7 +128,7 @@ def test_the_film_has_a_frame_per_snapshot_and_the_chart_is_drawn(small_run):
         film.seek(film.n_frames - 1)
         last = np.asarray(film.convert("RGB"))
     assert not np.array_equal(first, last)  # the heads (and the step) change
-    files = train_run.write_pictures(out, RunSettings(SMALL), summary.records, "heads.png")
+    files = write_run_pictures(out, RunSettings(SMALL), summary.records, "heads.png")
     with Image.open(out / "heads.png") as film:
         assert film.format == "PNG" and film.n_frames == len(summary.records)  # APNG
     assert not (out / "heads.gif").exists()  # one film per run

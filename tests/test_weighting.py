@@ -16,6 +16,7 @@ from PIL import Image
 from attnviz.analyses import weighting
 from attnviz.pictures import plot
 from attnviz.pictures.colours import Measure
+from attnviz.pictures.norms import norm_pictures
 
 TEXT = "When Mary and John went to the store, John gave a drink to"
 LLAMA_TEXT = "The cat sat on the mat. The dog sat on the log. Mary and John"
@@ -285,7 +286,7 @@ def test_heatmap_titles_say_value_weighted(tmp_path, hf_checkpoint):
     from attnviz.analyses.attention import analyze
 
     result = analyze(TEXT, weights=str(hf_checkpoint), layer="all")
-    shown, measure = weighting.norm_pictures(result)
+    shown, measure = norm_pictures(result)
     files = plot.write_heatmaps(shown, tmp_path, heads=[0], measure=measure, annotate=True)
     assert [f.path.name for f in files][-1] == "model.png"
     assert measure.title == " · value-weighted" and measure.label == weighting.NORM_LABEL

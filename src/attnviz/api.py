@@ -21,7 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+# The display registers how results show themselves (attnviz.core.views): imported with the API.
+import attnviz.display.notebook  # noqa: F401
+from attnviz.analyses.describe import model_name
 from attnviz.core.errors import InputError
+from attnviz.files.progress import in_notebook
 
 __all__ = ["Model", "load", "analyze", "report_page", "show", "scan", "attribute"]
 
@@ -59,21 +63,6 @@ class Model:
 
     def __repr__(self) -> str:
         return f"attnviz.Model({model_name(self.describe())})"
-
-
-def model_name(described: dict) -> str:
-    """``gpt2-tiny · 3 layers × 4 heads, d_model 64`` or ``random · 12 heads, d_model 768,
-    seed 123``: a model in one line."""
-    sizes = f"{described.get('n_heads')} heads, d_model {described.get('d_model')}"
-    if described.get("mode") == "random":
-        return f"random · {sizes}, seed {described.get('seed')}"
-    weights = Path(described.get("weights", "?"))
-    cached = [part for part in weights.parts if part.startswith("models--")]  # the Hub cache
-    name = (described.get("repo") or (cached[-1][len("models--"):].replace("--", "/") if cached
-                                      else weights.parent.name if weights.suffix else weights.name))
-    if described.get("revision"):
-        name += f"@{described['revision']}"
-    return f"{name} · {described.get('n_layers')} layers × {sizes}"
 
 
 def load(weights: str | Path | None = None, **options) -> Model:
@@ -147,8 +136,6 @@ def show(text: str, weights=None, **options) -> None:
     """Show the report of ``text`` (``report_page``'s options) in the notebook; outside one,
     write it to a temporary file and open it in the browser."""
     page = report_page(text, weights, **options)
-    from attnviz.display.notebook import in_notebook
-
     if in_notebook():
         from IPython.display import display
 
@@ -172,7 +159,8 @@ def scan(prompts: str | Path | Sequence[str], weights=None, *, layer="all",
     ``ScanResult`` with ``mean``/``std``/``count`` per column, ``(L, H)`` each, shown as the
     detector maps and the top heads."""
     from attnviz.analyses import scanning
-    from attnviz.analyses.attention import check_induction_probe, parse_layers
+    from attnviz.analyses.attention import parse_layers
+    from attnviz.analyses.induction import check_induction_probe
 
     records, where = _corpus(prompts)
     model = _model(weights, options)

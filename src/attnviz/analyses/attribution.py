@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from attnviz.core.errors import InputError
-from attnviz.display.notebook import Displayable
+from attnviz.core.views import Displayable
 
 ABLATIONS = ("zero", "mean")
 _CHUNK_BYTES = 256 * 2**20  # activations of one batch of ablation rows, at most
@@ -61,11 +61,6 @@ class AttributionResult(Displayable):
                   else f"token {self.target}")
         return (f"<attnviz attribution of {metric} = {self.metric:.4f} at position "
                 f"{self.position}, {self.n_layers} layers × {self.n_heads} heads>")
-
-    def _view(self):
-        from attnviz.display.notebook import attribution_view
-
-        return attribution_view(self)
 
     def to_numpy(self, measure: str = "dla") -> np.ndarray:
         """``dla`` or ``ablation`` per head: ``(L, H)``."""

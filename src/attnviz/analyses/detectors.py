@@ -76,3 +76,8 @@ def detector_scores(weights: np.ndarray, token_ids, *, exclude_first: bool = Fal
     return {name: mul_score(weights, pattern, exclude_first=exclude_first,
                             exclude_self=exclude_self)
             for name, pattern in patterns(token_ids).items()}
+
+
+def induction_from(n_layers: int) -> int:
+    """The first layer an induction head can be in: 1 (0 for a one-layer model)."""
+    return 1 if n_layers > 1 else 0

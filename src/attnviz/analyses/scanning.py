@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses.describe import layer_text
 from attnviz.analyses.detectors import DETECTORS
 from attnviz.analyses.stats import COLUMNS as STAT_COLUMNS
 from attnviz.core.errors import InputError
-from attnviz.display.notebook import Displayable
+from attnviz.core.views import Displayable
 from attnviz.text.inputs import decode_utf8, read_file_bytes, stdin_bytes, strip_bom
 
 COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
@@ -358,11 +359,6 @@ class ScanResult(Displayable):
         return (f"<attnviz scan of {self.n_prompts} prompts ({self.n_tokens} tokens), "
                 f"{layer_text(self.layers)} × {self.n_heads} heads>")
 
-    def _view(self):
-        from attnviz.display.notebook import scan_view
-
-        return scan_view(self)
-
     def to_numpy(self, column: str = "induction_head") -> np.ndarray:
         """The mean of ``column`` (a detector, a statistic or ``induction_probe``) per head:
         ``(L, H)``."""
@@ -476,15 +472,6 @@ def scan(
     )
 
 
-def layer_text(layers: list[int]) -> str:
-    """``layer 3``, ``layers 0-11`` or ``layers 0,4,7``."""
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + ",".join(map(str, layers))
-
-
 def top_table(result, detectors: list[str], k: int) -> list[dict]:
     """Rank r's row holds, per detector, the r-th best head and its mean ± std."""
     tops = {name: result.top(name, k) for name in detectors}
@@ -504,9 +491,10 @@ def top_table(result, detectors: list[str], k: int) -> list[dict]:
 def scan_corpus(model, corpus: Corpus, layers: list[int], *, induction_seed: int | None = None,
                 **options) -> ScanResult:
     """``scan`` of every prompt of ``corpus`` once the attention fits in memory, plus the
-    induction probe (``analysis.induction_probe``, seeded) unless ``induction_seed`` is
+    induction probe (``induction.induction_probe``, seeded) unless ``induction_seed`` is
     None. ``options``: ``scan``'s."""
-    from attnviz.analyses.attention import check_fits, induction_probe
+    from attnviz.analyses.attention import check_fits
+    from attnviz.analyses.induction import induction_probe
 
     check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
     result = scan(model, corpus.prompts, layers, **options)

@@ -92,7 +92,7 @@ def induction_score(weights: np.ndarray, period: int) -> np.ndarray:
 
 def add_induction(rows: list[dict], scores: np.ndarray) -> list[dict]:
     """``head_rows``' rows with an ``induction`` column: ``scores`` is ``(L, H)`` in the
-    rows' order (``analysis.induction_probe``)."""
+    rows' order (``induction.induction_probe``)."""
     for row, score in zip(rows, np.asarray(scores).reshape(-1), strict=True):
         row["induction"] = float(score)
     return rows

@@ -7,7 +7,7 @@ K steps, and ``--resume``.
     DIR/step-000000/ …            snapshots in the Hugging Face GPT-2 layout
     DIR/training.jsonl            one line per snapshot: step, loss, every head's scores
     DIR/training_state.pt         model and optimiser at the last snapshot (for --resume)
-    DIR/heads.gif, detectors.png  the film and the scores against the step (plot_training)
+    DIR/heads.gif, detectors.png  the film and the scores against the step (pictures.training)
 
 The scores of a snapshot are ``attnviz scan --weights DIR/step-N --file DIR/probes.txt``'s
 by construction: the saved snapshot is loaded and scanned as ``scan`` does. Every batch is
@@ -32,15 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses.detectors import DETECTORS, induction_from
 from attnviz.analyses.training import TrainConfig
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import UMASK, write_bytes
-from attnviz.pictures.training import FILM_FORMATS
 
 TASKS = ("induction", "previous", "text")
 RUN_FILE, STATE_FILE, LOG_FILE, PROBES_FILE = "run.json", "training_state.pt", "training.jsonl", "probes.txt"
 TOKENIZER_DIR = "tokenizer"
 SNAPSHOT = re.compile(r"step-(\d{6,})")
+FILM_FORMATS = {"gif": "heads.gif", "apng": "heads.png", "mp4": "heads.mp4"}  # --film-format
 FILM_NAMES = tuple(FILM_FORMATS.values())
 N_PROBES = 16
 # Threads of every run: a matrix product split over another count rounds differently, and
@@ -467,33 +468,9 @@ def film_probe(out: Path, settings: RunSettings) -> str:
     return (out / PROBES_FILE).read_text(encoding="utf-8").splitlines()[0]
 
 
-def write_pictures(out: Path, settings: RunSettings, records: list[dict], film_name: str,
-                   dpi: int = 100, progress=None) -> list[Path]:
-    """The film (every snapshot's attention on the probe, read back from the snapshot
-    folders, so a resumed run's film has every step) and detectors.png."""
-    from attnviz.analyses.attention import analyze
-    from attnviz.pictures.training import write_detector_chart, write_film
-
-    probe = film_probe(out, settings)
-    frames, labels = [], []
-    for done, record in enumerate(records, start=1):
-        result = analyze(probe, weights=str(out / record["snapshot"]), layer="all")
-        frames.append(result.weights)  # (L, H, T, T)
-        labels = result.token_labels
-        if progress is not None:
-            progress("Reading snapshots", done, len(records))
-    for name in FILM_NAMES:  # an earlier film of another format is not this run's
-        if name != film_name:
-            (out / name).unlink(missing_ok=True)
-    return [write_film(frames, labels, records, out / film_name, dpi=dpi, progress=progress),
-            write_detector_chart(records, out / "detectors.png", dpi=dpi)]
-
-
 def summary_document(summary: RunSummary, files: list[Path]) -> dict:
     """The run's JSON summary: per detector the best head at the end (for induction, of
     layer 1 on) and its score at step 0, the snapshots and the files."""
-    from attnviz.analyses.detectors import DETECTORS
-    from attnviz.pictures.training import induction_from
 
     first, last = summary.records[0], summary.last
     best = {}

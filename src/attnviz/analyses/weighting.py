@@ -113,21 +113,6 @@ def stream_norms(stream) -> Iterator[np.ndarray]:
         yield layer_norms(weights, module, attn_input)
 
 
-def norm_pictures(result):
-    """``(result with its norms as weights, colours.Measure)``: what the pictures of
-    ``--weighting norm`` draw, on one colour scale for every layer and head of the run
-    (0..``colour_top`` of the norms), and the config saying so."""
-    from attnviz.pictures.colours import Measure
-
-    norms = norm_weights(result)
-    top = colour_top(norms)
-    config = {**result.config, "weighting": weighting_config(
-        "norm", "pictures of the norms on one colour scale, 0..top, for every layer and head",
-        top=top)}
-    return (replace(result, weights=norms, config=config),
-            Measure(label=NORM_LABEL, top=top, title=" · value-weighted"))
-
-
 def renormalized(matrices: np.ndarray) -> np.ndarray:
     """Each row divided by its sum (float32; a row summing to 0 stays 0): norms as
     probability rows, for the statistics of ``compare-heads`` and for the rollout."""

@@ -115,7 +115,8 @@ def compare_heads(
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
     drawn, measure = result, {}  # what --plot draws, on which colour scale
     if weighting == "norm":  # statistics of probability rows: the norms, renormalised
-        from attnviz.analyses.weighting import STATISTICS_NOTE, norm_pictures, renormalized, weighting_config
+        from attnviz.analyses.weighting import STATISTICS_NOTE, renormalized, weighting_config
+        from attnviz.pictures.norms import norm_pictures
 
         drawn, measure["measure"] = norm_pictures(result)
         about = weighting_config("norm", STATISTICS_NOTE)

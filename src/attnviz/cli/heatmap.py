@@ -89,7 +89,7 @@ def heatmap(
                          allow_special=allow_special, heads=head, tokens=tokens, progress=progress)
         measure = {}
         if weighting == "norm":
-            from attnviz.analyses.weighting import norm_pictures
+            from attnviz.pictures.norms import norm_pictures
 
             result, measure["measure"] = norm_pictures(result)
         layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""

@@ -330,14 +330,10 @@ def picture_options(*, full: bool = True):
 def score_induction(output, config: ModelConfig, weights: str | None, layers: list[int],
                     weighting: str = "attention"):
     """``--induction`` of compare-heads and report: the ``(L, H)`` scores of
-    ``analysis.induction_probe``, refused before it runs when the context cannot hold it;
+    ``induction.induction_probe``, refused before it runs when the context cannot hold it;
     ``weighting="norm"``: scored on the renormalised value-weighted rows."""
-    from attnviz.analyses.attention import (
-        INDUCTION_PERIOD,
-        check_induction_probe,
-        induction_probe,
-        load_model,
-    )
+    from attnviz.analyses.attention import load_model
+    from attnviz.analyses.induction import INDUCTION_PERIOD, check_induction_probe, induction_probe
 
     model = load_model(config, weights)
     check_induction_probe(model)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from attnviz.analyses.describe import layer_text
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
@@ -22,6 +22,7 @@ from attnviz.cli.options import (
     model_options,
 )
 from attnviz.core.errors import InputError
+from attnviz.files.progress import ScanProgress, scan_progress_kind
 
 
 @app.command("scan")
@@ -86,13 +87,8 @@ def scan_command(
     checkpoints, every checkpoint's scores and what changed between them."""
     from attnviz.analyses import scan_runs
     from attnviz.analyses import scanning as scan
-    from attnviz.analyses.attention import (
-        check_fits,
-        check_induction_probe,
-        induction_probe,
-        load_model,
-        parse_layers,
-    )
+    from attnviz.analyses.attention import check_fits, load_model, parse_layers
+    from attnviz.analyses.induction import check_induction_probe, induction_probe
     from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
@@ -111,7 +107,7 @@ def scan_command(
                                 truncate=truncate, allow_special=allow_special,
                                 batch_size=batch_size, exclude_first=exclude_first,
                                 exclude_self=exclude_self, induction=induction, top=top,
-                                plot_dir=plot_dir, progress=_show_progress(progress, quiet))
+                                plot_dir=plot_dir, progress=scan_progress_kind(progress, quiet))
     weights = names[0] if names else None
     if resume and per_prompt is None:
         raise InputError("--resume goes on from a --per-prompt log; add --per-prompt FILE.jsonl "
@@ -150,8 +146,8 @@ def scan_command(
     started = time.perf_counter()
     todo = [p for p in chosen if p.index not in done]
     with scan.PromptLog(per_prompt, layers, scan_runs.log_header(fp), resume_at) as log, \
-            Progress(len(todo), sum(len(p.token_ids) for p in todo),
-                     show=_show_progress(progress, quiet)) as bar:
+            ScanProgress(len(todo), sum(len(p.token_ids) for p in todo),
+                     show=scan_progress_kind(progress, quiet)) as bar:
         result = scan.scan(model, chosen, layers, batch_size=batch_size,
                            exclude_first=exclude_first, exclude_self=exclude_self,
                            on_prompt=log.write if per_prompt else None, on_batch=bar.advance,
@@ -165,7 +161,7 @@ def scan_command(
         output.message("Scoring induction on a repeated random sequence…")
         result.induction_probe = induction_probe(model, layers, config.seed, fit=True)
     summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
-               f"{scan.layer_text(layers)}, {seconds:.1f} s")
+               f"{layer_text(layers)}, {seconds:.1f} s")
     if corpus.truncated:
         summary += f"; {corpus.truncated} truncated to {model.context_length} tokens"
     if shard is not None:
@@ -235,7 +231,6 @@ def scan_merge_command(
     """Merge the partials of a sharded scan (scan --shard K/N --partial F) into the results
     one scan of the whole corpus gives: the same table, JSON, CSV and maps."""
     from attnviz.analyses import scan_runs
-    from attnviz.analyses import scanning as scan
     from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
@@ -244,67 +239,6 @@ def scan_merge_command(
     result, first = scan_runs.merge(partials or [])
     n = int(first["shard"]["count"])
     summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
-               f"{scan.layer_text(result.layers)}; merged from {n} shard(s)")
+               f"{layer_text(result.layers)}; merged from {n} shard(s)")
     present(output, fmt, result, first["corpus"], first["fingerprint"]["options"],
             first["config"], top, plot_dir, summary, {"merged_shards": n})
-
-
-def _show_progress(forced: bool, quiet: bool) -> str | None:
-    """``"bar"`` on a terminal, ``"lines"`` when forced onto a pipe, else None."""
-    if quiet:
-        return None
-    if sys.stderr is not None and sys.stderr.isatty():
-        return "bar"
-    return "lines" if forced else None
-
-
-class Progress:
-    """Prompts done, tokens/s and time left, on stderr: a rich bar on a terminal, a plain
-    line at most once a second when forced onto a pipe, nothing otherwise."""
-
-    def __init__(self, n_prompts: int, n_tokens: int, show: str | None):
-        self.n_prompts, self.n_tokens, self.show = n_prompts, n_tokens, show
-        self.done_prompts = self.done_tokens = 0
-        self.started = self.last_line = time.perf_counter()
-        self.bar = None
-
-    def __enter__(self):
-        if self.show == "bar":
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self.bar = RichProgress(
-                TextColumn("scanning"), BarColumn(),
-                TextColumn("{task.fields[prompts]}/{task.fields[n_prompts]} prompts"),
-                TextColumn("{task.fields[rate]} tokens/s"), TimeElapsedColumn(),
-                TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
-                console=Console(stderr=True), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("scan", total=self.n_tokens, prompts=0,
-                                          n_prompts=self.n_prompts, rate="—")
-        return self
-
-    def advance(self, n_prompts: int, n_tokens: int) -> None:
-        self.done_prompts += n_prompts
-        self.done_tokens += n_tokens
-        now = time.perf_counter()
-        rate = self.done_tokens / max(now - self.started, 1e-9)
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n_tokens, prompts=self.done_prompts, rate=f"{rate:,.0f}")
-        elif self.show == "lines" and (now - self.last_line >= 1.0 or self.done_prompts == self.n_prompts):
-            self.last_line = now
-            left = (self.n_tokens - self.done_tokens) / max(rate, 1e-9)
-            sys.stderr.write(f"scanned {self.done_prompts}/{self.n_prompts} prompts, "
-                             f"{rate:,.0f} tokens/s, {left:.0f} s left\n")
-            sys.stderr.flush()
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False

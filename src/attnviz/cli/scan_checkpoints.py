@@ -7,7 +7,9 @@ import glob
 import time
 from pathlib import Path
 
+from attnviz.analyses.describe import layer_text
 from attnviz.core.errors import InputError
+from attnviz.files.progress import ScanProgress
 
 
 def _is_checkpoint_path(text: str) -> bool:
@@ -45,8 +47,8 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
                      progress: str | None) -> None:
     from attnviz.analyses import scan_series
     from attnviz.analyses import scanning as scan
-    from attnviz.analyses.attention import check_induction_probe, load_model, parse_layers
-    from attnviz.cli.scan import Progress
+    from attnviz.analyses.attention import load_model, parse_layers
+    from attnviz.analyses.induction import check_induction_probe
 
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
     corpus_info: dict[str, dict] = {}
@@ -67,7 +69,7 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
         return corpus
 
     def scan_one(model, corpus):
-        with Progress(len(corpus.prompts), corpus.n_tokens, show=progress) as bar:
+        with ScanProgress(len(corpus.prompts), corpus.n_tokens, show=progress) as bar:
             result = scan.scan_corpus(model, corpus, parse_layers(layer, model.n_layers),
                                       batch_size=batch_size, on_batch=bar.advance,
                                       induction_seed=config.seed if induction else None,
@@ -121,7 +123,7 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
         _tables(output, series, detectors, top, same)
         first = series[0].result
         output.line(f"{len(series)} checkpoints, {first.n_prompts} prompts, "
-                    f"{scan.layer_text(first.layers)}, {seconds:.1f} s")
+                    f"{layer_text(first.layers)}, {seconds:.1f} s")
     for f in files:
         output.message(f"Wrote {f}")
 

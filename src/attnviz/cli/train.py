@@ -66,12 +66,11 @@ def train(
         check_settings,
         read_log,
         train,
-        write_pictures,
     )
     from attnviz.analyses.training import TrainConfig
     from attnviz.files.output import Output
     from attnviz.pictures import plot as pictures
-    from attnviz.pictures.training import check_film_format
+    from attnviz.pictures.training import check_film_format, write_run_pictures
 
     output = Output(fmt, quiet)
     if fmt not in ("table", "json"):
@@ -104,7 +103,7 @@ def train(
     from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # bars on a terminal's stderr, else nothing
-        files = write_pictures(out, settings, summary.records, film_name, dpi=dpi,
+        files = write_run_pictures(out, settings, summary.records, film_name, dpi=dpi,
                                progress=progress)
         progress.summary(f"Drew the film of {len(summary.records)} snapshots and the chart")
     _report(output, fmt, summary, files)
@@ -146,7 +145,8 @@ class _Bar:
 
     def snapshot(self, record: dict) -> None:
         if self.bars is not None:
-            from attnviz.pictures.training import best_score, induction_from
+            from attnviz.analyses.detectors import induction_from
+            from attnviz.pictures.training import best_score
 
             first = induction_from(len(record["scores"]["induction_head"]))
             self.bars.update(self.task, completed=record["step"],

@@ -14,7 +14,8 @@ and a one-line description. In a notebook the cell output holds three forms (a m
   stays);
 - ``image/png`` (what nbconvert puts in a PDF) and ``text/plain`` (a terminal).
 
-Imported by the result classes; heavy modules are imported only when something is shown.
+The views are registered for the result classes (``attnviz.core.views``), which never import
+this module; heavy modules are imported only when something is shown.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnviz.core.errors import AttnvizWarning, InputError
+from attnviz.core.views import register
+from attnviz.files.fileio import write_bytes
 
 # A cell output above this many bytes is warned about (once a session): notebook files grow
 # by it, and frontends slow down (VS Code and Jupyter handle a few MB at ease).
@@ -90,65 +93,35 @@ class View:
                 f'srcdoc="{html.escape(page, quote=True)}"></iframe>{picture}'
                 f'{_LISTENER % {"id": view_id}}</div>')
 
+    def bundle(self, text: str) -> dict:
+        """The mimebundle of a cell output (IPython's ``_repr_mimebundle_``), ``text`` its
+        ``text/plain``."""
+        global _warned
+        snippet = self.snippet()
+        png = base64.b64encode(self.png).decode("ascii")
+        size = len(snippet) + len(png)
+        if size > MAX_OUTPUT_BYTES and not _warned:
+            _warned = True
+            warnings.warn(f"this output is {size / 2**20:.1f} MB (above attnviz.display.notebook."
+                          f"MAX_OUTPUT_BYTES, {MAX_OUTPUT_BYTES / 2**20:.0f} MB): the notebook file "
+                          f"grows by as much; {self.narrow or 'show less of it'}", AttnvizWarning,
+                          stacklevel=3)
+        return {"text/plain": text, "text/html": snippet, "image/png": png}
+
+    def save(self, path: str | Path) -> Path:
+        """``path`` ending in .html: the page; .png: the picture (written atomically)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".html", ".htm", ".png"):
+            raise InputError(f"save({str(path)!r}): the name must end in .html or .png")
+        write_bytes(path, self.page.encode("utf-8") if suffix != ".png" else self.png)
+        return path
+
 
 def _body(page: str) -> str:
     """A static page's content, for inlining: what is between its body tags."""
     start = page.index("<body>") + len("<body>")
     return page[start:page.rindex("</body>")].strip()
-
-
-def bundle(view: View, text: str) -> dict:
-    """The mimebundle of a cell output (IPython's ``_repr_mimebundle_``)."""
-    global _warned
-    snippet = view.snippet()
-    png = base64.b64encode(view.png).decode("ascii")
-    size = len(snippet) + len(png)
-    if size > MAX_OUTPUT_BYTES and not _warned:
-        _warned = True
-        warnings.warn(f"this output is {size / 2**20:.1f} MB (above attnviz.display.notebook."
-                      f"MAX_OUTPUT_BYTES, {MAX_OUTPUT_BYTES / 2**20:.0f} MB): the notebook file "
-                      f"grows by as much; {view.narrow or 'show less of it'}", AttnvizWarning,
-                      stacklevel=3)
-    return {"text/plain": text, "text/html": snippet, "image/png": png}
-
-
-def save(view: View, path: str | Path) -> Path:
-    """``path`` ending in .html: the page; .png: the picture (written atomically)."""
-    from attnviz.files.fileio import write_bytes
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".html", ".htm", ".png"):
-        raise InputError(f"save({str(path)!r}): the name must end in .html or .png")
-    write_bytes(path, view.page.encode("utf-8") if suffix != ".png" else view.png)
-    return path
-
-
-class Displayable:
-    """Notebook display and ``to_html``/``save`` for a result class that gives ``_view()``
-    (a ``View``) and a short ``__repr__``."""
-
-    def _view(self) -> View:  # pragma: no cover - every subclass gives its own
-        raise NotImplementedError
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        return bundle(self._view(), repr(self))
-
-    def _repr_html_(self) -> str:
-        return self._view().snippet()
-
-    def _repr_png_(self) -> bytes:
-        return self._view().png
-
-    def to_html(self) -> str:
-        """A whole, self-contained HTML page of this result (what ``save("x.html")``
-        writes): offline, no request leaves it."""
-        return self._view().page
-
-    def save(self, path: str | Path) -> Path:
-        """Write this result to ``path``: ``.html`` (the page of ``to_html``) or ``.png``
-        (the picture a notebook shows where scripts cannot run)."""
-        return save(self._view(), path)
 
 
 # ------------------------------------------------------------------------- static pages
@@ -180,25 +153,16 @@ def image(png: bytes, alt: str) -> str:
             f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
 
 
-def in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel (IPython with a display front end)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 # ------------------------------------------------------------------------------ the views
 
 _NARROW = "show less: layer= (one layer, or a list) or tokens='A:B' (a window of the text)"
 
 
+@register("attnviz.analyses.attention.AttentionResult")
 def attention_view(result, extras: dict | None = None) -> View:
     """The report of an ``AttentionResult`` (with ``report.build_payload``'s ``extras``:
     norms, rollout, attribution, induction), and its heads as one picture."""
-    from attnviz.analyses.scanning import layer_text
+    from attnviz.analyses.describe import layer_text
     from attnviz.display.report import build_payload, render_html
     from attnviz.pictures.plot import overview_png
 
@@ -208,9 +172,17 @@ def attention_view(result, extras: dict | None = None) -> View:
     return View(page, overview_png(result), title, interactive=True, narrow=_NARROW)
 
 
+@register("attnviz.display.report_contents.Report")
+def report_view(report) -> View:
+    """A ``Report``: its result's report, with the extras it holds."""
+    return attention_view(report.result, report.extras)
+
+
+@register("attnviz.analyses.scanning.ScanResult")
 def scan_view(result, top: int = 5) -> View:
     """A ``ScanResult``: its top heads per detector and the detector maps."""
-    from attnviz.analyses.scanning import TOP_COLUMNS, layer_text, top_table
+    from attnviz.analyses.describe import layer_text
+    from attnviz.analyses.scanning import TOP_COLUMNS, top_table
     from attnviz.pictures.scan import detector_maps, figure_png, score_maps_figure
 
     detectors = list(TOP_COLUMNS) + (["induction_probe"] if result.induction_probe is not None
@@ -226,6 +198,7 @@ def scan_view(result, top: int = 5) -> View:
     return View(static_page(title, body), png, title)
 
 
+@register("attnviz.analyses.attribution.AttributionResult")
 def attribution_view(result) -> View:
     """An ``AttributionResult``: the metric, the predictions, the top heads by each measure
     and the two layers × heads maps."""

@@ -190,7 +190,7 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
                   norms: np.ndarray | None = None, norm_induction: np.ndarray | None = None,
                   rollout: dict | None = None) -> dict:
     """The document embedded in the page (schema: docs/report.md). ``induction``: the
-    ``(L, H)`` scores of ``analysis.induction_probe``, a column of the statistics.
+    ``(L, H)`` scores of ``induction.induction_probe``, a column of the statistics.
     ``attribution``: ``attribution.report_data``'s, for the "heads that matter" view.
     ``windows`` (per layer: W or None) is there only when a layer has a sliding window,
     ``kv_heads`` (per head: its key/value head) only when heads share them.

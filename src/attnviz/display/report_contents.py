@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from attnviz.analyses.attention import AttentionResult
+from attnviz.analyses.describe import one_line
 from attnviz.core.errors import InputError
-from attnviz.display.notebook import Displayable
+from attnviz.core.views import Displayable
 
 
 @dataclass
@@ -22,24 +23,11 @@ class Report(Displayable):
     result: AttentionResult
     extras: dict = field(default_factory=dict)
 
-    def _view(self):
-        from attnviz.display.notebook import attention_view
-
-        return attention_view(self.result, self.extras)
-
     def __repr__(self) -> str:
         views = [name for name in ("norms", "rollout", "attribution", "induction")
                  if name in self.extras]
         more = f" + {', '.join(views)}" if views else ""
         return f"<attnviz report of {one_line(self.result)}{more}>"
-
-
-def one_line(result: AttentionResult) -> str:
-    from attnviz.analyses.scanning import layer_text
-    from attnviz.api import model_name
-
-    return (f"{result.n_tokens} tokens, {layer_text(result.layers)}, {result.n_heads} heads · "
-            f"{model_name(result.config)}")
 
 
 def check_report_options(weighting: str = "attention", target: str | None = None,
@@ -82,7 +70,7 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
 
         rolled = rollout_layers(layer, model.n_layers, default_all=False, option="--rollout")
     if induction:
-        from attnviz.analyses.attention import check_induction_probe
+        from attnviz.analyses.induction import check_induction_probe
 
         check_induction_probe(model)
     result = analyze_with(model, token_ids, layer)
@@ -109,7 +97,7 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
                           contrast=metric_ids[1], ablate=ablate)
         extras["attribution"] = report_data(found, model.tokenizer)
     if induction:
-        from attnviz.analyses.attention import INDUCTION_PERIOD, induction_probe
+        from attnviz.analyses.induction import INDUCTION_PERIOD, induction_probe
 
         say(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} tokens)…")
         extras["induction"] = induction_probe(model, result.layers, seed)

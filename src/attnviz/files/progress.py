@@ -24,6 +24,16 @@ class ProgressCallback(Protocol):
     def __call__(self, stage: str, done: int, total: int) -> None: ...
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython with a display front end)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
@@ -90,3 +100,67 @@ class Progress:
         total = time.perf_counter() - self._start
         parts = ", ".join(f"{stage.lower()} {seconds:.1f} s" for stage, seconds in self.stages.items())
         return f"{self._summary or 'Done'} in {total:.1f} s" + (f" ({parts})" if parts else "")
+
+
+# ------------------------------------------------------------------ scan's own bar
+
+
+def scan_progress_kind(forced: bool, quiet: bool) -> str | None:
+    """``"bar"`` on a terminal, ``"lines"`` when forced onto a pipe, else None."""
+    if quiet:
+        return None
+    if sys.stderr is not None and sys.stderr.isatty():
+        return "bar"
+    return "lines" if forced else None
+
+
+class ScanProgress:
+    """Prompts done, tokens/s and time left, on stderr: a rich bar on a terminal, a plain
+    line at most once a second when forced onto a pipe, nothing otherwise."""
+
+    def __init__(self, n_prompts: int, n_tokens: int, show: str | None):
+        self.n_prompts, self.n_tokens, self.show = n_prompts, n_tokens, show
+        self.done_prompts = self.done_tokens = 0
+        self.started = self.last_line = time.perf_counter()
+        self.bar = None
+
+    def __enter__(self):
+        if self.show == "bar":
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(
+                TextColumn("scanning"), BarColumn(),
+                TextColumn("{task.fields[prompts]}/{task.fields[n_prompts]} prompts"),
+                TextColumn("{task.fields[rate]} tokens/s"), TimeElapsedColumn(),
+                TextColumn("elapsed,"), TimeRemainingColumn(), TextColumn("left"),
+                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("scan", total=self.n_tokens, prompts=0,
+                                          n_prompts=self.n_prompts, rate="—")
+        return self
+
+    def advance(self, n_prompts: int, n_tokens: int) -> None:
+        self.done_prompts += n_prompts
+        self.done_tokens += n_tokens
+        now = time.perf_counter()
+        rate = self.done_tokens / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n_tokens, prompts=self.done_prompts, rate=f"{rate:,.0f}")
+        elif self.show == "lines" and (now - self.last_line >= 1.0 or self.done_prompts == self.n_prompts):
+            self.last_line = now
+            left = (self.n_tokens - self.done_tokens) / max(rate, 1e-9)
+            sys.stderr.write(f"scanned {self.done_prompts}/{self.n_prompts} prompts, "
+                             f"{rate:,.0f} tokens/s, {left:.0f} s left\n")
+            sys.stderr.flush()
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 
 from attnviz.core.errors import AttnvizError, InputError
+from attnviz.files.progress import in_notebook
+from attnviz.models.families import check_model_type
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
@@ -100,8 +102,6 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
     from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    from attnviz.display.notebook import in_notebook
-
     show_progress = not quiet and (sys.stderr.isatty() or in_notebook())
     (enable_progress_bars if show_progress else disable_progress_bars)()
     # Its retry messages would add lines to our one-line errors.
@@ -150,7 +150,6 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
 
 
 def _check_model_type(config: Path, name: str) -> None:
-    from attnviz.models import check_model_type
 
     try:
         raw = json.loads(config.read_text())

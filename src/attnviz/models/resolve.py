@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from attnviz.core.errors import InputError
+from attnviz.models import hub
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,6 @@ def resolve(weights: str, *, offline: bool = False, quiet: bool = True) -> Locat
     if looks_like_path or not _REPO_ID.fullmatch(weights):
         raise InputError(f"--weights {weights}: no such file or directory (nor a Hugging Face "
                          "repo id such as gpt2 or org/name)")
-    from dataclasses import replace
-
-    from attnviz.models import hub
-
     repo, revision = hub.split_revision(weights)
     located = _locate_path(hub.fetch(weights, offline=offline, quiet=quiet))
     return replace(located, repo=repo, revision=revision)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.analyses.detectors import DETECTORS
+from attnviz.analyses.attention import analyze
+from attnviz.analyses.detectors import DETECTORS, induction_from
+from attnviz.analyses.train_run import FILM_FORMATS, FILM_NAMES, RunSettings, film_probe
 from attnviz.core.errors import AttnvizError, InputError
 from attnviz.files.fileio import atomic_write, write_bytes
 from attnviz.pictures.scan import figure_png
 
-FILM_FORMATS = {"gif": "heads.gif", "apng": "heads.png", "mp4": "heads.mp4"}
 SHORT = {"previous_token_head": "prev", "duplicate_token_head": "dup", "induction_head": "ind"}
 FRAME_MS, LAST_FRAME_MS = 300, 2500
 MAX_TICK_LABELS = 40  # tokens; past this the axes carry every 16th position instead
@@ -47,11 +48,6 @@ def best_score(record: dict, detector: str, from_layer: int = 0) -> float:
     layers from ``from_layer`` on (an induction head needs a layer before it)."""
     scores = np.array(record["scores"][detector], dtype=float)[from_layer:]  # (L, H)
     return float(np.nanmax(scores))
-
-
-def induction_from(n_layers: int) -> int:
-    """The first layer an induction head can be in: 1 (0 for a one-layer model)."""
-    return 1 if n_layers > 1 else 0
 
 
 def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
@@ -207,3 +203,22 @@ def write_detector_chart(records: Sequence[dict], path: Path, dpi: int = 100) ->
     fig.suptitle("Heads through training")
     write_bytes(path, figure_png(fig))
     return path
+
+
+def write_run_pictures(out: Path, settings: RunSettings, records: list[dict], film_name: str,
+                   dpi: int = 100, progress=None) -> list[Path]:
+    """The film (every snapshot's attention on the probe, read back from the snapshot
+    folders, so a resumed run's film has every step) and detectors.png."""
+    probe = film_probe(out, settings)
+    frames, labels = [], []
+    for done, record in enumerate(records, start=1):
+        result = analyze(probe, weights=str(out / record["snapshot"]), layer="all")
+        frames.append(result.weights)  # (L, H, T, T)
+        labels = result.token_labels
+        if progress is not None:
+            progress("Reading snapshots", done, len(records))
+    for name in FILM_NAMES:  # an earlier film of another format is not this run's
+        if name != film_name:
+            (out / name).unlink(missing_ok=True)
+    return [write_film(frames, labels, records, out / film_name, dpi=dpi, progress=progress),
+            write_detector_chart(records, out / "detectors.png", dpi=dpi)]
