@@ -41,7 +41,7 @@ from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from attnviz.pictures.cells import masked
 from attnviz.pictures.fonts import displayable
-from attnviz.pictures.plot import HeatmapFigure
+from attnviz.pictures.heatmap import HeatmapFigure
 weights = np.load(sys.argv[1])["weights"]; labels = list(np.load(sys.argv[1])["labels"])
 size = HeatmapFigure(labels).fig.get_size_inches()  # the same figure size as attnviz
 cmap = colormaps["viridis"].with_extremes(bad="#d0d0d0")
@@ -64,7 +64,7 @@ ATTNVIZ_RENDER = r"""
 import sys, time, numpy as np
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from attnviz.pictures.plot import HeatmapFigure
+from attnviz.pictures.heatmap import HeatmapFigure
 weights = np.load(sys.argv[1])["weights"]; labels = list(np.load(sys.argv[1])["labels"])
 start = time.perf_counter()
 figure = HeatmapFigure(labels)

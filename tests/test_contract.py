@@ -426,7 +426,7 @@ def test_a_failed_file_write_is_one_clear_error(cli, tmp_path, monkeypatch):
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("attnviz.pictures.plot.write_bytes", full_disk)
+    monkeypatch.setattr("attnviz.pictures.heatmap.write_bytes", full_disk)
     monkeypatch.setattr(fileio, "write_bytes", full_disk)
     result = cli("compare-heads", SHORT_TEXT, *SMALL, "--plot", tmp_path / "p.png")
     assert result.exit_code == 1

@@ -21,8 +21,9 @@ from attnviz.analyses.generation import GenerationResult
 from attnviz.core.errors import InputError
 from attnviz.display import report
 from attnviz.files import outdir
-from attnviz.pictures import colours, plot
+from attnviz.pictures import colours
 from attnviz.pictures.generation import generation_view, write_generation_pictures
+from attnviz.pictures.grid import heads_overview
 
 GENERATED_FILL = "#c2185b"
 
@@ -225,8 +226,8 @@ def test_overview_tiles_carry_the_line_and_the_masked_future():
     prompt, n_new = 10, 20
     result = staircase_result(prompt, n_new, n_heads=4, previous_head=True)
     view = generation_view(result, labels(prompt, n_new))
-    grid = plot.heads_overview(list(view.rows[0]), "t", token_labels=view.col_labels,
-                               rows_of_tiles=view.panel_rows())
+    grid = heads_overview(list(view.rows[0]), "t", token_labels=view.col_labels,
+                          rows_of_tiles=view.panel_rows())
     pixels = grid.image().astype(int)
     mask = rgba(colours.mask_color("viridis"))
     for row in grid.tiles:

@@ -21,7 +21,8 @@ from PIL import Image
 from attnviz.analyses.attention import AttentionResult
 from attnviz.core.errors import InputError
 from attnviz.files import outdir
-from attnviz.pictures import cells, colours, fonts, plot
+from attnviz.pictures import cells, checks, colours, families, fonts, heatmap, plot, similarity
+from attnviz.pictures.grid import grid_figure, heads_overview
 from attnviz.pictures.lines import LINES_MAX_TOKENS, LinesFigure
 
 LONG = 1001
@@ -97,7 +98,7 @@ def mask_rgba(cmap="viridis"):
 @pytest.mark.parametrize("dpi", [40, 100])
 def test_heatmap_with_fewer_pixels_than_tokens_keeps_every_peak(dpi):
     w = exact_heads(LONG)
-    figure = plot.HeatmapFigure(labels(LONG), dpi=dpi)
+    figure = heatmap.HeatmapFigure(labels(LONG), dpi=dpi)
     previous = heatmap_box(figure, figure.render([w[0]], ["prev"])).copy()
     sink = heatmap_box(figure, figure.render([w[1]], ["sink"])).copy()
     if dpi == 40:
@@ -124,7 +125,7 @@ def test_block_maximum_against_a_plain_loop():
 
 def test_overview_grids_keep_every_peak():
     w = exact_heads(LONG)
-    grid = plot.heads_overview(w, "t", dpi=40, token_labels=labels(LONG))
+    grid = heads_overview(w, "t", dpi=40, token_labels=labels(LONG))
     pixels = grid.image()
     (prev_box, sink_box), = [grid.tiles[0][:2]]
     assert "max of" in grid.note
@@ -143,19 +144,19 @@ def test_heatmap_writes_both_patterns_at_1001_tokens_through_the_cli(cli, tmp_pa
     def decoded(path):
         return np.asarray(Image.open(path).convert("RGBA"))
 
-    figure = plot.HeatmapFigure(result.token_labels, dpi=40)
+    figure = heatmap.HeatmapFigure(result.token_labels, dpi=40)
     mask = mask_rgba()
     for layer in (0, 1):
         folder = out / f"layer_{layer:02d}"
         check_exact_patterns(heatmap_box(figure, decoded(folder / "head_00.png")),
                              heatmap_box(figure, decoded(folder / "head_01.png")), mask)
-        grid = plot.heads_overview(result.weights[layer], "t", dpi=40,
-                                   token_labels=result.token_labels)
+        grid = heads_overview(result.weights[layer], "t", dpi=40,
+                              token_labels=result.token_labels)
         pixels = decoded(folder / "heads.png")
         assert pixels.shape == grid.image().shape
         check_exact_patterns(pixels[grid.tiles[0][0]], pixels[grid.tiles[0][1]], mask)
-    model = plot.grid_figure(result.weights, "t", row_names=["layer 0", "layer 1"],
-                             col_names=["head 0", "head 1"], dpi=40, token_labels=result.token_labels)
+    model = grid_figure(result.weights, "t", row_names=["layer 0", "layer 1"],
+                        col_names=["head 0", "head 1"], dpi=40, token_labels=result.token_labels)
     pixels = decoded(out / "model.png")
     for r in range(2):
         check_exact_patterns(pixels[model.tiles[r][0]], pixels[model.tiles[r][1]], mask)
@@ -177,7 +178,7 @@ def test_mask_colour_is_far_from_every_colour_of_the_colormap(cmap):
 def test_masked_cells_of_a_greyscale_map_are_drawn_in_a_colour(cmap):
     n = 6
     w = np.tril(np.full((n, n), 0.5, dtype=np.float32))
-    figure = plot.HeatmapFigure(labels(n), cmap=cmap)
+    figure = heatmap.HeatmapFigure(labels(n), cmap=cmap)
     box = heatmap_box(figure, figure.render([w], ["t"]))
     cell = box.shape[0] // n
     masked_pixel = box[cell // 2, n * cell - cell // 2]  # row 0, last column
@@ -224,7 +225,7 @@ def test_png_carries_its_dpi(cli, tmp_path, dpi):
 def test_same_figure_has_the_same_size_on_the_page_at_any_dpi():
     sizes = []
     for dpi in (100, 200):
-        with Image.open(io.BytesIO(plot.HeatmapFigure(labels(8), dpi=dpi).png(
+        with Image.open(io.BytesIO(heatmap.HeatmapFigure(labels(8), dpi=dpi).png(
                 [exact_heads(8)[0]], ["t"]))) as image:
             sizes.append(image.size[0] / image.info["dpi"][0])
     assert sizes[0] == pytest.approx(sizes[1], abs=0.02)
@@ -236,7 +237,7 @@ def test_same_figure_has_the_same_size_on_the_page_at_any_dpi():
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 12])
 def test_printed_weights_are_at_least_8_points_and_fit_their_cell(n):
     w = np.tril(np.full((n, n), 0.25, dtype=np.float32))
-    figure = plot.HeatmapFigure(labels(n))
+    figure = heatmap.HeatmapFigure(labels(n))
     figure.render([w], ["t"])
     renderer = figure.canvas.get_renderer()
     ax = figure.axes[0]
@@ -249,9 +250,9 @@ def test_printed_weights_are_at_least_8_points_and_fit_their_cell(n):
 
 
 def test_overview_title_says_1_token(tmp_path, monkeypatch):
-    assert plot.plural(1, "token") == "1 token" and plot.plural(2, "token") == "2 tokens"
+    assert families.plural(1, "token") == "1 token" and families.plural(2, "token") == "2 tokens"
     titles = []
-    real = plot.heads_overview
+    real = heads_overview
     monkeypatch.setattr(plot, "heads_overview", lambda w, t, *a, **k: titles.append(t) or real(w, t, *a, **k))
     files = plot.write_heatmaps(fake_result(1), tmp_path)
     assert [f.path.name for f in files] == ["head_00.png", "head_01.png", "heads.png"]
@@ -259,7 +260,7 @@ def test_overview_title_says_1_token(tmp_path, monkeypatch):
 
 
 def test_many_panels_wrap_into_a_grid():
-    figure = plot.HeatmapFigure(labels(6), n_panels=12)
+    figure = heatmap.HeatmapFigure(labels(6), n_panels=12)
     lefts = sorted({round(ax.get_position().x0, 3) for ax in figure.axes})
     bottoms = sorted({round(ax.get_position().y0, 3) for ax in figure.axes})
     assert len(lefts) == 4 and len(bottoms) == 3
@@ -272,17 +273,17 @@ def test_many_panels_wrap_into_a_grid():
 def test_similarity_plot_follows_the_colormap(tmp_path):
     js = np.array([[0.0, 0.5], [0.5, 0.0]])
     for cmap in ("Greys", "viridis"):
-        path = plot.save_similarity(tmp_path / f"{cmap}.png", js, "t", cmap=cmap)
+        path = similarity.save_similarity(tmp_path / f"{cmap}.png", js, "t", cmap=cmap)
         pixels = np.asarray(Image.open(path).convert("RGBA")).reshape(-1, 4)
         top = colormaps[cmap](1.0, bytes=True)
         assert is_colour(pixels, top).sum() > 500  # the cells of 0.5 (the max) are drawn in it
 
 
 def test_overview_has_token_labels_when_they_fit():
-    grid = plot.heads_overview(np.stack([exact_heads(5)[0]] * 4), "t", token_labels=labels(5))
+    grid = heads_overview(np.stack([exact_heads(5)[0]] * 4), "t", token_labels=labels(5))
     texts = [t.get_text() for t in grid.ax.texts]
     assert texts.count("t3") == 1 + 4  # left of the one row, below each of the 4 columns
-    long = plot.heads_overview(exact_heads(300), "t", token_labels=labels(300))
+    long = heads_overview(exact_heads(300), "t", token_labels=labels(300))
     shown = {t.get_text() for t in long.ax.texts if t.get_text().startswith("t")}
     assert "t0" in shown and 3 <= len(shown) < 60
 
@@ -317,11 +318,11 @@ def test_unknown_image_suffixes_are_refused_before_any_work(cli, tmp_path, name)
 def test_image_format_helper():
     from pathlib import Path
 
-    assert plot.image_format(Path("a.svg"), "pdf") == "svg"  # the suffix wins
-    assert plot.image_format(Path("a"), "pdf") == "pdf"
-    assert plot.image_format(None, None) == "png"
+    assert checks.image_format(Path("a.svg"), "pdf") == "svg"  # the suffix wins
+    assert checks.image_format(Path("a"), "pdf") == "pdf"
+    assert checks.image_format(None, None) == "png"
     with pytest.raises(InputError, match="--image-format"):
-        plot.image_format(None, "gif")
+        checks.image_format(None, "gif")
 
 
 # --- 6. stale files ---------------------------------------------------------------------
@@ -438,7 +439,7 @@ def test_image_format_is_deterministic_and_keeps_text_as_text(cli, tmp_path, fmt
 
 def test_svg_embeds_the_same_pooled_cells_as_the_png():
     w = exact_heads(LONG)
-    figure = plot.HeatmapFigure(labels(LONG), dpi=40)
+    figure = heatmap.HeatmapFigure(labels(LONG), dpi=40)
     svg = figure.vector([w[1]], ["sink"], "svg").decode()
     assert "image-rendering:crisp-edges" in svg and "max of up to 3×3 cells" in svg
 
@@ -476,7 +477,7 @@ def test_log_scale_colours_and_ticks():
     assert float(norm(1e-2)) == pytest.approx(0.5)  # half-way between 1e-4 and 1 in log
     shown = colours.normalized(norm, np.ma.masked_array([0.0, 1e-6, 1e-4], mask=[False, False, False]))
     assert not np.ma.getmaskarray(shown).any() and np.allclose(shown, 0.0)  # zero is not masked
-    figure = plot.HeatmapFigure(labels(5), scale="log")
+    figure = heatmap.HeatmapFigure(labels(5), scale="log")
     cbar = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight"][0]
     ticks = [t.get_text() for t in cbar.get_yticklabels()]
     assert ticks == ["≤0.0001", "0.001", "0.01", "0.1", "1"]
@@ -490,19 +491,19 @@ def test_log_scale_colours_and_ticks():
 
 
 def test_annotate_can_be_forced_or_suppressed():
-    assert plot.HeatmapFigure(labels(20), annotate=True).cell_texts
-    assert not plot.HeatmapFigure(labels(5), annotate=False).cell_texts
-    figure = plot.HeatmapFigure(labels(20), annotate=True)
+    assert heatmap.HeatmapFigure(labels(20), annotate=True).cell_texts
+    assert not heatmap.HeatmapFigure(labels(5), annotate=False).cell_texts
+    figure = heatmap.HeatmapFigure(labels(20), annotate=True)
     figure.render([exact_heads(20)[0]], ["t"])
     assert min(t.get_fontsize() for t in figure.cell_texts[0]) >= 8
     with pytest.raises(InputError, match="--annotate"):
-        plot.HeatmapFigure(labels(plot.ANNOTATE_MAX_TOKENS + 1), annotate=True)
+        heatmap.HeatmapFigure(labels(heatmap.ANNOTATE_MAX_TOKENS + 1), annotate=True)
 
 
 def test_title_template(cli, tmp_path, monkeypatch):
     seen = []
-    real = plot.HeatmapFigure.render
-    monkeypatch.setattr(plot.HeatmapFigure, "render",
+    real = heatmap.HeatmapFigure.render
+    monkeypatch.setattr(heatmap.HeatmapFigure, "render",
                         lambda self, panels, titles: seen.extend(titles) or real(self, panels, titles))
     result = cli("heatmap", SHORT_TEXT, "--out", tmp_path, *small_options(), "--head", 2,
                  "--title", "Head {head}, {tokens} tokens", "-q")
@@ -517,11 +518,11 @@ def test_font_by_family_or_file_and_bad_names(tmp_path):
 
     try:
         fonts.use_font("DejaVu Serif")
-        figure = plot.HeatmapFigure(labels(3))
+        figure = heatmap.HeatmapFigure(labels(3))
         assert figure.row_labels[0].get_fontfamily()[0] == "DejaVu Serif"
         path = findfont(FontProperties(family=["DejaVu Sans Mono"]))
         fonts.use_font(path)
-        assert plot.HeatmapFigure(labels(3)).row_labels[0].get_fontfamily()[0] == "DejaVu Sans Mono"
+        assert heatmap.HeatmapFigure(labels(3)).row_labels[0].get_fontfamily()[0] == "DejaVu Sans Mono"
         with pytest.raises(InputError, match="not an installed font"):
             fonts.use_font("No Such Font 123")
         junk = tmp_path / "junk.ttf"
@@ -536,7 +537,7 @@ def test_cjk_tokens_are_drawn_with_a_cjk_font_when_one_is_installed():
     """With a CJK-capable font installed the label is drawn as it is, in a fallback
     family; without one it is escaped (never boxes): both outcomes are checked."""
     chosen = fonts.Fonts(["中文"])
-    figure = plot.HeatmapFigure(["中文", "x"])
+    figure = heatmap.HeatmapFigure(["中文", "x"])
     text = figure.row_labels[0].get_text()
     if fonts.cjk_families():
         assert chosen.families[1:] == list(fonts.cjk_families())

@@ -25,7 +25,8 @@ from PIL import Image
 
 from attnviz.analyses.attention import AttentionResult, crop
 from attnviz.display import report
-from attnviz.pictures import cells, colours, plot
+from attnviz.pictures import cells, colours, families, heatmap, plot
+from attnviz.pictures.grid import heads_overview, overview_plan
 from attnviz.pictures.lines import LinesFigure
 
 CMAPS = ["viridis", "magma", "cividis", "Blues", "Greys", "gray", "coolwarm", "turbo"]
@@ -87,7 +88,7 @@ def png_pixels(path) -> np.ndarray:
 
 def frame_box(pixels: np.ndarray) -> tuple[slice, slice]:
     """Where the cells of a one-panel heatmap picture are: inside its one-pixel frame."""
-    frame = np.all(pixels[..., :3] == plot._FRAME_RGBA[:3], axis=-1)
+    frame = np.all(pixels[..., :3] == heatmap._FRAME_RGBA[:3], axis=-1)
     rows = np.nonzero(frame.sum(axis=1) > frame.shape[1] * 0.3)[0]
     cols = np.nonzero(frame.sum(axis=0) > frame.shape[0] * 0.3)[0]
     return slice(rows.min() + 1, rows.max()), slice(cols.min() + 1, cols.max())
@@ -141,8 +142,8 @@ def test_the_window_colour_is_a_darker_grey_beside_viridis_grey_future():
 @pytest.mark.parametrize(("n", "window"), [(5, 3), (60, 16)])
 def test_cells_outside_the_window_are_drawn_in_the_second_mask_colour(cmap, n, window):
     w = softmax_heads(n, 1, window)[0]
-    figure = plot.HeatmapFigure([f"t{i}" for i in range(n)], cmap=cmap, annotate=False,
-                                outside_label=f"outside\nwindow {window}")
+    figure = heatmap.HeatmapFigure([f"t{i}" for i in range(n)], cmap=cmap, annotate=False,
+                                   outside_label=f"outside\nwindow {window}")
     pixels = figure.render([cells.masked(w, window)], ["t"], windows=[window])
     ys, xs = figure.boxes[0]
     check_cells(cell_centres(pixels[ys, xs], n), w, window, cmap)
@@ -220,8 +221,8 @@ def check_pooled(box: np.ndarray, n: int, window: int, cmap: str = "viridis") ->
 
 def test_a_pooled_heatmap_of_600_tokens_keeps_the_outside_region_masked():
     n, window = 600, 64
-    figure = plot.HeatmapFigure([f"t{i}" for i in range(n)], dpi=40,
-                                outside_label=f"outside\nwindow {window}")
+    figure = heatmap.HeatmapFigure([f"t{i}" for i in range(n)], dpi=40,
+                                   outside_label=f"outside\nwindow {window}")
     pixels = figure.render([cells.masked(edge_head(n, window), window)], ["t"], windows=[window])
     ys, xs = figure.boxes[0]
     assert "max of" in figure.note
@@ -232,9 +233,9 @@ def test_a_pooled_overview_of_600_tokens_keeps_the_outside_region_masked(tmp_pat
     n, window = 600, 64
     heads = np.stack([edge_head(n, window)] * 4)
     result = make_result(n, windows=[window], kv_heads=[0, 0, 1, 1], heads=heads)
-    grid = plot.heads_overview([cells.masked(w, window) for w in heads], "t",
-                               token_labels=result.token_labels, kv_heads=result.kv_heads,
-                               window=window)
+    grid = heads_overview([cells.masked(w, window) for w in heads], "t",
+                          token_labels=result.token_labels, kv_heads=result.kv_heads,
+                          window=window)
     pixels = grid.image()
     assert "max of" in grid.note
     for box in (b for row in grid.tiles for b in row if b is not None):
@@ -305,7 +306,7 @@ def test_a_window_as_long_as_the_text_is_said_not_drawn(tmp_path):
     centres = cell_centres(framed_cells(png_pixels(tmp_path / "png" / "head_00.png")), n)
     assert not is_colour(centres, rgba_bytes("#808080")).any()
     assert is_colour(centres[np.triu_indices(n, 1)], rgba_bytes("#d0d0d0")).all()
-    assert plot.window_note(4096, 1) == "window 4096 ≥ 1 token"
+    assert families.window_note(4096, 1) == "window 4096 ≥ 1 token"
 
 
 def test_without_groups_there_is_no_kv_label(tmp_path):
@@ -320,8 +321,8 @@ def test_without_groups_there_is_no_kv_label(tmp_path):
 def test_printed_weights_leave_the_outside_cells_empty():
     n, window = 9, 3
     w = softmax_heads(n, 1, window)[0]
-    figure = plot.HeatmapFigure([f"t{i}" for i in range(n)], annotate=True,
-                                outside_label="outside\nwindow 3")
+    figure = heatmap.HeatmapFigure([f"t{i}" for i in range(n)], annotate=True,
+                                   outside_label="outside\nwindow 3")
     figure.render([cells.masked(w, window)], ["t"], windows=[window])
     texts = np.array([t.get_text() for t in figure.cell_texts[0]]).reshape(n, n)
     seen = allowed(n, window)
@@ -361,7 +362,7 @@ def test_exclude_first_pictures_keep_both_mask_colours(tmp_path):
 @pytest.mark.parametrize(("n_heads", "n_kv"), [(8, 2), (32, 8), (14, 2), (16, 8), (8, 1), (40, 8)])
 def test_overview_puts_each_kv_group_together_under_one_label(n_heads, n_kv):
     kv_heads = [h // (n_heads // n_kv) for h in range(n_heads)]
-    plan = plot.overview_plan(n_heads, kv_heads)
+    plan = overview_plan(n_heads, kv_heads)
     placed = [h for row in plan.slots for h in row if h is not None]
     assert sorted(placed) == list(range(n_heads))
     for r, first, last, label in plan.groups:  # each label spans heads of one kv head only
@@ -380,9 +381,9 @@ def test_overview_tiles_of_a_group_sit_closer_than_two_groups():
     n = 6
     kv_heads = [0, 0, 1, 1, 2, 2, 3, 3]
     heads = softmax_heads(n, 8, None)
-    grid = plot.heads_overview(heads, "t", token_labels=[f"t{i}" for i in range(n)],
-                               kv_heads=kv_heads)
-    plan = plot.overview_plan(8, kv_heads)
+    grid = heads_overview(heads, "t", token_labels=[f"t{i}" for i in range(n)],
+                          kv_heads=kv_heads)
+    plan = overview_plan(8, kv_heads)
     assert plan.col_breaks  # groups of 2 share rows
     row = grid.tiles[0]
     lefts = [box[1].start for box in row]
@@ -395,8 +396,8 @@ def test_overview_tiles_of_a_group_sit_closer_than_two_groups():
 
 
 def test_not_grouped_overview_keeps_its_old_layout():
-    assert plot.overview_plan(12).slots == plot.overview_plan(12, list(range(12))).slots
-    plan = plot.overview_plan(12)
+    assert overview_plan(12).slots == overview_plan(12, list(range(12))).slots
+    plan = overview_plan(12)
     assert [len(r) for r in plan.slots] == [4, 4, 4] and not plan.groups and not plan.col_breaks
     assert plan.titles[0] == ["head 0", "head 1", "head 2", "head 3"]
 

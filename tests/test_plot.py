@@ -10,7 +10,8 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 from attnviz.core.errors import InputError
-from attnviz.pictures import cells, colours, fonts, images, plot
+from attnviz.pictures import cells, colours, fonts, heatmap, images
+from attnviz.pictures.grid import grid_figure, save_grid
 
 
 def causal_random(n, seed=0, heads=1):
@@ -35,7 +36,7 @@ def cell_pixel(figure, panel, i, j):
 
 @pytest.mark.parametrize("n", [5, 60, 300])
 def test_token_labels_sit_on_their_tokens_and_never_overlap(n):
-    figure = plot.HeatmapFigure(labels(n))
+    figure = heatmap.HeatmapFigure(labels(n))
     ax = figure.axes[0]
     renderer = figure.canvas.get_renderer()
     for axis, texts in (("y", figure.row_labels), ("x", figure.col_labels[0])):
@@ -60,7 +61,7 @@ def test_token_labels_sit_on_their_tokens_and_never_overlap(n):
 
 @pytest.mark.parametrize("n", [5, 60, 300, 1024])
 def test_figure_size_grows_with_tokens_up_to_a_cap(n):
-    figure = plot.HeatmapFigure(labels(n))
+    figure = heatmap.HeatmapFigure(labels(n))
     width, height = figure.fig.get_size_inches()
     assert 4 < width < 16 and 4 < height < 16
     if n >= 60:
@@ -71,7 +72,7 @@ def test_masked_cells_differ_from_zero_weight_cells():
     n = 6
     w = np.zeros((n, n), dtype=np.float32)
     w[:, 0] = 1.0  # every other visible cell is exactly 0
-    figure = plot.HeatmapFigure(labels(n), cmap="viridis", scale="linear")
+    figure = heatmap.HeatmapFigure(labels(n), cmap="viridis", scale="linear")
     figure.render([w], ["t"])
     masked_rgba = cell_pixel(figure, 0, 1, 4) / 255
     zero_rgba = cell_pixel(figure, 0, 4, 1) / 255
@@ -84,7 +85,7 @@ def test_masked_cells_differ_from_zero_weight_cells():
 
 def test_each_head_is_drawn_with_its_own_title_and_pixels():
     w = causal_random(8, heads=2)
-    figure = plot.HeatmapFigure(labels(8), scale="linear")
+    figure = heatmap.HeatmapFigure(labels(8), scale="linear")
     first = figure.render([w[0]], ["head 0"]).copy()
     assert figure.titles[0].get_text() == "head 0"
     second = figure.render([w[1]], ["head 1"]).copy()
@@ -96,19 +97,19 @@ def test_each_head_is_drawn_with_its_own_title_and_pixels():
 
 def test_small_inputs_print_the_weights_in_the_cells():
     w = causal_random(4)[0]
-    figure = plot.HeatmapFigure(labels(4))
+    figure = heatmap.HeatmapFigure(labels(4))
     figure.render([w], ["h"])
     texts = [t.get_text() for t in figure.cell_texts[0] if t.get_text()]
     assert len(texts) == 10  # the visible cells of a 4 x 4 causal matrix
     assert texts[0] == "1.00" and f"{w[3, 2]:.2f}" in texts
-    assert plot.HeatmapFigure(labels(40)).cell_texts == []
+    assert heatmap.HeatmapFigure(labels(40)).cell_texts == []
 
 
 def test_png_is_valid_deterministic_and_equals_the_canvas():
     w = causal_random(10)[0]
-    figure = plot.HeatmapFigure(labels(10))
+    figure = heatmap.HeatmapFigure(labels(10))
     data = figure.png([w], ["head 0"])
-    again = plot.HeatmapFigure(labels(10)).png([w], ["head 0"])
+    again = heatmap.HeatmapFigure(labels(10)).png([w], ["head 0"])
     assert data == again
     decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
     assert np.array_equal(decoded, figure.render([w], ["head 0"]))
@@ -116,7 +117,7 @@ def test_png_is_valid_deterministic_and_equals_the_canvas():
 
 def test_side_by_side_panels_share_one_colorbar():
     w = causal_random(7, heads=3)
-    figure = plot.HeatmapFigure(labels(7), n_panels=3)
+    figure = heatmap.HeatmapFigure(labels(7), n_panels=3)
     figure.render(list(w), ["a", "b", "c"])
     assert [t.get_text() for t in figure.titles] == ["a", "b", "c"]
     colorbars = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight"]
@@ -131,7 +132,7 @@ def test_labels_the_font_cannot_draw_are_escaped():
 
 
 def test_no_glyph_warnings_for_odd_text(recwarn):
-    figure = plot.HeatmapFigure(["中", "🙂", "\\xe2", "␣$x$", "a\u0301", "مرحبا"])
+    figure = heatmap.HeatmapFigure(["中", "🙂", "\\xe2", "␣$x$", "a\u0301", "مرحبا"])
     figure.render([causal_random(6)[0]], ["t"])
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
     assert figure.row_labels[3].get_text() == "␣$x$"  # no mathtext
@@ -161,13 +162,13 @@ def test_absurd_dpi_is_refused(dpi):
 
 def test_gigapixel_images_are_refused():
     with pytest.raises(InputError, match="pixels"):
-        plot.HeatmapFigure(labels(1000), n_panels=4, dpi=600)
+        heatmap.HeatmapFigure(labels(1000), n_panels=4, dpi=600)
 
 
 def test_grid_writes_one_image_with_a_title(tmp_path):
     w = causal_random(9, heads=6).reshape(2, 3, 9, 9)
-    path = plot.save_grid(tmp_path / "g.png", w, "All 6 heads", row_names=["a", "b"],
-                          col_names=["x", "y", "z"])
+    path = save_grid(tmp_path / "g.png", w, "All 6 heads", row_names=["a", "b"],
+                     col_names=["x", "y", "z"])
     image = Image.open(path)
     assert image.size[0] > image.size[1] > 100
 
@@ -177,7 +178,7 @@ def test_grid_writes_one_image_with_a_title(tmp_path):
 def test_a_measure_other_than_weights_gets_its_own_scale_and_label(scale, first, last):
     measure = colours.Measure(label="‖α·f(x)‖ (value-weighted)", top=5.0, title=" · x")
     w = causal_random(6)[0] * 5.0
-    figure = plot.HeatmapFigure(labels(6), scale=scale, measure=measure, annotate=True)
+    figure = heatmap.HeatmapFigure(labels(6), scale=scale, measure=measure, annotate=True)
     figure.render([w], ["t"])
     bar = [ax for ax in figure.fig.axes if ax.get_ylabel() == measure.label]
     assert len(bar) == 1
@@ -191,7 +192,7 @@ def test_a_measure_other_than_weights_gets_its_own_scale_and_label(scale, first,
     assert w[i, j] < 5.0 or np.allclose(cell_pixel(figure, 0, i, j), top, atol=2)
     printed = [t.get_text() for t in figure.cell_texts[0] if t.get_text()]
     assert printed[0] == f"{w[0, 0]:.2f}" and measure.decimals == 2
-    grid = plot.grid_figure(np.stack([w, w])[None], "g", measure=measure)
+    grid = grid_figure(np.stack([w, w])[None], "g", measure=measure)
     assert any(ax.get_ylabel() == measure.label for ax in grid.fig.axes)
 
 

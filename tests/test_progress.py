@@ -21,6 +21,7 @@ from attnviz.core.config import ModelConfig
 from attnviz.files import progress
 from attnviz.files.progress import Progress
 from attnviz.pictures import cells, colours, images, plot
+from attnviz.pictures.grid import grid_figure, heads_overview
 
 TEXT = "Your journey starts with one step, and then another one after it"
 
@@ -274,11 +275,11 @@ def test_cached_causal_mask_cannot_be_changed_through_a_head():
 def test_grid_of_lists_and_lazy_tiles_equals_the_stacked_grid():
     rng = np.random.default_rng(2)
     heads = rng.random((2, 3, 40, 40), dtype=np.float32)
-    stacked = plot.grid_figure(heads, "t", token_labels=[f"t{i}" for i in range(40)], dpi=40)
-    lists = plot.grid_figure([[heads[r, c] for c in range(3)] for r in range(2)], "t",
-                             token_labels=[f"t{i}" for i in range(40)], dpi=40)
-    lazy = plot.grid_figure([[(lambda w=heads[r, c]: w) for c in range(3)] for r in range(2)],
-                            "t", token_labels=[f"t{i}" for i in range(40)], dpi=40)
+    stacked = grid_figure(heads, "t", token_labels=[f"t{i}" for i in range(40)], dpi=40)
+    lists = grid_figure([[heads[r, c] for c in range(3)] for r in range(2)], "t",
+                        token_labels=[f"t{i}" for i in range(40)], dpi=40)
+    lazy = grid_figure([[(lambda w=heads[r, c]: w) for c in range(3)] for r in range(2)],
+                       "t", token_labels=[f"t{i}" for i in range(40)], dpi=40)
     png = stacked.to_bytes("png")
     assert lists.to_bytes("png") == png and lazy.to_bytes("png") == png
 
@@ -286,7 +287,7 @@ def test_grid_of_lists_and_lazy_tiles_equals_the_stacked_grid():
 def test_overview_with_an_empty_slot_leaves_it_blank():
     rng = np.random.default_rng(3)
     heads = rng.random((5, 12, 12), dtype=np.float32)  # 4 a row: slots 6-8 empty
-    grid = plot.heads_overview(heads, "t", dpi=40)
+    grid = heads_overview(heads, "t", dpi=40)
     assert sum(box is None for row in grid.tiles for box in row) == 3
 
 
@@ -297,9 +298,9 @@ def test_each_layer_overview_equals_one_drawn_afresh(hf_checkpoint, tmp_path):
     plot.write_heatmaps(result, tmp_path)
     for li, layer in enumerate(result.layers):
         title = f"Layer {layer}, all 4 heads, {result.n_tokens} tokens"
-        fresh = plot.heads_overview(result.weights[li], title, token_labels=result.token_labels)
+        fresh = heads_overview(result.weights[li], title, token_labels=result.token_labels)
         assert (tmp_path / f"layer_{layer:02d}" / "heads.png").read_bytes() == fresh.to_bytes("png")
-    grid = plot.heads_overview(result.weights[0], "Zebra title")
+    grid = heads_overview(result.weights[0], "Zebra title")
     grid.image()  # a raster first: the title is drawn over the saved background ...
     assert "Zebra title" in grid.to_bytes("svg").decode()  # ... and still drawn in vector output
 

@@ -14,7 +14,7 @@ from matplotlib.colors import PowerNorm
 from PIL import Image
 
 from attnviz.analyses import weighting
-from attnviz.pictures import plot
+from attnviz.pictures import heatmap, plot
 from attnviz.pictures.colours import Measure
 from attnviz.pictures.norms import norm_pictures
 
@@ -241,8 +241,8 @@ def test_heatmap_rollout_writes_one_picture_of_the_loop_rollout(cli, tmp_path, h
     labels = [t["label"] for t in document["tokens"]]
     n = len(labels)
     title = f"Attention rollout through layers 0–2, {n} tokens"
-    figure = plot.HeatmapFigure(labels, 1, annotate=False, extra_texts=[title],
-                                measure=plot.ROLLOUT, axis_labels=plot.ROLLOUT_AXES)
+    figure = heatmap.HeatmapFigure(labels, 1, annotate=False, extra_texts=[title],
+                                   measure=plot.ROLLOUT, axis_labels=plot.ROLLOUT_AXES)
     figure.render([expected.astype(np.float32)], [title])
     assert figure.titles[0].get_text() == title
     pixels = np.asarray(Image.open(out / "rollout.png").convert("RGBA"))
@@ -267,7 +267,7 @@ def test_heatmap_norm_draws_the_norms_on_their_own_scale(cli, tmp_path, llama):
     assert top == weighting.colour_top(norms) and norms.max() <= top < 2 * norms.max()
     labels = [t["label"] for t in document["tokens"]]
     measure = Measure(weighting.NORM_LABEL, top, " · value-weighted")
-    figure = plot.HeatmapFigure(labels, 1, extra_texts=["t"], measure=measure)
+    figure = heatmap.HeatmapFigure(labels, 1, extra_texts=["t"], measure=measure)
     colorbar = [ax for ax in figure.fig.axes if ax.get_ylabel() == weighting.NORM_LABEL]
     assert len(colorbar) == 1
     ticks = [t.get_text() for t in colorbar[0].get_yticklabels()]
@@ -290,7 +290,7 @@ def test_heatmap_titles_say_value_weighted(tmp_path, hf_checkpoint):
     files = plot.write_heatmaps(shown, tmp_path, heads=[0], measure=measure, annotate=True)
     assert [f.path.name for f in files][-1] == "model.png"
     assert measure.title == " · value-weighted" and measure.label == weighting.NORM_LABEL
-    figure = plot.HeatmapFigure(result.token_labels, 1, measure=measure, annotate=True)
+    figure = heatmap.HeatmapFigure(result.token_labels, 1, measure=measure, annotate=True)
     figure.render([shown.weights[0, 0]], ["t"])
     printed = [t.get_text() for t in figure.cell_texts[0] if t.get_text()]
     decimals = measure.decimals

@@ -77,10 +77,10 @@ def attribute(
         raise InputError("--baseline-file gives the means of --ablate mean; add --ablate mean")
     fmt_out = None
     if plot is not None:
-        from attnviz.pictures import plot as pictures
+        from attnviz.pictures import checks
 
-        pictures.check_picture_options(dpi=dpi)
-        fmt_out = pictures.image_format(None, image_format)
+        checks.check_picture_options(dpi=dpi)
+        fmt_out = checks.image_format(None, image_format)
         check_out_dir(plot)
     if weights is None:
         raise InputError("attribute needs trained weights: random mode has no output head "

@@ -91,7 +91,7 @@ def compare_heads(
                          "always lists every head)")
     source = read_text(text, file)
     if plot_path or similarity_plot:
-        from attnviz.pictures import plot
+        from attnviz.pictures import checks
 
         picture.check()
         if weighting == "norm" and picture.exclude_first:
@@ -99,7 +99,7 @@ def compare_heads(
                              "--weighting norm are not probabilities: give one of them")
         for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
             if path:
-                plot.image_format(path, picture.image_format, option)
+                checks.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
     from attnviz.analyses.attention import analyze
     from attnviz.analyses.stats import add_induction, head_rows
@@ -142,20 +142,21 @@ def compare_heads(
         document["similarity"] = matrices
     files = []
     if plot_path or similarity_plot:
-        from attnviz.pictures import plot
+        from attnviz.pictures import checks, plot
+        from attnviz.pictures.similarity import check_similarity_size, save_similarity
 
         if similarity_plot:  # checked before --plot is written: all checks come first
-            plot.check_similarity_size(len(result.layers), result.n_heads, picture.dpi)
+            check_similarity_size(len(result.layers), result.n_heads, picture.dpi)
         if plot_path:
             plot.save_compare(plot_path, drawn, plot_heads,
-                              image_format=plot.image_format(plot_path, picture.image_format),
+                              image_format=checks.image_format(plot_path, picture.image_format),
                               **picture.heatmap_args(), **measure)
             files.append(str(plot_path))
         if similarity_plot:
-            plot.save_similarity(similarity_plot, np.stack(matrices),
-                                 "Head similarity (JS divergence)" + window_note, picture.dpi,
-                                 picture.cmap, plot.image_format(similarity_plot, picture.image_format),
-                                 layers=result.layers)
+            save_similarity(similarity_plot, np.stack(matrices),
+                            "Head similarity (JS divergence)" + window_note, picture.dpi,
+                            picture.cmap, checks.image_format(similarity_plot, picture.image_format),
+                            layers=result.layers)
             files.append(str(similarity_plot))
     if files:
         document["files"] = files

@@ -188,12 +188,12 @@ def _write_outputs(result, model, out, npz_path, report_path, picture, head, tok
         labels = [token_label(raw) for raw in model.tokenizer.token_bytes(result.token_ids)]
     extras = {"windows": [model.window(i) for i in result.layers], "kv_heads": list(model.kv_heads)}
     if out is not None:
+        from attnviz.pictures import checks
         from attnviz.pictures import generation as plot_generate
-        from attnviz.pictures import plot
 
         files = plot_generate.write_generation_pictures(
             result, labels, out, heads=head, cmap=picture.cmap, dpi=picture.dpi,
-            scale=picture.scale, image_format=plot.image_format(None, picture.image_format),
+            scale=picture.scale, image_format=checks.image_format(None, picture.image_format),
             exclude_first_key=picture.exclude_first, tokens=tokens, **extras)
         written.append(f"{len(files)} pictures to {out}")
     if report_path is not None:

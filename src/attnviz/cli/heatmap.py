@@ -67,10 +67,10 @@ def heatmap(
     fmt = "json" if as_json else fmt
     output = Output(fmt, quiet)
     source = read_text(text, file)
-    from attnviz.pictures import plot
+    from attnviz.pictures import checks, plot
 
     picture.check(rollout=True)
-    picture_format = plot.image_format(None, picture.image_format)
+    picture_format = checks.image_format(None, picture.image_format)
     check_out_dir(out)
     if weighting == "norm" and picture.exclude_first:
         raise InputError("--exclude-first renormalises attention rows; the norms of "

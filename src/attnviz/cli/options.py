@@ -275,12 +275,12 @@ class Picture:
         """Refuse a bad colormap, dpi, scale, title or font before any work (and put the
         font to use); imports matplotlib, so call it only when a picture will be drawn.
         ``--view rollout`` is refused unless the command draws it (``rollout``)."""
-        from attnviz.pictures import plot
+        from attnviz.pictures import checks
 
         if self.view == "rollout" and not rollout:
             raise InputError("--view rollout is one picture of the whole model: use attnviz "
                              "heatmap --view rollout")
-        plot.check_picture_options(self.cmap, self.dpi, self.scale, self.title, self.font)
+        checks.check_picture_options(self.cmap, self.dpi, self.scale, self.title, self.font)
 
     def heatmap_args(self) -> dict:
         """The keyword arguments of plot.write_heatmaps and plot.save_compare."""

@@ -65,11 +65,11 @@ def steps(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     from attnviz.analyses import steps as pipeline
-    from attnviz.pictures import plot
+    from attnviz.pictures import checks
     from attnviz.pictures import steps as plot_steps
 
     picture.check()
-    image_format = plot.image_format(output_path, picture.image_format, "--output")
+    image_format = checks.image_format(output_path, picture.image_format, "--output")
     check_file_target(output_path, "--output")
     if dropout is not None:
         if weights is not None:

@@ -69,7 +69,7 @@ def train(
     )
     from attnviz.analyses.training import TrainConfig
     from attnviz.files.output import Output
-    from attnviz.pictures import plot as pictures
+    from attnviz.pictures import checks
     from attnviz.pictures.training import check_film_format, write_run_pictures
 
     output = Output(fmt, quiet)
@@ -78,7 +78,7 @@ def train(
     if text is not None and task != "induction":
         raise InputError("--text and --task: pass one (--text trains on the text)")
     film_name = check_film_format(film_format)
-    pictures.check_picture_options(dpi=dpi)
+    checks.check_picture_options(dpi=dpi)
     check_out_dir(out)
     settings = RunSettings(
         TrainConfig(n_layer=layers, n_head=heads, n_embd=d_model, n_positions=context,

@@ -10,7 +10,7 @@ wrote that token: the query at position ``P + g - 1`` over keys ``0 .. P + g - 1
 the causal future of a heatmap; keys outside a sliding window in the window's colour. A
 white line between two columns of pixels of their own (it covers no cell) marks the
 boundary between the prompt's columns and the generated ones, and the generated tokens'
-labels are coloured (``plot.PanelRows``). The rows are drawn as computed: every visible
+labels are coloured (``heatmap.PanelRows``). The rows are drawn as computed: every visible
 row sums to 1 over its keys, and pooled pixels show the block maximum as everywhere else.
 
 ``tokens="A:B"`` is a window of positions of the whole sequence, as ``heatmap --tokens``:
@@ -32,31 +32,22 @@ from attnviz.analyses.attention import parse_window
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import write_bytes
 from attnviz.pictures.cells import exclude_first
+from attnviz.pictures.checks import IMAGE_FORMATS, check_title
+from attnviz.pictures.families import head_extras, outside_label, plural, window_note
 from attnviz.pictures.fonts import Fonts, text_width_in
-from attnviz.pictures.images import check_image_size
-from attnviz.pictures.plot import (
-    _ENCODERS,
-    IMAGE_FORMATS,
-    HeatmapFigure,
-    PanelRows,
-    WrittenFile,
-    _grid_layout,
-    _layout,
-    _model_grid_names,
-    check_title,
-    head_extras,
+from attnviz.pictures.grid import (
+    grid_layout,
     heads_overview,
-    outside_label,
+    model_grid_names,
     overview_plan,
     overview_tiles,
-    plan_folder,
-    plural,
     save_grid,
-    throttle,
-    window_note,
 )
+from attnviz.pictures.heatmap import HeatmapFigure, PanelRows, layout
+from attnviz.pictures.images import check_image_size
+from attnviz.pictures.plot import ENCODERS, WrittenFile, plan_folder, throttle
 
-_TITLE_FONT = 11.0  # points: plot.HeatmapFigure's titles
+_TITLE_FONT = 11.0  # points: heatmap.HeatmapFigure's titles
 
 
 @dataclass
@@ -135,7 +126,7 @@ def _article(number: int) -> str:
 
 @dataclass
 class _Families:
-    """What ``plot.head_extras`` and ``plot._model_grid_names`` read of a result, for the
+    """What ``families.head_extras`` and ``grid.model_grid_names`` read of a result, for the
     generated rows: layer numbers, windows (per layer) and kv heads (per head)."""
 
     layers: list[int]
@@ -216,7 +207,7 @@ def write_generation_pictures(
         return (title.format(layer=layer, head=head, tokens=view.n_generated) if title is not None
                 else auto)
 
-    side = _layout(n_cols, bool(annotate) or (annotate is None and n_cols <= 12))[0]
+    side = layout(n_cols, bool(annotate) or (annotate is None and n_cols <= 12))[0]
     head_titles = {
         (li, h): titled(layer, h, _fit_title(
             f"layer {layer}, head {h}{head_extras(families, li, h)} · {about}", side + 1.4))
@@ -263,7 +254,7 @@ def write_generation_pictures(
 
     out_dir = Path(out_dir)
     overview, overview_legend = None, None
-    with ThreadPoolExecutor(max_workers=_ENCODERS) as writer:
+    with ThreadPoolExecutor(max_workers=ENCODERS) as writer:
         for li, layer in enumerate(result.layers):
             folder = out_dir / f"layer_{layer:02d}" if n_layers > 1 else out_dir
             folder.mkdir(parents=True, exist_ok=True)
@@ -298,7 +289,7 @@ def write_generation_pictures(
     if n_layers > 1:
         tiles = [[(lambda li=li, h=h: head_view(li, h)) for h in range(n_heads)]
                  for li in range(n_layers)]
-        row_names, col_names, breaks = _model_grid_names(families)
+        row_names, col_names, breaks = model_grid_names(families)
         record.claim(f"model.{image_format}")
         path = save_grid(out_dir / f"model.{image_format}", tiles, model_title,
                          row_names=row_names, col_names=col_names, cmap=cmap, dpi=dpi,
@@ -321,12 +312,12 @@ def _check_overviews(view: GenerationView, families: _Families, layer_windows, r
               bool(plan.groups), outside_label([w], reach), title)
              for w, title in zip(layer_windows, overview_titles)]
     if n_layers > 1:
-        row_names, col_names, breaks = _model_grid_names(families)
+        row_names, col_names, breaks = model_grid_names(families)
         grids.append((n_layers, n_heads, row_names, col_names, (), breaks, False,
                       outside_label(layer_windows, reach), model_title))
     fonts = Fonts([*view.col_labels, *view.row_labels])
     with fonts.context():
         for rows, cols, row_names, col_names, tile_titles, breaks, groups, legend, title in grids:
-            layout = _grid_layout(rows, cols, n_cols, fonts, row_names, col_names, tile_titles,
-                                  dpi, view.col_labels, breaks, groups, legend, rows_spec, title)
-            check_image_size(layout.width, layout.height, dpi)
+            geometry = grid_layout(rows, cols, n_cols, fonts, row_names, col_names, tile_titles,
+                                   dpi, view.col_labels, breaks, groups, legend, rows_spec, title)
+            check_image_size(geometry.width, geometry.height, dpi)
