@@ -13,6 +13,10 @@ from helpers import make_hf_checkpoint
 # Isolate attnviz's tokenizer cache from the user's (set before attnviz is imported).
 os.environ["ATTNVIZ_CACHE_DIR"] = tempfile.mkdtemp(prefix="attnviz-test-cache-")
 os.environ.pop("ATTNVIZ_DEBUG", None)
+# pytest-xdist's workers inherit COLUMNS=80/LINES=24; a plain run has none: tables must be laid
+# out the same both ways (tests that want a width pass COLUMNS themselves).
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 GPT2_URLS = {
     "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",

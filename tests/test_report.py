@@ -195,7 +195,7 @@ def test_the_page_has_no_url(cli, tmp_path):
 
 
 def test_assets_ship_as_package_data_and_are_inlined(short_result):
-    folder = resources.files("attnviz").joinpath("report_assets")
+    folder = resources.files("attnviz.display").joinpath("report_assets")
     names = {p.name for p in folder.iterdir()}
     assert set(report._ASSETS) | {"report.html"} <= names
     html = report.render_html(report.build_payload(short_result))

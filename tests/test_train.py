@@ -174,7 +174,7 @@ def test_the_command_reports_the_best_heads_and_writes_the_film(tmp_path, cli):
     result = cli("train", "--out", out, "--steps", "20", "--snapshot-every", "10", *SMALL_CLI)
     assert result.exit_code == 0, result.stderr
     assert "induction" in result.stdout and "L1 H" in result.stdout
-    assert f"Wrote {out / 'heads.gif'}" in " ".join(result.stderr.split())  # rich wraps lines
+    assert f"Wrote{out / 'heads.gif'}" in "".join(result.stderr.split())  # rich folds long paths
     result = cli("train", "--out", out, "--steps", "20", "--snapshot-every", "10", *SMALL_CLI,
                  "--format", "json")
     assert result.exit_code == 2

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from attnviz.analyses.describe import one_line
 from attnviz.core.config import ModelConfig
-from attnviz.core.errors import InputError
+from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.core.views import Displayable
 from attnviz.text.gpt2_bpe import token_label, token_text
 
@@ -342,10 +343,6 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
                        quiet=not config.progress, tokenizer=config.tokenizer,
                        book_config=config.book_config, preset=config.book_preset)
     if config.book_preset and not ckpt.layout.startswith("book-"):
-        import warnings
-
-        from attnviz.core.errors import AttnvizWarning
-
         warnings.warn(f"--preset ignored: the checkpoint sets the model (a --preset such as "
                       f"{config.book_preset!r} names a config for the book's state dicts)",
                       AttnvizWarning, stacklevel=2)

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from attnviz.analyses.attention import import_pandas, token_records
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
+from attnviz.text.gpt2_bpe import token_label
 
 ABLATIONS = ("zero", "mean")
 _CHUNK_BYTES = 256 * 2**20  # activations of one batch of ablation rows, at most
@@ -71,8 +73,6 @@ class AttributionResult(Displayable):
     def to_pandas(self):
         """One row per (layer, head): ``dla``, ``ablation`` and ``key_<k>``, the head's
         weight on key k at the position (the CSV of `attnviz attribute`). Needs pandas."""
-        from attnviz.analyses.attention import import_pandas
-
         return import_pandas().DataFrame(attribution_rows(self))
 
     @property
@@ -112,8 +112,6 @@ def single_token(tokenizer, text: str, option: str) -> int:
         raise InputError(f"{option} is empty: give the token's text, e.g. {option} \" Mary\"")
     ids = tokenizer.encode(text, allow_special=True, add_bos=False)
     if len(ids) != 1:
-        from attnviz.text.gpt2_bpe import token_label
-
         pieces = " | ".join(f"{token_label(raw)} ({i})"
                             for i, raw in zip(ids, tokenizer.token_bytes(ids)))
         raise InputError(f"{option} {text!r} is {len(ids)} tokens, not one: {pieces}; give a "
@@ -335,8 +333,6 @@ def attribute(model, token_ids: list[int], *, position: int = -1, target: int | 
 
 def token_info(tokenizer, token_id: int) -> dict:
     """``{"id", "text", "label"}`` of one token."""
-    from attnviz.analyses.attention import token_records
-
     record = token_records([token_id], tokenizer.token_bytes([token_id]))[0]
     return {k: record[k] for k in ("id", "text", "label")}
 
@@ -356,8 +352,6 @@ def attribution_rows(result: AttributionResult) -> list[dict]:
 
 def token_labels(tokenizer, token_ids: list[int]) -> list[str]:
     """Display labels of ``token_ids`` (visible whitespace)."""
-    from attnviz.text.gpt2_bpe import token_label
-
     return [token_label(raw) for raw in tokenizer.token_bytes(token_ids)]
 
 
@@ -385,8 +379,6 @@ def describe_metric(result: AttributionResult, tokenizer) -> str:
 
 def attribution_document(result: AttributionResult, tokenizer) -> dict:
     """The JSON of `attribute` (schema: docs/attribution.md)."""
-    from attnviz.analyses.attention import token_records
-
     tokens = token_records(result.token_ids, tokenizer.token_bytes(result.token_ids), 0,
                            tokenizer.bos_id is not None and result.token_ids[:1] == [tokenizer.bos_id])
     return {

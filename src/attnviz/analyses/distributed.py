@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attnviz.analyses.scanning import ScanResult
+from attnviz.analyses.attention import load_model, parse_layers
+from attnviz.analyses.scan_runs import merge_documents, scan_partial
+from attnviz.analyses.scanning import SLICE, ScanResult
 from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
 
 
 def _shard_task(records, weights, config, layer, shard, options) -> dict:
-    from attnviz.analyses.attention import load_model, parse_layers
-    from attnviz.analyses.scan_runs import scan_partial
-
     model = load_model(config, weights)
     return scan_partial(model, records, parse_layers(layer, model.n_layers), shard,
                         bos=config.bos, **options)
@@ -36,10 +36,6 @@ def scan_distributed(prompts: Sequence[str], weights: str | None = None, *, clie
     """Scan ``prompts`` (texts; empty ones skipped, as in a file) on the Dask ``client``'s
     workers in ``shards`` shards (default: one per worker, at most one per 256-prompt
     slice) and merge them. The options are ``attnviz scan``'s."""
-    from attnviz.analyses.scan_runs import merge_documents
-    from attnviz.analyses.scanning import SLICE
-    from attnviz.core.errors import InputError
-
     records = [(i, text) for i, text in enumerate(prompts, start=1) if text.strip()]
     if not records:
         raise InputError("no prompts to scan")

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses import scanning as scan
 from attnviz.analyses.scanning import COLUMNS, SLICE, Prompt, RunningStats, ScanResult
 from attnviz.core.errors import InputError
+from attnviz.files.fileio import write_bytes
+from attnviz.files.output import clean
 
 LOG_FORMAT = "attnviz-scan-log"
 PARTIAL_FORMAT = "attnviz-scan-partial"
@@ -50,8 +53,6 @@ def fingerprint(model_description: dict, layers: list[int], options: dict,
                 prompts: Sequence[Prompt]) -> dict:
     """What must agree for two runs to be parts of one scan (see the module docstring);
     not the device: a scan may go on, or a shard run, on another."""
-    from attnviz.files.output import clean
-
     return clean({
         "model": {k: v for k, v in model_description.items() if k != "device"},
         "layers": list(layers),
@@ -170,8 +171,6 @@ def shard_prompts(prompts: Sequence[Prompt], k: int, n: int) -> list[Prompt]:
 def partial_document(result: ScanResult, fp: dict, shard: tuple[int, int], corpus_info: dict,
                      config: dict) -> dict:
     """A shard's aggregates: everything ``merge`` needs to rebuild the whole scan."""
-    from attnviz.files.output import clean
-
     return clean({
         "format": PARTIAL_FORMAT,
         "version": VERSION,
@@ -192,8 +191,6 @@ def partial_document(result: ScanResult, fp: dict, shard: tuple[int, int], corpu
 
 
 def write_partial(path: Path, document: dict) -> None:
-    from attnviz.files.fileio import write_bytes
-
     write_bytes(path, (json.dumps(document, allow_nan=True) + "\n").encode())
 
 
@@ -278,8 +275,6 @@ def scan_partial(model, records: list[tuple[int, str]], layers: list[int], shard
                  truncate: bool = False, allow_special: bool = False, bos: bool = True) -> dict:
     """Shard ``shard`` of the corpus ``records`` (``(line, text)``, as ``scan.read_corpus``
     gives) scanned by ``model``: its partial document, as ``scan --shard --partial`` writes."""
-    from attnviz.analyses import scanning as scan
-
     corpus = scan.model_corpus(model, records, truncate=truncate, allow_special=allow_special,
                                bos=bos)
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}

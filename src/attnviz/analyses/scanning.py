@@ -29,11 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses.attention import check_fits, encode_text, import_pandas
 from attnviz.analyses.describe import layer_text
 from attnviz.analyses.detectors import DETECTORS
+from attnviz.analyses.induction import induction_probe
 from attnviz.analyses.stats import COLUMNS as STAT_COLUMNS
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
+from attnviz.text.gpt2_bpe import encode as gpt2_encode
 from attnviz.text.inputs import decode_utf8, read_file_bytes, stdin_bytes, strip_bom
 
 COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
@@ -144,8 +147,6 @@ def tokenize_corpus(records: list[tuple[int, str]], context_length: int, *,
     ``context_length`` tokens with ``truncate``; one-token prompts are skipped (the
     detectors need a previous token)."""
     if encode is None:
-        from attnviz.text.gpt2_bpe import encode as gpt2_encode
-
         def encode(text: str) -> list[int]:
             return gpt2_encode(text, allow_special=allow_special)
     prompts, truncated, one_token = [], 0, 0
@@ -171,8 +172,6 @@ def model_corpus(model, records: list[tuple[int, str]], *, truncate: bool = Fals
                  allow_special: bool = False, bos: bool = True, where: str = "line") -> Corpus:
     """``tokenize_corpus`` in ``model``'s own tokens: its tokenizer (``bos``: with the BOS it
     adds) and its context length."""
-    from attnviz.analyses.attention import encode_text
-
     return tokenize_corpus(records, model.context_length, truncate=truncate, where=where,
                            encode=lambda text: encode_text(model, text, allow_special, bos=bos))
 
@@ -373,8 +372,6 @@ class ScanResult(Displayable):
 
     def to_pandas(self):
         """``rows()`` as a DataFrame: one row per (layer, head). Needs pandas."""
-        from attnviz.analyses.attention import import_pandas
-
         return import_pandas().DataFrame(self.rows())
 
     def rows(self) -> list[dict]:
@@ -493,9 +490,6 @@ def scan_corpus(model, corpus: Corpus, layers: list[int], *, induction_seed: int
     """``scan`` of every prompt of ``corpus`` once the attention fits in memory, plus the
     induction probe (``induction.induction_probe``, seeded) unless ``induction_seed`` is
     None. ``options``: ``scan``'s."""
-    from attnviz.analyses.attention import check_fits
-    from attnviz.analyses.induction import induction_probe
-
     check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
     result = scan(model, corpus.prompts, layers, **options)
     if induction_seed is not None:

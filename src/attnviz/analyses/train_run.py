@@ -27,15 +27,18 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses import scanning
+from attnviz.analyses.attention import load_model
 from attnviz.analyses.detectors import DETECTORS, induction_from
 from attnviz.analyses.training import TrainConfig
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import UMASK, write_bytes
+from attnviz.text import tokenization
 
 TASKS = ("induction", "previous", "text")
 RUN_FILE, STATE_FILE, LOG_FILE, PROBES_FILE = "run.json", "training_state.pt", "training.jsonl", "probes.txt"
@@ -295,9 +298,6 @@ def _fits(tokenizer, line: str, config: TrainConfig, what: str) -> list[int]:
 def score_snapshot(folder: Path, records: list[tuple[int, str]]) -> dict[str, list]:
     """Every head's mean scores on the probes, as ``attnviz scan`` computes them on the
     saved snapshot: column -> ``[layer][head]``."""
-    from attnviz.analyses import scanning
-    from attnviz.analyses.attention import load_model
-
     model = load_model(None, str(folder))
     corpus = scanning.model_corpus(model, records)
     result = scanning.scan_corpus(model, corpus, list(range(model.n_layers)))
@@ -324,7 +324,6 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
     record = settings.record(sha)
     state = check_folder(out, record, resume=resume, force=force)
     config = settings.model
-    from attnviz.text import tokenization
 
     if state is None:  # everything is checked before the folder is touched
         staging = Path(tempfile.mkdtemp(prefix="attnviz-tokenizer-"))
@@ -449,8 +448,6 @@ def _text_tokens(tokenizer, text: str | None, settings: RunSettings) -> np.ndarr
 
 
 def _with_vocab(config: TrainConfig, tokenizer) -> TrainConfig:
-    from dataclasses import replace
-
     return replace(config, vocab_size=tokenizer.vocab_size)
 
 

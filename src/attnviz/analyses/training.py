@@ -38,6 +38,7 @@ from torch import nn
 
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import UMASK
+from attnviz.text.gpt2_bpe import load_token_bytes
 
 UNK = "[UNK]"
 NO_TARGET = -1  # a position without a loss
@@ -242,8 +243,6 @@ def text_batch(config: TrainConfig, step: int, tokens: np.ndarray, n: int | None
 def word_vocabulary(size: int) -> list[str]:
     """``[UNK]`` and the ``size - 1`` most frequent lowercase English words of GPT-2's
     vocabulary (its merge order), so random sequences read as words, not as ids."""
-    from attnviz.text.gpt2_bpe import load_token_bytes
-
     words = [raw[1:].decode() for raw in load_token_bytes() if re.fullmatch(rb" [a-z]{2,}", raw)]
     if size - 1 > len(words):
         raise InputError(f"--vocab {size}: a word vocabulary holds at most {len(words) + 1} tokens")

@@ -43,7 +43,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from attnviz.analyses.attention import (
+    check_length,
+    encode_text,
+    load_model,
+    parse_layers,
+    parse_window,
+    starts_with_bos,
+    token_records,
+)
+from attnviz.core.config import ModelConfig
 from attnviz.core.errors import InputError
+from attnviz.text.gpt2_bpe import token_label
 
 WEIGHTINGS = ("attention", "norm")
 NORM_LABEL = "‖α·f(x)‖ (value-weighted)"  # what the colours of a picture of norms stand for
@@ -160,8 +171,6 @@ def rollout_layers(layer, n_layers: int, default_all: bool = True,
     asked for. ``all`` (and, with ``default_all``, no ``--layer``): the whole model; one
     layer ``L``: layers 0..L; a list must be exactly 0..L (``0,1,2``) — any other list
     (``3,5``) is refused, since a rollout cannot skip a layer."""
-    from attnviz.analyses.attention import parse_layers
-
     if layer is None or layer == []:
         layer = "all" if default_all else 0
     layers = parse_layers(layer, n_layers)
@@ -251,15 +260,11 @@ class RolloutResult:
 
     @property
     def token_labels(self) -> list[str]:
-        from attnviz.text.gpt2_bpe import token_label
-
         first = self.window[0] if self.window else None
         return [token_label(raw) if first is None else f"{first + i}: {token_label(raw)}"
                 for i, raw in enumerate(self.raw_tokens)]
 
     def tokens(self) -> list[dict]:
-        from attnviz.analyses.attention import token_records
-
         return token_records(self.token_ids, self.raw_tokens,
                              self.window[0] if self.window else 0, self.bos)
 
@@ -274,15 +279,6 @@ def analyze_rollout(text: str, config=None, *, weights: str | None = None, layer
     """``text`` -> its ``RolloutResult``: the model of ``config``/``weights`` run through
     ``rollout_layers(layer)`` (every layer without ``layer``), on the whole text, then cut
     to ``tokens="A:B"`` when given."""
-    from attnviz.analyses.attention import (
-        check_length,
-        encode_text,
-        load_model,
-        parse_window,
-        starts_with_bos,
-    )
-    from attnviz.core.config import ModelConfig
-
     check_weighting(weighting)
     model = load_model(config, weights)
     token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos)

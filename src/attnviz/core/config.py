@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from attnviz.core.errors import InputError
 
@@ -135,7 +135,6 @@ def config_for(weights, *, heads: int = 12, d_model: int = 768, context_length: 
         explicit=frozenset({"heads": "n_heads"}.get(n, n) for n in explicit),
         n_heads=heads, d_model=d_model, context_length=context_length, seed=seed,
         qkv_bias=qkv_bias, impl=impl, offline=offline, progress=progress, device=device)
-    from dataclasses import replace
 
     return replace(config, bos=bos, tokenizer=None if tokenizer is None else str(tokenizer),
                    book_config=None if book_config is None else str(book_config),

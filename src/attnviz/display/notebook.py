@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnviz.analyses.describe import layer_text
 from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.core.views import register
 from attnviz.files.fileio import write_bytes
@@ -162,7 +163,7 @@ _NARROW = "show less: layer= (one layer, or a list) or tokens='A:B' (a window of
 def attention_view(result, extras: dict | None = None) -> View:
     """The report of an ``AttentionResult`` (with ``report.build_payload``'s ``extras``:
     norms, rollout, attribution, induction), and its heads as one picture."""
-    from attnviz.analyses.describe import layer_text
+    # numpy, matplotlib: loaded when a view is shown (`import attnviz` imports this module)
     from attnviz.display.report import build_payload, render_html
     from attnviz.pictures.plot import overview_png
 
@@ -181,7 +182,7 @@ def report_view(report) -> View:
 @register("attnviz.analyses.scanning.ScanResult")
 def scan_view(result, top: int = 5) -> View:
     """A ``ScanResult``: its top heads per detector and the detector maps."""
-    from attnviz.analyses.describe import layer_text
+    # numpy, matplotlib: loaded when a view is shown (`import attnviz` imports this module)
     from attnviz.analyses.scanning import TOP_COLUMNS, top_table
     from attnviz.pictures.scan import detector_maps, figure_png, score_maps_figure
 

@@ -39,8 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.analyses.attention import AttentionResult
+from attnviz.analyses.attention import AttentionResult, token_records
+from attnviz.analyses.stats import COLUMNS, add_induction, head_rows, row_entropy, similarity
+from attnviz.analyses.weighting import colour_top, renormalized, weighting_config
 from attnviz.core.errors import InputError
+from attnviz.files.fileio import write_bytes
+from attnviz.files.output import clean
+from attnviz.text.gpt2_bpe import token_label, token_text
 
 FORMAT = "attnviz-report"
 VERSION = 1
@@ -140,8 +145,6 @@ def choose_encoding(count: int) -> str:
 
 def _stats(rows_of: np.ndarray, layers: list[int], induction: np.ndarray | None) -> dict:
     """The statistics block of the page: ``compare-heads``' rows and similarity matrices."""
-    from attnviz.analyses.stats import COLUMNS, add_induction, head_rows, similarity
-
     rows = head_rows(rows_of, layers)
     if induction is not None:
         add_induction(rows, induction)
@@ -157,8 +160,6 @@ def _norms_block(norms: np.ndarray, encoding: str, layers: list[int],
     """``--weighting norm``: the norms ``(L, H, T, T)`` as a second matrix (stored as
     norm / scale in the weights' layout and encoding) and the statistics of their rows
     renormalised to sum 1."""
-    from attnviz.analyses.weighting import colour_top, renormalized
-
     scale = colour_top(norms)
     n_layers, n_heads, n_tokens, _ = norms.shape
     return {
@@ -198,8 +199,6 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
     second matrix the page's switch shows instead of the weights (``norm_induction``: the
     induction scores of their rows); ``rollout``: ``{"layers", "attention": (T, T),
     "norm": (T, T) or None}`` for the rollout view. Each key is absent without them."""
-    from attnviz.files.output import clean
-
     n_layers, n_heads, n_tokens, _ = result.weights.shape
     matrices = 1 if norms is None else 2
     check_size(n_layers, n_heads, n_tokens, limit, matrices)
@@ -215,8 +214,6 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
     extras = {}
     config = result.config
     if norms is not None:
-        from attnviz.analyses.weighting import weighting_config
-
         extras["norms"] = _norms_block(norms, encoding, list(result.layers), norm_induction)
         config = {**config, "weighting": weighting_config(
             "norm", "a second matrix beside the weights; the page's switch shows either",
@@ -365,8 +362,6 @@ def write_report(result: AttentionResult, path: str | Path, encoding: str = "aut
     (default ``MAX_WEIGHTS``) stored weights. ``induction``, ``attribution``, ``norms``,
     ``norm_induction``, ``rollout``: see ``build_payload``.
     """
-    from attnviz.files.fileio import write_bytes
-
     if encoding not in ("auto", *ENCODINGS):
         raise InputError(f"unknown encoding {encoding!r}; choose auto, {', '.join(ENCODINGS)}")
     payload = build_payload(result, encoding, limit, induction, attribution, norms,
@@ -407,8 +402,6 @@ def generated_row_stats(rows: np.ndarray, prompt_length: int, layers: list[int],
     """``stats.head_rows`` for generated rows ``(L, H, N, P + N)``: the same statistics
     (docs/heads.md), each a mean over the generated rows, row ``g`` being the query at
     position ``P + g - 1``; NaN as None."""
-    from attnviz.analyses.stats import COLUMNS, row_entropy
-
     n_steps, n_tokens = rows.shape[2:]
     queries = prompt_length - 1 + np.arange(n_steps)  # (N,) each row's query position
     later = queries >= 1  # the statistics of keys before the query need one
@@ -442,8 +435,6 @@ def generated_row_stats(rows: np.ndarray, prompt_length: int, layers: list[int],
 def _token_info(token_ids: list[int], tokenizer, known: dict[int, str]) -> dict[int, dict]:
     """id -> {"text", "label"}: from the tokenizer's bytes when there is one, else the
     labels of the sequence (``known``; other ids get "id 123")."""
-    from attnviz.text.gpt2_bpe import token_label, token_text
-
     ids = list(dict.fromkeys(token_ids))
     if tokenizer is not None:
         return {i: {"text": token_text(raw), "label": token_label(raw)}
@@ -461,9 +452,6 @@ def build_generation_payload(result, token_labels: list[str], *, tokenizer=None,
     gives the tokens' text and bytes and the alternatives' text (without it the labels
     stand for the text, bytes are null and an alternative outside the sequence is "id 123").
     ``windows`` (per layer) and ``kv_heads`` (per head) as ``AttentionResult``'s."""
-    from attnviz.analyses.stats import COLUMNS, similarity
-    from attnviz.files.output import clean
-
     prompt, n_steps = result.prompt_length, len(result.new_ids)
     n_layers, n_heads = result.rows.shape[:2]
     n_tokens = prompt + n_steps
@@ -490,8 +478,6 @@ def build_generation_payload(result, token_labels: list[str], *, tokenizer=None,
     alternatives = [tid for step in result.alternatives for tid, _ in step]
     info = _token_info(token_ids + alternatives, tokenizer, labels)
     if tokenizer is not None:
-        from attnviz.analyses.attention import token_records
-
         bos = getattr(tokenizer, "bos_id", None)
         tokens = token_records(token_ids, tokenizer.token_bytes(token_ids),
                                bos=bos is not None and token_ids[0] == bos)
@@ -544,8 +530,6 @@ def write_generation_report(result, token_labels: list[str], path: str | Path, *
     the report over the whole sequence with the generated tokens marked and, in the heads
     view, a step slider (each generated token's row per head and its top-k alternatives).
     Options: see ``build_generation_payload``; ``encoding`` and ``limit`` as ``write_report``."""
-    from attnviz.files.fileio import write_bytes
-
     if encoding not in ("auto", *ENCODINGS):
         raise InputError(f"unknown encoding {encoding!r}; choose auto, {', '.join(ENCODINGS)}")
     payload = build_generation_payload(result, token_labels, tokenizer=tokenizer, windows=windows,

@@ -8,10 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from attnviz.analyses.attention import AttentionResult
+from attnviz.analyses.attention import AttentionResult, analyze_with, crop, parse_window
 from attnviz.analyses.describe import one_line
+from attnviz.analyses.induction import INDUCTION_PERIOD, check_induction_probe, induction_probe
+from attnviz.analyses.weighting import model_rollouts, norm_weights, rollout_layers
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
+from attnviz.display.report import check_size
 
 
 @dataclass
@@ -53,9 +56,6 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
                     say: Callable[[str], None] = lambda message: None) -> Report:
     """Everything a report of ``token_ids`` shows, computed by ``model`` (``load_model``);
     the options are `attnviz report`'s. ``say`` hears what is being done."""
-    from attnviz.analyses.attention import analyze_with, crop, parse_window
-    from attnviz.display.report import check_size
-
     check_report_options(weighting, target, contrast, ablate,
                          model.describe()["mode"] != "random")
     window = parse_window(tokens, len(token_ids))
@@ -66,24 +66,16 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
         metric_ids = resolve_metric(model, token_ids, target, contrast, position)
     rolled = None
     if rollout:
-        from attnviz.analyses.weighting import rollout_layers
-
         rolled = rollout_layers(layer, model.n_layers, default_all=False, option="--rollout")
     if induction:
-        from attnviz.analyses.induction import check_induction_probe
-
         check_induction_probe(model)
     result = analyze_with(model, token_ids, layer)
     result = crop(result, *window) if window else result
     check_size(*result.weights.shape[:3], matrices=2 if weighting == "norm" else 1)
     extras = {}
     if weighting == "norm":
-        from attnviz.analyses.weighting import norm_weights
-
         extras["norms"] = norm_weights(result)
     if rolled is not None:
-        from attnviz.analyses.weighting import model_rollouts
-
         say(f"Rolling attention out through layers 0-{rolled[-1]}…")
         cut = slice(*window) if window else slice(None)
         found = model_rollouts(model, token_ids, rolled, ["attention"] + (
@@ -97,8 +89,6 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
                           contrast=metric_ids[1], ablate=ablate)
         extras["attribution"] = report_data(found, model.tokenizer)
     if induction:
-        from attnviz.analyses.induction import INDUCTION_PERIOD, induction_probe
-
         say(f"Scoring induction on a repeated random sequence ({2 * INDUCTION_PERIOD} tokens)…")
         extras["induction"] = induction_probe(model, result.layers, seed)
         if weighting == "norm":

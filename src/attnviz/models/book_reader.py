@@ -35,6 +35,7 @@ from attnviz.models.hf import check_vocabularies, count_layers
 from attnviz.models.resolve import Located, read_config
 from attnviz.models.sources import DictSource, TensorSource, read_state_dict
 from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
+from attnviz.text import tokenization
 
 KINDS = ("Llama3Model", "Qwen3Model", "Gemma3Model")
 LAYOUTS = {"Llama3Model": "book-llama3", "Qwen3Model": "book-qwen3", "Gemma3Model": "book-gemma3"}
@@ -570,8 +571,6 @@ def read(located: Located, kind: str, *, book_config=None, preset: str | None = 
 def _tokenizer(located: Located, path, kind: str, notes: list[str]):
     """``--tokenizer PATH``, else a tokenizer beside the state dict (said), else the error
     that asks for ``--tokenizer``: a state dict holds none."""
-    from attnviz.text import tokenization
-
     if path is not None:
         return tokenization.load_tokenizer(Path(path))
     found = tokenization.find_tokenizer(located.weights[0].parent)

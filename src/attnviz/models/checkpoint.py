@@ -3,6 +3,7 @@ forward's parameter names, and the tokenizer that feeds it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,6 @@ class WeightMap:
         return None
 
     def parameters(self) -> int:
-        import math
-
         return sum(math.prod(self.tensors.shape(k)) for k in self.tensors)
 
 

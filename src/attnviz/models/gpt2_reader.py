@@ -27,6 +27,7 @@ from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.resolve import Located
 from attnviz.models.sources import DictSource, SafetensorsSource, TensorSource, read_state_dict
 from attnviz.models.spec import LayerSpec, ModelSpec
+from attnviz.text import tokenization
 
 _LAYER_KEY = re.compile(r"^h\.(\d+)\.")
 # Per-block tensors and their shapes in Hugging Face's Conv1D layout (in, out), d = n_embd.
@@ -249,7 +250,6 @@ def _tokenizer(located: Located, path, vocab_size: int):
     is GPT-2's too); else the model's own, beside it (a GPT-2-architecture model trained
     with another vocabulary, such as ``attnviz train``'s), checked against the embedding."""
     from attnviz.models.hf import check_vocabularies, own_tokenizer
-    from attnviz.text import tokenization
 
     if path is None and vocab_size == GPT2_VOCAB_SIZE:
         return tokenization.gpt2_tokenizer()

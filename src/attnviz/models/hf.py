@@ -4,12 +4,14 @@ shape checks of a weight map."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from attnviz.core.errors import InputError
 from attnviz.models.resolve import Located
 from attnviz.models.sources import DictSource, SafetensorsSource, TensorSource, read_state_dict
+from attnviz.text import tokenization
 
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
@@ -65,8 +67,6 @@ def stored_dtype(source: TensorSource, key: str, raw: dict) -> str:
 def own_tokenizer(located: Located, path, *, fallback=None):
     """``--tokenizer PATH`` when given, else the tokenizer beside the checkpoint, else
     ``fallback()`` (GPT-Neo: GPT-2's), else an error that says ``--tokenizer``."""
-    from attnviz.text import tokenization
-
     if path is not None:
         return tokenization.load_tokenizer(Path(path))
     folder = (located.config or located.weights[0]).parent
@@ -98,8 +98,6 @@ def check_shapes(source: TensorSource, shapes: dict[str, tuple], origin: Path,
 
 def count_layers(source: TensorSource, prefix: str) -> int:
     """How many blocks ``prefix + "N."`` the tensors hold."""
-    import re
-
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({int(m.group(1)) for k in source if (m := pattern.match(k))})
 

@@ -25,6 +25,7 @@ from attnviz.models.hf import (
 from attnviz.models.resolve import Located
 from attnviz.models.sources import TensorSource
 from attnviz.models.spec import LayerSpec, ModelSpec
+from attnviz.text.tokenization import gpt2_tokenizer
 
 
 def _rename(name: str) -> str | None:
@@ -90,7 +91,6 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
     weights = NeoWeights(source, spec)
     for i in range(n_layers):
         check_shapes(source, weights.shapes(i), origin, lambda key: "transformer." + key)
-    from attnviz.text.tokenization import gpt2_tokenizer
 
     return hf_checkpoint(located, spec, weights, tokenizer, fallback=gpt2_tokenizer,
                          extra={"attention_layers": kinds})

@@ -14,6 +14,7 @@ import torch
 
 from attnviz.core.attention import MultiHeadAttention, wrapper_from_fused
 from attnviz.core.config import GPT2_VOCAB_SIZE, ModelConfig
+from attnviz.text.tokenization import gpt2_tokenizer
 
 _TOKEN_TABLE, _POSITION_TABLE = 0, 1
 
@@ -59,8 +60,6 @@ class RandomModel:
 
     @property
     def tokenizer(self):
-        from attnviz.text.tokenization import gpt2_tokenizer
-
         return gpt2_tokenizer()
 
     def window(self, layer: int) -> None:
