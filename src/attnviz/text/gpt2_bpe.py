@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import struct
+import tempfile
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
@@ -128,8 +129,6 @@ def load_token_bytes() -> list[bytes]:
     if tokens is not None and len(tokens) == ENDOFTEXT_ID:
         return tokens
     tokens = convert_bpe_files(bpe_data_dir())
-    import tempfile  # only the first run writes the cache
-
     try:  # the cache is an optimisation: an unwritable cache dir is not an error
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpt2-ranks-")
