@@ -79,15 +79,32 @@ def test_readme_quick_start_is_two_commands():
     assert "pytest" in blocks[1]
 
 
-def test_benchmark_script_runs_at_tiny_sizes():
-    """Benchmarks are not timed tests; this only keeps the script working."""
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[0].startswith("| measure | baseline | attnviz | ratio | target | met |")
-    measures = [row.strip("|").split("|")[0].strip() for row in rows[1:]]
-    expected = {  # every row of SPEC section 7, by the start of its name: how many rows
+# benchmarks/run.py's groups of rows (--only GROUP) -> the rows each gives, by the start of
+# their names: together every row of SPEC section 7. One test per group, so that the groups
+# run side by side (pytest-xdist) rather than one after another.
+BENCHMARK_GROUPS = {
+    "render": {"render 12 heads": 1},
+    "process": {"`attnviz heatmap` on": 1},
+    "tokenizer": {"tokenizer ready": 1},
+    "attention": {"MultiHeadAttention vs MultiHeadAttentionWrapper": 1,
+                  "MultiHeadAttention vs torch.nn.MultiheadAttention": 1},
+    "memory": {"`attnviz heatmap` at T=": 1},
+    "whole-model": {"`attnviz export --layer all`": 2, "`attnviz heatmap --layer all`": 2},
+    "large": {"`attnviz heatmap --layer 0`": 1},
+    "report": {"`attnviz report`": 2},
+    "scan": {"`attnviz scan`": 3},
+    # the other families (round 3): Llama-3.2-1B, SmolLM2, Pythia-160m
+    "models": {"`attnviz heatmap --layer 0`": 1, "`attnviz export --layer all`": 1,
+               "`attnviz scan --layer all`": 2, "`attnviz heatmap --layer all`": 1},
+}
+
+
+def test_the_benchmark_groups_are_every_row_of_the_spec():
+    total: dict[str, int] = {}
+    for rows in BENCHMARK_GROUPS.values():
+        for prefix, n in rows.items():
+            total[prefix] = total.get(prefix, 0) + n
+    assert total == {  # every row of SPEC section 7, by the start of its name: how many rows
         "render 12 heads": 1, "`attnviz heatmap` on": 1, "tokenizer ready": 1,
         "MultiHeadAttention vs MultiHeadAttentionWrapper": 1,
         "MultiHeadAttention vs torch.nn.MultiheadAttention": 1, "`attnviz heatmap` at T=": 1,
@@ -96,7 +113,25 @@ def test_benchmark_script_runs_at_tiny_sizes():
         "`attnviz heatmap --layer 0`": 2, "`attnviz report`": 2, "`attnviz scan`": 3,
         "`attnviz scan --layer all`": 2,  # the other families (round 3): SmolLM2, Pythia-160m
     }
-    found = {prefix: sum(m.startswith(prefix) for m in measures) for prefix in expected}
+    helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    listed = " ".join(helped.stdout.split()).split("run only these groups of rows: ")[1]
+    assert listed.split(" (not with")[0].split(", ") == list(BENCHMARK_GROUPS)
+
+
+@pytest.mark.parametrize("group", list(BENCHMARK_GROUPS))
+def test_benchmark_script_runs_at_tiny_sizes(group):
+    """Benchmarks are not timed tests; this only keeps the script working."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke",
+                           "--only", group], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| measure | baseline | attnviz | ratio | target | met |")
+    measures = [row.strip("|").split("|")[0].strip() for row in rows[1:]]
+    expected = BENCHMARK_GROUPS[group]
+    # the longest prefix a row starts with names it ("`attnviz scan`" is not "`attnviz scan --…")
+    found = {prefix: sum(max((p for p in expected if m.startswith(p)), key=len, default=None) == prefix
+                         for m in measures) for prefix in expected}
     assert found == expected, measures
     assert len(measures) == sum(expected.values())
     for row in rows[1:]:
