@@ -24,7 +24,7 @@ from attnviz.files.fileio import write_bytes
 
 MANIFEST = ".attnviz-manifest.json"
 # The names of a heatmap folder (head_MM, heads, model, in layer_NN folders; rollout); other
-# folders bring their own (plot_scan.SCAN_MAPS).
+# folders bring their own (pictures.scan.SCAN_MAPS).
 HEATMAP_FILES = re.compile(r"(layer_\d+/)?(head_\d+|heads|model|rollout)\.(png|svg|pdf|jpg)")
 
 

@@ -174,7 +174,7 @@ def write_generation_pictures(
     overview ``model.<fmt>`` (layers × heads) — ``plot.write_heatmaps``' layout, so the
     files an earlier run wrote here and this one did not are removed (``attnviz.files.outdir``).
 
-    ``token_labels``: one per token, prompt and generated (``tokenizer.token_label`` of the
+    ``token_labels``: one per token, prompt and generated (``gpt2_bpe.token_label`` of the
     model's ``token_bytes``). ``tokens``: ``"A:B"``, a window of positions (module
     docstring). ``windows``: per layer of ``result.layers``, the sliding window W or None;
     ``kv_heads``: per head, its key/value head (as ``AttentionResult``). ``exclude_first_key``

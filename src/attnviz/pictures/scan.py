@@ -15,7 +15,7 @@ from attnviz.files.fileio import write_bytes
 from attnviz.files.outdir import OutputFolder
 
 # The names a scan --plot folder can hold: one map per detector or statistic
-# (and, across checkpoints, <name>_over_checkpoints: plot_series)
+# (and, across checkpoints, <name>_over_checkpoints: pictures.series)
 SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe"))
                        + r")(_over_checkpoints)?\.png")
 
