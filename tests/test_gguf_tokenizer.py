@@ -8,7 +8,7 @@ user-defined tokens; merges recovered from the scores, or the file's own; once a
 spaces transformers turns into ``▁`` with a normalizer), and ``gpt2`` files with
 the ``llama-bpe`` and ``qwen2`` pre-tokenizers. Ids are compared both ways attnviz encodes: special
 strings as text (``split_special_tokens=True``) and as special tokens (``allow_special``), with and
-without BOS/EOS.
+without BOS/EOS. The chat template is rendered as ``apply_chat_template`` renders it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnviz.core.errors import InputError
+from attnviz.text.chat import render_chat
 from attnviz.text.gguf_tokenizer import chat_template, check_token_count, gguf_token_count, gguf_tokenizer
 
 gguf = pytest.importorskip("gguf")
@@ -44,8 +45,8 @@ LLAMA3_PATTERN = (
 )
 BPE_CONTROL = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
 USER_DEFINED = ["<think>", "</think>"]
-# A Llama 3 style chat template, written here (bos_token, namespace, loop controls, tojson,
-# raise_exception, trim_blocks/lstrip_blocks whitespace).
+# A Llama 3 style chat template, written here (bos_token, namespace, loop controls, tojson without
+# HTML escaping, raise_exception, dict, strftime_now, trim_blocks/lstrip_blocks whitespace).
 LLAMA3_TEMPLATE = """{{- bos_token }}
 {%- set ns = namespace(system='You are a helpful assistant.') %}
 {%- for message in messages %}
@@ -73,6 +74,8 @@ LLAMA3_TEMPLATE = """{{- bos_token }}
     {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
 {% endif %}
 {% if tools is not none %}{{ tools | tojson }}{% endif %}
+{%- set meta = dict(year_digits=strftime_now('%Y') | length, last=messages[-1]['content']) %}
+{{- '\n' + meta | tojson }}
 """
 
 FRAGMENTS = [
@@ -476,3 +479,51 @@ def test_the_chat_template_is_read(smollm2, gguf_dir):
     assert chat_template(smollm2.reader).startswith("{% for message in messages %}")
     assert chat_template(gguf.GGUFReader(str(gguf_dir / "llama_bpe.gguf"))) == LLAMA3_TEMPLATE
     assert chat_template(gguf.GGUFReader(str(gguf_dir / "llama_spm.gguf"))) is None
+
+
+# -- the chat template -------------------------------------------------------------------------------
+
+CHAT_TEXTS = [
+    "Hello",
+    "  What is 2+2?  \n",
+    "日本語 🙂 <|im_end|> {{ x }} {% raw %}",
+    "a\n\nb",
+    '<b>&amp; "q"',
+]
+
+
+@pytest.mark.parametrize("text", CHAT_TEXTS)
+def test_smollm2_chat_template_renders_as_transformers(smollm2, text):
+    template = chat_template(smollm2.reader)
+    auto = smollm2.auto
+    expected = auto.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    assert render_chat(template, text, auto.bos_token, auto.eos_token) == expected
+    assert expected.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("text", CHAT_TEXTS)
+def test_llama3_style_chat_template_renders_as_transformers(gguf_dir, text):
+    case = Case("llama_bpe", gguf_dir / "llama_bpe.gguf")
+    template = chat_template(case.reader)
+    expected = case.auto.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    rendered = render_chat(template, text, "<|begin_of_text|>", "<|eot_id|>")
+    assert rendered == expected
+    assert rendered.startswith("<|begin_of_text|><|start_header_id|>system")
+
+
+def test_a_missing_bos_token_is_undefined_not_none():
+    assert render_chat("{{ bos_token }}|{{ messages[0].content }}", "x", None, None) == "|x"
+
+
+def test_chat_template_errors_are_one_line():
+    with pytest.raises(InputError, match="Unknown role user$"):
+        render_chat("{{ raise_exception('Unknown role ' + messages[0].role) }}", "x", None, None)
+    with pytest.raises(InputError, match="not a valid jinja2 template") as err:
+        render_chat("{% for m in messages %}\n{{ m", "x", None, None)
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="SecurityError"):
+        render_chat("{{ ''.__class__.__mro__ }}{{ [].append(1) }}", "x", None, None)
