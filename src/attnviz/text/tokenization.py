@@ -114,7 +114,8 @@ def _check_text(text: str) -> None:
 class Tokenizer:
     """The interface every tokenizer implements.
 
-    ``kind`` is ``"gpt2"``, ``"tokenizer.json"`` or ``"tiktoken"``; ``source`` is where it was read
+    ``kind`` is ``"gpt2"``, ``"tokenizer.json"``, ``"tiktoken"`` or ``"gguf"`` (a GGUF file's metadata,
+    :mod:`attnviz.text.gguf_tokenizer`); ``source`` is where it was read
     from (``"gpt2 (offline)"`` or a path); every id it produces is ``< vocab_size`` (added and
     special tokens included); ``bos_id`` is the id ``encode`` prepends by default (None: none).
     """
@@ -260,14 +261,23 @@ def _byte_decoder() -> dict[str, int]:
 
 
 class JsonTokenizer(Tokenizer):
-    """A ``tokenizers.Tokenizer`` set up as transformers sets it up: :mod:`attnviz.text.tokenizer_recipes`."""
+    """A ``tokenizers.Tokenizer`` set up as transformers sets it up: :mod:`attnviz.text.tokenizer_recipes`
+    for a ``tokenizer.json``, :mod:`attnviz.text.gguf_tokenizer` for a GGUF file (``kind="gguf"``)."""
 
     kind = "tokenizer.json"
 
     def __init__(
-        self, source: str, backend, *, byte_level: bool, tokenizer_class: str | None, eos: str | None
+        self,
+        source: str,
+        backend,
+        *,
+        byte_level: bool,
+        tokenizer_class: str | None,
+        eos: str | None,
+        kind: str = "tokenizer.json",
     ):
         self.source = source
+        self.kind = kind
         self.tokenizer_class = tokenizer_class
         self._backend = backend
         self._byte_level = byte_level
