@@ -23,7 +23,18 @@ from functools import lru_cache
 
 from attnviz.core.errors import InputError
 
-__all__ = ["render_chat"]
+__all__ = ["chat_prompt", "render_chat"]
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``--chat``: ``text`` as one user message in the chat template of ``tokenizer`` (a
+    :class:`~attnviz.text.tokenization.Tokenizer`), or one InputError line when it has none."""
+    if tokenizer.chat_template is None:
+        raise InputError(f"--chat: the tokenizer ({tokenizer.source}) has no chat template "
+                         "(a chat_template in tokenizer_config.json, or tokenizer.chat_template "
+                         "in a GGUF file); drop --chat")
+    return render_chat(tokenizer.chat_template, text, tokenizer.chat_tokens.get("bos_token"),
+                       tokenizer.chat_tokens.get("eos_token"))
 
 
 def render_chat(template: str, text: str, bos_token: str | None, eos_token: str | None) -> str:

@@ -453,6 +453,8 @@ def gguf_tokenizer(reader, where: Path) -> Tokenizer:
         kind="gguf",
     )
     tokenizer.vocab_size = len(read.tokens)
+    tokenizer.chat_template = chat_template(reader)
+    tokenizer.chat_tokens = {"bos_token": read.named["bos_token"], "eos_token": read.named["eos_token"]}
     if tokenizer.eos_id is None:
         tokenizer.eos_id = read.named_ids["eos_token"]
     return tokenizer
