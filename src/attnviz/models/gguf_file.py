@@ -98,7 +98,7 @@ class _Cursor:
         length = self.take("Q", what)
         if length > self.size - self.pos:
             raise self.fail(f"{what} at byte {self.pos - 8} claims {length} bytes, more than the "
-                            f"file holds ({self.size} bytes)")
+                            f"rest of the file ({self.size - self.pos} bytes): truncated?")
         raw = bytes(self.buf[self.pos : self.pos + length])
         self.pos += length
         try:
@@ -134,7 +134,7 @@ class _Cursor:
                 length = self.take("Q", what)
                 if length > self.size - self.pos:
                     raise self.fail(f"a string of {what} claims {length} bytes, more than the "
-                                    f"file holds ({self.size} bytes)")
+                                    f"rest of the file ({self.size - self.pos} bytes): truncated?")
                 self.pos += length
         else:
             for _ in range(n):

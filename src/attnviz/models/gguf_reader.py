@@ -63,7 +63,7 @@ NAMES = {
     "llama": (_LLAMA_TOP, _LLAMA_BLOCK, "model.layers."),
     "qwen2": (_LLAMA_TOP, _LLAMA_BLOCK, "model.layers."),
     "qwen3": (_LLAMA_TOP, _LLAMA_BLOCK, "model.layers."),
-    "gemma2": (_LLAMA_TOP, _GEMMA_BLOCK, "model.layers."),
+    "gemma2": ({k: v for k, v in _LLAMA_TOP.items() if k != "output"}, _GEMMA_BLOCK, "model.layers."),
     "gemma3": (_LLAMA_TOP, _GEMMA_BLOCK, "model.layers."),
     "gpt2": (_GPT2_TOP, _GPT2_BLOCK, "transformer.h."),
     "gptneox": (_NEOX_TOP, _NEOX_BLOCK, "gpt_neox.layers."),
