@@ -33,6 +33,8 @@ GEMMA_DIMS = dict(hidden_size=256, intermediate_size=512, num_attention_heads=2,
                   head_dim=256, query_pre_attn_scalar=256, sliding_window=6, rms_norm_eps=1e-6,
                   **COMMON)
 
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 # name -> (the file's architecture, transformers' config). Dimensions of 256 let every
 # tensor be a K-quant; Gemma's head_dim 256 and Qwen3's 128 are what transformers assumes
 # for a GGUF file (it reads neither query_pre_attn_scalar nor Qwen3's key_length).
@@ -44,6 +46,10 @@ CASES = {
     # drops them; attnviz reads what the file holds
     "llama-bias": ("llama", lambda: transformers.LlamaConfig(
         num_attention_heads=4, num_key_value_heads=1, attention_bias=True, **LLAMA_DIMS)),
+    # Llama 3.1's RoPE scaling: llama.cpp writes it as the tensor rope_freqs (transformers'
+    # GGUF loader ignores it; attnviz divides each frequency by its factor, as llama.cpp does)
+    "llama3-scaling": ("llama", lambda: transformers.LlamaConfig(
+        num_attention_heads=4, num_key_value_heads=2, rope_scaling=LLAMA3_SCALING, **LLAMA_DIMS)),
     "qwen2": ("qwen2", lambda: transformers.Qwen2Config(
         num_attention_heads=4, num_key_value_heads=2, **LLAMA_DIMS)),
     "qwen3": ("qwen3", lambda: transformers.Qwen3Config(
@@ -97,6 +103,28 @@ def q6_k(shape: tuple, rng, std: float) -> np.ndarray:
     blocks[:, 192:208] = rng.integers(-64, 64, size=(n_blocks, 16)).astype(np.int8).view(np.uint8)
     blocks[:, 208:] = np.full((n_blocks, 1), std / 680, dtype=np.float16).view(np.uint8)
     return blocks.reshape(*shape[:-1], shape[-1] // 256 * 210)
+
+
+def rope_freqs(cfg) -> np.ndarray:
+    """llama.cpp's converter's factors for Llama 3.1's RoPE scaling (its
+    ``LlamaModel.generate_extra_tensors``)."""
+    import math
+
+    rope, dim = cfg.rope_parameters, cfg.head_dim
+    freqs = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    old = rope["original_max_position_embeddings"]
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
 
 
 def to_gguf(data: np.ndarray, qtype, rng) -> tuple[np.ndarray, object]:
@@ -157,6 +185,8 @@ def write_gguf(path: Path, arch: str, model, types: dict | None = None, seed: in
             writer.add_final_logit_softcapping(cfg.final_logit_softcapping or 30.0)
             if arch == "gemma2":
                 writer.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+    if arch == "llama" and cfg.rope_parameters.get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", rope_freqs(cfg))
     state = model.state_dict()
     for hf_name, tensor in state.items():
         base, suffix = hf_name.rsplit(".", 1)
@@ -270,7 +300,11 @@ def test_f32_gguf_equals_the_safetensors_of_the_same_weights(written, name):
     token_ids = ids(40, seed=len(name))
     from_gguf = analyze_ids(token_ids, weights=str(files["F32"]), layer="all")
     from_safetensors = analyze_ids(token_ids, weights=str(folder), layer="all")
-    np.testing.assert_allclose(from_gguf.weights, from_safetensors.weights, atol=1e-6, rtol=0)
+    # Llama 3.1's scaling: llama.cpp's factors, divided in, against transformers' formula —
+    # an ulp apart in a few frequencies (1e-6 at layer 0, 1.4e-5 after 3 peaked layers;
+    # ignoring the factors, as transformers' GGUF loader does, is 1.0 apart)
+    atol = 1e-4 if name == "llama3-scaling" else 1e-6
+    np.testing.assert_allclose(from_gguf.weights, from_safetensors.weights, atol=atol, rtol=0)
     assert from_gguf.windows == from_safetensors.windows
     assert (from_safetensors.weights.max(axis=-1) >= 0.5).mean() > 0.3  # peaked: demanding
 
@@ -300,6 +334,10 @@ def test_the_file_says_what_transformers_infers(written):
     assert llama.spec.head_dim == 32 and not llama.spec.tied_embeddings
     biased = models.load(str(written["llama-bias"][1]["F32"])).spec
     assert biased.qkv_bias and biased.out_bias and biased.n_kv_heads == 1
+    scaled = models.load(str(written["llama3-scaling"][1]["F32"]))
+    factors = scaled.describe()["rope"]["scaling"]["factors"]
+    assert len(factors) == 32 and factors[0] == 1 and factors[-1] == 8
+    assert any("rope_freqs" in note for note in scaled.describe()["notes"])
     assert llama.weights.tensors.dtype("layers.0.self_attn.q_proj.weight") == "Q6_K"
 
 

@@ -10,8 +10,10 @@ weights stored transposed; and GPT-NeoX's fused q | k | v goes back to its per-h
 An absent ``output.weight`` means tied embeddings.
 
 Where transformers leaves out what the file states, the file wins: the head dimension
-(``attention.key_length``), linear RoPE scaling (``rope.scaling.type``), Gemma's softcaps,
-window pattern and local RoPE base, a Mistral-style window (``llama.attention.sliding_window``).
+(``attention.key_length``), biases (a ``blk.0.attn_q.bias``), linear RoPE scaling
+(``rope.scaling.type``) and Llama 3.1's (the ``rope_freqs`` tensor, as llama.cpp applies it),
+Gemma's softcaps, window pattern and local RoPE base, a Mistral-style window
+(``llama.attention.sliding_window``).
 The attention is that of the weights dequantized to float32, not of llama.cpp's quantized
 arithmetic.
 """
@@ -118,7 +120,7 @@ def read(located: Located, *, n_heads: int | None = None, tokenizer=None) -> Che
     virtual = replace(located, config=path, gguf=source)
     reader = importlib.import_module(READERS[raw["model_type"]])
     checkpoint = reader.read(virtual, raw, n_heads=n_heads, tokenizer=_tokenizer(file, tokenizer))
-    notes = [FLOAT_NOTE, *_ignored(file, arch)]
+    notes = [FLOAT_NOTE, *_rope_factors(file, checkpoint)]
     checkpoint.notes += notes
     checkpoint.described |= {
         "format": "gguf", "architecture": arch, "file_type": file.file_type(),
@@ -148,13 +150,39 @@ def _tokenizer(file: GGUFFile, path):
     return NoTokenizer(file.path)
 
 
-def _ignored(file: GGUFFile, arch: str) -> list[str]:
-    """What the file holds that changes the attention and that attnviz, like transformers'
-    GGUF loader, does not apply."""
-    if "rope_freqs.weight" in file.tensors:
-        return ["rope_freqs.weight (llama.cpp's per-frequency RoPE factors, Llama 3.1's scaling) "
-                "is not applied, as transformers' GGUF loader does not apply it"]
-    return []
+def _rope_factors(file: GGUFFile, checkpoint: Checkpoint) -> list[str]:
+    """``rope_freqs.weight``: llama.cpp's converter writes Llama 3.1's RoPE scaling as one
+    factor per frequency, which llama.cpp divides each frequency by. transformers' GGUF loader
+    ignores it (and so runs Llama 3.x unscaled); attnviz applies it, as llama.cpp does."""
+    info = file.tensors.get("rope_freqs.weight")
+    spec = checkpoint.spec
+    ropes = {layer.rope for layer in spec.layers if layer.rope is not None}
+    if info is None or not ropes:
+        return []
+    half = {rope.rotary_dim // 2 for rope in ropes}
+    if len(half) != 1 or info.shape != (next(iter(half)),) or info.ggml_type not in dequantizable():
+        raise InputError(f"{file.path}: tensor rope_freqs.weight has shape {info.shape} "
+                         f"({type_name(info.ggml_type)}); expected ({min(half)},) values")
+    values = file.dequantize(file.raw(info), info)
+    if not bool((values > 0).all()) or not bool(values.isfinite().all()):
+        raise InputError(f"{file.path}: tensor rope_freqs.weight holds factors that are not "
+                         "positive numbers")
+
+    def scaled(rope):
+        if rope is None:
+            return None
+        if rope.scaling is None:
+            return replace(rope, scaling=("factors", tuple(values.tolist())))
+        if rope.scaling[0] == "linear":  # both: llama.cpp divides by each
+            return replace(rope, scaling=("factors", tuple((values * rope.scaling[1]).tolist())))
+        raise InputError(f"{file.path}: rope_freqs.weight together with {rope.scaling[0]} RoPE "
+                         "scaling is not supported")
+
+    checkpoint.spec = replace(spec, layers=tuple(replace(layer, rope=scaled(layer.rope))
+                                                 for layer in spec.layers))
+    checkpoint.described["rope"] = checkpoint.spec.describe()["rope"]
+    return ["rope_freqs.weight (Llama 3.1's RoPE scaling as factors per frequency) is applied as "
+            "llama.cpp applies it; transformers' GGUF loader ignores it"]
 
 
 # -- the metadata as transformers' config.json ------------------------------------------------------
