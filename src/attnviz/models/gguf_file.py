@@ -23,6 +23,7 @@ from pathlib import Path
 import gguf  # ~25 ms once torch is loaded: imported at the top (this module already needs torch)
 import numpy as np
 import torch
+from gguf.quants import _type_traits  # the block types gguf dequantizes (no public name)
 
 from attnviz.core.errors import InputError
 from attnviz.models.sources import TensorSource, _finite
@@ -42,8 +43,6 @@ _PLAIN = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F
 
 def dequantizable() -> set[int]:
     """The ggml types ``gguf.quants.dequantize`` turns into float32."""
-    from gguf.quants import _type_traits  # its registry of block types: no public name
-
     return set(_PLAIN) | set(_type_traits)
 
 
