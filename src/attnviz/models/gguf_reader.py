@@ -23,18 +23,13 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import replace
-from pathlib import Path
 
 from attnviz.core.errors import InputError
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.families import READERS
 from attnviz.models.gguf_file import GGUFFile, GGUFSource, dequantizable, type_name
 from attnviz.models.resolve import Located
-from attnviz.text.tokenization import Tokenizer
-
-# The file's own tokenizer: attnviz.text.gguf_tokenizer, from another branch. To switch it on,
-# replace the next line with:   from attnviz.text.gguf_tokenizer import gguf_tokenizer
-gguf_tokenizer = None
+from attnviz.text.gguf_tokenizer import gguf_tokenizer
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "gptneox")
 FLOAT_NOTE = ("the attention is that of the weights dequantized to float32 (not of llama.cpp's "
@@ -76,30 +71,6 @@ _GGUF_NAME = re.compile(r"(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)")
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 
 
-class NoTokenizer(Tokenizer):
-    """A GGUF file's tokenizer, until attnviz reads it: token ids work (``analyze_ids``,
-    labels ``[id]``), text is refused with the way out (``--tokenizer PATH``)."""
-
-    kind = "none"
-    vocab_size = 0
-    bos_id = None
-    eos_id = None
-
-    def __init__(self, path: Path):
-        self.source = f"{path} (its own tokenizer is not read yet)"
-        self.path = path
-
-    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
-        raise InputError(f"{self.path}: attnviz does not read the tokenizer inside GGUF files yet; "
-                         "pass --tokenizer PATH (the model's tokenizer.json, or its folder)")
-
-    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
-        return [f"[{i}]".encode() for i in token_ids]
-
-    def is_special(self, token_id: int) -> bool:
-        return False
-
-
 def read(located: Located, *, n_heads: int | None = None, tokenizer=None) -> Checkpoint:
     """The checkpoint of a GGUF file: its metadata as a Hugging Face config, its tensors
     under Hugging Face's names, read by the family's own reader."""
@@ -122,7 +93,9 @@ def read(located: Located, *, n_heads: int | None = None, tokenizer=None) -> Che
     checkpoint = reader.read(virtual, raw, n_heads=n_heads, tokenizer=_tokenizer(file, tokenizer))
     notes = [FLOAT_NOTE, *_rope_factors(file, checkpoint)]
     checkpoint.notes += notes
+    checkpoint.layout = "gguf"
     checkpoint.described |= {
+        "layout": "gguf", "dtype": file.file_type() or checkpoint.described.get("dtype"),
         "format": "gguf", "architecture": arch, "file_type": file.file_type(),
         "quantizations": file.quantizations(),
         "notes": [*checkpoint.described.get("notes", []), *notes],
@@ -145,9 +118,7 @@ def _tokenizer(file: GGUFFile, path):
     """``--tokenizer PATH`` (the family's reader loads it), else the file's own."""
     if path is not None:
         return path
-    if gguf_tokenizer is not None:
-        return gguf_tokenizer(file.reader(), file.path)
-    return NoTokenizer(file.path)
+    return gguf_tokenizer(file.reader(), file.path)
 
 
 def _rope_factors(file: GGUFFile, checkpoint: Checkpoint) -> list[str]:

@@ -25,7 +25,10 @@ def load(weights: str, *, n_heads: int | None = None, offline: bool = False,
     if is_gguf(located.weights[0]):
         from attnviz.models import gguf_reader  # gguf's reader: loaded for GGUF files only
 
-        return gguf_reader.read(located, n_heads=n_heads, tokenizer=tokenizer)
+        checkpoint = gguf_reader.read(located, n_heads=n_heads, tokenizer=tokenizer)
+        if located.repo is not None:  # ollama:NAME[:TAG]: named as the user named it
+            checkpoint.described |= {"repo": located.repo}
+        return checkpoint
     if located.config is None and located.weights[0].suffix in (".pth", ".pt"):
         kind = book_reader.detect(located.weights[0])
         if kind is not None:  # one of the book's ch. 5 bonus classes (not its GPTModel)

@@ -2,7 +2,8 @@
 ``.safetensors`` file (single or the ``model.safetensors.index.json`` of shards), a
 ``pytorch_model.bin``, the ``.pth`` of the book's ``GPTModel`` or a llama.cpp ``.gguf`` file
 (by its suffix or its magic) —, else a Hugging Face repo id taken from the local cache or
-downloaded (``attnviz.models.hub``, safetensors only)."""
+downloaded (``attnviz.models.hub``, safetensors only); ``ollama:NAME[:TAG]`` is the GGUF file
+of a model in Ollama's local store (``attnviz.models.ollama``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from attnviz.core.errors import InputError
-from attnviz.models import hub
+from attnviz.models import hub, ollama
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")
 def resolve(weights: str, *, offline: bool = False, quiet: bool = True) -> Located:
     """Where the files of ``--weights weights`` are: an existing path, else a Hub repo id
     (``gpt2``, ``org/name``, ``name@revision``) from the cache or downloaded."""
+    if weights.startswith(ollama.PREFIX):  # a model in Ollama's local store: its GGUF blob
+        blob = ollama.locate(weights)
+        return Located([blob], None, blob, repo=weights)
     path = Path(weights).expanduser()
     if path.exists():
         return _locate_path(path)
