@@ -137,12 +137,13 @@ def to_gguf(data: np.ndarray, qtype, rng) -> tuple[np.ndarray, object]:
     return gguf.quants.quantize(data.astype(np.float32), qtype), qtype
 
 
-def add_tokenizer(writer, tokenizer_json: Path, vocab_size: int) -> None:
+def add_tokenizer(writer, tokenizer_json: Path, vocab_size: int, extra: int = 0) -> None:
     """The byte-level BPE of ``tokenizer_json`` as GGUF metadata (llama.cpp's gpt2 model:
     tokens by id, merges, token types), padded with unused tokens to ``vocab_size``."""
     data = json.loads(tokenizer_json.read_text())
     by_id = {i: t for t, i in data["model"]["vocab"].items()}
     special = {t["id"]: t["content"] for t in data["added_tokens"]}
+    vocab_size += extra  # a tokenizer of another model (the test of its refusal)
     tokens = [special.get(i, by_id.get(i, f"<unused{i}>")) for i in range(vocab_size)]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
@@ -150,7 +151,8 @@ def add_tokenizer(writer, tokenizer_json: Path, vocab_size: int) -> None:
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
 
 
-def write_gguf(path: Path, arch: str, model, types: dict | None = None, seed: int = 0) -> Path:
+def write_gguf(path: Path, arch: str, model, types: dict | None = None, seed: int = 0,
+               extra_tokens: int = 0) -> Path:
     """``model`` (a transformers ``*ForCausalLM``) as llama.cpp's converter writes it: gguf's
     names for transformers' (the map transformers inverts), each tensor as llama.cpp changes
     it, in ``types[base name]`` (F32 when absent; 1-D tensors and norms always F32)."""
@@ -165,7 +167,8 @@ def write_gguf(path: Path, arch: str, model, types: dict | None = None, seed: in
     writer.add_block_count(n_layers)
     writer.add_embedding_length(hidden)
     writer.add_head_count(heads)
-    add_tokenizer(writer, path.parent.parent / "safetensors" / "tokenizer.json", cfg.vocab_size)
+    add_tokenizer(writer, path.parent.parent / "safetensors" / "tokenizer.json", cfg.vocab_size,
+                  extra_tokens)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M if types else gguf.LlamaFileType.ALL_F32)
     if arch == "gpt2":
         writer.add_context_length(cfg.n_positions)
@@ -465,3 +468,16 @@ def _truncated(path: Path, tmp_path: Path) -> Path:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(path.read_bytes()[:1000])
     return cut
+
+
+def test_a_tokenizer_that_does_not_fit_the_embedding_is_refused(written, cli, tmp_path):
+    folder, _ = written["llama"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "safetensors").symlink_to(folder)
+    path = write_gguf(tmp_path / "gguf" / "long.gguf", "llama", model, extra_tokens=4)
+    done = cli("heatmap", "the cat", "--weights", path, "--out", tmp_path / "out")
+    assert done.exit_code == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip() == (f"Error: the tokenizer ({path}) has {VOCAB + 4} tokens but the "
+                                   f"embedding only {VOCAB} rows: they are not of one model (see "
+                                   "--tokenizer)")

@@ -29,7 +29,7 @@ from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.families import READERS
 from attnviz.models.gguf_file import GGUFFile, GGUFSource, dequantizable, type_name
 from attnviz.models.resolve import Located
-from attnviz.text.gguf_tokenizer import gguf_tokenizer
+from attnviz.text.gguf_tokenizer import check_token_count, gguf_tokenizer
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2", "gptneox")
 FLOAT_NOTE = ("the attention is that of the weights dequantized to float32 (not of llama.cpp's "
@@ -91,6 +91,8 @@ def read(located: Located, *, n_heads: int | None = None, tokenizer=None) -> Che
     virtual = replace(located, config=path, gguf=source)
     reader = importlib.import_module(READERS[raw["model_type"]])
     checkpoint = reader.read(virtual, raw, n_heads=n_heads, tokenizer=_tokenizer(file, tokenizer))
+    if tokenizer is None:  # the file's own: one token per row of its embedding
+        check_token_count(file, path, checkpoint.spec.vocab_size)
     notes = [FLOAT_NOTE, *_rope_factors(file, checkpoint)]
     checkpoint.notes += notes
     checkpoint.layout = "gguf"
@@ -118,7 +120,7 @@ def _tokenizer(file: GGUFFile, path):
     """``--tokenizer PATH`` (the family's reader loads it), else the file's own."""
     if path is not None:
         return path
-    return gguf_tokenizer(file.reader(), file.path)
+    return gguf_tokenizer(file, file.path)
 
 
 def _rope_factors(file: GGUFFile, checkpoint: Checkpoint) -> list[str]:

@@ -140,50 +140,64 @@ _CLASS_DEFAULTS = {"gpt2": ["<|endoftext|>"], "llama": ["<s>", "</s>", "<unk>"]}
 
 
 class _Metadata:
-    """Typed access to a GGUFReader's fields; every problem is one InputError naming the key."""
+    """Typed access to a GGUF file's metadata; every problem is one InputError naming the key.
 
-    def __init__(self, reader, where: Path):
-        self.fields = reader.fields
+    ``source`` is gguf's ``GGUFReader`` or any object with ``field(key) -> ([value type],
+    value) | ([ARRAY, item type], [values]) | None`` (attnviz's own checked header,
+    ``attnviz.models.gguf_file.GGUFFile``, which reads the file once)."""
+
+    def __init__(self, source, where: Path):
+        self.source = source
         self.where = where
 
     def error(self, key: str, problem: str) -> InputError:
         return InputError(f"{self.where}: GGUF key {key} {problem}")
 
-    def _field(self, key: str, required: bool):
-        field = self.fields.get(key)
-        if field is None and required:
+    def _field(self, key: str, required: bool) -> tuple[list[int], object] | None:
+        if hasattr(self.source, "field"):
+            found = self.source.field(key)
+        else:  # a GGUFReader
+            field = self.source.fields.get(key)
+            found = None if field is None else ([int(t) for t in field.types], field)
+        if found is None and required:
             raise self.error(key, "is missing: the file does not describe its tokenizer fully")
-        return field
+        return found
 
     def _decode(self, key: str, raw) -> str:
+        if isinstance(raw, str):
+            return raw
         try:
             return bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
             raise self.error(key, "holds a string that is not UTF-8") from None
 
     def scalar(self, key: str, kinds: set[int], *, required: bool = False):
-        field = self._field(key, required)
-        if field is None:
+        found = self._field(key, required)
+        if found is None:
             return None
-        types = [int(t) for t in field.types]
+        types, value = found
         if len(types) != 1 or types[0] not in kinds:
             raise self.error(key, f"is not {_kind_name(kinds)}")
-        raw = field.parts[field.data[0]]
+        if not isinstance(value, (str, int, float, bool)):  # a GGUFReader field
+            value = value.parts[value.data[0]]
+            if types[0] != _STRING:
+                value = value.tolist()[0]
         if types[0] == _STRING:
-            return self._decode(key, raw)
-        value = raw.tolist()[0]
+            return self._decode(key, value)
         return bool(value) if types[0] == _BOOL else value
 
     def array(self, key: str, kinds: set[int], *, required: bool = False) -> list | None:
-        field = self._field(key, required)
-        if field is None:
+        found = self._field(key, required)
+        if found is None:
             return None
-        types = [int(t) for t in field.types]
+        types, value = found
         if len(types) != 2 or types[0] != _ARRAY or types[1] not in kinds:
             raise self.error(key, f"is not an array of {_kind_name(kinds, plural=True)}")
-        if types[1] == _STRING:
-            return [self._decode(key, field.parts[i]) for i in field.data]
-        return [value for i in field.data for value in field.parts[i].tolist()]
+        if isinstance(value, list):
+            return [self._decode(key, v) for v in value] if types[1] == _STRING else value
+        if types[1] == _STRING:  # a GGUFReader field
+            return [self._decode(key, value.parts[i]) for i in value.data]
+        return [v for i in value.data for v in value.parts[i].tolist()]
 
 
 def _kind_name(kinds: set[int], plural: bool = False) -> str:
@@ -197,8 +211,8 @@ def _kind_name(kinds: set[int], plural: bool = False) -> str:
 
 def gguf_token_count(reader) -> int | None:
     """The number of tokens ``tokenizer.ggml.tokens`` holds (None: the file has none)."""
-    field = reader.fields.get(TOKENS)
-    return None if field is None else len(field.data)
+    tokens = _Metadata(reader, Path("the GGUF file")).array(TOKENS, {_STRING})
+    return None if tokens is None else len(tokens)
 
 
 def check_token_count(reader, where: Path, embedding_rows: int) -> None:
