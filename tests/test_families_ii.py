@@ -208,3 +208,37 @@ def test_the_commands_run_on_these_families(tmp_path, checkpoints, cli, name):
         result = cli(*args, "-q")
         assert result.exit_code == 0, (args[0], result.stderr)
     assert (tmp_path / "h" / "model.png").is_file() and (tmp_path / "r.html").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("model_class, make", [
+    (transformers.Gemma2Model, lambda: transformers.Gemma2Config(
+        num_hidden_layers=2, sliding_window=6, attn_logit_softcapping=20.0, **GEMMA)),
+    (transformers.Gemma3TextModel, lambda: transformers.Gemma3TextConfig(
+        num_hidden_layers=2, sliding_window=6, **GEMMA)),
+    (transformers.GPTNeoXModel, lambda: transformers.GPTNeoXConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        rotary_pct=0.25, **COMMON)),
+])
+def test_a_checkpoint_of_the_bare_model_class_reads_as_transformers(tmp_path, model_class, make):
+    """Saved without the ``model.`` (``gpt_neox.``) prefix of ``*ForCausalLM``, as the Llama
+    reader already accepted."""
+    folder = build(tmp_path / model_class.__name__, make(), 0.25, model_class=model_class)
+    names = json.loads((folder / "model.safetensors").read_bytes()[8:8 + int.from_bytes(
+        (folder / "model.safetensors").read_bytes()[:8], "little")])
+    assert any(n.startswith("layers.0.") for n in names)  # no prefix
+    token_ids = np.random.default_rng(2).integers(0, VOCAB, size=30).tolist()
+    expected = reference(folder, token_ids, model_class)
+    result = analyze_ids(token_ids, weights=str(folder), layer="all")
+    np.testing.assert_allclose(result.weights, expected, atol=1e-5, rtol=0)
+
+
+def test_bidirectional_attention_is_refused_with_the_reason(tmp_path, cli):
+    """EmbeddingGemma's config asks for bidirectional attention: not drawn as causal."""
+    config = transformers.Gemma3TextConfig(num_hidden_layers=2, sliding_window=6,
+                                           use_bidirectional_attention=True, **GEMMA)
+    folder = build(tmp_path / "embeddinggemma", config, 0.25, model_class=transformers.Gemma3TextModel)
+    done = cli("heatmap", "the cat", "--weights", folder, "--out", tmp_path / "out")
+    assert done.exit_code == 2 and not (tmp_path / "out").exists()
+    assert done.stderr.strip() == (f"Error: {folder / 'config.json'}: bidirectional attention "
+                                   "(use_bidirectional_attention / is_causal false) is not "
+                                   "supported; attnviz shows causal decoders")

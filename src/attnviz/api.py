@@ -59,7 +59,8 @@ class Model:
         """``text`` in the model's token ids (with its BOS unless loaded with ``bos=False``)."""
         from attnviz.analyses.attention import encode_text
 
-        return encode_text(self.engine, text, allow_special, bos=self.config.bos)
+        return encode_text(self.engine, text, allow_special, bos=self.config.bos,
+                           chat=self.config.chat)
 
     def __repr__(self) -> str:
         return f"attnviz.Model({model_name(self.describe())})"
@@ -168,7 +169,8 @@ def scan(prompts: str | Path | Sequence[str], weights=None, *, layer="all",
     if induction:
         check_induction_probe(model.engine, fit=True)
     corpus = scanning.model_corpus(model.engine, records, truncate=truncate,
-                                   allow_special=allow_special, bos=model.config.bos, where=where)
+                                   allow_special=allow_special, bos=model.config.bos,
+                                   chat=model.config.chat, where=where)
     return scanning.scan_corpus(model.engine, corpus, layers, batch_size=batch_size,
                                 exclude_first=exclude_first, exclude_self=exclude_self,
                                 induction_seed=model.config.seed if induction else None)

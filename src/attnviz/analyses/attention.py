@@ -18,6 +18,7 @@ from attnviz.analyses.describe import one_line
 from attnviz.core.config import ModelConfig
 from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.core.views import Displayable
+from attnviz.text.chat import chat_prompt
 from attnviz.text.gpt2_bpe import token_label, token_text
 
 _FLOAT32 = 4
@@ -290,7 +291,8 @@ def analyze(
     """
     check_text(text)
     model = load_model(config, weights)
-    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos)
+    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
+                            chat=(config or ModelConfig()).chat)
     window = parse_window(tokens, len(token_ids))
     result = analyze_with(model, token_ids, layer, heads, progress)
     return crop(result, *window) if window else result
@@ -301,11 +303,16 @@ def check_text(text: str) -> None:
         raise InputError("the text is empty: give some text, '-' to read stdin, or --file PATH")
 
 
-def encode_text(model, text: str, allow_special: bool = False, bos: bool = True) -> list[int]:
+def encode_text(model, text: str, allow_special: bool = False, bos: bool = True,
+                chat: bool = False) -> list[int]:
     """``text`` in ``model``'s own token ids (its tokenizer: GPT-2's for GPT-2 and random
     mode), with the beginning-of-sequence token the tokenizer adds unless ``bos=False``;
-    every id checked against the model's embedding table."""
+    every id checked against the model's embedding table. ``chat``: the text as one user
+    message of the tokenizer's chat template, encoded as transformers' ``apply_chat_template``
+    encodes it (the template's special tokens read as such, nothing added around it)."""
     check_text(text)
+    if chat:
+        text, allow_special, bos = chat_prompt(model.tokenizer, text), True, False
     token_ids = model.tokenizer.encode(text, allow_special=allow_special, add_bos=bos)
     check_ids(model, token_ids)
     return token_ids
@@ -510,7 +517,8 @@ def analyze_layers(
     when it is iterated, one layer in memory at a time."""
     check_text(text)
     model = load_model(config, weights)
-    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos)
+    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
+                            chat=(config or ModelConfig()).chat)
     window = parse_window(tokens, len(token_ids))
     layers = checked_layers(model, len(token_ids), layer)
     check_fits(1, model.n_heads, len(token_ids))  # one layer at a time

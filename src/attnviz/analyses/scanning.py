@@ -169,11 +169,13 @@ def tokenize_corpus(records: list[tuple[int, str]], context_length: int, *,
 
 
 def model_corpus(model, records: list[tuple[int, str]], *, truncate: bool = False,
-                 allow_special: bool = False, bos: bool = True, where: str = "line") -> Corpus:
+                 allow_special: bool = False, bos: bool = True, chat: bool = False,
+                 where: str = "line") -> Corpus:
     """``tokenize_corpus`` in ``model``'s own tokens: its tokenizer (``bos``: with the BOS it
-    adds) and its context length."""
+    adds; ``chat``: each prompt a user message of its chat template) and its context length."""
     return tokenize_corpus(records, model.context_length, truncate=truncate, where=where,
-                           encode=lambda text: encode_text(model, text, allow_special, bos=bos))
+                           encode=lambda text: encode_text(model, text, allow_special, bos=bos,
+                                                           chat=chat))
 
 
 # ---------------------------------------------------------------------------- batches

@@ -281,7 +281,8 @@ def analyze_rollout(text: str, config=None, *, weights: str | None = None, layer
     to ``tokens="A:B"`` when given."""
     check_weighting(weighting)
     model = load_model(config, weights)
-    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos)
+    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
+                            chat=(config or ModelConfig()).chat)
     window = parse_window(tokens, len(token_ids))
     layers = rollout_layers(layer, model.n_layers)
     hint = " or raise --context-length" if model.describe()["mode"] == "random" else (

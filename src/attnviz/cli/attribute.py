@@ -97,7 +97,7 @@ def attribute(
     )
 
     model = load_model(config, weights)
-    token_ids = encode_text(model, source, allow_special, bos=config.bos)
+    token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     check_length(len(token_ids), model.context_length, " (the checkpoint's context)")
     target_id, contrast_id = resolve_metric(model, token_ids, target, contrast, position)
     tokenizer = model.tokenizer

@@ -103,7 +103,7 @@ def generate(
     model = load_model(config, weights)
     layers = parse_layers(layer or "all", model.n_layers)
     check_heads(head, model.n_heads)
-    prompt_ids = encode_text(model, source, allow_special, bos=config.bos)
+    prompt_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     check_can_generate(model, len(prompt_ids), max_new_tokens)
     tokenizer = model.tokenizer
     live = fmt == "table" and sys.stdout.isatty()

@@ -99,6 +99,11 @@ BosOpt = Annotated[
     bool, typer.Option("--bos/--no-bos", help="Prepend the beginning-of-sequence token the "
                        "model's tokenizer adds (Llama's <|begin_of_text|>; Qwen and GPT-2 add none).")
 ]
+ChatOpt = Annotated[
+    bool, typer.Option("--chat", help="Wrap the text as one user message in the model's chat "
+                       "template, with the prompt for its answer (instruct models; the template "
+                       "of its tokenizer_config.json or GGUF file).")
+]
 HeadOpt = Annotated[
     list[int] | None,
     typer.Option("--head", min=0, metavar="I", help="A head to draw (repeatable); default: every head.",
@@ -198,6 +203,7 @@ _MODEL_OPTIONS = [
         ("threads", ThreadsOpt, None),
         ("tokenizer", TokenizerOpt, None),
         ("bos", BosOpt, True),
+        ("chat", ChatOpt, False),
         ("book_config", BookConfigOpt, None),
     )
 ]
@@ -205,7 +211,7 @@ _MODEL_OPTIONS = [
 # (--preset then names a book config, for the book's state dicts).
 _RANDOM_ONLY = ("d_model", "context_length", "qkv_bias", "impl")
 _CONFIG_OPTIONS = ("heads", "d_model", "context_length", "seed", "qkv_bias", "impl", "preset",
-                   "offline", "device", "tokenizer", "bos", "book_config")
+                   "offline", "device", "tokenizer", "bos", "chat", "book_config")
 
 
 def model_options(command):

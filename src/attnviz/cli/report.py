@@ -76,7 +76,7 @@ def report(
 
     check_report_options(weighting, target, contrast, ablate, pretrained=weights is not None)
     model = load_model(config, weights)
-    token_ids = encode_text(model, source, allow_special, bos=config.bos)
+    token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     contents = report_contents(model, token_ids, layer=layer, tokens=tokens, weighting=weighting,
                                rollout=rollout, induction=induction, seed=config.seed,
                                target=target, contrast=contrast, position=position,

@@ -124,7 +124,7 @@ def scan_command(
     if induction:
         check_induction_probe(model, fit=True)  # before the corpus is scanned, not after
     corpus = scan.model_corpus(model, records, truncate=truncate, allow_special=allow_special,
-                               bos=config.bos, where=where)
+                               bos=config.bos, chat=config.chat, where=where)
     options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
     described = {**model.describe(), "layers": layers, "device": str(model.device)}
     fp = scan_runs.fingerprint(described, layers, options, corpus.prompts)

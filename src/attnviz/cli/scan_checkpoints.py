@@ -62,7 +62,8 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
 
     def tokenize(model):
         corpus = scan.model_corpus(model, records, truncate=truncate,
-                                   allow_special=allow_special, bos=config.bos, where=where)
+                                   allow_special=allow_special, bos=config.bos,
+                                   chat=config.chat, where=where)
         if corpus.one_token:
             output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need "
                            "a previous token")

@@ -90,7 +90,7 @@ def steps(
 
     check_text(source)
     model = load_model(config, weights)
-    token_ids = encode_text(model, source, allow_special, bos=config.bos)
+    token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     window = parse_window(tokens, len(token_ids))
     plot_steps.check_steps_size(window[1] - window[0] if window else len(token_ids))
     result = analyze_with(model, token_ids, layer=layers or None, heads=[head])

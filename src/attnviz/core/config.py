@@ -53,6 +53,8 @@ class ModelConfig:
     # --no-bos: do not prepend the beginning-of-sequence token the tokenizer adds.
     tokenizer: str | None = field(default=None, compare=False, repr=False)
     bos: bool = field(default=True, compare=False, repr=False)
+    # --chat: the text is one user message in the model's chat template.
+    chat: bool = field(default=False, compare=False, repr=False)
     # What a state dict of the book's Llama3Model / Qwen3Model / Gemma3Model does not record:
     # --book-config cfg.json, or --preset naming one of the book's published configs.
     book_config: str | None = field(default=None, compare=False, repr=False)
@@ -81,7 +83,7 @@ class ModelConfig:
     def as_dict(self) -> dict:
         described = {**asdict(self), "head_dim": self.head_dim}
         for run_option in ("explicit", "offline", "progress", "device", "tokenizer", "bos",
-                           "book_config", "book_preset"):
+                           "chat", "book_config", "book_preset"):
             del described[run_option]
         if self.preset is None:
             del described["preset"]
@@ -111,7 +113,8 @@ def _nearest_divisor(n: int, near: int) -> int:
 def config_for(weights, *, heads: int = 12, d_model: int = 768, context_length: int = 1024,
                seed: int = 123, qkv_bias: bool = False, impl: str = "fused",
                preset: str | None = None, offline: bool = False, progress: bool = True,
-               device: str = "cpu", tokenizer=None, bos: bool = True, book_config=None,
+               device: str = "cpu", tokenizer=None, bos: bool = True, chat: bool = False,
+               book_config=None,
                explicit: frozenset = frozenset()) -> ModelConfig:
     """The ``ModelConfig`` of the model options every command (and ``attnviz.load``)
     takes, spelled as on the command line; ``explicit``: the option names the user gave.
@@ -126,7 +129,8 @@ def config_for(weights, *, heads: int = 12, d_model: int = 768, context_length: 
         book_preset, preset = preset, None
         d_model, context_length = heads * 64, 1024
         explicit = frozenset(explicit) - {"d_model", "context_length", "preset"}
-    for name, value in (("tokenizer", tokenizer), ("book_config", book_config)):
+    for name, value in (("tokenizer", tokenizer), ("book_config", book_config),
+                        ("chat", chat or None)):
         if value is not None and not weights:
             raise InputError(f"--{name.replace('_', '-')} goes with --weights: random mode "
                              "reads GPT-2's tokens and sizes")
@@ -136,6 +140,6 @@ def config_for(weights, *, heads: int = 12, d_model: int = 768, context_length: 
         n_heads=heads, d_model=d_model, context_length=context_length, seed=seed,
         qkv_bias=qkv_bias, impl=impl, offline=offline, progress=progress, device=device)
 
-    return replace(config, bos=bos, tokenizer=None if tokenizer is None else str(tokenizer),
+    return replace(config, bos=bos, chat=chat, tokenizer=None if tokenizer is None else str(tokenizer),
                    book_config=None if book_config is None else str(book_config),
                    book_preset=book_preset)

@@ -46,6 +46,8 @@ def _rename(name: str) -> str | None:
         if name.startswith(prefix):
             rest = name.removeprefix(prefix)
             return None if "rotary_emb." in rest else rest
+    if name.startswith("layers.") or name in ("embed_tokens.weight", "norm.weight"):
+        return None if "rotary_emb." in name else name  # the bare model class (Gemma2Model)
     return None  # the vision tower, the projector, lm_head (tied)
 
 

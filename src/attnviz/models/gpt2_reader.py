@@ -151,8 +151,13 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None,
     layout, head = "huggingface", None
     untied = located.config is not None and raw.get("tie_word_embeddings") is False
     hf_name = functools.partial(_hf_name, untied=untied)
-    if first.suffix == ".safetensors":
-        source: TensorSource = SafetensorsSource(located.weights, hf_name)
+    if located.gguf is not None:  # a GGUF file, under Hugging Face's names (gguf_reader)
+        from attnviz.models.hf import open_source
+
+        source: TensorSource = open_source(located, hf_name)
+        keys = source.keys()
+    elif first.suffix == ".safetensors":
+        source = SafetensorsSource(located.weights, hf_name)
         keys = source.keys()
         if _is_book_layout(keys):
             raise InputError(f"{first}: a GPTModel state dict saved as safetensors; save it with "

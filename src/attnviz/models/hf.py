@@ -48,9 +48,14 @@ def check_layer_types(types, n_layers: int, where: Path) -> None:
 
 
 def open_source(located: Located, rename: Callable[[str], str | None]) -> TensorSource:
-    """The located safetensors (lazily) or ``pytorch_model.bin`` (``weights_only``), under
-    the reader's names."""
+    """The located safetensors (lazily), GGUF file (its tensors under Hugging Face's names,
+    dequantized when read) or ``pytorch_model.bin`` (``weights_only``), under the reader's
+    names."""
     first = located.weights[0]
+    if located.gguf is not None or first.suffix == ".gguf":
+        from attnviz.models.gguf_reader import gguf_source  # imports gguf
+
+        return gguf_source(located).renamed(rename)
     if first.suffix == ".safetensors":
         return SafetensorsSource(located.weights, rename)
     state = read_state_dict(first)
@@ -61,12 +66,15 @@ def stored_dtype(source: TensorSource, key: str, raw: dict) -> str:
     """How ``key`` is stored (bfloat16, float16, float32): attnviz computes in float32."""
     if isinstance(source, SafetensorsSource):
         return _DTYPES.get(source.dtype(key), source.dtype(key))
-    return str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
+    return source.dtype(key) or str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
 
 
 def own_tokenizer(located: Located, path, *, fallback=None):
     """``--tokenizer PATH`` when given, else the tokenizer beside the checkpoint, else
-    ``fallback()`` (GPT-Neo: GPT-2's), else an error that says ``--tokenizer``."""
+    ``fallback()`` (GPT-Neo: GPT-2's), else an error that says ``--tokenizer``. A
+    ``Tokenizer`` already read (a GGUF file's own) is taken as it is."""
+    if isinstance(path, tokenization.Tokenizer):
+        return path
     if path is not None:
         return tokenization.load_tokenizer(Path(path))
     folder = (located.config or located.weights[0]).parent

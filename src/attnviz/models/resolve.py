@@ -1,7 +1,9 @@
 """Where the files of ``--weights NAME`` are: an existing path first — a folder, a
 ``.safetensors`` file (single or the ``model.safetensors.index.json`` of shards), a
-``pytorch_model.bin`` or the ``.pth`` of the book's ``GPTModel`` —, else a Hugging Face repo
-id taken from the local cache or downloaded (``attnviz.models.hub``, safetensors only)."""
+``pytorch_model.bin``, the ``.pth`` of the book's ``GPTModel`` or a llama.cpp ``.gguf`` file
+(by its suffix or its magic) —, else a Hugging Face repo id taken from the local cache or
+downloaded (``attnviz.models.hub``, safetensors only); ``ollama:NAME[:TAG]`` is the GGUF file
+of a model in Ollama's local store (``attnviz.models.ollama``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from attnviz.core.errors import InputError
-from attnviz.models import hub
+from attnviz.models import hub, ollama
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,20 @@ class Located:
     origin: Path  # what to name in messages
     repo: str | None = None  # the Hub repo id it came from (``org/name``), if any
     revision: str | None = None  # and the revision asked for (``@step3000``), if any
+    # A GGUF file's tensors, already opened under Hugging Face's names (models.gguf_reader),
+    # for the family reader's ``hf.open_source``; its ``config`` is then the .gguf itself.
+    gguf: object = None
+
+
+def is_gguf(path: Path) -> bool:
+    """A llama.cpp GGUF file: named ``.gguf``, or starting with its magic."""
+    if path.suffix == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")
@@ -31,10 +47,14 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")
 def resolve(weights: str, *, offline: bool = False, quiet: bool = True) -> Located:
     """Where the files of ``--weights weights`` are: an existing path, else a Hub repo id
     (``gpt2``, ``org/name``, ``name@revision``) from the cache or downloaded."""
+    if weights.startswith(ollama.PREFIX):  # a model in Ollama's local store: its GGUF blob
+        blob = ollama.locate(weights)
+        return Located([blob], None, blob, repo=weights)
     path = Path(weights).expanduser()
     if path.exists():
         return _locate_path(path)
-    looks_like_path = weights.endswith((".safetensors", ".bin", ".pth", ".pt", ".json")) or (
+    suffixes = (".safetensors", ".bin", ".pth", ".pt", ".json", ".gguf")
+    looks_like_path = weights.endswith(suffixes) or (
         weights.startswith((".", "/", "~")) or weights.count("/") > 1
     )
     if looks_like_path or not _REPO_ID.fullmatch(weights):
@@ -56,7 +76,7 @@ def _locate_path(path: Path) -> Located:
             if (path / name).is_file():
                 return Located([path / name], config, path / name)
         found = sorted(p.name for p in path.glob("*.safetensors")) + sorted(
-            p.name for p in path.glob("*.pth"))
+            p.name for p in path.glob("*.pth")) + sorted(p.name for p in path.glob("*.gguf"))
         hint = f"; pass one of its files: {', '.join(found[:3])}" if found else ""
         raise InputError(f"{path} has neither model.safetensors nor pytorch_model.bin{hint}")
     if path.name.endswith(".index.json"):

@@ -30,6 +30,10 @@ class TensorSource:
         """``get(key)[indices]``, reading only those rows where the format allows."""
         return self.get(key)[indices]
 
+    def dtype(self, key: str) -> str | None:
+        """How ``key`` is stored, in the format's own words, where the format says."""
+        return None
+
     def __contains__(self, key: str) -> bool:
         return key in self.keys()
 

@@ -24,8 +24,10 @@ class RopeSpec:
 
     ``rotary_dim`` of the ``head_dim`` dimensions are rotated (the first ones; the rest pass
     through), pairing dimension ``i`` with ``i + rotary_dim / 2`` ("rotate half").
-    ``scaling``: None (default RoPE), ``("linear", factor)`` or ``("llama3", factor,
-    low_freq_factor, high_freq_factor, original_max_position_embeddings)``.
+    ``scaling``: None (default RoPE), ``("linear", factor)``, ``("llama3", factor,
+    low_freq_factor, high_freq_factor, original_max_position_embeddings)`` or ``("factors",
+    (f_0, …))``: each frequency divided by its own factor (llama.cpp's ``rope_freqs`` of a
+    GGUF file, Llama 3.1's scaling as its converter computed it).
     """
 
     base: float
@@ -43,6 +45,8 @@ class RopeSpec:
         if self.scaling is None:
             return inv_freq
         kind, factor, *rest = self.scaling
+        if kind == "factors":
+            return inv_freq / torch.tensor(factor, dtype=torch.float)
         if kind == "linear":
             return inv_freq / factor
         low_freq_factor, high_freq_factor, old_context_len = rest  # llama3
@@ -67,10 +71,11 @@ class RopeSpec:
     def describe(self) -> dict:
         described = {"base": self.base, "rotary_dim": self.rotary_dim}
         if self.scaling is not None:
-            names = {"linear": ("type", "factor"),
+            names = {"linear": ("type", "factor"), "factors": ("type", "factors"),
                      "llama3": ("type", "factor", "low_freq_factor", "high_freq_factor",
                                 "original_max_position_embeddings")}[self.scaling[0]]
-            described["scaling"] = dict(zip(names, self.scaling))
+            described["scaling"] = {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in zip(names, self.scaling)}
         return described
 
 

@@ -65,7 +65,7 @@ from pathlib import Path
 
 from attnviz.core.errors import InputError
 from attnviz.text import gpt2_bpe as gpt2
-from attnviz.text.tokenizer_recipes import set_up_like_transformers
+from attnviz.text.tokenizer_recipes import chat_setup, set_up_like_transformers
 
 __all__ = [
     "LLAMA3_PAT_STR",
@@ -114,7 +114,8 @@ def _check_text(text: str) -> None:
 class Tokenizer:
     """The interface every tokenizer implements.
 
-    ``kind`` is ``"gpt2"``, ``"tokenizer.json"`` or ``"tiktoken"``; ``source`` is where it was read
+    ``kind`` is ``"gpt2"``, ``"tokenizer.json"``, ``"tiktoken"`` or ``"gguf"`` (a GGUF file's metadata,
+    :mod:`attnviz.text.gguf_tokenizer`); ``source`` is where it was read
     from (``"gpt2 (offline)"`` or a path); every id it produces is ``< vocab_size`` (added and
     special tokens included); ``bos_id`` is the id ``encode`` prepends by default (None: none).
     """
@@ -124,6 +125,8 @@ class Tokenizer:
     vocab_size: int
     bos_id: int | None
     eos_id: int | None
+    chat_template: str | None = None  # jinja2, from tokenizer_config.json or a GGUF file
+    chat_tokens: dict = {}  # {"bos_token": str | None, "eos_token": str | None}, for the template
 
     def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
         """Token ids of ``text`` (special-token strings are plain text unless ``allow_special``)."""
@@ -260,14 +263,23 @@ def _byte_decoder() -> dict[str, int]:
 
 
 class JsonTokenizer(Tokenizer):
-    """A ``tokenizers.Tokenizer`` set up as transformers sets it up: :mod:`attnviz.text.tokenizer_recipes`."""
+    """A ``tokenizers.Tokenizer`` set up as transformers sets it up: :mod:`attnviz.text.tokenizer_recipes`
+    for a ``tokenizer.json``, :mod:`attnviz.text.gguf_tokenizer` for a GGUF file (``kind="gguf"``)."""
 
     kind = "tokenizer.json"
 
     def __init__(
-        self, source: str, backend, *, byte_level: bool, tokenizer_class: str | None, eos: str | None
+        self,
+        source: str,
+        backend,
+        *,
+        byte_level: bool,
+        tokenizer_class: str | None,
+        eos: str | None,
+        kind: str = "tokenizer.json",
     ):
         self.source = source
+        self.kind = kind
         self.tokenizer_class = tokenizer_class
         self._backend = backend
         self._byte_level = byte_level
@@ -351,7 +363,10 @@ def _load_json_tokenizer(path: Path, data: bytes) -> JsonTokenizer:
     backend, byte_level, class_name, eos = set_up_like_transformers(backend, data, path.parent)
     backend.no_truncation()  # transformers switches both off for a plain call
     backend.no_padding()
-    return JsonTokenizer(str(path), backend, byte_level=byte_level, tokenizer_class=class_name, eos=eos)
+    tokenizer = JsonTokenizer(str(path), backend, byte_level=byte_level, tokenizer_class=class_name,
+                              eos=eos)
+    tokenizer.chat_template, tokenizer.chat_tokens = chat_setup(path.parent)
+    return tokenizer
 
 
 # -- finding and loading ---------------------------------------------------------------------------

@@ -64,6 +64,24 @@ def _read_json_config(path: Path) -> dict:
     return value
 
 
+def chat_setup(folder: Path) -> tuple[str | None, dict]:
+    """The chat template beside a tokenizer.json (``tokenizer_config.json``'s ``chat_template``,
+    its ``default`` entry when it lists named templates, else ``chat_template.jinja``) and the
+    strings of ``bos_token``/``eos_token`` it is rendered with, as transformers reads them."""
+    config = _read_json_config(folder / "tokenizer_config.json")
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    tokens = {}
+    for name in ("bos_token", "eos_token"):
+        value = config.get(name)
+        tokens[name] = value.get("content") if isinstance(value, dict) else value
+    return (template if isinstance(template, str) else None), tokens
+
+
 def _added_token(value):
     """A transformers-style token value (string, ``{"content": ...}`` dict, AddedToken) as str/AddedToken."""
     from tokenizers import AddedToken
