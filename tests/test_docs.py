@@ -96,6 +96,8 @@ BENCHMARK_GROUPS = {
     # the other families (round 3): Llama-3.2-1B, SmolLM2, Pythia-160m
     "models": {"`attnviz heatmap --layer 0`": 1, "`attnviz export --layer all`": 1,
                "`attnviz scan --layer all`": 2, "`attnviz heatmap --layer all`": 1},
+    # local models (GGUF): the real SmolLM2 file against transformers, a Llama-3.2-1B-shaped Q8_0
+    "gguf": {"`attnviz heatmap --layer all`": 1, "`attnviz heatmap --layer 0`": 1},
 }
 
 
@@ -109,8 +111,10 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
         "MultiHeadAttention vs MultiHeadAttentionWrapper": 1,
         "MultiHeadAttention vs torch.nn.MultiheadAttention": 1, "`attnviz heatmap` at T=": 1,
         "`attnviz export --layer all`": 3,
-        "`attnviz heatmap --layer all`": 3,  # GPT-2 time and RSS, Pythia-160m time (models_bench)
-        "`attnviz heatmap --layer 0`": 2, "`attnviz report`": 2, "`attnviz scan`": 3,
+        # GPT-2 time and RSS, Pythia-160m time (models_bench), SmolLM2's GGUF time (gguf_bench)
+        "`attnviz heatmap --layer all`": 4,
+        # GPT-2 large, Llama-3.2-1B bf16 (models_bench), Llama-3.2-1B Q8_0 GGUF (gguf_bench)
+        "`attnviz heatmap --layer 0`": 3, "`attnviz report`": 2, "`attnviz scan`": 3,
         "`attnviz scan --layer all`": 2,  # the other families (round 3): SmolLM2, Pythia-160m
     }
     helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
