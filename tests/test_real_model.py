@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,29 @@ def test_a_model_in_ollamas_store(cli, smollm2_gguf, tmp_path, monkeypatch):
     missing = cli("heatmap", IOI, "--weights", "ollama:llama3.2:1b")
     assert missing.exit_code == 2 and missing.stderr.strip() == (
         f"Error: --weights ollama:llama3.2:1b: not in Ollama's store {store}; installed: smollm2:135m")
+
+
+def test_every_command_runs_on_the_real_file(cli, smollm2_gguf, tmp_path):
+    """heatmap, export, steps, report and scan read the GGUF file as compare-heads does."""
+    text = "The cat sat on the mat. The cat sat on the"
+    heads = {(r["layer"], r["head"]): r for r in run(cli, "compare-heads", text, "--weights",
+                                                      smollm2_gguf, "--layer", "3")["heads"]}
+    pictures = run(cli, "heatmap", text, "--weights", smollm2_gguf, "--layer", "3", "--head", "0",
+                   "--out", tmp_path / "pictures")
+    assert [Path(f).name for f in pictures["files"]] == ["head_00.png", "heads.png"]
+    run(cli, "export", text, "--weights", smollm2_gguf, "--layer", "3", "-o", tmp_path / "w.npz")
+    weights = np.load(tmp_path / "w.npz")["weights"]
+    assert weights.shape[-3:] == (9, 12, 12)
+    np.testing.assert_allclose(weights.reshape(9, 12, 12)[0].max(axis=-1).mean(),
+                               heads[(3, 0)]["max_weight"], atol=1e-4)
+    steps = cli("steps", text, "--weights", smollm2_gguf, "--layer", "3", "--head", "0",
+                "-o", tmp_path / "steps.png", "-q")
+    assert steps.exit_code == 0, steps.stderr
+    assert (tmp_path / "steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = cli("report", text, "--weights", smollm2_gguf, "--layer", "3", "-o", tmp_path / "r.html", "-q")
+    assert report.exit_code == 0, report.stderr
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in (tmp_path / "r.html").read_text()
+    (tmp_path / "prompts.txt").write_text(f"{text}\nWhen Mary and John went to the store\n")
+    scan = run(cli, "scan", "--file", tmp_path / "prompts.txt", "--weights", smollm2_gguf,
+               "--layer", "3")
+    assert scan["prompts"] == 2 and scan["config"]["format"] == "gguf"
