@@ -372,6 +372,11 @@ def test_the_command_reads_a_gguf_file_with_tokenizer(written, cli, tmp_path):
                  folder / "tokenizer.json", "--format", "json")
     assert [t["id"] for t in json.loads(own.stdout)["tokens"]] == [
         t["id"] for t in json.loads(theirs.stdout)["tokens"]]
+    gguf_attribution = cli("attribute", "The cat sat on the", "--weights", files["mixed"],
+                           "--target", "at", "--format", "json", "-q")
+    assert gguf_attribution.exit_code == 0, gguf_attribution.stderr
+    found = json.loads(gguf_attribution.stdout)
+    assert found["metric"]["target"]["text"] == "at" and len(found["heads"]) >= 4
 
 
 def test_every_name_attnviz_maps_is_one_gguf_gives_the_architecture():

@@ -59,12 +59,11 @@ def test_greedy_generation_equals_transformers(cli, smollm2_gguf, reference):
 
 
 def test_a_trained_model_answers_the_ioi_prompt(cli, smollm2_gguf):
-    """Measured with transformers first: " Mary" at p = 0.923."""
-    done = run(cli, "attribute", IOI, "--weights", smollm2_gguf, "--target", " Mary",
-               "--contrast", " John")
-    top = done["predictions"][0]
-    assert top["text"] == " Mary" and top["probability"] > 0.85
-    assert done["metric"]["kind"] == "logit_difference" and done["metric"]["value"] > 4.0  # measured 6.12
+    """Measured with transformers first: " Mary" at p = 0.923, " John" far below."""
+    done = run(cli, "generate", IOI, "--weights", smollm2_gguf, "-n", "1", "--layer", "0")
+    top = done["generated"][0]["top_k"]
+    assert top[0]["text"] == " Mary" and top[0]["probability"] > 0.85
+    assert " John" not in [t["text"] for t in top[:3]]
 
 
 def test_what_only_a_trained_model_shows(cli, smollm2_gguf):
@@ -110,7 +109,8 @@ def test_every_command_runs_on_the_real_file(cli, smollm2_gguf, tmp_path):
     pictures = run(cli, "heatmap", text, "--weights", smollm2_gguf, "--layer", "3", "--head", "0",
                    "--out", tmp_path / "pictures")
     assert [Path(f).name for f in pictures["files"]] == ["head_00.png", "heads.png"]
-    run(cli, "export", text, "--weights", smollm2_gguf, "--layer", "3", "-o", tmp_path / "w.npz")
+    exported = cli("export", text, "--weights", smollm2_gguf, "--layer", "3", "-o", tmp_path / "w.npz", "-q")
+    assert exported.exit_code == 0, exported.stderr
     weights = np.load(tmp_path / "w.npz")["weights"]
     assert weights.shape[-3:] == (9, 12, 12)
     np.testing.assert_allclose(weights.reshape(9, 12, 12)[0].max(axis=-1).mean(),
