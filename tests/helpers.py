@@ -114,3 +114,47 @@ def make_family_checkpoint(folder: Path, family: str, *, n_layers: int = 3, hidd
     if tokenizer:
         write_bpe_tokenizer(folder, vocab_size=vocab_size, bos=bos)
     return folder
+
+
+# --- text that tokenizers get wrong: whitespace runs, emoji sequences, scripts, controls -----
+
+TRICKY_TEXT = [
+    " ",
+    "   ",
+    "\n",
+    "\r\n",
+    "\t",
+    "\n\n\n",
+    "  \n ",
+    "🙂",
+    "👨‍👩‍👧",
+    "🇫🇷",
+    "日本語",
+    "中文",
+    "한국어",
+    "e\u0301",  # NFC composes it
+    "\u212b",  # the Angstrom sign, NFC makes it Å
+    "\x00",
+    "\x07",
+    "\x1b[31m",
+    "\u200b",
+    "\u2581",
+    "'s",
+    "'LL",
+    "123456",
+    "3.14",
+    "Hello",
+    " world",
+    "def f(x):",
+    "ß",
+    "Ġ",
+]
+
+
+def text_strategy(fragments: list[str]):
+    """Hypothesis texts: runs of random characters and of ``fragments`` (special-token
+    strings, ``TRICKY_TEXT``), at most 10 pieces, never empty."""
+    from hypothesis import strategies as st
+
+    return (st.lists(st.one_of(st.text(max_size=6), st.sampled_from(fragments)), min_size=1, max_size=10)
+            .map("".join).filter(bool))

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TRICKY_TEXT, text_strategy
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from attnviz.core.errors import InputError
 from attnviz.text.chat import render_chat
@@ -87,38 +87,9 @@ FRAGMENTS = [
     "<unk>",
     "<0x0A>",
     "\u2581",
-    " ",
-    "   ",
-    "\n",
-    "\r\n",
-    "\t",
-    "\n\n\n",
-    "  \n ",
-    "🙂",
-    "👨‍👩‍👧",
-    "🇫🇷",
-    "日本語",
-    "中文",
-    "한국어",
-    "e\u0301",
-    "\u212b",
-    "\x00",
-    "\u200b",
-    "'s",
-    "'LL",
-    "123456",
-    "3.14",
-    "Hello",
-    " world",
-    "def f(x):",
-    "ß",
-    "Ġ",
+    *TRICKY_TEXT,
 ]
-TEXTS = (
-    st.lists(st.one_of(st.text(max_size=6), st.sampled_from(FRAGMENTS)), min_size=1, max_size=10)
-    .map("".join)
-    .filter(bool)
-)
+TEXTS = text_strategy(FRAGMENTS)
 FIXED_TEXTS = [
     "Your journey starts with one step",
     "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n<think>\nhmm\n</think>",

@@ -21,6 +21,7 @@ import time
 import unicodedata
 
 import pytest
+from helpers import TRICKY_TEXT, text_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,41 +79,9 @@ FRAGMENTS = [
     "<unk>",
     "<0x0A>",
     "<|reserved_special_token_5|>",
-    " ",
-    "   ",
-    "\n",
-    "\r\n",
-    "\t",
-    "\n\n\n",
-    "  \n ",
-    "🙂",
-    "👨‍👩‍👧",
-    "🇫🇷",
-    "日本語",
-    "中文",
-    "한국어",
-    "e\u0301",  # NFC composes it
-    "\u212b",  # the Angstrom sign, NFC makes it Å
-    "\x00",
-    "\x07",
-    "\x1b[31m",
-    "\u200b",
-    "\u2581",
-    "'s",
-    "'LL",
-    "123456",
-    "3.14",
-    "Hello",
-    " world",
-    "def f(x):",
-    "ß",
-    "Ġ",
+    *TRICKY_TEXT,
 ]
-TEXTS = (
-    st.lists(st.one_of(st.text(max_size=6), st.sampled_from(FRAGMENTS)), min_size=1, max_size=10)
-    .map("".join)
-    .filter(bool)
-)
+TEXTS = text_strategy(FRAGMENTS)
 FIXED_TEXTS = [
     "Your journey starts with one step",
     "a<|begin_of_text|>b <|eot_id|> c<|end_of_text|>",
