@@ -450,7 +450,8 @@ def _build(read: _Read):
 def gguf_tokenizer(reader, where: Path) -> Tokenizer:
     """The tokenizer a GGUF file's metadata describes, as transformers builds it (module docstring).
 
-    ``reader`` is the file's ``gguf.GGUFReader``, ``where`` its path (named in every error). The
+    ``reader`` is the file's checked header (``models.gguf_file.GGUFFile``) or gguf's ``GGUFReader``,
+    ``where`` its path (named in every error). The
     caller (the model reader) must check that the token count (:func:`gguf_token_count`) equals the
     rows of the token embedding: :func:`check_token_count`.
     """
