@@ -6,7 +6,8 @@ Embeddings (``WeightMap.embed``), then pre-norm blocks: ``x + attn(norm1(x))``, 
 ``x + mlp(norm2(x))``. Attention per layer: projections (grouped key/value heads when
 ``n_kv_heads < n_heads``), QK-norm, rotary positions, the scale, a causal mask (within a
 sliding window when the layer has one), an explicit softmax — the weights a visualizer
-needs, which fused kernels never materialise. Blocks are read from the checkpoint when
+needs, which fused kernels never materialise — computed by ``attnviz.models.engine`` a slab
+of query rows at a time, whole or reduced as it goes. Blocks are read from the checkpoint when
 first needed, and only up to the deepest layer asked for. Everything runs in float32.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
+from attnviz.models.engine import attend
 from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
 
 
@@ -51,18 +53,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((rotated * cos + rotate_half(rotated) * sin, passed), dim=-1)
 
 
-def attention_mask(n: int, window: int | None) -> torch.Tensor:
-    """``(n, n)`` bool, True where key j is hidden from query i: the future (j > i) and,
-    with a sliding window W, the keys W or more positions back (j <= i - W). Made on the
-    CPU, also under a meta-device context, where triu would pull in torch's symbolic-shape
-    machinery (~1.5 s of imports)."""
-    ones = torch.ones(n, n, dtype=torch.bool, device="cpu")
-    mask = torch.triu(ones, diagonal=1)
-    if window is not None:
-        mask |= torch.tril(ones, diagonal=-window)
-    return mask
-
-
 class Attention(nn.Module):
     """Causal self-attention of one layer, with the book's names (``W_query``,
     ``W_key``, ``W_value``, ``out_proj``): queries ``(n_heads·head_dim, d)``, keys and
@@ -80,7 +70,6 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(hd, spec.norm_eps) if layer.qk_norm else None
         self.scale, self.rope, self.window, self.softcap = (
             layer.scale, layer.rope, layer.window, layer.softcap)
-        self.mask: torch.Tensor | None = None  # (n, n) bool, set by the model (attention_mask)
         self.rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin), likewise
 
     def project(self, x: torch.Tensor, stages: dict | None = None, start: int = 0):
@@ -108,9 +97,11 @@ class Attention(nn.Module):
         return queries, keys, values
 
     def heads_context(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                      cache: LayerCache | None = None):
+                      cache: LayerCache | None = None, keep: bool = True, reduce=None):
         """The per-head context before ``out_proj``, concatenated: ``(b, T, nh·hd)``, and the
-        weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy).
+        weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy) — or
+        None when they are not wanted (``keep=False``) or go to ``reduce`` slab by slab
+        (see ``attnviz.models.engine.attend``).
         With ``cache``, ``x`` holds only the new tokens (after ``cache.length`` cached ones):
         their keys and values join the cache, and the weights are their rows over every
         position so far, ``(b, nh, T_new, T_cached + T_new)``."""
@@ -119,35 +110,25 @@ class Attention(nn.Module):
         queries, keys, values = self.project(x, start=start)
         if cache is not None:
             keys, values = cache.append(keys, values)  # (b, nkv, start + T, hd)
-        group = self.num_heads // self.num_kv_heads
-        if group > 1:  # (b, nkv, T, hd) -> (b, nh, T, hd): each kv head serves `group` heads
-            keys = keys.repeat_interleave(group, dim=1)
-            values = values.repeat_interleave(group, dim=1)
         # A power-of-two scale (1/8 for head_dim 64) is exact on either side of the product:
         # scale the queries then, one fewer pass over the (T x T) matrix. Any other scale
         # rounds: apply it to the scores, as transformers does, to get its very numbers.
         exact = math.frexp(self.scale)[0] == 0.5
         if exact:
             queries = queries * self.scale
-        # (b, nh, T, hd) @ (b, nh, hd, T) -> (b, nh, T, T), computed where the weights go
-        attn_scores = torch.matmul(queries, keys.transpose(2, 3), out=weights_out)
-        if not exact:
-            attn_scores.mul_(self.scale)
-        if self.softcap is not None:
-            attn_scores.div_(self.softcap).tanh_().mul_(self.softcap)
-        end = start + num_tokens
-        attn_scores.masked_fill_(self.mask[start:end, :end], float("-inf"))
-        attn_weights = torch.softmax(attn_scores, dim=-1, out=weights_out)
-        del attn_scores  # a (T x T) temporary (without weights_out) goes before the next product
-        context_vec = attn_weights @ values  # (b, nh, T, T) @ (b, nh, T, hd) -> (b, nh, T, hd)
+        context_vec, attn_weights = attend(
+            queries, keys, values, start=start, scale=None if exact else self.scale,
+            softcap=self.softcap, window=self.window, weights_out=weights_out, keep=keep,
+            reduce=reduce)
         context_vec = context_vec.transpose(1, 2)  # (b, T, nh, hd)
         return context_vec.reshape(b, num_tokens, self.num_heads * self.head_dim), attn_weights
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                cache: LayerCache | None = None, edit=None):
+                cache: LayerCache | None = None, edit=None, keep: bool = True, reduce=None):
         """``edit``, when given, maps the per-head context ``(b, T, nh·hd)`` to the one
-        ``out_proj`` receives (an ablation zeroes a head's slice; a recorder keeps it)."""
-        context_vec, attn_weights = self.heads_context(x, weights_out, cache)
+        ``out_proj`` receives (an ablation zeroes a head's slice; a recorder keeps it).
+        ``keep``, ``reduce``: see ``heads_context``."""
+        context_vec, attn_weights = self.heads_context(x, weights_out, cache, keep, reduce)
         if edit is not None:
             context_vec = edit(context_vec)
         return self.out_proj(context_vec), attn_weights  # (b, T, d), (b, nh, T, T)
@@ -234,16 +215,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
                 mlp: bool = True, cache: LayerCache | None = None, edit=None,
-                record: dict | None = None):
+                record: dict | None = None, keep: bool = True, reduce=None):
         """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
         the weights are written into ``weights_out`` when given. ``mlp=False`` skips the
         MLP (x_out is then None): the deepest block asked for needs only its attention.
         ``cache``: see ``Attention.heads_context``; ``edit``: see ``Attention.forward``.
         ``record``, when given, receives what the block adds to the residual stream,
         ``(b, T, d)`` each: ``attn_out`` (out_proj's output, before a sandwich norm),
-        ``attn_added`` and ``mlp_added`` (x_out = x + attn_added + mlp_added)."""
+        ``attn_added`` and ``mlp_added`` (x_out = x + attn_added + mlp_added).
+        ``keep``, ``reduce``: see ``Attention.heads_context`` (weights is then None)."""
         attn_input = self.norm1(x)
-        attn_out, weights = self.attn(attn_input, weights_out, cache, edit)
+        attn_out, weights = self.attn(attn_input, weights_out, cache, edit, keep, reduce)
         if not mlp:
             return None, attn_input, weights
         if record is not None:
@@ -316,7 +298,6 @@ class Transformer:
         self.tokenizer = checkpoint.tokenizer
         self.device = torch.device(device)
         self.blocks: list[Block] = []
-        self._masks: dict[int | None, torch.Tensor] = {}
         self._rope: dict[RopeSpec, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -368,18 +349,11 @@ class Transformer:
                 progress("Reading weights", i + 1, n_blocks)
 
     def _prepare(self, n_tokens: int, blocks: list[Block]) -> None:
-        """Give ``blocks`` masks and rotation tables for ``n_tokens`` positions, shared by
-        the layers with the same window / RoPE (grown when a longer text comes)."""
-        # GPT-2's masks cover its whole context (1 MB at 1024), as they always have;
-        # long-context models get them sized to the text (doubling, for generation).
-        size = self.context_length if self.spec.positions == "learned" else n_tokens
+        """Give ``blocks`` rotation tables for ``n_tokens`` positions, shared by the layers
+        with the same RoPE (grown when a longer text comes). Masks are made per slab by
+        the engine (``attnviz.models.engine.hidden``)."""
         for block in blocks:
             attn = block.attn
-            mask = self._masks.get(attn.window)
-            if mask is None or mask.shape[0] < n_tokens:
-                mask = self._masks[attn.window] = attention_mask(max(size, n_tokens),
-                                                                 attn.window).to(self.device)
-            attn.mask = mask
             if attn.rope is not None:
                 tables = self._rope.get(attn.rope)
                 if tables is None or tables[0].shape[0] < n_tokens:
@@ -435,7 +409,7 @@ class Transformer:
         x = self.embed(token_ids, start)
         rows, wanted = {}, set(keep)
         for i, block in enumerate(self.blocks):
-            x, _, weights = block(x, cache=cache.layers[i])
+            x, _, weights = block(x, cache=cache.layers[i], keep=i in wanted)
             if i in wanted:
                 rows[i] = weights
         norm, unembedding = self.output_head()
@@ -446,22 +420,26 @@ class Transformer:
         return logits, rows
 
     def run(self, token_ids: torch.Tensor, layers: list[int],
-            weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
+            weights_out: torch.Tensor | None = None, progress=None, reduce=None) -> list[tuple]:
         """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
         weights (B, nh, T, T), attention module)``. Rows of a batch may be right-padded:
         the causal mask keeps every position blind to the padding after it.
         ``weights_out``: a float32 ``(len(layers), B, nh, T, T)`` CPU tensor the weights
         are written into (its slices are returned); ``progress(stage, done, total)`` is
-        called after each block read and each block run."""
-        out = {k: rest for k, *rest in self.iter_run(token_ids, layers, weights_out, progress)}
+        called after each block read and each block run. ``reduce``: see ``iter_run``."""
+        out = {k: rest for k, *rest in self.iter_run(token_ids, layers, weights_out, progress,
+                                                     reduce)}
         return [tuple(out[k]) for k in range(len(layers))]
 
     @torch.inference_mode()
     def iter_run(self, token_ids: torch.Tensor, layers: list[int],
-                 weights_out: torch.Tensor | None = None, progress=None):
+                 weights_out: torch.Tensor | None = None, progress=None, reduce=None):
         """``run``, one layer at a time: yields ``(k, attn_input, weights, module)`` for
         ``layers[k]`` as soon as its block has run (in the order of the blocks), so a caller
-        can write a layer out before the next is computed."""
+        can write a layer out before the next is computed. ``reduce``, when given, is a
+        sequence of ``attnviz.models.engine.Reduce``, one per layer of ``layers``: the
+        weights go to it slab by slab (never the whole matrix), and ``weights`` is None.
+        Layers not in ``layers`` compute no weights beyond a slab."""
         deepest = max(layers) + 1
         self.load_blocks(deepest, progress)
         self._prepare(token_ids.shape[1], self.blocks[:deepest])
@@ -471,7 +449,9 @@ class Transformer:
         for i, block in enumerate(self.blocks[:deepest]):
             k = wanted.get(i)
             target = weights_out[k] if k is not None and weights_out is not None else None
-            x, attn_input, weights = block(x, target if on_device else None, mlp=i + 1 < deepest)
+            x, attn_input, weights = block(
+                x, target if on_device else None, mlp=i + 1 < deepest, keep=k is not None,
+                reduce=reduce[k] if reduce is not None and k is not None else None)
             if target is not None and not on_device:
                 weights = target.copy_(weights)  # back to the CPU, layer by layer
             if progress:
