@@ -75,6 +75,17 @@ class AttentionResult(Displayable):
     bos: bool = False  # token 0 (of the whole text) is the BOS the tokenizer prepended
     # Per layer: the attention module that computed it (for steps' recomputation); not data.
     modules: list = field(default_factory=list, repr=False, compare=False)
+    # A pooled map of a long text (``attnviz.analyses.longcontext``): each cell is a block of
+    # ``block`` x ``block`` (query, key) pairs of a text of ``text_length`` tokens, holding
+    # the block's ``pooling`` ("max" or "mean") weight; token_ids/raw_tokens are the blocks'.
+    block: int = 1
+    text_length: int = 0
+    pooling: str | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of the text shown: ``n_tokens``, or the pooled text's ``text_length``."""
+        return self.text_length if self.block > 1 else self.n_tokens
 
     def layer_window(self, layer_index: int) -> int | None:
         """The sliding window of ``layers[layer_index]`` (None: plain causal)."""

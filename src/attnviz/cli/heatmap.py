@@ -20,6 +20,8 @@ from attnviz.cli.options import (
     OfflineOpt,
     PictureOptions,
     QuietOpt,
+    ResolutionOpt,
+    SinkTokensOpt,
     TextArg,
     TokenizerOpt,
     TokensOpt,
@@ -49,6 +51,8 @@ def heatmap(
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     weighting: WeightingOpt = "attention",
+    resolution: ResolutionOpt = None,
+    sink_tokens: SinkTokensOpt = 4,
     fmt: FormatOpt = "table",
     as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     quiet: QuietOpt = False,
@@ -57,7 +61,9 @@ def heatmap(
     """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png);
     with --view rollout, one picture of the model's attention rollout (rollout.png).
 
-    Prints what was written; with --quiet, only the paths, one per line.
+    A text longer than --resolution tokens (1024) is drawn pooled: each cell the largest
+    weight of a block of the text, and each layer's statistics (stats.png). Prints what
+    was written; with --quiet, only the paths, one per line.
     """
     from attnviz.core.errors import InputError
     from attnviz.files.output import Output
@@ -81,27 +87,38 @@ def heatmap(
             raise InputError("--view rollout draws the whole model in one picture: drop --head")
         return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
                         allow_special, weighting, output, fmt, quiet)
-    from attnviz.analyses.attention import analyze
+    from attnviz.analyses.longcontext import LongResult, analyze_text
     from attnviz.files.progress import Progress
 
+    whole = ("--weighting norm" if weighting == "norm" else
+             "--view lines" if picture.view == "lines" else None)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
-        result = analyze(source, config, weights=weights, layer=layer,
-                         allow_special=allow_special, heads=head, tokens=tokens, progress=progress)
-        measure = {}
+        result = analyze_text(source, config, weights=weights, layer=layer,
+                              allow_special=allow_special, heads=head, tokens=tokens,
+                              resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
+                              whole=whole, progress=progress)
+        measure, long = {}, None
+        if isinstance(result, LongResult):
+            long, result, measure, extras = _long_pictures(result, picture, picture_format, head)
         if weighting == "norm":
             from attnviz.pictures.norms import norm_pictures
 
             result, measure["measure"] = norm_pictures(result)
         layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""
-        output.message(f"Drawing {result.n_tokens} tokens{layers} × {result.n_heads} heads…")
+        pooled = f" (pooled {result.block}×{result.block})" if result.block > 1 else ""
+        output.message(f"Drawing {result.length} tokens{pooled}{layers} × {result.n_heads} "
+                       f"heads…")
         files = plot.write_heatmaps(result, out, heads=head, image_format=picture_format,
-                                    progress=progress, **picture.heatmap_args(), **measure)
+                                    progress=progress, **picture.heatmap_args(), **measure,
+                                    layer_extras=extras if long is not None else None)
         progress.summary(f"Wrote {len(files)} {picture_format.upper()} files to {out}")
     rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
-    document = {"files": [r["file"] for r in rows], "tokens": result.tokens(),
-                "config": result.config}
+    document = {"files": [r["file"] for r in rows],
+                "tokens": (long or result).tokens(), "config": result.config}
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}
+    if long is not None:
+        document.update(long_summary(long))
     if fmt == "table" and quiet:
         output.paths(document["files"])
         return
@@ -143,6 +160,32 @@ def _rollout(source, out, picture, picture_format, config, weights, layer, token
                 title=f"Wrote {found.title[0].lower() + found.title[1:]} to {out}")
     if fmt == "table":
         output.mapping(_config_summary(found.config), title="Model")
+
+
+def _long_pictures(long, picture, picture_format: str, heads):
+    """A long text's pictures: its exact window (``--tokens``), or its pooled maps (each
+    cell the largest weight of its block) with each layer's statistics."""
+    from attnviz.pictures.colours import Measure
+    from attnviz.pictures.longcontext import stats_figure
+
+    def stats(li: int) -> bytes:
+        return stats_figure(long, li, picture.dpi, picture_format, heads)
+
+    if long.span is not None:
+        return long, long.exact_window(), {}, {}
+    measure = Measure(label=f"largest weight of each {long.block}×{long.block} block",
+                      block=long.block)
+    return long, long.pooled("max"), {"measure": measure}, {"stats": stats}
+
+
+def long_summary(long) -> dict:
+    """What a command's JSON says of a long text: the pooling and every head's statistics."""
+    stats = long.stats()
+    return {"pooled": {"block": long.block, "cells": long.n_blocks,
+                       "sink_tokens": long.sink_tokens},
+            "heads": [{"layer": layer, "head": h,
+                       **{name: round(float(values[li, h]), 6) for name, values in stats.items()}}
+                      for li, layer in enumerate(long.layers) for h in range(long.n_heads)]}
 
 
 def _config_summary(config: dict) -> dict:

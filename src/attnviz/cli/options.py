@@ -125,6 +125,17 @@ TokensOpt = Annotated[
                  "as they are (they sum to less than 1 when keys before A are cut).",
                  show_default=False),
 ]
+ResolutionOpt = Annotated[
+    int | None,
+    typer.Option("--resolution", metavar="N", help="Cells a side of a long text's pooled maps "
+                 "(default 1024): a text longer than N tokens is shown as blocks of b x b "
+                 "weights, each the largest of its block (exact; the text is never cut).",
+                 show_default=False),
+]
+SinkTokensOpt = Annotated[
+    int, typer.Option("--sink-tokens", metavar="K", help="Long texts: the first K tokens "
+                      "count as attention sinks in the statistics.")
+]
 CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap.")]
 DpiOpt = Annotated[int, typer.Option("--dpi", help="Resolution of the PNGs (30-600).")]
 ScaleOpt = Annotated[

@@ -15,11 +15,23 @@ group's keys read once: queries ``(b, nkv, group·C, hd)`` against keys ``(b, nk
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
 CHUNK_BYTES = 64 * 2**20  # float32 weights of one slab, every head: the engine's working set
+HIDDEN = -torch.finfo(torch.float32).max  # a hidden score in a slab: exp gives 0, and 0 · it is 0
+
+
+class Slab(NamedTuple):
+    """A slab of exact weights: rows ``q_start ..`` over keys ``k_start ..`` (absolute
+    positions); valid only while the ``Reduce`` that receives it runs."""
+
+    weights: torch.Tensor  # (b, nh, C, Tk), rows summing to 1; hidden cells 0
+    shifted: torch.Tensor  # (b, nh, C, Tk): the scores minus their row's largest
+    total: torch.Tensor  # (b, nh, C, 1): Σ exp(shifted) of each row (weights = exp / total)
+    q_start: int
+    k_start: int
 
 
 class Reduce(Protocol):
@@ -27,9 +39,7 @@ class Reduce(Protocol):
 
     align: int  # slab starts (queries and keys) are multiples of this: pooled blocks
 
-    def __call__(self, weights: torch.Tensor, q_start: int, k_start: int) -> None:
-        """``weights (b, nh, C, Tk)``: rows ``q_start ..`` over keys ``k_start ..`` (absolute
-        positions), exact; hidden cells are 0. Valid only during the call."""
+    def __call__(self, slab: Slab) -> None: ...
 
 
 def hidden(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None,
@@ -79,33 +89,64 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
         span = end if window is None else min(end, window + slab_rows(n_heads, n_rows, end, align))
         rows = slab_rows(n_heads, n_rows, span, align)
     context = queries.new_empty(b, n_kv, group, n_rows, head_dim)
-    weights = None
+    if reduce is None and keep:  # the whole matrix, one slab: torch's softmax, as always
+        scores = _scores(queries, keys, scale, softcap, weights_out)
+        scores.masked_fill_(hidden(start, end, 0, end, window, scores.device), float("-inf"))
+        weights = torch.softmax(scores, dim=-1, out=scores)
+        _context(weights, values, context, 0)
+        return context.view(b, n_heads, n_rows, head_dim), weights
+    widest = end if window is None else min(end, window + rows + align)  # keys of a slab
+    buffers = queries.new_empty(2, b * n_heads * rows * widest)  # scores, then their exp
     for a in range(0, n_rows, rows):
         q_lo, q_hi = start + a, start + min(a + rows, n_rows)
-        k_lo = 0 if window is None or rows == n_rows else max(0, q_lo - window + 1) // align * align
-        count = q_hi - q_lo
-        # (b, nh, C, hd) -> (b, nkv, group·C, hd): a group's heads against its keys at once
-        slab_queries = queries[:, :, a:a + count].reshape(b, n_kv, group * count, head_dim)
-        slab_keys, slab_values = keys[:, :, k_lo:q_hi], values[:, :, k_lo:q_hi]
-        target = None
-        if weights_out is not None:
-            target = weights_out.view(b, n_kv, group * count, q_hi - k_lo)
-        # (b, nkv, group·C, hd) @ (b, nkv, hd, Tk) -> (b, nkv, group·C, Tk)
-        scores = torch.matmul(slab_queries, slab_keys.transpose(2, 3), out=target)
-        if scale is not None:
-            scores.mul_(scale)
-        if softcap is not None:
-            scores.div_(softcap).tanh_().mul_(softcap)
-        scores = scores.view(b, n_heads, count, q_hi - k_lo)
-        scores.masked_fill_(hidden(q_lo, q_hi, k_lo, q_hi, window, scores.device), float("-inf"))
-        slab_weights = torch.softmax(scores, dim=-1, out=scores)
-        # (b, nkv, group·C, Tk) @ (b, nkv, Tk, hd) -> (b, nkv, group·C, hd)
-        grouped = slab_weights.view(b, n_kv, group * count, q_hi - k_lo)
-        context[:, :, :, a:a + count] = (grouped @ slab_values).view(b, n_kv, group, count,
-                                                                       head_dim)
+        k_lo = 0 if window is None else max(0, q_lo - window + 1) // align * align
+        count, width = q_hi - q_lo, q_hi - k_lo
+        shifted = _scores(queries[:, :, a:a + count], keys[:, :, k_lo:q_hi], scale, softcap,
+                          buffers[0, :b * n_heads * count * width].view(b, n_heads, count, width))
+        # Only the slab's last columns hold a future, only its first ones keys outside a window
+        future = shifted[..., q_lo - k_lo:]
+        future.masked_fill_(hidden(q_lo, q_hi, q_lo, q_hi, None, shifted.device), HIDDEN)
+        if window is not None and q_hi - window > k_lo:
+            old = shifted[..., :q_hi - window - k_lo]
+            old.masked_fill_(hidden(q_lo, q_hi, k_lo, q_hi - window, window, shifted.device),
+                             HIDDEN)
+        shifted.sub_(shifted.amax(dim=-1, keepdim=True))
+        exp = torch.exp(shifted, out=buffers[1, :shifted.numel()].view(shifted.shape))
+        total = exp.sum(dim=-1, keepdim=True)  # (b, nh, C, 1)
+        _context(exp, values[:, :, k_lo:q_hi], context, a, total)
         if reduce is not None:
-            reduce(slab_weights, q_lo, k_lo)
-        elif keep:
-            weights = slab_weights
-        del scores, slab_weights, grouped
-    return context.view(b, n_heads, n_rows, head_dim), weights
+            reduce(Slab(exp.div_(total), shifted, total, q_lo, k_lo))
+    return context.view(b, n_heads, n_rows, head_dim), None
+
+
+def _scores(queries: torch.Tensor, keys: torch.Tensor, scale: float | None,
+            softcap: float | None, out: torch.Tensor | None) -> torch.Tensor:
+    """``queries (b, nh, C, hd)`` against ``keys (b, nkv, Tk, hd)`` -> ``(b, nh, C, Tk)``
+    scores (written into ``out`` when given), scaled and softcapped."""
+    b, n_heads, count, head_dim = queries.shape
+    n_kv, width = keys.shape[1], keys.shape[2]
+    group = n_heads // n_kv
+    # (b, nh, C, hd) -> (b, nkv, group·C, hd): a group's heads against its keys at once
+    grouped = queries.reshape(b, n_kv, group * count, head_dim)
+    target = out.view(b, n_kv, group * count, width) if out is not None else None
+    # (b, nkv, group·C, hd) @ (b, nkv, hd, Tk) -> (b, nkv, group·C, Tk)
+    scores = torch.matmul(grouped, keys.transpose(2, 3), out=target)
+    if scale is not None:
+        scores.mul_(scale)
+    if softcap is not None:
+        scores.div_(softcap).tanh_().mul_(softcap)
+    return scores.view(b, n_heads, count, width)
+
+
+def _context(weights: torch.Tensor, values: torch.Tensor, context: torch.Tensor, a: int,
+             total: torch.Tensor | None = None) -> None:
+    """Rows ``a ..`` of ``context (b, nkv, group, T, hd)``: ``weights (b, nh, C, Tk)`` times
+    ``values (b, nkv, Tk, hd)``, divided by ``total`` when the weights are not normalised."""
+    b, n_kv, group, _, head_dim = context.shape
+    count, width = weights.shape[2], weights.shape[3]
+    # (b, nkv, group·C, Tk) @ (b, nkv, Tk, hd) -> (b, nkv, group·C, hd)
+    rows = weights.reshape(b, n_kv, group * count, width) @ values
+    rows = rows.view(b, n_kv, group, count, head_dim)
+    if total is not None:
+        rows.div_(total.view(b, n_kv, group, count, 1))
+    context[:, :, :, a:a + count] = rows

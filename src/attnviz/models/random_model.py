@@ -14,6 +14,7 @@ import torch
 
 from attnviz.core.attention import MultiHeadAttention, wrapper_from_fused
 from attnviz.core.config import GPT2_VOCAB_SIZE, ModelConfig
+from attnviz.models.engine import attend
 from attnviz.text.tokenization import gpt2_tokenizer
 
 _TOKEN_TABLE, _POSITION_TABLE = 0, 1
@@ -98,15 +99,27 @@ class RandomModel:
         return tokens + positions
 
     def run(self, token_ids: torch.Tensor, layers: list[int],
-            weights_out: torch.Tensor | None = None, progress=None) -> list[tuple]:
+            weights_out: torch.Tensor | None = None, progress=None, reduce=None) -> list[tuple]:
         """``token_ids (B, T)`` -> ``[(attn_input (B, T, d), weights (B, nh, T, T), module)]``
-        for the one layer (0) random mode has; as ``GPT2.run`` (``weights_out``, ``progress``)."""
-        return [tuple(rest) for _, *rest in self.iter_run(token_ids, layers, weights_out, progress)]
+        for the one layer (0) random mode has; as ``Transformer.run`` (``weights_out``,
+        ``progress``, ``reduce``)."""
+        return [tuple(rest) for _, *rest in self.iter_run(token_ids, layers, weights_out, progress,
+                                                          reduce)]
 
     @torch.inference_mode()
     def iter_run(self, token_ids: torch.Tensor, layers: list[int],
-                 weights_out: torch.Tensor | None = None, progress=None):
-        """``run`` as ``GPT2.iter_run`` yields it: ``(k, attn_input, weights, module)``."""
+                 weights_out: torch.Tensor | None = None, progress=None, reduce=None):
+        """``run`` as ``Transformer.iter_run`` yields it: ``(k, attn_input, weights, module)``.
+        With ``reduce``, the weights go to the engine's reduction slab by slab
+        (``attnviz.models.engine``): the module's projections, the engine's softmax."""
+        if reduce is not None:
+            x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
+            self._reduce(x, reduce[0])
+            if progress:
+                progress("Forward pass", 1, 1)
+            for k in range(len(layers)):
+                yield k, x, None, self.fused
+            return
         if token_ids.shape[1] > self.fused.mask.shape[0]:
             self._build(token_ids.shape[1])
         x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
@@ -115,6 +128,15 @@ class RandomModel:
             progress("Forward pass", 1, 1)
         for k in range(len(layers)):
             yield k, x, weights if weights_out is None else weights_out[k].copy_(weights), self.fused
+
+
+    def _reduce(self, x: torch.Tensor, reduce) -> None:
+        """The one layer's attention, ``x (B, T, d)``, through the engine into ``reduce``."""
+        mha = self.fused
+        b, n, _ = x.shape
+        heads = [f(x).view(b, n, mha.num_heads, mha.head_dim).transpose(1, 2)
+                 for f in (mha.W_query, mha.W_key, mha.W_value)]  # (B, nh, T, hd) each
+        attend(*heads, start=0, scale=mha.scale, softcap=None, window=None, reduce=reduce)
 
 
 def projections_of(mha: MultiHeadAttention) -> dict[str, torch.Tensor]:

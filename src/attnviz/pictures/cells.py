@@ -207,8 +207,15 @@ def block_max(data: np.ndarray, starts: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def pool_note(n_cells: int, n_px: int) -> str:
-    """'each pixel: max of 3×3 cells' when ``n_cells`` are shown on ``n_px`` pixels, or ''."""
+def pool_note(n_cells: int, n_px: int, block: int = 1) -> str:
+    """'each pixel: max of 3×3 cells' when ``n_cells`` are shown on ``n_px`` pixels, or '';
+    for cells that are each the largest of ``block`` x ``block`` weights (a pooled long
+    text), 'each cell: the largest of 8×8 weights' or 'each pixel: the largest of up to
+    24×24 weights'."""
+    if block > 1:
+        k = math.ceil(n_cells / n_px) if n_px < n_cells else 1
+        up_to = "up to " if k > 1 and n_cells % n_px else ""
+        return f"each {'pixel' if k > 1 else 'cell'}: the largest of {up_to}{k * block}×{k * block} weights"
     if n_px >= n_cells:
         return ""
     k = math.ceil(n_cells / n_px)

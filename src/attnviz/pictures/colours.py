@@ -49,6 +49,7 @@ class Measure:
     label: str = "attention weight"
     top: float = 1.0
     title: str = ""
+    block: int = 1  # each cell is the largest weight of a block x block square (long texts)
 
     @property
     def decimals(self) -> int:

@@ -34,11 +34,20 @@ def window_note(window: int | None, n_tokens: int) -> str:
     return f"window {window}"
 
 
+def cell_window(window: int | None, block: int = 1) -> int | None:
+    """A sliding window of ``window`` keys in the cells of a map pooled by ``block``
+    (``AttentionResult.block``): block (I, J) lies wholly outside the window when every query
+    of row-block I is ``window`` or more past every key of J, ``(I - J) b >= window + b - 1``."""
+    if window is None or block == 1:
+        return window
+    return -(-(window + block - 1) // block)
+
+
 def head_extras(result: AttentionResult, layer_index: int, head: int) -> str:
     """What a head's title adds for the model families: " · kv 1" when heads share
     key/value heads, " · window 4" when the layer has a sliding window; "" otherwise."""
     parts = [f"kv {result.kv_heads[head]}"] if result.grouped else []
-    note = window_note(result.layer_window(layer_index), result.n_tokens)
+    note = window_note(result.layer_window(layer_index), result.length)
     return "".join(f" · {part}" for part in [*parts, *([note] if note else [])])
 
 

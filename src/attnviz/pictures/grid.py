@@ -173,12 +173,14 @@ def grid_figure(
     rows, cols = len(tiles), len(tiles[0])
     n = _first_tile(tiles).shape[-1]
     legend = outside_label(row_windows, n)
+    if legend is not None and measure.block > 1:  # windows in cells: the titles name them
+        legend = "outside\nthe window"
     extra = rows_of_tiles.labels if rows_of_tiles is not None else ()
     fonts = Fonts([*token_labels, title, *extra])
     with fonts.context():
         layout = grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
                               token_labels, col_breaks, bool(groups), legend, rows_of_tiles,
-                              title if rows_of_tiles is not None else "")
+                              title if rows_of_tiles is not None else "", measure.block)
         (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
          note, top, bottom, grid_w, grid_h, width, height) = layout[:16]
         tile_h, n_rows = layout.tile_h_px, layout.n_rows
@@ -317,7 +319,8 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
                  col_names: Sequence[str], tile_titles: Sequence[Sequence[str]], dpi: int,
                  token_labels: Sequence[str], col_breaks: Sequence[int] = (),
                  groups: bool = False, legend: str | None = None,
-                 rows_of_tiles: PanelRows | None = None, title: str = "") -> GridLayout:
+                 rows_of_tiles: PanelRows | None = None, title: str = "",
+                 block: int = 1) -> GridLayout:
     """The geometry of ``grid_figure`` (sizes in inches), computed without drawing, so a
     run can check every picture's size before it writes its first file."""
     tile_in = 1.6 if cols <= 6 else 1.1
@@ -334,7 +337,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     names_in = text_width_in(list(row_names), 8) + 0.15 if row_names else 0.0
     left = 0.25 + names_in + label_in
     tile_px = math.floor(tile_in * dpi)
-    note = pool_note(n, tile_px)
+    note = pool_note(n, tile_px, block)
     top = 0.4 + (0.2 if note else 0) + (0.3 if col_names else 0) + (0.2 if tile_titles else 0)
     bottom = 0.3 + label_in
     grid_w = cols * tile_in + (cols - 1) * gap_in
@@ -448,17 +451,18 @@ def check_overviews(result: AttentionResult, dpi: int = 100) -> None:
     labels = result.token_labels
     plan = overview_plan(n_heads, result.kv_heads)
     windows = [result.layer_window(li) for li in range(n_layers)]
+    length = result.length
     grids = [(len(plan.slots), len(plan.slots[0]), (), (), [["head"]], plan.col_breaks,
-              bool(plan.groups), outside_label([w], n)) for w in dict.fromkeys(windows)]
+              bool(plan.groups), outside_label([w], length)) for w in dict.fromkeys(windows)]
     if n_layers > 1:
         row_names, col_names, breaks = model_grid_names(result)
         grids.append((n_layers, n_heads, row_names, col_names, (), breaks, False,
-                      outside_label(windows, n)))
+                      outside_label(windows, length)))
     fonts = Fonts(labels)
     with fonts.context():
         for rows, cols, row_names, col_names, tile_titles, breaks, groups, legend in grids:
             layout = grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
-                                  labels, breaks, groups, legend)
+                                  labels, breaks, groups, legend, block=result.block)
             check_image_size(layout.width, layout.height, dpi)
 
 
@@ -466,7 +470,7 @@ def model_grid_names(result: AttentionResult) -> tuple[list[str], list[str], lis
     """Row names, column names and kv group breaks of the model grid (layers x heads)."""
     row_names = []
     for li, layer in enumerate(result.layers):
-        note = window_note(result.layer_window(li), result.n_tokens)
+        note = window_note(result.layer_window(li), result.length)
         row_names.append(f"layer {layer}" + (f" · {note}" if note else ""))
     if not result.grouped:
         return row_names, [f"head {h}" for h in range(result.n_heads)], []

@@ -73,6 +73,9 @@ _MIN_ROWS_IN = 0.8  # a panel of few rows: room for its axis name on two lines
 _MIN_CBAR_IN = 2.0  # colorbar and legend beside a short panel
 
 
+POSITION_AXES = ("query position (row)", "key position (column)")  # pooled long texts
+
+
 def boundary_line() -> list[np.uint32]:
     return [rgba_word(color) for color in BOUNDARY_LINE]
 
@@ -186,7 +189,8 @@ class HeatmapFigure:
         label_in = text_width_in(tick_labels, font) + 0.1  # + tick length and padding
         side_h, row_ticks, row_tick_labels, row_label_in = side, ticks, tick_labels, label_in
         row_font = font
-        row_name, col_name = (self.axis_labels or ("query token (row)", "key token (column)")) \
+        row_name, col_name = (self.axis_labels or (POSITION_AXES if self.measure.block > 1 else
+                                                   ("query token (row)", "key token (column)"))) \
             if rows is None else rows.axis_labels
         if rows is not None:  # other rows than the columns' queries: cells as wide, rows legible
             per_row = _ANNOTATE_CELL_IN if self.annotate else _ROW_MIN_IN
@@ -269,7 +273,8 @@ class HeatmapFigure:
         self.boxes = [self._pixel_box(ax) for ax in self.axes]
         ys, xs = self.boxes[0]
         if rows is None:
-            self.note = pool_note(n, min(ys.stop - ys.start, xs.stop - xs.start))
+            self.note = pool_note(n, min(ys.stop - ys.start, xs.stop - xs.start),
+                                  self.measure.block)
         else:
             line = len(BOUNDARY_LINE) if rows.marked_from is not None else 0
             self.note = pool_note_cells(self.n_rows, n, ys.stop - ys.start,

@@ -27,7 +27,13 @@ from attnviz.files.outdir import OutputFolder
 from attnviz.pictures.cells import exclude_first, masked
 from attnviz.pictures.checks import check_title
 from attnviz.pictures.colours import WEIGHTS, Measure
-from attnviz.pictures.families import head_extras, outside_label, plural, window_note
+from attnviz.pictures.families import (
+    cell_window,
+    head_extras,
+    outside_label,
+    plural,
+    window_note,
+)
 from attnviz.pictures.grid import (
     check_overviews,
     grid_figure,
@@ -112,13 +118,15 @@ class WrittenFile:
     head: int | None  # None for an overview grid
 
 
-def plan_folder(out_dir: Path, layers: Sequence[int], heads: Sequence[int], image_format: str):
+def plan_folder(out_dir: Path, layers: Sequence[int], heads: Sequence[int], image_format: str,
+                extras: Sequence[str] = ()):
     """``(folders, record)``: the ``layer_NN/`` prefix of each layer ("" for one layer) and
     the ``OutputFolder`` listing every file a heatmap folder will hold, before the first is
-    written (an interrupted run's files are then known to the next run)."""
+    written (an interrupted run's files are then known to the next run). ``extras``: more
+    pictures of each layer, by name."""
     folders = [f"layer_{layer:02d}/" if len(layers) > 1 else "" for layer in layers]
     planned = [f"{folder}{name}.{image_format}" for folder in folders
-               for name in [*(f"head_{h:02d}" for h in heads), "heads"]]
+               for name in [*(f"head_{h:02d}" for h in heads), "heads", *extras]]
     model = [f"model.{image_format}"] if len(layers) > 1 else []
     return folders, OutputFolder(Path(out_dir), planned + model)
 
@@ -145,6 +153,7 @@ def write_heatmaps(
     title: str | None = None,
     progress=None,
     measure: Measure = WEIGHTS,
+    layer_extras: dict | None = None,
 ) -> list[WrittenFile]:
     """Per-head pictures plus an overview of all heads, for every layer in ``result``.
 
@@ -157,10 +166,13 @@ def write_heatmaps(
     ``progress(stage, done, total)`` is called after each picture (see ``attnviz.files.progress``).
     ``measure``: what ``result.weights`` hold (``colours.Measure``): the norms of
     ``attnviz.analyses.weighting`` get their own colour scale, 0..``measure.top``, named on the
-    colorbar, and ``measure.title`` in every title.
+    colorbar, and ``measure.title`` in every title. ``layer_extras``: name -> function of
+    the layer's index returning a picture's bytes, written as ``<name>.<fmt>`` beside each
+    layer's heads (a long text's statistics).
     """
+    layer_extras = layer_extras or {}
     n_layers, n_heads = result.weights.shape[:2]
-    n = result.n_tokens
+    n = result.length  # tokens of the text: result.n_tokens cells a side, pooled or not
     check_overviews(result, dpi)  # drawn last, checked first: no run fails half-written
     chosen = list(dict.fromkeys(heads)) if heads else list(range(n_heads))
     pretrained = result.config.get("mode") == "pretrained"
@@ -172,7 +184,8 @@ def write_heatmaps(
     def titled(layer: int, head: int | str, auto: str) -> str:
         return title.format(layer=layer, head=head, tokens=n) if title is not None else auto
 
-    windows = [result.layer_window(li) for li in range(n_layers)]
+    windows = [result.layer_window(li) for li in range(n_layers)]  # in tokens
+    cells = [cell_window(w, result.block) for w in windows]  # in cells: what the masks take
     figures: dict = {}  # per legend (the window's swatch or none): one figure, built once
 
     def figure_for(window: int | None):
@@ -191,9 +204,9 @@ def write_heatmaps(
 
     for window in dict.fromkeys(windows):  # built (and their options checked) before any file
         figure_for(window)
-    folders, record = plan_folder(out_dir, result.layers, chosen, image_format)
+    folders, record = plan_folder(out_dir, result.layers, chosen, image_format, list(layer_extras))
     written = []
-    total = n_layers * (len(chosen) + 1) + (n_layers > 1)
+    total = n_layers * (len(chosen) + 1 + len(layer_extras)) + (n_layers > 1)
 
     def drawn() -> None:
         throttle(figures.values())
@@ -207,7 +220,7 @@ def write_heatmaps(
             folder = out_dir / f"layer_{layer:02d}" if n_layers > 1 else out_dir
             folder.mkdir(parents=True, exist_ok=True)
             where = f"layer {layer}, " if pretrained else ""
-            window = windows[li]
+            window, cell = windows[li], cells[li]
             figure = figure_for(window)
             for h in chosen:
                 text = titled(layer, h, f"{where}head {h}{head_extras(result, li, h)}{suffix}")
@@ -219,11 +232,11 @@ def write_heatmaps(
                              if result.grouped else None}
                     panel = lines_panel(result.weights[li, h], measure)
                 else:
-                    extra = {"windows": [window]} if window is not None else {}
+                    extra = {"windows": [cell]} if window is not None else {}
                     panel = result.weights[li, h]
                 record.claim(f"{folders[li]}head_{h:02d}.{image_format}")
                 path = figure.save(folder / f"head_{h:02d}.{image_format}",
-                                   [view_of(panel, window)], [text], writer,
+                                   [view_of(panel, cell)], [text], writer,
                                    image_format, **extra)
                 written.append(WrittenFile(path, layer, h))
                 drawn()
@@ -232,27 +245,33 @@ def write_heatmaps(
             auto = (f"{where}all {n_heads} heads{groups}, {tokens}"
                     + (f" · {note}" if note else "") + suffix)
             heads_title = titled(layer, "all", auto[0].upper() + auto[1:])
-            views = [view_of(w, window) for w in result.weights[li]]
+            views = [view_of(w, cell) for w in result.weights[li]]
             legend = outside_label([window], n)
             if overview is None or image_format in ("svg", "pdf") or legend != overview_legend:
                 overview = heads_overview(views, heads_title, cmap, dpi, scale, result.token_labels,
-                                          kv_heads=result.kv_heads, window=window, measure=measure)
+                                          kv_heads=result.kv_heads, window=cell, measure=measure)
                 overview_legend = legend
             else:  # the same layout for every layer: only the cells and the title change
                 overview.retile(overview_tiles(views, result.kv_heads), heads_title,
-                                [window] * len(overview.tiles))
+                                [cell] * len(overview.tiles))
             path = folder / f"heads.{image_format}"
             record.claim(f"{folders[li]}heads.{image_format}")
             write_bytes(path, overview.to_bytes(image_format))
             written.append(WrittenFile(path, layer, None))
             drawn()
+            for name, draw in layer_extras.items():
+                path = folder / f"{name}.{image_format}"
+                record.claim(f"{folders[li]}{name}.{image_format}")
+                write_bytes(path, draw(li))
+                written.append(WrittenFile(path, layer, None))
+                drawn()
         for figure in figures.values():
             for future in figure.pending:
                 future.result()  # re-raise a failed write here
     if n_layers > 1:
         # Each tile is made when drawn (a view; a copy only with exclude_first).
         tiles = [[(lambda w=w, window=window: view_of(w, window)) for w in layer]
-                 for layer, window in zip(result.weights, windows)]
+                 for layer, window in zip(result.weights, cells)]
         row_names, col_names, breaks = model_grid_names(result)
         record.claim(f"model.{image_format}")
         path = save_grid(
@@ -260,7 +279,7 @@ def write_heatmaps(
             titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
             row_names=row_names, col_names=col_names,
             cmap=cmap, dpi=dpi, scale=scale, token_labels=result.token_labels, fmt=image_format,
-            row_windows=windows, col_breaks=breaks, measure=measure,
+            row_windows=cells, col_breaks=breaks, measure=measure,
         )
         written.append(WrittenFile(path, None, None))
         if progress:

@@ -1,0 +1,365 @@
+"""Long texts, exactly, in bounded memory: a layer's weights reduced slab by slab as the
+engine computes them (``attnviz.models.engine``), never held whole. See docs/long-context.md.
+
+What is kept, per layer and head (``T`` tokens, pooled blocks of ``b`` x ``b`` cells,
+``P = ceil(T / b)``):
+
+- ``weights_max``, ``weights_mean`` ``(H, P, P)``: the largest weight of each block, and its
+  mean over the block's cells inside the ``(T, T)`` matrix (hidden cells count as 0; the
+  last blocks are smaller when ``b`` does not divide ``T``);
+- ``entropy`` ``(H, T)``: each query row's entropy, in nats; ``row_max`` ``(H, T)``: its
+  largest weight;
+- ``received`` ``(H, T)``: the attention each key receives, summed over the queries;
+- ``distance`` ``(H, T)``: the attention mass at each distance, ``Σ_i a[i, i - δ]``;
+- ``window`` ``(H, W, W)``: the exact weights of queries and keys ``A .. B - 1``
+  (``--tokens A:B``), normalised over every key of the row, as the whole matrix has them.
+
+Every statistic of ``attnviz.analyses.stats.head_stats`` follows from these exactly (the
+same definitions), and the sink statistics too: ``sink_mass`` (the mean over queries of
+the mass on the first k keys) and ``sink_alpha`` (Gu et al., ICLR 2025: the mean over
+queries i >= j of ``a[i, j]``, for each of the first k keys j).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attnviz.analyses.attention import AttentionResult, starts_with_bos, token_records
+from attnviz.analyses.describe import one_line
+from attnviz.core.errors import InputError
+from attnviz.core.views import Displayable
+
+SINK_THRESHOLD = 0.3  # Gu et al.'s epsilon: a head has a sink at key j when alpha_j > 0.3
+
+
+def block_size(n_tokens: int, resolution: int) -> int:
+    """The side ``b`` of a pooled block: the smallest that gives at most ``resolution``
+    cells a side."""
+    return max(1, math.ceil(n_tokens / resolution))
+
+
+class LayerReduction:
+    """One layer's reductions (the module docstring), fed by the engine (``Reduce``)."""
+
+    def __init__(self, n_heads: int, n_tokens: int, block: int,
+                 maps: tuple[str, ...] = ("max", "mean"), window: tuple[int, int] | None = None):
+        self.align, self.n_tokens = block, n_tokens
+        pooled = math.ceil(n_tokens / block)
+        self.maps = {kind: torch.zeros(n_heads, pooled, pooled) for kind in maps}
+        self.entropy = torch.zeros(n_heads, n_tokens)
+        self.row_max = torch.zeros(n_heads, n_tokens)
+        self.received = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
+        self.distance = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
+        self.span = window
+        self.window = (torch.zeros(n_heads, window[1] - window[0], window[1] - window[0])
+                       if window is not None else None)
+
+    def __call__(self, slab) -> None:
+        """Take one slab (``attnviz.models.engine.Slab``, a batch of one)."""
+        w, q_start, k_start = slab.weights[0], slab.q_start, slab.k_start  # (H, C, Tk)
+        n_heads, rows, n_keys = w.shape
+        q_end = q_start + rows
+        total = slab.total[0, :, :, 0]  # (H, C)
+        self.row_max[:, q_start:q_end] = total.reciprocal()  # the top key's exp is 1
+        # H = -Σ a ln a = ln Z - Σ a (s - max s): no logarithm per cell
+        self.entropy[:, q_start:q_end] = total.log() - torch.linalg.vecdot(w, slab.shifted[0])
+        ones = w.new_ones(n_heads, 1, rows)
+        self.received[:, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
+        self._distances(w, q_start - k_start, ones)
+        self._pool(w, q_start, k_start)
+        if self.window is not None:
+            a, b = self.span
+            lo, hi = max(a, q_start), min(b, q_end)
+            if lo < hi:
+                keys = slice(max(a, k_start), min(b, k_start + n_keys))
+                self.window[:, lo - a:hi - a, keys.start - a:keys.stop - a] = (
+                    w[:, lo - q_start:hi - q_start, keys.start - k_start:keys.stop - k_start])
+
+    def _distances(self, w: torch.Tensor, lead: int, ones: torch.Tensor) -> None:
+        """Add the slab's mass by distance. Row r is query ``k_start + lead + r``; its key at
+        column c lies ``lead + r - c`` back. The view ``w[h, r, r + m]`` (stride Tk + 1)
+        lies ``lead - m`` back for every row: one sum over rows gives distances 0 .. lead.
+        The keys left of the diagonal of that view (c < r, distances beyond ``lead``) are
+        a small ``C x C`` triangle, added by distance."""
+        n_heads, rows, n_keys = w.shape
+        sheared = w.as_strided((n_heads, rows, lead + 1), (w.stride(0), w.stride(1) + 1, 1))
+        self.distance[:, :lead + 1] += torch.bmm(ones, sheared)[:, 0].flip(-1)
+        if rows > 1:
+            r = torch.arange(rows)
+            back = (r[:, None] - r[None, :]).clamp(min=0)  # (C, C): r - c where c < r, else 0
+            extra = torch.zeros(n_heads, rows, dtype=torch.float64)
+            extra.scatter_add_(1, back.reshape(1, -1).expand(n_heads, -1),
+                               w[:, :, :rows].reshape(n_heads, -1).double())
+            top = min(rows - 1, self.n_tokens - lead - 1)
+            self.distance[:, lead + 1:lead + 1 + top] += extra[:, 1:1 + top]
+
+    def _pool(self, w: torch.Tensor, q_start: int, k_start: int) -> None:
+        """Each block of the slab (aligned: ``q_start``, ``k_start`` are multiples of b)."""
+        b = self.align
+        rows = slice(q_start // b, -(-(q_start + w.shape[1]) // b))
+        keys = slice(k_start // b, -(-(k_start + w.shape[2]) // b))
+        for kind, pooled in self.maps.items():
+            if b == 1:
+                pooled[:, rows, keys] = w
+            elif kind == "max":
+                pooled[:, rows, keys] = F.max_pool2d(w, b, ceil_mode=True)
+            else:  # the last blocks are cut by the matrix's edge: divided by their own cells
+                pooled[:, rows, keys] = F.avg_pool2d(w, b, ceil_mode=True)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        out = {f"weights_{kind}": pooled.numpy() for kind, pooled in self.maps.items()}
+        out.update(entropy=self.entropy.numpy(), row_max=self.row_max.numpy(),
+                   received=self.received.numpy(), distance=self.distance.numpy())
+        if self.window is not None:
+            out["window"] = self.window.numpy()
+        return out
+
+
+def sink_mass(received: np.ndarray, k: int) -> np.ndarray:
+    """``(..., T)`` attention received -> ``(...)``: the mean over all T queries of the
+    mass on the first ``k`` keys."""
+    return received[..., :k].sum(axis=-1) / received.shape[-1]
+
+
+def sink_alpha(received: np.ndarray, k: int) -> np.ndarray:
+    """``(..., T)`` -> ``(..., k)``: for each of the first ``k`` keys j, the mean over the
+    queries that see it (i >= j) of ``a[i, j]`` (Gu et al.'s alpha; the causal mask makes
+    the sum over those queries the whole column's)."""
+    n = received.shape[-1]
+    return received[..., :k] / (n - np.arange(k))
+
+
+def head_stats(entropy: np.ndarray, row_max: np.ndarray, received: np.ndarray,
+               distance: np.ndarray) -> dict[str, np.ndarray]:
+    """``attnviz.analyses.stats.head_stats`` (the same columns and definitions) from the
+    reductions of a head, ``(..., T)`` each -> ``(...)`` float64 each."""
+    n = entropy.shape[-1]
+    entropy = entropy.astype(np.float64)
+    nan = np.full(entropy.shape[:-1], np.nan)
+    if n > 1:
+        normalized = (entropy[..., 1:] / np.log(np.arange(2, n + 1))).mean(axis=-1)
+        previous = distance[..., 1] / (n - 1)
+        first = (received[..., 0] - 1.0) / (n - 1)  # query 0 puts all its weight on key 0
+    else:
+        normalized = previous = first = nan
+    return {
+        "entropy": entropy.mean(axis=-1),
+        "normalized_entropy": normalized,
+        "max_weight": row_max.astype(np.float64).mean(axis=-1),
+        "self": distance[..., 0] / n,
+        "previous_token": previous,
+        "first_token": first,
+        "mean_distance": (distance * np.arange(n)).sum(axis=-1) / n,
+    }
+
+
+def log_bins(n_tokens: int) -> np.ndarray:
+    """Edges of distance bins 0, 1, 2-3, 4-7, ...: ``[0, 1, 2, 4, 8, ..., T]``."""
+    edges = [0, 1]
+    while edges[-1] < n_tokens:
+        edges.append(min(edges[-1] * 2, n_tokens))
+    return np.array(edges)
+
+
+def binned(distance: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``(..., T)`` mass by distance -> ``(..., len(edges) - 1)``, summed within each bin."""
+    return np.add.reduceat(distance, edges[:-1], axis=-1)
+
+
+@dataclass(repr=False)
+class LongResult(Displayable):
+    """The attention of a long text, reduced (see the module docstring): every array is
+    ``[layer, head, ...]`` for the layers in ``layers``. ``pooled("max")`` and
+    ``exact_window()`` give ``AttentionResult``s that every picture draws."""
+
+    token_ids: list[int]
+    raw_tokens: list[bytes]
+    layers: list[int]
+    config: dict
+    block: int  # b: the side of a pooled block
+    sink_tokens: int  # k of the sink statistics
+    arrays: dict[str, np.ndarray]  # weights_max/mean (L, H, P, P), entropy ... (L, H, T)
+    windows: list[int | None] = field(default_factory=list)  # per layer: sliding window
+    kv_heads: list[int] = field(default_factory=list)
+    bos: bool = False
+    span: tuple[int, int] | None = None  # --tokens A:B: arrays["window"] is (L, H, W, W)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def n_heads(self) -> int:
+        return self.arrays["entropy"].shape[1]
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.n_tokens / self.block)
+
+    def __repr__(self) -> str:
+        return (f"<attnviz long-context attention of {one_line(self)}, pooled "
+                f"{self.block}x{self.block}>")
+
+    def tokens(self) -> list[dict]:
+        return token_records(self.token_ids, self.raw_tokens, 0, self.bos)
+
+    @property
+    def sink_mass(self) -> np.ndarray:
+        """``(L, H)``: the mean over queries of the mass on the first ``sink_tokens`` keys."""
+        return sink_mass(self.arrays["received"], self.sink_tokens)
+
+    @property
+    def sink_alpha(self) -> np.ndarray:
+        """``(L, H, k)``: Gu et al.'s alpha of each of the first ``sink_tokens`` keys."""
+        return sink_alpha(self.arrays["received"], self.sink_tokens)
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """``attnviz.analyses.stats.head_stats``'s columns, ``(L, H)`` each, plus
+        ``sink_mass``."""
+        a = self.arrays
+        return {**head_stats(a["entropy"], a["row_max"], a["received"], a["distance"]),
+                "sink_mass": self.sink_mass}
+
+    def export_arrays(self) -> dict[str, np.ndarray]:
+        """What ``export`` writes (docs/long-context.md names each)."""
+        a = self.arrays
+        edges = log_bins(self.n_tokens)
+        out = {k: a[k] for k in ("weights_max", "weights_mean") if k in a}
+        out.update(block=np.array(self.block), entropy=a["entropy"], row_max=a["row_max"],
+                   received=a["received"], distance=a["distance"],
+                   distance_bins=edges, distance_binned=binned(a["distance"], edges),
+                   sink_mass=self.sink_mass, sink_alpha=self.sink_alpha,
+                   layers=np.array(self.layers), token_ids=np.array(self.token_ids))
+        if self.span is not None:
+            out["window"] = a["window"]
+            out["window_start"] = np.array(self.span[0])
+        return out
+
+    def block_labels(self) -> list[str]:
+        """The label of each pooled block: the position of its first token."""
+        return [str(i * self.block) for i in range(self.n_blocks)]
+
+    def pooled(self, kind: str = "max") -> AttentionResult:
+        """The pooled map ``weights_<kind>`` as an ``AttentionResult`` of ``P`` cells a side
+        (``block`` set: each cell is a b x b block of the text; windows stay in tokens)."""
+        return AttentionResult(
+            token_ids=[self.token_ids[i * self.block] for i in range(self.n_blocks)],
+            weights=self.arrays[f"weights_{kind}"], layers=self.layers,
+            attn_inputs=np.empty((len(self.layers), 0, 0), dtype=np.float32), params={},
+            config=self.config, raw_tokens=[label.encode() for label in self.block_labels()],
+            windows=self.windows,
+            kv_heads=self.kv_heads, block=self.block, text_length=self.n_tokens,
+            pooling=kind)
+
+    def exact_window(self) -> AttentionResult:
+        """Queries and keys ``span`` with their exact weights, as ``crop`` of the whole
+        matrix gives them."""
+        start, stop = self.span
+        return AttentionResult(
+            token_ids=self.token_ids[start:stop], weights=self.arrays["window"],
+            layers=self.layers, attn_inputs=np.empty((len(self.layers), 0, 0), np.float32),
+            params={}, config=self.config, raw_tokens=self.raw_tokens[start:stop],
+            window=(start, stop), windows=self.windows, kv_heads=self.kv_heads, bos=self.bos)
+
+
+def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: int = 1024,
+                 sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
+                 span: tuple[int, int] | None = None, progress=None) -> LongResult:
+    """Run ``model`` on ``token_ids`` once, reducing the weights of ``layers`` slab by slab:
+    pooled maps at most ``resolution`` cells a side, the statistics, and the exact weights
+    of the window ``span`` (queries and keys A .. B - 1) when given."""
+    import torch
+
+    n = len(token_ids)
+    if not 0 < sink_tokens < n:
+        raise InputError(f"--sink-tokens must be at least 1 and below the text's length "
+                         f"({n} tokens), got {sink_tokens}")
+    block = block_size(n, resolution)
+    reductions = [LayerReduction(model.n_heads, n, block, maps, span) for _ in layers]
+    per_layer = model.run(torch.tensor([token_ids]), layers, progress=progress,
+                          reduce=reductions)
+    arrays: dict[str, list] = {}
+    for reduction in reductions:
+        for name, value in reduction.finish().items():
+            arrays.setdefault(name, []).append(value)
+    del per_layer
+    return LongResult(
+        token_ids=token_ids, raw_tokens=model.tokenizer.token_bytes(token_ids), layers=layers,
+        config={**model.describe(), "layers": layers}, block=block, sink_tokens=sink_tokens,
+        arrays={name: np.stack(values) for name, values in arrays.items()},
+        windows=[model.window(i) for i in layers], kv_heads=list(model.kv_heads),
+        bos=starts_with_bos(model, token_ids), span=span)
+
+
+RESOLUTION = 1024  # a text of more tokens is shown pooled, at most this many cells a side
+
+
+def check_resolution(resolution: int | None, n_tokens: int) -> int:
+    """``--resolution`` checked against the text (None: the default, ``RESOLUTION``)."""
+    if resolution is None:
+        return RESOLUTION
+    if not 1 <= resolution <= n_tokens:
+        raise InputError(f"--resolution must be between 1 and the text's length ({n_tokens} "
+                         f"tokens), got {resolution}")
+    return resolution
+
+
+def analyze_text(text: str, config=None, *, weights: str | None = None, layer="0",
+                 allow_special: bool = False, heads: list[int] | None = None,
+                 tokens: str | None = None, resolution: int | None = None,
+                 sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
+                 whole: str | None = None, progress=None) -> AttentionResult | LongResult:
+    """``analyze`` for a text of any length: the whole matrix (an ``AttentionResult``, as
+    ``analyze`` returns it) when the text has at most ``resolution`` tokens (default
+    ``RESOLUTION``), else the reduced attention of the whole text (a ``LongResult``, its
+    ``span`` the window ``tokens`` names). ``whole``: the option that needs the whole
+    matrix, refused (before the forward pass) for a text that would be reduced."""
+    from attnviz.analyses.attention import (
+        analyze_with,
+        check_text,
+        checked_layers,
+        crop,
+        encode_text,
+        load_model,
+        parse_window,
+    )
+    from attnviz.core.config import ModelConfig
+
+    check_text(text)
+    options = config or ModelConfig()
+    model = load_model(config, weights)
+    token_ids = encode_text(model, text, allow_special, bos=options.bos, chat=options.chat)
+    n = len(token_ids)
+    chosen = check_resolution(resolution, n)
+    window = parse_window(tokens, n)
+    if n <= chosen:
+        result = analyze_with(model, token_ids, layer, heads, progress)
+        return crop(result, *window) if window else result
+    layers = checked_layers(model, n, layer, heads)
+    if whole is not None:
+        raise InputError(f"{whole} needs every weight of the text, shown whole: up to "
+                         f"{chosen} tokens (--resolution), and this text has {n}")
+    check_pooled_fits(len(layers), model.n_heads, n, block_size(n, chosen), len(maps), window)
+    return analyze_long(model, token_ids, layers, resolution=chosen, sink_tokens=sink_tokens,
+                        maps=maps, span=window, progress=progress)
+
+
+def check_pooled_fits(n_layers: int, n_heads: int, n_tokens: int, block: int, n_maps: int,
+                      window: tuple[int, int] | None) -> None:
+    """Refuse before computing when even the pooled maps would not fit in memory."""
+    from attnviz.analyses.attention import available_memory
+
+    side = math.ceil(n_tokens / block)
+    cells = n_maps * side**2 + (0 if window is None else (window[1] - window[0]) ** 2)
+    needed = n_layers * n_heads * (cells * 4 + n_tokens * 24)
+    if needed > available_memory():
+        raise InputError(
+            f"{n_layers} layer(s) x {n_heads} heads of pooled maps {side} cells a side need "
+            f"about {needed / 2**30:.1f} GiB, more than the "
+            f"{available_memory() / 2**30:.1f} GiB available; lower --resolution or pick "
+            f"layers with --layer")
