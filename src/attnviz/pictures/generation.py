@@ -142,6 +142,10 @@ class _Families:
     def grouped(self) -> bool:
         return bool(self.kv_heads) and len(set(self.kv_heads)) < len(self.kv_heads)
 
+    @property
+    def length(self) -> int:  # as AttentionResult.length: the generated rows are never pooled
+        return self.n_tokens
+
 
 def _fit_title(text: str, width_in: float) -> str:
     """``text`` on two lines (before "generated rows") when it is wider than ``width_in``."""
