@@ -89,12 +89,13 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
         span = end if window is None else min(end, window + slab_rows(n_heads, n_rows, end, align))
         rows = slab_rows(n_heads, n_rows, span, align)
     context = queries.new_empty(b, n_kv, group, n_rows, head_dim)
-    if reduce is None and keep:  # the whole matrix, one slab: torch's softmax, as always
+    if reduce is None and (keep or rows >= n_rows):
+        # the whole matrix in one slab (asked for, or small enough): torch's softmax, as always
         scores = _scores(queries, keys, scale, softcap, weights_out)
         scores.masked_fill_(hidden(start, end, 0, end, window, scores.device), float("-inf"))
         weights = torch.softmax(scores, dim=-1, out=scores)
         _context(weights, values, context, 0)
-        return context.view(b, n_heads, n_rows, head_dim), weights
+        return context.view(b, n_heads, n_rows, head_dim), weights if keep else None
     widest = end if window is None else min(end, window + rows + align)  # keys of a slab
     buffers = queries.new_empty(2, b * n_heads * rows * widest)  # scores, then their exp
     for a in range(0, n_rows, rows):
