@@ -15,6 +15,7 @@ group's keys read once: queries ``(b, nkv, group·C, hd)`` against keys ``(b, nk
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Protocol
 
 import torch
@@ -55,10 +56,16 @@ def hidden(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None,
     return mask
 
 
-def slab_rows(n_heads: int, n_rows: int, n_keys: int, align: int = 1) -> int:
-    """Rows per slab: as many as ``CHUNK_BYTES`` of ``(n_heads, rows, n_keys)`` float32
-    weights allow, a multiple of ``align``, at least ``align``."""
-    rows = CHUNK_BYTES // (4 * n_heads * max(n_keys, 1))
+def slab_rows(n_heads: int, n_rows: int, n_keys: int, align: int = 1,
+              window: int | None = None) -> int:
+    """Rows per slab: as many as ``CHUNK_BYTES`` of ``(n_heads, rows, keys)`` float32
+    weights allow, a multiple of ``align``, at least ``align``; a slab's keys are
+    ``n_keys``, or with a sliding window at most ``window + rows + align``."""
+    budget = CHUNK_BYTES // (4 * n_heads)  # cells of one head's slab
+    rows = budget // max(n_keys, 1)
+    if window is not None:  # rows · (window + rows + align) <= budget
+        reach = window + align
+        rows = max(rows, int((math.sqrt(reach * reach + 4 * budget) - reach) / 2))
     rows = max(align, rows // align * align)
     return min(rows, -(-n_rows // align) * align)
 
@@ -86,8 +93,7 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
         rows, align = n_rows, 1
     else:
         align = reduce.align if reduce is not None else 1
-        span = end if window is None else min(end, window + slab_rows(n_heads, n_rows, end, align))
-        rows = slab_rows(n_heads, n_rows, span, align)
+        rows = slab_rows(n_heads, n_rows, end, align, window)
     context = queries.new_empty(b, n_kv, group, n_rows, head_dim)
     if reduce is None and (keep or rows >= n_rows):
         # the whole matrix in one slab (asked for, or small enough): torch's softmax, as always

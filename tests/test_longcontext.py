@@ -1,0 +1,274 @@
+"""The long-context engine: every reduction equal to the same reduction of the whole matrix's
+float64 softmax, for every family's twist (grouped heads, windows shorter than the text,
+softcap with interleaved windows, QK-norm, learned positions), at block sizes that do not
+divide the text; a single sharp weight survives pooling at every resolution; short texts
+are what they always were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from helpers import make_family_checkpoint, make_hf_checkpoint, write_bpe_tokenizer
+from typer.testing import CliRunner
+
+from attnviz.analyses.attention import analyze_ids, load_model
+from attnviz.analyses.longcontext import (
+    LayerReduction,
+    analyze_long,
+    analyze_text,
+    binned,
+    log_bins,
+)
+from attnviz.analyses.stats import head_stats
+from attnviz.cli import app
+from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
+from attnviz.models.engine import attend
+
+T = 1500  # the whole (H, T, T) float64 matrix fits: the reference
+VOCAB = 300
+GEMMA2 = dict(vocab_size=VOCAB, max_position_embeddings=2048, pad_token_id=None,
+              bos_token_id=None, eos_token_id=None, hidden_size=64, intermediate_size=128,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+              query_pre_attn_scalar=16, num_hidden_layers=4, sliding_window=200,
+              attn_logit_softcapping=20.0)
+
+
+def _gemma2(folder: Path) -> Path:
+    torch.manual_seed(5)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.Gemma2Config(**GEMMA2),
+                                                          attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.uniform_(-0.3, 0.3) if "norm" in name else param.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    write_bpe_tokenizer(folder, vocab_size=VOCAB, bos="<bos>")
+    return folder
+
+
+BUILDERS = {
+    "gpt2": lambda f: make_hf_checkpoint(f, n_layer=2, n_head=4, n_embd=64, n_positions=2048),
+    "llama-gqa": lambda f: make_family_checkpoint(f, "llama", std=0.4, heads=4, kv_heads=2),
+    "mistral-window": lambda f: make_family_checkpoint(f, "mistral", std=0.4, sliding_window=300),
+    "qwen3-qk-norm": lambda f: make_family_checkpoint(f, "qwen3", std=0.4),
+    "gemma2-softcap-windows": _gemma2,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+def reference(model, token_ids, layers):
+    """Each layer's weights ``(H, T, T)`` as a float64 softmax of the scores the model
+    computes (its own float32 queries and keys, scale and softcap), from the inputs the
+    engine's run gave each layer."""
+    n = len(token_ids)
+    sinks = [LayerReduction(model.n_heads, n, 1, maps=()) for _ in layers]
+    runs = model.run(torch.tensor([token_ids]), layers, reduce=sinks)
+    out = []
+    for attn_input, _, attn in runs:
+        queries, keys, _ = attn.project(attn_input)
+        keys = keys.repeat_interleave(queries.shape[1] // keys.shape[1], dim=1)
+        scores = (queries @ keys.transpose(2, 3)) * attn.scale
+        if attn.softcap is not None:
+            scores = torch.tanh(scores / attn.softcap) * attn.softcap
+        i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+        hidden = j > i if attn.window is None else (j > i) | (j <= i - attn.window)
+        s = scores[0].double().numpy()
+        s[:, hidden] = -np.inf
+        s -= s.max(axis=-1, keepdims=True)
+        w = np.exp(s)
+        out.append(w / w.sum(axis=-1, keepdims=True))
+    return out
+
+
+def pooled(a: np.ndarray, b: int):
+    """Block max and block mean (over the cells inside the matrix) of ``(H, T, T)``."""
+    heads, n = a.shape[0], a.shape[-1]
+    p = -(-n // b)
+    padded = np.zeros((heads, p * b, p * b))
+    padded[:, :n, :n] = a
+    blocks = padded.reshape(heads, p, b, p, b)
+    cells = np.minimum(b, n - np.arange(p) * b)
+    return blocks.max(axis=(2, 4)), blocks.sum(axis=(2, 4)) / (cells[:, None] * cells[None, :])
+
+
+def by_distance(a: np.ndarray) -> np.ndarray:
+    n = a.shape[-1]
+    i, j = np.tril_indices(n)
+    return np.stack([np.bincount(i - j, weights=head[i, j], minlength=n) for head in a])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILDERS)
+def test_every_reduction_equals_the_float64_softmax_of_the_whole_matrix(checkpoints, name):
+    model = load_model(ModelConfig(), str(checkpoints[name]))
+    token_ids = np.random.default_rng(7).integers(0, VOCAB, T).tolist()
+    layers = list(range(model.n_layers))
+    long = analyze_long(model, token_ids, layers, resolution=173, sink_tokens=5, span=(611, 700))
+    assert T % long.block and long.block == 9  # blocks that do not divide the text
+    expected = reference(model, token_ids, layers)
+    a = long.arrays
+    for li, w in enumerate(expected):
+        top, mean = pooled(w, long.block)
+        np.testing.assert_allclose(a["weights_max"][li], top, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a["weights_mean"][li], mean, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a["window"][li], w[:, 611:700, 611:700], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a["row_max"][li], w.max(axis=-1), atol=1e-6, rtol=0)
+        entropy = -(w * np.log(np.where(w > 0, w, 1))).sum(axis=-1)
+        np.testing.assert_allclose(a["entropy"][li], entropy, atol=2e-5, rtol=1e-6)
+        # sums over up to 1,500 queries of float32 weights: relative
+        np.testing.assert_allclose(a["received"][li], w.sum(axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a["distance"][li], by_distance(w), rtol=1e-5, atol=1e-6)
+        columns = head_stats(w)
+        stats = long.stats()
+        for column, values in columns.items():
+            np.testing.assert_allclose(stats[column][li], values, rtol=1e-5, atol=1e-6,
+                                       err_msg=column)
+        alpha = np.stack([w[:, j:, j].mean(axis=-1) for j in range(5)], axis=-1)
+        np.testing.assert_allclose(long.sink_alpha[li], alpha, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(long.sink_mass[li], w[:, :, :5].sum(-1).mean(-1), atol=1e-6)
+    assert max((w.max(axis=-1) >= 0.5).mean() for w in expected) > 0.3  # peaked: demanding
+    windows = [model.window(i) for i in layers]
+    if name in ("mistral-window", "gemma2-softcap-windows"):
+        assert any(w is not None and w < T for w in windows)  # the window cuts the text
+
+
+def test_a_single_sharp_weight_far_from_the_diagonal_survives_every_resolution():
+    n, heads, hd = 997, 3, 16
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.randn(1, heads, n, hd, generator=gen) * 0.1
+    keys = torch.randn(1, heads, n, hd, generator=gen) * 0.1
+    values = torch.randn(1, heads, n, hd, generator=gen)
+    queries[0, 1, 900] = keys[0, 1, 33] * 400  # query 900 of head 1 looks at key 33 alone
+    for resolution in (1, 2, 7, 64, 333, 996):
+        block = -(-n // resolution)
+        sink = LayerReduction(heads, n, block, maps=("max", "mean"))
+        attend(queries, keys, values, start=0, scale=None, softcap=None, window=None,
+               reduce=sink)
+        top = sink.maps["max"][1, 900 // block, 33 // block]
+        assert float(top) > 0.99, resolution
+        if 900 // block > 0:  # (a block of row 0 holds its weight of 1 on key 0)
+            assert float(sink.maps["max"][0, 900 // block, 33 // block]) < 0.5  # head 0: none
+
+
+def test_the_engine_holds_slabs_not_the_matrix(monkeypatch):
+    """With a small working set the slabs are many, and the results the same as in one."""
+    from attnviz.models import engine
+
+    n, heads, hd = 300, 4, 8
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, heads, n, hd, generator=gen) for _ in range(3))
+    one = LayerReduction(heads, n, 4)
+    context_one, _ = attend(q, k, v, start=0, scale=0.7, softcap=None, window=50, reduce=one)
+    seen = []
+    many = LayerReduction(heads, n, 4)
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 4 * heads * 16 * n)
+
+    def spy(slab):
+        seen.append(slab.weights.shape)
+        many(slab)
+
+    spy.align = 4
+    context_many, _ = attend(q, k, v, start=0, scale=0.7, softcap=None, window=50, reduce=spy)
+    assert len(seen) >= 7  # 44 rows a slab: 44 x 96 keys x 4 heads fit in 4 x 16 x 300
+    for shape in seen:
+        assert shape[1] * shape[2] * shape[3] * 4 <= engine.CHUNK_BYTES  # the working set
+        assert shape[3] <= 50 + shape[2] + 4  # keys within the window only
+    torch.testing.assert_close(context_many, context_one, rtol=0, atol=1e-6)
+    for name in ("entropy", "received", "distance"):
+        torch.testing.assert_close(getattr(many, name), getattr(one, name), rtol=1e-6,
+                                   atol=1e-6)
+    torch.testing.assert_close(many.maps["max"], one.maps["max"], rtol=0, atol=1e-6)
+
+
+def test_a_short_text_is_the_whole_matrix_as_always(checkpoints):
+    folder = str(checkpoints["llama-gqa"])
+    token_ids = np.random.default_rng(3).integers(0, VOCAB, 300).tolist()
+    text = "The cat sat on the mat. " * 30
+    whole = analyze_text(text, weights=folder, layer="all")
+    from attnviz.analyses.attention import analyze
+
+    np.testing.assert_array_equal(whole.weights, analyze(text, weights=folder, layer="all").weights)
+    # a layer nobody keeps still gives the next one the same input as before: byte-equal
+    deep = analyze_ids(token_ids, weights=folder, layer="2")
+    every = analyze_ids(token_ids, weights=folder, layer="all")
+    np.testing.assert_array_equal(deep.weights[0], every.weights[2])
+
+
+def test_log_bins_sum_the_distances():
+    distance = np.arange(10.0)
+    edges = log_bins(10)
+    assert edges.tolist() == [0, 1, 2, 4, 8, 10]
+    assert binned(distance, edges).tolist() == [0, 1, 5, 22, 17]
+
+
+def run(*args):
+    return CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "120"})
+
+
+def test_heatmap_draws_a_long_text_pooled_with_its_statistics(checkpoints, tmp_path):
+    folder = checkpoints["mistral-window"]
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(f"w{i % 97}" for i in range(250)))
+    out = tmp_path / "maps"
+    result = run("heatmap", "--file", text, "--weights", folder, "--layer", "0,2",
+                 "--resolution", "200", "-o", out, "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    block = document["pooled"]["block"]
+    n = len(document["tokens"])
+    assert n > 200 and block == -(-n // 200)
+    names = sorted(Path(f).relative_to(out).as_posix() for f in document["files"])
+    assert "layer_00/stats.png" in names and "layer_02/head_03.png" in names
+    assert "model.png" in names
+    heads = document["heads"]
+    assert len(heads) == 2 * 4 and {"sink_mass", "entropy", "previous_token"} <= set(heads[0])
+    model = load_model(ModelConfig(), str(folder))
+    from attnviz.analyses.attention import encode_text
+
+    ids = encode_text(model, text.read_text())
+    expected = reference(model, ids, [0])[0]
+    stats = head_stats(expected)
+    for h in range(4):
+        assert heads[h]["layer"] == 0 and heads[h]["head"] == h
+        assert heads[h]["entropy"] == pytest.approx(stats["entropy"][h], abs=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resolution", "0"], "--resolution must be between 1"),
+    (["--resolution", "100000"], "--resolution must be between 1"),
+    (["--sink-tokens", "5000"], "--sink-tokens must be at least 1"),
+    (["--weighting", "norm"], "--weighting norm needs every weight"),
+])
+def test_bad_long_context_options_are_one_error_line(checkpoints, tmp_path, args, message):
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(f"w{i % 97}" for i in range(300)))
+    out = tmp_path / "maps"
+    result = run("heatmap", "--file", text, "--weights", checkpoints["llama-gqa"], "-o", out,
+                 *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_text_longer_than_the_context_is_refused_by_its_length(checkpoints, tmp_path):
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(f"w{i % 97}" for i in range(2100)))  # > 2048 positions
+    result = run("heatmap", "--file", text, "--weights", checkpoints["llama-gqa"],
+                 "-o", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "longer than the context length 2048" in result.output
+
+
+def test_sink_tokens_must_leave_queries():
+    with pytest.raises(InputError, match="--sink-tokens"):
+        analyze_long(load_model(ModelConfig(n_heads=2, d_model=16)), [1, 2, 3], [0], sink_tokens=3)
