@@ -102,12 +102,17 @@ def head_rows(weights: np.ndarray, layers: list[int], kv_heads: list[int] = ()) 
     """One record per (layer, head) of ``weights`` ``(L, H, T, T)``: ``layer``, ``head``,
     ``kv_head`` (the key/value head it reads, when ``kv_heads`` is given) and the
     ``COLUMNS``, NaN as None."""
+    return stats_rows([head_stats(w) for w in weights], layers, kv_heads)
+
+
+def stats_rows(per_layer: list[dict[str, np.ndarray]], layers: list[int],
+               kv_heads: list[int] = (), columns=COLUMNS) -> list[dict]:
+    """``head_rows`` from statistics already computed: per layer, name -> ``(H,)``."""
     rows = []
-    for layer, layer_weights in zip(layers, weights):
-        stats = head_stats(layer_weights)
-        for h in range(layer_weights.shape[0]):
+    for layer, stats in zip(layers, per_layer):
+        for h in range(len(stats[columns[0]])):
             row = {"layer": layer, "head": h, **({"kv_head": kv_heads[h]} if kv_heads else {})}
-            for name in COLUMNS:
+            for name in columns:
                 value = float(stats[name][h])
                 row[name] = None if np.isnan(value) else value
             rows.append(row)

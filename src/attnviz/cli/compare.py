@@ -17,6 +17,8 @@ from attnviz.cli.options import (
     ModelOptions,
     PictureOptions,
     QuietOpt,
+    ResolutionOpt,
+    SinkTokensOpt,
     TextArg,
     TokensOpt,
     WeightingOpt,
@@ -62,6 +64,8 @@ def compare_heads(
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     weighting: WeightingOpt = "attention",
+    resolution: ResolutionOpt = None,
+    sink_tokens: SinkTokensOpt = 4,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -70,7 +74,8 @@ def compare_heads(
 
     The table lists every head of the chosen layers; --head picks the heads drawn by --plot.
     With --weighting norm the statistics are those of the value-weighted rows renormalised
-    to sum 1, and --plot draws the norms.
+    to sum 1, and --plot draws the norms. A text longer than --resolution tokens (1024):
+    the statistics of the whole text (and sink_mass), exactly; --plot draws pooled maps.
     """
     from dataclasses import replace
 
@@ -101,19 +106,33 @@ def compare_heads(
             if path:
                 checks.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analyses.attention import analyze
-    from attnviz.analyses.stats import add_induction, head_rows
+    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.analyses.stats import add_induction, head_rows, stats_rows
     from attnviz.analyses.stats import similarity as js_matrix
     from attnviz.files.output import sort_rows
 
-    result = analyze(source, config, weights=weights, layer=layer, allow_special=allow_special,
-                     heads=head, tokens=tokens)
+    whole = ("--weighting norm" if weighting == "norm" else "--similarity" if similarity else
+             "--similarity-plot" if similarity_plot else
+             "--view lines" if plot_path and picture.view == "lines" else None)
+    result = analyze_text(source, config, weights=weights, layer=layer,
+                          allow_special=allow_special, heads=head, tokens=tokens,
+                          resolution=resolution, sink_tokens=sink_tokens,
+                          maps=("max",) if plot_path else (), whole=whole)
+    long = result if isinstance(result, LongResult) else None
+    if long is not None:  # the whole text's statistics; its pooled map (or window) drawn
+        from attnviz.cli.heatmap import long_measure
+
+        columns.append("sink_mass")
+        result, measure = ((long.exact_window(), {}) if long.span is not None else
+                           (long.pooled("max"), {"measure": long_measure(long)}) if plot_path
+                           else (long, {}))
     several = len(result.layers) > 1
     if plot_path and picture.view == "lines" and several:
         raise InputError("--view lines draws the heads of one layer over each other; give one "
                          "--layer, or use --view heatmap for a grid of every layer")
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
-    drawn, measure = result, {}  # what --plot draws, on which colour scale
+    drawn = result  # what --plot draws, on which colour scale
+    measure = measure if long is not None else {}
     if weighting == "norm":  # statistics of probability rows: the norms, renormalised
         from attnviz.analyses.weighting import STATISTICS_NOTE, renormalized, weighting_config
         from attnviz.pictures.norms import norm_pictures
@@ -122,16 +141,20 @@ def compare_heads(
         about = weighting_config("norm", STATISTICS_NOTE)
         result = replace(result, weights=renormalized(drawn.weights),
                          config={**result.config, "weighting": about})
-    rows = head_rows(result.weights, result.layers, result.kv_heads)
+    rows = (head_rows(result.weights, result.layers, result.kv_heads) if long is None else
+            stats_rows(_per_layer(long.stats()), long.layers, long.kv_heads, (*COLUMNS, "sink_mass")))
     if result.kv_heads:  # grouped-query models: which key/value head each head reads
         columns.insert(2, "kv_head")
     if induction:
         add_induction(rows, score_induction(output, config, weights, result.layers, weighting))
     rows = sort_rows(rows, sort_by, desc)
-    document = {"heads": rows, "layers": result.layers, "tokens": result.tokens(),
+    document = {"heads": rows, "layers": result.layers, "tokens": (long or result).tokens(),
                 "config": result.config}
     window_note = ""
-    if result.window:
+    if long is not None:
+        document["pooled"] = {"block": long.block, "cells": long.n_blocks,
+                              "sink_tokens": long.sink_tokens}
+    if result.window and long is None:
         start, stop = result.window
         document["window"] = {"start": start, "stop": stop}
         window_note = (f" (window: tokens {start}-{stop - 1}; statistics of the cropped rows"
@@ -174,7 +197,7 @@ def compare_heads(
         styles = {focused: "bold green", broadest: "yellow"}
     weighted = " of the value-weighted rows (renormalised)" if weighting == "norm" else ""
     output.emit(document, rows, shown,
-                title=f"Head statistics{weighted}, {result.n_tokens} tokens{window_note}",
+                title=f"Head statistics{weighted}, {(long or result).n_tokens} tokens{window_note}",
                 styles=styles, keys=shown[: 2 if show_layer else 1])
     if fmt != "table":
         return
@@ -192,3 +215,7 @@ def compare_heads(
         output.message(f"Wrote {f}")
 
 
+def _per_layer(stats: dict) -> list[dict]:
+    """``LongResult.stats()`` (name -> ``(L, H)``) as one mapping per layer."""
+    n_layers = len(next(iter(stats.values())))
+    return [{name: values[li] for name, values in stats.items()} for li in range(n_layers)]

@@ -16,6 +16,8 @@ from attnviz.cli.options import (
     LayerOpt,
     ModelOptions,
     QuietOpt,
+    ResolutionOpt,
+    SinkTokensOpt,
     TextArg,
     TokensOpt,
     WeightingOpt,
@@ -44,14 +46,22 @@ def export(
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
+    resolution: ResolutionOpt = None,
+    sink_tokens: SinkTokensOpt = 4,
+    full_weights: Annotated[bool, typer.Option("--full-weights", help="A text longer than "
+                            "--resolution tokens: also write every weight, (L, H, T, T) "
+                            "float32 (4·L·H·T² bytes; refused when the disk has less free).")
+                            ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Save the attention weights (and optionally the inputs and parameters) as .npz.
 
     With --weighting norm also the value-weighted norms (norms, beside weights); with
-    --rollout the attention rollout. Prints what was written (with --quiet only the path);
-    with -o - the .npz goes to standard output and the summary to standard error.
+    --rollout the attention rollout. A text longer than --resolution tokens (1024) gets
+    pooled maps and statistics instead of every weight (docs/long-context.md). Prints
+    what was written (with --quiet only the path); with -o - the .npz goes to standard
+    output and the summary to standard error.
     """
     import io
     import sys
@@ -60,7 +70,7 @@ def export(
     import numpy as np
 
     from attnviz.core.errors import InputError
-    from attnviz.files.fileio import atomic_write
+    from attnviz.files.fileio import atomic_write, check_free_space
     from attnviz.files.output import Output, write_stdout
 
     to_stdout = str(output_path) == "-"
@@ -75,6 +85,11 @@ def export(
     from attnviz.files.npz import Pieces, write_npz
     from attnviz.files.progress import Progress
 
+    if resolution is not None or full_weights or _longer_than_shown(source, config, weights,
+                                                                     allow_special):
+        return _export_long(source, output_path, to_stdout, output, config, weights, layer,
+                            tokens, allow_special, resolution, sink_tokens, full_weights,
+                            weighting, rollout, include_params, quiet)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         # Each layer goes to the file as the forward pass reaches it: one in memory at a time.
         result = analyze_layers(source, config, weights=weights, layer=layer,
@@ -111,6 +126,9 @@ def export(
             arrays["attn_input"] = lambda: pick(result.attn_inputs())
             arrays.update({name: lambda name=name: pick(result.params()[name])
                            for name in result.param_names()})
+        if not to_stdout:  # the weights (and norms) dominate: each 4·L·H·T² bytes
+            check_free_space(output_path, 4 * int(np.prod(shape)) * (1 + (weighting == "norm")),
+                             "--output")
         buffer = io.BytesIO()
         with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
             written = write_npz(f, arrays)
@@ -128,6 +146,79 @@ def export(
         return
     output.table(rows, ["array", "shape", "dtype"], title=f"Wrote {output_path}")
 
+
+
+def _longer_than_shown(source, config, weights, allow_special) -> bool:
+    """Whether the text has more tokens than a whole matrix is exported for."""
+    from attnviz.analyses.attention import encode_text, load_model
+    from attnviz.analyses.longcontext import RESOLUTION
+    from attnviz.core.config import ModelConfig
+
+    options = config or ModelConfig()
+    model = load_model(config, weights)
+    return len(encode_text(model, source, allow_special, options.bos, options.chat)) > RESOLUTION
+
+
+def _export_long(source, output_path, to_stdout, output, config, weights, layer, tokens,
+                 allow_special, resolution, sink_tokens, full_weights, weighting, rollout,
+                 include_params, quiet) -> None:
+    """``export`` of a long text: pooled maps and statistics (``LongResult.export_arrays``),
+    the exact window of ``--tokens`` as ``weights``, and every weight with --full-weights."""
+    import io
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    from attnviz.analyses.attention import analyze_layers
+    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.core.errors import InputError
+    from attnviz.files.fileio import atomic_write, check_free_space
+    from attnviz.files.npz import Pieces, write_npz
+    from attnviz.files.output import write_stdout
+    from attnviz.files.progress import Progress
+
+    whole = ("--weighting norm" if weighting == "norm" else "--rollout" if rollout else
+             "--include-params" if include_params else None)
+    with Progress(quiet) as progress:
+        result = analyze_text(source, config, weights=weights, layer=layer,
+                              allow_special=allow_special, tokens=tokens, resolution=resolution,
+                              sink_tokens=sink_tokens, whole=whole, progress=progress)
+        if not isinstance(result, LongResult):
+            raise InputError(f"--resolution {resolution} covers the whole text "
+                             f"({result.n_tokens} tokens): drop it to export every weight")
+        arrays = result.export_arrays()
+        records = result.tokens()
+        arrays.update(tokens=np.asarray([t["text"] for t in records], dtype=str),
+                      positions=np.arange(result.n_tokens, dtype=np.int64))
+        if result.span is not None:
+            arrays["weights"] = arrays.pop("window")
+            del arrays["window_start"]
+            arrays["weights_positions"] = np.arange(*result.span, dtype=np.int64)
+        size = sum(np.asarray(a).nbytes for a in arrays.values())
+        n, heads = result.n_tokens, result.n_heads
+        if full_weights:
+            stream = analyze_layers(source, config, weights=weights, layer=layer,
+                                    allow_special=allow_special, progress=progress)
+            size += 4 * len(result.layers) * heads * n * n
+            arrays["weights"] = Pieces(stream.shape, np.float32, stream)
+        if not to_stdout:
+            check_free_space(output_path, size, "--output")
+        buffer = io.BytesIO()
+        with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
+            written = write_npz(f, arrays)
+        progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
+    rows = [{"array": name, "shape": "x".join(map(str, dims)) or "scalar", "dtype": str(dtype)}
+            for name, (dims, dtype) in written.items()]
+    if to_stdout:
+        write_stdout(buffer.getvalue())
+        output.message("Wrote the .npz to standard output: " + ", ".join(
+            f"{r['array']} {r['shape']} {r['dtype']}" for r in rows))
+        return
+    if quiet:
+        output.paths([output_path])
+        return
+    output.table(rows, ["array", "shape", "dtype"],
+                 title=f"Wrote {output_path} ({n} tokens, pooled {result.block}×{result.block})")
 
 
 @app.command()

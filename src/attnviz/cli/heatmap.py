@@ -165,7 +165,6 @@ def _rollout(source, out, picture, picture_format, config, weights, layer, token
 def _long_pictures(long, picture, picture_format: str, heads):
     """A long text's pictures: its exact window (``--tokens``), or its pooled maps (each
     cell the largest weight of its block) with each layer's statistics."""
-    from attnviz.pictures.colours import Measure
     from attnviz.pictures.longcontext import stats_figure
 
     def stats(li: int) -> bytes:
@@ -173,9 +172,15 @@ def _long_pictures(long, picture, picture_format: str, heads):
 
     if long.span is not None:
         return long, long.exact_window(), {}, {}
-    measure = Measure(label=f"largest weight of each {long.block}×{long.block} block",
-                      block=long.block)
-    return long, long.pooled("max"), {"measure": measure}, {"stats": stats}
+    return long, long.pooled("max"), {"measure": long_measure(long)}, {"stats": stats}
+
+
+def long_measure(long):
+    """The colour scale of a pooled map: weights, each cell its block's largest."""
+    from attnviz.pictures.colours import Measure
+
+    return Measure(label=f"largest weight of each {long.block}×{long.block} block",
+                   block=long.block)
 
 
 def long_summary(long) -> dict:

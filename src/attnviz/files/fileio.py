@@ -47,3 +47,22 @@ def _unlink_quietly(path: str) -> None:
 def write_bytes(path: Path, data: bytes) -> None:
     with atomic_write(path) as f:
         f.write(data)
+
+
+def check_free_space(path: Path, size: int, option: str) -> None:
+    """Refuse, before anything is written, a file of ``size`` bytes that the disk holding
+    ``path`` has no room for."""
+    import shutil
+
+    from attnviz.core.errors import InputError
+
+    folder = Path(path).resolve().parent
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise InputError(f"{option} {path} would be {_gib(size)}, and its disk has {_gib(free)} "
+                         "free: export fewer layers (--layer), a window (--tokens A:B), or "
+                         "pooled maps (--resolution)")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"

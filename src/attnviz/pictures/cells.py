@@ -251,3 +251,16 @@ def pool(weights: np.ndarray, max_cells: int) -> np.ma.MaskedArray:
     data = np.where(np.ma.getmaskarray(values), -np.inf, np.ma.getdata(values))
     data = block_max(block_max(data, starts, axis=0), starts, axis=1)
     return np.ma.masked_array(data, mask=data == -np.inf)
+
+
+def block_stride(stride: int, block: int) -> int:
+    """A tick every ``s >= stride`` cells of a map pooled by ``block`` (each cell labelled
+    with its first position, ``i * block``): the smallest ``s`` whose ``s * block`` is a round
+    number (1, 2, 2.5 or 5 x 10^k tokens), else the smallest round ``s``."""
+    if block == 1:
+        return stride
+    rounds = sorted(m * 10**k for k in range(9) for m in (1, 2, 2.5, 5))
+    for tokens in rounds:
+        if tokens >= stride * block and tokens % block == 0 and tokens <= 20 * stride * block:
+            return int(tokens // block)
+    return int(next(r for r in rounds if r >= stride and r == int(r)))

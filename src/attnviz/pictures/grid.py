@@ -24,7 +24,14 @@ from matplotlib.patches import Rectangle
 
 from attnviz.analyses.attention import AttentionResult
 from attnviz.files.fileio import write_bytes
-from attnviz.pictures.cells import boundary_words, cell_words, masked, pool_note, pool_note_cells
+from attnviz.pictures.cells import (
+    block_stride,
+    boundary_words,
+    cell_words,
+    masked,
+    pool_note,
+    pool_note_cells,
+)
 from attnviz.pictures.colours import (
     WEIGHTS,
     Measure,
@@ -330,7 +337,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
         row_gap_in += _GROUP_LABEL_IN  # and for the kv groups' labels above them
     label_font = 6.0
     pitch = tile_in * 72 / n  # points per cell
-    stride = max(1, math.ceil(label_font * 1.25 / pitch))
+    stride = block_stride(max(1, math.ceil(label_font * 1.25 / pitch)), block)
     ticks = list(range(0, n, stride)) if token_labels and n / stride >= 2 else []
     tick_labels = [fonts.label(token_labels[i])[:8] for i in ticks]
     label_in = text_width_in(tick_labels, label_font) + 0.08 if ticks else 0.0

@@ -37,6 +37,7 @@ from matplotlib.patches import Rectangle
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import write_bytes
 from attnviz.pictures.cells import (
+    block_stride,
     boundary_words,
     cell_words,
     masked,
@@ -184,6 +185,7 @@ class HeatmapFigure:
         if n_panels > 2 and not self.annotate:
             side = max(min(side, 24.0 / n_cols), _MIN_SIDE)  # a grid stays on a screen
         labels = [fonts.label(lbl) for lbl in token_labels]
+        stride = block_stride(stride, self.measure.block)  # round positions on a pooled map
         ticks = list(range(0, n, stride))
         tick_labels = [labels[i] for i in ticks]
         label_in = text_width_in(tick_labels, font) + 0.1  # + tick length and padding
