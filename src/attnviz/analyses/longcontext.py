@@ -27,10 +27,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from attnviz.analyses.attention import AttentionResult, starts_with_bos, token_records
+from attnviz.analyses.attention import (
+    AttentionResult,
+    analyze_with,
+    available_memory,
+    check_text,
+    checked_layers,
+    crop,
+    encode_text,
+    load_model,
+    parse_window,
+    starts_with_bos,
+    token_records,
+)
 from attnviz.analyses.describe import one_line
+from attnviz.core.config import ModelConfig
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
 
@@ -44,76 +56,92 @@ def block_size(n_tokens: int, resolution: int) -> int:
 
 
 class LayerReduction:
-    """One layer's reductions (the module docstring), fed by the engine (``Reduce``)."""
+    """One layer's reductions (the module docstring), fed tile by tile by the engine
+    (``attnviz.models.engine.Reduce``)."""
 
     def __init__(self, n_heads: int, n_tokens: int, block: int,
-                 maps: tuple[str, ...] = ("max", "mean"), window: tuple[int, int] | None = None):
+                 maps: tuple[str, ...] = ("max", "mean"), span: tuple[int, int] | None = None):
         self.align, self.n_tokens = block, n_tokens
         pooled = math.ceil(n_tokens / block)
         self.maps = {kind: torch.zeros(n_heads, pooled, pooled) for kind in maps}
-        self.entropy = torch.zeros(n_heads, n_tokens)
-        self.row_max = torch.zeros(n_heads, n_tokens)
+        self.entropy = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
+        self.top_log = torch.full((n_heads, n_tokens), -math.inf)  # ln of each row's largest
         self.received = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
         self.distance = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
-        self.span = window
-        self.window = (torch.zeros(n_heads, window[1] - window[0], window[1] - window[0])
-                       if window is not None else None)
+        self.span = span
+        self.window = (torch.zeros(n_heads, span[1] - span[0], span[1] - span[0])
+                       if span is not None else None)
 
-    def __call__(self, slab) -> None:
-        """Take one slab (``attnviz.models.engine.Slab``, a batch of one)."""
-        w, q_start, k_start = slab.weights[0], slab.q_start, slab.k_start  # (H, C, Tk)
-        n_heads, rows, n_keys = w.shape
-        q_end = q_start + rows
-        total = slab.total[0, :, :, 0]  # (H, C)
-        self.row_max[:, q_start:q_end] = total.reciprocal()  # the top key's exp is 1
-        # H = -Σ a ln a = ln Z - Σ a (s - max s): no logarithm per cell
-        self.entropy[:, q_start:q_end] = total.log() - torch.linalg.vecdot(w, slab.shifted[0])
-        ones = w.new_ones(n_heads, 1, rows)
-        self.received[:, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
-        self._distances(w, q_start - k_start, ones)
-        self._pool(w, q_start, k_start)
+    def __call__(self, tile) -> None:
+        """Take one tile (``attnviz.models.engine.Tile``)."""
+        w, heads, q_start, k_start = tile.weights, tile.heads, tile.q_start, tile.k_start
+        group, rows, n_keys = w.shape  # (G, R, K)
+        q_rows = slice(q_start, q_start + rows)
+        torch.maximum(self.top_log[heads, q_rows], tile.logs.amax(dim=-1),
+                      out=self.top_log[heads, q_rows])
+        # H = -Σ a ln a, with ln a = s - lse exactly: no logarithm per cell (logs is scratch)
+        self.entropy[heads, q_rows] -= torch.mul(w, tile.logs, out=tile.logs).sum(dim=-1)
+        ones = w.new_ones(group, 1, rows)
+        self.received[heads, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
+        self._distances(tile, q_start - k_start, ones)
+        self._pool(w, heads, q_start, k_start)
         if self.window is not None:
             a, b = self.span
-            lo, hi = max(a, q_start), min(b, q_end)
-            if lo < hi:
-                keys = slice(max(a, k_start), min(b, k_start + n_keys))
-                self.window[:, lo - a:hi - a, keys.start - a:keys.stop - a] = (
-                    w[:, lo - q_start:hi - q_start, keys.start - k_start:keys.stop - k_start])
+            lo, hi = max(a, q_start), min(b, q_start + rows)
+            k_lo, k_hi = max(a, k_start), min(b, k_start + n_keys)
+            if lo < hi and k_lo < k_hi:
+                self.window[heads, lo - a:hi - a, k_lo - a:k_hi - a] = (
+                    w[:, lo - q_start:hi - q_start, k_lo - k_start:k_hi - k_start])
 
-    def _distances(self, w: torch.Tensor, lead: int, ones: torch.Tensor) -> None:
-        """Add the slab's mass by distance. Row r is query ``k_start + lead + r``; its key at
-        column c lies ``lead + r - c`` back. The view ``w[h, r, r + m]`` (stride Tk + 1)
-        lies ``lead - m`` back for every row: one sum over rows gives distances 0 .. lead.
-        The keys left of the diagonal of that view (c < r, distances beyond ``lead``) are
-        a small ``C x C`` triangle, added by distance."""
-        n_heads, rows, n_keys = w.shape
-        sheared = w.as_strided((n_heads, rows, lead + 1), (w.stride(0), w.stride(1) + 1, 1))
-        self.distance[:, :lead + 1] += torch.bmm(ones, sheared)[:, 0].flip(-1)
-        if rows > 1:
-            r = torch.arange(rows)
-            back = (r[:, None] - r[None, :]).clamp(min=0)  # (C, C): r - c where c < r, else 0
-            extra = torch.zeros(n_heads, rows, dtype=torch.float64)
-            extra.scatter_add_(1, back.reshape(1, -1).expand(n_heads, -1),
-                               w[:, :, :rows].reshape(n_heads, -1).double())
-            top = min(rows - 1, self.n_tokens - lead - 1)
-            self.distance[:, lead + 1:lead + 1 + top] += extra[:, 1:1 + top]
+    def _distances(self, tile, lead: int, ones: torch.Tensor) -> None:
+        """Add the tile's mass by distance. Row r is query ``k_start + lead + r``; its key at
+        column c lies ``lead + r - c`` back. In ``tile.padded`` (each row between P >= R
+        zeros) the view ``padded[g, r, r + m]`` (stride K + 2P + 1), m = 0 .. K + P - 1,
+        holds column c = r + m - P of row r, ``lead + P - m`` back for every row: one sum
+        over the rows gives every distance of the tile."""
+        padded = tile.padded
+        group, rows, full = padded.shape
+        pad = (full - tile.weights.shape[2]) // 2
+        span = full - pad
+        band = padded.as_strided((group, rows, span), (padded.stride(0), padded.stride(1) + 1, 1),
+                                 padded.storage_offset())
+        sums = torch.bmm(ones, band)[:, 0].flip(-1)  # distances lead + P - span + 1 .. lead + P
+        self._add(tile.heads, lead + pad - span + 1, sums)
 
-    def _pool(self, w: torch.Tensor, q_start: int, k_start: int) -> None:
-        """Each block of the slab (aligned: ``q_start``, ``k_start`` are multiples of b)."""
+    def _add(self, heads: slice, first: int, sums: torch.Tensor) -> None:
+        """``distance[heads, first + i] += sums[:, i]``, keeping ``0 <= first + i < T``."""
+        lo, hi = max(first, 0), min(first + sums.shape[1], self.n_tokens)
+        if lo < hi:
+            self.distance[heads, lo:hi] += sums[:, lo - first:hi - first]
+
+    def _pool(self, w: torch.Tensor, heads: slice, q_start: int, k_start: int) -> None:
+        """Each block of the tile (aligned: its starts are multiples of b, its sides too but
+        at the text's end): rows first, b contiguous rows at a time, then keys."""
         b = self.align
-        rows = slice(q_start // b, -(-(q_start + w.shape[1]) // b))
-        keys = slice(k_start // b, -(-(k_start + w.shape[2]) // b))
+        group, rows, n_keys = w.shape
+        if b > 1 and (rows % b or n_keys % b):  # the text's last blocks: zeros pad them
+            padded = w.new_zeros(group, -(-rows // b) * b, -(-n_keys // b) * b)
+            padded[:, :rows, :n_keys] = w
+            w, rows, n_keys = padded, padded.shape[1], padded.shape[2]
+        cells = (heads, slice(q_start // b, (q_start + rows) // b),
+                 slice(k_start // b, (k_start + n_keys) // b))
         for kind, pooled in self.maps.items():
             if b == 1:
-                pooled[:, rows, keys] = w
-            elif kind == "max":
-                pooled[:, rows, keys] = F.max_pool2d(w, b, ceil_mode=True)
-            else:  # the last blocks are cut by the matrix's edge: divided by their own cells
-                pooled[:, rows, keys] = F.avg_pool2d(w, b, ceil_mode=True)
+                pooled[cells] = w
+            elif kind == "max":  # (G, R/b, b, K) -> (G, R/b, K) -> (G, R/b, K/b, b) -> (G, R/b, K/b)
+                pooled[cells] = w.view(group, rows // b, b, n_keys).amax(2).view(
+                    group, rows // b, n_keys // b, b).amax(-1)
+            else:  # sums; divided by each block's cells inside the matrix in finish()
+                pooled[cells] = w.view(group, rows // b, b, n_keys).sum(2).view(
+                    group, rows // b, n_keys // b, b).sum(-1)
 
     def finish(self) -> dict[str, np.ndarray]:
+        if "mean" in self.maps and self.align > 1:  # block sums -> means over their cells
+            b, n = self.align, self.n_tokens
+            sides = torch.clamp(n - torch.arange(0, n, b), max=b).float()
+            self.maps["mean"] /= sides[:, None] * sides[None, :]
         out = {f"weights_{kind}": pooled.numpy() for kind, pooled in self.maps.items()}
-        out.update(entropy=self.entropy.numpy(), row_max=self.row_max.numpy(),
+        out.update(entropy=self.entropy.float().numpy(), row_max=self.top_log.exp().numpy(),
                    received=self.received.numpy(), distance=self.distance.numpy())
         if self.window is not None:
             out["window"] = self.window.numpy()
@@ -319,17 +347,6 @@ def analyze_text(text: str, config=None, *, weights: str | None = None, layer="0
     ``RESOLUTION``), else the reduced attention of the whole text (a ``LongResult``, its
     ``span`` the window ``tokens`` names). ``whole``: the option that needs the whole
     matrix, refused (before the forward pass) for a text that would be reduced."""
-    from attnviz.analyses.attention import (
-        analyze_with,
-        check_text,
-        checked_layers,
-        crop,
-        encode_text,
-        load_model,
-        parse_window,
-    )
-    from attnviz.core.config import ModelConfig
-
     check_text(text)
     options = config or ModelConfig()
     model = load_model(config, weights)
@@ -352,8 +369,6 @@ def analyze_text(text: str, config=None, *, weights: str | None = None, layer="0
 def check_pooled_fits(n_layers: int, n_heads: int, n_tokens: int, block: int, n_maps: int,
                       window: tuple[int, int] | None) -> None:
     """Refuse before computing when even the pooled maps would not fit in memory."""
-    from attnviz.analyses.attention import available_memory
-
     side = math.ceil(n_tokens / block)
     cells = n_maps * side**2 + (0 if window is None else (window[1] - window[0]) ** 2)
     needed = n_layers * n_heads * (cells * 4 + n_tokens * 24)

@@ -7,11 +7,14 @@ new one, and never a temporary behind.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
+
+from attnviz.core.errors import InputError
 
 
 @contextmanager
@@ -52,10 +55,6 @@ def write_bytes(path: Path, data: bytes) -> None:
 def check_free_space(path: Path, size: int, option: str) -> None:
     """Refuse, before anything is written, a file of ``size`` bytes that the disk holding
     ``path`` has no room for."""
-    import shutil
-
-    from attnviz.core.errors import InputError
-
     folder = Path(path).resolve().parent
     free = shutil.disk_usage(folder).free
     if size > free:

@@ -1,46 +1,57 @@
-"""The attention engine: scores, softmax and context a slab of complete query rows at a
-time, so that a layer never holds more than ``CHUNK_BYTES`` of weights, at any length.
+"""The attention engine: a layer's exact weights at any length, a tile at a time, never the
+whole ``(T, T)`` matrix unless it is asked for and fits.
 
-A slab holds whole rows (every key a query sees), so its softmax is exact, and the
-layer's output ``A·V`` comes out of the same slab. What the caller wants of the weights
-is either all of them (a text short enough: one slab is the whole ``(T, T)`` matrix, the
-computation attnviz always did) or a ``reduce`` that receives each slab and keeps what it
-needs (pooled maps, statistics, a window; see ``attnviz.analyses.longcontext``) before
-the slab is dropped. Slabs skip what the causal mask hides: rows ``a .. a + C - 1`` are
-scored against keys ``k0 .. a + C - 1`` only, ``k0 > 0`` for a sliding window.
+A short text is computed as attnviz always computed it: the whole matrix in one product,
+torch's softmax, the weights kept (``keep``). A long one goes in two passes over tiles of
+``TILE_CELLS`` scores — one key/value group's query heads, a few rows, a range of keys;
+small enough to stay in a core's cache:
 
-Grouped-query attention scores every query head of a key/value group in one product, the
-group's keys read once: queries ``(b, nkv, group·C, hd)`` against keys ``(b, nkv, hd, Tk)``.
+1. the log-sum-exp of every row, by a running max and sum over the row's tiles;
+2. each tile's exact weights ``exp(s - lse)`` — from the same scores, scale, softcap and
+   mask as pass 1, so each row sums to 1 to float32 rounding — handed to a ``reduce``
+   (pooled maps, statistics, a window; see ``attnviz.analyses.longcontext``), and the
+   layer's output ``A·V`` summed tile by tile. Then the tile is dropped.
+
+A long layer whose weights nobody asked for only needs its output: torch's fused CPU
+kernel gives it (``_scaled_dot_product_flash_attention_for_cpu``) for plain causal
+attention. Its log-sum-exp is not used for weights: it is ~2e-6 off ours (its own
+arithmetic of the scores), more than the 1e-6 the reductions keep.
+
+Tiles skip what the causal mask hides: rows ``a .. a + R - 1`` are scored against keys
+``k0 .. a + R - 1`` only, ``k0 > 0`` for a sliding window. Memory per layer is the tiles'
+and the layer's own ``O(T·d)``, never ``O(T²)``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Protocol
 
 import torch
 
-CHUNK_BYTES = 64 * 2**20  # float32 weights of one slab, every head: the engine's working set
-HIDDEN = -torch.finfo(torch.float32).max  # a hidden score in a slab: exp gives 0, and 0 · it is 0
+CHUNK_BYTES = 64 * 2**20  # the whole matrix of a text up to this size is one product
+TILE_CELLS = 2**18  # scores in a tile (1 MiB of float32): within a core's cache
+TILE_ROWS = 64  # query rows in a tile (a multiple of the reduction's blocks)
+HIDDEN = -torch.finfo(torch.float32).max  # a hidden score: exp gives 0, and 0 · it is 0
 
 
-class Slab(NamedTuple):
-    """A slab of exact weights: rows ``q_start ..`` over keys ``k_start ..`` (absolute
-    positions); valid only while the ``Reduce`` that receives it runs."""
+class Tile(NamedTuple):
+    """Exact weights of query heads ``heads`` (one key/value group), rows ``q_start ..``,
+    keys ``k_start ..`` (absolute positions); valid only while the ``Reduce`` runs."""
 
-    weights: torch.Tensor  # (b, nh, C, Tk), rows summing to 1; hidden cells 0
-    shifted: torch.Tensor  # (b, nh, C, Tk): the scores minus their row's largest
-    total: torch.Tensor  # (b, nh, C, 1): Σ exp(shifted) of each row (weights = exp / total)
+    weights: torch.Tensor  # (G, R, K); hidden cells 0
+    logs: torch.Tensor  # (G, R, K): ln of the weights, s - lse (hidden: very negative); scratch
+    heads: slice
     q_start: int
     k_start: int
+    padded: torch.Tensor  # (G, R, K + 2P): each row of weights between P zeros each side
 
 
 class Reduce(Protocol):
-    """What a caller does with a layer's weights, one slab at a time."""
+    """What a caller does with a layer's weights, one tile at a time."""
 
-    align: int  # slab starts (queries and keys) are multiples of this: pooled blocks
+    align: int  # tile starts (queries and keys) and sizes are multiples of this: pooled blocks
 
-    def __call__(self, slab: Slab) -> None: ...
+    def __call__(self, tile: Tile) -> None: ...
 
 
 def hidden(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None,
@@ -56,20 +67,6 @@ def hidden(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None,
     return mask
 
 
-def slab_rows(n_heads: int, n_rows: int, n_keys: int, align: int = 1,
-              window: int | None = None) -> int:
-    """Rows per slab: as many as ``CHUNK_BYTES`` of ``(n_heads, rows, keys)`` float32
-    weights allow, a multiple of ``align``, at least ``align``; a slab's keys are
-    ``n_keys``, or with a sliding window at most ``window + rows + align``."""
-    budget = CHUNK_BYTES // (4 * n_heads)  # cells of one head's slab
-    rows = budget // max(n_keys, 1)
-    if window is not None:  # rows · (window + rows + align) <= budget
-        reach = window + align
-        rows = max(rows, int((math.sqrt(reach * reach + 4 * budget) - reach) / 2))
-    rows = max(align, rows // align * align)
-    return min(rows, -(-n_rows // align) * align)
-
-
 def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, start: int,
            scale: float | None, softcap: float | None, window: int | None,
            weights_out: torch.Tensor | None = None, keep: bool = True,
@@ -79,81 +76,145 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
     is None; else the scores are multiplied by it, as transformers does).
 
     Returns ``(context (b, nh, T, hd), weights)``:
-    - ``reduce`` given: the weights go to it slab by slab; ``weights`` is None;
+    - ``reduce`` given: the weights go to it tile by tile; ``weights`` is None;
     - ``keep`` (default): ``weights (b, nh, T, start + T)``, written into ``weights_out``
-      when given — the whole matrix, in one slab;
-    - ``keep=False``: only the context is wanted; ``weights`` is None, and slabs are as
-      small as ``CHUNK_BYTES`` needs.
+      when given — the whole matrix, in one product;
+    - ``keep=False``: only the context is wanted; ``weights`` is None.
     """
     b, n_heads, n_rows, head_dim = queries.shape
-    n_kv = keys.shape[1]
-    group = n_heads // n_kv
     end = start + n_rows
-    if reduce is None and keep:
-        rows, align = n_rows, 1
-    else:
-        align = reduce.align if reduce is not None else 1
-        rows = slab_rows(n_heads, n_rows, end, align, window)
-    context = queries.new_empty(b, n_kv, group, n_rows, head_dim)
-    if reduce is None and (keep or rows >= n_rows):
-        # the whole matrix in one slab (asked for, or small enough): torch's softmax, as always
+    if reduce is None and (keep or 4 * b * n_heads * n_rows * end <= CHUNK_BYTES):
+        # the whole matrix (asked for, or small enough): torch's softmax, as always
         scores = _scores(queries, keys, scale, softcap, weights_out)
         scores.masked_fill_(hidden(start, end, 0, end, window, scores.device), float("-inf"))
         weights = torch.softmax(scores, dim=-1, out=scores)
-        _context(weights, values, context, 0)
+        n_kv = keys.shape[1]
+        # (b, nkv, group·T, T) @ (b, nkv, T, hd) -> (b, nkv, group·T, hd)
+        context = weights.reshape(b, n_kv, -1, end) @ values
         return context.view(b, n_heads, n_rows, head_dim), weights if keep else None
-    widest = end if window is None else min(end, window + rows + align)  # keys of a slab
-    buffers = queries.new_empty(2, b * n_heads * rows * widest)  # scores, then their exp
-    for a in range(0, n_rows, rows):
-        q_lo, q_hi = start + a, start + min(a + rows, n_rows)
-        k_lo = 0 if window is None else max(0, q_lo - window + 1) // align * align
-        count, width = q_hi - q_lo, q_hi - k_lo
-        shifted = _scores(queries[:, :, a:a + count], keys[:, :, k_lo:q_hi], scale, softcap,
-                          buffers[0, :b * n_heads * count * width].view(b, n_heads, count, width))
-        # Only the slab's last columns hold a future, only its first ones keys outside a window
-        future = shifted[..., q_lo - k_lo:]
-        future.masked_fill_(hidden(q_lo, q_hi, q_lo, q_hi, None, shifted.device), HIDDEN)
-        if window is not None and q_hi - window > k_lo:
-            old = shifted[..., :q_hi - window - k_lo]
-            old.masked_fill_(hidden(q_lo, q_hi, k_lo, q_hi - window, window, shifted.device),
-                             HIDDEN)
-        shifted.sub_(shifted.amax(dim=-1, keepdim=True))
-        exp = torch.exp(shifted, out=buffers[1, :shifted.numel()].view(shifted.shape))
-        total = exp.sum(dim=-1, keepdim=True)  # (b, nh, C, 1)
-        _context(exp, values[:, :, k_lo:q_hi], context, a, total)
-        if reduce is not None:
-            reduce(Slab(exp.div_(total), shifted, total, q_lo, k_lo))
-    return context.view(b, n_heads, n_rows, head_dim), None
+    if reduce is not None and b != 1:
+        raise ValueError("a reduction takes one text at a time")
+    if reduce is None and softcap is None and window is None and start == 0 and (
+            queries.device.type == "cpu"):  # only the output: torch's fused kernel
+        return _fused(queries, keys, values, scale)[0], None
+    plan = _Plan(queries, keys, values, start, scale, softcap, window,
+                 reduce.align if reduce is not None else 1)
+    context = queries.new_zeros(b, n_heads, n_rows, head_dim)
+    plan.weights(plan.log_sum_exp(), context, reduce)
+    return context, None
+
+
+def _fused(queries, keys, values, scale):
+    """torch's fused causal attention on the CPU: ``(context (b, nh, T, hd), lse (b, nh, T))``."""
+    group = queries.shape[1] // keys.shape[1]
+    if group > 1:  # the kernel wants a key/value head per query head
+        keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
+    context, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        queries.contiguous(), keys.contiguous(), values.contiguous(), 0.0, True,
+        scale=1.0 if scale is None else scale)
+    return context, lse
+
+
+class _Plan:
+    """The tiles of one layer's attention and the two passes over them."""
+
+    def __init__(self, queries, keys, values, start, scale, softcap, window, align):
+        self.queries, self.keys, self.values = queries, keys, values
+        self.start, self.scale, self.softcap, self.window = start, scale, softcap, window
+        b, n_heads, self.n_rows, _ = queries.shape
+        self.group = n_heads // keys.shape[1]
+        self.rows = max(align, TILE_ROWS // align * align)
+        self.width = max(align, TILE_CELLS // (self.group * self.rows) // align * align)
+        self.align = align
+        self.scores_buffer = queries.new_empty(self.group * self.rows * self.width)
+        # The weights: each row between R zero columns on either side, so that one sheared
+        # view reads every distance of a tile (see ``Tile.padded``); the left ones stay 0.
+        self.padded = queries.new_zeros(self.group, self.rows, self.width + 2 * self.rows)
+
+    def tiles(self):
+        """``(batch, kv head, row offset a, rows, key start, key stop)`` of every tile."""
+        b, n_kv = self.queries.shape[0], self.keys.shape[1]
+        for bi in range(b):
+            for kv in range(n_kv):
+                for a in range(0, self.n_rows, self.rows):
+                    q_lo = self.start + a
+                    q_hi = min(q_lo + self.rows, self.start + self.n_rows)
+                    k_lo = 0 if self.window is None else max(0, q_lo - self.window + 1)
+                    k_lo = k_lo // self.align * self.align
+                    for k in range(k_lo, q_hi, self.width):
+                        yield bi, kv, a, q_hi - q_lo, k, min(k + self.width, q_hi)
+
+    def scores(self, bi, kv, a, count, k_lo, k_hi, fill) -> torch.Tensor:
+        """The tile's scores ``(G, R, K)``: scaled, softcapped, hidden cells ``fill``."""
+        g = self.group
+        heads = slice(kv * g, (kv + 1) * g)
+        # (G, R, hd) -> (G·R, hd) @ (hd, K) -> (G·R, K): the group's heads, its keys read once
+        rows = self.queries[bi, heads, a:a + count].reshape(g * count, -1)
+        out = self.scores_buffer[:g * count * (k_hi - k_lo)].view(g * count, k_hi - k_lo)
+        scores = torch.matmul(rows, self.keys[bi, kv, k_lo:k_hi].T, out=out)
+        if self.scale is not None:
+            scores.mul_(self.scale)
+        if self.softcap is not None:
+            scores.div_(self.softcap).tanh_().mul_(self.softcap)
+        scores = scores.view(g, count, k_hi - k_lo)
+        q_lo = self.start + a
+        if k_hi - 1 > q_lo or (self.window is not None and k_lo <= q_lo + count - 1 - self.window):
+            scores.masked_fill_(hidden(q_lo, q_lo + count, k_lo, k_hi, self.window,
+                                       scores.device), fill)
+        return scores
+
+    def log_sum_exp(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1: the log-sum-exp of each row, by a running max and sum, as its two parts
+        ``(max s, ln Σ exp(s - max s))``, ``(b, nh, T)`` each: subtracted one after the other,
+        ``s - max`` is exact near the top, where a float32 lse of a large score (its last
+        bit ~2e-6 at 30) would cost weights near 1 their sixth digit."""
+        b, n_heads = self.queries.shape[:2]
+        peak = self.queries.new_full((b, n_heads, self.n_rows), float("-inf"))
+        total = self.queries.new_zeros((b, n_heads, self.n_rows))
+        g = self.group
+        for bi, kv, a, count, k_lo, k_hi in self.tiles():
+            scores = self.scores(bi, kv, a, count, k_lo, k_hi, float("-inf"))
+            heads, rows = slice(kv * g, (kv + 1) * g), slice(a, a + count)
+            new = torch.maximum(peak[bi, heads, rows], scores.amax(dim=-1))
+            # a row with every key of the tile hidden (and none before) keeps -inf: no NaN
+            shift = torch.where(torch.isinf(new), 0.0, new)
+            total[bi, heads, rows] *= torch.exp(peak[bi, heads, rows] - shift)
+            exp = torch.exp(scores.sub_(shift.unsqueeze(-1)), out=scores)
+            total[bi, heads, rows] += exp.sum(dim=-1)
+            peak[bi, heads, rows] = new
+        return peak, total.log_()
+
+    def weights(self, lse: tuple[torch.Tensor, torch.Tensor], context, reduce) -> None:
+        """Pass 2: each tile's exact weights, to ``reduce``; ``context`` summed when given."""
+        g = self.group
+        for bi, kv, a, count, k_lo, k_hi in self.tiles():
+            heads, rows = slice(kv * g, (kv + 1) * g), slice(a, a + count)
+            logs = self.scores(bi, kv, a, count, k_lo, k_hi, HIDDEN)
+            logs.sub_(lse[0][bi, heads, rows].unsqueeze(-1)).sub_(lse[1][bi, heads, rows].unsqueeze(-1))
+            width, pad = k_hi - k_lo, self.rows
+            padded = self.padded[:, :count, :width + 2 * pad]
+            padded[:, :, pad + width:].zero_()  # what a wider tile left there
+            weights = torch.exp(logs, out=padded[:, :, pad:pad + width])
+            if context is not None:  # (G, R, K) @ (K, hd) -> (G, R, hd)
+                context[bi, heads, rows] += weights @ self.values[bi, kv, k_lo:k_hi]
+            if reduce is not None:
+                reduce(Tile(weights, logs, heads, self.start + a, k_lo, padded))
 
 
 def _scores(queries: torch.Tensor, keys: torch.Tensor, scale: float | None,
             softcap: float | None, out: torch.Tensor | None) -> torch.Tensor:
-    """``queries (b, nh, C, hd)`` against ``keys (b, nkv, Tk, hd)`` -> ``(b, nh, C, Tk)``
+    """``queries (b, nh, T, hd)`` against ``keys (b, nkv, Tk, hd)`` -> ``(b, nh, T, Tk)``
     scores (written into ``out`` when given), scaled and softcapped."""
     b, n_heads, count, head_dim = queries.shape
     n_kv, width = keys.shape[1], keys.shape[2]
     group = n_heads // n_kv
-    # (b, nh, C, hd) -> (b, nkv, group·C, hd): a group's heads against its keys at once
+    # (b, nh, T, hd) -> (b, nkv, group·T, hd): a group's heads against its keys at once
     grouped = queries.reshape(b, n_kv, group * count, head_dim)
     target = out.view(b, n_kv, group * count, width) if out is not None else None
-    # (b, nkv, group·C, hd) @ (b, nkv, hd, Tk) -> (b, nkv, group·C, Tk)
+    # (b, nkv, group·T, hd) @ (b, nkv, hd, Tk) -> (b, nkv, group·T, Tk)
     scores = torch.matmul(grouped, keys.transpose(2, 3), out=target)
     if scale is not None:
         scores.mul_(scale)
     if softcap is not None:
         scores.div_(softcap).tanh_().mul_(softcap)
     return scores.view(b, n_heads, count, width)
-
-
-def _context(weights: torch.Tensor, values: torch.Tensor, context: torch.Tensor, a: int,
-             total: torch.Tensor | None = None) -> None:
-    """Rows ``a ..`` of ``context (b, nkv, group, T, hd)``: ``weights (b, nh, C, Tk)`` times
-    ``values (b, nkv, Tk, hd)``, divided by ``total`` when the weights are not normalised."""
-    b, n_kv, group, _, head_dim = context.shape
-    count, width = weights.shape[2], weights.shape[3]
-    # (b, nkv, group·C, Tk) @ (b, nkv, Tk, hd) -> (b, nkv, group·C, hd)
-    rows = weights.reshape(b, n_kv, group * count, width) @ values
-    rows = rows.view(b, n_kv, group, count, head_dim)
-    if total is not None:
-        rows.div_(total.view(b, n_kv, group, count, 1))
-    context[:, :, :, a:a + count] = rows
