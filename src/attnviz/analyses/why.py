@@ -469,3 +469,47 @@ def why_arrays(result: WhyResult) -> dict[str, np.ndarray]:
         "token_ids": np.array(result.token_ids, dtype=np.int64),
         "head": np.array([result.layer, result.head, result.query, result.key], dtype=np.int64),
     }
+
+
+def head_name(result: WhyResult, labels: list[str]) -> str:
+    """``L18 H6, query 60 (␣the) -> key 11 (␣cat)``: titles and the table's first line."""
+    return (f"L{result.layer} H{result.head}, query {result.query} ({labels[result.query]}) "
+            f"-> key {result.key} ({labels[result.key]})")
+
+
+def score_line(result: WhyResult) -> str:
+    """The score, how exactly the parts add up to the forward's, the weight, the softcap."""
+    n = len(result.components)
+    line = (f"score {result.score:.4f} = the sum of {n} x {n} contributions (the forward "
+            f"pass's own score: {result.model_score:.4f}); weight {result.weight:.4f}")
+    if result.softcap is not None:
+        line += (f"; split before the softcap: {result.softcap:g}·tanh(score/{result.softcap:g}) "
+                 f"= {result.capped_score:.4f}")
+    return line
+
+
+def pair_table_rows(result: WhyResult, top: int) -> list[dict]:
+    """The ``top`` pairs: rank, query component, key component, contribution."""
+    return [{"rank": rank, "query component": a, "key component": b, "contribution": v}
+            for rank, (a, b, v) in enumerate(result.top_pairs(top), start=1)]
+
+
+def side_table_rows(result: WhyResult, top: int) -> list[dict]:
+    """The ``top`` components of each side by |total|, side by side."""
+    query, key = result.top_components("query", top), result.top_components("key", top)
+    return [{"rank": rank, "query side": q, "query total": qv, "key side": k, "key total": kv}
+            for rank, ((q, qv), (k, kv)) in enumerate(zip(query, key), start=1)]
+
+
+def key_table_rows(result: WhyResult, labels: list[str], top: int, per_key: int = 3) -> list[dict]:
+    """``--key all``: the ``top`` keys by weight, each with its score and its ``per_key``
+    largest key-side totals."""
+    totals, scores = result.key_totals_by_key(), result.scores
+    rows = []
+    for column in np.argsort(-result.weights, kind="stable")[:top]:
+        order = np.argsort(-np.abs(totals[:, column]), kind="stable")[:per_key]
+        rows.append({"key": result.keys[column], "token": labels[result.keys[column]],
+                     "weight": float(result.weights[column]), "score": float(scores[column]),
+                     "top key-side components": ", ".join(
+                         f"{result.components[c]} {totals[c, column]:+.3f}" for c in order)})
+    return rows
