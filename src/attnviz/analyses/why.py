@@ -298,10 +298,10 @@ def _transformer_parts(model, ids: list[int], layer: int, head: int, query: int,
     """The parts of a checkpoint's head (see the module docstring), the forward's own q and
     k there, its weights and the head's softcap."""
     n = len(ids)
-    # the forward pass up to the layer (its weights), which also makes those blocks ready
-    ((_, _, weights, _),) = model.iter_run(torch.tensor([ids]), [layer], progress=progress)
+    model.ready(n, progress, n_blocks=layer + 1)
     forward = _Forward(model, ids, n_blocks=layer)  # what each earlier block added
     block, stream = model.blocks[layer], forward.final  # (T, d): the stream entering the layer
+    _, _, weights = block(stream[None], mlp=False)  # (1, nh, T, T): the layer's own weights
     attn = block.attn
     kv_head = head // (attn.num_heads // attn.num_kv_heads)
     stages: dict = {}
