@@ -480,3 +480,101 @@ def test_pictures_name_their_scales_and_group_by_layer():
                      np.array([0.1, 0.2, 1.0, 0.0, 0.0]), "Why L1 H0", fmt="svg").decode()
     assert "key-side total (linear, symmetric about 0)" in svg and "attention weight" in svg
     assert ">5 c<" in svg
+
+
+# --- the report: the head's heatmap, each clicked cell split in the page --------------------
+
+def page_payload(path: Path) -> dict:
+    import re
+
+    data = re.search(r'<script type="application/json" id="why-data">(.*?)</script>',
+                     path.read_text(), re.S).group(1)
+    return json.loads(data)
+
+
+def test_the_report_holds_every_cells_parts(cli, checkpoints, tmp_path):
+    import base64
+
+    folder = checkpoints["gemma2-softcap"]
+    done = cli("why", TEXT, "--weights", folder, "--head", "3.1", "--query", "12",
+               "--report", tmp_path / "why.html", "--format", "json", "-q")
+    assert done.exit_code == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["files"] == [str(tmp_path / "why.html")]
+    payload = page_payload(tmp_path / "why.html")
+    assert payload["format"] == "attnviz-why" and payload["dtype"] == "float64"
+    assert payload["softcap"] == 20.0 and payload["window"] is None  # layer 3 is global
+    model = load_model(None, str(folder))
+    ids = encode_text(model, TEXT)
+    result = why(model, ids, layer=3, head=1, query=12, every_query=True)
+    shape = (len(result.components), len(ids), payload["head_dim"])
+    parts = np.frombuffer(base64.urlsafe_b64decode(payload["query_parts"]), "<f8").reshape(shape)
+    np.testing.assert_array_equal(parts, result.cells.query_parts)
+    keys = np.frombuffer(base64.urlsafe_b64decode(payload["key_parts"]), "<f8").reshape(shape)
+    assert abs((parts[:, 12] @ keys[:, doc["key"]["position"]].T).sum() - doc["score"]) < 1e-9
+    # every cell of the page is the cell `why` explains when asked for it
+    other = why(model, ids, layer=3, head=1, query=20, key=5)
+    assert abs((parts[:, 20] @ keys[:, 5].T).sum() - other.score) < 1e-5 * max(1, abs(other.score))
+
+
+def test_a_report_too_large_is_refused_before_anything_is_written(cli, checkpoints, tmp_path,
+                                                                 monkeypatch):
+    from attnviz.display import why_report
+
+    monkeypatch.setattr(why_report, "MAX_BYTES", 1000)
+    done = cli("why", TEXT, "--weights", checkpoints["gpt2"], "--head", "1.1", "--report",
+               tmp_path / "why.html", "-o", tmp_path / "why.npz", "--plot", tmp_path / "maps")
+    assert done.exit_code == 2 and done.stderr.startswith("Error: --report would hold ")
+    assert "shorten the text or drop --report" in done.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.browser
+def test_clicking_a_cell_of_the_report_shows_its_split(cli, checkpoints, tmp_path):
+    """In Debian's chromium (as tests/test_report_browser.py): the page computes the clicked
+    cell's matrix itself, equal to `why` asked for that cell."""
+    from playwright.sync_api import sync_playwright
+    from test_report_browser import CHROMIUM, CHROMIUM_ARGS
+
+    folder = checkpoints["gpt-neo-local"]
+    path = tmp_path / "why.html"
+    done = cli("why", TEXT, "--weights", folder, "--head", "1.2", "--query", "14", "--report", path, "-q")
+    assert done.exit_code == 0, done.stderr
+    model = load_model(None, str(folder))
+    ids = encode_text(model, TEXT)
+    first = why(model, ids, layer=1, head=2, query=14)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors, requests = [], []
+        page.on("console", lambda m: m.type in ("error", "warning") and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.resolve().as_uri())
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+
+        def shown():
+            return page.eval_on_selector("#explain", "e => ({...e.dataset, text: e.textContent})")
+
+        def click(query, key):
+            cell = float(page.eval_on_selector("#heatmap", "c => c.dataset.cell"))
+            page.locator("#heatmap").click(position={"x": (key + 0.5) * cell, "y": (query + 0.5) * cell})
+            return shown()
+
+        start = shown()
+        assert (int(start["query"]), int(start["key"])) == (14, first.key)
+        # the page's text is the whole text, `first`'s its first 15 tokens: float32 rounding apart
+        assert abs(float(start["score"]) - first.score) < 1e-5 * max(1, abs(first.score))
+        for query, key in ((20, 17), (9, 9), (25, 19)):
+            expected = why(model, ids, layer=1, head=2, query=query, key=key)
+            seen = click(query, key)
+            assert (int(seen["query"]), int(seen["key"])) == (query, key)
+            assert abs(float(seen["score"]) - expected.score) < 1e-5 * max(1, abs(expected.score))
+            assert abs(float(seen["weight"]) - expected.weight) < 1e-5
+            pairs = page.eval_on_selector_all(
+                "#pairs tr", "rs => rs.slice(1).map(r => r.cells[0].textContent + ' ' + "
+                "r.cells[1].textContent)")
+            assert pairs[0] == " ".join(expected.top_pairs(1)[0][:2])
+        assert "does not see key 21 (the causal mask)" in click(20, 21)["text"]
+        assert "sliding window of 7 tokens" in click(20, 3)["text"]  # layer 1 is local
+        assert errors == [] and requests == [path.resolve().as_uri()]
+        browser.close()

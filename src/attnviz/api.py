@@ -227,12 +227,15 @@ def attribute(text: str, weights, *, target: str | None = None, contrast: str | 
 
 
 def why(text: str, weights=None, *, head: tuple[int, int], query: int = -1,
-        key: int | None = None, allow_special: bool = False, **options):
+        key: int | None = None, report: str | Path | None = None, allow_special: bool = False,
+        **options):
     """`attnviz why`: the score of head ``head = (layer, head)`` from ``query`` (negative:
     from the end) to ``key`` (default: the key it attends to most) split exactly into
     (query-side component × key-side component) contributions. A ``WhyResult``
     (``contributions()``: ``(C, C)``, ``components``, ``key_totals_by_key()``), shown as
-    the score, the top pairs and the two pictures. ``weights=None``: random mode."""
+    the score, the top pairs and the two pictures. ``report``: also write the page where a
+    click on any cell of the head's heatmap shows its split (``--report``; the result then
+    holds every cell's parts, ``cells``). ``weights=None``: random mode."""
     from attnviz.analyses.attention import check_length
     from attnviz.analyses.why import check_head, check_key, check_query
     from attnviz.analyses.why import why as run
@@ -249,4 +252,11 @@ def why(text: str, weights=None, *, head: tuple[int, int], query: int = -1,
     position = check_query(query, len(token_ids))
     if key is not None:
         check_key(key, position, engine.window(layer), layer)
-    return run(engine, token_ids, layer=layer, head=index, query=position, key=key)
+    result = run(engine, token_ids, layer=layer, head=index, query=position, key=key,
+                 every_query=report is not None)
+    if report is not None:
+        from attnviz.analyses.attribution import token_labels
+        from attnviz.display.why_report import write_why_report
+
+        write_why_report(result, token_labels(engine.tokenizer, token_ids), report)
+    return result

@@ -67,6 +67,7 @@ class WhyResult(Displayable):
     vector_error: float = 0.0  # max |Σ parts - the forward's q (k)| / max |q (k)|
     config: dict = field(default_factory=dict)
     tokenizer: object = field(default=None, compare=False)  # for labels (not data)
+    cells: WhyCells | None = field(default=None, compare=False)  # every cell, when asked
 
     def __repr__(self) -> str:
         return (f"<attnviz why: L{self.layer} H{self.head}, query {self.query} -> key "
@@ -266,37 +267,38 @@ class _Side:
 
 
 class _Parts:
-    """The components' parts of one query and of its keys, collected in order."""
+    """The components' parts of the queries and of the keys, collected in order."""
 
-    def __init__(self, query_side: _Side, key_side: _Side, query: int, keys: list[int]):
-        self.sides, self.query, self.keys = (query_side, key_side), [query], keys
+    def __init__(self, query_side: _Side, key_side: _Side, queries: list[int], keys: list[int]):
+        self.sides, self.queries, self.keys = (query_side, key_side), queries, keys
         self.names: list[str] = []
-        self.query_parts: list[torch.Tensor] = []  # (k, 1, hd) each
+        self.query_parts: list[torch.Tensor] = []  # (k, Q, hd) each
         self.key_parts: list[torch.Tensor] = []  # (k, K, hd) each
 
     def add(self, names: list[str], component: torch.Tensor) -> None:
         """Components ``(k, T, d)`` (float64) of the stream at every position."""
         self.names += names
-        self.query_parts.append(self.sides[0](component[:, self.query]))
+        self.query_parts.append(self.sides[0](component[:, self.queries]))
         self.key_parts.append(self.sides[1](component[:, self.keys]))
 
     def add_biases(self, layer: int) -> None:
-        query, key = (side.bias_parts(layer, n) for side, n in zip(self.sides, (1, len(self.keys))))
+        query, key = (side.bias_parts(layer, len(at))
+                      for side, at in zip(self.sides, (self.queries, self.keys)))
         for (name, q), (_, k) in zip(query, key):
             self.names.append(name)
             self.query_parts.append(q)
             self.key_parts.append(k)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(C, hd)`` query parts and ``(C, K, hd)`` key parts."""
-        return (torch.cat(self.query_parts)[:, 0].cpu().numpy(),
-                torch.cat(self.key_parts).cpu().numpy())
+        """``(C, Q, hd)`` query parts and ``(C, K, hd)`` key parts."""
+        return torch.cat(self.query_parts).cpu().numpy(), torch.cat(self.key_parts).cpu().numpy()
 
 
-def _transformer_parts(model, ids: list[int], layer: int, head: int, query: int,
+def _transformer_parts(model, ids: list[int], layer: int, head: int, queries: list[int],
                        keys: list[int], progress=None):
-    """The parts of a checkpoint's head (see the module docstring), the forward's own q and
-    k there, its weights and the head's softcap."""
+    """The parts of a checkpoint's head at ``queries`` and ``keys`` (see the module
+    docstring), the forward's own (scaled) queries and keys there, the head's weights
+    ``(T, T)`` and its softcap."""
     n = len(ids)
     model.ready(n, progress, n_blocks=layer + 1)
     forward = _Forward(model, ids, n_blocks=layer)  # what each earlier block added
@@ -305,9 +307,9 @@ def _transformer_parts(model, ids: list[int], layer: int, head: int, query: int,
     attn = block.attn
     kv_head = head // (attn.num_heads // attn.num_kv_heads)
     stages: dict = {}
-    queries, keys_, _ = attn.project(block.norm1(stream[None]), stages)  # (1, nh|nkv, T, hd)
-    parts = _Parts(_Side.of(block, "query", head, stream, stages, [query]),
-                   _Side.of(block, "key", kv_head, stream, stages, keys), query, keys)
+    projected_q, projected_k, _ = attn.project(block.norm1(stream[None]), stages)  # (1, nh|nkv, T, hd)
+    parts = _Parts(_Side.of(block, "query", head, stream, stages, queries),
+                   _Side.of(block, "key", kv_head, stream, stages, keys), queries, keys)
     embedding = forward.embedding.double()  # (T, d)
     positions = model.checkpoint.weights.positions(0, n)
     if positions is None:
@@ -331,12 +333,12 @@ def _transformer_parts(model, ids: list[int], layer: int, head: int, query: int,
             parts.add([f"bias.out{i}"], bias)
         parts.add([f"mlp{i}"], forward.records[i]["mlp_added"][0].double()[None])
     parts.add_biases(layer)
-    actual_q = queries[0, head, query].double()  # (hd,), before the scale
-    actual_k = keys_[0, kv_head, keys].double()  # (K, hd)
-    return parts, kv_head, actual_q * attn.scale, actual_k, weights[0, head, query], attn.softcap
+    actual_q = projected_q[0, head, queries].double() * attn.scale  # (Q, hd)
+    actual_k = projected_k[0, kv_head, keys].double()  # (K, hd)
+    return parts, kv_head, actual_q, actual_k, weights[0, head], attn.softcap
 
 
-def _random_parts(model, ids: list[int], head: int, query: int, keys: list[int]):
+def _random_parts(model, ids: list[int], head: int, queries: list[int], keys: list[int]):
     """Random mode: the one attention layer on the token + position embeddings."""
     ((_, weights, attn),) = model.run(torch.tensor([ids]), [0])
     device = attn.W_query.weight.device
@@ -347,48 +349,70 @@ def _random_parts(model, ids: list[int], head: int, query: int, keys: list[int])
         return _Side(linear.weight[rows].double(),
                      None if linear.bias is None else linear.bias[rows].double(), factor=factor)
 
-    parts = _Parts(side(attn.W_query, attn.scale), side(attn.W_key, 1.0), query, keys)
+    parts = _Parts(side(attn.W_query, attn.scale), side(attn.W_key, 1.0), queries, keys)
     parts.add(["embed", "pos"], torch.stack([tokens, positions]).double())
     parts.add_biases(0)
     x = tokens + positions
     with torch.inference_mode():
-        actual_q = attn.W_query(x[query])[rows].double() * attn.scale
+        actual_q = attn.W_query(x[queries])[:, rows].double() * attn.scale
         actual_k = attn.W_key(x[keys])[:, rows].double()
-    return parts, head, actual_q, actual_k, weights[0, head, query], None
+    return parts, head, actual_q, actual_k, weights[0, head], None
+
+
+@dataclass(repr=False)
+class WhyCells:
+    """Every cell of the head at once (``why(..., every_query=True)``): each component's
+    part of the scaled query and of the key at every position; the matrix of cell (i, j) is
+    ``query_parts[:, i] @ key_parts[:, j].T`` (what the report computes when a cell is
+    clicked)."""
+
+    query_parts: np.ndarray  # (C, T, hd) float64
+    key_parts: np.ndarray  # (C, T, hd) float64
+    weights: np.ndarray  # (T, T) float32: the head's attention weights
+    window: int | None = None  # the layer's sliding window
 
 
 def why(model, token_ids: list[int], *, layer: int, head: int, query: int = -1,
-        key: int | None = None, progress=None) -> WhyResult:
+        key: int | None = None, progress=None, every_query: bool = False) -> WhyResult:
     """Split head (``layer``, ``head``)'s scores from ``query`` (negative: from the end) of
     ``model`` (from ``analysis.load_model``) into components (see the module docstring),
     for every key the query sees; ``key`` (default: the one the head attends to most) is
-    the one explained. ``progress(stage, done, total)``: see ``attnviz.files.progress``."""
+    the one explained. ``every_query``: also every other cell's parts, in ``cells`` (the
+    report's; the text's every position). ``progress(stage, done, total)``: see
+    ``attnviz.files.progress``."""
     check_head(layer, head, model.n_layers, model.n_heads)
     query = check_query(query, len(token_ids))
     window = model.window(layer)
     if key is not None:
         check_key(key, query, window, layer)
     keys = visible_keys(query, window)
-    ids = list(token_ids[:query + 1])  # causal: the tokens after the query change nothing here
+    # causal: the tokens after the query change nothing for it
+    ids = list(token_ids if every_query else token_ids[:query + 1])
+    queries = list(range(len(ids))) if every_query else [query]
+    at_keys = list(range(len(ids))) if every_query else keys
     with torch.inference_mode():
         if model.describe().get("mode") == "random":
-            found = _random_parts(model, ids, head, query, keys)
+            found = _random_parts(model, ids, head, queries, at_keys)
         else:
-            found = _transformer_parts(model, ids, layer, head, query, keys, progress)
-        parts, kv_head, actual_q, actual_k, row, softcap = found
+            found = _transformer_parts(model, ids, layer, head, queries, at_keys, progress)
+        parts, kv_head, actual_q, actual_k, weights, softcap = found
         query_parts, key_parts = parts.arrays()
-        model_scores = (actual_k @ actual_q).cpu().numpy()  # (K,)
-        weights = row[keys].float().cpu().numpy()
         actual_q, actual_k = actual_q.cpu().numpy(), actual_k.cpu().numpy()
-    error = max(_relative(query_parts.sum(0), actual_q),
-                _relative(key_parts.sum(0), actual_k))
+        weights = weights.float().cpu().numpy()  # (T, T)
+    error = max(_relative(query_parts.sum(0), actual_q), _relative(key_parts.sum(0), actual_k))
+    cells = None
+    if every_query:
+        cells = WhyCells(query_parts, key_parts, weights, window)
+        query_parts, actual_q = query_parts[:, [query]], actual_q[[query]]
+        key_parts, actual_k = key_parts[:, keys], actual_k[keys]
+    row = weights[query, keys]
     if key is None:
-        key = keys[int(np.argmax(weights))]
+        key = keys[int(np.argmax(row))]
     return WhyResult(
         token_ids=list(token_ids), layer=layer, head=head, kv_head=kv_head, query=query,
-        key=key, keys=keys, components=parts.names, query_parts=query_parts,
-        key_parts=key_parts, model_scores=model_scores, weights=weights, softcap=softcap,
-        vector_error=error, config=model.describe(), tokenizer=model.tokenizer)
+        key=key, keys=keys, components=parts.names, query_parts=query_parts[:, 0],
+        key_parts=key_parts, model_scores=actual_k @ actual_q[0], weights=row, softcap=softcap,
+        vector_error=error, config=model.describe(), tokenizer=model.tokenizer, cells=cells)
 
 
 def _relative(parts: np.ndarray, actual: np.ndarray) -> float:

@@ -55,6 +55,9 @@ def why(
     output_path: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE.npz",
                            help="Write the whole split as .npz (see docs/why.md).",
                            show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option("--report", metavar="FILE.html", help="Write "
+                      "one offline page: the head's heatmap; clicking a cell shows its split "
+                      "(computed in the page from the stored parts).", show_default=False)] = None,
     plot: Annotated[Path | None, typer.Option("--plot", metavar="DIR", help="Write "
                     "contributions.png (query components x key components, grouped by layer) "
                     "and keys.png (key-side totals x keys) to this folder.",
@@ -91,6 +94,10 @@ def why(
         if output_path.suffix != ".npz":
             raise InputError(f"--output {output_path}: give a .npz file name")
         check_file_target(output_path, "--output")
+    if report is not None:
+        if report.suffix.lower() not in (".html", ".htm"):
+            raise InputError(f"--report {report}: give an .html file name")
+        check_file_target(report, "--report")
     from attnviz.analyses.attention import check_length, encode_text, load_model
     from attnviz.analyses.attribution import token_labels
     from attnviz.analyses.why import (
@@ -117,10 +124,16 @@ def why(
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = run(model, token_ids, layer=layer, head=head_index, query=position,
-                     key=chosen if isinstance(chosen, int) else None, progress=progress)
+                     key=chosen if isinstance(chosen, int) else None, progress=progress,
+                     every_query=report is not None)
     labels = token_labels(model.tokenizer, token_ids)
     name = head_name(result, labels)
     files: list[str] = []
+    page = None
+    if report is not None:  # rendered (and its size checked) before anything is written
+        from attnviz.display.why_report import render_why_html, why_payload
+
+        page = render_why_html(why_payload(result, labels))
     if plot is not None:
         from attnviz.pictures.why import write_why_pictures
 
@@ -128,6 +141,11 @@ def why(
             plot, result.contributions(), result.key_totals_by_key(), result.components,
             [labels[j] for j in result.keys], result.keys, result.key, result.weights, name,
             dpi=dpi, fmt=fmt_out)]
+    if page is not None:
+        from attnviz.files.fileio import write_bytes
+
+        write_bytes(report, page.encode("utf-8"))
+        files.append(str(report))
     if output_path is not None:
         from attnviz.analyses.why import why_arrays
         from attnviz.files.fileio import atomic_write
