@@ -1,9 +1,10 @@
 """`attnviz why` benchmark (issue 41): a 100-token prompt, one head of the last layer (the
-most components), `--key all` and the whole split written as .npz, GPT-2-small shape (random
-weights saved by transformers as a GPT2LMHeadModel), whole process, against a transformers
-script that computes the same matrix with hooks: one forward capturing every head's context
-(the input of ``c_proj``) and every MLP's output, then the components frozen through ``ln_1``
-and projected in torch, the matrix and the key-side totals saved with ``np.save``.
+most components), `--key all`, the report page and the whole split written as .npz,
+GPT-2-small shape (random weights saved by transformers as a GPT2LMHeadModel), whole
+process, against a transformers script that computes the same matrix with hooks: one forward
+capturing every head's context (the input of ``c_proj``) and every MLP's output, then the
+components frozen through ``ln_1`` and projected in torch, the matrix and the key-side totals
+saved with ``np.save``.
 
 Each side is a fresh process, run alternately; both sides' matrices are checked equal.
 ``bench_why`` returns rows in the format of ``benchmarks/run.py``.
@@ -75,7 +76,8 @@ def bench_why(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict]:
     ours_npz = tmp / "ours.npz"
     ours = [sys.executable, "-c", "import sys; from attnviz.cli import main; sys.argv[0] = "
             "'attnviz'; main()", "why", text, "--weights", str(checkpoint),
-            "--head", f"{layer}.{head}", "--query", "-1", "--key", "all", "-o", str(ours_npz), "-q"]
+            "--head", f"{layer}.{head}", "--query", "-1", "--key", "all", "-o", str(ours_npz),
+            "--report", str(tmp / "why.html"), "-q"]
     commands = {
         "transformers": [sys.executable, "-c", TRANSFORMERS, str(checkpoint), str(ids_file),
                          str(layer), str(head), str(tmp / "matrix.npy"), str(tmp / "totals.npy")],
@@ -95,7 +97,7 @@ def bench_why(tmp: Path, smoke: bool = False, repeat: int = 5) -> list[dict]:
     shape = "tiny checkpoint" if smoke else "GPT-2-small shape"
     ratio = median["ours"] / median["transformers"]
     return [{
-        "measure": f"`attnviz why --key all -o`, {n_prompt}-token prompt, head {layer}.{head} "
+        "measure": f"`attnviz why --key all --report -o`, {n_prompt}-token prompt, head {layer}.{head} "
                    f"({theirs.shape[0]} x {theirs.shape[0]} contributions), {shape}, whole process",
         "baseline": f"{median['transformers']:.2f} s (transformers: import, from_pretrained, one "
                     f"hooked forward, the projections in torch, np.save)",
