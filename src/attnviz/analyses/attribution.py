@@ -181,12 +181,18 @@ def _frozen(norm, stream: torch.Tensor):
     ``apply(c (..., d)) -> (..., d)``, and its bias (None without one). Summed over
     components of ``stream``, ``apply`` plus the bias gives ``norm(stream)``. A LayerNorm's
     centring is linear: ``apply`` centres each component."""
-    weight = norm.weight
+    weight, spread = norm.weight, _spread(norm, stream)
     if isinstance(norm, torch.nn.LayerNorm):
-        sigma = torch.sqrt(stream.var(-1, unbiased=False, keepdim=True) + norm.eps)
-        return (lambda c: (c - c.mean(-1, keepdim=True)) / sigma * weight), norm.bias
-    rms = torch.sqrt(stream.pow(2).mean(-1, keepdim=True) + norm.eps)
-    return (lambda c: c / rms * weight), getattr(norm, "bias", None)
+        return (lambda c: (c - c.mean(-1, keepdim=True)) / spread * weight), norm.bias
+    return (lambda c: c / spread * weight), getattr(norm, "bias", None)
+
+
+def _spread(norm, stream: torch.Tensor) -> torch.Tensor:
+    """What ``norm`` divides ``stream (..., d)`` by, ``(..., 1)``: LayerNorm's σ, RMSNorm's
+    RMS (each with the norm's epsilon)."""
+    if isinstance(norm, torch.nn.LayerNorm):
+        return torch.sqrt(stream.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return torch.sqrt(stream.pow(2).mean(-1, keepdim=True) + norm.eps)
 
 
 def _head_outputs(attn, context: torch.Tensor) -> torch.Tensor:

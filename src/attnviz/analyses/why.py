@@ -2,10 +2,10 @@
 and the key carry (QK attribution).
 
 >>> result = why(model, token_ids, layer=1, head=3, query=20)  # doctest: +SKIP
->>> result.contributions().shape          # (query components, key components)
+>>> result.contributions().shape  # (query components, key components)  # doctest: +SKIP
 (32, 32)
->>> result.contributions().sum() - result.score    # the matrix adds up to the score
-0.0
+>>> result.contributions().sum() == result.score  # the matrix adds up  # doctest: +SKIP
+True
 
 The residual stream entering layer L is a sum of components: the token embedding
 (``embed``), the learned position embedding (``pos``, GPT-2 style), each earlier head's
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from attnviz.analyses.attention import import_pandas, token_records
-from attnviz.analyses.attribution import _Forward, _frozen, _head_outputs, token_labels
+from attnviz.analyses.attribution import _Forward, _frozen, _head_outputs, _spread, token_labels
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
 from attnviz.models.forward import apply_rope
@@ -208,12 +208,18 @@ def check_key(key: int, query: int, window: int | None, layer: int) -> int:
 class _Side:
     """One side (``query`` or ``key``) of a head at some positions: a residual-stream
     component ``(k, n, d)`` -> its part of the query (key) vectors ``(k, n, hd)``, with the
-    norm's statistics, the QK-norm's RMS and the rotation of each position frozen."""
+    norm's statistics, the QK-norm's RMS and the rotation of each position frozen.
 
-    def __init__(self, weight, bias=None, norm=None, norm_bias=None, qk_scale=None,
+    The frozen norm is folded into the projection: with ``A = W · diag(norm weight)``,
+    ``W · norm(c) = (c · Aᵀ) / spread`` per position, and a LayerNorm's centring is
+    ``A``'s rows centred (``Σ (c_i − c̄) a_i = Σ c_i (a_i − ā)``): one product per component,
+    no centred or scaled copies of it."""
+
+    def __init__(self, weight, bias=None, spread=None, norm_bias=None, qk_scale=None,
                  rope=None, factor: float = 1.0):
-        self.weight, self.bias = weight, bias  # (hd, d), (hd,) float64
-        self.norm, self.norm_bias = norm, norm_bias  # frozen (k, n, d) -> (k, n, d); (d,)
+        self.weight, self.bias = weight, bias  # (hd, d) with the norm folded in, (hd,) float64
+        self.spread = spread  # (n, 1): what the norm divides each position by, or None
+        self.norm_bias = norm_bias  # (hd,): the norm's bias through the projection, or None
         self.qk_scale = qk_scale  # (n, hd): QK-norm weight / the actual RMS, or None
         self.rope = rope  # (cos, sin), (n, rotary_dim) each, or None
         self.factor = factor  # the score's scale, on the query side
@@ -224,11 +230,15 @@ class _Side:
         """Side ``which`` of query head (or key/value head) ``index`` of ``block``, at
         ``positions``; ``stream (T, d)`` enters the block, ``stages`` from
         ``Attention.project`` (the projections before the QK-norm)."""
-        attn = block.attn
+        attn, norm = block.attn, block.norm1
         is_query = which == "query"
         linear, qk_norm = (attn.W_query, attn.q_norm) if is_query else (attn.W_key, attn.k_norm)
         rows = slice(index * attn.head_dim, (index + 1) * attn.head_dim)
-        norm, norm_bias = _frozen(block.norm1, stream[positions].double())
+        weight = linear.weight[rows].double()  # (hd, d)
+        folded = weight * norm.weight.double()
+        if isinstance(norm, torch.nn.LayerNorm):
+            folded = folded - folded.mean(-1, keepdim=True)
+        norm_bias = getattr(norm, "bias", None)
         qk_scale = None
         if qk_norm is not None:
             projected = stages["queries_projected" if is_query else "keys_projected"]
@@ -238,15 +248,14 @@ class _Side:
         rope = None
         if attn.rope is not None:
             rope = tuple(t[positions].double() for t in attn.rope_tables)
-        return cls(linear.weight[rows].double(),
-                   None if linear.bias is None else linear.bias[rows].double(),
-                   norm, None if norm_bias is None else norm_bias.double(), qk_scale, rope,
+        return cls(folded, None if linear.bias is None else linear.bias[rows].double(),
+                   _spread(norm, stream[positions].double()),
+                   None if norm_bias is None else weight @ norm_bias.double(), qk_scale, rope,
                    attn.scale if is_query else 1.0)
 
     def __call__(self, component: torch.Tensor) -> torch.Tensor:
-        if self.norm is not None:
-            component = self.norm(component)
-        return self.finish(component @ self.weight.T)
+        part = component @ self.weight.T  # (k, n, d) @ (d, hd) -> (k, n, hd)
+        return self.finish(part if self.spread is None else part / self.spread)
 
     def finish(self, part: torch.Tensor) -> torch.Tensor:
         """A part of the projection ``(k, n, hd)`` through the QK-norm, RoPE and scale."""
@@ -260,7 +269,7 @@ class _Side:
         """The parts of layer ``layer``'s own biases, ``(1, n, hd)`` each."""
         parts = []
         if self.norm_bias is not None:
-            parts.append((f"bias.norm{layer}", self.finish((self.weight @ self.norm_bias).expand(1, n, -1))))
+            parts.append((f"bias.norm{layer}", self.finish(self.norm_bias.expand(1, n, -1))))
         if self.bias is not None:
             parts.append((f"bias.proj{layer}", self.finish(self.bias.expand(1, n, -1))))
         return parts
@@ -271,6 +280,9 @@ class _Parts:
 
     def __init__(self, query_side: _Side, key_side: _Side, queries: list[int], keys: list[int]):
         self.sides, self.queries, self.keys = (query_side, key_side), queries, keys
+        # consecutive positions (one query, or every one; the keys a query sees): views, not copies
+        self.at = tuple(slice(p[0], p[-1] + 1) for p in (queries, keys))
+        assert all(p == list(range(p[0], p[-1] + 1)) for p in (queries, keys))
         self.names: list[str] = []
         self.query_parts: list[torch.Tensor] = []  # (k, Q, hd) each
         self.key_parts: list[torch.Tensor] = []  # (k, K, hd) each
@@ -278,8 +290,8 @@ class _Parts:
     def add(self, names: list[str], component: torch.Tensor) -> None:
         """Components ``(k, T, d)`` (float64) of the stream at every position."""
         self.names += names
-        self.query_parts.append(self.sides[0](component[:, self.queries]))
-        self.key_parts.append(self.sides[1](component[:, self.keys]))
+        self.query_parts.append(self.sides[0](component[:, self.at[0]]))
+        self.key_parts.append(self.sides[1](component[:, self.at[1]]))
 
     def add_biases(self, layer: int) -> None:
         query, key = (side.bias_parts(layer, len(at))
