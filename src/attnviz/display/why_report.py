@@ -68,9 +68,20 @@ def why_payload(result, labels: list[str]) -> dict:
     }
 
 
+_ARRAYS = ("weights", "query_parts", "key_parts")
+
+
 def render_why_html(payload: dict) -> str:
-    """The whole page: ``why.html`` with the style, the data and the script inlined."""
-    parts = {"{{css}}": asset("why.css"), "{{data}}": payload_json(payload),
+    """The whole page: ``why.html`` with the style, the data and the script inlined. The
+    arrays' base64url text needs no escaping (letters, digits, ``-``, ``_``, ``=``): it is
+    put in after the rest is escaped, not searched through (megabytes)."""
+    data = payload_json({k: (f"@{k}@" if k in _ARRAYS else v) for k, v in payload.items()})
+    for name in _ARRAYS:
+        text = payload[name]
+        if not re.fullmatch(r"[A-Za-z0-9_=-]*", text):
+            raise ValueError(f"{name} is not base64url text")
+        data = data.replace(f'"@{name}@"', f'"{text}"', 1)
+    parts = {"{{css}}": asset("why.css"), "{{data}}": data,
              "{{scripts}}": f"<script>\n{asset('why.js')}</script>"}
     return re.sub(r"\{\{(css|data|scripts)\}\}", lambda m: parts[m.group(0)], asset("why.html"))
 
