@@ -205,6 +205,19 @@ def check_key(key: int, query: int, window: int | None, layer: int) -> int:
     return key
 
 
+def count_components(model, layer: int) -> tuple[int, int]:
+    """``(components, head_dim)`` of a split at ``layer``, known before it is computed (for
+    size checks): the embeddings, each earlier layer's heads, output bias and MLP, and the
+    layer's own biases."""
+    if model.describe().get("mode") == "random":
+        config = model.config
+        return 2 + int(config.qkv_bias), config.d_model // config.n_heads
+    spec = model.spec
+    per_layer = spec.n_heads + int(spec.out_bias) + 1
+    own = int(spec.norm == "layernorm") + int(spec.qkv_bias)
+    return 1 + int(spec.positions == "learned") + layer * per_layer + own, spec.head_dim
+
+
 class _Side:
     """One side (``query`` or ``key``) of a head at some positions: a residual-stream
     component ``(k, n, d)`` -> its part of the query (key) vectors ``(k, n, hd)``, with the

@@ -120,6 +120,12 @@ def why(
     position = check_query(query, len(token_ids))
     if isinstance(chosen, int):
         check_key(chosen, position, model.window(layer), layer)
+    if report is not None:  # before the work: the page holds every position's parts
+        from attnviz.analyses.why import count_components
+        from attnviz.display.why_report import check_report_size
+
+        n_components, head_dim = count_components(model, layer)
+        check_report_size(n_components, len(token_ids), head_dim)
     from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
