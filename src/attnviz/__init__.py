@@ -7,6 +7,7 @@ The Python API (``attnviz.api``), for notebooks and scripts::
     attnviz.show("When Mary and John went to the store", gpt2, layer="all")
     attnviz.scan(["a prompt", "another"], gpt2)  # detectors over many prompts
     attnviz.attribute("… John gave a drink to", gpt2, target=" Mary", contrast=" John")
+    attnviz.why("… John gave a drink to", gpt2, head=(9, 9), query=-1)  # why it looks there
 
 Attention weights everywhere in attnviz follow one convention:
 ``[batch, head, query_pos, key_pos]`` — row ``i`` of a head's matrix is the distribution
@@ -18,11 +19,11 @@ import importlib.abc
 import importlib.util
 import sys
 
-from attnviz.api import Model, analyze, attribute, load, report_page, scan, show
+from attnviz.api import Model, analyze, attribute, load, report_page, scan, show, why
 
 __version__ = "0.1.0"
 __all__ = ["Model", "analyze", "attribute", "load", "report_page", "scan", "scan_distributed",
-           "show"]
+           "show", "why"]
 
 
 def __getattr__(name: str):

@@ -27,7 +27,7 @@ from attnviz.analyses.describe import model_name
 from attnviz.core.errors import InputError
 from attnviz.files.progress import in_notebook
 
-__all__ = ["Model", "load", "analyze", "report_page", "show", "scan", "attribute"]
+__all__ = ["Model", "load", "analyze", "report_page", "show", "scan", "attribute", "why"]
 
 
 class Model:
@@ -224,3 +224,39 @@ def attribute(text: str, weights, *, target: str | None = None, contrast: str | 
             check_length(len(ids), model.engine.context_length, " (the checkpoint's context)")
     return run(model.engine, token_ids, position=position, target=target_id,
                contrast=contrast_id, ablate=ablate, baseline=baseline_ids, top_k=top_k)
+
+
+def why(text: str, weights=None, *, head: tuple[int, int], query: int = -1,
+        key: int | None = None, report: str | Path | None = None, allow_special: bool = False,
+        **options):
+    """`attnviz why`: the score of head ``head = (layer, head)`` from ``query`` (negative:
+    from the end) to ``key`` (default: the key it attends to most) split exactly into
+    (query-side component × key-side component) contributions. A ``WhyResult``
+    (``contributions()``: ``(C, C)``, ``components``, ``key_totals_by_key()``), shown as
+    the score, the top pairs and the two pictures. ``report``: also write the page where a
+    click on any cell of the head's heatmap shows its split (``--report``; the result then
+    holds every cell's parts, ``cells``). ``weights=None``: random mode."""
+    from attnviz.analyses.attention import check_length
+    from attnviz.analyses.why import check_head, check_key, check_query
+    from attnviz.analyses.why import why as run
+
+    model = _model(weights, options)
+    engine = model.engine
+    try:
+        layer, index = (int(h) for h in head)
+    except (TypeError, ValueError):
+        raise InputError(f"head must be (layer, head), e.g. (1, 3), got {head!r}") from None
+    check_head(layer, index, engine.n_layers, engine.n_heads)
+    token_ids = model.encode(text, allow_special)
+    check_length(len(token_ids), engine.context_length, "")
+    position = check_query(query, len(token_ids))
+    if key is not None:
+        check_key(key, position, engine.window(layer), layer)
+    result = run(engine, token_ids, layer=layer, head=index, query=position, key=key,
+                 every_query=report is not None)
+    if report is not None:
+        from attnviz.analyses.attribution import token_labels
+        from attnviz.display.why_report import write_why_report
+
+        write_why_report(result, token_labels(engine.tokenizer, token_ids), report)
+    return result

@@ -146,14 +146,18 @@ def resolve_metric(model, token_ids: list[int], target: str | None, contrast: st
 
 
 class _Forward:
-    """The clean forward pass of one text, recording what the decomposition needs."""
+    """The clean forward pass of one text, recording what the decomposition needs.
+    ``n_blocks``: run only the first blocks (``final`` is then the stream entering block
+    ``n_blocks``), which the caller has made ready for these tokens (``Transformer.iter_run``
+    does, for the blocks up to the layer it runs)."""
 
-    def __init__(self, model, token_ids: list[int], progress=None):
-        model.ready(len(token_ids), progress)
+    def __init__(self, model, token_ids: list[int], progress=None, n_blocks: int | None = None):
+        if n_blocks is None:
+            model.ready(len(token_ids), progress)
         x = model.embed(torch.tensor([token_ids]))  # (1, T, d)
         self.embedding = x[0]
         self.inputs, self.contexts, self.weights, self.records = [], [], [], []
-        for block in model.blocks:
+        for block in model.blocks[:n_blocks]:
             self.inputs.append(x)  # the residual stream entering the block
             contexts: list[torch.Tensor] = []
             record: dict = {}
@@ -172,23 +176,31 @@ def _keep(store: list):
 
 
 def _frozen(norm, stream: torch.Tensor):
-    """The norm ``norm`` as a linear map with its statistics taken from ``stream (d,)``:
+    """The norm ``norm`` as a linear map with its statistics taken from ``stream (..., d)``
+    (one position ``(d,)``, or several ``(T, d)``: each its own statistics):
     ``apply(c (..., d)) -> (..., d)``, and its bias (None without one). Summed over
-    components of ``stream``, ``apply`` plus the bias gives ``norm(stream)``."""
-    weight = norm.weight
+    components of ``stream``, ``apply`` plus the bias gives ``norm(stream)``. A LayerNorm's
+    centring is linear: ``apply`` centres each component."""
+    weight, spread = norm.weight, _spread(norm, stream)
     if isinstance(norm, torch.nn.LayerNorm):
-        sigma = torch.sqrt(stream.var(unbiased=False) + norm.eps)
-        return (lambda c: (c - c.mean(-1, keepdim=True)) / sigma * weight), norm.bias
-    rms = torch.sqrt(stream.pow(2).mean() + norm.eps)
-    return (lambda c: c / rms * weight), getattr(norm, "bias", None)
+        return (lambda c: (c - c.mean(-1, keepdim=True)) / spread * weight), norm.bias
+    return (lambda c: c / spread * weight), getattr(norm, "bias", None)
+
+
+def _spread(norm, stream: torch.Tensor) -> torch.Tensor:
+    """What ``norm`` divides ``stream (..., d)`` by, ``(..., 1)``: LayerNorm's σ, RMSNorm's
+    RMS (each with the norm's epsilon)."""
+    if isinstance(norm, torch.nn.LayerNorm):
+        return torch.sqrt(stream.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return torch.sqrt(stream.pow(2).mean(-1, keepdim=True) + norm.eps)
 
 
 def _head_outputs(attn, context: torch.Tensor) -> torch.Tensor:
-    """``context (nh·hd,)`` at one position -> each head's output ``(nh, d)``: its slice of
-    the context through its slice of ``out_proj`` (no bias)."""
+    """``context (..., nh·hd)`` -> each head's output ``(..., nh, d)``: its slice of the
+    context through its slice of ``out_proj`` (no bias), in the context's dtype."""
     nh, hd = attn.num_heads, attn.head_dim
-    w_o = attn.out_proj.weight.view(-1, nh, hd)  # (d, nh·hd) -> (d, nh, hd)
-    return torch.einsum("hk,dhk->hd", context.view(nh, hd), w_o)
+    w_o = attn.out_proj.weight.view(-1, nh, hd).to(context.dtype)  # (d, nh·hd) -> (d, nh, hd)
+    return torch.einsum("...hk,dhk->...hd", context.view(*context.shape[:-1], nh, hd), w_o)
 
 
 def decomposition(model, forward: _Forward, position: int, direction: torch.Tensor):

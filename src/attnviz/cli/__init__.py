@@ -19,6 +19,7 @@ from attnviz.cli import report  # noqa: F401
 from attnviz.cli import steps  # noqa: F401
 from attnviz.cli import generate  # noqa: F401
 from attnviz.cli import attribute  # noqa: F401
+from attnviz.cli import why  # noqa: F401
 from attnviz.cli import train  # noqa: F401
 
 __all__ = ["app", "main"]

@@ -235,3 +235,33 @@ def attribution_view(result) -> View:
             + image(dla, "direct logit attribution: layers × heads")
             + image(ablation, "ablation effect: layers × heads"))
     return View(static_page(title, body), dla, title)
+
+
+@register("attnviz.analyses.why.WhyResult")
+def why_view(result, top: int = 10) -> View:
+    """A ``WhyResult``: the score, the top pairs, the totals per component on each side and
+    the two pictures (contributions; key-side totals at each key)."""
+    from attnviz.analyses.attribution import token_labels
+    from attnviz.analyses.why import head_name, pair_table_rows, score_line, side_table_rows
+    from attnviz.pictures.why import keys_bytes, matrix_bytes
+
+    labels = token_labels(result.tokenizer, result.token_ids)
+    name = head_name(result, labels)
+    title = f"attnviz why: {name}"
+    matrix = matrix_bytes(result.contributions(), result.components,
+                          f"Why {name}: contributions to the score")
+    keys = keys_bytes(result.key_totals_by_key(), result.components,
+                      [labels[j] for j in result.keys], result.keys, result.key, result.weights,
+                      f"Why {name.split(' -> ')[0]}: key-side totals at each key")
+    pairs = [[r["rank"], r["query component"], r["key component"], f"{r['contribution']:.4f}"]
+             for r in pair_table_rows(result, top)]
+    sides = [[r["rank"], r["query side"], f"{r['query total']:.4f}", r["key side"],
+              f"{r['key total']:.4f}"] for r in side_table_rows(result, top)]
+    body = (f"<h3>{html.escape(title)}</h3><p>{html.escape(score_line(result))}</p>"
+            + table(["rank", "query component", "key component", "contribution"], pairs,
+                    "Top pairs (query-side component × key-side component)")
+            + table(["rank", "query side", "query total", "key side", "key total"], sides,
+                    "Totals per component")
+            + image(matrix, "contributions: query components × key components")
+            + image(keys, "key-side totals: components × keys"))
+    return View(static_page(title, body), matrix, title)

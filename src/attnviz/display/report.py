@@ -306,7 +306,7 @@ def asset(name: str, families: bool = True, generation: bool = True, norms: bool
     without ``generation``, the same for the ``/* [generation] */`` blocks, and without
     ``norms`` for the ``/* [norms] */`` blocks (the value-weighted switch's hooks)."""
     text = resources.files("attnviz.display").joinpath("report_assets", name).read_text(encoding="utf-8")
-    if name != "report.html" and _SCRIPT_END.search(text):  # would end a <script> early
+    if not name.endswith(".html") and _SCRIPT_END.search(text):  # would end a <script> early
         raise AssertionError(f"report asset {name} contains '</script'")
     text = text if families else _FAMILIES.sub("", text)
     text = text if norms else _NORMS.sub("", text)

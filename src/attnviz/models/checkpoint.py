@@ -33,6 +33,11 @@ class WeightMap:
         reading only the rows used."""
         raise NotImplementedError
 
+    def positions(self, start: int, n: int) -> torch.Tensor | None:
+        """``(n, d)``: the learned position embeddings of positions ``start .. start + n - 1``
+        that ``embed`` adds (GPT-2 style), or None for a model without them."""
+        return None
+
     def final_norm(self) -> dict[str, torch.Tensor] | None:
         """The final norm's ``weight`` (and ``bias``), or None for a file without one."""
         return None

@@ -386,12 +386,14 @@ class Transformer:
             self._head_parts = (norm.to(self.device), unembedding.to(self.device))
         return self._head_parts
 
-    def ready(self, n_tokens: int, progress=None) -> list[Block]:
+    def ready(self, n_tokens: int, progress=None, n_blocks: int | None = None) -> list[Block]:
         """Every block, read whole and given masks and rotations for ``n_tokens``
-        positions: for a caller that runs the blocks itself (attribution)."""
-        self.load_blocks(self.n_layers, progress, whole=True)
-        self._prepare(n_tokens, self.blocks)
-        return self.blocks
+        positions: for a caller that runs the blocks itself (attribution). ``n_blocks``:
+        only the first ones (why: the blocks up to the layer it explains)."""
+        n_blocks = self.n_layers if n_blocks is None else n_blocks
+        self.load_blocks(n_blocks, progress, whole=True)
+        self._prepare(n_tokens, self.blocks[:n_blocks])
+        return self.blocks[:n_blocks]
 
     def new_cache(self, capacity: int) -> KVCache:
         return KVCache(self.n_layers, capacity)

@@ -131,7 +131,10 @@ class NeoWeights(WeightMap):
     def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         b, t = token_ids.shape
         tokens = self.tensors.rows("wte.weight", token_ids.reshape(-1).tolist()).reshape(b, t, -1)
-        return tokens + self.tensors.rows("wpe.weight", list(range(start, start + t)))
+        return tokens + self.positions(start, t)
+
+    def positions(self, start: int, n: int) -> torch.Tensor:
+        return self.tensors.rows("wpe.weight", list(range(start, start + n)))  # (n, d)
 
     def final_norm(self) -> dict[str, torch.Tensor] | None:
         if "ln_f.weight" not in self.tensors:

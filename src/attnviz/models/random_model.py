@@ -93,10 +93,14 @@ class RandomModel:
 
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """``(T, d_model)``: token embedding + position embedding."""
-        d, seed = self.config.d_model, self.config.seed
-        tokens = seeded_rows(seed, _TOKEN_TABLE, token_ids, d)
-        positions = seeded_rows(seed, _POSITION_TABLE, list(range(len(token_ids))), d)
+        tokens, positions = self.embed_parts(token_ids)
         return tokens + positions
+
+    def embed_parts(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token embeddings and the position embeddings ``embed`` adds, ``(T, d_model)`` each."""
+        d, seed = self.config.d_model, self.config.seed
+        return (seeded_rows(seed, _TOKEN_TABLE, token_ids, d),
+                seeded_rows(seed, _POSITION_TABLE, list(range(len(token_ids))), d))
 
     def run(self, token_ids: torch.Tensor, layers: list[int],
             weights_out: torch.Tensor | None = None, progress=None, reduce=None) -> list[tuple]:
