@@ -436,6 +436,15 @@ def bench_gguf(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     return bench(smoke, repeat, tmp)
 
 
+def bench_longcontext(smoke: bool, tmp: Path) -> list[dict]:
+    """The long-context rows (benchmarks/longcontext_bench.py: SmolLM2 at 8,192 tokens, one
+    Llama-3.2-1B-shaped layer at 32,768), one run each (minutes per run), imported only when
+    they run."""
+    from longcontext_bench import bench_longcontext as bench
+
+    return bench(smoke, 1, tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per side (median of these)")
@@ -443,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models, gguf (not with --write-docs)")
+                        "report, scan, models, gguf, longcontext (not with --write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
     tokens, long_tokens = (8, 32) if args.smoke else (64, 1024)
@@ -459,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "scan": lambda tmp: bench_scan(tmp, smoke=args.smoke),
         "models": lambda tmp: bench_models(args.smoke, repeat, tmp),
         "gguf": lambda tmp: bench_gguf(args.smoke, repeat, tmp),
+        "longcontext": lambda tmp: bench_longcontext(args.smoke, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)
     unknown = [name for name in chosen if name not in groups]

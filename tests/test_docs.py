@@ -98,6 +98,10 @@ BENCHMARK_GROUPS = {
                "`attnviz scan --layer all`": 2, "`attnviz heatmap --layer all`": 1},
     # local models (GGUF): the real SmolLM2 file against transformers, a Llama-3.2-1B-shaped Q8_0
     "gguf": {"`attnviz heatmap --layer all`": 1, "`attnviz heatmap --layer 0`": 1},
+    # long contexts: SmolLM2 at 8,192 tokens (export, heatmap), one 1B-shaped layer at 32,768
+    "longcontext": {"`attnviz export --layer all --resolution": 1,
+                    "`attnviz heatmap --layer all`, the same": 1,
+                    "`attnviz export --layer 0 --resolution": 1},
 }
 
 
@@ -116,6 +120,9 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
         # GPT-2 large, Llama-3.2-1B bf16 (models_bench), Llama-3.2-1B Q8_0 GGUF (gguf_bench)
         "`attnviz heatmap --layer 0`": 3, "`attnviz report`": 2, "`attnviz scan`": 3,
         "`attnviz scan --layer all`": 2,  # the other families (round 3): SmolLM2, Pythia-160m
+        # long contexts (round 4): SmolLM2 at 8,192 tokens, a 1B-shaped layer at 32,768
+        "`attnviz export --layer all --resolution": 1, "`attnviz heatmap --layer all`, the same": 1,
+        "`attnviz export --layer 0 --resolution": 1,
     }
     helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
                             capture_output=True, text=True, timeout=120)

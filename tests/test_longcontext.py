@@ -164,6 +164,7 @@ def test_a_single_sharp_weight_far_from_the_diagonal_survives_every_resolution()
         sink = LayerReduction(heads, n, block, maps=("max", "mean"))
         attend(queries, keys, values, start=0, scale=None, softcap=None, window=None,
                reduce=sink)
+        sink.finish()
         top = sink.maps["max"][1, 900 // block, 33 // block]
         assert float(top) > 0.99, resolution
         if 900 // block > 0:  # (a block of row 0 holds its weight of 1 on key 0)
@@ -196,6 +197,7 @@ def test_the_engine_holds_tiles_not_the_matrix(monkeypatch, window, softcap):
     spy.align = 4
     context_many, _ = attend(q, k, v, start=0, scale=0.7, softcap=softcap, window=window,
                              reduce=spy)
+    one.finish(), many.finish()  # (the worker threads' sums gathered)
     assert len(seen) > 100
     for group, rows, keys in seen:
         assert group == 2 and rows <= 8 and keys <= 24

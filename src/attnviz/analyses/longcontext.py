@@ -60,14 +60,26 @@ class LayerReduction:
     (``attnviz.models.engine.Reduce``)."""
 
     def __init__(self, n_heads: int, n_tokens: int, block: int,
-                 maps: tuple[str, ...] = ("max", "mean"), span: tuple[int, int] | None = None):
-        self.align, self.n_tokens = block, n_tokens
+                 maps: tuple[str, ...] = ("max", "mean"), span: tuple[int, int] | None = None,
+                 out: dict[str, np.ndarray] | None = None):
+        """``out``: arrays to fill (this layer's slices of the result's), by name."""
+        self.align, self.n_tokens, self.n_heads = block, n_tokens, n_heads
         pooled = math.ceil(n_tokens / block)
-        self.maps = {kind: torch.zeros(n_heads, pooled, pooled) for kind in maps}
+        out = out or {}
+
+        def array(name: str, shape: tuple, dtype=torch.float32) -> torch.Tensor:
+            if name in out:
+                return torch.from_numpy(out[name]).zero_()
+            return torch.zeros(shape, dtype=dtype)
+
+        self.maps = {kind: array(f"weights_{kind}", (n_heads, pooled, pooled)) for kind in maps}
         self.entropy = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
         self.top_log = torch.full((n_heads, n_tokens), -math.inf)  # ln of each row's largest
-        self.received = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
-        self.distance = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
+        # Σ over queries, by key and by distance: a part per worker thread (they overlap)
+        self.parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.received = array("received", (n_heads, n_tokens), torch.float64)
+        self.distance = array("distance", (n_heads, n_tokens), torch.float64)
+        self.out = out
         self.span = span
         self.window = (torch.zeros(n_heads, span[1] - span[0], span[1] - span[0])
                        if span is not None else None)
@@ -82,8 +94,9 @@ class LayerReduction:
         # H = -Σ a ln a, with ln a = s - lse exactly: no logarithm per cell (logs is scratch)
         self.entropy[heads, q_rows] -= torch.mul(w, tile.logs, out=tile.logs).sum(dim=-1)
         ones = w.new_ones(group, 1, rows)
-        self.received[heads, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
-        self._distances(tile, q_start - k_start, ones)
+        received, distance = self._part(tile.worker)
+        received[heads, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
+        self._distances(tile, q_start - k_start, ones, distance)
         self._pool(w, heads, q_start, k_start)
         if self.window is not None:
             a, b = self.span
@@ -93,7 +106,14 @@ class LayerReduction:
                 self.window[heads, lo - a:hi - a, k_lo - a:k_hi - a] = (
                     w[:, lo - q_start:hi - q_start, k_lo - k_start:k_hi - k_start])
 
-    def _distances(self, tile, lead: int, ones: torch.Tensor) -> None:
+    def _part(self, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The worker's own ``(received, distance)`` (the first worker's are the result's)."""
+        if worker not in self.parts:
+            self.parts[worker] = ((self.received, self.distance) if not self.parts else (
+                torch.zeros_like(self.received), torch.zeros_like(self.distance)))
+        return self.parts[worker]
+
+    def _distances(self, tile, lead: int, ones: torch.Tensor, distance: torch.Tensor) -> None:
         """Add the tile's mass by distance. Row r is query ``k_start + lead + r``; its key at
         column c lies ``lead + r - c`` back. In ``tile.padded`` (each row between P >= R
         zeros) the view ``padded[g, r, r + m]`` (stride K + 2P + 1), m = 0 .. K + P - 1,
@@ -106,13 +126,10 @@ class LayerReduction:
         band = padded.as_strided((group, rows, span), (padded.stride(0), padded.stride(1) + 1, 1),
                                  padded.storage_offset())
         sums = torch.bmm(ones, band)[:, 0].flip(-1)  # distances lead + P - span + 1 .. lead + P
-        self._add(tile.heads, lead + pad - span + 1, sums)
-
-    def _add(self, heads: slice, first: int, sums: torch.Tensor) -> None:
-        """``distance[heads, first + i] += sums[:, i]``, keeping ``0 <= first + i < T``."""
-        lo, hi = max(first, 0), min(first + sums.shape[1], self.n_tokens)
+        first = lead + pad - span + 1
+        lo, hi = max(first, 0), min(first + sums.shape[1], self.n_tokens)  # 0 <= δ < T
         if lo < hi:
-            self.distance[heads, lo:hi] += sums[:, lo - first:hi - first]
+            distance[tile.heads, lo:hi] += sums[:, lo - first:hi - first]
 
     def _pool(self, w: torch.Tensor, heads: slice, q_start: int, k_start: int) -> None:
         """Each block of the tile (aligned: its starts are multiples of b, its sides too but
@@ -136,15 +153,23 @@ class LayerReduction:
                     group, rows // b, n_keys // b, b).sum(-1)
 
     def finish(self) -> dict[str, np.ndarray]:
+        """The layer's arrays (filled into ``out``'s where given), by name."""
         if "mean" in self.maps and self.align > 1:  # block sums -> means over their cells
             b, n = self.align, self.n_tokens
             sides = torch.clamp(n - torch.arange(0, n, b), max=b).float()
             self.maps["mean"] /= sides[:, None] * sides[None, :]
+        for received, distance in list(self.parts.values())[1:]:
+            self.received += received
+            self.distance += distance
+        self.parts.clear()
         out = {f"weights_{kind}": pooled.numpy() for kind, pooled in self.maps.items()}
         out.update(entropy=self.entropy.float().numpy(), row_max=self.top_log.exp().numpy(),
                    received=self.received.numpy(), distance=self.distance.numpy())
         if self.window is not None:
             out["window"] = self.window.numpy()
+        for name, value in out.items():
+            if name in self.out and not np.shares_memory(self.out[name], value):
+                self.out[name][...] = value
         return out
 
 
@@ -301,27 +326,31 @@ def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: 
     """Run ``model`` on ``token_ids`` once, reducing the weights of ``layers`` slab by slab:
     pooled maps at most ``resolution`` cells a side, the statistics, and the exact weights
     of the window ``span`` (queries and keys A .. B - 1) when given."""
-    import torch
-
     n = len(token_ids)
     if not 0 < sink_tokens < n:
         raise InputError(f"--sink-tokens must be at least 1 and below the text's length "
                          f"({n} tokens), got {sink_tokens}")
     block = block_size(n, resolution)
-    reductions = [LayerReduction(model.n_heads, n, block, maps, span) for _ in layers]
-    per_layer = model.run(torch.tensor([token_ids]), layers, progress=progress,
-                          reduce=reductions)
-    arrays: dict[str, list] = {}
-    for reduction in reductions:
-        for name, value in reduction.finish().items():
-            arrays.setdefault(name, []).append(value)
-    del per_layer
+    side, heads = math.ceil(n / block), model.n_heads
+    shapes = {**{f"weights_{kind}": ((side, side), np.float32) for kind in maps},
+              "entropy": ((n,), np.float32), "row_max": ((n,), np.float32),
+              "received": ((n,), np.float64), "distance": ((n,), np.float64)}
+    if span is not None:
+        shapes["window"] = ((span[1] - span[0],) * 2, np.float32)
+    arrays = {name: np.zeros((len(layers), heads, *shape), dtype)
+              for name, (shape, dtype) in shapes.items()}  # filled layer by layer, in place
+    reductions = [LayerReduction(heads, n, block, maps, span,
+                                 out={name: a[k] for name, a in arrays.items()})
+                  for k in range(len(layers))]
+    for k, *_ in model.iter_run(torch.tensor([token_ids]), layers, progress=progress,
+                                reduce=reductions):
+        reductions[k].finish()  # each layer's inputs dropped as the next one runs
+        reductions[k] = None
     return LongResult(
         token_ids=token_ids, raw_tokens=model.tokenizer.token_bytes(token_ids), layers=layers,
         config={**model.describe(), "layers": layers}, block=block, sink_tokens=sink_tokens,
-        arrays={name: np.stack(values) for name, values in arrays.items()},
-        windows=[model.window(i) for i in layers], kv_heads=list(model.kv_heads),
-        bos=starts_with_bos(model, token_ids), span=span)
+        arrays=arrays, windows=[model.window(i) for i in layers],
+        kv_heads=list(model.kv_heads), bos=starts_with_bos(model, token_ids), span=span)
 
 
 RESOLUTION = 1024  # a text of more tokens is shown pooled, at most this many cells a side

@@ -24,6 +24,7 @@ and the layer's own ``O(T·d)``, never ``O(T²)``.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Protocol
 
 import torch
@@ -44,6 +45,7 @@ class Tile(NamedTuple):
     q_start: int
     k_start: int
     padded: torch.Tensor  # (G, R, K + 2P): each row of weights between P zeros each side
+    worker: int = 0  # the thread that made it (tiles of one worker come one at a time)
 
 
 class Reduce(Protocol):
@@ -100,7 +102,26 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
     plan = _Plan(queries, keys, values, start, scale, softcap, window,
                  reduce.align if reduce is not None else 1)
     context = queries.new_zeros(b, n_heads, n_rows, head_dim)
-    plan.weights(plan.log_sum_exp(), context, reduce)
+    workers = torch.get_num_threads() if queries.device.type == "cpu" else 1
+    if workers == 1:
+        plan.run(0, 1, context, reduce)
+        return context, None
+    # Tiles are small: torch's threads would meet at every operation. Instead each worker
+    # thread takes every n-th slab of rows (balanced under the causal triangle), one
+    # core each; their rows are disjoint, and so is what they write.
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def work(worker: int) -> None:  # the caller's modes: they are per thread
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            plan.run(worker, workers, context, reduce)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for done in [pool.submit(work, w) for w in range(workers)]:
+                done.result()
+    finally:
+        torch.set_num_threads(workers)
     return context, None
 
 
@@ -126,31 +147,54 @@ class _Plan:
         self.rows = max(align, TILE_ROWS // align * align)
         self.width = max(align, TILE_CELLS // (self.group * self.rows) // align * align)
         self.align = align
-        self.scores_buffer = queries.new_empty(self.group * self.rows * self.width)
-        # The weights: each row between R zero columns on either side, so that one sheared
-        # view reads every distance of a tile (see ``Tile.padded``); the left ones stay 0.
-        self.padded = queries.new_zeros(self.group, self.rows, self.width + 2 * self.rows)
 
-    def tiles(self):
-        """``(batch, kv head, row offset a, rows, key start, key stop)`` of every tile."""
+    def slabs(self, worker: int, workers: int):
+        """``(batch, kv head, row offset a, rows)`` of every ``workers``-th slab of rows."""
         b, n_kv = self.queries.shape[0], self.keys.shape[1]
-        for bi in range(b):
-            for kv in range(n_kv):
-                for a in range(0, self.n_rows, self.rows):
-                    q_lo = self.start + a
-                    q_hi = min(q_lo + self.rows, self.start + self.n_rows)
-                    k_lo = 0 if self.window is None else max(0, q_lo - self.window + 1)
-                    k_lo = k_lo // self.align * self.align
-                    for k in range(k_lo, q_hi, self.width):
-                        yield bi, kv, a, q_hi - q_lo, k, min(k + self.width, q_hi)
+        slabs = [(bi, kv, a, min(self.rows, self.n_rows - a)) for bi in range(b)
+                 for kv in range(n_kv) for a in range(0, self.n_rows, self.rows)]
+        return slabs[worker::workers]
 
-    def scores(self, bi, kv, a, count, k_lo, k_hi, fill) -> torch.Tensor:
+    def key_ranges(self, a: int, count: int):
+        """The key tiles ``(k_lo, k_hi)`` of rows ``a .. a + count - 1``: the visible ones."""
+        q_lo = self.start + a
+        k_lo = 0 if self.window is None else max(0, q_lo - self.window + 1)
+        k_lo = k_lo // self.align * self.align
+        return [(k, min(k + self.width, q_lo + count)) for k in range(k_lo, q_lo + count,
+                                                                      self.width)]
+
+    def run(self, worker: int, workers: int, context, reduce) -> None:
+        """Both passes over this worker's slabs: each slab's log-sum-exp, then its weights
+        (to ``reduce``, with the worker's index) and its rows of ``context``."""
+        g = self.group
+        scratch = self.queries.new_empty(g * self.rows * self.width)
+        # Each row of weights between R zero columns on either side, so that one sheared
+        # view reads every distance of a tile (see ``Tile.padded``); the left ones stay 0.
+        padded = self.queries.new_zeros(g, self.rows, self.width + 2 * self.rows)
+        for bi, kv, a, count in self.slabs(worker, workers):
+            heads = slice(kv * g, (kv + 1) * g)
+            tiles = self.key_ranges(a, count)
+            peak, log_total = self.log_sum_exp(bi, kv, a, count, tiles, scratch)
+            for k_lo, k_hi in tiles:
+                logs = self.scores(bi, kv, a, count, k_lo, k_hi, HIDDEN, scratch)
+                logs.sub_(peak).sub_(log_total)
+                width, pad = k_hi - k_lo, self.rows
+                rows_padded = padded[:, :count, :width + 2 * pad]
+                rows_padded[:, :, pad + width:].zero_()  # what a wider tile left there
+                weights = torch.exp(logs, out=rows_padded[:, :, pad:pad + width])
+                # (G, R, K) @ (K, hd) -> (G, R, hd)
+                context[bi, heads, a:a + count] += weights @ self.values[bi, kv, k_lo:k_hi]
+                if reduce is not None:
+                    reduce(Tile(weights, logs, heads, self.start + a, k_lo, rows_padded,
+                                worker))
+
+    def scores(self, bi, kv, a, count, k_lo, k_hi, fill, scratch) -> torch.Tensor:
         """The tile's scores ``(G, R, K)``: scaled, softcapped, hidden cells ``fill``."""
         g = self.group
         heads = slice(kv * g, (kv + 1) * g)
         # (G, R, hd) -> (G·R, hd) @ (hd, K) -> (G·R, K): the group's heads, its keys read once
         rows = self.queries[bi, heads, a:a + count].reshape(g * count, -1)
-        out = self.scores_buffer[:g * count * (k_hi - k_lo)].view(g * count, k_hi - k_lo)
+        out = scratch[:g * count * (k_hi - k_lo)].view(g * count, k_hi - k_lo)
         scores = torch.matmul(rows, self.keys[bi, kv, k_lo:k_hi].T, out=out)
         if self.scale is not None:
             scores.mul_(self.scale)
@@ -163,42 +207,23 @@ class _Plan:
                                        scores.device), fill)
         return scores
 
-    def log_sum_exp(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pass 1: the log-sum-exp of each row, by a running max and sum, as its two parts
-        ``(max s, ln Σ exp(s - max s))``, ``(b, nh, T)`` each: subtracted one after the other,
-        ``s - max`` is exact near the top, where a float32 lse of a large score (its last
-        bit ~2e-6 at 30) would cost weights near 1 their sixth digit."""
-        b, n_heads = self.queries.shape[:2]
-        peak = self.queries.new_full((b, n_heads, self.n_rows), float("-inf"))
-        total = self.queries.new_zeros((b, n_heads, self.n_rows))
+    def log_sum_exp(self, bi, kv, a, count, tiles, scratch):
+        """Pass 1 for one slab: each row's log-sum-exp by a running max and sum, as its two
+        parts ``(max s, ln Σ exp(s - max s))``, ``(G, R, 1)`` each: subtracted one after the
+        other, ``s - max`` is exact near the top, where a float32 lse of a large score (its
+        last bit ~2e-6 at 30) would cost weights near 1 their sixth digit."""
         g = self.group
-        for bi, kv, a, count, k_lo, k_hi in self.tiles():
-            scores = self.scores(bi, kv, a, count, k_lo, k_hi, float("-inf"))
-            heads, rows = slice(kv * g, (kv + 1) * g), slice(a, a + count)
-            new = torch.maximum(peak[bi, heads, rows], scores.amax(dim=-1))
+        peak = self.queries.new_full((g, count, 1), float("-inf"))
+        total = self.queries.new_zeros((g, count, 1))
+        for k_lo, k_hi in tiles:
+            scores = self.scores(bi, kv, a, count, k_lo, k_hi, float("-inf"), scratch)
+            new = torch.maximum(peak, scores.amax(dim=-1, keepdim=True))
             # a row with every key of the tile hidden (and none before) keeps -inf: no NaN
             shift = torch.where(torch.isinf(new), 0.0, new)
-            total[bi, heads, rows] *= torch.exp(peak[bi, heads, rows] - shift)
-            exp = torch.exp(scores.sub_(shift.unsqueeze(-1)), out=scores)
-            total[bi, heads, rows] += exp.sum(dim=-1)
-            peak[bi, heads, rows] = new
+            total *= torch.exp(peak - shift)
+            total += torch.exp(scores.sub_(shift), out=scores).sum(dim=-1, keepdim=True)
+            peak = new
         return peak, total.log_()
-
-    def weights(self, lse: tuple[torch.Tensor, torch.Tensor], context, reduce) -> None:
-        """Pass 2: each tile's exact weights, to ``reduce``; ``context`` summed when given."""
-        g = self.group
-        for bi, kv, a, count, k_lo, k_hi in self.tiles():
-            heads, rows = slice(kv * g, (kv + 1) * g), slice(a, a + count)
-            logs = self.scores(bi, kv, a, count, k_lo, k_hi, HIDDEN)
-            logs.sub_(lse[0][bi, heads, rows].unsqueeze(-1)).sub_(lse[1][bi, heads, rows].unsqueeze(-1))
-            width, pad = k_hi - k_lo, self.rows
-            padded = self.padded[:, :count, :width + 2 * pad]
-            padded[:, :, pad + width:].zero_()  # what a wider tile left there
-            weights = torch.exp(logs, out=padded[:, :, pad:pad + width])
-            if context is not None:  # (G, R, K) @ (K, hd) -> (G, R, hd)
-                context[bi, heads, rows] += weights @ self.values[bi, kv, k_lo:k_hi]
-            if reduce is not None:
-                reduce(Tile(weights, logs, heads, self.start + a, k_lo, padded))
 
 
 def _scores(queries: torch.Tensor, keys: torch.Tensor, scale: float | None,
