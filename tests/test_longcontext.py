@@ -296,3 +296,70 @@ def test_a_text_longer_than_the_context_is_refused_by_its_length(checkpoints, tm
 def test_sink_tokens_must_leave_queries():
     with pytest.raises(InputError, match="--sink-tokens"):
         analyze_long(load_model(ModelConfig(n_heads=2, d_model=16)), [1, 2, 3], [0], sink_tokens=3)
+
+
+def long_text(tmp_path, words: int = 250) -> Path:
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(f"w{i % 97}" for i in range(words)))
+    return text
+
+
+def test_export_of_a_long_text_writes_the_documented_arrays(checkpoints, tmp_path):
+    folder, text = checkpoints["llama-gqa"], long_text(tmp_path)
+    out = tmp_path / "long.npz"
+    result = run("export", "--file", text, "--weights", folder, "--layer", "0,2",
+                 "--resolution", "100", "--sink-tokens", "3", "--tokens", "40:90", "-o", out)
+    assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    n, b = len(saved["token_ids"]), int(saved["block"])
+    p = -(-n // b)
+    assert n > 100 and b == -(-n // 100)
+    assert saved["weights_max"].shape == saved["weights_mean"].shape == (2, 4, p, p)
+    for name in ("entropy", "row_max", "received", "distance"):
+        assert saved[name].shape == (2, 4, n), name
+    assert saved["sink_mass"].shape == (2, 4) and saved["sink_alpha"].shape == (2, 4, 3)
+    assert saved["weights"].shape == (2, 4, 50, 50)  # the exact window
+    assert saved["weights_positions"].tolist() == list(range(40, 90))
+    assert saved["distance_binned"].sum() == pytest.approx(saved["distance"].sum())
+    assert "weights_mean" in saved and saved["layers"].tolist() == [0, 2]
+    # the same text whole (every weight, --full-weights): each array is its reduction
+    full = tmp_path / "full.npz"
+    assert run("export", "--file", text, "--weights", folder, "--layer", "0,2",
+               "--resolution", "100", "--full-weights", "-o", full).exit_code == 0
+    w = np.load(full)["weights"].astype(np.float64)  # (2, 4, n, n)
+    np.testing.assert_allclose(saved["received"], w.sum(axis=2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(saved["weights"], w[:, :, 40:90, 40:90], atol=1e-5)
+    np.testing.assert_allclose(saved["sink_mass"], w[..., :3].sum(-1).mean(-1), atol=1e-6)
+
+
+def test_export_refuses_a_file_larger_than_the_disk_before_writing(checkpoints, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    out = tmp_path / "full.npz"
+    result = run("export", "--file", long_text(tmp_path), "--weights",
+                 checkpoints["llama-gqa"], "--layer", "all", "--full-weights", "-o", out)
+    assert result.exit_code == 2 and "its disk has" in result.output
+    assert not out.exists() and not list(tmp_path.glob(".full.npz*"))
+
+
+def test_compare_heads_of_a_long_text_gives_the_whole_texts_statistics(checkpoints, tmp_path):
+    folder, text = checkpoints["mistral-window"], long_text(tmp_path)
+    result = run("compare-heads", "--file", text, "--weights", folder, "--layer", "1",
+                 "--resolution", "64", "--format", "json", "--plot", tmp_path / "p.png",
+                 "--head", "2")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    n = len(document["tokens"])
+    assert document["pooled"]["block"] == -(-n // 64)
+    model = load_model(ModelConfig(), str(folder))
+    expected = head_stats(reference(model, [t["id"] for t in document["tokens"]], [1],
+                                    document["pooled"]["block"])[0])
+    for row in document["heads"]:
+        h = row["head"]
+        assert row["mean_distance"] == pytest.approx(expected["mean_distance"][h], rel=1e-5)
+        assert row["previous_token"] == pytest.approx(expected["previous_token"][h], abs=1e-6)
+        assert 0 <= row["sink_mass"] <= 1
+    assert (tmp_path / "p.png").stat().st_size > 0

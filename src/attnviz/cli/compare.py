@@ -151,9 +151,11 @@ def compare_heads(
     document = {"heads": rows, "layers": result.layers, "tokens": (long or result).tokens(),
                 "config": result.config}
     window_note = ""
-    if long is not None:
+    if long is not None:  # the statistics are the whole text's; a window is only drawn
         document["pooled"] = {"block": long.block, "cells": long.n_blocks,
                               "sink_tokens": long.sink_tokens}
+        if long.span is not None:
+            document["window"] = {"start": long.span[0], "stop": long.span[1]}
     if result.window and long is None:
         start, stop = result.window
         document["window"] = {"start": start, "stop": stop}

@@ -50,8 +50,8 @@ def export(
     sink_tokens: SinkTokensOpt = 4,
     full_weights: Annotated[bool, typer.Option("--full-weights", help="A text longer than "
                             "--resolution tokens: also write every weight, (L, H, T, T) "
-                            "float32 (4·L·H·T² bytes; refused when the disk has less free).")
-                            ] = False,
+                            "float32 (4·L·H·T² bytes; refused when the disk has less free). "
+                            "A shorter text's weights are always written.")] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -85,8 +85,7 @@ def export(
     from attnviz.files.npz import Pieces, write_npz
     from attnviz.files.progress import Progress
 
-    if resolution is not None or full_weights or _longer_than_shown(source, config, weights,
-                                                                     allow_special):
+    if _longer_than_shown(source, config, weights, allow_special, resolution):
         return _export_long(source, output_path, to_stdout, output, config, weights, layer,
                             tokens, allow_special, resolution, sink_tokens, full_weights,
                             weighting, rollout, include_params, quiet)
@@ -148,15 +147,17 @@ def export(
 
 
 
-def _longer_than_shown(source, config, weights, allow_special) -> bool:
-    """Whether the text has more tokens than a whole matrix is exported for."""
+def _longer_than_shown(source, config, weights, allow_special, resolution) -> bool:
+    """Whether the text has more tokens than ``--resolution`` (checked against it): then
+    its pooled maps and statistics are exported, not every weight."""
     from attnviz.analyses.attention import encode_text, load_model
-    from attnviz.analyses.longcontext import RESOLUTION
+    from attnviz.analyses.longcontext import check_resolution
     from attnviz.core.config import ModelConfig
 
     options = config or ModelConfig()
     model = load_model(config, weights)
-    return len(encode_text(model, source, allow_special, options.bos, options.chat)) > RESOLUTION
+    n = len(encode_text(model, source, allow_special, options.bos, options.chat))
+    return n > check_resolution(resolution, n)
 
 
 def _export_long(source, output_path, to_stdout, output, config, weights, layer, tokens,
@@ -171,7 +172,6 @@ def _export_long(source, output_path, to_stdout, output, config, weights, layer,
 
     from attnviz.analyses.attention import analyze_layers
     from attnviz.analyses.longcontext import LongResult, analyze_text
-    from attnviz.core.errors import InputError
     from attnviz.files.fileio import atomic_write, check_free_space
     from attnviz.files.npz import Pieces, write_npz
     from attnviz.files.output import write_stdout
@@ -183,9 +183,7 @@ def _export_long(source, output_path, to_stdout, output, config, weights, layer,
         result = analyze_text(source, config, weights=weights, layer=layer,
                               allow_special=allow_special, tokens=tokens, resolution=resolution,
                               sink_tokens=sink_tokens, whole=whole, progress=progress)
-        if not isinstance(result, LongResult):
-            raise InputError(f"--resolution {resolution} covers the whole text "
-                             f"({result.n_tokens} tokens): drop it to export every weight")
+        assert isinstance(result, LongResult)  # longer than --resolution: _longer_than_shown
         arrays = result.export_arrays()
         records = result.tokens()
         arrays.update(tokens=np.asarray([t["text"] for t in records], dtype=str),

@@ -26,17 +26,18 @@ def stats_figure(result: LongResult, layer_index: int, dpi: int = 100, fmt: str 
     fig.subplots_adjust(left=0.06, right=0.86, top=0.86, bottom=0.13)
     colours = colormaps[PALETTE]
     distance = np.arange(1, n)  # δ = 0 cannot sit on a log axis: its mass is in the legend
+    sinks = result.sink_mass[layer_index]
     for k, h in enumerate(heads):
         colour = colours(k % 20)
         per_query = arrays["distance"][layer_index, h] / (n - np.arange(n))  # mean over queries
         left.plot(distance, np.maximum(per_query[1:], 1e-12), lw=0.9, color=colour,
-                  label=f"head {h} · self {per_query[0]:.2f}")
+                  label=f"head {h} · self {per_query[0]:.2f} · sinks {sinks[h]:.2f}")
         right.plot(np.arange(n), arrays["received"][layer_index, h], lw=0.7, color=colour)
     left.set(xscale="log", yscale="log", ylim=(1e-8, 1.5), xlim=(1, max(2, n - 1)))
     left.set_xlabel("distance back from the query (tokens)", fontsize=9)
     left.set_ylabel("mean weight at that distance", fontsize=9)
     left.set_title("How far the heads look", fontsize=10)
-    right.set(yscale="log", xlim=(0, n - 1))
+    right.set(yscale="log", xlim=(-0.015 * n, n - 1))  # the sinks at 0 off the frame's edge
     right.set_xlabel("key position", fontsize=9)
     right.set_ylabel("attention received (sum over queries)", fontsize=9)
     right.set_title(f"Which positions receive attention (first {result.sink_tokens}: sinks)",
