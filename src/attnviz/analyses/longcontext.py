@@ -108,8 +108,8 @@ class LayerReduction:
 
     def _part(self, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The worker's own ``(received, distance)`` (the first worker's are the result's)."""
-        if worker not in self.parts:
-            self.parts[worker] = ((self.received, self.distance) if not self.parts else (
+        if worker not in self.parts:  # (each worker makes its own entry: no race)
+            self.parts[worker] = ((self.received, self.distance) if worker == 0 else (
                 torch.zeros_like(self.received), torch.zeros_like(self.distance)))
         return self.parts[worker]
 
@@ -158,9 +158,10 @@ class LayerReduction:
             b, n = self.align, self.n_tokens
             sides = torch.clamp(n - torch.arange(0, n, b), max=b).float()
             self.maps["mean"] /= sides[:, None] * sides[None, :]
-        for received, distance in list(self.parts.values())[1:]:
-            self.received += received
-            self.distance += distance
+        for worker, (received, distance) in self.parts.items():
+            if worker != 0:
+                self.received += received
+                self.distance += distance
         self.parts.clear()
         out = {f"weights_{kind}": pooled.numpy() for kind, pooled in self.maps.items()}
         out.update(entropy=self.entropy.float().numpy(), row_max=self.top_log.exp().numpy(),
