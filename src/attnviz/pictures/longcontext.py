@@ -21,9 +21,9 @@ def stats_figure(result: LongResult, layer_index: int, dpi: int = 100, fmt: str 
     arrays = result.arrays
     n, layer = result.n_tokens, result.layers[layer_index]
     heads = heads if heads is not None else list(range(result.n_heads))
-    fig, canvas = new_figure(12.0, 4.6, dpi)
+    fig, canvas = new_figure(13.0, 4.6, dpi)
     left, right = fig.subplots(1, 2, gridspec_kw={"wspace": 0.25})
-    fig.subplots_adjust(left=0.06, right=0.86, top=0.86, bottom=0.13)
+    fig.subplots_adjust(left=0.06, right=0.80, top=0.86, bottom=0.13)
     colours = colormaps[PALETTE]
     distance = np.arange(1, n)  # δ = 0 cannot sit on a log axis: its mass is in the legend
     sinks = result.sink_mass[layer_index]
