@@ -156,7 +156,7 @@ def compare_heads(
                               "sink_tokens": long.sink_tokens}
         if long.span is not None:
             document["window"] = {"start": long.span[0], "stop": long.span[1]}
-    if result.window and long is None:
+    if long is None and result.window:
         start, stop = result.window
         document["window"] = {"start": start, "stop": stop}
         window_note = (f" (window: tokens {start}-{stop - 1}; statistics of the cropped rows"
