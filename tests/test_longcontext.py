@@ -363,3 +363,25 @@ def test_compare_heads_of_a_long_text_gives_the_whole_texts_statistics(checkpoin
         assert row["previous_token"] == pytest.approx(expected["previous_token"][h], abs=1e-6)
         assert 0 <= row["sink_mass"] <= 1
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("exclude_first, exclude_self", [(False, False), (True, True)])
+def test_scan_scores_a_long_prompt_through_the_tiles_as_the_whole_matrix(
+        checkpoints, monkeypatch, exclude_first, exclude_self):
+    from attnviz.analyses import scanning
+
+    model = load_model(ModelConfig(), str(checkpoints["mistral-window"]))
+    rng = np.random.default_rng(5)
+    # repeated segments: duplicate and induction patterns to find
+    segment = rng.integers(0, VOCAB, 60).tolist()
+    prompts = [scanning.Prompt(0, "", (segment * 6)[:347]),
+               scanning.Prompt(1, "", rng.integers(0, VOCAB, 290).tolist())]
+    options = dict(exclude_first=exclude_first, exclude_self=exclude_self)
+    whole = scanning.scan(model, prompts, [0, 2], **options)
+    monkeypatch.setattr(scanning, "LONG_PROMPT", 100)  # both prompts through the engine
+    tiled = scanning.scan(model, prompts, [0, 2], **options)
+    for name in scanning.COLUMNS:
+        np.testing.assert_allclose(tiled.mean[name], whole.mean[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    for name in ("duplicate_token_head", "induction_head", "previous_token_head"):
+        assert (whole.mean[name] > 1e-4).all(), name  # the patterns are there: not 0 = 0

@@ -61,8 +61,9 @@ class LayerReduction:
 
     def __init__(self, n_heads: int, n_tokens: int, block: int,
                  maps: tuple[str, ...] = ("max", "mean"), span: tuple[int, int] | None = None,
-                 out: dict[str, np.ndarray] | None = None):
-        """``out``: arrays to fill (this layer's slices of the result's), by name."""
+                 out: dict[str, np.ndarray] | None = None, detect: Detect | None = None):
+        """``out``: arrays to fill (this layer's slices of the result's), by name;
+        ``detect``: also the sums of the head detectors (``scan``)."""
         self.align, self.n_tokens, self.n_heads = block, n_tokens, n_heads
         pooled = math.ceil(n_tokens / block)
         out = out or {}
@@ -75,8 +76,12 @@ class LayerReduction:
         self.maps = {kind: array(f"weights_{kind}", (n_heads, pooled, pooled)) for kind in maps}
         self.entropy = torch.zeros(n_heads, n_tokens, dtype=torch.float64)
         self.top_log = torch.full((n_heads, n_tokens), -math.inf)  # ln of each row's largest
-        # Σ over queries, by key and by distance: a part per worker thread (they overlap)
-        self.parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Σ over queries, by key and by distance (and the detectors' sums): a part per
+        # worker thread (their rows differ, their keys and heads do not)
+        self.parts: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.detect = detect
+        self.found = torch.zeros(2, n_heads, dtype=torch.float64)  # duplicate, induction sums
+        self.corner = torch.zeros(n_heads, dtype=torch.float64)  # a[1, 0], for exclude_first
         self.received = array("received", (n_heads, n_tokens), torch.float64)
         self.distance = array("distance", (n_heads, n_tokens), torch.float64)
         self.out = out
@@ -94,8 +99,10 @@ class LayerReduction:
         # H = -Σ a ln a, with ln a = s - lse exactly: no logarithm per cell (logs is scratch)
         self.entropy[heads, q_rows] -= torch.mul(w, tile.logs, out=tile.logs).sum(dim=-1)
         ones = w.new_ones(group, 1, rows)
-        received, distance = self._part(tile.worker)
+        received, distance, found = self._part(tile.worker)
         received[heads, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
+        if self.detect is not None:
+            self._detectors(w, heads, q_start, k_start, found)
         self._distances(tile, q_start - k_start, ones, distance)
         self._pool(w, heads, q_start, k_start)
         if self.window is not None:
@@ -106,12 +113,33 @@ class LayerReduction:
                 self.window[heads, lo - a:hi - a, k_lo - a:k_hi - a] = (
                     w[:, lo - q_start:hi - q_start, k_lo - k_start:k_hi - k_start])
 
-    def _part(self, worker: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The worker's own ``(received, distance)`` (the first worker's are the result's)."""
+    def _part(self, worker: int) -> tuple[torch.Tensor, ...]:
+        """The worker's own ``(received, distance, found)`` (worker 0's are the result's)."""
         if worker not in self.parts:  # (each worker makes its own entry: no race)
-            self.parts[worker] = ((self.received, self.distance) if worker == 0 else (
-                torch.zeros_like(self.received), torch.zeros_like(self.distance)))
+            ours = (self.received, self.distance, self.found)
+            self.parts[worker] = ours if worker == 0 else tuple(torch.zeros_like(a) for a in ours)
         return self.parts[worker]
+
+    def _detectors(self, w: torch.Tensor, heads: slice, q_start: int, k_start: int,
+                   found: torch.Tensor) -> None:
+        """The tile's weight on the duplicate-token and induction patterns of
+        ``attnviz.analyses.detectors`` (the kept cells only), and a[1, 0]."""
+        d = self.detect
+        rows, n_keys = w.shape[1], w.shape[2]
+        query = torch.arange(q_start, q_start + rows)[:, None]
+        key = torch.arange(k_start, k_start + n_keys)[None, :]
+        token = d.token_ids[q_start:q_start + rows, None]
+        duplicate = (token == d.token_ids[None, k_start:k_start + n_keys]) & (key < query)
+        # the token before key j equals the query's: attend to what followed an earlier copy
+        induction = (token == d.before[None, k_start:k_start + n_keys]) & (key <= query)
+        if d.exclude_first:
+            duplicate &= key != 0  # (induction never has key 0: no token comes before it)
+        if d.exclude_self:
+            induction &= key != query
+        found[0, heads] += (w * duplicate).sum(dim=(1, 2))
+        found[1, heads] += (w * induction).sum(dim=(1, 2))
+        if k_start == 0 and q_start <= 1 < q_start + rows:
+            self.corner[heads] = w[:, 1 - q_start, 0].double()
 
     def _distances(self, tile, lead: int, ones: torch.Tensor, distance: torch.Tensor) -> None:
         """Add the tile's mass by distance. Row r is query ``k_start + lead + r``; its key at
@@ -158,20 +186,57 @@ class LayerReduction:
             b, n = self.align, self.n_tokens
             sides = torch.clamp(n - torch.arange(0, n, b), max=b).float()
             self.maps["mean"] /= sides[:, None] * sides[None, :]
-        for worker, (received, distance) in self.parts.items():
+        for worker, (received, distance, found) in self.parts.items():
             if worker != 0:
                 self.received += received
                 self.distance += distance
+                self.found += found
         self.parts.clear()
         out = {f"weights_{kind}": pooled.numpy() for kind, pooled in self.maps.items()}
         out.update(entropy=self.entropy.float().numpy(), row_max=self.top_log.exp().numpy(),
                    received=self.received.numpy(), distance=self.distance.numpy())
         if self.window is not None:
             out["window"] = self.window.numpy()
+        if self.detect is not None:
+            out["detectors"] = self.detector_scores()
         for name, value in out.items():
             if name in self.out and not np.shares_memory(self.out[name], value):
                 self.out[name][...] = value
         return out
+
+    def detector_scores(self) -> np.ndarray:
+        """``(3, H)``: TransformerLens's "mul" scores of ``DETECTORS`` (previous token,
+        duplicate token, induction), from the sums: the kept attention is T, less key 0's
+        column (``exclude_first``) and the diagonal (``exclude_self``), with a[0, 0] = 1
+        in both."""
+        d, n = self.detect, self.n_tokens
+        received, distance = self.received, self.distance
+        kept = torch.full_like(received[:, 0], float(n))
+        previous = distance[:, 1].clone() if n > 1 else torch.zeros_like(kept)
+        if d.exclude_first:
+            kept -= received[:, 0]
+            previous -= self.corner
+        if d.exclude_self:
+            kept -= distance[:, 0]
+        if d.exclude_first and d.exclude_self:
+            kept += 1.0  # a[0, 0], taken out twice
+        return (torch.stack([previous, self.found[0], self.found[1]]) / kept).numpy()
+
+
+@dataclass(frozen=True)
+class Detect:
+    """What the detectors of a text need (``LayerReduction(detect=...)``)."""
+
+    token_ids: torch.Tensor  # (T,) int64
+    before: torch.Tensor  # (T,): the token before each one, -1 before the first
+    exclude_first: bool = False
+    exclude_self: bool = False
+
+    @classmethod
+    def of(cls, token_ids: list[int], exclude_first: bool = False,
+           exclude_self: bool = False) -> Detect:
+        ids = torch.tensor(token_ids, dtype=torch.int64)
+        return cls(ids, torch.cat([torch.tensor([-1]), ids[:-1]]), exclude_first, exclude_self)
 
 
 def sink_mass(received: np.ndarray, k: int) -> np.ndarray:
@@ -323,10 +388,12 @@ class LongResult(Displayable):
 
 def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: int = 1024,
                  sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
-                 span: tuple[int, int] | None = None, progress=None) -> LongResult:
+                 span: tuple[int, int] | None = None, detect: Detect | None = None,
+                 progress=None) -> LongResult:
     """Run ``model`` on ``token_ids`` once, reducing the weights of ``layers`` slab by slab:
     pooled maps at most ``resolution`` cells a side, the statistics, and the exact weights
-    of the window ``span`` (queries and keys A .. B - 1) when given."""
+    of the window ``span`` (queries and keys A .. B - 1) when given, and the head detectors'
+    scores with ``detect``."""
     n = len(token_ids)
     if not 0 < sink_tokens < n:
         raise InputError(f"--sink-tokens must be at least 1 and below the text's length "
@@ -341,12 +408,15 @@ def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: 
     arrays = {name: np.zeros((len(layers), heads, *shape), dtype)
               for name, (shape, dtype) in shapes.items()}  # filled layer by layer, in place
     reductions = [LayerReduction(heads, n, block, maps, span,
-                                 out={name: a[k] for name, a in arrays.items()})
+                                 out={name: a[k] for name, a in arrays.items()}, detect=detect)
                   for k in range(len(layers))]
+    detectors = [None] * len(layers)
     for k, *_ in model.iter_run(torch.tensor([token_ids]), layers, progress=progress,
                                 reduce=reductions):
-        reductions[k].finish()  # each layer's inputs dropped as the next one runs
-        reductions[k] = None
+        detectors[k] = reductions[k].finish().get("detectors")
+        reductions[k] = None  # each layer's inputs dropped as the next one runs
+    if detect is not None:
+        arrays["detectors"] = np.stack(detectors)  # (L, 3, H): DETECTORS' scores
     return LongResult(
         token_ids=token_ids, raw_tokens=model.tokenizer.token_bytes(token_ids), layers=layers,
         config={**model.describe(), "layers": layers}, block=block, sink_tokens=sink_tokens,

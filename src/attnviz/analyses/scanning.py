@@ -33,6 +33,7 @@ from attnviz.analyses.attention import check_fits, encode_text, import_pandas
 from attnviz.analyses.describe import layer_text
 from attnviz.analyses.detectors import DETECTORS
 from attnviz.analyses.induction import induction_probe
+from attnviz.analyses.longcontext import Detect, analyze_long, head_stats
 from attnviz.analyses.stats import COLUMNS as STAT_COLUMNS
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
@@ -43,6 +44,7 @@ COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
 TOP_COLUMNS = (*DETECTORS, "first_token")  # the detectors the table ranks heads by
 PAD_ID = 0  # any id the embedding has works: causal attention never looks right
 DEFAULT_BATCH_SIZE = 16
+LONG_PROMPT = 1024  # a longer prompt is scored alone, a tile at a time (never its T x T)
 WEIGHTS_BUDGET = 256 * 2**20  # bytes of float32 weights one batch may hold (all layers)
 SLICE = 256  # prompts: batches stay within a slice; shards are made of whole slices
 
@@ -442,6 +444,16 @@ def scan(
         for name in COLUMNS:  # (n_done, L, H), in prompt order
             running[name].update(np.stack([done[i][name] for i in sorted(done)]))
     todo = [p for p in prompts if p.index not in done]
+    for prompt in [p for p in todo if len(p.token_ids) > LONG_PROMPT]:  # one at a time
+        values = long_prompt_values(model, prompt.token_ids, layers, exclude_first,
+                                    exclude_self)
+        for name in COLUMNS:
+            running[name].update(values[name][None])
+        if on_prompt is not None:
+            on_prompt(prompt, values)
+        if on_batch is not None:
+            on_batch(1, len(prompt.token_ids))
+    todo = [p for p in todo if len(p.token_ids) <= LONG_PROMPT]
     for batch in plan_batches(todo, batch_size, len(layers), model.n_heads):
         token_ids, lengths = padded_ids(batch)
         patterns = batch_patterns(token_ids, lengths, exclude_first=exclude_first,
@@ -471,6 +483,19 @@ def scan(
     )
 
 
+def long_prompt_values(model, token_ids: list[int], layers: list[int], exclude_first: bool,
+                       exclude_self: bool) -> dict[str, np.ndarray]:
+    """Every value of ``COLUMNS`` for one prompt longer than ``LONG_PROMPT`` tokens, name ->
+    ``(L, H)``: the engine's reductions of its every weight (``analyses.longcontext``),
+    the same definitions as ``batch_scores``."""
+    long = analyze_long(model, token_ids, layers, resolution=len(token_ids), sink_tokens=1,
+                        maps=(), detect=Detect.of(token_ids, exclude_first, exclude_self))
+    a = long.arrays
+    values = head_stats(a["entropy"], a["row_max"], a["received"], a["distance"])
+    values.update({name: a["detectors"][:, k] for k, name in enumerate(DETECTORS)})
+    return {name: values[name] for name in COLUMNS}
+
+
 def top_table(result, detectors: list[str], k: int) -> list[dict]:
     """Rank r's row holds, per detector, the r-th best head and its mean ± std."""
     tops = {name: result.top(name, k) for name in detectors}
@@ -492,7 +517,9 @@ def scan_corpus(model, corpus: Corpus, layers: list[int], *, induction_seed: int
     """``scan`` of every prompt of ``corpus`` once the attention fits in memory, plus the
     induction probe (``induction.induction_probe``, seeded) unless ``induction_seed`` is
     None. ``options``: ``scan``'s."""
-    check_fits(len(layers), model.n_heads, max(len(p.token_ids) for p in corpus.prompts))
+    short = [len(p.token_ids) for p in corpus.prompts if len(p.token_ids) <= LONG_PROMPT]
+    if short:  # (longer prompts go through the engine's tiles, one at a time)
+        check_fits(len(layers), model.n_heads, max(short))
     result = scan(model, corpus.prompts, layers, **options)
     if induction_seed is not None:
         result.induction_probe = induction_probe(model, layers, induction_seed, fit=True)
