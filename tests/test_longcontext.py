@@ -272,6 +272,9 @@ def test_heatmap_draws_a_long_text_pooled_with_its_statistics(checkpoints, tmp_p
     (["--resolution", "100000"], "--resolution must be between 1"),
     (["--sink-tokens", "5000"], "--sink-tokens must be at least 1"),
     (["--weighting", "norm"], "--weighting norm needs every weight"),
+    (["--exclude-first"], "--exclude-first needs every weight"),
+    (["--annotate"], "--annotate needs every weight"),
+    (["--view", "lines"], "--view lines needs every weight"),
 ])
 def test_bad_long_context_options_are_one_error_line(checkpoints, tmp_path, args, message):
     text = tmp_path / "long.txt"

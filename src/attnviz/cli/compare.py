@@ -113,7 +113,9 @@ def compare_heads(
 
     whole = ("--weighting norm" if weighting == "norm" else "--similarity" if similarity else
              "--similarity-plot" if similarity_plot else
-             "--view lines" if plot_path and picture.view == "lines" else None)
+             "--view lines" if plot_path and picture.view == "lines" else
+             "--exclude-first" if plot_path and picture.exclude_first else
+             "--annotate" if plot_path and picture.annotate else None)
     result = analyze_text(source, config, weights=weights, layer=layer,
                           allow_special=allow_special, heads=head, tokens=tokens,
                           resolution=resolution, sink_tokens=sink_tokens,

@@ -91,7 +91,9 @@ def heatmap(
     from attnviz.files.progress import Progress
 
     whole = ("--weighting norm" if weighting == "norm" else
-             "--view lines" if picture.view == "lines" else None)
+             "--view lines" if picture.view == "lines" else
+             "--exclude-first" if picture.exclude_first else
+             "--annotate" if picture.annotate else None)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = analyze_text(source, config, weights=weights, layer=layer,
                               allow_special=allow_special, heads=head, tokens=tokens,
