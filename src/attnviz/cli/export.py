@@ -63,15 +63,13 @@ def export(
     what was written (with --quiet only the path); with -o - the .npz goes to standard
     output and the summary to standard error.
     """
-    import io
     import sys
-    from contextlib import nullcontext
 
     import numpy as np
 
     from attnviz.core.errors import InputError
-    from attnviz.files.fileio import atomic_write, check_free_space
-    from attnviz.files.output import Output, write_stdout
+    from attnviz.files.fileio import check_free_space
+    from attnviz.files.output import Output
 
     to_stdout = str(output_path) == "-"
     output = Output("table", quiet)
@@ -82,7 +80,7 @@ def export(
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
     from attnviz.analyses.attention import analyze_layers
-    from attnviz.files.npz import Pieces, write_npz
+    from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
 
     if _longer_than_shown(source, config, weights, allow_special, resolution):
@@ -128,22 +126,44 @@ def export(
         if not to_stdout:  # the weights (and norms) dominate: each 4·L·H·T² bytes
             check_free_space(output_path, 4 * int(np.prod(shape)) * (1 + (weighting == "norm")),
                              "--output")
-        buffer = io.BytesIO()
-        with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
-            written = write_npz(f, arrays)
-        rows = [{"array": name, "shape": "x".join(map(str, dims)) or "scalar",
-                 "dtype": str(dtype)} for name, (dims, dtype) in written.items()]
-        progress("Writing", 1, 1)
-        progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
-    if to_stdout:  # binary on stdout, nothing else there; the summary goes to stderr
-        write_stdout(buffer.getvalue())
+        written = _write(arrays, output_path, to_stdout, progress)
+    _report(written, output_path, output, quiet, f"Wrote {output_path}")
+
+
+def _write(arrays, output_path, to_stdout: bool, progress):
+    """The .npz to its file (atomically) or kept for standard output:
+    ``(its arrays' shapes and dtypes, the bytes for stdout or None)``."""
+    import io
+    from contextlib import nullcontext
+
+    from attnviz.files.fileio import atomic_write
+    from attnviz.files.npz import write_npz
+
+    buffer = io.BytesIO()
+    with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
+        written = write_npz(f, arrays)
+    progress("Writing", 1, 1)
+    progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
+    return written, buffer.getvalue() if to_stdout else None
+
+
+def _report(written, output_path, output, quiet: bool, title: str) -> None:
+    """What was written: the table, the path (``--quiet``), or the .npz on standard output
+    with its summary on standard error."""
+    from attnviz.files.output import write_stdout
+
+    shapes, data = written
+    rows = [{"array": name, "shape": "x".join(map(str, dims)) or "scalar", "dtype": str(dtype)}
+            for name, (dims, dtype) in shapes.items()]
+    if data is not None:  # binary on stdout, nothing else there; the summary goes to stderr
+        write_stdout(data)
         output.message("Wrote the .npz to standard output: " + ", ".join(
             f"{r['array']} {r['shape']} {r['dtype']}" for r in rows))
         return
     if quiet:
         output.paths([output_path])
         return
-    output.table(rows, ["array", "shape", "dtype"], title=f"Wrote {output_path}")
+    output.table(rows, ["array", "shape", "dtype"], title=title)
 
 
 
@@ -165,16 +185,13 @@ def _export_long(source, output_path, to_stdout, output, config, weights, layer,
                  include_params, quiet) -> None:
     """``export`` of a long text: pooled maps and statistics (``LongResult.export_arrays``),
     the exact window of ``--tokens`` as ``weights``, and every weight with --full-weights."""
-    import io
-    from contextlib import nullcontext
 
     import numpy as np
 
     from attnviz.analyses.attention import analyze_layers
     from attnviz.analyses.longcontext import LongResult, analyze_text
-    from attnviz.files.fileio import atomic_write, check_free_space
-    from attnviz.files.npz import Pieces, write_npz
-    from attnviz.files.output import write_stdout
+    from attnviz.files.fileio import check_free_space
+    from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
 
     whole = ("--weighting norm" if weighting == "norm" else "--rollout" if rollout else
@@ -201,22 +218,9 @@ def _export_long(source, output_path, to_stdout, output, config, weights, layer,
             arrays["weights"] = Pieces(stream.shape, np.float32, stream)
         if not to_stdout:
             check_free_space(output_path, size, "--output")
-        buffer = io.BytesIO()
-        with nullcontext(buffer) if to_stdout else atomic_write(output_path) as f:
-            written = write_npz(f, arrays)
-        progress.summary("Wrote the .npz" if to_stdout else f"Wrote {output_path}")
-    rows = [{"array": name, "shape": "x".join(map(str, dims)) or "scalar", "dtype": str(dtype)}
-            for name, (dims, dtype) in written.items()]
-    if to_stdout:
-        write_stdout(buffer.getvalue())
-        output.message("Wrote the .npz to standard output: " + ", ".join(
-            f"{r['array']} {r['shape']} {r['dtype']}" for r in rows))
-        return
-    if quiet:
-        output.paths([output_path])
-        return
-    output.table(rows, ["array", "shape", "dtype"],
-                 title=f"Wrote {output_path} ({n} tokens, pooled {result.block}×{result.block})")
+        written = _write(arrays, output_path, to_stdout, progress)
+    _report(written, output_path, output, quiet,
+            f"Wrote {output_path} ({n} tokens, pooled {result.block}×{result.block})")
 
 
 @app.command()
