@@ -120,11 +120,12 @@ def single_token(tokenizer, text: str, option: str) -> int:
     return ids[0]
 
 
-def check_position(position: int, n_tokens: int) -> int:
-    """``--position`` (negative counts from the end) -> absolute, or ``InputError``."""
+def check_position(position: int, n_tokens: int, option: str = "--position") -> int:
+    """``--position`` (or ``option``: negative counts from the end) -> absolute, or
+    ``InputError``."""
     absolute = position + n_tokens if position < 0 else position
     if not 0 <= absolute < n_tokens:
-        raise InputError(f"--position {position} is out of range: the text has {n_tokens} "
+        raise InputError(f"{option} {position} is out of range: the text has {n_tokens} "
                          f"tokens (0-{n_tokens - 1}; negative numbers count from the end)")
     return absolute
 

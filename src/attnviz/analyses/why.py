@@ -39,7 +39,14 @@ import numpy as np
 import torch
 
 from attnviz.analyses.attention import import_pandas, token_records
-from attnviz.analyses.attribution import _Forward, _frozen, _head_outputs, _spread, token_labels
+from attnviz.analyses.attribution import (
+    _Forward,
+    _frozen,
+    _head_outputs,
+    _spread,
+    check_position,
+    token_labels,
+)
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
 from attnviz.models.forward import apply_rope
@@ -178,11 +185,7 @@ def check_head(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[int,
 
 def check_query(query: int, n_tokens: int) -> int:
     """``--query`` (negative counts from the end) -> absolute, or ``InputError``."""
-    absolute = query + n_tokens if query < 0 else query
-    if not 0 <= absolute < n_tokens:
-        raise InputError(f"--query {query} is out of range: the text has {n_tokens} tokens "
-                         f"(0-{n_tokens - 1}; negative numbers count from the end)")
-    return absolute
+    return check_position(query, n_tokens, "--query")
 
 
 def visible_keys(query: int, window: int | None) -> list[int]:
