@@ -155,7 +155,11 @@ def test_previous_task_forms_a_previous_token_head(tmp_path):
     summary = train_run.train(tmp_path / "run", settings)
     first = np.array(summary.records[0]["scores"]["previous_token_head"])
     last = np.array(summary.last["scores"]["previous_token_head"])
-    assert first.max() < 0.3 and last[0].max() > 0.9  # a layer-0 head attends one back
+    # the scan score's highest on a probe of 2p tokens is (2p - 1) / 2p: row 0 has no previous
+    highest = np.mean([(2 * p - 1) / (2 * p) for p in circuit.probe_periods(16)])
+    assert first.max() < 0.3 and last[0].max() > 0.95 * highest  # a layer-0 head attends one back
+    weight = circuit.mean_over_periods(summary.last, "previous_token")
+    assert weight[0].max() > 0.95  # its weight on the previous token, from every query
     assert summary.last["loss"] < 0.5
 
 
@@ -341,8 +345,10 @@ def test_the_default_recipe_forms_a_previous_token_head_and_an_induction_head(de
     period the context allows (and at every held-out period), transformers' own forward
     pass of the last snapshot shows a layer-1 head with >= 0.4 of its weight on the
     induction target and a layer-0 head with >= 0.4 on the previous token; the run's
-    summary names those heads. On the recipe before #42 the layer-1 head's weight at
-    period 16 was ~0.02 and no layer-0 head passed."""
+    summary names those heads. On the recipe before #42 (checked by hand on its default
+    run's last snapshot) the best layer-1 head put 0.16 of its weight on the target at
+    period 16 and 0.02 at period 11, and the best layer-0 head 0.05 on the previous token
+    after noise: this test failed there."""
     out, summary = default_run
     context = training.TrainConfig().n_positions
     folder = out / summary.last["snapshot"]

@@ -108,9 +108,9 @@ def test_induction_batch_tiles_a_segment_after_noise_and_targets_the_repeats(con
         if distinct:  # nothing before the segment repeats, and the segment holds no repeat
             assert len(set(row[:first].tolist())) == first
         assert 0 <= start and (start <= context - 2 * length or not distinct)
-        assert torch.equal(scored, torch.arange(first, context - 1))  # every repeat but the first
+        assert torch.equal(scored, torch.arange(first, context))  # every repeat but the first
         assert torch.equal(target[first:context - 1], row[first + 1:])  # next-token targets
-        assert target[context - 1] == training.NO_TARGET
+        assert target[context - 1] == row[context - length]  # the last: the tiling goes on
         starts.add(start)
         lengths.add(length)
     if distinct:  # 2 … T/2, less the held-out periods

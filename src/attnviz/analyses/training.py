@@ -60,7 +60,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 6e-3
     weight_decay: float = 0.0  # decay blurs the heads once the loss is near 0
-    seed: int = 0
+    seed: int = 3  # forms the textbook circuit (docs/training.md, "Why these defaults")
 
     @property
     def n_inner(self) -> int:
@@ -198,37 +198,41 @@ def _rng(config: TrainConfig, step: int) -> np.random.Generator:
     return np.random.default_rng([config.seed, step])
 
 
-def random_tokens(config: TrainConfig, rng: np.random.Generator, n: int) -> np.ndarray:
-    """``(n, T)`` random ids, every id but ``[UNK]``'s 0: distinct within a row when the
-    vocabulary holds T of them (a token then repeats only where a task repeats it, and
-    "the previous occurrence" is one position), uniform otherwise."""
-    t, high = config.n_positions, config.vocab_size
-    if high - 1 >= t:
-        return np.argsort(rng.random((n, high - 1)), axis=1)[:, :t] + 1
-    return rng.integers(1, high, (n, t))
+def random_tokens(config: TrainConfig, rng: np.random.Generator, n: int,
+                  length: int | None = None) -> np.ndarray:
+    """``(n, length)`` random ids (``length`` defaults to T), every id but ``[UNK]``'s 0:
+    distinct within a row when the vocabulary holds that many (a token then repeats only
+    where a task repeats it, and "the previous occurrence" is one position), uniform
+    otherwise."""
+    length, high = length or config.n_positions, config.vocab_size
+    if high - 1 >= length:
+        return np.argsort(rng.random((n, high - 1)), axis=1)[:, :length] + 1
+    return rng.integers(1, high, (n, length))
 
 
 def induction_batch(config: TrainConfig, step: int, n: int | None = None):
     """Random tokens (``random_tokens``) in which, from a random position r, a segment of
     L tokens is tiled to the end, L drawn from ``training_periods`` (2 … T/2, less the
     held-out periods) and r from 0 … T - 2L (so the segment appears at least twice). The
-    loss is on the predictions of the repeats (the position of r + L on: the first
-    repeated token cannot be known yet). The prefix of noise keeps absolute positions from
-    solving the task, and the spread of L keeps a fixed look-back from solving it: only the
-    induction circuit (find the previous occurrence of the current token, copy the token
-    after it) predicts every repeat.
+    loss is on the predictions of the repeats, from position r + L (the first repeated
+    token cannot be known yet) to the last, whose target is the token the tiling puts
+    after it. The prefix of noise keeps absolute positions from solving the task, and the
+    spread of L keeps a fixed look-back from solving it: only the induction circuit (find
+    the previous occurrence of the current token, copy the token after it) predicts every
+    repeat.
     Returns ``ids (B, T)`` and ``targets (B, T)``, int64 (``NO_TARGET`` where no loss)."""
     rng = _rng(config, step)
     n, t = n or config.batch_size, config.n_positions
     periods = np.array(training_periods(t))
-    ids = random_tokens(config, rng, n)
+    tokens = random_tokens(config, rng, n, t + 1)  # (B, T + 1): the last is a target only
     targets = np.full((n, t), NO_TARGET, dtype=np.int64)
     for i in range(n):
         length = int(periods[rng.integers(0, len(periods))])
         start = int(rng.integers(0, t - 2 * length + 1))
-        ids[i, start:] = np.tile(ids[i, start:start + length], -(-t // length))[: t - start]
-        targets[i, start + length: t - 1] = ids[i, start + length + 1:]
-    return torch.from_numpy(ids), torch.from_numpy(targets)
+        tokens[i, start:] = np.tile(tokens[i, start:start + length], -(-(t + 1) // length))[
+            : t + 1 - start]
+        targets[i, start + length:] = tokens[i, start + length + 1:]
+    return torch.from_numpy(tokens[:, :t].copy()), torch.from_numpy(targets)
 
 
 def previous_batch(config: TrainConfig, step: int, n: int | None = None):

@@ -40,7 +40,7 @@ def train(
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
                             help="AdamW weight decay.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seeds the "
-                    "weights and every batch.")] = 0,
+                    "weights and every batch.")] = 3,
     probe: Annotated[str | None, typer.Option("--probe", metavar="TEXT", help="The sequence "
                      "the film shows (default: a probe of a period the training never used).",
                      show_default=False)] = None,
