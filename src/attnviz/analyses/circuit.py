@@ -105,8 +105,13 @@ def period_scores(model, prompts) -> dict[str, dict[str, list]]:
 
 
 def mean_over_periods(record: dict, kind: str) -> np.ndarray:
-    """``(L, H)``: a training.jsonl line's ``kind`` score averaged over its periods."""
-    return np.mean([np.array(v[kind], dtype=float) for v in record["periods"].values()], axis=0)
+    """``(L, H)``: a training.jsonl line's ``kind`` score averaged over its periods (zeros
+    when no probe was a repeat, as a text's pieces may not be once read back, or the line
+    is older than the periods)."""
+    values = [np.array(v[kind], dtype=float) for v in record.get("periods", {}).values()]
+    if not values:
+        return np.zeros(np.shape(record["scores"]["induction_head"]))
+    return np.mean(values, axis=0)
 
 
 def best_induction(record: dict) -> float:

@@ -38,7 +38,7 @@ import numpy as np
 from attnviz.analyses import circuit, scanning
 from attnviz.analyses.attention import load_model
 from attnviz.analyses.detectors import DETECTORS, induction_from
-from attnviz.analyses.training import TrainConfig
+from attnviz.analyses.training import TrainConfig, random_tokens
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import UMASK, write_bytes
 from attnviz.text import tokenization
@@ -264,8 +264,6 @@ def probe_lines(config: TrainConfig, decode, text_tokens: np.ndarray | None,
     order, as text: a segment of p tokens repeated twice. For the tasks, random ids
     (distinct, as the training draws them) from a stream the training batches never use;
     for --text, segments of the text (shortened when the text read back is longer)."""
-    from attnviz.analyses.training import random_tokens
-
     rng = np.random.default_rng([config.seed, 2**31])  # training batches use (seed, step)
     lines = []
     for period in circuit.probe_periods(config.n_positions):
@@ -497,7 +495,7 @@ def circuit_summary(records: list[dict], context: int) -> dict:
         period: {"score_at_step_0": round(scores["induction"][layer][head], 6),
                  "score": round(last["periods"][period]["induction"][layer][head], 6),
                  "trained": int(period) not in held_out}
-        for period, scores in first["periods"].items()}
+        for period, scores in first.get("periods", {}).items() if period in last.get("periods", {})}
     formed = circuit.formed_at(records, layer, head)
     out["formed"] = None if formed is None else {
         "step": records[formed]["step"], "from_step": records[max(formed - 1, 0)]["step"],

@@ -60,8 +60,8 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
 
     heads = circuit.circuit_heads(records[-1])
     (l0, h0), (l1, h1) = heads["previous_token"], heads["induction"]
-    periods = list(records[0]["periods"])
-    context = context or 2 * max(int(p) for p in periods)
+    periods = [p for p in records[0].get("periods", {}) if p in records[-1].get("periods", {})]
+    context = context or 2 * max((int(p) for p in periods), default=0)
     held_out = {str(p) for p in circuit.held_out_periods(context)}
     n = frames[0].shape[-1]
     fig = _figure(10.5, 8.0, dpi)
