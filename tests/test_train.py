@@ -191,6 +191,7 @@ def test_the_command_reports_the_best_heads_and_writes_the_film(tmp_path, cli):
     result = cli("train", "--out", out, "--steps", "20", "--snapshot-every", "10", *SMALL_CLI)
     assert result.exit_code == 0, result.stderr
     assert "induction" in result.stdout and "L1 H" in result.stdout
+    assert "previous token (layer 0)" in result.stdout and "period 7, never trained" in result.stdout
     assert f"Wrote{out / 'heads.gif'}" in "".join(result.stderr.split())  # rich folds long paths
     result = cli("train", "--out", out, "--steps", "20", "--snapshot-every", "10", *SMALL_CLI,
                  "--format", "json")
@@ -199,6 +200,12 @@ def test_the_command_reports_the_best_heads_and_writes_the_film(tmp_path, cli):
                                      "--resume to continue it or --force to replace it")
     result = cli("train", "--out", out, "--steps", "15", *SMALL_CLI, "--format", "json", "--force")
     assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)["circuit"]
+    assert found["previous_token"]["layer"] == 0 and found["induction"]["layer"] == 1
+    assert list(found["induction"]["periods"]) == ["2", "3", "4", "7", "8"]  # context 16
+    assert [p["trained"] for p in found["induction"]["periods"].values()] == [True, False, True,
+                                                                             False, True]
+    assert found["formed"] is None  # 15 steps form nothing
     assert [r["step"] for r in train_run.read_log(out)] == [0, 15]  # and the last step
     assert sorted(p.name for p in out.glob("step-*")) == ["step-000000", "step-000015"]
 
