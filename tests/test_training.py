@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnviz.analyses import training
+from attnviz.analyses import circuit, training
 from attnviz.analyses.attention import analyze
 
 transformers = pytest.importorskip("transformers")
@@ -88,31 +88,51 @@ def test_word_tokenizer_equals_autotokenizer(tmp_path, vocabulary):
     assert vocabulary[0] == training.UNK and len(set(vocabulary)) == len(vocabulary)
 
 
-def test_induction_batch_tiles_a_segment_after_noise_and_targets_the_repeats():
-    config = training.TrainConfig(n_positions=32, batch_size=64, seed=7)
+@pytest.mark.parametrize("context, vocab", [(32, 64), (16, 8)])
+def test_induction_batch_tiles_a_segment_after_noise_and_targets_the_repeats(context, vocab):
+    config = training.TrainConfig(n_positions=context, vocab_size=vocab, batch_size=256, seed=7)
     ids, targets = training.induction_batch(config, step=5)
-    assert ids.shape == targets.shape == (64, 32)
+    assert ids.shape == targets.shape == (256, context)
     assert ids.min() >= 1 and ids.max() < config.vocab_size
+    distinct = vocab - 1 >= context  # else tokens are drawn with replacement
+    assert all(len(set(row.tolist())) < context for row in ids)  # every row repeats
     starts, lengths = set(), set()
     for row, target in zip(ids, targets):
         scored = (target != training.NO_TARGET).nonzero().flatten()
         first = int(scored[0])  # the first scored prediction: at start + length
-        # the segment's length: the period of the tail (random tokens repeat by chance
-        # too rarely for two periods to fit)
-        periods = [n for n in range(1, 17) if torch.equal(row[first:], row[first - n:32 - n])]
-        assert len(periods) == 1
-        length = periods[0]
+        tail = row[first:]
+        # the segment's length: the shortest period of the tail that reaches back to the
+        # start, found from the tokens alone
+        length = next(n for n in range(1, context) if torch.equal(tail, row[first - n:context - n]))
         start = first - length
-        assert 0 <= start <= 16 - length and 4 <= length <= 8
-        assert torch.equal(scored, torch.arange(first, 31))  # every repeat but the first token
-        assert torch.equal(target[first:31], row[first + 1:])  # next-token targets
-        assert target[31] == training.NO_TARGET
+        if distinct:  # nothing before the segment repeats, and the segment holds no repeat
+            assert len(set(row[:first].tolist())) == first
+        assert 0 <= start and (start <= context - 2 * length or not distinct)
+        assert torch.equal(scored, torch.arange(first, context))  # every repeat but the first
+        assert torch.equal(target[first:context - 1], row[first + 1:])  # next-token targets
+        assert target[context - 1] == row[context - length]  # the last: the tiling goes on
         starts.add(start)
         lengths.add(length)
-    assert len(starts) > 5 and lengths == set(range(4, 9))  # not always from position 0
+    if distinct:  # 2 … T/2, less the held-out periods
+        assert lengths == set(circuit.training_periods(context))
+    else:  # a segment with a chance repeat inside can look shorter than it was drawn
+        assert lengths <= set(range(1, context // 2 + 1))
+    assert len(starts) > 5  # not always from position 0
     again, _ = training.induction_batch(config, step=5)
     other, _ = training.induction_batch(config, step=6)
     assert torch.equal(ids, again) and not torch.equal(ids, other)
+
+
+def test_the_periods_span_the_context_and_hold_some_out():
+    assert circuit.training_periods(32) == [2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 16]
+    assert circuit.held_out_periods(32) == [3, 7, 11, 15]
+    assert circuit.probe_periods(32) == [2, 3, 4, 7, 8, 11, 15, 16]
+    assert circuit.film_period(32) == 15
+    for context in (8, 16, 17, 33, 64):
+        held_out, trained = circuit.held_out_periods(context), circuit.training_periods(context)
+        assert sorted(held_out + trained) == list(range(2, context // 2 + 1))
+        probed = circuit.probe_periods(context)
+        assert probed[0] == 2 and probed[-1] == context // 2 and set(held_out) <= set(probed)
 
 
 def test_previous_batch_targets_the_token_before():

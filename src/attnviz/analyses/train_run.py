@@ -3,14 +3,17 @@ K steps, and ``--resume``.
 
     DIR/run.json                  the settings (what --resume must match)
     DIR/tokenizer/                the run's tokenizer (copied into every snapshot)
-    DIR/probes.txt                held-out probe sequences, one a line: what the scores are of
+    DIR/probes.txt                probe sequences, one a line: random tokens repeated twice at
+                                  several periods (``circuit.probe_periods``)
     DIR/step-000000/ …            snapshots in the Hugging Face GPT-2 layout
-    DIR/training.jsonl            one line per snapshot: step, loss, every head's scores
+    DIR/training.jsonl            one line per snapshot: step, loss, every head's scan scores
+                                  and its circuit scores per period
     DIR/training_state.pt         model and optimiser at the last snapshot (for --resume)
     DIR/heads.gif, detectors.png  the film and the scores against the step (pictures.training)
 
 The scores of a snapshot are ``attnviz scan --weights DIR/step-N --file DIR/probes.txt``'s
-by construction: the saved snapshot is loaded and scanned as ``scan`` does. Every batch is
+by construction: the saved snapshot is loaded and scanned as ``scan`` does; the per-period
+scores (``circuit.period_scores``) come from the same loaded snapshot. Every batch is
 drawn from (seed, step) alone and the state is saved with each snapshot, so a resumed run
 ends bit-identical to one that was never interrupted.
 """
@@ -32,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.analyses import scanning
+from attnviz.analyses import circuit, scanning
 from attnviz.analyses.attention import load_model
 from attnviz.analyses.detectors import DETECTORS, induction_from
-from attnviz.analyses.training import TrainConfig
+from attnviz.analyses.training import TrainConfig, random_tokens
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import UMASK, write_bytes
 from attnviz.text import tokenization
@@ -46,12 +49,11 @@ TOKENIZER_DIR = "tokenizer"
 SNAPSHOT = re.compile(r"step-(\d{6,})")
 FILM_FORMATS = {"gif": "heads.gif", "apng": "heads.png", "mp4": "heads.mp4"}  # --film-format
 FILM_NAMES = tuple(FILM_FORMATS.values())
-N_PROBES = 16
 # Threads of every run: a matrix product split over another count rounds differently, and
 # a tiny model's training amplifies that; 2 is the fastest count for the default model.
 TRAIN_THREADS = 2
 BYTES = 256  # the alphabet of a byte-level BPE
-REPEATS = 4  # a probe is a segment of T / REPEATS tokens repeated REPEATS times
+REPEATS = 2  # a probe is a segment repeated twice (at each of circuit.probe_periods)
 
 
 def snapshot_name(step: int) -> str:
@@ -62,10 +64,10 @@ def snapshot_name(step: int) -> str:
 class RunSettings:
     model: TrainConfig = field(default_factory=TrainConfig)
     task: str = "induction"
-    steps: int = 6000
-    snapshot_every: int = 250
+    steps: int = 4000
+    snapshot_every: int = 200
     text: str | None = None  # the --text file (task "text")
-    probe: str | None = None  # the film's sequence (--probe); default: the first probe line
+    probe: str | None = None  # the film's sequence (--probe); default: circuit.film_period's
 
     def record(self, text_sha256: str | None) -> dict:
         """What run.json holds: everything --resume must find unchanged, and ``steps``."""
@@ -81,6 +83,7 @@ class RunSummary:
     resumed_from: int | None
     seconds: float
     records: list[dict]  # the lines of training.jsonl
+    context: int = TrainConfig().n_positions  # the model's, which sets the probed periods
 
     @property
     def last(self) -> dict:
@@ -257,24 +260,26 @@ def _decoder(folder: Path) -> Callable[[list[int]], str]:
 
 def probe_lines(config: TrainConfig, decode, text_tokens: np.ndarray | None,
                 encode=None) -> list[str]:
-    """``N_PROBES`` sequences of the context's length, as text: a segment of T / 4 tokens
-    repeated 4 times. For the tasks, random ids from a stream the training batches never
-    use; for --text, segments of the text (shortened when the text read back is longer)."""
+    """``PROBES_PER_PERIOD`` sequences per period of ``circuit.probe_periods``, in that
+    order, as text: a segment of p tokens repeated twice. For the tasks, random ids
+    (distinct, as the training draws them) from a stream the training batches never use;
+    for --text, segments of the text (shortened when the text read back is longer)."""
     rng = np.random.default_rng([config.seed, 2**31])  # training batches use (seed, step)
-    period = config.n_positions // REPEATS
     lines = []
-    for _ in range(N_PROBES):
-        if text_tokens is None:
-            segment = rng.integers(1, config.vocab_size, period)
-        else:
-            start = int(rng.integers(0, len(text_tokens) - period + 1))
-            segment = text_tokens[start:start + period]
-        line = _probe_line(segment, decode)
-        # a text's segment, decoded and read again, may merge into more tokens than it was
-        while encode is not None and len(segment) > 2 and len(encode(line)) > config.n_positions:
-            segment = segment[:-1]
+    for period in circuit.probe_periods(config.n_positions):
+        for _ in range(circuit.PROBES_PER_PERIOD):
+            if text_tokens is None:
+                segment = random_tokens(config, rng, 1)[0, :period]
+            else:
+                start = int(rng.integers(0, len(text_tokens) - period + 1))
+                segment = text_tokens[start:start + period]
             line = _probe_line(segment, decode)
-        lines.append(line)
+            # a text's segment, decoded and read again, may merge into more tokens than it was
+            while (encode is not None and len(segment) > 2
+                   and len(encode(line)) > config.n_positions):
+                segment = segment[:-1]
+                line = _probe_line(segment, decode)
+            lines.append(line)
     return lines
 
 
@@ -295,13 +300,15 @@ def _fits(tokenizer, line: str, config: TrainConfig, what: str) -> list[int]:
 # ---------------------------------------------------------------------------- scores
 
 
-def score_snapshot(folder: Path, records: list[tuple[int, str]]) -> dict[str, list]:
+def score_snapshot(folder: Path, records: list[tuple[int, str]]) -> tuple[dict, dict]:
     """Every head's mean scores on the probes, as ``attnviz scan`` computes them on the
-    saved snapshot: column -> ``[layer][head]``."""
+    saved snapshot (column -> ``[layer][head]``), and its circuit scores per probed period
+    (``circuit.period_scores``)."""
     model = load_model(None, str(folder))
     corpus = scanning.model_corpus(model, records)
     result = scanning.scan_corpus(model, corpus, list(range(model.n_layers)))
-    return {name: np.round(result.mean[name], 8).tolist() for name in scanning.COLUMNS}
+    scores = {name: np.round(result.mean[name], 8).tolist() for name in scanning.COLUMNS}
+    return scores, circuit.period_scores(model, corpus.prompts)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -367,9 +374,10 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
         with _interrupt_deferred():  # the snapshot, its log line and the state: all or none
             folder = training.save_snapshot(model, out / snapshot_name(step),
                                             tokenizer_files=tokenizer_dir)
+            scores, periods = score_snapshot(folder, probes)
             line = {"step": step, "loss": round(loss, 6), "snapshot": folder.name,
                     "seconds": round(time.perf_counter() - started, 3),
-                    "scores": score_snapshot(folder, probes)}
+                    "scores": scores, "periods": periods}
             with open(out / LOG_FILE, "a", encoding="utf-8") as log:
                 log.write(json.dumps(line) + "\n")
             _save_state(out, step, model, optimizer)
@@ -406,7 +414,7 @@ def train(out: Path, settings: RunSettings, *, resume: bool = False, force: bool
     finally:
         torch.set_num_threads(threads)
     return RunSummary(out, settings.steps, state["step"] if state else None,
-                      time.perf_counter() - started, records)
+                      time.perf_counter() - started, records, config.n_positions)
 
 
 @contextmanager
@@ -459,15 +467,46 @@ def _write_log(out: Path, records: list[dict]) -> None:
 
 
 def film_probe(out: Path, settings: RunSettings) -> str:
-    """The film's sequence: --probe, else the first probe line."""
+    """The film's sequence: --probe, else the first probe of ``circuit.film_period``."""
     if settings.probe is not None:
         return settings.probe
-    return (out / PROBES_FILE).read_text(encoding="utf-8").splitlines()[0]
+    lines = (out / PROBES_FILE).read_text(encoding="utf-8").splitlines()
+    periods = circuit.probe_periods(settings.model.n_positions)
+    index = periods.index(circuit.film_period(settings.model.n_positions))
+    return lines[min(index * circuit.PROBES_PER_PERIOD, len(lines) - 1)]
+
+
+def circuit_summary(records: list[dict], context: int) -> dict:
+    """The circuit at the end of the run: the previous-token head of layer 0 and the
+    induction head (``circuit.circuit_heads``), each with its score (mean over the probed
+    periods) at step 0 and at the end, the induction head's per period, and the snapshot at
+    which it formed (``circuit.formed_at``) with the loss before and after; ``context``:
+    the model's, which says which periods were held out."""
+    first, last = records[0], records[-1]
+    heads = circuit.circuit_heads(last)
+    held_out = set(circuit.held_out_periods(context))
+    out = {}
+    for kind, (layer, head) in heads.items():
+        series = circuit.head_series(records, kind, layer, head)
+        out[kind] = {"layer": layer, "head": head, "score_at_step_0": round(series[0], 6),
+                     "score": round(series[-1], 6)}
+    layer, head = heads["induction"]
+    out["induction"]["periods"] = {
+        period: {"score_at_step_0": round(scores["induction"][layer][head], 6),
+                 "score": round(last["periods"][period]["induction"][layer][head], 6),
+                 "trained": int(period) not in held_out}
+        for period, scores in first.get("periods", {}).items() if period in last.get("periods", {})}
+    formed = circuit.formed_at(records, layer, head)
+    out["formed"] = None if formed is None else {
+        "step": records[formed]["step"], "from_step": records[max(formed - 1, 0)]["step"],
+        "loss_before": records[max(formed - 1, 0)]["loss"], "loss_after": records[formed]["loss"]}
+    return out
 
 
 def summary_document(summary: RunSummary, files: list[Path]) -> dict:
-    """The run's JSON summary: per detector the best head at the end (for induction, of
-    layer 1 on) and its score at step 0, the snapshots and the files."""
+    """The run's JSON summary: the circuit (``circuit_summary``); per scan detector the best
+    head at the end (for induction, of layer 1 on) and its score at step 0; the snapshots
+    and the files."""
 
     first, last = summary.records[0], summary.last
     best = {}
@@ -479,6 +518,7 @@ def summary_document(summary: RunSummary, files: list[Path]) -> dict:
         best[name] = {"layer": int(layer), "head": int(head), "score": float(scores[layer, head]),
                       "score_at_step_0": float(first["scores"][name][layer][head])}
     return {"out": str(summary.out), "steps": summary.steps, "resumed_from": summary.resumed_from,
-            "seconds": round(summary.seconds, 3), "loss": last["loss"], "best": best,
+            "seconds": round(summary.seconds, 3), "loss": last["loss"],
+            "circuit": circuit_summary(summary.records, summary.context), "best": best,
             "snapshots": [str(summary.out / r["snapshot"]) for r in summary.records],
             "files": [str(f) for f in files]}

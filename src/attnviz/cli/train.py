@@ -17,31 +17,32 @@ from attnviz.core.errors import InputError, Interrupted
 def train(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="The run's folder: snapshots "
                    "step-NNNNNN/, training.jsonl, heads.gif, detectors.png.")],
-    task: Annotated[str, typer.Option("--task", help="induction: random segments repeated, "
-                    "loss on the repeats (forms induction heads); previous: output the "
+    task: Annotated[str, typer.Option("--task", help="induction: random segments of 2 … "
+                    "context/2 tokens tiled after noise, loss on the repeats (forms a layer-0 "
+                    "previous-token head and a layer-1 induction head); previous: output the "
                     "previous token (forms previous-token heads).")] = "induction",
     text: Annotated[Path | None, typer.Option("--text", metavar="FILE", help="Train on this "
                     "UTF-8 text instead (next-token prediction, with a byte-level BPE of "
                     "--vocab tokens trained on it).", show_default=False)] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 6000,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 4000,
     snapshot_every: Annotated[int, typer.Option("--snapshot-every", min=1, metavar="K",
-                              help="Save a snapshot (and score it) every K steps.")] = 250,
+                              help="Save a snapshot (and score it) every K steps.")] = 200,
     layers: Annotated[int, typer.Option("--layers", min=1, max=12, help="Layers.")] = 2,
     heads: Annotated[int, typer.Option("--heads", min=1, help="Heads per layer.")] = 2,
     d_model: Annotated[int, typer.Option("--d-model", min=8, help="Embedding width.")] = 64,
     context: Annotated[int, typer.Option("--context", min=16, max=1024, help="Sequence "
                        "length (the model's context).")] = 32,
     vocab: Annotated[int, typer.Option("--vocab", min=8, help="Vocabulary size (words for the "
-                     "tasks, BPE tokens for --text).")] = 512,
+                     "tasks, BPE tokens for --text).")] = 64,
     mlp: Annotated[bool, typer.Option("--mlp", help="Add MLPs (default: attention only).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 3e-3,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 6e-3,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0,
-                            help="AdamW weight decay.")] = 0.1,
+                            help="AdamW weight decay.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seeds the "
-                    "weights and every batch.")] = 0,
+                    "weights and every batch.")] = 3,
     probe: Annotated[str | None, typer.Option("--probe", metavar="TEXT", help="The sequence "
-                     "the film shows (default: the first probe, a random segment repeated).",
+                     "the film shows (default: a probe of a period the training never used).",
                      show_default=False)] = None,
     film_format: Annotated[str, typer.Option("--film-format", help="gif, apng (heads.png) or "
                            "mp4 (needs ffmpeg).")] = "gif",
@@ -58,7 +59,8 @@ def train(
 
     Every --snapshot-every steps a snapshot in the Hugging Face GPT-2 layout (any
     --weights opens it) and a line in training.jsonl with every head's scan scores on the
-    probes; at the end the film (heads.gif) and detectors.png. See docs/training.md.
+    probes and its circuit scores per period; at the end the film of the previous-token and
+    induction heads (heads.gif) and detectors.png. See docs/training.md.
     """
     from attnviz.analyses.train_run import (
         RUN_FILE,
@@ -145,12 +147,10 @@ class _Bar:
 
     def snapshot(self, record: dict) -> None:
         if self.bars is not None:
-            from attnviz.analyses.detectors import induction_from
-            from attnviz.pictures.training import best_score
+            from attnviz.analyses.circuit import best_induction
 
-            first = induction_from(len(record["scores"]["induction_head"]))
             self.bars.update(self.task, completed=record["step"],
-                             induction=f"{best_score(record, 'induction_head', first):.2f}")
+                             induction=f"{best_induction(record):.2f}")
 
     def stop(self) -> None:
         if self.bars is not None:
@@ -168,17 +168,39 @@ def _report(output, fmt: str, summary, files: list[Path]) -> None:
     if fmt == "json":
         output.json(document)
         return
-    rows = [{"detector": name.replace("_head", "").replace("_", " "),
-             "best head": f"L{best['layer']} H{best['head']}",
-             "step 0": best["score_at_step_0"], f"step {document['steps']:,}": best["score"]}
-            for name, best in document["best"].items()]
+    rows = _circuit_rows(document["circuit"], f"step {document['steps']:,}")
     resumed = (f", resumed at step {summary.resumed_from:,}" if summary.resumed_from is not None
                else "")
+    formed = document["circuit"]["formed"]
+    when = (f"; the circuit formed between steps {formed['from_step']:,} and "
+            f"{formed['step']:,} (loss {formed['loss_before']:.2f} → {formed['loss_after']:.2f})"
+            if formed else "; the circuit did not form")
     output.table(rows, list(rows[0]), title=f"Trained {document['steps']:,} steps in "
-                 f"{summary.seconds:.0f} s{resumed}; final loss {summary.last['loss']:.4f}")
+                 f"{summary.seconds:.0f} s{resumed}; final loss {summary.last['loss']:.4f}{when}")
     for f in files:
         output.message(f"Wrote {f}")
     output.message(f"Wrote {len(summary.records)} snapshots, {summary.records[0]['snapshot']} … "
                    f"{summary.last['snapshot']}, and training.jsonl to {summary.out}")
     output.message(f"Next: attnviz scan --weights {summary.out}/step-* --file "
                    f"{summary.out}/probes.txt --layer all --plot {summary.out}/maps")
+
+
+def _circuit_rows(found: dict, end: str) -> list[dict]:
+    """The table's rows: the layer-0 previous-token head, the induction head (its weight
+    on the induction target, averaged over the probed periods), and the induction head at
+    each period, held-out ones marked."""
+    previous, induction = found["previous_token"], found["induction"]
+
+    def row(head: dict, role: str, start: float, score: float) -> dict:
+        return {"head": f"L{head['layer']} H{head['head']}", "role": role, "step 0": start,
+                end: score}
+
+    rows = [row(previous, f"previous token (layer {previous['layer']})",
+                previous["score_at_step_0"], previous["score"]),
+            row(induction, f"induction (layer {induction['layer']}), every period",
+                induction["score_at_step_0"], induction["score"])]
+    for period, scores in induction["periods"].items():
+        never = "" if scores["trained"] else ", never trained"
+        rows.append(row(induction, f"  induction at period {period}{never}",
+                        scores["score_at_step_0"], scores["score"]))
+    return rows

@@ -1,6 +1,6 @@
-"""The pictures of ``attnviz train``: the film of every head's attention on one probe at
-every snapshot (GIF, APNG, or MP4 through ffmpeg), and the detector scores of every head
-against the training step (matplotlib without pyplot; files written atomically).
+"""The pictures of ``attnviz train``: the film of the induction circuit's two heads on one
+probe at every snapshot (GIF, APNG, or MP4 through ffmpeg), and the detector scores of
+every head against the training step (matplotlib without pyplot; files written atomically).
 
     write_film(frames, labels, records, DIR / "heads.gif")   # frames: (L, H, T, T) per snapshot
     write_detector_chart(records, DIR / "detectors.png")
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses import circuit
 from attnviz.analyses.attention import analyze
-from attnviz.analyses.detectors import DETECTORS, induction_from
+from attnviz.analyses.detectors import DETECTORS
 from attnviz.analyses.train_run import FILM_FORMATS, FILM_NAMES, RunSettings, film_probe
 from attnviz.core.errors import AttnvizError, InputError
 from attnviz.files.fileio import atomic_write, write_bytes
 from attnviz.pictures.scan import figure_png
 
-SHORT = {"previous_token_head": "prev", "duplicate_token_head": "dup", "induction_head": "ind"}
 FRAME_MS, LAST_FRAME_MS = 300, 2500
 MAX_TICK_LABELS = 40  # tokens; past this the axes carry every 16th position instead
 
@@ -43,93 +43,123 @@ def _figure(width: float, height: float, dpi: int):
     return new_figure(width, height, dpi)[0]
 
 
-def best_score(record: dict, detector: str, from_layer: int = 0) -> float:
-    """The best head's ``detector`` score in ``record`` (a training.jsonl line), among the
-    layers from ``from_layer`` on (an induction head needs a layer before it)."""
-    scores = np.array(record["scores"][detector], dtype=float)[from_layer:]  # (L, H)
-    return float(np.nanmax(scores))
-
-
 def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
-                dpi: int = 100):
-    """One RGB image (``(h, w, 3)`` uint8) per snapshot: a layers × heads grid of the
-    heads' attention on the probe, each titled with its detector scores at that step, and
-    under it the loss and the best induction score up to that step. One figure
-    is drawn once and its images updated, so every frame has the same layout."""
+                dpi: int = 100, context: int | None = None, caption: str = ""):
+    """One RGB image (``(h, w, 3)`` uint8) per snapshot: the circuit's two heads side by
+    side on the probe (the layer-0 previous-token head and the induction head, chosen at
+    the end of the run, ``circuit.circuit_heads``), and under them the loss, the
+    previous-token head's score and the induction head's score at every probed period
+    (dashed: periods the training never used) up to that step, with the snapshots where
+    the circuit forms shaded once they are reached. ``context``: the model's (which
+    periods were held out; default twice the longest probed period); ``caption``: what the
+    probe is, under the step. One figure is drawn once and its images updated, so every
+    frame has the same layout."""
     from matplotlib.colors import Normalize
 
     from attnviz.pictures.colours import weight_colormap
 
-    n_layers, n_heads, n, _ = frames[0].shape
-    cell = 2.4 if n <= 48 else 3.2
-    fig = _figure(cell * n_heads + 1.2, cell * n_layers + 2.4, dpi)
-    grid = fig.add_gridspec(n_layers + 1, n_heads + 1, height_ratios=[cell] * n_layers + [1.5],
-                            width_ratios=[1] * n_heads + [0.06], left=0.08, right=0.86,
-                            top=0.92, bottom=0.08, hspace=0.35, wspace=0.18)
+    heads = circuit.circuit_heads(records[-1])
+    (l0, h0), (l1, h1) = heads["previous_token"], heads["induction"]
+    periods = [p for p in records[0].get("periods", {}) if p in records[-1].get("periods", {})]
+    context = context or 2 * max((int(p) for p in periods), default=0)
+    held_out = {str(p) for p in circuit.held_out_periods(context)}
+    n = frames[0].shape[-1]
+    fig = _figure(10.5, 8.0, dpi)
+    grid = fig.add_gridspec(2, 3, height_ratios=[4.4, 2.2], width_ratios=[1, 1, 0.05],
+                            left=0.09, right=0.9, top=0.87, bottom=0.14, hspace=0.32, wspace=0.3)
     colormap, _ = weight_colormap("viridis")
     norm = Normalize(0.0, 1.0)
     future = ~np.tri(n, dtype=bool)  # (T, T): the keys after each query
-    images, titles = [], []
     show_labels = n <= MAX_TICK_LABELS
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            ax = fig.add_subplot(grid[layer, head])
-            image = ax.imshow(np.ma.masked_array(frames[0][layer, head], future), cmap=colormap,
-                              norm=norm, interpolation="nearest")
-            images.append((image, layer, head))
-            titles.append((ax.set_title("", fontsize=8), layer, head))
-            # every token's label, or past MAX_TICK_LABELS every 16th position's number
-            ticks = range(n) if show_labels else range(0, n, 16)
-            names = [labels[i] for i in ticks] if show_labels else [str(i) for i in ticks]
-            ax.set_xticks(ticks, names if layer == n_layers - 1 else [""] * len(ticks),
-                          rotation=90 if show_labels else 0, fontsize=5 if show_labels else 7)
-            ax.set_yticks(ticks, names if head == 0 else [""] * len(ticks),
-                          fontsize=5 if show_labels else 7)
-            ax.tick_params(length=0)
-    fig.colorbar(images[0][0], cax=fig.add_subplot(grid[:n_layers, n_heads]),
-                 label="attention weight")
-    curve = fig.add_subplot(grid[n_layers, :n_heads])
+    ticks = range(n) if show_labels else range(0, n, 16)
+    names = [labels[i] for i in ticks] if show_labels else [str(i) for i in ticks]
+    images, titles = [], []
+    for column, (layer, head) in enumerate(((l0, h0), (l1, h1))):
+        ax = fig.add_subplot(grid[0, column])
+        image = ax.imshow(np.ma.masked_array(frames[0][layer, head], future), cmap=colormap,
+                          norm=norm, interpolation="nearest")
+        images.append((image, layer, head))
+        titles.append(ax.set_title("", fontsize=9))
+        ax.set_xticks(ticks, names, rotation=90 if show_labels else 0,
+                      fontsize=6 if show_labels else 7)
+        ax.set_yticks(ticks, names, fontsize=6 if show_labels else 7)
+        ax.tick_params(length=0)
+        ax.set_xlabel("key (attended to)", fontsize=8)
+        if column == 0:
+            ax.set_ylabel("query (attending)", fontsize=8)
+    fig.colorbar(images[0][0], cax=fig.add_subplot(grid[0, 2]), label="attention weight")
+
+    curve = fig.add_subplot(grid[1, :2])
     steps = [r["step"] for r in records]
     losses = [r["loss"] for r in records]
-    (loss_line,) = curve.plot(steps, losses, color="tab:blue", lw=1.2)
+    (loss_line,) = curve.plot(steps, losses, color="tab:blue", lw=1.6, label="loss")
     curve.set_xlim(steps[0] - 0.02 * (steps[-1] - steps[0] or 1), steps[-1] * 1.02 or 1)
     curve.set_ylim(0, max(losses) * 1.05)
     curve.set_ylabel("loss", color="tab:blue", fontsize=8)
     curve.set_xlabel("training step", fontsize=8)
     curve.tick_params(labelsize=7)
     scores = curve.twinx()
-    first = induction_from(n_layers)
-    best = [best_score(r, "induction_head", first) for r in records]
-    (score_line,) = scores.plot(steps, best, color="tab:orange", lw=1.2)
-    scores.set_ylim(0, 1)
-    scores.set_ylabel("best induction\nscore" + (f" (L{first}+)" if first else ""),
-                      color="tab:orange", fontsize=8)
+    scores.set_ylim(0, 1.02)
+    scores.set_ylabel("weight on the target", fontsize=8)
     scores.tick_params(labelsize=7)
+    series = [(circuit.head_series(records, "previous_token", l0, h0),
+               dict(color="tab:green", lw=1.6, label=f"L{l0} H{h0} previous token"))]
+    for period in periods:
+        dashed = period in held_out
+        series.append((circuit.head_series(records, "induction", l1, h1, period),
+                       dict(color="tab:orange", lw=0.9, alpha=0.75, ls="--" if dashed else "-")))
+    series[1][1]["label"] = (f"L{l1} H{h1} induction, one line per period"
+                             + (" (dashed: never trained)" if held_out & set(periods) else ""))
+    lines = [(scores.plot(steps, values, **style)[0], values) for values, style in series]
+    handles = [loss_line] + [line for line, _ in lines[:2]]
+    curve.legend(handles, [h.get_label() for h in handles], fontsize=7, ncols=3,
+                 loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
+    formed = circuit.formed_at(list(records), l1, h1)
+    band = None
+    if formed is not None:
+        band = curve.axvspan(steps[max(formed - 1, 0)], steps[formed], color="0.5", alpha=0.2,
+                             lw=0)
+        band.set_visible(False)
+        band_label = curve.text((steps[max(formed - 1, 0)] + steps[formed]) / 2, 1.02,
+                                "the circuit forms", fontsize=7, color="0.3", ha="center",
+                                va="bottom", transform=curve.get_xaxis_transform())
+        band_label.set_visible(False)
     marker = curve.axvline(steps[0], color="0.3", lw=1, ls="--")
     heading = fig.suptitle("", fontsize=11)
+    n_periods = len(periods)
     for i, (weights, record) in enumerate(zip(frames, records)):
         loss_line.set_data(steps[: i + 1], losses[: i + 1])  # the curves so far
-        score_line.set_data(steps[: i + 1], best[: i + 1])
+        for line, values in lines:
+            line.set_data(steps[: i + 1], values[: i + 1])
         for image, layer, head in images:
             image.set_data(np.ma.masked_array(weights[layer, head], future))
-        for title, layer, head in titles:
-            values = " · ".join(f"{SHORT[d]} {record['scores'][d][layer][head]:.2f}" for d in DETECTORS)
-            title.set_text(f"L{layer} H{head}   {values}")
+        previous = circuit.mean_over_periods(record, "previous_token")[l0, h0]
+        induction = circuit.mean_over_periods(record, "induction")[l1, h1]
+        titles[0].set_text(f"L{l0} H{h0}: the previous-token head\n"
+                           f"weight on the token before: {previous:.2f}")
+        titles[1].set_text(f"L{l1} H{h1}: the induction head\nweight on the token after the "
+                           f"previous occurrence: {induction:.2f} (mean of {n_periods} periods)")
+        if band is not None:
+            band.set_visible(i >= formed)
+            band_label.set_visible(i >= formed)
         marker.set_xdata([record["step"]])
-        heading.set_text(f"step {record['step']:,}   ·   loss {record['loss']:.3f}")
+        heading.set_text(f"step {record['step']:,}   ·   loss {record['loss']:.3f}"
+                         + (f"\n{caption}" if caption else ""))
         fig.canvas.draw()
         yield np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def write_film(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
-               path: Path, dpi: int = 100, progress=None) -> Path:
+               path: Path, dpi: int = 100, progress=None, context: int | None = None,
+               caption: str = "") -> Path:
     """The film at ``path``; its format from the name (``FILM_FORMATS``). ``progress``:
-    an ``attnviz.files.progress`` callback, told of every frame drawn."""
+    an ``attnviz.files.progress`` callback, told of every frame drawn; ``context`` and
+    ``caption`` as ``film_frames``."""
     from PIL import Image
 
     path = Path(path)
     pictures = []
-    for picture in film_frames(frames, labels, records, dpi):
+    for picture in film_frames(frames, labels, records, dpi, context, caption):
         pictures.append(picture)
         if progress is not None:
             progress("Drawing the film", len(pictures), len(frames))
@@ -220,5 +250,17 @@ def write_run_pictures(out: Path, settings: RunSettings, records: list[dict], fi
     for name in FILM_NAMES:  # an earlier film of another format is not this run's
         if name != film_name:
             (out / name).unlink(missing_ok=True)
-    return [write_film(frames, labels, records, out / film_name, dpi=dpi, progress=progress),
+    return [write_film(frames, labels, records, out / film_name, dpi=dpi, progress=progress,
+                       context=settings.model.n_positions, caption=_caption(settings)),
             write_detector_chart(records, out / "detectors.png", dpi=dpi)]
+
+
+def _caption(settings: RunSettings) -> str:
+    """What the film's probe is (nothing for --probe: the user knows)."""
+    if settings.probe is not None:
+        return ""
+    period = circuit.film_period(settings.model.n_positions)
+    never = period in circuit.held_out_periods(settings.model.n_positions)
+    what = "pieces of the text" if settings.task == "text" else "random tokens"
+    return (f"the probe: {period} {what} repeated twice (period {period}"
+            + (", a period the training never used)" if never else ")"))
