@@ -388,3 +388,23 @@ def test_scan_scores_a_long_prompt_through_the_tiles_as_the_whole_matrix(
                                    err_msg=name)
     for name in ("duplicate_token_head", "induction_head", "previous_token_head"):
         assert (whole.mean[name] > 1e-4).all(), name  # the patterns are there: not 0 = 0
+
+
+def test_the_python_api_returns_a_long_result_that_shows_itself(tmp_path):
+    import attnviz
+    from attnviz.analyses.longcontext import LongResult
+
+    text = " ".join(["the cat sat on the mat"] * 300)  # 1,800 GPT-2 tokens
+    short = attnviz.analyze(text, context_length=2048, resolution=1800)
+    result = attnviz.analyze(text, context_length=2048, resolution=200, tokens="100:140")
+    assert isinstance(result, LongResult) and result.block == 9
+    assert short.weights.shape == (1, 12, 1800, 1800)  # a resolution of the whole text: as ever
+    np.testing.assert_allclose(result.exact_window().weights,
+                               short.weights[..., 100:140, 100:140], atol=1e-6)
+    np.testing.assert_allclose(result.arrays["received"][0],
+                               short.weights[0].astype(np.float64).sum(axis=1), rtol=1e-5)
+    bundle = result._repr_mimebundle_()
+    assert "pooled 9×9" in bundle["text/html"] and "sink_mass" in bundle["text/html"]
+    assert bundle["image/png"].startswith("iVBORw0K")  # base64 of a PNG
+    result.save(tmp_path / "long.html")
+    assert "Heads that look farthest" in (tmp_path / "long.html").read_text()

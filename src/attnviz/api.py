@@ -101,15 +101,32 @@ def _model(weights, options: dict) -> Model:
 
 
 def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
-            allow_special: bool = False, **options):
+            allow_special: bool = False, resolution: int | None = None, sink_tokens: int = 4,
+            **options):
     """The attention of ``text``: an ``AttentionResult`` (``weights (L, H, T, T)``, tokens,
     config) that shows itself as the interactive report. ``layer``: a number, ``"3,5"`` or
-    ``"all"``; ``tokens="A:B"``: keep queries and keys A..B-1 of the whole text's run."""
-    from attnviz.analyses.attention import analyze_with, crop, parse_window
+    ``"all"``; ``tokens="A:B"``: keep queries and keys A..B-1 of the whole text's run.
+    A text longer than ``resolution`` tokens (1024) gives a ``LongResult`` instead: pooled
+    maps and statistics of every weight (docs/long-context.md), the exact window of
+    ``tokens`` as ``.exact_window()``; it shows itself too."""
+    from attnviz.analyses.attention import analyze_with, checked_layers, crop, parse_window
+    from attnviz.analyses.longcontext import (
+        analyze_long,
+        block_size,
+        check_pooled_fits,
+        check_resolution,
+    )
 
     model = _model(weights, options)
     token_ids = model.encode(text, allow_special)
-    window = parse_window(tokens, len(token_ids))
+    n = len(token_ids)
+    window = parse_window(tokens, n)
+    chosen = check_resolution(resolution, n)
+    if n > chosen:
+        layers = checked_layers(model.engine, n, layer)
+        check_pooled_fits(len(layers), model.engine.n_heads, n, block_size(n, chosen), 2, window)
+        return analyze_long(model.engine, token_ids, layers, resolution=chosen,
+                            sink_tokens=sink_tokens, span=window)
     result = analyze_with(model.engine, token_ids, layer)
     return crop(result, *window) if window else result
 

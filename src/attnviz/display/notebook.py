@@ -199,6 +199,38 @@ def scan_view(result, top: int = 5) -> View:
     return View(static_page(title, body), png, title)
 
 
+@register("attnviz.analyses.longcontext.LongResult")
+def long_view(result, top: int = 10) -> View:
+    """A ``LongResult``: its pooled maps (each cell the largest weight of its block) as one
+    picture, the heads with the most attention on the first tokens and those that look
+    farthest, and the first layer's statistics picture."""
+    from attnviz.pictures.longcontext import stats_figure
+    from attnviz.pictures.plot import overview_png
+
+    pooled = result.pooled("max") if "weights_max" in result.arrays else None
+    png = overview_png(pooled) if pooled is not None else stats_figure(result, 0)
+    stats = result.stats()
+    heads = [(layer, h) for li, layer in enumerate(result.layers) for h in range(result.n_heads)]
+    columns = ["layer", "head", "sink_mass", "mean_distance", "entropy", "previous_token"]
+
+    def ranked(name: str, caption: str) -> str:
+        order = sorted(range(len(heads)), key=lambda k: -stats[name].reshape(-1)[k])[:top]
+        return table(columns, [[*heads[k], *(f"{stats[c].reshape(-1)[k]:.3f}"
+                                                for c in columns[2:])] for k in order], caption)
+
+    b = result.block
+    title = (f"attnviz long text: {result.n_tokens:,} tokens, {layer_text(result.layers)}, "
+             f"{result.n_heads} heads, pooled {b}×{b}")
+    body = (f"<h3>{html.escape(title)}</h3>"
+            + image(png, f"every head, each cell the largest of {b}×{b} weights")
+            + ranked("sink_mass", f"Heads with the most attention on the first "
+                                  f"{result.sink_tokens} tokens")
+            + ranked("mean_distance", "Heads that look farthest (mean distance, tokens)")
+            + image(stats_figure(result, 0), f"layer {result.layers[0]}: distances and sinks"))
+    return View(static_page(title, body), png, title,
+                narrow="show less: layer= (fewer layers) or resolution= (fewer cells)")
+
+
 @register("attnviz.analyses.attribution.AttributionResult")
 def attribution_view(result) -> View:
     """An ``AttributionResult``: the metric, the predictions, the top heads by each measure
