@@ -1,4 +1,4 @@
-"""Long texts, exactly, in bounded memory: a layer's weights reduced slab by slab as the
+"""Long texts, exactly, in bounded memory: a layer's weights reduced tile by tile as the
 engine computes them (``attnviz.models.engine``), never held whole. See docs/long-context.md.
 
 What is kept, per layer and head (``T`` tokens, pooled blocks of ``b`` x ``b`` cells,
@@ -390,7 +390,7 @@ def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: 
                  sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
                  span: tuple[int, int] | None = None, detect: Detect | None = None,
                  progress=None) -> LongResult:
-    """Run ``model`` on ``token_ids`` once, reducing the weights of ``layers`` slab by slab:
+    """Run ``model`` on ``token_ids`` once, reducing the weights of ``layers`` tile by tile:
     pooled maps at most ``resolution`` cells a side, the statistics, and the exact weights
     of the window ``span`` (queries and keys A .. B - 1) when given, and the head detectors'
     scores with ``detect``."""

@@ -6,8 +6,8 @@ Embeddings (``WeightMap.embed``), then pre-norm blocks: ``x + attn(norm1(x))``, 
 ``x + mlp(norm2(x))``. Attention per layer: projections (grouped key/value heads when
 ``n_kv_heads < n_heads``), QK-norm, rotary positions, the scale, a causal mask (within a
 sliding window when the layer has one), an explicit softmax — the weights a visualizer
-needs, which fused kernels never materialise — computed by ``attnviz.models.engine`` a slab
-of query rows at a time, whole or reduced as it goes. Blocks are read from the checkpoint when
+needs, which fused kernels never materialise — computed by ``attnviz.models.engine``: whole for a short
+text, a tile at a time and reduced as it goes for a long one. Blocks are read from the checkpoint when
 first needed, and only up to the deepest layer asked for. Everything runs in float32.
 """
 
@@ -100,7 +100,7 @@ class Attention(nn.Module):
                       cache: LayerCache | None = None, keep: bool = True, reduce=None):
         """The per-head context before ``out_proj``, concatenated: ``(b, T, nh·hd)``, and the
         weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy) — or
-        None when they are not wanted (``keep=False``) or go to ``reduce`` slab by slab
+        None when they are not wanted (``keep=False``) or go to ``reduce`` tile by tile
         (see ``attnviz.models.engine.attend``).
         With ``cache``, ``x`` holds only the new tokens (after ``cache.length`` cached ones):
         their keys and values join the cache, and the weights are their rows over every
@@ -440,8 +440,8 @@ class Transformer:
         ``layers[k]`` as soon as its block has run (in the order of the blocks), so a caller
         can write a layer out before the next is computed. ``reduce``, when given, is a
         sequence of ``attnviz.models.engine.Reduce``, one per layer of ``layers``: the
-        weights go to it slab by slab (never the whole matrix), and ``weights`` is None.
-        Layers not in ``layers`` compute no weights beyond a slab."""
+        weights go to it tile by tile (never the whole matrix), and ``weights`` is None.
+        Layers not in ``layers`` keep no weights (a long one: torch's fused kernel)."""
         deepest = max(layers) + 1
         self.load_blocks(deepest, progress)
         self._prepare(token_ids.shape[1], self.blocks[:deepest])

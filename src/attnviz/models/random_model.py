@@ -114,7 +114,7 @@ class RandomModel:
     def iter_run(self, token_ids: torch.Tensor, layers: list[int],
                  weights_out: torch.Tensor | None = None, progress=None, reduce=None):
         """``run`` as ``Transformer.iter_run`` yields it: ``(k, attn_input, weights, module)``.
-        With ``reduce``, the weights go to the engine's reduction slab by slab
+        With ``reduce``, the weights go to the engine's reduction tile by tile
         (``attnviz.models.engine``): the module's projections, the engine's softmax."""
         if reduce is not None:
             x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
