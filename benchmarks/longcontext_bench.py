@@ -38,32 +38,30 @@ from gguf_bench import llama1b_q8, smollm2_file, smollm2_stand_in, text_of  # no
 from models_bench import CACHE  # noqa: E402
 from run import peak_rss_mb, side_by_side, table, wall  # noqa: E402
 
-# The floor: transformers runs the forward at this length and returns no weights.
-FORWARD_ONLY = r"""
-import sys, torch
+# transformers reading the GGUF file (its tokenizer and model), attention implementation {impl}
+LOAD = r"""
+import sys, json, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 path, text_file = sys.argv[1:3]
 folder, name = path.rsplit("/", 1)
 ids = AutoTokenizer.from_pretrained(folder, gguf_file=name)(
     open(text_file, encoding="utf-8").read(), return_tensors="pt")["input_ids"]
 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                             attn_implementation="sdpa").eval()
+                                             attn_implementation="{impl}").eval()
+"""
+
+# The floor: transformers runs the forward at this length and returns no weights.
+FORWARD_ONLY = LOAD.format(impl="sdpa") + r"""
 with torch.inference_mode():
     model.model(ids)
 """
 
 # transformers' own way to every weight, under a memory limit: how far it gets.
 OUTPUT_ATTENTIONS = r"""
-import resource, sys, json, torch
+import resource, sys
 limit = int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from transformers import AutoModelForCausalLM, AutoTokenizer
-path, text_file = sys.argv[1:3]
-folder, name = path.rsplit("/", 1)
-ids = AutoTokenizer.from_pretrained(folder, gguf_file=name)(
-    open(text_file, encoding="utf-8").read(), return_tensors="pt")["input_ids"]
-model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                             attn_implementation="eager").eval()
+""" + LOAD.format(impl="eager") + r"""
 try:
     with torch.inference_mode():
         model.model(ids, output_attentions=True)

@@ -109,26 +109,11 @@ def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
     A text longer than ``resolution`` tokens (1024) gives a ``LongResult`` instead: pooled
     maps and statistics of every weight (docs/long-context.md), the exact window of
     ``tokens`` as ``.exact_window()``; it shows itself too."""
-    from attnviz.analyses.attention import analyze_with, checked_layers, crop, parse_window
-    from attnviz.analyses.longcontext import (
-        analyze_long,
-        block_size,
-        check_pooled_fits,
-        check_resolution,
-    )
+    from attnviz.analyses.longcontext import analyze_tokens
 
     model = _model(weights, options)
-    token_ids = model.encode(text, allow_special)
-    n = len(token_ids)
-    window = parse_window(tokens, n)
-    chosen = check_resolution(resolution, n)
-    if n > chosen:
-        layers = checked_layers(model.engine, n, layer)
-        check_pooled_fits(len(layers), model.engine.n_heads, n, block_size(n, chosen), 2, window)
-        return analyze_long(model.engine, token_ids, layers, resolution=chosen,
-                            sink_tokens=sink_tokens, span=window)
-    result = analyze_with(model.engine, token_ids, layer)
-    return crop(result, *window) if window else result
+    return analyze_tokens(model.engine, model.encode(text, allow_special), layer=layer,
+                          tokens=tokens, resolution=resolution, sink_tokens=sink_tokens)
 
 
 def report_page(text: str, weights=None, *, layer=0, tokens: str | None = None,

@@ -77,10 +77,9 @@ class AttentionResult(Displayable):
     modules: list = field(default_factory=list, repr=False, compare=False)
     # A pooled map of a long text (``attnviz.analyses.longcontext``): each cell is a block of
     # ``block`` x ``block`` (query, key) pairs of a text of ``text_length`` tokens, holding
-    # the block's ``pooling`` ("max" or "mean") weight; token_ids/raw_tokens are the blocks'.
+    # the block's largest (or mean) weight; token_ids/raw_tokens are the blocks' first.
     block: int = 1
     text_length: int = 0
-    pooling: str | None = None
 
     @property
     def length(self) -> int:

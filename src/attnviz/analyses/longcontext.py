@@ -372,8 +372,7 @@ class LongResult(Displayable):
             attn_inputs=np.empty((len(self.layers), 0, 0), dtype=np.float32), params={},
             config=self.config, raw_tokens=[label.encode() for label in self.block_labels()],
             windows=self.windows,
-            kv_heads=self.kv_heads, block=self.block, text_length=self.n_tokens,
-            pooling=kind)
+            kv_heads=self.kv_heads, block=self.block, text_length=self.n_tokens)
 
     def exact_window(self) -> AttentionResult:
         """Queries and keys ``span`` with their exact weights, as ``crop`` of the whole
@@ -451,6 +450,16 @@ def analyze_text(text: str, config=None, *, weights: str | None = None, layer="0
     options = config or ModelConfig()
     model = load_model(config, weights)
     token_ids = encode_text(model, text, allow_special, bos=options.bos, chat=options.chat)
+    return analyze_tokens(model, token_ids, layer=layer, heads=heads, tokens=tokens,
+                          resolution=resolution, sink_tokens=sink_tokens, maps=maps,
+                          whole=whole, progress=progress)
+
+
+def analyze_tokens(model, token_ids: list[int], *, layer="0", heads: list[int] | None = None,
+                   tokens: str | None = None, resolution: int | None = None,
+                   sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
+                   whole: str | None = None, progress=None) -> AttentionResult | LongResult:
+    """``analyze_text`` for the token ids of a model already read (``load_model``)."""
     n = len(token_ids)
     chosen = check_resolution(resolution, n)
     window = parse_window(tokens, n)
