@@ -529,6 +529,12 @@ def analyze_layers(
     model = load_model(config, weights)
     token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
                             chat=(config or ModelConfig()).chat)
+    return layer_stream(model, token_ids, layer, tokens, progress)
+
+
+def layer_stream(model, token_ids: list[int], layer: str | int = 0, tokens: str | None = None,
+                 progress=None) -> LayerStream:
+    """``analyze_layers`` for the token ids of a model already read (``load_model``)."""
     window = parse_window(tokens, len(token_ids))
     layers = checked_layers(model, len(token_ids), layer)
     check_fits(1, model.n_heads, len(token_ids))  # one layer at a time

@@ -79,18 +79,22 @@ def export(
     elif sys.stdout.isatty():
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
-    from attnviz.analyses.attention import analyze_layers
+    from attnviz.analyses.attention import encode_text, layer_stream, load_model
+    from attnviz.analyses.longcontext import check_resolution
+    from attnviz.core.config import ModelConfig
     from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
 
-    if _longer_than_shown(source, config, weights, allow_special, resolution):
-        return _export_long(source, output_path, to_stdout, output, config, weights, layer,
-                            tokens, allow_special, resolution, sink_tokens, full_weights,
-                            weighting, rollout, include_params, quiet)
+    options = config or ModelConfig()
+    model = load_model(config, weights)
+    token_ids = encode_text(model, source, allow_special, options.bos, options.chat)
+    if len(token_ids) > check_resolution(resolution, len(token_ids)):
+        return _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens,
+                            resolution, sink_tokens, full_weights, weighting, rollout,
+                            include_params, quiet)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         # Each layer goes to the file as the forward pass reaches it: one in memory at a time.
-        result = analyze_layers(source, config, weights=weights, layer=layer,
-                                allow_special=allow_special, tokens=tokens, progress=progress)
+        result = layer_stream(model, token_ids, layer, tokens, progress)
         single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
                                                      for x in layer or [])
         if rollout:
@@ -167,29 +171,14 @@ def _report(written, output_path, output, quiet: bool, title: str) -> None:
 
 
 
-def _longer_than_shown(source, config, weights, allow_special, resolution) -> bool:
-    """Whether the text has more tokens than ``--resolution`` (checked against it): then
-    its pooled maps and statistics are exported, not every weight."""
-    from attnviz.analyses.attention import encode_text, load_model
-    from attnviz.analyses.longcontext import check_resolution
-    from attnviz.core.config import ModelConfig
-
-    options = config or ModelConfig()
-    model = load_model(config, weights)
-    n = len(encode_text(model, source, allow_special, options.bos, options.chat))
-    return n > check_resolution(resolution, n)
-
-
-def _export_long(source, output_path, to_stdout, output, config, weights, layer, tokens,
-                 allow_special, resolution, sink_tokens, full_weights, weighting, rollout,
-                 include_params, quiet) -> None:
+def _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens, resolution,
+                 sink_tokens, full_weights, weighting, rollout, include_params, quiet) -> None:
     """``export`` of a long text: pooled maps and statistics (``LongResult.export_arrays``),
     the exact window of ``--tokens`` as ``weights``, and every weight with --full-weights."""
-
     import numpy as np
 
-    from attnviz.analyses.attention import analyze_layers
-    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.analyses.attention import layer_stream
+    from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.files.fileio import check_free_space
     from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
@@ -197,10 +186,10 @@ def _export_long(source, output_path, to_stdout, output, config, weights, layer,
     whole = ("--weighting norm" if weighting == "norm" else "--rollout" if rollout else
              "--include-params" if include_params else None)
     with Progress(quiet) as progress:
-        result = analyze_text(source, config, weights=weights, layer=layer,
-                              allow_special=allow_special, tokens=tokens, resolution=resolution,
-                              sink_tokens=sink_tokens, whole=whole, progress=progress)
-        assert isinstance(result, LongResult)  # longer than --resolution: _longer_than_shown
+        result = analyze_tokens(model, token_ids, layer=layer, tokens=tokens,
+                                resolution=resolution, sink_tokens=sink_tokens, whole=whole,
+                                progress=progress)
+        assert isinstance(result, LongResult)  # export chose this path: longer than --resolution
         arrays = result.export_arrays()
         records = result.tokens()
         arrays.update(tokens=np.asarray([t["text"] for t in records], dtype=str),
@@ -212,8 +201,7 @@ def _export_long(source, output_path, to_stdout, output, config, weights, layer,
         size = sum(np.asarray(a).nbytes for a in arrays.values())
         n, heads = result.n_tokens, result.n_heads
         if full_weights:
-            stream = analyze_layers(source, config, weights=weights, layer=layer,
-                                    allow_special=allow_special, progress=progress)
+            stream = layer_stream(model, token_ids, layer, progress=progress)
             size += 4 * len(result.layers) * heads * n * n
             arrays["weights"] = Pieces(stream.shape, np.float32, stream)
         if not to_stdout:
