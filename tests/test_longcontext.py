@@ -408,3 +408,54 @@ def test_the_python_api_returns_a_long_result_that_shows_itself(tmp_path):
     assert bundle["image/png"].startswith("iVBORw0K")  # base64 of a PNG
     result.save(tmp_path / "long.html")
     assert "Heads that look farthest" in (tmp_path / "long.html").read_text()
+
+
+@pytest.mark.parametrize("n_keys, window, with_bias", [(300, None, False), (300, 40, True),
+                                                         (170, None, True)])
+def test_the_engine_attends_without_the_causal_mask(monkeypatch, n_keys, window, with_bias):
+    """An encoder's self-attention (every key, or a window on both sides) and
+    cross-attention over another text's keys, with an additive bias (T5's relative
+    positions): the whole matrix, the tiles and the fused kernel all equal a float64
+    softmax of the unmasked scores."""
+    from attnviz.models import engine
+
+    n, heads, hd = 300, 4, 8
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(1, heads, n, hd, generator=gen) * 2
+    k, v = (torch.randn(1, 2, n_keys, hd, generator=gen) * 2 for _ in range(2))
+    table = torch.randn(heads, n + n_keys, generator=gen) * 3
+    bias = (lambda q_lo, q_hi, k_lo, k_hi: table[:, (torch.arange(k_lo, k_hi)[None, :]
+            - torch.arange(q_lo, q_hi)[:, None]) + n]) if with_bias else None
+    scores = (q.double() @ k.double().repeat_interleave(2, 1).transpose(2, 3)) * 0.7
+    if with_bias:
+        scores += bias(0, n, 0, n_keys).double()
+    if window is not None:
+        distance = (torch.arange(n_keys)[None, :] - torch.arange(n)[:, None]).abs()
+        scores.masked_fill_(distance >= window, float("-inf"))
+    expected = torch.softmax(scores, dim=-1)  # (1, H, T, Tk)
+    expected_context = expected @ v.double().repeat_interleave(2, 1)
+
+    context, whole = attend(q, k, v, start=0, scale=0.7, softcap=None, window=window,
+                            causal=False, bias=bias)
+    torch.testing.assert_close(whole.double(), expected, rtol=0, atol=5e-6)  # float32
+    torch.testing.assert_close(context.double(), expected_context, rtol=0, atol=1e-5)
+
+    monkeypatch.setattr(engine, "TILE_CELLS", 2 * 8 * 24)
+    monkeypatch.setattr(engine, "TILE_ROWS", 8)
+    gathered = torch.zeros(heads, n, n_keys, dtype=torch.float64)
+
+    def collect(tile):
+        rows, keys = tile.weights.shape[1:]
+        gathered[tile.heads, tile.q_start:tile.q_start + rows,
+                 tile.k_start:tile.k_start + keys] += tile.weights.double()
+
+    collect.align = 4
+    context_tiles, _ = attend(q, k, v, start=0, scale=0.7, softcap=None, window=window,
+                              causal=False, bias=bias, reduce=collect)
+    torch.testing.assert_close(gathered, expected[0], rtol=0, atol=5e-6)
+    torch.testing.assert_close(context_tiles.double(), expected_context, rtol=0, atol=1e-5)
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 0)  # only the output: fused when it can be
+    context_only, none = attend(q, k, v, start=0, scale=0.7, softcap=None, window=window,
+                                causal=False, bias=bias, keep=False)
+    assert none is None
+    torch.testing.assert_close(context_only.double(), expected_context, rtol=0, atol=1e-5)

@@ -18,14 +18,16 @@ attention. Its log-sum-exp is not used for weights: it is ~2e-6 off ours (its ow
 arithmetic of the scores), more than the 1e-6 the reductions keep.
 
 Tiles skip what the causal mask hides: rows ``a .. a + R - 1`` are scored against keys
-``k0 .. a + R - 1`` only, ``k0 > 0`` for a sliding window. Memory per layer is the tiles'
+``k0 .. a + R - 1`` only, ``k0 > 0`` for a sliding window. Without the causal mask (an
+encoder, cross-attention) a row sees every key, or those within its window on both sides;
+an additive ``bias`` (T5's relative positions) is computed per tile. Memory per layer is the tiles'
 and the layer's own ``O(T·d)``, never ``O(T²)``.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 
@@ -56,13 +58,24 @@ class Reduce(Protocol):
     def __call__(self, tile: Tile) -> None: ...
 
 
+Bias = Callable[[int, int, int, int], torch.Tensor]
+"""An additive score bias (T5's relative positions): ``bias(q_lo, q_hi, k_lo, k_hi)`` ->
+``(nh, q_hi - q_lo, k_hi - k_lo)`` for queries and keys at those absolute positions."""
+
+
 def hidden(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None,
-           device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(q_hi - q_lo, k_hi - k_lo)`` bool, True where key j is hidden from query i: the
-    future (j > i) and, with a sliding window W, the keys W or more positions back
-    (j <= i - W). Made from two ranges: never a ``(T, T)`` table."""
+           device: torch.device | str = "cpu", causal: bool = True) -> torch.Tensor:
+    """``(q_hi - q_lo, k_hi - k_lo)`` bool, True where key j is hidden from query i. Causal:
+    the future (j > i) and, with a sliding window W, the keys W or more positions back
+    (j <= i - W). Not causal (an encoder): nothing, or with a window W the keys W or more
+    positions away on either side (|j - i| >= W). Made from two ranges: never a ``(T, T)``
+    table."""
     queries = torch.arange(q_lo, q_hi, device=device)[:, None]
     keys = torch.arange(k_lo, k_hi, device=device)[None, :]
+    if not causal:
+        if window is None:
+            return torch.zeros(q_hi - q_lo, k_hi - k_lo, dtype=torch.bool, device=device)
+        return (keys - queries).abs_() >= window
     mask = keys > queries
     if window is not None:
         mask |= keys <= queries - window
@@ -72,10 +85,15 @@ def hidden(q_lo: int, q_hi: int, k_lo: int, k_hi: int, window: int | None,
 def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, start: int,
            scale: float | None, softcap: float | None, window: int | None,
            weights_out: torch.Tensor | None = None, keep: bool = True,
-           reduce: Reduce | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Causal attention of ``queries (b, nh, T, hd)`` at positions ``start .. start + T - 1``
-    over ``keys``/``values (b, nkv, start + T, hd)`` (queries scaled already when ``scale``
-    is None; else the scores are multiplied by it, as transformers does).
+           reduce: Reduce | None = None, causal: bool = True,
+           bias: Bias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of ``queries (b, nh, T, hd)`` at positions ``start .. start + T - 1``
+    over ``keys``/``values (b, nkv, Tk, hd)`` (queries scaled already when ``scale``
+    is None; else the scores are multiplied by it, as transformers does). Causal (the
+    default): ``Tk = start + T``, key j hidden from query i > j. ``causal=False``: every
+    key is seen (an encoder's self-attention, or cross-attention over another text's
+    ``Tk`` keys), apart from those outside ``window``. ``bias`` is added to the scores
+    (after scale and softcap).
 
     Returns ``(context (b, nh, T, hd), weights)``:
     - ``reduce`` given: the weights go to it tile by tile; ``weights`` is None;
@@ -85,22 +103,27 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
     """
     b, n_heads, n_rows, head_dim = queries.shape
     end = start + n_rows
-    if reduce is None and (keep or 4 * b * n_heads * n_rows * end <= CHUNK_BYTES):
+    n_keys = end if causal else keys.shape[2]
+    if reduce is None and (keep or 4 * b * n_heads * n_rows * n_keys <= CHUNK_BYTES):
         # the whole matrix (asked for, or small enough): torch's softmax, as always
         scores = _scores(queries, keys, scale, softcap, weights_out)
-        scores.masked_fill_(hidden(start, end, 0, end, window, scores.device), float("-inf"))
+        if bias is not None:
+            scores += bias(start, end, 0, n_keys)
+        if causal or window is not None:
+            scores.masked_fill_(hidden(start, end, 0, n_keys, window, scores.device, causal),
+                                float("-inf"))
         weights = torch.softmax(scores, dim=-1, out=scores)
         n_kv = keys.shape[1]
-        # (b, nkv, group·T, T) @ (b, nkv, T, hd) -> (b, nkv, group·T, hd)
-        context = weights.reshape(b, n_kv, -1, end) @ values
+        # (b, nkv, group·T, Tk) @ (b, nkv, Tk, hd) -> (b, nkv, group·T, hd)
+        context = weights.reshape(b, n_kv, -1, n_keys) @ values
         return context.view(b, n_heads, n_rows, head_dim), weights if keep else None
     if reduce is not None and b != 1:
         raise ValueError("a reduction takes one text at a time")
-    if reduce is None and softcap is None and window is None and start == 0 and (
-            queries.device.type == "cpu"):  # only the output: torch's fused kernel
-        return _fused(queries, keys, values, scale)[0], None
+    if reduce is None and softcap is None and window is None and bias is None and (
+            start == 0 or not causal) and queries.device.type == "cpu":
+        return _fused(queries, keys, values, scale, causal)[0], None  # torch's fused kernel
     plan = _Plan(queries, keys, values, start, scale, softcap, window,
-                 reduce.align if reduce is not None else 1)
+                 reduce.align if reduce is not None else 1, causal, bias)
     context = queries.new_zeros(b, n_heads, n_rows, head_dim)
     workers = torch.get_num_threads() if queries.device.type == "cpu" else 1
     if workers == 1:
@@ -125,13 +148,13 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
     return context, None
 
 
-def _fused(queries, keys, values, scale):
-    """torch's fused causal attention on the CPU: ``(context (b, nh, T, hd), lse (b, nh, T))``."""
+def _fused(queries, keys, values, scale, causal=True):
+    """torch's fused attention on the CPU: ``(context (b, nh, T, hd), lse (b, nh, T))``."""
     group = queries.shape[1] // keys.shape[1]
     if group > 1:  # the kernel wants a key/value head per query head
         keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
     context, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        queries.contiguous(), keys.contiguous(), values.contiguous(), 0.0, True,
+        queries.contiguous(), keys.contiguous(), values.contiguous(), 0.0, causal,
         scale=1.0 if scale is None else scale)
     return context, lse
 
@@ -139,9 +162,11 @@ def _fused(queries, keys, values, scale):
 class _Plan:
     """The tiles of one layer's attention and the two passes over them."""
 
-    def __init__(self, queries, keys, values, start, scale, softcap, window, align):
+    def __init__(self, queries, keys, values, start, scale, softcap, window, align,
+                 causal=True, bias=None):
         self.queries, self.keys, self.values = queries, keys, values
         self.start, self.scale, self.softcap, self.window = start, scale, softcap, window
+        self.causal, self.bias = causal, bias
         b, n_heads, self.n_rows, _ = queries.shape
         self.group = n_heads // keys.shape[1]
         self.rows = max(align, TILE_ROWS // align * align)
@@ -160,8 +185,13 @@ class _Plan:
         q_lo = self.start + a
         k_lo = 0 if self.window is None else max(0, q_lo - self.window + 1)
         k_lo = k_lo // self.align * self.align
-        return [(k, min(k + self.width, q_lo + count)) for k in range(k_lo, q_lo + count,
-                                                                      self.width)]
+        if self.causal:
+            k_end = q_lo + count
+        else:
+            k_end = self.keys.shape[2]
+            if self.window is not None:
+                k_end = min(k_end, q_lo + count - 1 + self.window)
+        return [(k, min(k + self.width, k_end)) for k in range(k_lo, k_end, self.width)]
 
     def run(self, worker: int, workers: int, context, reduce) -> None:
         """Both passes over this worker's slabs: each slab's log-sum-exp, then its weights
@@ -202,9 +232,17 @@ class _Plan:
             scores.div_(self.softcap).tanh_().mul_(self.softcap)
         scores = scores.view(g, count, k_hi - k_lo)
         q_lo = self.start + a
-        if k_hi - 1 > q_lo or (self.window is not None and k_lo <= q_lo + count - 1 - self.window):
+        if self.bias is not None:
+            scores += self.bias(q_lo, q_lo + count, k_lo, k_hi)[heads]
+        if self.causal:
+            masked = k_hi - 1 > q_lo or (
+                self.window is not None and k_lo <= q_lo + count - 1 - self.window)
+        else:
+            masked = self.window is not None and (
+                k_lo <= q_lo + count - 1 - self.window or k_hi - 1 >= q_lo + self.window)
+        if masked:
             scores.masked_fill_(hidden(q_lo, q_lo + count, k_lo, k_hi, self.window,
-                                       scores.device), fill)
+                                       scores.device, self.causal), fill)
         return scores
 
     def log_sum_exp(self, bi, kv, a, count, tiles, scratch):
