@@ -213,9 +213,9 @@ def test_export_arrays_reproduce_the_weights(cli, tmp_path, qkv_bias):
     assert data["tokens"].tolist()[1] == " journey"
     assert data["attn_input"].shape == (1, 6, 32) and data["W_query"].shape == (1, 32, 32)
     assert ("b_query" in data) == qkv_bias
-    x = data["attn_input"].astype(np.float64)
-    q = x @ data["W_query"].T + (data["b_query"] if qkv_bias else 0)
-    k = x @ data["W_key"].T + (data["b_key"] if qkv_bias else 0)
+    x = data["attn_input"][0].astype(np.float64)
+    q = x @ data["W_query"][0].T + (data["b_query"][0] if qkv_bias else 0)
+    k = x @ data["W_key"][0].T + (data["b_key"][0] if qkv_bias else 0)
     for h in range(4):
         s = q[:, h * 8 : (h + 1) * 8] @ k[:, h * 8 : (h + 1) * 8].T / np.sqrt(8)
         s[np.triu_indices(6, 1)] = -np.inf

@@ -68,7 +68,7 @@ def test_a_flag_means_the_same_thing_in_every_command():
     assert {kind for kind, _ in meanings["-o"]} == {"file"}
     assert {kind for kind, _ in meanings["--output"]} == {"file"}
     assert {kind for kind, _ in meanings["--out"]} == {"folder"}
-    assert {kind for kind, _ in meanings["-o"]} == {"folder"}
+    assert {kind for kind, _ in meanings["--plot"]} == {"folder"}
 
 
 def test_old_spellings_still_work_for_one_release_and_say_so(cli, tmp_path):
@@ -76,7 +76,7 @@ def test_old_spellings_still_work_for_one_release_and_say_so(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "figs" / "head_00.png").is_file()
     assert "Warning: -o is deprecated in heatmap" in result.stderr and "--out DIR" in result.stderr
-    result = cli("compare-heads", TEXT, *SMALL, "-o", tmp_path / "pair.png")
+    result = cli("compare-heads", TEXT, *SMALL, "--plot", tmp_path / "pair.png")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "pair.png").is_file() and "use -o/--output FILE" in result.stderr
     result = cli("why", TEXT, "--head", "0.3", "--query", 5)

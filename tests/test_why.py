@@ -413,7 +413,7 @@ def test_the_softcap_is_named(cli, checkpoints):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--head", "3"], "--head 3 needs its layer: add --layer L"),
-    (["--layer", "3", "--head", "0"], "--layer 3: layer 3 is out of range: the model has 3 layers (0-2)"),
+    (["--layer", "3", "--head", "0"], "--layer 3 is out of range: the checkpoint has 3 layers (0-2)"),
     (["--layer", "1", "--head", "4"], "--head 4: head 4 is out of range: layer 1 has 4 heads (0-3)"),
     (["--layer", "1,2", "--head", "1"], "why explains one head of one layer: give a single --layer L"),
     (["--layer", "1", "--head", "1", "--query", "99"], "--query 99 is out of range: the text has {n} tokens "
