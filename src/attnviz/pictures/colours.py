@@ -154,7 +154,8 @@ def scale_label(label: str, scale: str, bar_in: float | None = None) -> str:
     """``label`` naming its colour scale: "attention weight (√ scale)"; on two lines when a
     bar ``bar_in`` inches long would not hold it on one."""
     name = SCALE_NAMES.get(scale, scale)
-    one_line = f"{label} ({name})"
+    # "‖α·f(x)‖ (value-weighted)" -> "‖α·f(x)‖ (value-weighted, √ scale)"
+    one_line = f"{label[:-1]}, {name})" if label.endswith(")") else f"{label} ({name})"
     if bar_in is not None:
         from attnviz.pictures.fonts import text_width_in
 
