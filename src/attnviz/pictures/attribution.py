@@ -116,8 +116,10 @@ def save_top_heads(path: Path, result: AttributionResult, heads: Sequence[tuple[
                                   for layer, head, value in heads], 8) + 0.3
     grid_in = keys * cell_w
     grid_h = len(heads) * cell_h
+    bar_h = max(grid_h, 2.0)  # a bar that can be read beside few heads, centred on them
+    bottom = max(bottom, 0.3 + (bar_h - grid_h) / 2)
     width = max(names_in + grid_in + 1.3, title_in + 0.4, MIN_WIDTH_IN)
-    height = max(bottom + grid_h + 0.6, MIN_HEIGHT_IN)
+    height = max(bottom + grid_h + 0.6 + max(0.0, (bar_h - grid_h) / 2 - 0.3), MIN_HEIGHT_IN)
     left = max(names_in, (width - grid_in - 1.3 + names_in) / 2)  # the rows centred
     fig, canvas = new_figure(width, height, dpi)
     with fonts.context():
@@ -133,9 +135,8 @@ def save_top_heads(path: Path, result: AttributionResult, heads: Sequence[tuple[
             ax.set_xticks(range(0, keys, step), [str(k) for k in range(0, keys, step)], fontsize=8)
             ax.set_xlabel("key position", fontsize=9)
         fig.text(0.5, 1 - 0.2 / height, title, fontsize=11, ha="center", va="top")
-        bar_h = max(grid_h, 2.0)
         cax = fig.add_axes(((left + grid_in + 0.25) / width,
-                            (bottom + grid_h - bar_h) / height, 0.15 / width, bar_h / height))
+                            (bottom + (grid_h - bar_h) / 2) / height, 0.15 / width, bar_h / height))
         colorbar(fig, cax, norm, colormap)
         write_bytes(path, figure_bytes(fig, canvas, fmt))
     return path

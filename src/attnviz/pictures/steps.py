@@ -190,7 +190,7 @@ def steps_figure(
 
     side = min(max(n * 0.34, _MIN_SIDE), _MAX_SIDE)  # a T x T panel, inches
     cell_pt = side / n * 72  # the height of one token row, in points
-    font = min(max(cell_pt / 1.3, 6.0), 9.0)
+    font = min(max(cell_pt / 1.3, 7.0), 9.0)  # never under 7 pt: a stride instead
     stride = max(1, math.ceil(font * 1.2 / cell_pt))
     ticks = list(range(0, n, stride))
     label_w = text_width_in([labels[t] for t in ticks], font)
