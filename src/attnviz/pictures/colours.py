@@ -150,16 +150,18 @@ def scale_of(norm: Normalize) -> str:
     return "linear"
 
 
-def scale_label(label: str, scale: str, bar_in: float | None = None) -> str:
-    """``label`` naming its colour scale: "attention weight (√ scale)"; on two lines when a
-    bar ``bar_in`` inches long would not hold it on one."""
+def scale_label(label: str, scale: str, bar_in: float | None = None,
+                font: float = CBAR_LABEL_PT) -> str:
+    """``label`` naming its colour scale (one of ``SCALES``, or a name such as
+    ``SYMMETRIC``): "attention weight (√ scale)"; on two lines when a bar ``bar_in``
+    inches long would not hold it on one at ``font`` points."""
     name = SCALE_NAMES.get(scale, scale)
     # "‖α·f(x)‖ (value-weighted)" -> "‖α·f(x)‖ (value-weighted, √ scale)"
     one_line = f"{label[:-1]}, {name})" if label.endswith(")") else f"{label} ({name})"
     if bar_in is not None:
         from attnviz.pictures.fonts import text_width_in
 
-        if text_width_in([one_line], CBAR_LABEL_PT) > bar_in:
+        if text_width_in([one_line], font) > bar_in:
             return f"{label}\n{name}"
     return one_line
 
@@ -204,12 +206,7 @@ def named_colorbar(fig: Figure, mappable, label: str, scale: str = "linear",
     box = cbar.ax.get_position()
     # a vertical name fits the bar; a horizontal one may run past its ends, not the figure's
     bar_in = fig.get_figwidth() - 0.2 if horizontal else box.height * fig.get_figheight()
-    from attnviz.pictures.fonts import text_width_in
-
-    text = f"{label} ({name})"
-    if text_width_in([text], label_pt) > bar_in:
-        text = f"{label}\n{name}"
-    cbar.set_label(text, fontsize=label_pt)
+    cbar.set_label(scale_label(label, name, bar_in, label_pt), fontsize=label_pt)
     cbar.ax.tick_params(labelsize=tick_pt)
     return cbar
 
