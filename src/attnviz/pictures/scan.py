@@ -136,7 +136,7 @@ def score_maps_figure(maps: dict[str, tuple[np.ndarray, str]], layers: list[int]
     cell = _cell_size(n_layers, n_heads)
     title_width = max(0.085 * len(line) for _, title in maps.values() for line in title.splitlines())
     panel_w = max(n_heads * cell + 2.4, title_width + 0.6, 4.5)
-    panel_h = max(n_layers * cell + 1.6, 2.8)
+    panel_h = n_layers * cell + 2.1 if _flat(n_layers, n_heads) else max(n_layers * cell + 1.6, 2.8)
     columns = min(columns, len(maps))
     rows = -(-len(maps) // columns)
     fig = Figure(figsize=(panel_w * columns, panel_h * rows), dpi=dpi, layout="constrained")
