@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_family_checkpoint
+from test_generate import make_induction_model
 
 from attnviz.analyses import needle as nd
 from attnviz.analyses.attention import load_model
 from attnviz.models import engine
-from helpers import make_family_checkpoint
-from test_generate import make_induction_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -114,7 +114,8 @@ def default_needles() -> list[Needle]:
 def read_needles(path) -> list[Needle]:
     """``--needles FILE.jsonl``: one ``{"needle", "question", "answer"}`` object a line."""
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"--needles {path}: cannot read it ({exc})") from None
     return _needles_from_lines(lines, f"--needles {path}")
@@ -323,10 +324,9 @@ def prepare(model, haystack_text: str, needles: list[Needle], lengths: list[int]
                          f"model's context of {model.context_length} tokens")
     shortest = min(len(prefix) + len(e.ids) + len(e.suffix) for e in encoded)
     ids = haystack_ids(tokenizer, haystack_text, max(lengths) - shortest, on_warning)
-    plans = plan_tests(tokenizer, Haystack.of(tokenizer, ids), encoded, prefix, lengths, depths,
-                       max_new_tokens)
-    check_ids(model, plans[-1].prompt_ids)
-    return plans
+    check_ids(model, prefix + ids + [i for e in encoded for i in e.ids + e.suffix])
+    return plan_tests(tokenizer, Haystack.of(tokenizer, ids), encoded, prefix, lengths, depths,
+                      max_new_tokens)
 
 
 # ------------------------------------------------------------------------------ tests

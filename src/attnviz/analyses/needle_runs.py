@@ -207,8 +207,8 @@ def agreement(scores: np.ndarray, labels: np.ndarray, kv_heads: list[int], kind:
     a, b = _ranks(scores.ravel()), _ranks(labels.ravel())
     rho = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
     return {"kind": kind, "unit": unit, "k": k,
-            "ours": [{"layer": l, unit: h} for l, h in ours],
-            "theirs": [{"layer": l, unit: h} for l, h in theirs],
+            "ours": [{"layer": layer, unit: h} for layer, h in ours],
+            "theirs": [{"layer": layer, unit: h} for layer, h in theirs],
             "overlap": len(set(ours) & set(theirs)),
-            "both": [{"layer": l, unit: h} for l, h in ours if (l, h) in set(theirs)],
+            "both": [{"layer": layer, unit: h} for layer, h in ours if (layer, h) in set(theirs)],
             "spearman": rho}
