@@ -132,7 +132,7 @@ def needle_command(
         if path is not None:
             check_file_target(path, option)
     if plot_dir is not None:
-        check_out_dir(plot_dir)
+        check_out_dir(plot_dir, "--plot")
     for path, option in ((haystack, "--haystack"), (compare, "--compare")):
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path}: no such file")
@@ -342,7 +342,7 @@ def needle_merge_command(
         if path is not None:
             check_file_target(path, option)
     if plot_dir is not None:
-        check_out_dir(plot_dir)
+        check_out_dir(plot_dir, "--plot")
     result, first = needle_runs.merge(partials or [])
     described = result.config
     labels = _read_labels(compare, int(described.get("n_layers", len(result.layers))),
