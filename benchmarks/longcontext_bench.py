@@ -86,7 +86,7 @@ def bench_smollm2(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
               str(path), "--layer", "all", "--resolution", resolution, "-o",
               str(work / "long.npz"), "--quiet"]
     heatmap = [sys.executable, "-m", "attnviz", "heatmap", "--file", str(text_file),
-               "--weights", str(path), "--layer", "all", "-o", str(work / "maps"), "--quiet"]
+               "--weights", str(path), "--layer", "all", "--out", str(work / "maps"), "--quiet"]
     if not smoke:
         wall(theirs), wall(export)  # the file in the OS cache, the caches warm
     base, mine = side_by_side(lambda: wall(theirs), lambda: wall(export), repeat)

@@ -158,3 +158,16 @@ def text_strategy(fragments: list[str]):
 
     return (st.lists(st.one_of(st.text(max_size=6), st.sampled_from(fragments)), min_size=1, max_size=10)
             .map("".join).filter(bool))
+
+
+def one_layer(arrays, args=()) -> dict:
+    """An ``export`` of one layer (not ``--layer all``) with its layer axis, ``(1, …)``,
+    taken off the per-layer arrays: what the tests written for 0.1's shapes compare."""
+    arrays = dict(arrays)
+    if "all" in [str(a) for a in args] or len(arrays.get("layers", [])) != 1:
+        return arrays
+    for name, value in arrays.items():
+        if name in ("weights", "norms", "attn_input") or name.startswith(("W_", "b_")):
+            assert value.shape[0] == 1, name
+            arrays[name] = value[0]
+    return arrays

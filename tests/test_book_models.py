@@ -527,11 +527,11 @@ def test_a_preset_whose_shapes_disagree_is_one_error_line(tmp_path, cli):
 def test_without_config_or_preset_it_says_what_is_needed(tmp_path, cli):
     model, cfg = book_model("Llama3Model")
     path, _, tokenizer = save(tmp_path, model, cfg)
-    result = cli("heatmap", TEXT, "--weights", path, "--tokenizer", tokenizer, "-o", tmp_path / "out")
+    result = cli("heatmap", TEXT, "--weights", path, "--tokenizer", tokenizer, "--out", tmp_path / "out")
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
     error = result.stderr.strip()
     assert error.startswith("Error: model.pth is a state dict of the book's Llama3Model")
-    for words in ("head count (n_heads)", "RoPE base", "rope_freq", "--book-config CFG.json",
+    for words in ("head count (n_heads)", "RoPE base", "rope_freq", "--book-config FILE.json",
                   "--preset llama3.2-1b or --preset llama3.2-3b"):
         assert words in error
 

@@ -280,7 +280,7 @@ def test_bad_long_context_options_are_one_error_line(checkpoints, tmp_path, args
     text = tmp_path / "long.txt"
     text.write_text(" ".join(f"w{i % 97}" for i in range(300)))
     out = tmp_path / "maps"
-    result = run("heatmap", "--file", text, "--weights", checkpoints["llama-gqa"], "-o", out,
+    result = run("heatmap", "--file", text, "--weights", checkpoints["llama-gqa"], "--out", out,
                  *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output

@@ -260,9 +260,9 @@ def test_ablating_the_retrieval_head_breaks_retrieval(cli, induction):
     args = ["needle", "--weights", folder, "--haystack", haystack, "--needle", NEEDLE,
             "--question", QUESTION, "--answer", ANSWER, "--lengths", "100", "--depths",
             "0,0.5", "--format", "json"]
-    ablated = json.loads(cli(*args, "--ablate", "L1H0").stdout)
+    ablated = json.loads(cli(*args, "--zero-heads", "L1H0").stdout)
     assert ablated["counted"] == 0 and ablated["options"]["ablate"] == [[1, 0]]
-    kept = json.loads(cli(*args, "--ablate", "L0H0").stdout)  # the previous-token head
+    kept = json.loads(cli(*args, "--zero-heads", "L0H0").stdout)  # the previous-token head
     assert kept["counted"] == 0  # induction needs it too: K-composition
 
 
@@ -300,8 +300,8 @@ BAD = [
     (["--lengths", "8"], "do not fit in a prompt of 8 tokens"),
     (["--answer", "zzz"], "is not in the needle"),
     (["--shard", "2/2"], "--shard 2/2 is out of range"),
-    (["--ablate", "L5H0"], "--ablate L5H0: the model has 2 layers x 1 heads"),
-    (["--ablate", "head3"], "--ablate takes heads as L<layer>H<head>"),
+    (["--zero-heads", "L5H0"], "--zero-heads L5H0: the model has 2 layers x 1 heads"),
+    (["--zero-heads", "head3"], "--zero-heads takes heads as L<layer>H<head>"),
     (["--sink", "40", "--recent", "50"], "cover the whole prompt of 80 tokens"),
     (["--layer", "7"], "--layer 7 is out of range"),
 ]

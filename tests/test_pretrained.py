@@ -309,13 +309,12 @@ def test_export_writes_layer_by_layer_what_transformers_computes(cli, tmp_path, 
         np.testing.assert_array_equal(data[name], reference[name])
     # the inputs and parameters gathered on the way equal analyze()'s, which holds every layer
     held = analyze(SHORT_TEXT, weights=str(hf_checkpoint), layer=layer, tokens=window)
-    several = len(held.layers) > 1 or layer == "all"
-    pick = (lambda a: a) if several else (lambda a: a[0])  # noqa: E731
-    np.testing.assert_array_equal(reference["attn_input"], pick(held.attn_inputs))
+    # (L, …) whatever the layer choice, as the Python API has them
+    np.testing.assert_array_equal(reference["attn_input"], held.attn_inputs)
     assert {"W_query", "W_key", "W_value", "b_query", "b_key", "b_value"} <= set(reference.files)
     for name, value in held.params.items():
-        np.testing.assert_array_equal(reference[name], pick(value))
-    np.testing.assert_array_equal(data["weights"], pick(held.weights))
+        np.testing.assert_array_equal(reference[name], value)
+    np.testing.assert_array_equal(data["weights"], held.weights)
     ids = encode(SHORT_TEXT)
     start, stop = slice(*(int(x) if x else None for x in window.split(":"))).indices(len(ids))[:2] \
         if window else (0, len(ids))
@@ -324,6 +323,5 @@ def test_export_writes_layer_by_layer_what_transformers_computes(cli, tmp_path, 
         attentions = hf(torch.tensor([ids]), output_attentions=True).attentions
     layers = list(range(3)) if layer == "all" else [int(x) for x in layer.split(",")]
     expected = np.stack([attentions[i][0, :, start:stop, start:stop].numpy() for i in layers])
-    weights = data["weights"] if len(layers) > 1 or layer == "all" else data["weights"][None]
-    np.testing.assert_allclose(weights, expected, atol=1e-5)
+    np.testing.assert_allclose(data["weights"], expected, atol=1e-5)
     assert data["layers"].tolist() == layers and data["positions"].tolist() == list(range(start, stop))

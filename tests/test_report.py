@@ -217,7 +217,7 @@ def test_too_large_a_report_is_refused_before_writing(cli, tmp_path, monkeypatch
     monkeypatch.setattr(report, "MAX_WEIGHTS", 50)  # 4 heads x 21 = 84 weights
     done = cli("report", SHORT_TEXT, *SIZES, "-o", tmp_path / "r.html")
     assert done.exit_code == 2
-    assert done.stderr.startswith("Error: a report of 1 layer(s) x 4 heads x 6 tokens would hold 84")
+    assert done.stderr.startswith("Error: a report of 1 layer x 4 heads x 6 tokens would hold 84")
     assert "--layer" in done.stderr and done.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 

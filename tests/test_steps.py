@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import SHORT_TEXT, small_options
+from helpers import SHORT_TEXT, one_layer, small_options
 
 from attnviz.analyses.attention import analyze
 from attnviz.analyses.steps import head_steps
@@ -51,7 +51,7 @@ def exported(cli, tmp_path, *args):
     path = tmp_path / "export.npz"
     result = cli("export", *args, "-o", path, "--include-params", "-q")
     assert result.exit_code == 0, result.stderr
-    return np.load(path)
+    return one_layer(np.load(path), args)
 
 
 # --- the numbers ------------------------------------------------------------------------

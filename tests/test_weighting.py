@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_family_checkpoint, small_options
+from helpers import make_family_checkpoint, one_layer, small_options
 from matplotlib import colormaps
 from matplotlib.colors import PowerNorm
 from PIL import Image
@@ -39,7 +39,7 @@ def export(cli, tmp_path, *args, name="w.npz"):
     path = tmp_path / name
     done = cli("export", *args, "-o", path, "-q")
     assert done.exit_code == 0, done.stderr
-    return dict(np.load(path))
+    return one_layer(np.load(path), args)
 
 
 def loop_norms(weights, attn_input, w_value, b_value, w_out, kv_of):
@@ -357,7 +357,7 @@ def test_compare_heads_plot_draws_the_norms(cli, tmp_path, hf_checkpoint):
      "cannot take the layers 1,2"),
     (["heatmap", TEXT, "--view", "rollout", "--head", "1"], "drop --head"),
     (["heatmap", TEXT, "--weighting", "norm", "--exclude-first"], "give one of them"),
-    (["compare-heads", TEXT, "--view", "rollout", "-o", "{tmp}/p.png"], "attnviz heatmap --view rollout"),
+    (["compare-heads", TEXT, "--view", "rollout", "-o", "{tmp}/p.png"], "'rollout' is not one of 'heatmap', 'lines'"),
     (["export", TEXT, "--rollout", "--layer", "0,2", "--weights", "{ckpt}", "-o", "{tmp}/w.npz"],
      "--rollout multiplies every layer"),
     (["report", TEXT, "--rollout", "--layer", "2,1", "--weights", "{ckpt}", "-o", "{tmp}/r.html"],

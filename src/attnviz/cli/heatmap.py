@@ -150,7 +150,7 @@ def _rollout(source, out, picture, picture_format, config, weights, layer, token
                                 allow_special=allow_special, tokens=tokens, weighting=weighting,
                                 progress=progress)
         output.message(f"Drawing the rollout of {counted(found.n_tokens, 'token')} through "
-                       f"{len(found.layers)} layer(s)…")
+                       f"{counted(len(found.layers), 'layer')}…")
         files = plot.write_rollout(found.matrix, found.token_labels, out, found.title,
                                    picture.cmap, picture.dpi, picture.scale,
                                    image_format=picture_format, annotate=picture.annotate,

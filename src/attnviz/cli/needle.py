@@ -36,18 +36,18 @@ NeedleLayerOpt = Annotated[
 
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
-    """``--ablate L16H3,L18H6`` -> ``[(16, 3), (18, 6)]``, checked against the model."""
+    """``--zero-heads L16H3,L18H6`` -> ``[(16, 3), (18, 6)]``, checked against the model."""
     import re
 
     heads = []
     for part in spec.split(","):
         match = re.fullmatch(r"\s*L(\d+)\s*H(\d+)\s*", part, re.IGNORECASE)
         if match is None:
-            raise InputError(f"--ablate takes heads as L<layer>H<head>, comma-separated (such "
+            raise InputError(f"--zero-heads takes heads as L<layer>H<head>, comma-separated (such "
                              f"as L16H3,L18H6), got {part!r}")
         layer, head = int(match[1]), int(match[2])
         if layer >= n_layers or head >= n_heads:
-            raise InputError(f"--ablate {part.strip()}: the model has {n_layers} layers x "
+            raise InputError(f"--zero-heads {part.strip()}: the model has {n_layers} layers x "
                              f"{n_heads} heads")
         heads.append((layer, head))
     return heads
@@ -87,7 +87,7 @@ def needle_command(
         "--recent", min=0, metavar="R", help="Streaming mass: the last R keys (default 256, "
         "scaled down likewise).", show_default=False)] = None,
     ablate: Annotated[str | None, typer.Option(
-        "--ablate", metavar="HEADS", help="Zero these heads in every step (L16H3,L18H6): what "
+        "--zero-heads", metavar="HEADS", help="Zero these heads in every step (L16H3,L18H6): what "
         "the accuracy is without them.", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", min=1, help=TOP_HELP)] = 10,
     compare: Annotated[Path | None, typer.Option(

@@ -394,10 +394,10 @@ def check_file_target(path: Path, option: str, kind: tuple[tuple[str, ...], str]
     user typed. ``kind`` (``NPZ``, ``HTML``): refuse a name whose extension says another
     format (``-o weights.txt`` for an .npz archive): the name is how the next program
     opens the file."""
-    if kind is not None and path.suffix.lower() not in kind[0]:
-        raise InputError(f"{option} {path}: the file is {kind[1]}; name it {kind[0][0]}")
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name")
+    if kind is not None and path.suffix.lower() not in kind[0]:
+        raise InputError(f"{option} {path}: the file is {kind[1]}; name it {kind[0][0]}")
     parent = path.parent
     if not parent.is_dir():
         raise InputError(f"{option} {path}: the folder {parent} does not exist")

@@ -262,7 +262,7 @@ def _need_config(kind: str, origin: Path, needs: list[str]) -> InputError:
     fitting = " or ".join(f"--preset {n}" for n, (k, _) in PRESETS.items() if k == kind)
     listed = ", ".join(needs[:-1]) + " and " + needs[-1] if len(needs) > 1 else needs[0]
     return InputError(f"{origin.name} is a state dict of the book's {kind}, which does not record "
-                      f"{listed}: pass --book-config CFG.json (the config dict the model "
+                      f"{listed}: pass --book-config FILE.json (the config dict the model "
                       f"was built with, saved as JSON) or {fitting}")
 
 
