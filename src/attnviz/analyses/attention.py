@@ -363,6 +363,10 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
         warnings.warn(f"--preset ignored: the checkpoint sets the model (a --preset such as "
                       f"{config.book_preset!r} names a config for the book's state dicts)",
                       AttnvizWarning, stacklevel=2)
+    if getattr(ckpt.spec, "n_decoder_layers", None) is not None:
+        from attnviz.models.seq2seq import EncoderDecoder
+
+        return EncoderDecoder(ckpt, device=device)
     return Transformer(ckpt, device=device)
 
 

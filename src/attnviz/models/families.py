@@ -17,6 +17,10 @@ READERS = {
     "gemma2": "attnviz.models.gemma_reader",
     "gemma3_text": "attnviz.models.gemma_reader",
     "gemma3": "attnviz.models.gemma_reader",  # multimodal: its text tower
+    "t5": "attnviz.models.seq2seq_reader",  # encoder–decoders
+    "mt5": "attnviz.models.seq2seq_reader",
+    "bart": "attnviz.models.seq2seq_reader",
+    "marian": "attnviz.models.seq2seq_reader",
 }
 SUPPORTED = tuple(READERS)
 

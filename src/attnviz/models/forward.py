@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from attnviz.models.activations import ACTIVATIONS
+from attnviz.models.activations import ALL_ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.engine import attend
 from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
@@ -184,7 +184,7 @@ class MLP(nn.Module):
             self.down = nn.Linear(f, d, bias)
         else:
             self.fc, self.proj = nn.Linear(d, f, bias), nn.Linear(f, d, bias)
-        self.activation = ACTIVATIONS[spec.activation]
+        self.activation = ALL_ACTIVATIONS[spec.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
