@@ -108,7 +108,7 @@ def make_t5(folder: Path, *, flan: bool = False, seed: int = 0, layers: int = 2,
 
 def make_bart(folder: Path, *, marian: bool = False, seed: int = 0, layers: int = 2,
               decoder_layers: int = 2, d_model: int = 32, heads: int = 4,
-              positions: int = 64) -> Path:
+              positions: int = 128) -> Path:
     """BART (learned positions offset by 2, embedding LayerNorm) or Marian (sinusoidal
     positions, embeddings scaled by √d_model), post-norm."""
     import torch
