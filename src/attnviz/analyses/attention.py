@@ -54,6 +54,18 @@ class AttentionResult(Displayable):
     ``[layer, head, query_pos, key_pos]``. ``attn_inputs``: ``(L, T, d_model)``, what each
     attention layer received. ``params``: ``W_query``/``W_key``/``W_value`` as
     ``(L, d_out, d_in)`` and, with biases, ``b_query``/``b_key``/``b_value`` as ``(L, d_out)``.
+
+    Three kinds of attention (``attention``): ``"decoder"`` — causal self-attention (every
+    decoder-only model; the keys after each query are masked), ``"encoder"`` — bidirectional
+    self-attention (every key seen, apart from those outside a window on either side), and
+    ``"cross"`` — the queries' text attends to another text: ``key_token_ids`` and
+    ``key_raw_tokens`` are that text's tokens and ``weights`` is ``(L, H, Tq, Tk)``
+    (``Tq = n_tokens`` rows, ``Tk = n_keys`` columns; ``key_inputs`` ``(L, Tk, d_kv)`` what the
+    keys and values were computed from). For self-attention they are None: the keys are
+    the queries' own tokens. ``key_labels``, ``key_tokens()`` and ``n_keys`` read either.
+    ``special_ids``: the ids of the tokenizer's special tokens ([CLS], [SEP], <s>): marked
+    ``"special": true`` in ``tokens()``. ``pair_start``: a sentence pair (``--pair``): the
+    absolute position of the second sentence's first token (None: one text).
     """
 
     token_ids: list[int]
@@ -80,6 +92,52 @@ class AttentionResult(Displayable):
     # the block's largest (or mean) weight; token_ids/raw_tokens are the blocks' first.
     block: int = 1
     text_length: int = 0
+    attention: str = "decoder"  # "decoder" (causal), "encoder" (bidirectional) or "cross"
+    key_token_ids: list[int] | None = None  # cross: the other text's tokens (None: self)
+    key_raw_tokens: list[bytes] | None = field(repr=False, default=None)
+    key_inputs: np.ndarray | None = field(repr=False, default=None)  # cross: (L, Tk, d_kv)
+    special_ids: frozenset = frozenset()
+    pair_start: int | None = None  # absolute position of a pair's second sentence
+
+    @property
+    def causal(self) -> bool:
+        """True for causal self-attention (the keys after each query masked)."""
+        return self.attention == "decoder"
+
+    @property
+    def cross(self) -> bool:
+        """True when the keys are another text's (``weights`` ``(L, H, Tq, Tk)``)."""
+        return self.key_token_ids is not None
+
+    @property
+    def n_keys(self) -> int:
+        """Columns of each head: the other text's tokens (cross), else ``n_tokens``."""
+        return len(self.key_token_ids) if self.cross else self.n_tokens
+
+    @property
+    def key_labels(self) -> list[str]:
+        """The columns' labels: the other text's tokens (cross), else ``token_labels``."""
+        if not self.cross:
+            return self.token_labels
+        return [token_label(raw) for raw in self.key_raw_tokens]
+
+    def key_tokens(self) -> list[dict] | None:
+        """As ``tokens()`` for the other text of cross-attention (positions from 0); None
+        for self-attention."""
+        if not self.cross:
+            return None
+        return token_records(self.key_token_ids, self.key_raw_tokens,
+                             special_ids=self.special_ids)
+
+    @property
+    def pair_boundary(self) -> int | None:
+        """The row (and column) of a pair's second sentence in this result (a window's own
+        coordinates), or None: one text, or the window does not hold both sentences."""
+        if self.pair_start is None:
+            return None
+        first = self.window[0] if self.window else 0
+        boundary = self.pair_start - first
+        return boundary if 0 < boundary < self.n_tokens else None
 
     @property
     def length(self) -> int:
@@ -113,35 +171,55 @@ class AttentionResult(Displayable):
     def tokens(self) -> list[dict]:
         """One record per token: position (absolute, also in a window), id, text, label
         (visible whitespace), bytes."""
-        return token_records(self.token_ids, self.raw_tokens, self.window[0] if self.window else 0,
-                             self.bos)
+        records = token_records(self.token_ids, self.raw_tokens,
+                                self.window[0] if self.window else 0, self.bos,
+                                special_ids=self.special_ids)
+        if self.pair_start is not None:  # which sentence of the pair each token is in
+            for record in records:
+                record["sentence"] = int(record["position"] >= self.pair_start)
+        return records
 
     def __repr__(self) -> str:
         window = f", tokens {self.window[0]}:{self.window[1]}" if self.window else ""
         return f"<attnviz attention of {one_line(self)}{window}>"
 
     def to_numpy(self) -> np.ndarray:
-        """``weights``: ``(L, H, T, T)`` float32, ``[layer, head, query, key]``."""
+        """``weights``: ``(L, H, T, T)`` float32, ``[layer, head, query, key]``
+        (``(L, H, Tq, Tk)`` for cross-attention)."""
         return self.weights
 
     def to_pandas(self):
         """One row per (layer, head, query, key) with ``key <= query`` (what the causal mask
-        leaves): the positions, both tokens' labels and the weight. Needs pandas."""
+        leaves; every pair for an encoder's or cross-attention): the positions, both
+        tokens' labels and the weight. Needs pandas."""
         pd = import_pandas()
-        n_layers, n_heads, n = self.weights.shape[:3]
-        queries, keys = np.tril_indices(n)
+        n_layers, n_heads, n, n_keys = self.weights.shape
+        if self.causal:
+            queries, keys = np.tril_indices(n)
+        else:
+            queries, keys = (a.reshape(-1) for a in np.indices((n, n_keys)))
         first = self.window[0] if self.window else 0
         labels = np.array([token_label(raw) for raw in self.raw_tokens], dtype=object)
+        key_labels = np.array(self.key_labels, dtype=object) if self.cross else labels
         count = len(queries)
-        return pd.DataFrame({
+        frame = {
             "layer": np.repeat(np.array(self.layers), n_heads * count),
             "head": np.tile(np.repeat(np.arange(n_heads), count), n_layers),
             "query": np.tile(queries + first, n_layers * n_heads),
-            "key": np.tile(keys + first, n_layers * n_heads),
+            "key": np.tile(keys + (0 if self.cross else first), n_layers * n_heads),
             "query_token": np.tile(labels[queries], n_layers * n_heads),
-            "key_token": np.tile(labels[keys], n_layers * n_heads),
+            "key_token": np.tile(key_labels[keys], n_layers * n_heads),
             "weight": self.weights[:, :, queries, keys].reshape(-1),
-        })
+        }
+        if not self.causal:
+            frame["attention"] = self.attention
+        return pd.DataFrame(frame)
+
+    def row_fields(self) -> dict:
+        """What every JSON/CSV row of this result adds: ``{"attention": kind}`` for an
+        encoder's or cross-attention, nothing for causal self-attention (a decoder-only
+        model's rows are as they always were)."""
+        return {} if self.causal else {"attention": self.attention}
 
 
 def import_pandas():
@@ -154,9 +232,10 @@ def import_pandas():
 
 
 def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0,
-                  bos: bool = False) -> list[dict]:
+                  bos: bool = False, special_ids: frozenset = frozenset()) -> list[dict]:
     """``bos``: position 0 is the beginning-of-sequence token the tokenizer added (marked
-    ``"bos": true``; ``first`` must then be 0 for it to be shown)."""
+    ``"bos": true``; ``first`` must then be 0 for it to be shown). ``special_ids``: tokens
+    with these ids are marked ``"special": true`` ([CLS], [SEP], <s>)."""
     records = [
         {
             "position": first + i,
@@ -169,7 +248,30 @@ def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0,
     ]
     if bos and first == 0 and records:
         records[0]["bos"] = True
+    for record in records:
+        if record["id"] in special_ids:
+            record["special"] = True
     return records
+
+
+def token_arrays(records: list[dict], prefix: str = "") -> dict[str, np.ndarray]:
+    """What ``export`` writes of one text's ``tokens()`` records: ``{prefix}token_ids``
+    (int64), ``{prefix}tokens`` (their text) and ``{prefix}positions`` (int64, absolute)."""
+    return {f"{prefix}token_ids": np.asarray([t["id"] for t in records], dtype=np.int64),
+            f"{prefix}tokens": np.asarray([t["text"] for t in records], dtype=str),
+            f"{prefix}positions": np.asarray([t["position"] for t in records], dtype=np.int64)}
+
+
+def result_arrays(result: AttentionResult, single: bool = False) -> dict[str, np.ndarray]:
+    """``export``'s arrays of a whole result: ``weights`` ``(L, H, Tq, Tk)`` (``(H, Tq, Tk)``
+    when ``single``), ``layers``, the queries' ``token_ids``/``tokens``/``positions`` and,
+    for cross-attention, the keys' as ``key_token_ids``/``key_tokens``/``key_positions``."""
+    arrays = {"weights": result.weights[0] if single else result.weights,
+              **token_arrays(result.tokens()),
+              "layers": np.asarray(result.layers, dtype=np.int64)}
+    if result.cross:
+        arrays.update(token_arrays(result.key_tokens(), "key_"))
+    return arrays
 
 
 def check_window_syntax(spec: str) -> tuple[int | None, int | None]:
@@ -201,13 +303,16 @@ def parse_window(spec: str | None, n_tokens: int) -> tuple[int, int] | None:
 def crop(result: AttentionResult, start: int, stop: int) -> AttentionResult:
     """Queries and keys ``start..stop-1`` of ``result``: the attention of the whole text,
     cut afterwards (not recomputed on the window). ``weights`` becomes ``(L, H, W, W)``;
-    rows keep the weights the model gave, so when ``start > 0`` they sum to less than 1
-    (what went to the keys before the window is not shown). Positions stay absolute."""
+    rows keep the weights the model gave, so when ``start > 0`` (or, without the causal
+    mask, ``stop < T``) they sum to less than 1 (what went to the keys outside the window
+    is not shown). Positions stay absolute. Cross-attention: only the queries are cut,
+    ``(L, H, W, Tk)``: the keys are another text's."""
     first = result.window[0] if result.window else 0
+    keys = slice(None) if result.cross else slice(start, stop)
     return replace(
         result,
         token_ids=result.token_ids[start:stop],
-        weights=np.ascontiguousarray(result.weights[..., start:stop, start:stop]),
+        weights=np.ascontiguousarray(result.weights[..., start:stop, keys]),
         attn_inputs=np.ascontiguousarray(result.attn_inputs[:, start:stop]),
         raw_tokens=result.raw_tokens[start:stop],
         window=(first + start, first + stop),

@@ -143,15 +143,20 @@ def compare_heads(
         about = weighting_config("norm", STATISTICS_NOTE)
         result = replace(result, weights=renormalized(drawn.weights),
                          config={**result.config, "weighting": about})
-    rows = (head_rows(result.weights, result.layers, result.kv_heads) if long is None else
+    rows = (head_rows(result.weights, result.layers, result.kv_heads, result.attention)
+            if long is None else
             stats_rows(_per_layer(long.stats()), long.layers, long.kv_heads, (*COLUMNS, "sink_mass")))
     if result.kv_heads:  # grouped-query models: which key/value head each head reads
         columns.insert(2, "kv_head")
+    if not result.causal:  # an encoder's or cross-attention: every row says which
+        columns.insert(2, "attention")
     if induction:
         add_induction(rows, score_induction(output, config, weights, result.layers, weighting))
     rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "layers": result.layers, "tokens": (long or result).tokens(),
                 "config": result.config}
+    if result.cross:
+        document["key_tokens"] = result.key_tokens()
     window_note = ""
     if long is not None:  # the statistics are the whole text's; a window is only drawn
         document["pooled"] = {"block": long.block, "cells": long.n_blocks,

@@ -114,9 +114,13 @@ def heatmap(
                                     progress=progress, **picture.heatmap_args(), **measure,
                                     layer_extras=extras if long is not None else None)
         progress.summary(f"Wrote {len(files)} {picture_format.upper()} files to {out}")
-    rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
+    rows = [{"file": str(f.path), "layer": f.layer, "head": f.head, **result.row_fields()}
+            for f in files]
     document = {"files": [r["file"] for r in rows],
                 "tokens": (long or result).tokens(), "config": result.config}
+    document.update(result.row_fields())  # "attention": "encoder" / "cross"
+    if result.cross:
+        document["key_tokens"] = result.key_tokens()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}
     if long is not None:
@@ -127,7 +131,7 @@ def heatmap(
     window = f", tokens {result.window[0]}-{result.window[1] - 1}" if result.window else ""
     if measure:
         window += f" (value-weighted norms, colours 0-{measure['measure'].top:g})"
-    output.emit(document, rows, ["file", "layer", "head"], keys=["file"],
+    output.emit(document, rows, ["file", "layer", "head", *result.row_fields()], keys=["file"],
                 title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}{window}")
     if fmt == "table":
         output.mapping(_config_summary(result.config), title="Model")
