@@ -27,6 +27,7 @@ from attnviz.analyses.attention import (
     check_ids,
     check_text,
     parse_layers,
+    token_records,
 )
 from attnviz.core.errors import InputError
 
@@ -119,6 +120,17 @@ class Seq2SeqResult:
     decoder: AttentionResult | None
     cross: AttentionResult | None
     config: dict = field(default_factory=dict)
+    source_raw: list[bytes] = field(default_factory=list)
+    target_raw: list[bytes] = field(default_factory=list)
+    special_ids: frozenset = frozenset()
+
+    def tokens(self) -> list[dict]:
+        """The source's token records (as ``AttentionResult.tokens``)."""
+        return token_records(self.source_ids, self.source_raw, special_ids=self.special_ids)
+
+    def decoder_tokens(self) -> list[dict]:
+        """What the decoder read, as token records (its start token first)."""
+        return token_records(self.target_ids, self.target_raw, special_ids=self.special_ids)
 
     @property
     def kinds(self) -> list[str]:
@@ -177,15 +189,16 @@ def analyze_seq2seq_ids(model, source: list[int], target: list[int], *, layer="0
                                          last_only=True)
     raw_source, raw_target = (model.tokenizer.token_bytes(ids) for ids in (source, target))
     config = model.describe()
+    special = frozenset(i for i in {*source, *target} if model.tokenizer.is_special(i))
 
     def result(kind: str, kept: dict, stack: str, queries, keys) -> AttentionResult | None:
         if kind not in kinds:
             return None
         chosen = layers[stack]
         weights = np.stack([kept[i][0].float().cpu().numpy() for i in chosen])  # (L, H, Tq, Tk)
-        return kind_result(kind, weights, chosen, queries, keys, {**config, "layers": chosen,
-                                                                   "attention": kind},
-                           model.attn_scale(0))
+        return kind_result(kind, weights, chosen, queries, keys,
+                           {**config, "layers": chosen, "attention": kind}, model.attn_scale(0),
+                           special)
 
     source_tokens, target_tokens = (source, raw_source), (target, raw_target)
     return Seq2SeqResult(
@@ -193,22 +206,23 @@ def analyze_seq2seq_ids(model, source: list[int], target: list[int], *, layer="0
         encoder=result("encoder", encoder, "encoder", source_tokens, source_tokens),
         decoder=result("decoder", decoder, "decoder", target_tokens, target_tokens),
         cross=result("cross", cross, "decoder", target_tokens, source_tokens),
-        config=config)
+        config=config, source_raw=raw_source, target_raw=raw_target, special_ids=special)
 
 
 def kind_result(kind: str, weights: np.ndarray, layers: list[int], queries, keys, config: dict,
-                scale: float) -> AttentionResult:
+                scale: float, special_ids: frozenset = frozenset()) -> AttentionResult:
     """One kind's ``AttentionResult``: ``queries`` and ``keys`` are ``(ids, raw tokens)``;
-    for cross-attention they differ (a rectangular result)."""
+    for cross-attention they differ (a rectangular result, ``(L, H, Tq, Tk)``)."""
     (query_ids, query_raw), (key_ids, key_raw) = queries, keys
     n_layers, _, n_queries, _ = weights.shape
-    rectangular = {}
+    other = {}
     if kind == "cross":
-        rectangular = {"key_token_ids": list(key_ids), "key_raw_tokens": list(key_raw)}
+        other = {"key_token_ids": list(key_ids), "key_raw_tokens": list(key_raw)}
     return AttentionResult(
         token_ids=list(query_ids), weights=weights, layers=layers,
         attn_inputs=np.zeros((n_layers, n_queries, 0), dtype=np.float32), params={},
-        config=config, raw_tokens=list(query_raw), scales=[scale] * n_layers)
+        config=config, raw_tokens=list(query_raw), scales=[scale] * n_layers, attention=kind,
+        special_ids=special_ids, **other)
 
 
 @dataclass

@@ -10,8 +10,10 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
     BosOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     HeadOpt,
@@ -47,6 +49,8 @@ def heatmap(
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
@@ -60,6 +64,8 @@ def heatmap(
 ) -> None:
     """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png);
     with --view rollout, one picture of the model's attention rollout (rollout.png).
+    An encoder–decoder (T5, BART, Marian): a folder per kind of attention (encoder,
+    decoder, cross; --attention picks one), the target given with --decoder-text.
 
     A text longer than --resolution tokens (1024) is drawn pooled: each cell the largest
     weight of a block of the text, and each layer's statistics (stats.png). Prints what
@@ -82,12 +88,24 @@ def heatmap(
         raise InputError("--exclude-first renormalises attention rows; the norms of "
                          "--weighting norm are not probabilities (and already shrink a sink "
                          "whose value is short): give one of them")
+    from attnviz.cli import seq2seq
+
+    model = seq2seq.model_for(config, weights, attention, decoder_text)
+    if model is not None and seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--view rollout": picture.view == "rollout",
+                        "--weighting norm": weighting == "norm", "--tokens": tokens is not None})
+        return seq2seq.heatmap(model, source, decoder_text=decoder_text, attention=attention,
+                               out=out, picture=picture, picture_format=picture_format,
+                               layer=layer, head=head, allow_special=allow_special,
+                               config=config, resolution=resolution, output=output, fmt=fmt,
+                               quiet=quiet)
     if picture.view == "rollout":
         if head:
             raise InputError("--view rollout draws the whole model in one picture: drop --head")
         return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
                         allow_special, weighting, output, fmt, quiet)
-    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.analyses.attention import check_text, encode_text, load_model
+    from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.files.progress import Progress
 
     whole = ("--weighting norm" if weighting == "norm" else
@@ -95,10 +113,12 @@ def heatmap(
              "--exclude-first" if picture.exclude_first else
              "--annotate" if picture.annotate else None)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
-        result = analyze_text(source, config, weights=weights, layer=layer,
-                              allow_special=allow_special, heads=head, tokens=tokens,
-                              resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
-                              whole=whole, progress=progress)
+        check_text(source)
+        model = model or load_model(config, weights)  # read once: seq2seq.model_for may have
+        token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
+        result = analyze_tokens(model, token_ids, layer=layer, heads=head, tokens=tokens,
+                                resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
+                                whole=whole, progress=progress)
         measure, long = {}, None
         if isinstance(result, LongResult):
             long, result, measure, extras = _long_pictures(result, picture, picture_format, head)

@@ -125,6 +125,20 @@ TokensOpt = Annotated[
                  "as they are (they sum to less than 1 when keys before A are cut).",
                  show_default=False),
 ]
+AttentionOpt = Annotated[
+    str | None,
+    typer.Option("--attention", metavar="encoder|decoder|cross|all", help="Which attention: an "
+                 "encoder's self-attention (bidirectional), a decoder's (causal), cross-attention "
+                 "(decoder queries over the encoder's keys), or all the model has (the default; "
+                 "an encoder–decoder has all three).", show_default=False),
+]
+DecoderTextOpt = Annotated[
+    str | None,
+    typer.Option("--decoder-text", metavar="TEXT", help="Encoder–decoder models (T5, BART, "
+                 "Marian): the target the decoder reads after its start token (teacher "
+                 "forcing); without it the decoder reads its start token only.",
+                 show_default=False),
+]
 ResolutionOpt = Annotated[
     int | None,
     typer.Option("--resolution", metavar="N", help="Cells a side of a long text's pooled maps "

@@ -63,7 +63,7 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
     several = len(result.layers) > 1
     panels, titles, windows = [], [], []
     for li, layer in enumerate(result.layers):
-        where = f"layer {layer}, " if pretrained or several else ""
+        where = kind_prefix(result) + (f"layer {layer}, " if pretrained or several else "")
         window = result.layer_window(li)
         for h in heads:
             panels.append(form.view(result.weights[li, h], window))
@@ -96,6 +96,19 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
                            rows=form.rows)
     return figure.save(path, panels, titles, fmt=image_format,
                        windows=shown if any(w is not None for w in shown) else None)
+
+
+KIND_NAMES = {"encoder": "encoder self-attention", "decoder": "decoder self-attention",
+              "cross": "cross-attention"}
+
+
+def kind_prefix(result: AttentionResult, capital: bool = False) -> str:
+    """An encoder–decoder's pictures say which of its three attentions they show
+    ("cross-attention · "); other models' titles are as they were."""
+    if result.config.get("architecture") != "encoder-decoder":
+        return ""
+    name = KIND_NAMES[result.attention]
+    return (name[0].upper() + name[1:] if capital else name) + " · "
 
 
 def check_lines(result: AttentionResult) -> None:
@@ -191,7 +204,8 @@ def write_heatmaps(
     if view == "lines":
         check_lines(result)
     suffix = (" (key 0 excluded, rows renormalised)" if exclude_first_key else "") + measure.title
-    tokens = plural(n, "token")
+    # cross-attention: the queries' tokens × the other text's
+    tokens = f"{n} × {plural(result.n_keys, 'token')}" if result.cross else plural(n, "token")
 
     def titled(layer: int, head: int | str, auto: str) -> str:
         return title.format(layer=layer, head=head, tokens=n) if title is not None else auto
@@ -233,7 +247,7 @@ def write_heatmaps(
         for li, layer in enumerate(result.layers):
             folder = out_dir / f"layer_{layer:02d}" if n_layers > 1 else out_dir
             folder.mkdir(parents=True, exist_ok=True)
-            where = f"layer {layer}, " if pretrained else ""
+            where = kind_prefix(result) + (f"layer {layer}, " if pretrained else "")
             window, cell = windows[li], cells[li]
             figure = figure_for(window)
             for h in chosen:
@@ -293,7 +307,8 @@ def write_heatmaps(
         record.claim(f"model.{image_format}")
         path = save_grid(
             out_dir / f"model.{image_format}", tiles,
-            titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
+            titled(result.layers[0], "all",
+                   f"{kind_prefix(result, True)}Every layer and head, {tokens}{suffix}"),
             row_names=row_names, col_names=col_names,
             cmap=cmap, dpi=dpi, scale=scale, token_labels=form.columns, fmt=image_format,
             row_windows=form.windows(cells), col_breaks=breaks, measure=measure,
