@@ -15,7 +15,7 @@ VOCAB = 200
 
 
 def write_unigram_tokenizer(folder: Path, tokenizer_class: str, specials: list[str],
-                            eos: str = "</s>") -> Path:
+                            eos: str = "</s>", size: int = VOCAB) -> Path:
     """A Unigram tokenizer trained on the test text, with T5's pipeline: whitespace split,
     ``▁`` prepended to every word, ``</s>`` appended."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -32,7 +32,10 @@ def write_unigram_tokenizer(folder: Path, tokenizer_class: str, specials: list[s
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
         special_tokens=[(eos, tokenizer.token_to_id(eos))])
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
+    document = json.loads(tokenizer.to_str())
+    vocab = document["model"]["vocab"]  # as many pieces as the embedding has rows (some unused)
+    vocab += [[f"<unused_{i}>", -100.0] for i in range(size - len(vocab))]
+    (folder / "tokenizer.json").write_text(json.dumps(document))
     config = {"tokenizer_class": tokenizer_class, "eos_token": eos, "unk_token": "<unk>",
               "pad_token": "<pad>"}
     if tokenizer_class == "T5Tokenizer":
@@ -137,12 +140,10 @@ def make_bart(folder: Path, *, marian: bool = False, seed: int = 0, layers: int 
         model.final_logits_bias.normal_(0.0, 0.5)
     model.save_pretrained(folder, safe_serialization=True)
     if marian:
-        write_unigram_tokenizer(folder, "MarianTokenizer", ["</s>", "<unk>"])
+        write_unigram_tokenizer(folder, "MarianTokenizer", ["</s>", "<unk>"], size=VOCAB - 1)
         tok = json.loads((folder / "tokenizer.json").read_text())
         # <pad> at the end of the vocabulary, as Marian's vocab.json has it
-        vocab = tok["model"]["vocab"]
-        vocab += [[f"<unused_{i}>", -100.0] for i in range(VOCAB - 1 - len(vocab))]
-        vocab.append(["<pad>", 0.0])
+        tok["model"]["vocab"].append(["<pad>", 0.0])
         tok["added_tokens"].append({"id": VOCAB - 1, "content": "<pad>", "single_word": False,
                                     "lstrip": False, "rstrip": False, "normalized": False,
                                     "special": True})

@@ -10,7 +10,9 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
@@ -60,6 +62,8 @@ def compare_heads(
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
@@ -76,6 +80,7 @@ def compare_heads(
     With --weighting norm the statistics are those of the value-weighted rows renormalised
     to sum 1, and --plot draws the norms. A text longer than --resolution tokens (1024):
     the statistics of the whole text (and sink_mass), exactly; --plot draws pooled maps.
+    An encoder–decoder: the heads of one kind of attention (--attention; default cross).
     """
     from dataclasses import replace
 
@@ -106,7 +111,8 @@ def compare_heads(
             if path:
                 checks.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.analyses.attention import check_text, encode_text, load_model
+    from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.analyses.stats import add_induction, head_rows, stats_rows
     from attnviz.analyses.stats import similarity as js_matrix
     from attnviz.files.output import sort_rows
@@ -116,10 +122,24 @@ def compare_heads(
              "--view lines" if plot_path and picture.view == "lines" else
              "--exclude-first" if plot_path and picture.exclude_first else
              "--annotate" if plot_path and picture.annotate else None)
-    result = analyze_text(source, config, weights=weights, layer=layer,
-                          allow_special=allow_special, heads=head, tokens=tokens,
-                          resolution=resolution, sink_tokens=sink_tokens,
-                          maps=("max",) if plot_path else (), whole=whole)
+    from attnviz.cli import seq2seq
+
+    model = seq2seq.model_for(config, weights, attention, decoder_text,
+                              shown=seq2seq.KIND_FOLDERS)
+    texts = None  # an encoder–decoder's two texts
+    if model is not None and seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--induction": induction, "--weighting norm": weighting == "norm",
+                        "--tokens": tokens is not None})
+        result, texts = seq2seq.compare_result(
+            model, source, decoder_text=decoder_text, attention=attention, layer=layer,
+            head=head, allow_special=allow_special, config=config)
+    else:
+        check_text(source)
+        model = model or load_model(config, weights)  # read once: seq2seq.model_for may have
+        token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
+        result = analyze_tokens(model, token_ids, layer=layer, heads=head, tokens=tokens,
+                                resolution=resolution, sink_tokens=sink_tokens,
+                                maps=("max",) if plot_path else (), whole=whole)
     long = result if isinstance(result, LongResult) else None
     if long is not None:  # the whole text's statistics; its pooled map (or window) drawn
         from attnviz.cli.heatmap import long_measure
@@ -148,14 +168,18 @@ def compare_heads(
             stats_rows(_per_layer(long.stats()), long.layers, long.kv_heads, (*COLUMNS, "sink_mass")))
     if result.kv_heads:  # grouped-query models: which key/value head each head reads
         columns.insert(2, "kv_head")
-    if not result.causal:  # an encoder's or cross-attention: every row says which
-        columns.insert(2, "attention")
+    if not result.causal or texts is not None:  # every row says which kind (not causal, or
+        columns.insert(2, "attention")           # one of an encoder–decoder's three)
+        rows = [{"layer": r["layer"], "head": r["head"], "attention": result.attention, **r}
+                for r in rows]
     if induction:
         add_induction(rows, score_induction(output, config, weights, result.layers, weighting))
     rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "layers": result.layers, "tokens": (long or result).tokens(),
                 "config": result.config}
-    if result.cross:
+    if texts is not None:
+        document.update(texts)  # the source's tokens, and the decoder's
+    elif result.cross:
         document["key_tokens"] = result.key_tokens()
     window_note = ""
     if long is not None:  # the statistics are the whole text's; a window is only drawn
@@ -205,8 +229,10 @@ def compare_heads(
         broadest = max(range(len(rows)), key=lambda i: rows[i]["entropy"])
         styles = {focused: "bold green", broadest: "yellow"}
     weighted = " of the value-weighted rows (renormalised)" if weighting == "norm" else ""
+    counted = (f"{result.n_tokens} × {result.n_keys} tokens" if result.cross else
+               f"{(long or result).n_tokens} tokens")
     output.emit(document, rows, shown,
-                title=f"Head statistics{weighted}, {(long or result).n_tokens} tokens{window_note}",
+                title=f"Head statistics{weighted}, {counted}{window_note}",
                 styles=styles, keys=shown[: 2 if show_layer else 1])
     if fmt != "table":
         return

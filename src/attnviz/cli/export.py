@@ -10,7 +10,9 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
@@ -43,6 +45,8 @@ def export(
                        "the whole model); of the value-weighted rows with --weighting norm.")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
@@ -61,7 +65,9 @@ def export(
     --rollout the attention rollout. A text longer than --resolution tokens (1024) gets
     pooled maps and statistics instead of every weight (docs/long-context.md). Prints
     what was written (with --quiet only the path); with -o - the .npz goes to standard
-    output and the summary to standard error.
+    output and the summary to standard error. An encoder–decoder (T5, BART, Marian):
+    weights (encoder), decoder_weights and cross_weights, each (L, H, T_query, T_key),
+    with both texts' tokens (docs/encoder-decoders.md).
     """
     import sys
 
@@ -87,6 +93,17 @@ def export(
 
     options = config or ModelConfig()
     model = load_model(config, weights)
+    from attnviz.cli import seq2seq
+
+    if seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--include-params": include_params, "--weighting norm": weighting == "norm",
+                        "--rollout": rollout, "--tokens": tokens is not None,
+                        "--full-weights": full_weights})
+        return seq2seq.export(model, source, decoder_text=decoder_text, attention=attention,
+                              output_path=output_path, to_stdout=to_stdout, layer=layer,
+                              allow_special=allow_special, config=options,
+                              resolution=resolution, output=output, quiet=quiet)
+    seq2seq.check_attention_options(model, attention, decoder_text)
     token_ids = encode_text(model, source, allow_special, options.bos, options.chat)
     if len(token_ids) > check_resolution(resolution, len(token_ids)):
         return _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens,

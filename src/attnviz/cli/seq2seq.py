@@ -90,8 +90,7 @@ def heatmap(model, source: str, *, decoder_text, attention, out: Path, picture, 
         output.paths(document["files"])
         return
     output.emit(document, rows, ["file", "attention", "layer", "head"], keys=["file"],
-                title=f"Wrote {len(rows)} {picture_format.upper()} files to {out} "
-                      f"({', '.join(result.kinds)} attention)")
+                title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}")
     if fmt == "table":
         from attnviz.cli.heatmap import _config_summary
 
@@ -125,11 +124,10 @@ def export(model, source: str, *, decoder_text, attention, output_path, to_stdou
 
     kinds = check_attention_options(model, attention, decoder_text)
     with Progress(quiet) as progress:
-        result = analyze(model, source, decoder_text, kinds, layer or ["all"], None,
-                         allow_special, config, resolution)
+        result = analyze(model, source, decoder_text, kinds, layer, None, allow_special, config,
+                         resolution)
         written = _write(export_arrays(result), output_path, to_stdout, progress)
-    _report(written, output_path, output, quiet,
-            f"Wrote {output_path} ({', '.join(result.kinds)} attention)")
+    _report(written, output_path, output, quiet, f"Wrote {output_path}")
 
 
 def compare_result(model, source: str, *, decoder_text, attention, layer, head, allow_special,
@@ -140,3 +138,113 @@ def compare_result(model, source: str, *, decoder_text, attention, layer, head, 
                                      shown=KIND_FOLDERS)
     result = analyze(model, source, decoder_text, kinds, layer, head, allow_special, config)
     return result.of(kinds[0]), tokens_document(result)
+
+
+def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: bool,
+             top_k_report: int, out, npz_path, picture, head, layer, allow_special, config,
+             output, fmt: str, quiet: bool) -> None:
+    """``generate`` with an encoder–decoder: the source encoded once, the decoder writing
+    from its start token; each written token's cross-attention over the source kept (the
+    alignment picture with --out, ``cross_rows`` with --output)."""
+    import sys
+
+    from attnviz.analyses.attention import check_heads, check_ids, check_text, parse_layers
+    from attnviz.analyses.generation import TextStream, continuation_text
+    from attnviz.analyses.seq2seq import generate_seq2seq
+
+    check_text(source)
+    layers = parse_layers(layer or "all", model.n_decoder_layers)
+    check_heads(head, model.n_heads)
+    source_ids = model.tokenizer.encode(source, allow_special=allow_special, add_bos=config.bos)
+    check_ids(model, source_ids)
+    tokenizer = model.tokenizer
+    live = fmt == "table" and sys.stdout.isatty()
+    stream = TextStream(tokenizer, lambda s: (sys.stdout.write(s), sys.stdout.flush())) if live else None
+    try:
+        result = generate_seq2seq(model, source_ids, max_new_tokens, sampling=sampling,
+                                  layers=layers, ignore_eos=ignore_eos, top_k_report=top_k_report,
+                                  on_token=stream)
+    finally:
+        if stream is not None:
+            stream.close()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    written = _generation_files(result, model, out, npz_path, picture, head)
+    text = continuation_text(tokenizer, result.new_ids)
+    if fmt == "json":
+        output.json(generation_document(result, model, head, text, written))
+        return
+    if not live:
+        sys.stdout.write(text + "\n")
+    done = f"{len(result.new_ids)} tokens written (stopped: {result.stopped})"
+    output.message("; ".join([done, *(f"wrote {w}" for w in written)]))
+
+
+def alignment(result, model):
+    """The generated tokens' cross-attention over the source as an ``AttentionResult``:
+    a row per token written (labelled with it), a column per source token."""
+    from attnviz.analyses.seq2seq import kind_result
+
+    tokenizer = model.tokenizer
+    special = frozenset(i for i in {*result.source_ids, *result.new_ids}
+                        if tokenizer.is_special(i))
+    return kind_result("cross", result.cross, result.layers,
+                       (result.new_ids, tokenizer.token_bytes(result.new_ids)),
+                       (result.source_ids, tokenizer.token_bytes(result.source_ids)),
+                       {**result.config, "attention": "cross"}, model.attn_scale(0), special)
+
+
+def generation_document(result, model, heads, text: str, written: list[str]) -> dict:
+    """The JSON of ``generate`` for an encoder–decoder (docs/encoder-decoders.md)."""
+    from attnviz.analyses.attention import token_records
+
+    tokenizer = model.tokenizer
+    aligned = alignment(result, model)
+    chosen = heads or list(range(result.cross.shape[1]))
+    steps = []
+    for g, record in enumerate(aligned.tokens()):
+        steps.append({
+            **record, "probability": result.probabilities[g],
+            "top_k": [{**{k: v for k, v in token_records([i], tokenizer.token_bytes([i]))[0].items()
+                          if k in ("id", "text", "label")}, "probability": p}
+                      for i, p in result.alternatives[g]],
+            # what each head of each layer looked at in the source when it wrote this token
+            "cross_attention": [[result.cross[k, h, g].tolist() for h in chosen]
+                                for k in range(len(result.layers))],
+        })
+    return {"source": {"tokens": aligned.key_tokens()}, "generated": steps, "text": text,
+            "stopped": result.stopped, "decoder_start": result.start_id,
+            "layers": result.layers, "heads": chosen, "config": result.config,
+            **({"files": written} if written else {})}
+
+
+def _generation_files(result, model, out, npz_path, picture, head) -> list[str]:
+    """The .npz (``--output``) and the alignment pictures (``--out``), each written whole."""
+    written = []
+    if npz_path is not None:
+        import numpy as np
+
+        from attnviz.analyses.attention import token_arrays
+        from attnviz.files.fileio import atomic_write
+        from attnviz.files.npz import write_npz
+
+        aligned = alignment(result, model)
+        with atomic_write(npz_path) as f:
+            write_npz(f, {
+                "cross_rows": result.cross,  # (L, H, N, S): token g's row over the source
+                "decoder_rows": result.decoder,  # (L, H, N, N): over the decoder's tokens 0..g
+                **token_arrays(aligned.key_tokens()),  # the source
+                **token_arrays(aligned.tokens(), "generated_"),
+                "decoder_start": np.asarray(result.start_id, dtype=np.int64),
+                "layers": np.asarray(result.layers, dtype=np.int64),
+                "probabilities": np.asarray(result.probabilities, dtype=np.float32),
+            })
+        written.append(str(npz_path))
+    if out is not None:
+        from attnviz.pictures import checks, plot
+
+        files = plot.write_heatmaps(alignment(result, model), out, heads=head,
+                                    image_format=checks.image_format(None, picture.image_format),
+                                    **picture.heatmap_args())
+        written.append(f"{len(files)} pictures to {out}")
+    return written

@@ -25,6 +25,7 @@ from attnviz.pictures.families import outside_label
 from attnviz.pictures.heatmap import PanelRows, pair_rows
 
 CROSS_AXES = ("query token (row)", "key token of the other text (column)")
+SEQ2SEQ_AXES = ("decoder token (row)", "source token (column)")  # an encoder–decoder's cross
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,9 @@ class Form:
     @classmethod
     def of(cls, result: AttentionResult, exclude_first_key: bool = False) -> Form:
         if result.cross:
-            rows = PanelRows(result.token_labels, axis_labels=CROSS_AXES)
+            seq2seq = result.config.get("architecture") == "encoder-decoder"
+            rows = PanelRows(result.token_labels,
+                             axis_labels=SEQ2SEQ_AXES if seq2seq else CROSS_AXES)
         else:
             rows = pair_rows(result.token_labels, result.pair_boundary)
         return cls(result.causal, exclude_first_key, result.key_labels, rows,
