@@ -53,7 +53,9 @@ def check_attention(model, attention: str | None, decoder_text: str | None,
     name when the model has no such attention or the command cannot show it (``shown``);
     ``--decoder-text`` refused for a model without a decoder that reads a second text."""
     own = model_kinds(model)
-    family = model.describe().get("family", "the random model")
+    described = model.describe()
+    family = ("the random model" if described.get("mode") == "random" else
+              described.get("family", "gpt2"))  # GPT-2's description has no family
     what = ("an encoder–decoder" if is_seq2seq(model) else
             "an encoder (bidirectional, no decoder)" if own == ("encoder",) else "decoder-only")
     if decoder_text is not None and not is_seq2seq(model):

@@ -10,7 +10,9 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
@@ -47,6 +49,8 @@ def steps(
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
@@ -90,6 +94,13 @@ def steps(
 
     check_text(source)
     model = load_model(config, weights)
+    from attnviz.cli import seq2seq
+
+    if seq2seq.is_seq2seq(model):
+        raise InputError(f"--weights {weights}: steps does not follow the heads of encoder–decoder "
+                         f"models ({model.describe()['family']}) yet; use heatmap or "
+                         "compare-heads with --attention")
+    seq2seq.check_attention_options(model, attention, decoder_text)
     token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     window = parse_window(tokens, len(token_ids))
     plot_steps.check_steps_size(window[1] - window[0] if window else len(token_ids))
