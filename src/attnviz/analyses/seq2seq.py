@@ -29,6 +29,7 @@ from attnviz.analyses.attention import (
     parse_layers,
     token_records,
 )
+from attnviz.analyses.generation import Sampling, choose
 from attnviz.core.errors import InputError
 
 KINDS = ("encoder", "decoder", "cross")
@@ -262,8 +263,6 @@ def generate_seq2seq(model, source_ids: list[int], max_new_tokens: int = 20, *,
     end-of-sequence token unless ``ignore_eos``. Greedy by default: the ids transformers'
     ``generate(do_sample=False, num_beams=1)`` gives."""
     import torch
-
-    from attnviz.analyses.generation import Sampling, choose
 
     sampling = sampling or Sampling()
     sampling.check()

@@ -99,10 +99,13 @@ def export(
         seq2seq.refuse({"--include-params": include_params, "--weighting norm": weighting == "norm",
                         "--rollout": rollout, "--tokens": tokens is not None,
                         "--full-weights": full_weights})
-        return seq2seq.export(model, source, decoder_text=decoder_text, attention=attention,
-                              output_path=output_path, to_stdout=to_stdout, layer=layer,
-                              allow_special=allow_special, config=options,
-                              resolution=resolution, output=output, quiet=quiet)
+        with Progress(quiet) as progress:
+            arrays = seq2seq.export_result(model, source, decoder_text=decoder_text,
+                                           attention=attention, layer=layer,
+                                           allow_special=allow_special, config=options,
+                                           resolution=resolution)
+            written = _write(arrays, output_path, to_stdout, progress)
+        return _report(written, output_path, output, quiet, f"Wrote {output_path}")
     seq2seq.check_attention_options(model, attention, decoder_text)
     token_ids = encode_text(model, source, allow_special, options.bos, options.chat)
     if len(token_ids) > check_resolution(resolution, len(token_ids)):

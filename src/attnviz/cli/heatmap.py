@@ -94,11 +94,14 @@ def heatmap(
     if model is not None and seq2seq.is_seq2seq(model):
         seq2seq.refuse({"--view rollout": picture.view == "rollout",
                         "--weighting norm": weighting == "norm", "--tokens": tokens is not None})
-        return seq2seq.heatmap(model, source, decoder_text=decoder_text, attention=attention,
-                               out=out, picture=picture, picture_format=picture_format,
-                               layer=layer, head=head, allow_special=allow_special,
-                               config=config, resolution=resolution, output=output, fmt=fmt,
-                               quiet=quiet)
+        described = seq2seq.heatmap(
+            model, source, decoder_text=decoder_text, attention=attention, out=out,
+            picture=picture, picture_format=picture_format, layer=layer, head=head,
+            allow_special=allow_special, config=config, resolution=resolution, output=output,
+            fmt=fmt, quiet=quiet)
+        if described is not None:
+            output.mapping(_config_summary(described), title="Model")
+        return
     if picture.view == "rollout":
         if head:
             raise InputError("--view rollout draws the whole model in one picture: drop --head")

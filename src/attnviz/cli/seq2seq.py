@@ -63,9 +63,11 @@ def tokens_document(result) -> dict:
 
 
 def heatmap(model, source: str, *, decoder_text, attention, out: Path, picture, picture_format,
-            layer, head, allow_special, config, resolution, output, fmt: str, quiet: bool) -> None:
+            layer, head, allow_special, config, resolution, output, fmt: str,
+            quiet: bool) -> dict | None:
     """``heatmap`` of an encoder–decoder: one folder of pictures per kind asked for
-    (``OUT/encoder``, ``OUT/decoder``, ``OUT/cross``; one kind: ``OUT`` itself)."""
+    (``OUT/encoder``, ``OUT/decoder``, ``OUT/cross``; one kind: ``OUT`` itself). Returns
+    the model's description for the table's summary (None when there is no table)."""
     from attnviz.files.progress import Progress
     from attnviz.pictures import plot
 
@@ -88,13 +90,10 @@ def heatmap(model, source: str, *, decoder_text, attention, out: Path, picture, 
                 "config": {**result.config, "attention": list(result.kinds)}}
     if fmt == "table" and quiet:
         output.paths(document["files"])
-        return
+        return None
     output.emit(document, rows, ["file", "attention", "layer", "head"], keys=["file"],
                 title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}")
-    if fmt == "table":
-        from attnviz.cli.heatmap import _config_summary
-
-        output.mapping(_config_summary(result.config), title="Model")
+    return result.config if fmt == "table" else None
 
 
 def export_arrays(result) -> dict:
@@ -116,18 +115,12 @@ def export_arrays(result) -> dict:
     return arrays
 
 
-def export(model, source: str, *, decoder_text, attention, output_path, to_stdout: bool, layer,
-           allow_special, config, resolution, output, quiet: bool) -> None:
-    """``export`` of an encoder–decoder: ``export_arrays`` in one .npz."""
-    from attnviz.cli.export import _report, _write
-    from attnviz.files.progress import Progress
-
+def export_result(model, source: str, *, decoder_text, attention, layer, allow_special,
+                  config, resolution):
+    """What ``export`` writes of an encoder–decoder (``export_arrays``)."""
     kinds = check_attention_options(model, attention, decoder_text)
-    with Progress(quiet) as progress:
-        result = analyze(model, source, decoder_text, kinds, layer, None, allow_special, config,
-                         resolution)
-        written = _write(export_arrays(result), output_path, to_stdout, progress)
-    _report(written, output_path, output, quiet, f"Wrote {output_path}")
+    return export_arrays(analyze(model, source, decoder_text, kinds, layer, None,
+                                 allow_special, config, resolution))
 
 
 def compare_result(model, source: str, *, decoder_text, attention, layer, head, allow_special,

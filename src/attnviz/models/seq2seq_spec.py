@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 FAMILIES = ("t5", "mt5", "bart", "marian")
 KINDS = ("encoder", "decoder", "cross")  # the three kinds of attention, in this order
 
@@ -102,7 +104,6 @@ def relative_buckets(relative, bidirectional: bool, num_buckets: int, max_distan
 def sinusoidal_table(n_positions: int, dim: int):
     """Marian's position table ``(n_positions, dim)`` float32, as transformers'
     ``MarianSinusoidalPositionalEmbedding.create_weight`` makes it (float64, then cast)."""
-    import numpy as np
     import torch
 
     positions = np.arange(n_positions)[:, None]
