@@ -241,3 +241,19 @@ def _generation_files(result, model, out, npz_path, picture, head) -> list[str]:
                                     **picture.heatmap_args())
         written.append(f"{len(files)} pictures to {out}")
     return written
+
+
+def report(model, source: str, *, decoder_text, attention, output_path, layer, allow_special,
+           config, output) -> dict:
+    """``report`` of an encoder–decoder: the page with the switch between its kinds
+    (``display.seq2seq_report``), every layer unless ``--layer``; what was written."""
+    from attnviz.display.seq2seq_report import write_seq2seq_report
+
+    kinds = check_attention_options(model, attention, decoder_text)
+    result = analyze(model, source, decoder_text, kinds, layer or ["all"], None, allow_special,
+                     config)
+    output.message(f"Writing {', '.join(result.kinds)} attention of {len(result.source_ids)} "
+                   f"source and {len(result.target_ids)} decoder tokens…")
+    info = write_seq2seq_report(result, output_path)
+    return {**info.as_dict(), "attention": ",".join(result.kinds),
+            "decoder_tokens": len(result.target_ids)}
