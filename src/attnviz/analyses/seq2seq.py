@@ -189,7 +189,7 @@ def analyze_seq2seq_ids(model, source: list[int], target: list[int], *, layer="0
     decoder = cross = {}
     if "decoder" in layers:
         _, decoder, cross = model.decode(torch.tensor([target]), memory, keep=layers["decoder"],
-                                         last_only=True)
+                                         logits=False)
     raw_source, raw_target = (model.tokenizer.token_bytes(ids) for ids in (source, target))
     config = model.describe()
     special = frozenset(i for i in {*source, *target} if model.tokenizer.is_special(i))

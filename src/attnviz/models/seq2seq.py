@@ -208,14 +208,18 @@ class EncoderDecoder:
         table = self._part(f"{stack}_relative")  # (buckets, nh)
         if table is None:
             return None
-        spec = self.spec
+        spec, last = self.spec, {}
 
         def bias(q_lo: int, q_hi: int, k_lo: int, k_hi: int) -> torch.Tensor:
-            queries = torch.arange(q_lo, q_hi, device=table.device)[:, None]
-            keys = torch.arange(k_lo, k_hi, device=table.device)[None, :]
-            buckets = relative_buckets(keys - queries, stack == "encoder", spec.relative_buckets,
-                                       spec.relative_max_distance)
-            return table[buckets].permute(2, 0, 1)  # (R, K, nh) -> (nh, R, K)
+            """Every layer of a stack asks for the same cells: the last answer is kept."""
+            if last.get("cells") != (q_lo, q_hi, k_lo, k_hi):
+                queries = torch.arange(q_lo, q_hi, device=table.device)[:, None]
+                keys = torch.arange(k_lo, k_hi, device=table.device)[None, :]
+                buckets = relative_buckets(keys - queries, stack == "encoder",
+                                           spec.relative_buckets, spec.relative_max_distance)
+                last["cells"] = (q_lo, q_hi, k_lo, k_hi)
+                last["bias"] = table[buckets].permute(2, 0, 1)  # (R, K, nh) -> (nh, R, K)
+            return last["bias"]
 
         return bias
 
@@ -263,10 +267,11 @@ class EncoderDecoder:
 
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor, memory: Memory, keep=(), cache=None,
-               last_only: bool = False):
+               last_only: bool = False, logits: bool = True):
         """``token_ids (1, T)`` (after the ``cache``'s positions, when given) over the
         encoder's ``memory`` -> ``(logits (1, T or 1, V), {layer: self weights (1, H, T,
-        start + T)}, {layer: cross weights (1, H, T, S)})`` for the layers in ``keep``."""
+        start + T)}, {layer: cross weights (1, H, T, S)})`` for the layers in ``keep``.
+        ``logits=False``: only the attention is wanted (the head is not read; None)."""
         start = cache[0].length if cache is not None else 0
         x = self.embed(token_ids, "decoder", start)
         bias = self.relative_bias("decoder")
@@ -277,6 +282,8 @@ class EncoderDecoder:
                 memory_kv=memory.kv[i], keep_self=i in wanted, keep_cross=i in wanted)
             if i in wanted:
                 own[i], cross[i] = self_weights, cross_weights
+        if not logits:
+            return None, own, cross
         return self.logits(x[:, -1:] if last_only else x), own, cross
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
