@@ -43,7 +43,7 @@ def stacked(attentions) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_three_kinds_of_attention_equal_transformers(checkpoints, kind):
-    model = load_model(ModelConfig(), str(checkpoints[kind]))
+    model = load_model(ModelConfig(), str(checkpoints[kind]), seq2seq=True)
     result = analyze_seq2seq(model, LONG_SOURCE, TARGET, layer="all")
     out = reference(checkpoints[kind], result.source_ids, result.target_ids)
     for name, theirs in (("encoder", out.encoder_attentions), ("decoder", out.decoder_attentions),
@@ -57,7 +57,7 @@ def test_three_kinds_of_attention_equal_transformers(checkpoints, kind):
 
 
 def test_decoder_without_a_target_reads_its_start_token(checkpoints):
-    model = load_model(ModelConfig(), str(checkpoints["bart"]))
+    model = load_model(ModelConfig(), str(checkpoints["bart"]), seq2seq=True)
     result = analyze_seq2seq(model, SOURCE, layer="1")
     assert result.target_ids == [2]  # BART's decoder_start_token_id (</s>)
     out = reference(checkpoints["bart"], result.source_ids, [2])
@@ -68,7 +68,7 @@ def test_decoder_without_a_target_reads_its_start_token(checkpoints):
 
 def test_t5_stacks_of_different_depths(tmp_path):
     folder = make_t5(tmp_path / "t5", layers=2, decoder_layers=3, seed=1)
-    model = load_model(ModelConfig(), str(folder))
+    model = load_model(ModelConfig(), str(folder), seq2seq=True)
     result = analyze_seq2seq(model, LONG_SOURCE, TARGET, layer="all")
     out = reference(folder, result.source_ids, result.target_ids)
     assert result.encoder.layers == [0, 1] and result.cross.layers == [0, 1, 2]
@@ -104,7 +104,7 @@ TEXTS = [SOURCE, "translate English to German: naïve café, 1234 </s> <pad>", "
 @pytest.mark.parametrize("kind", ("t5", "bart"))
 def test_token_ids_equal_autotokenizer(checkpoints, kind):
     folder = checkpoints[kind]
-    model = load_model(ModelConfig(), str(folder))
+    model = load_model(ModelConfig(), str(folder), seq2seq=True)
     theirs = transformers.AutoTokenizer.from_pretrained(folder)
     for text in TEXTS:
         expected = theirs(text)["input_ids"]
@@ -120,7 +120,7 @@ def test_marian_token_ids_equal_its_tokenizer_json(checkpoints):
     """transformers reads Marian's tokenizer from SentencePiece files only: the same
     tokenizer.json through transformers' fast tokenizer."""
     folder = checkpoints["marian"]
-    model = load_model(ModelConfig(), str(folder))
+    model = load_model(ModelConfig(), str(folder), seq2seq=True)
     theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     for text in TEXTS:
         assert model.tokenizer.encode(text, allow_special=True) == theirs(text)["input_ids"]
@@ -130,7 +130,7 @@ def test_marian_token_ids_equal_its_tokenizer_json(checkpoints):
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_greedy_generation_equals_transformers(checkpoints, kind):
     folder = checkpoints[kind]
-    model = load_model(ModelConfig(), str(folder))
+    model = load_model(ModelConfig(), str(folder), seq2seq=True)
     source = model.tokenizer.encode(SOURCE)
     generated = generate_seq2seq(model, source, max_new_tokens=10)
     theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(

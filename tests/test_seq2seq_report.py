@@ -23,7 +23,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     folder = make_t5(tmp_path_factory.mktemp("t5"), seed=4)
-    model = load_model(ModelConfig(), str(folder))
+    model = load_model(ModelConfig(), str(folder), seq2seq=True)
     return analyze_seq2seq(model, SOURCE, TARGET, layer="all"), folder
 
 

@@ -442,12 +442,15 @@ def check_ids(model, token_ids: list[int]) -> None:
                          "the tokenizer does not belong to this model (see --tokenizer)")
 
 
-def load_model(config: ModelConfig | None = None, weights: str | None = None):
+def load_model(config: ModelConfig | None = None, weights: str | None = None, *,
+               seq2seq: bool = False):
     """The model behind every command: ``RandomModel`` or ``models.forward.Transformer`` (a
     checkpoint's header only; blocks are read when run). Both have ``n_layers``, ``n_heads``,
     ``context_length``, ``describe()``, ``attn_scale(layer)`` and
     ``run(token_ids (B, T), layers) -> [(attn_input (B, T, d), weights (B, H, T, T), module)]``.
-    ``config.offline``/``progress`` steer a Hub download, ``config.device`` the forward pass."""
+    ``config.offline``/``progress`` steer a Hub download, ``config.device`` the forward pass.
+    An encoder–decoder checkpoint (``models.seq2seq.EncoderDecoder``) is refused unless the
+    caller shows its kinds of attention (``seq2seq=True``: ``analyses.seq2seq``)."""
     config = config or ModelConfig()
     device = resolve_device(config.device)
     if weights is None:
@@ -471,7 +474,10 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
     if getattr(ckpt.spec, "n_decoder_layers", None) is not None:
         from attnviz.models.seq2seq import EncoderDecoder
 
-        return EncoderDecoder(ckpt, device=device)
+        model = EncoderDecoder(ckpt, device=device)
+        if not seq2seq:
+            check_not_seq2seq(model)
+        return model
     return Transformer(ckpt, device=device)
 
 
@@ -514,6 +520,16 @@ def checked_layers(model, n_tokens: int, layer: str | int | list,
         " (the checkpoint's n_positions)")
     check_length(n_tokens, model.context_length, hint)
     return layers
+
+
+def check_not_seq2seq(model) -> None:
+    """Refuse an encoder–decoder (T5, BART, Marian) where one stack of layers is read: the
+    commands that show its three kinds of attention take it (analyses.seq2seq)."""
+    if getattr(model, "is_seq2seq", False):
+        raise InputError(f"--weights: {model.describe()['family']} is an encoder–decoder; this "
+                         "command reads decoder-only models (encoder–decoders: heatmap, "
+                         "compare-heads, export, report and generate, with --attention and "
+                         "--decoder-text)")
 
 
 def analyze_with(model, token_ids: list[int], layer: str | int = 0,

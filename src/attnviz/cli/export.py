@@ -92,7 +92,7 @@ def export(
     from attnviz.files.progress import Progress
 
     options = config or ModelConfig()
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     from attnviz.cli import seq2seq
 
     if seq2seq.is_seq2seq(model):
@@ -250,7 +250,7 @@ def info(
     output = Output(fmt, quiet)
     from attnviz.analyses.attention import load_model
 
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     model_info = model.describe()
     own = model_info.pop("tokenizer", None)  # a model's own tokenizer: its own section
     document = {

@@ -102,7 +102,7 @@ def generate(
     from attnviz.analyses.generation import generate as run
 
     check_text(source)
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     from attnviz.cli import seq2seq
 
     if seq2seq.is_seq2seq(model):

@@ -252,7 +252,7 @@ def tokens(
     if weights is not None:
         model = load_model(ModelConfig(offline=offline, progress=not quiet, bos=bos,
                                        tokenizer=None if tokenizer is None else str(tokenizer)),
-                           weights)
+                           weights, seq2seq=True)
         token_ids, tok = encode_text(model, source, allow_special, bos), model.tokenizer
     else:
         from attnviz.text import tokenization

@@ -81,7 +81,7 @@ def report(
     from attnviz.display.report_contents import check_report_options, report_contents
 
     check_report_options(weighting, target, contrast, ablate, pretrained=weights is not None)
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     from attnviz.cli import seq2seq
 
     if seq2seq.is_seq2seq(model):

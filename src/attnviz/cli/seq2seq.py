@@ -26,7 +26,7 @@ def model_for(config, weights, attention, decoder_text, shown=None):
         return None
     from attnviz.analyses.attention import load_model
 
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     if not is_seq2seq(model):
         check_attention_options(model, attention, decoder_text, shown)
     return model

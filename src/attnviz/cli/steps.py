@@ -93,7 +93,7 @@ def steps(
     )
 
     check_text(source)
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     from attnviz.cli import seq2seq
 
     if seq2seq.is_seq2seq(model):
