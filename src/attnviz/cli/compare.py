@@ -10,11 +10,15 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    BidirectionalOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     ResolutionOpt,
@@ -27,6 +31,7 @@ from attnviz.cli.options import (
     model_options,
     picture_options,
     score_induction,
+    second_text,
 )
 from attnviz.core.errors import InputError
 from attnviz.text.inputs import read_text
@@ -66,6 +71,10 @@ def compare_heads(
     weighting: WeightingOpt = "attention",
     resolution: ResolutionOpt = None,
     sink_tokens: SinkTokensOpt = 4,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -95,6 +104,11 @@ def compare_heads(
         raise InputError("--head picks the heads drawn by --plot; add --plot FILE (the table "
                          "always lists every head)")
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
+    if induction and cross is not None:
+        raise InputError("--induction scores self-attention on a repeated sequence; --cross "
+                         "attends to another text: drop one of them")
     if plot_path or similarity_plot:
         from attnviz.pictures import checks
 
@@ -119,7 +133,7 @@ def compare_heads(
     result = analyze_text(source, config, weights=weights, layer=layer,
                           allow_special=allow_special, heads=head, tokens=tokens,
                           resolution=resolution, sink_tokens=sink_tokens,
-                          maps=("max",) if plot_path else (), whole=whole)
+                          maps=("max",) if plot_path else (), whole=whole, **second)
     long = result if isinstance(result, LongResult) else None
     if long is not None:  # the whole text's statistics; its pooled map (or window) drawn
         from attnviz.cli.heatmap import long_measure

@@ -10,7 +10,10 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    BidirectionalOpt,
     BosOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
     FileOpt,
     FormatOpt,
@@ -18,6 +21,7 @@ from attnviz.cli.options import (
     LayerOpt,
     ModelOptions,
     OfflineOpt,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     ResolutionOpt,
@@ -30,6 +34,7 @@ from attnviz.cli.options import (
     check_out_dir,
     model_options,
     picture_options,
+    second_text,
 )
 from attnviz.text.inputs import read_text
 
@@ -53,6 +58,10 @@ def heatmap(
     weighting: WeightingOpt = "attention",
     resolution: ResolutionOpt = None,
     sink_tokens: SinkTokensOpt = 4,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     quiet: QuietOpt = False,
@@ -73,11 +82,19 @@ def heatmap(
     fmt = "json" if as_json else fmt
     output = Output(fmt, quiet)
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
     from attnviz.pictures import checks, plot
 
     picture.check(rollout=True)
     picture_format = checks.image_format(None, picture.image_format)
     check_out_dir(out)
+    if picture.view == "lines" and (cross is not None or bidirectional):
+        raise InputError("--view lines draws causal self-attention: use --view heatmap with "
+                         + ("--cross" if cross is not None else "--bidirectional"))
+    if weighting == "norm" and cross is not None:
+        raise InputError("--weighting norm weighs a text's keys by their values; with --cross "
+                         "the keys are another text's: drop one of them")
     if weighting == "norm" and picture.exclude_first:
         raise InputError("--exclude-first renormalises attention rows; the norms of "
                          "--weighting norm are not probabilities (and already shrink a sink "
@@ -85,6 +102,9 @@ def heatmap(
     if picture.view == "rollout":
         if head:
             raise InputError("--view rollout draws the whole model in one picture: drop --head")
+        if pair is not None or cross is not None:
+            raise InputError(f"--view rollout follows one text through the layers: drop "
+                             f"{'--pair' if pair is not None else '--cross'}")
         return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
                         allow_special, weighting, output, fmt, quiet)
     from attnviz.analyses.longcontext import LongResult, analyze_text
@@ -98,7 +118,9 @@ def heatmap(
         result = analyze_text(source, config, weights=weights, layer=layer,
                               allow_special=allow_special, heads=head, tokens=tokens,
                               resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
-                              whole=whole, progress=progress)
+                              whole=whole, progress=progress, **second)
+        if picture.view == "lines":
+            plot.check_lines(result)  # an encoder's: known once the model is read
         measure, long = {}, None
         if isinstance(result, LongResult):
             long, result, measure, extras = _long_pictures(result, picture, picture_format, head)
@@ -201,7 +223,8 @@ def long_summary(long) -> dict:
 
 def _config_summary(config: dict) -> dict:
     keys = ("mode", "weights", "family", "revision", "n_heads", "n_kv_heads", "d_model",
-            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "layers")
+            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "bidirectional",
+            "cross_d_in", "layers")
     return {k: config[k] for k in keys if k in config}
 
 

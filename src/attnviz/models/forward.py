@@ -325,6 +325,11 @@ class Transformer:
     def attn_scale(self, layer: int) -> float:
         return self.spec.layers[layer].scale
 
+    @property
+    def attention_kind(self) -> str:
+        """``"decoder"`` (causal self-attention) or ``"encoder"`` (bidirectional)."""
+        return "decoder" if self.spec.causal else "encoder"
+
     def window(self, layer: int) -> int | None:
         return self.spec.layers[layer].window
 

@@ -121,6 +121,7 @@ class ModelSpec:
     sandwich_norms: bool = False  # a norm after the attention and after the MLP too (Gemma 2/3)
     logit_softcap: float | None = None  # next-token logits -> c·tanh(logits / c) (Gemma 2)
     dtype: str = "float32"  # what the file stores; attnviz computes in float32
+    causal: bool = True  # False: an encoder, every key seen (apart from a window's outside)
     extra: dict = field(default_factory=dict, compare=False)  # family-specific facts for info
 
     def __post_init__(self) -> None:
