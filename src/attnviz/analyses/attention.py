@@ -440,6 +440,9 @@ def encode_inputs(model, text: str, allow_special: bool = False, bos: bool = Tru
         token_ids, token_types, pair_start = model.tokenizer.encode_pair(
             text, pair, allow_special=allow_special)
         check_ids(model, token_ids)
+        if len(token_ids) > model.context_length:
+            raise InputError(f"the text and --pair are {len(token_ids)} tokens together, more "
+                             f"than the model's {model.context_length} positions; shorten them")
         return {"token_ids": token_ids, "token_types": token_types, "pair_start": pair_start}
     token_ids = encode_text(model, text, allow_special, bos, chat)
     if cross is None:

@@ -17,6 +17,11 @@ READERS = {
     "gemma2": "attnviz.models.gemma_reader",
     "gemma3_text": "attnviz.models.gemma_reader",
     "gemma3": "attnviz.models.gemma_reader",  # multimodal: its text tower
+    # encoders: bidirectional self-attention
+    "bert": "attnviz.models.encoder_reader",
+    "roberta": "attnviz.models.encoder_reader",
+    "distilbert": "attnviz.models.encoder_reader",
+    "modernbert": "attnviz.models.encoder_reader",
 }
 SUPPORTED = tuple(READERS)
 
