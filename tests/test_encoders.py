@@ -222,3 +222,20 @@ def test_a_hub_repo_named_bert_base_uncased_downloads_and_equals_transformers(en
     arrays = np.load(tmp_path / "w.npz")
     assert arrays["token_ids"].tolist() == encoded["input_ids"][0].tolist()
     np.testing.assert_allclose(arrays["weights"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", [["report", "-o", "r.html"], ["scan"], ["why", "--head", "0.1"]])
+def test_commands_made_for_causal_decoders_refuse_an_encoder_by_name(cli, encoders, tmp_path,
+                                                                      command):
+    name, *rest = command
+    args = [tmp_path / a if a.endswith(".html") else a for a in rest]
+    one_error(cli(name, TEXT, "--weights", encoders["bert"], *args),
+              f"attnviz {name} is made for causal self-attention", "bert is an encoder")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_notebook_shows_an_encoder_as_the_picture_of_every_head(encoders):
+    result = analyze(TEXT, ModelConfig(), weights=str(encoders["distilbert"]), layer="all")
+    bundle = result._repr_mimebundle_()
+    assert bundle["image/png"]  # the heads, drawn without a causal mask
+    assert "<script" not in bundle["text/html"]
