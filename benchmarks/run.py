@@ -445,6 +445,14 @@ def bench_longcontext(smoke: bool, tmp: Path) -> list[dict]:
     return bench(smoke, 1, tmp)
 
 
+def bench_encoders(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
+    """The encoders' row (benchmarks/encoders_bench.py: a BERT-base-shaped checkpoint, built
+    once at full size, at its whole context of 512 tokens), imported only when it runs."""
+    from encoders_bench import bench_encoders as bench
+
+    return bench(tmp, smoke=smoke, repeat=repeat)
+
+
 def bench_seq2seq(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     """The encoder–decoder row (benchmarks/seq2seq_bench.py: a t5-small-shaped model's three
     attentions against transformers), imported only when it runs."""
@@ -460,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models, gguf, longcontext, seq2seq (not with --write-docs)")
+                        "report, scan, models, gguf, longcontext, encoders, seq2seq (not with "
+                        "--write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
     tokens, long_tokens = (8, 32) if args.smoke else (64, 1024)
@@ -477,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": lambda tmp: bench_models(args.smoke, repeat, tmp),
         "gguf": lambda tmp: bench_gguf(args.smoke, repeat, tmp),
         "longcontext": lambda tmp: bench_longcontext(args.smoke, tmp),
+        "encoders": lambda tmp: bench_encoders(args.smoke, repeat, tmp),
         "seq2seq": lambda tmp: bench_seq2seq(args.smoke, repeat, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)

@@ -361,11 +361,13 @@ def available_memory() -> int:
     return 8 * 2**30
 
 
-def check_fits(n_layers: int, n_heads: int, n_tokens: int) -> None:
-    """Refuse before computing when the weights could not fit in memory."""
-    weights_bytes = n_layers * n_heads * n_tokens**2 * _FLOAT32
+def check_fits(n_layers: int, n_heads: int, n_tokens: int, n_keys: int | None = None) -> None:
+    """Refuse before computing when the weights could not fit in memory (``n_keys``: the
+    columns of cross-attention; ``n_tokens`` by default)."""
+    cells = n_tokens * (n_tokens if n_keys is None else n_keys)
+    weights_bytes = n_layers * n_heads * cells * _FLOAT32
     # scores + softmax output + the numpy copy live at once for a layer, then the result
-    needed = weights_bytes + 2 * n_heads * n_tokens**2 * _FLOAT32
+    needed = weights_bytes + 2 * n_heads * cells * _FLOAT32
     if needed > available_memory():
         raise InputError(
             f"{n_tokens} tokens x {n_heads} heads x {n_layers} layer(s) need about "
@@ -392,6 +394,8 @@ def analyze(
     heads: list[int] | None = None,
     tokens: str | None = None,
     progress=None,
+    pair: str | None = None,
+    cross: str | None = None,
 ) -> AttentionResult:
     """Tokenize ``text`` and return the attention weights of the chosen layer(s).
 
@@ -402,15 +406,52 @@ def analyze(
     or ``"all"``. ``heads``, when given, is checked against the model's head count before
     any heavy work. ``tokens="A:B"`` (``--tokens``): the whole text is computed, then
     queries and keys A..B-1 are kept (see ``crop``). ``progress(stage, done, total)``, when
-    given, hears of each block read and run (see ``attnviz.files.progress``).
+    given, hears of each block read and run (see ``attnviz.files.progress``). ``pair``: a
+    second sentence (an encoder model's sentence pair); ``cross``: a second text whose
+    tokens are the keys (random mode's cross-attention; see ``encode_inputs``).
     """
     check_text(text)
     model = load_model(config, weights)
-    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
-                            chat=(config or ModelConfig()).chat)
-    window = parse_window(tokens, len(token_ids))
-    result = analyze_with(model, token_ids, layer, heads, progress)
+    options = config or ModelConfig()
+    inputs = encode_inputs(model, text, allow_special, options.bos, options.chat, pair=pair,
+                           cross=cross)
+    window = parse_window(tokens, len(inputs["token_ids"]))
+    result = analyze_with(model, layer=layer, heads=heads, progress=progress, **inputs)
     return crop(result, *window) if window else result
+
+
+def encode_inputs(model, text: str, allow_special: bool = False, bos: bool = True,
+                  chat: bool = False, *, pair: str | None = None,
+                  cross: str | None = None) -> dict:
+    """``text`` (and a second text) as ``analyze_with``'s inputs: ``{"token_ids": ...}``,
+    plus for a sentence pair (``pair``: the second sentence, encoded with the first as the
+    model's tokenizer encodes a pair) ``token_types`` (the segment of each token: BERT's
+    ``token_type_ids``) and ``pair_start`` (the second sentence's first position), or for
+    cross-attention (``cross``: the second text, random mode) its ``key_ids``."""
+    if pair is not None:
+        if model.attention_kind != "encoder" or not hasattr(
+                model.tokenizer, "encode_pair"):
+            raise InputError("--pair encodes a sentence pair for an encoder model (BERT, "
+                             "RoBERTa, DistilBERT, ModernBERT); this model is a decoder: give "
+                             "one text")
+        check_text(text)
+        if not pair:
+            raise InputError("--pair is empty: give the second sentence")
+        token_ids, token_types, pair_start = model.tokenizer.encode_pair(
+            text, pair, allow_special=allow_special)
+        check_ids(model, token_ids)
+        if len(token_ids) > model.context_length:
+            raise InputError(f"the text and --pair are {len(token_ids)} tokens together, more "
+                             f"than the model's {model.context_length} positions; shorten them")
+        return {"token_ids": token_ids, "token_types": token_types, "pair_start": pair_start}
+    token_ids = encode_text(model, text, allow_special, bos, chat)
+    if cross is None:
+        return {"token_ids": token_ids}
+    if not cross:
+        raise InputError("--cross is empty: give the second text, whose tokens are the keys")
+    key_ids = model.tokenizer.encode(cross, allow_special=allow_special, add_bos=bos)
+    check_ids(model, key_ids)
+    return {"token_ids": token_ids, "key_ids": key_ids}
 
 
 def check_text(text: str) -> None:
@@ -533,20 +574,36 @@ def check_not_seq2seq(model) -> None:
 
 
 def analyze_with(model, token_ids: list[int], layer: str | int = 0,
-                 heads: list[int] | None = None, progress=None) -> AttentionResult:
+                 heads: list[int] | None = None, progress=None, *,
+                 key_ids: list[int] | None = None, token_types: list[int] | None = None,
+                 pair_start: int | None = None) -> AttentionResult:
     """Run ``model`` (from ``load_model``) on one text and collect the chosen layers.
     The weights are written by the forward pass straight into one ``(L, H, T, T)``
-    float32 array: no per-layer tensors stacked and copied afterwards."""
+    float32 array: no per-layer tensors stacked and copied afterwards. ``key_ids``,
+    ``token_types``, ``pair_start``: a second text (see ``encode_inputs``); with
+    ``key_ids`` the weights are cross-attention's ``(L, H, T, Tk)``."""
     import torch
 
     layers = checked_layers(model, len(token_ids), layer, heads)
-    check_fits(len(layers), model.n_heads, len(token_ids))
     n = len(token_ids)
-    # (L, H, T, T); numpy backs a large array with transparent huge pages by itself
-    weights = np.empty((len(layers), model.n_heads, n, n), dtype=np.float32)
+    n_keys = n if key_ids is None else len(key_ids)
+    if key_ids is not None:
+        if not key_ids:
+            raise InputError("--cross has no tokens: give a second text")
+        check_length(n_keys, model.context_length, " (--cross's text; raise --context-length)")
+    check_fits(len(layers), model.n_heads, n, n_keys)
+    # (L, H, T, Tk); numpy backs a large array with transparent huge pages by itself
+    weights = np.empty((len(layers), model.n_heads, n, n_keys), dtype=np.float32)
+    second = {}
+    if key_ids is not None:
+        second["key_ids"] = torch.tensor([key_ids])
+    if token_types is not None:
+        second["token_types"] = torch.tensor([token_types])
     per_layer = model.run(torch.tensor([token_ids]), layers,
-                          weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, T)
-                          progress=progress)
+                          weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, Tk)
+                          progress=progress, **second)
+    cross = key_ids is not None
+    kind = "cross" if cross else model.attention_kind
     return AttentionResult(
         token_ids=token_ids,
         weights=weights,
@@ -561,7 +618,27 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
         kv_heads=list(model.kv_heads),
         bos=starts_with_bos(model, token_ids),
         modules=[attn for _, _, attn in per_layer],
+        attention=kind,
+        key_token_ids=list(key_ids) if cross else None,
+        key_raw_tokens=model.tokenizer.token_bytes(key_ids) if cross else None,
+        key_inputs=_to_numpy([model.embed_keys(key_ids)] * len(layers)) if cross else None,
+        special_ids=special_ids(model, token_ids + (key_ids or [])) if kind != "decoder" else
+        frozenset(),
+        pair_start=pair_start,
     )
+
+
+def special_ids(model, token_ids: list[int]) -> frozenset:
+    """Which of ``token_ids`` the model's tokenizer calls special ([CLS], [SEP], <s>)."""
+    return frozenset(t for t in set(token_ids) if model.tokenizer.is_special(t))
+
+
+def check_causal(model, command: str) -> None:
+    """Refuse an encoder (bidirectional attention) for a command made for causal decoders."""
+    if model.attention_kind != "decoder":
+        family = model.describe().get("family", "this model")
+        raise InputError(f"{command} is made for causal self-attention, and {family} is an "
+                         f"encoder (bidirectional): use heatmap, compare-heads, export or steps")
 
 
 def starts_with_bos(model, token_ids: list[int]) -> bool:

@@ -45,7 +45,7 @@ def model_kinds(model) -> tuple[str, ...]:
     for a bidirectional encoder, "decoder" for a causal decoder-only model."""
     if is_seq2seq(model):
         return KINDS
-    return ("encoder",) if getattr(model, "bidirectional", False) else ("decoder",)
+    return (model.attention_kind,)  # "decoder" (causal) or "encoder" (bidirectional)
 
 
 def check_attention(model, attention: str | None, decoder_text: str | None,

@@ -11,12 +11,16 @@ from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
     AttentionOpt,
+    BidirectionalOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
     DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     ResolutionOpt,
@@ -29,6 +33,7 @@ from attnviz.cli.options import (
     model_options,
     picture_options,
     score_induction,
+    second_text,
 )
 from attnviz.core.errors import InputError
 from attnviz.text.inputs import read_text
@@ -70,6 +75,10 @@ def compare_heads(
     weighting: WeightingOpt = "attention",
     resolution: ResolutionOpt = None,
     sink_tokens: SinkTokensOpt = 4,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -100,6 +109,11 @@ def compare_heads(
         raise InputError("--head picks the heads drawn by --plot; add --plot FILE (the table "
                          "always lists every head)")
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
+    if induction and cross is not None:
+        raise InputError("--induction scores self-attention on a repeated sequence; --cross "
+                         "attends to another text: drop one of them")
     if plot_path or similarity_plot:
         from attnviz.pictures import checks
 
@@ -111,7 +125,7 @@ def compare_heads(
             if path:
                 checks.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analyses.attention import check_text, encode_text, load_model
+    from attnviz.analyses.attention import check_text, encode_inputs, load_model
     from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.analyses.stats import add_induction, head_rows, stats_rows
     from attnviz.analyses.stats import similarity as js_matrix
@@ -129,17 +143,17 @@ def compare_heads(
     texts = None  # an encoder–decoder's two texts
     if model is not None and seq2seq.is_seq2seq(model):
         seq2seq.refuse({"--induction": induction, "--weighting norm": weighting == "norm",
-                        "--tokens": tokens is not None})
+                        "--tokens": tokens is not None, "--pair": second.get("pair") is not None})
         result, texts = seq2seq.compare_result(
             model, source, decoder_text=decoder_text, attention=attention, layer=layer,
             head=head, allow_special=allow_special, config=config)
     else:
         check_text(source)
         model = model or load_model(config, weights)  # read once: seq2seq.model_for may have
-        token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
-        result = analyze_tokens(model, token_ids, layer=layer, heads=head, tokens=tokens,
+        inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+        result = analyze_tokens(model, layer=layer, heads=head, tokens=tokens,
                                 resolution=resolution, sink_tokens=sink_tokens,
-                                maps=("max",) if plot_path else (), whole=whole)
+                                maps=("max",) if plot_path else (), whole=whole, **inputs)
     long = result if isinstance(result, LongResult) else None
     if long is not None:  # the whole text's statistics; its pooled map (or window) drawn
         from attnviz.cli.heatmap import long_measure

@@ -11,7 +11,10 @@ from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
     AttentionOpt,
+    BidirectionalOpt,
     BosOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
     DecoderTextOpt,
     FileOpt,
@@ -20,6 +23,7 @@ from attnviz.cli.options import (
     LayerOpt,
     ModelOptions,
     OfflineOpt,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     ResolutionOpt,
@@ -32,6 +36,7 @@ from attnviz.cli.options import (
     check_out_dir,
     model_options,
     picture_options,
+    second_text,
 )
 from attnviz.text.inputs import read_text
 
@@ -57,6 +62,10 @@ def heatmap(
     weighting: WeightingOpt = "attention",
     resolution: ResolutionOpt = None,
     sink_tokens: SinkTokensOpt = 4,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     quiet: QuietOpt = False,
@@ -79,11 +88,19 @@ def heatmap(
     fmt = "json" if as_json else fmt
     output = Output(fmt, quiet)
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
     from attnviz.pictures import checks, plot
 
     picture.check(rollout=True)
     picture_format = checks.image_format(None, picture.image_format)
     check_out_dir(out)
+    if picture.view == "lines" and (cross is not None or bidirectional):
+        raise InputError("--view lines draws causal self-attention: use --view heatmap with "
+                         + ("--cross" if cross is not None else "--bidirectional"))
+    if weighting == "norm" and cross is not None:
+        raise InputError("--weighting norm weighs a text's keys by their values; with --cross "
+                         "the keys are another text's: drop one of them")
     if weighting == "norm" and picture.exclude_first:
         raise InputError("--exclude-first renormalises attention rows; the norms of "
                          "--weighting norm are not probabilities (and already shrink a sink "
@@ -93,7 +110,8 @@ def heatmap(
     model = seq2seq.model_for(config, weights, attention, decoder_text)
     if model is not None and seq2seq.is_seq2seq(model):
         seq2seq.refuse({"--view rollout": picture.view == "rollout",
-                        "--weighting norm": weighting == "norm", "--tokens": tokens is not None})
+                        "--weighting norm": weighting == "norm", "--tokens": tokens is not None,
+                        "--pair": pair is not None})
         described = seq2seq.heatmap(
             model, source, decoder_text=decoder_text, attention=attention, out=out,
             picture=picture, picture_format=picture_format, layer=layer, head=head,
@@ -105,9 +123,12 @@ def heatmap(
     if picture.view == "rollout":
         if head:
             raise InputError("--view rollout draws the whole model in one picture: drop --head")
+        if pair is not None or cross is not None:
+            raise InputError(f"--view rollout follows one text through the layers: drop "
+                             f"{'--pair' if pair is not None else '--cross'}")
         return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
                         allow_special, weighting, output, fmt, quiet)
-    from attnviz.analyses.attention import check_text, encode_text, load_model
+    from attnviz.analyses.attention import check_text, encode_inputs, load_model
     from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.files.progress import Progress
 
@@ -118,10 +139,12 @@ def heatmap(
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         check_text(source)
         model = model or load_model(config, weights)  # read once: seq2seq.model_for may have
-        token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
-        result = analyze_tokens(model, token_ids, layer=layer, heads=head, tokens=tokens,
+        inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+        result = analyze_tokens(model, layer=layer, heads=head, tokens=tokens,
                                 resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
-                                whole=whole, progress=progress)
+                                whole=whole, progress=progress, **inputs)
+        if picture.view == "lines":
+            plot.check_lines(result)  # an encoder's: known once the model is read
         measure, long = {}, None
         if isinstance(result, LongResult):
             long, result, measure, extras = _long_pictures(result, picture, picture_format, head)
@@ -224,7 +247,8 @@ def long_summary(long) -> dict:
 
 def _config_summary(config: dict) -> dict:
     keys = ("mode", "weights", "family", "revision", "n_heads", "n_kv_heads", "d_model",
-            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "layers")
+            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "bidirectional",
+            "cross_d_in", "layers")
     return {k: config[k] for k in keys if k in config}
 
 

@@ -76,7 +76,7 @@ def report(
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output")
-    from attnviz.analyses.attention import encode_text, load_model
+    from attnviz.analyses.attention import check_causal, encode_text, load_model
     from attnviz.display.report import write_report
     from attnviz.display.report_contents import check_report_options, report_contents
 
@@ -93,6 +93,7 @@ def report(
                                   allow_special=allow_special, config=config, output=output)
         return _emit(document, output, output_path, fmt, quiet)
     seq2seq.check_attention_options(model, attention, decoder_text)
+    check_causal(model, "attnviz report")
     token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     contents = report_contents(model, token_ids, layer=layer, tokens=tokens, weighting=weighting,
                                rollout=rollout, induction=induction, seed=config.seed,

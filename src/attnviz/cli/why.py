@@ -98,7 +98,7 @@ def why(
         if report.suffix.lower() not in (".html", ".htm"):
             raise InputError(f"--report {report}: give an .html file name")
         check_file_target(report, "--report")
-    from attnviz.analyses.attention import check_length, encode_text, load_model
+    from attnviz.analyses.attention import check_causal, check_length, encode_text, load_model
     from attnviz.analyses.attribution import token_labels
     from attnviz.analyses.why import (
         check_key,
@@ -112,6 +112,7 @@ def why(
     from attnviz.analyses.why import why as run
 
     model = load_model(config, weights)
+    check_causal(model, "attnviz why")
     layer, head_index = parse_head(head, model.n_layers, model.n_heads)
     token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     hint = (" or raise --context-length" if model.describe().get("mode") == "random"

@@ -167,10 +167,13 @@ def attention_view(result, extras: dict | None = None) -> View:
     from attnviz.display.report import build_payload, render_html
     from attnviz.pictures.plot import overview_png
 
-    page = render_html(build_payload(result, **(extras or {})))
     title = (f"attnviz report: {result.n_tokens} tokens, {layer_text(result.layers)}, "
              f"{result.n_heads} heads")
-    return View(page, overview_png(result), title, interactive=True, narrow=_NARROW)
+    png = overview_png(result)
+    if not result.causal:  # the interactive page draws causal heads: the picture of every head
+        return View(static_page(title, image(png, title)), png, title)
+    page = render_html(build_payload(result, **(extras or {})))
+    return View(page, png, title, interactive=True, narrow=_NARROW)
 
 
 @register("attnviz.display.report_contents.Report")

@@ -189,7 +189,8 @@ def grid_figure(
     with fonts.context():
         layout = grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
                               token_labels, col_breaks, bool(groups), legend, rows_of_tiles,
-                              title if rows_of_tiles is not None else "", measure.block)
+                              title if rows_of_tiles is not None else "", measure.block,
+                              mask_label)
         (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
          note, top, bottom, grid_w, grid_h, width, height) = layout[:16]
         tile_h, n_rows = layout.tile_h_px, layout.n_rows
@@ -263,7 +264,7 @@ def grid_figure(
             fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
                      color="#444444")
         cbar_h = layout.cbar_h
-        cbar_x = width - 0.75 - _grid_legend_extra(legend)
+        cbar_x = width - 0.75 - _grid_legend_extra(legend, mask_label)
         cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
         colorbar(fig, cax, norm, colormap, measure.label)
@@ -282,9 +283,10 @@ def grid_figure(
                       outside_color=outside, rows=rows_of_tiles)
 
 
-def _grid_legend_extra(legend: str | None) -> float:
-    """Inches the grid's right margin grows so the window's legend fits beside its swatch."""
-    return max(0.0, legend_width_in(legend) - 0.45) if legend else 0.0
+def _grid_legend_extra(legend: str | None, mask_label: str | None = None) -> float:
+    """Inches the grid's right margin grows so the window's legend (and the masked cells'
+    name) fits beside its swatch."""
+    return max(0.0, legend_width_in(legend) - 0.45, legend_width_in(mask_label) - 0.45)
 
 
 def _first_tile(tiles) -> np.ndarray:
@@ -331,7 +333,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
                  token_labels: Sequence[str], col_breaks: Sequence[int] = (),
                  groups: bool = False, legend: str | None = None,
                  rows_of_tiles: PanelRows | None = None, title: str = "",
-                 block: int = 1) -> GridLayout:
+                 block: int = 1, mask_label: str | None = None) -> GridLayout:
     """The geometry of ``grid_figure`` (sizes in inches), computed without drawing, so a
     run can check every picture's size before it writes its first file."""
     tile_in = 1.6 if cols <= 6 else 1.1
@@ -360,7 +362,8 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
         bottom = max(bottom, 0.5)  # the window's swatch sits below the future's
     if rows_of_tiles is None:
         grid_h = rows * tile_in + (rows - 1) * row_gap_in
-        width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+        width = left + grid_w + 1.0 + _grid_legend_extra(legend, mask_label)
+        height = top + grid_h + bottom
         return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                           left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
                           n, tile_px, ticks, tick_labels, label_in, min(grid_h, 3.0))
@@ -381,7 +384,8 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     grid_h = rows * tile_h_in + (rows - 1) * row_gap_in
     cbar_h = max(min(grid_h, 3.0), 1.6)  # a colorbar that can be read beside short tiles
     bottom = max(bottom, cbar_h - grid_h + (0.45 if legend else 0.15))
-    width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+    width = left + grid_w + 1.0 + _grid_legend_extra(legend, mask_label)
+    height = top + grid_h + bottom
     width = max(width, text_width_in([title], 12) + 0.4)  # the title is not cut
     return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                       left, tile_px, note, top, bottom, grid_w, grid_h, width, height,

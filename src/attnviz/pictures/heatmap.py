@@ -231,8 +231,9 @@ class HeatmapFigure:
             top += 0.18 * (self.title_lines - 1)
         # Two swatches under the colorbar (the future's, then the window's): room for both.
         legend_h = 0.45 if outside_label is None else 0.75
-        if outside_label is not None:
-            right = max(right, 1.3 * cbar_w + legend_width_in(outside_label) + 0.1 - cbar_w)
+        for label in (outside_label, mask_label):  # room for the swatches' names
+            if label is not None:
+                right = max(right, 1.3 * cbar_w + legend_width_in(label) + 0.1 - cbar_w)
         grid_w = n_cols * side + (n_cols - 1) * gap
         panels_h = n_rows * side_h + (n_rows - 1) * row_gap
         cbar_h = side_h if rows is None else max(panels_h, _MIN_CBAR_IN)  # colorbar + legend

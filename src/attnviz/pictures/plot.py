@@ -118,6 +118,14 @@ def check_lines(result: AttentionResult) -> None:
                          f"{result.attention} attention: use --view heatmap")
 
 
+def tokens_note(result: AttentionResult, count: int | None = None) -> str:
+    """How titles count a result's tokens: "6 tokens" (``count``, default ``length``);
+    cross-attention "6 query tokens × 10 key tokens"."""
+    if result.cross:
+        return f"{plural(result.n_tokens, 'query token')} × {plural(result.n_keys, 'key token')}"
+    return plural(result.length if count is None else count, "token")
+
+
 def lines_panel(values: np.ndarray, measure: Measure = WEIGHTS) -> np.ndarray:
     """What the lines view draws for ``values`` measured by ``measure``: the weights
     themselves, or a quantity on 0..top as opacity value / top."""
@@ -204,8 +212,7 @@ def write_heatmaps(
     if view == "lines":
         check_lines(result)
     suffix = (" (key 0 excluded, rows renormalised)" if exclude_first_key else "") + measure.title
-    # cross-attention: the queries' tokens × the other text's
-    tokens = f"{n} × {plural(result.n_keys, 'token')}" if result.cross else plural(n, "token")
+    tokens = tokens_note(result)
 
     def titled(layer: int, head: int | str, auto: str) -> str:
         return title.format(layer=layer, head=head, tokens=n) if title is not None else auto
@@ -327,7 +334,7 @@ def overview_png(result: AttentionResult, dpi: int = 80) -> bytes:
     at a lower resolution when ``dpi`` would make it too large."""
     n_layers, n_heads = result.weights.shape[:2]
     windows = [result.layer_window(li) for li in range(n_layers)]
-    tokens = plural(result.n_tokens, "token")
+    tokens = tokens_note(result, result.n_tokens)
     while True:
         try:
             check_overviews(result, dpi)
