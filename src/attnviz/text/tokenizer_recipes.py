@@ -260,6 +260,7 @@ _RECIPES = {
     "BertTokenizer": _recipe_bert,
     "DistilBertTokenizer": _recipe_bert,
     "RobertaTokenizer": _recipe_roberta,
+    "BartTokenizer": _recipe_roberta,  # transformers 5: an alias of RobertaTokenizer
     "GPT2Tokenizer": _recipe_gpt2,
     "Qwen2Tokenizer": _recipe_qwen2,
     "LlamaTokenizer": _recipe_llama,
@@ -281,6 +282,7 @@ _MODEL_TYPE_CLASS = {
     "bert": "BertTokenizer",
     "distilbert": "DistilBertTokenizer",
     "roberta": "RobertaTokenizer",
+    "bart": "RobertaTokenizer",
 }
 
 
