@@ -116,9 +116,9 @@ def test_compare_heads_of_one_kind(cli, t5):
 
 
 def test_generate_equals_transformers_with_its_alignment(cli, t5, tmp_path):
-    npz, out = tmp_path / "gen.npz", tmp_path / "align"
+    npz, out, page = tmp_path / "gen.npz", tmp_path / "align", tmp_path / "gen.html"
     document = run_json(cli, "generate", PROMPT, "--weights", t5, "-n", "6", "--output", npz,
-                        "--out", out, "--layer", "1")
+                        "--out", out, "--layer", "1", "--report", page)
     tokenizer = transformers.AutoTokenizer.from_pretrained(t5)
     source = tokenizer(PROMPT)["input_ids"]
     assert [t["id"] for t in document["source"]["tokens"]] == source
@@ -137,6 +137,13 @@ def test_generate_equals_transformers_with_its_alignment(cli, t5, tmp_path):
     assert data["generated_token_ids"].tolist() == written
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "head_00.png", "head_01.png", "head_02.png", "head_03.png", "heads.png"]
+    from attnviz.display.report import read_payload
+    from attnviz.display.seq2seq_report import decode_kind
+
+    payload = read_payload(page)  # the page's cross rows are the generation's
+    assert [t["id"] for t in payload["decoder_tokens"]] == [0, *written[:-1]]
+    np.testing.assert_allclose(decode_kind(payload, "cross")[1], data["cross_rows"][0],
+                               atol=2e-5)
 
 
 def test_generate_prints_the_output_text(cli, t5):
@@ -170,8 +177,8 @@ BAD = [
      "--attention all: this command shows encoder or decoder or cross attention"),
     (["steps", SOURCE, "--weights", "{t5}", "--head", "0"],
      "steps does not follow the heads of encoder–decoder models (t5)"),
-    (["generate", SOURCE, "--weights", "{t5}", "--report", "{tmp}/r.html"],
-     "--report is not supported when an encoder–decoder generates"),
+    (["generate", SOURCE, "--weights", "{t5}", "--tokens", "0:2"],
+     "--tokens is not supported when an encoder–decoder generates"),
     (["scan", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder; this command "
      "reads decoder-only models"),
     (["attribute", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder"),

@@ -109,11 +109,12 @@ def generate(
     from attnviz.cli import seq2seq
 
     if seq2seq.is_seq2seq(model):
-        seq2seq.refuse({"--report": report_path is not None, "--tokens": tokens is not None,
-                        "--chat": config.chat}, "when an encoder–decoder generates")
+        seq2seq.refuse({"--tokens": tokens is not None, "--chat": config.chat},
+                       "when an encoder–decoder generates")
         return seq2seq.generate(model, source, max_new_tokens=max_new_tokens, sampling=sampling,
                                 ignore_eos=ignore_eos, top_k_report=top_k_report, out=out,
-                                npz_path=npz_path, picture=picture, head=head, layer=layer,
+                                npz_path=npz_path, report_path=report_path, picture=picture,
+                                head=head, layer=layer,
                                 allow_special=allow_special, config=config, output=output,
                                 fmt=fmt, quiet=quiet)
     layers = parse_layers(layer or "all", model.n_layers)

@@ -134,11 +134,12 @@ def compare_result(model, source: str, *, decoder_text, attention, layer, head, 
 
 
 def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: bool,
-             top_k_report: int, out, npz_path, picture, head, layer, allow_special, config,
-             output, fmt: str, quiet: bool) -> None:
+             top_k_report: int, out, npz_path, report_path, picture, head, layer, allow_special,
+             config, output, fmt: str, quiet: bool) -> None:
     """``generate`` with an encoder–decoder: the source encoded once, the decoder writing
     from its start token; each written token's cross-attention over the source kept (the
-    alignment picture with --out, ``cross_rows`` with --output)."""
+    alignment picture with --out, ``cross_rows`` with --output); --report: the page of the
+    three kinds over what the decoder read (its rows are the generation's, exactly)."""
     import sys
 
     from attnviz.analyses.attention import check_heads, check_ids, check_text, parse_layers
@@ -163,6 +164,13 @@ def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: b
             sys.stdout.write("\n")
             sys.stdout.flush()
     written = _generation_files(result, model, out, npz_path, picture, head)
+    if report_path is not None:
+        from attnviz.analyses.seq2seq import analyze_seq2seq_ids
+        from attnviz.display.seq2seq_report import write_seq2seq_report
+
+        write_seq2seq_report(analyze_seq2seq_ids(model, source_ids, result.decoder_ids,
+                                                 layer="all"), report_path)
+        written.append(str(report_path))
     text = continuation_text(tokenizer, result.new_ids)
     if fmt == "json":
         output.json(generation_document(result, model, head, text, written))
