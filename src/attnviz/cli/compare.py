@@ -149,7 +149,7 @@ def compare_heads(
     from attnviz.cli import seq2seq
 
     model = seq2seq.model_for(config, weights, attention, decoder_text,
-                              shown=seq2seq.KIND_FOLDERS)
+                              shown=seq2seq.KINDS)
     texts = None  # an encoder–decoder's two texts
     if model is not None and seq2seq.is_seq2seq(model):
         seq2seq.refuse({"--induction": induction, "--weighting norm": weighting == "norm",

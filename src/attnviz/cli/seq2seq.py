@@ -9,7 +9,7 @@ from pathlib import Path
 
 from attnviz.core.errors import InputError
 
-KIND_FOLDERS = ("encoder", "decoder", "cross")
+KINDS = ("encoder", "decoder", "cross")  # what one command shows one of at a time
 
 
 def is_seq2seq(model) -> bool:
@@ -128,7 +128,7 @@ def compare_result(model, source: str, *, decoder_text, attention, layer, head, 
     """The one kind ``compare-heads`` compares (``--attention`` names it; default cross,
     the alignment of the two texts)."""
     kinds = check_attention_options(model, attention or "cross", decoder_text,
-                                     shown=KIND_FOLDERS)
+                                     shown=KINDS)
     result = analyze(model, source, decoder_text, kinds, layer, head, allow_special, config)
     return result.of(kinds[0]), tokens_document(result)
 

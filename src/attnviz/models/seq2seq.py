@@ -13,6 +13,8 @@ relative positions as its ``bias``. Everything runs in float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -120,12 +122,19 @@ def _module(cls, tensors: dict[str, torch.Tensor], *args) -> nn.Module:
 
 class Memory:
     """What the decoder reads of the encoder: its output ``(1, S, d)`` and each decoder
-    layer's cross-attention keys and values, computed once (a generation's every step
-    reuses them)."""
+    layer's cross-attention keys and values, computed (and the decoder read) when first
+    needed, then kept: a generation's every step reuses them."""
 
-    def __init__(self, hidden: torch.Tensor, layers: list[Layer]):
-        self.hidden = hidden
-        self.kv = [layer.cross_attn.keys_values(hidden) for layer in layers]
+    def __init__(self, hidden: torch.Tensor, decoder_layers: Callable[[], list[Layer]]):
+        self.hidden, self._decoder_layers, self._kv = hidden, decoder_layers, None
+
+    @property
+    def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._kv is None:
+            with torch.inference_mode():
+                self._kv = [layer.cross_attn.keys_values(self.hidden)
+                            for layer in self._decoder_layers()]
+        return self._kv
 
     @property
     def length(self) -> int:
@@ -259,7 +268,7 @@ class EncoderDecoder:
             if i in wanted:
                 kept[i] = weights
         norm = self._part("encoder_final_norm")
-        return Memory(norm(x) if norm is not None else x, self.stack("decoder")), kept
+        return Memory(norm(x) if norm is not None else x, lambda: self.stack("decoder")), kept
 
     def new_cache(self, capacity: int) -> list[LayerCache]:
         """The decoder's self-attention keys and values, for ``decode`` step by step."""

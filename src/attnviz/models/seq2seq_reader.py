@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import torch
 
@@ -50,8 +51,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         source = open_source(located, _renamer(family))
     weights = Seq2SeqWeights(source, spec, names)
     weights.check(located.origin, raw, where)
-    spec = Seq2SeqSpec(**{**spec.__dict__, "dtype": stored_dtype(source, names["embed"], raw)})
-    weights.spec = spec
+    spec = weights.spec = replace(spec, dtype=stored_dtype(source, names["embed"], raw))
     notes = []
     if n_heads is not None and n_heads != spec.n_heads:
         notes.append(f"--heads {n_heads} ignored: {where.name} says {spec.n_heads} heads")

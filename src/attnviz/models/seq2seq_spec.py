@@ -22,10 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FAMILIES = ("t5", "mt5", "bart", "marian")
-KINDS = ("encoder", "decoder", "cross")  # the three kinds of attention, in this order
-
-
 @dataclass(frozen=True)
 class Seq2SeqSpec:
     family: str  # the config's model_type: t5, mt5, bart, marian
