@@ -81,29 +81,32 @@ def _spread(model, std: float) -> None:
                 param.normal_(0.0, std)
 
 
-def make_t5(folder: Path, *, flan: bool = False, seed: int = 0, layers: int = 2,
-            decoder_layers: int = 2, d_model: int = 32, heads: int = 4, buckets: int = 8,
-            max_distance: int = 20) -> Path:
+def make_t5(folder: Path, *, flan: bool = False, mt5: bool = False, seed: int = 0,
+            layers: int = 2, decoder_layers: int = 2, d_model: int = 32, heads: int = 4,
+            buckets: int = 8, max_distance: int = 20) -> Path:
     """t5-small's layout (ReLU, tied head, decoder output scaled), or with ``flan`` flan-t5's
-    (gated-GELU, an untied ``lm_head``, unscaled)."""
+    (gated-GELU, an untied ``lm_head``, unscaled); ``mt5``: the same as model_type mt5."""
     import torch
     import transformers
 
-    config = transformers.T5Config(
+    flan = flan or mt5
+    config = (transformers.MT5Config if mt5 else transformers.T5Config)(
         vocab_size=VOCAB, d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model,
         num_layers=layers, num_decoder_layers=decoder_layers, num_heads=heads,
         relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance,
         feed_forward_proj="gated-gelu" if flan else "relu", decoder_start_token_id=0,
         pad_token_id=0, eos_token_id=1, tie_word_embeddings=not flan)
     torch.manual_seed(seed)
-    model = transformers.T5ForConditionalGeneration(config)
+    model = (transformers.MT5ForConditionalGeneration if mt5 else
+             transformers.T5ForConditionalGeneration)(config)
     _spread(model, 0.5)
     if flan:  # a head of its own: transformers 5 ties it unless the file differs
         model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, d_model) * 0.5)
     model.save_pretrained(folder, safe_serialization=True)
     if flan:
         raw = json.loads((folder / "config.json").read_text())
-        del raw["scale_decoder_outputs"]  # as flan-t5's own config.json: only the tie says it
+        raw.pop("scale_decoder_outputs", None)  # as flan-t5's config.json: only the tie says it
+        raw["tie_word_embeddings"] = False
         (folder / "config.json").write_text(json.dumps(raw))
     write_unigram_tokenizer(folder, "T5Tokenizer", ["<pad>", "</s>", "<unk>"])
     return folder

@@ -14,13 +14,13 @@ from attnviz.analyses.attention import load_model
 from attnviz.analyses.seq2seq import analyze_seq2seq, generate_seq2seq
 from attnviz.core.config import ModelConfig
 
-FAMILIES = ("t5", "flan", "bart", "marian")
+FAMILIES = ("t5", "flan", "mt5", "bart", "marian")
 LONG_SOURCE = " ".join([SOURCE] * 3)  # past T5's max_distance: its logarithmic buckets
 
 
 def _make(kind: str, folder):
-    if kind in ("t5", "flan"):
-        return make_t5(folder, flan=kind == "flan")
+    if kind in ("t5", "flan", "mt5"):
+        return make_t5(folder, flan=kind == "flan", mt5=kind == "mt5")
     return make_bart(folder, marian=kind == "marian")
 
 

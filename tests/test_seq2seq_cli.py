@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import make_hf_checkpoint
+from helpers import make_encoder_checkpoint, make_hf_checkpoint
 from hub_server import HubServer, Repo
 from seq2seq_checkpoints import SOURCE, TARGET, make_bart, make_t5
 
@@ -34,6 +34,11 @@ def bart(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     return make_hf_checkpoint(tmp_path_factory.mktemp("gpt2"), n_layer=1, n_head=2, n_embd=16)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return make_encoder_checkpoint(tmp_path_factory.mktemp("bert"), "bert", n_layers=1)
 
 
 def reference(folder, source: list[int], target: list[int]):
@@ -156,6 +161,10 @@ def test_generate_prints_the_output_text(cli, t5):
 BAD = [
     (["heatmap", SOURCE, "--weights", "{gpt2}", "--decoder-text", "x"],
      "--decoder-text needs an encoder–decoder model"),
+    (["heatmap", SOURCE, "--weights", "{bert}", "--decoder-text", "x"],
+     "--decoder-text needs an encoder–decoder model (t5, bart, marian): bert is an encoder"),
+    (["export", SOURCE, "--weights", "{bert}", "-o", "{tmp}/x.npz", "--attention", "cross"],
+     "--attention cross: bert is an encoder (bidirectional, no decoder); it has no cross"),
     (["heatmap", SOURCE, "--weights", "{gpt2}", "--attention", "cross"],
      "--attention cross: gpt2 is decoder-only; it has no cross attention"),
     (["export", SOURCE, "-o", "{tmp}/x.npz", "--attention", "encoder"],
@@ -190,8 +199,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a[:1] + a[3:5]) for a, _ in BAD])
-def test_bad_input_is_one_error_line(cli, t5, bart, gpt2, tmp_path, args, message):
-    args = [a.format(t5=t5, bart=bart, gpt2=gpt2, tmp=tmp_path) for a in args]
+def test_bad_input_is_one_error_line(cli, t5, bart, gpt2, bert, tmp_path, args, message):
+    args = [a.format(t5=t5, bart=bart, gpt2=gpt2, bert=bert, tmp=tmp_path) for a in args]
     result = cli(*args)
     assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()

@@ -79,8 +79,10 @@ def _t5(raw: dict, where):
     d = field(raw, "d_model", where)
     layers = field(raw, "num_layers", where)
     # The decoder's output scaled before the head: what transformers 5 saves, else what
-    # older configs imply (T5 v1.1 and flan-t5 say tie_word_embeddings false: unscaled)
-    scaled = raw.get("scale_decoder_outputs", raw.get("tie_word_embeddings", True) is not False)
+    # older configs imply (T5 v1.1 and flan-t5 say tie_word_embeddings false: unscaled);
+    # transformers' mT5 never scales it
+    scaled = raw["model_type"] == "t5" and raw.get(
+        "scale_decoder_outputs", raw.get("tie_word_embeddings", True) is not False)
     spec = Seq2SeqSpec(
         family=raw["model_type"], n_layers=layers,
         n_decoder_layers=field(raw, "num_decoder_layers", where, default=layers),
