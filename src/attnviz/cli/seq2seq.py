@@ -192,7 +192,8 @@ def alignment(result, model):
     return kind_result("cross", result.cross, result.layers,
                        (result.new_ids, tokenizer.token_bytes(result.new_ids)),
                        (result.source_ids, tokenizer.token_bytes(result.source_ids)),
-                       {**result.config, "attention": "cross"}, model.attn_scale(0), special)
+                       {**result.config, "attention": "cross", "generated": True},
+                       model.attn_scale(0), special)
 
 
 def generation_document(result, model, heads, text: str, written: list[str]) -> dict:

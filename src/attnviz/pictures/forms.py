@@ -26,6 +26,7 @@ from attnviz.pictures.heatmap import PanelRows, pair_rows
 
 CROSS_AXES = ("query token (row)", "key token of the other text (column)")
 SEQ2SEQ_AXES = ("decoder token (row)", "source token (column)")  # an encoder–decoder's cross
+WRITTEN_AXES = ("token written (row)", "source token (column)")  # ... while it generates
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,10 @@ class Form:
     @classmethod
     def of(cls, result: AttentionResult, exclude_first_key: bool = False) -> Form:
         if result.cross:
-            seq2seq = result.config.get("architecture") == "encoder-decoder"
-            rows = PanelRows(result.token_labels,
-                             axis_labels=SEQ2SEQ_AXES if seq2seq else CROSS_AXES)
+            axes = CROSS_AXES
+            if result.config.get("architecture") == "encoder-decoder":
+                axes = WRITTEN_AXES if result.config.get("generated") else SEQ2SEQ_AXES
+            rows = PanelRows(result.token_labels, axis_labels=axes)
         else:
             rows = pair_rows(result.token_labels, result.pair_boundary)
         return cls(result.causal, exclude_first_key, result.key_labels, rows,
