@@ -112,3 +112,12 @@ def test_the_switch_in_a_browser(result, tmp_path):
         assert "masked" in page.eval_on_selector("#hover-readout", "e => e.textContent")
         browser.close()
     assert errors == [] and all(url.startswith("file:") for url in requests)
+
+
+def test_a_notebook_shows_the_page_with_the_switch(result):
+    import attnviz  # noqa: F401 - fills the display registry
+
+    found, _ = result
+    bundle = found._repr_mimebundle_()
+    assert bundle["image/png"] and "kind-switch" in bundle["text/html"]  # an iframe's srcdoc
+    assert "encoder, decoder, cross" in bundle["text/plain"]

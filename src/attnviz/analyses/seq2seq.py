@@ -31,6 +31,7 @@ from attnviz.analyses.attention import (
 )
 from attnviz.analyses.generation import Sampling, choose
 from attnviz.core.errors import InputError
+from attnviz.core.views import Displayable
 
 KINDS = ("encoder", "decoder", "cross")
 CHOICES = (*KINDS, "all")
@@ -113,9 +114,11 @@ def check_length(model, ids: list[int], what: str, resolution: int | None = None
 
 
 @dataclass(repr=False)
-class Seq2SeqResult:
+class Seq2SeqResult(Displayable):
     """The attention of one source and one target: an ``AttentionResult`` per kind asked
-    for (None for the others); ``source_ids``, ``target_ids`` (what the decoder read)."""
+    for (None for the others); ``source_ids``, ``target_ids`` (what the decoder read).
+    Shown in a notebook as the page with the switch between the kinds
+    (``attnviz.display.notebook``)."""
 
     source_ids: list[int]
     target_ids: list[int]
