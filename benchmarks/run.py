@@ -445,6 +445,15 @@ def bench_longcontext(smoke: bool, tmp: Path) -> list[dict]:
     return bench(smoke, 1, tmp)
 
 
+def bench_needle(smoke: bool, tmp: Path) -> list[dict]:
+    """The needle rows (benchmarks/needle_bench.py: SmolLM2's passkey at 4,000 tokens, 11
+    depths, against a Retrieval_Head-style transformers script; the RSS of a test at 8,000),
+    one run each, imported only when they run."""
+    from needle_bench import bench_needle as bench
+
+    return bench(smoke, 1, tmp)
+
+
 def bench_encoders(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
     """The encoders' row (benchmarks/encoders_bench.py: a BERT-base-shaped checkpoint, built
     once at full size, at its whole context of 512 tokens), imported only when it runs."""
@@ -460,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models, gguf, longcontext, encoders (not with "
+                        "report, scan, models, gguf, longcontext, needle, encoders (not with "
                         "--write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
@@ -478,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": lambda tmp: bench_models(args.smoke, repeat, tmp),
         "gguf": lambda tmp: bench_gguf(args.smoke, repeat, tmp),
         "longcontext": lambda tmp: bench_longcontext(args.smoke, tmp),
+        "needle": lambda tmp: bench_needle(args.smoke, tmp),
         "encoders": lambda tmp: bench_encoders(args.smoke, repeat, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)

@@ -285,7 +285,9 @@ def test_overview_has_token_labels_when_they_fit():
     assert texts.count("t3") == 1 + 4  # left of the one row, below each of the 4 columns
     long = heads_overview(exact_heads(300), "t", token_labels=labels(300))
     shown = {t.get_text() for t in long.ax.texts if t.get_text().startswith("t")}
-    assert "t0" in shown and 3 <= len(shown) < 60
+    assert not shown  # a label every k-th token would tell little (#36) ...
+    numbers = [int(t.get_text()) for t in long.ax.texts if t.get_text().isdigit()]
+    assert 0 in numbers and 3 <= len(set(numbers)) < 60  # ... position numbers instead
 
 
 # --- 5. the file is what its name says ---------------------------------------------------
@@ -297,7 +299,7 @@ MAGIC = {"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF", "jpg": b"\xff\xd8\x
                                          (".jpg", "jpg"), (".JPEG", "jpg")])
 def test_plot_writes_the_format_its_name_says(cli, tmp_path, suffix, fmt):
     pair, sim = tmp_path / f"pair{suffix}", tmp_path / f"sim{suffix}"
-    result = cli("compare-heads", SHORT_TEXT, *small_options(), "--plot", pair,
+    result = cli("compare-heads", SHORT_TEXT, *small_options(), "-o", pair,
                  "--similarity-plot", sim, "--format", "json")
     assert result.exit_code == 0, result.stderr
     for path in (pair, sim):
@@ -308,7 +310,7 @@ def test_plot_writes_the_format_its_name_says(cli, tmp_path, suffix, fmt):
 
 @pytest.mark.parametrize("name", ["pair.gif", "pair.txt", "pair.png.bak"])
 def test_unknown_image_suffixes_are_refused_before_any_work(cli, tmp_path, name):
-    result = cli("compare-heads", SHORT_TEXT, *small_options(), "--plot", tmp_path / name)
+    result = cli("compare-heads", SHORT_TEXT, *small_options(), "-o", tmp_path / name)
     assert result.exit_code == 2
     assert result.stderr.startswith("Error:") and "cannot write" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -478,7 +480,7 @@ def test_log_scale_colours_and_ticks():
     shown = colours.normalized(norm, np.ma.masked_array([0.0, 1e-6, 1e-4], mask=[False, False, False]))
     assert not np.ma.getmaskarray(shown).any() and np.allclose(shown, 0.0)  # zero is not masked
     figure = heatmap.HeatmapFigure(labels(5), scale="log")
-    cbar = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight"][0]
+    cbar = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight (log scale)"][0]
     ticks = [t.get_text() for t in cbar.get_yticklabels()]
     assert ticks == ["≤0.0001", "0.001", "0.01", "0.1", "1"]
     w = np.tril(np.full((5, 5), 0.01, dtype=np.float32))

@@ -120,7 +120,7 @@ def test_side_by_side_panels_share_one_colorbar():
     figure = heatmap.HeatmapFigure(labels(7), n_panels=3)
     figure.render(list(w), ["a", "b", "c"])
     assert [t.get_text() for t in figure.titles] == ["a", "b", "c"]
-    colorbars = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight"]
+    colorbars = [ax for ax in figure.fig.axes if ax.get_ylabel() == "attention weight (√ scale)"]
     assert len(colorbars) == 1
     assert len(figure.col_labels) == 3 and len(figure.row_labels) == 7  # rows only on the first
 
@@ -180,7 +180,8 @@ def test_a_measure_other_than_weights_gets_its_own_scale_and_label(scale, first,
     w = causal_random(6)[0] * 5.0
     figure = heatmap.HeatmapFigure(labels(6), scale=scale, measure=measure, annotate=True)
     figure.render([w], ["t"])
-    bar = [ax for ax in figure.fig.axes if ax.get_ylabel() == measure.label]
+    named = f"‖α·f(x)‖ (value-weighted, {colours.SCALE_NAMES[scale]})"  # the scale named (#36)
+    bar = [ax for ax in figure.fig.axes if ax.get_ylabel() == named]
     assert len(bar) == 1
     ticks = [t.get_text() for t in bar[0].get_yticklabels()]
     assert ticks[0] == first and ticks[-1] == last
@@ -193,7 +194,8 @@ def test_a_measure_other_than_weights_gets_its_own_scale_and_label(scale, first,
     printed = [t.get_text() for t in figure.cell_texts[0] if t.get_text()]
     assert printed[0] == f"{w[0, 0]:.2f}" and measure.decimals == 2
     grid = grid_figure(np.stack([w, w])[None], "g", measure=measure)
-    assert any(ax.get_ylabel() == measure.label for ax in grid.fig.axes)
+    assert any(ax.get_ylabel().startswith(measure.label[:-1]) and "√ scale" in ax.get_ylabel()
+               for ax in grid.fig.axes)  # the grid's shorter bar: on two lines
 
 
 def test_scaled_ticks_are_round_and_reach_the_top():

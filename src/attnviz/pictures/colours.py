@@ -135,30 +135,95 @@ def weight_colormap(cmap: str) -> tuple[Colormap, str]:
     return check_cmap(cmap).with_extremes(bad=color), color
 
 
+SCALE_NAMES = {"sqrt": "√ scale", "linear": "linear scale", "log": "log scale"}
+SYMMETRIC = "linear, symmetric about 0"  # the diverging maps of signed values
+CBAR_LABEL_PT, CBAR_TICK_PT = 9.0, 8.0  # points: a colour bar's name and its ticks
+
+
+def scale_of(norm: Normalize) -> str:
+    """The name of ``norm``'s scale in ``SCALES`` (a PowerNorm of any other exponent, or a
+    plain Normalize, is linear only when it is one)."""
+    if isinstance(norm, LogNorm):
+        return "log"
+    if isinstance(norm, PowerNorm):
+        return "sqrt" if norm.gamma == 0.5 else "linear"
+    return "linear"
+
+
+def scale_label(label: str, scale: str, bar_in: float | None = None,
+                font: float = CBAR_LABEL_PT) -> str:
+    """``label`` naming its colour scale (one of ``SCALES``, or a name such as
+    ``SYMMETRIC``): "attention weight (√ scale)"; on two lines when a bar ``bar_in``
+    inches long would not hold it on one at ``font`` points."""
+    name = SCALE_NAMES.get(scale, scale)
+    # "‖α·f(x)‖ (value-weighted)" -> "‖α·f(x)‖ (value-weighted, √ scale)"
+    one_line = f"{label[:-1]}, {name})" if label.endswith(")") else f"{label} ({name})"
+    if bar_in is not None:
+        from attnviz.pictures.fonts import text_width_in
+
+        if text_width_in([one_line], font) > bar_in:
+            return f"{label}\n{name}"
+    return one_line
+
+
 def colorbar(fig: Figure, cax, norm: Normalize, colormap: Colormap, label: str = "attention weight"):
     """A colorbar for weights in 0..1 (or 0..``norm.vmax``), with ticks where the eye
-    needs them on each scale."""
+    needs them on each scale, no two so close that their labels touch, and the scale
+    named after ``label``."""
     from matplotlib.cm import ScalarMappable
 
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=colormap), cax=cax)
     top = float(norm.vmax)
+    bar_in = cax.get_position().height * fig.get_figheight()
     if isinstance(norm, LogNorm):
         ticks = [LOG_FLOOR * top, 1e-3 * top, 1e-2 * top, 0.1 * top, top]
         labels = ["≤" + _tick(ticks[0])] + [_tick(t) for t in ticks[1:]]
         if top == 1.0:
             labels = [f"≤{LOG_FLOOR:g}", "0.001", "0.01", "0.1", "1"]
-        cbar.set_ticks(ticks, labels=labels)
-        cbar.minorticks_off()
     elif isinstance(norm, PowerNorm):
-        if top == 1.0:
-            cbar.set_ticks([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1])
-        else:
-            bar_in = cax.get_position().height * fig.get_figheight()
-            ticks = scaled_ticks(top, short=bar_in < 2.0)
-            cbar.set_ticks(ticks, labels=[_tick(t) for t in ticks])
-    cbar.set_label(label, fontsize=9)
-    cbar.ax.tick_params(labelsize=8)
+        ticks = ([0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1] if top == 1.0
+                 else scaled_ticks(top, short=bar_in < 2.0))
+        labels = [f"{t:.2f}" for t in ticks] if top == 1.0 else [_tick(t) for t in ticks]
+    else:
+        ticks = [float(t) for t in cbar.get_ticks() if norm.vmin <= t <= top]
+        labels = [f"{t:.1f}" for t in ticks] if top == 1.0 else [_tick(t) for t in ticks]
+    kept = spaced_ticks(ticks, norm, bar_in, CBAR_TICK_PT)
+    cbar.set_ticks([ticks[k] for k in kept], labels=[labels[k] for k in kept])
+    cbar.minorticks_off()
+    cbar.set_label(scale_label(label, scale_of(norm), bar_in), fontsize=CBAR_LABEL_PT)
+    cbar.ax.tick_params(labelsize=CBAR_TICK_PT)
     return cbar
+
+
+def named_colorbar(fig: Figure, mappable, label: str, scale: str = "linear",
+                   label_pt: float = CBAR_LABEL_PT, tick_pt: float = CBAR_TICK_PT, **where):
+    """``fig.colorbar(mappable, **where)`` (``cax=`` or ``ax=``) of a quantity other than the
+    weights (scores, logits, divergences), named ``label`` with its scale: ``scale`` is one
+    of ``SCALES`` or "symmetric" (a diverging map centred on 0, ``SYMMETRIC``)."""
+    cbar = fig.colorbar(mappable, **where)
+    name = SYMMETRIC if scale == "symmetric" else SCALE_NAMES[scale]
+    horizontal = cbar.orientation == "horizontal"
+    box = cbar.ax.get_position()
+    # a vertical name fits the bar; a horizontal one may run past its ends, not the figure's
+    bar_in = fig.get_figwidth() - 0.2 if horizontal else box.height * fig.get_figheight()
+    cbar.set_label(scale_label(label, name, bar_in, label_pt), fontsize=label_pt)
+    cbar.ax.tick_params(labelsize=tick_pt)
+    return cbar
+
+
+def spaced_ticks(ticks: list[float], norm: Normalize, bar_in: float, font: float) -> list[int]:
+    """The indices of ``ticks`` to keep on a bar ``bar_in`` inches long so that no two
+    labels of ``font`` points are closer than 1.75 lines: both ends always, and from the top
+    down every tick far enough from the last kept and from the bottom."""
+    if len(ticks) <= 2:
+        return list(range(len(ticks)))
+    gap = font * 1.75 / 72 / max(bar_in, 1e-6)  # in fractions of the bar
+    where = [float(normalized(norm, np.ma.masked_array([t]))[0]) for t in ticks]
+    kept = [len(ticks) - 1]
+    for k in range(len(ticks) - 2, 0, -1):
+        if where[kept[-1]] - where[k] >= gap and where[k] - where[0] >= gap:
+            kept.append(k)
+    return sorted([0, *kept])
 
 
 def scaled_ticks(top: float, short: bool = False) -> list[float]:

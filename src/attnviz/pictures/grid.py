@@ -54,6 +54,9 @@ from attnviz.pictures.images import check_image_size, encode_raster, new_figure,
 _GROUP_BREAK_IN = 0.25  # extra room between two kv groups side by side in a grid
 _GROUP_LABEL_IN = 0.2  # room for a kv group's shared label above its tiles' titles
 _GROUP_ROW_MAX = 8  # at most this many heads of whole kv groups on one row of the overview
+LABEL_FONT = 8.0  # points: the tiles' token labels, or their position numbers ...
+MIN_LABEL_FONT = 7.0  # ... or as small as this, when that gives every token its label
+_LABEL_PITCH = 1.05  # a token label per cell when the cells are this many lines apart
 
 
 @dataclass
@@ -341,11 +344,8 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     row_gap_in = 0.25 if tile_titles else gap_in  # room for the titles of the next row
     if groups:
         row_gap_in += _GROUP_LABEL_IN  # and for the kv groups' labels above them
-    label_font = 6.0
     pitch = tile_in * 72 / n  # points per cell
-    stride = block_stride(max(1, math.ceil(label_font * 1.25 / pitch)), block)
-    ticks = list(range(0, n, stride)) if token_labels and n / stride >= 2 else []
-    tick_labels = [fonts.label(token_labels[i])[:8] for i in ticks]
+    ticks, tick_labels, label_font = axis_labels(token_labels, n, pitch, block, fonts)
     label_in = text_width_in(tick_labels, label_font) + 0.08 if ticks else 0.0
     names_in = text_width_in(list(row_names), 8) + 0.15 if row_names else 0.0
     left = 0.25 + names_in + label_in
@@ -371,10 +371,10 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     n_rows = len(rows_of_tiles.labels)
     tile_h_in = tile_in * min(1.0, max(n_rows / n, _TILE_MIN_RATIO))
     tile_h = math.floor(tile_h_in * dpi)
-    row_stride = max(1, math.ceil(label_font * 1.25 / (tile_h_in * 72 / n_rows)))
-    row_ticks = (list(range(0, n_rows, row_stride))
-                 if row_stride == 1 or n_rows / row_stride >= 2 else [])
-    row_tick_labels = [fonts.label(rows_of_tiles.labels[i])[:8] for i in row_ticks]
+    # a row's number: the column of its own token (row r is the query at column r + offset)
+    row_ticks, row_tick_labels, row_font = axis_labels(
+        rows_of_tiles.labels, n_rows, tile_h_in * 72 / n_rows, 1, fonts, first=rows_of_tiles.offset + 1)
+    label_font = min(label_font, row_font)
     row_label_in = text_width_in(row_tick_labels, label_font) + 0.08 if row_ticks else 0.0
     left = 0.25 + names_in + row_label_in
     line = len(BOUNDARY_LINE) if rows_of_tiles.marked_from is not None else 0
@@ -390,6 +390,31 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                       left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
                       n_rows, tile_h, row_ticks, row_tick_labels, row_label_in, cbar_h)
+
+
+def axis_labels(labels: Sequence[str], n: int, pitch: float, block: int, fonts: Fonts,
+                first: int = 0) -> tuple[list[int], list[str], float]:
+    """The ticks along a tile side of ``n`` cells ``pitch`` points apart, their texts and
+    font size: every token's label when each cell has room for one (at LABEL_FONT, down to
+    MIN_LABEL_FONT); else position
+    numbers (cell ``i`` is position ``first + i``) at a round step (1, 2, 5, 10, ...) —
+    a label every k-th token tells nothing about the tokens between. A pooled map
+    (``block`` > 1) is labelled with its own labels, its blocks' first positions, at round
+    steps. No labels when fewer than two would fit."""
+    if not labels:
+        return [], [], LABEL_FONT
+    if block == 1 and pitch >= MIN_LABEL_FONT * _LABEL_PITCH:
+        return (list(range(n)), [fonts.label(label) for label in labels[:n]],
+                min(LABEL_FONT, pitch / _LABEL_PITCH))
+    wanted = max(1, math.ceil(LABEL_FONT * 1.3 / pitch))
+    stride = block_stride(wanted, block) if block > 1 else next(
+        m * 10**k for k in range(10) for m in (1, 2, 5) if m * 10**k >= wanted)
+    if n / stride < 2:
+        return [], [], LABEL_FONT
+    ticks = list(range(0, n, stride))
+    if block > 1:
+        return ticks, [fonts.label(labels[i]) for i in ticks], LABEL_FONT
+    return ticks, [str(first + i) for i in ticks], LABEL_FONT
 
 
 def _overview_shape(n_heads: int) -> tuple[int, int]:

@@ -60,7 +60,7 @@ from attnviz.pictures.images import encode_png, encode_raster, new_figure, vecto
 
 ANNOTATE_MAX_TOKENS = 30  # --annotate: beyond this the numbers cannot be 8 pt in a sane figure
 _MIN_SIDE, _MAX_SIDE = 3.0, 11.0  # inches of heatmap per panel
-_MIN_FONT, _MAX_FONT = 6.0, 10.0  # points
+_MIN_FONT, _MAX_FONT = 7.0, 10.0  # points: token labels never smaller (a stride instead)
 _ANNOTATE_TOKENS = 12  # print the weights in the cells up to this many tokens by default
 _ANNOTATE_CELL_IN = 0.4  # a cell with a printed weight: room for "0.25" at 8 pt and more
 _MIN_CELL_FONT = 8.0  # points: printed weights are never smaller

@@ -12,6 +12,7 @@ import numpy as np
 from attnviz.analyses.scan_series import CheckpointScan, same_shape, scores, summary, top_heads_over_series
 from attnviz.files.fileio import write_bytes
 from attnviz.files.outdir import OutputFolder
+from attnviz.pictures.colours import named_colorbar
 from attnviz.pictures.scan import SCAN_MAPS, TITLES, figure_png
 
 MAX_PANELS_A_ROW = 6
@@ -66,17 +67,17 @@ def small_multiples(series: Sequence[CheckpointScan], detector: str, dpi: int = 
         ax.set_title(label(series[i]), fontsize=8)
         step_l = max(1, n_layers // 6)
         ax.set_yticks(range(0, n_layers, step_l),
-                      [str(layers[j]) for j in range(0, n_layers, step_l)], fontsize=6)
+                      [str(layers[j]) for j in range(0, n_layers, step_l)], fontsize=7)
         step_h = max(1, n_heads // 6)
         ax.set_xticks(range(0, n_heads, step_h), [str(h) for h in range(0, n_heads, step_h)],
-                      fontsize=6)
+                      fontsize=7)
         if i % cols == 0:
             ax.set_ylabel("layer", fontsize=7)
         if i // cols == rows - 1:
             ax.set_xlabel("head", fontsize=7)
     fig.suptitle(f"{TITLES[detector]}, every head at each checkpoint", fontsize=10)
-    fig.colorbar(image, ax=list(axes.flat), shrink=0.8, fraction=0.03).set_label(
-        "mean score over prompts" if detector != "induction_probe" else "score", fontsize=8)
+    named_colorbar(fig, image, "mean score over prompts" if detector != "induction_probe"
+                   else "score", label_pt=8, ax=list(axes.flat), shrink=0.8, fraction=0.03)
     return fig
 
 
@@ -103,7 +104,7 @@ def lines(series: Sequence[CheckpointScan], detector: str, dpi: int = 100):
         ax.plot(x, [f["best"]["score"] for f in found], marker="o")
         for xi, f in zip(x, found):
             ax.annotate(f"L{f['best']['layer']} H{f['best']['head']}", (xi, f["best"]["score"]),
-                        fontsize=6, xytext=(0, 4), textcoords="offset points", ha="center")
+                        fontsize=7, xytext=(0, 4), textcoords="offset points", ha="center")
         ax.set_ylabel("best head's score", fontsize=8)
         ax.set_ylim(-0.02, 1.1)
         ax.set_title(f"{TITLES[detector]}: models of different shapes, compared by summaries",

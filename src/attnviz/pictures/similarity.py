@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from attnviz.files.fileio import write_bytes
-from attnviz.pictures.colours import check_cmap
+from attnviz.pictures.colours import check_cmap, named_colorbar
 from attnviz.pictures.fonts import Fonts
 from attnviz.pictures.images import check_image_size, figure_bytes, new_figure
 
@@ -78,7 +78,6 @@ def save_similarity(path: Path, js: np.ndarray, title: str, dpi: int = 100,
         cbar_h = min(side, height - 1.2)
         cax = fig.add_axes(((width - 0.75) / width, (height - 0.5 - cbar_h) / height, 0.15 / width,
                             cbar_h / height))
-        cbar = fig.colorbar(image, cax=cax)
-        cbar.set_label("Jensen-Shannon divergence (bits)", fontsize=8)
+        named_colorbar(fig, image, "Jensen-Shannon divergence (bits)", label_pt=8, cax=cax)
         write_bytes(path, figure_bytes(fig, canvas, fmt))
     return path

@@ -42,6 +42,7 @@ _GAP, _MARGIN = 0.3, 0.2
 _TITLE_FONT = 9.5  # points
 _MASK_MIN_DISTANCE = 25.0  # CIELAB distance from every colour of the map, as colours.mask_color
 _CBAR_W, _CBAR_PAD, _CBAR_TICKS = 0.11, 0.07, 0.45
+_CBAR_NAME = 0.2  # the bar's name beside its ticks, on one or two lines of 8 pt
 
 
 @dataclass
@@ -199,7 +200,7 @@ def steps_figure(
 
     side = min(max(n * 0.34, _MIN_SIDE), _MAX_SIDE)  # a T x T panel, inches
     cell_pt = side / n * 72  # the height of one token row, in points
-    font = min(max(cell_pt / 1.3, 6.0), 9.0)
+    font = min(max(cell_pt / 1.3, 7.0), 9.0)  # never under 7 pt: a stride instead
     stride = max(1, math.ceil(font * 1.2 / cell_pt))
     ticks = list(range(0, n, stride))
     key_ticks = list(range(0, len(keys), max(1, math.ceil(font * 1.2 / (side / len(keys) * 72)))))
@@ -220,7 +221,8 @@ def steps_figure(
     slots = []
     for i, panel in enumerate(panels):
         w = side if panel.square else dim_w
-        ticks_w = _CBAR_TICKS + (0.2 if isinstance(scales[panel.scale].norm, LogNorm) else 0.0)
+        ticks_w = (_CBAR_TICKS + _CBAR_NAME
+                   + (0.2 if isinstance(scales[panel.scale].norm, LogNorm) else 0.0))
         right = (_CBAR_PAD + _CBAR_W + ticks_w if has_bar(i) else 0.0) + _GAP
         slots.append([(label_w if named(i) else 0.0) + _YLABEL_W, w, right])
     overhang = [max(0.0, (_title_width(p.title) - slots[i][1]) / 2) for i, p in enumerate(panels)]
@@ -300,12 +302,14 @@ def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels:
 
 
 def _colorbar(fig: Figure, cax, colour: ColourScale) -> None:
+    """The bar of one colour scale, naming it: the weights' (√, linear or log) as in
+    ``heatmap``, the signed values' linear and symmetric about 0."""
     if colour.weights:
-        bar = colours.colorbar(fig, cax, colour.norm, colour.colormap)
-        bar.set_label(colour.label, fontsize=8)
+        bar = colours.colorbar(fig, cax, colour.norm, colour.colormap, colour.label)
+        bar.ax.yaxis.label.set_fontsize(8)
     else:
-        bar = fig.colorbar(colour.image, cax=cax)
-        bar.ax.tick_params(labelsize=7)
+        colours.named_colorbar(fig, colour.image, colour.label, "symmetric", label_pt=8,
+                               tick_pt=7, cax=cax)
 
 
 def _title_width(title: str) -> float:

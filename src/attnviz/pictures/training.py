@@ -24,7 +24,7 @@ from attnviz.files.fileio import atomic_write, write_bytes
 from attnviz.pictures.scan import figure_png
 
 FRAME_MS, LAST_FRAME_MS = 300, 2500
-MAX_TICK_LABELS = 40  # tokens; past this the axes carry every 16th position instead
+LABEL_FONT = 8.0  # points: the heads' token labels, or their position numbers
 
 
 def check_film_format(fmt: str) -> str:
@@ -44,7 +44,8 @@ def _figure(width: float, height: float, dpi: int):
 
 
 def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],
-                dpi: int = 100, context: int | None = None, caption: str = ""):
+                dpi: int = 100, context: int | None = None, caption: str = "",
+                scale: str = "sqrt"):
     """One RGB image (``(h, w, 3)`` uint8) per snapshot: the circuit's two heads side by
     side on the probe (the layer-0 previous-token head and the induction head, chosen at
     the end of the run, ``circuit.circuit_heads``), and under them the loss, the
@@ -52,11 +53,10 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
     (dashed: periods the training never used) up to that step, with the snapshots where
     the circuit forms shaded once they are reached. ``context``: the model's (which
     periods were held out; default twice the longest probed period); ``caption``: what the
-    probe is, under the step. One figure is drawn once and its images updated, so every
-    frame has the same layout."""
-    from matplotlib.colors import Normalize
-
-    from attnviz.pictures.colours import weight_colormap
+    probe is, under the step; ``scale``: the weights' colour scale, √ as in every other
+    picture. One figure is drawn once and its images updated, so every frame has the same
+    layout."""
+    from attnviz.pictures.colours import colorbar, make_norm, weight_colormap
 
     heads = circuit.circuit_heads(records[-1])
     (l0, h0), (l1, h1) = heads["previous_token"], heads["induction"]
@@ -64,15 +64,12 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
     context = context or 2 * max((int(p) for p in periods), default=0)
     held_out = {str(p) for p in circuit.held_out_periods(context)}
     n = frames[0].shape[-1]
-    fig = _figure(10.5, 8.0, dpi)
+    fig = _figure(11.5, 9.2, dpi)  # heads large enough for 8 pt labels of the 30-token probe
     grid = fig.add_gridspec(2, 3, height_ratios=[4.4, 2.2], width_ratios=[1, 1, 0.05],
                             left=0.09, right=0.9, top=0.87, bottom=0.14, hspace=0.32, wspace=0.3)
     colormap, _ = weight_colormap("viridis")
-    norm = Normalize(0.0, 1.0)
+    norm = make_norm(scale)
     future = ~np.tri(n, dtype=bool)  # (T, T): the keys after each query
-    show_labels = n <= MAX_TICK_LABELS
-    ticks = range(n) if show_labels else range(0, n, 16)
-    names = [labels[i] for i in ticks] if show_labels else [str(i) for i in ticks]
     images, titles = [], []
     for column, (layer, head) in enumerate(((l0, h0), (l1, h1))):
         ax = fig.add_subplot(grid[0, column])
@@ -80,14 +77,16 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
                           norm=norm, interpolation="nearest")
         images.append((image, layer, head))
         titles.append(ax.set_title("", fontsize=9))
-        ax.set_xticks(ticks, names, rotation=90 if show_labels else 0,
-                      fontsize=6 if show_labels else 7)
-        ax.set_yticks(ticks, names, fontsize=6 if show_labels else 7)
+        if column == 0:  # the panel's size once its aspect is applied: the cells' pitch
+            ax.apply_aspect()
+            ticks, names, show_labels = film_ticks(labels, ax.get_position().height * 9.2 * 72 / n)
+        ax.set_xticks(ticks, names, rotation=90 if show_labels else 0, fontsize=LABEL_FONT)
+        ax.set_yticks(ticks, names, fontsize=LABEL_FONT)
         ax.tick_params(length=0)
         ax.set_xlabel("key (attended to)", fontsize=8)
         if column == 0:
             ax.set_ylabel("query (attending)", fontsize=8)
-    fig.colorbar(images[0][0], cax=fig.add_subplot(grid[0, 2]), label="attention weight")
+    colorbar(fig, fig.add_subplot(grid[0, 2]), norm, colormap)
 
     curve = fig.add_subplot(grid[1, :2])
     steps = [r["step"] for r in records]
@@ -147,6 +146,18 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
                          + (f"\n{caption}" if caption else ""))
         fig.canvas.draw()
         yield np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def film_ticks(labels: Sequence[str], pitch: float) -> tuple[list[int], list[str], bool]:
+    """(positions, their labels, whether they are tokens) along a film panel whose cells
+    are ``pitch`` points apart: every token's label when LABEL_FONT fits a cell, else
+    position numbers at a round step (1, 2, 5, 10, ...) whose labels do not touch."""
+    n = len(labels)
+    if pitch >= LABEL_FONT * 1.1:
+        return list(range(n)), list(labels), True
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10**9)
+                if s * pitch >= LABEL_FONT * 0.6 * len(str(n)) + LABEL_FONT * 0.8)
+    return list(range(0, n, step)), [str(i) for i in range(0, n, step)], False
 
 
 def write_film(frames: Sequence[np.ndarray], labels: list[str], records: Sequence[dict],

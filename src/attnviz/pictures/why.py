@@ -14,11 +14,11 @@ import numpy as np
 
 from attnviz.files.fileio import write_bytes
 from attnviz.pictures.attribution import DIVERGING
-from attnviz.pictures.colours import check_cmap
+from attnviz.pictures.colours import check_cmap, named_colorbar
 from attnviz.pictures.fonts import Fonts, text_width_in
 from attnviz.pictures.images import check_image_size, figure_bytes, new_figure
 
-SCALE_LABEL = "contribution to the score (linear, symmetric about 0)"
+SCALE_LABEL = "contribution to the score"  # on a linear scale symmetric about 0
 _LAYER = re.compile(r"(?:L|mlp|bias\.out)(\d+)")
 _NAMED = 48  # up to this many components, every one is named on the axes
 
@@ -60,9 +60,7 @@ def _separators(ax, names: Sequence[str], rows: bool = True, columns: bool = Tru
 
 
 def _colorbar(fig, image, cax, label: str) -> None:
-    cbar = fig.colorbar(image, cax=cax)
-    cbar.ax.tick_params(labelsize=7)
-    cbar.set_label(label, fontsize=8)
+    named_colorbar(fig, image, label, "symmetric", label_pt=8, tick_pt=7, cax=cax)
 
 
 def matrix_bytes(matrix: np.ndarray, names: Sequence[str], title: str, dpi: int = 100,
@@ -143,12 +141,13 @@ def keys_bytes(totals: np.ndarray, names: Sequence[str], key_labels: Sequence[st
         fig.text(0.5, 1 - 0.2 / height, title, fontsize=10, ha="center", va="top")
         cax = fig.add_axes(((left + k * cell_w + 0.25) / width, bottom / height, 0.15 / width,
                             n * cell_h / height))
-        _colorbar(fig, image, cax, "key-side total (linear, symmetric about 0)")
+        _colorbar(fig, image, cax, "key-side total")
         wax = fig.add_axes(((left + k * cell_w + 0.25) / width,
                             (bottom + n * cell_h + 0.12) / height, 0.15 / width, strip / height))
-        wbar = fig.colorbar(strip_image, cax=wax, ticks=[0, 1])
-        wbar.ax.tick_params(labelsize=6)
-        wbar.set_label("attention weight", fontsize=6)
+        wbar = named_colorbar(fig, strip_image, "attention weight", label_pt=7, tick_pt=7, cax=wax,
+                              ticks=[0, 1])
+        wbar.ax.yaxis.label.set_rotation(0)  # beside a strip too short for upright text
+        wbar.ax.yaxis.label.set_horizontalalignment("left")
         return figure_bytes(fig, canvas, fmt)
 
 

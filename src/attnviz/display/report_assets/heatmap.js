@@ -288,6 +288,9 @@
       data.data.set([AV.palette[c], AV.palette[c + 1], AV.palette[c + 2], 255], k * 4);
     }
     bctx.putImageData(data, 0, 0);
+    /* the scale in use, named as on the colour bars of the PNGs */
+    document.getElementById("colorbar-scale").textContent =
+      AV.state.scale === "sqrt" ? "(\u221a scale)" : "(linear scale)";
   }
 
   AV.initHeatmap = function () {

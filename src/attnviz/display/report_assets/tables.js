@@ -129,7 +129,10 @@
       var value = config[key];
       var tr = body.insertRow();
       tr.appendChild(cell("th", key, "text"));
-      tr.appendChild(cell("td", typeof value === "object" ? JSON.stringify(value) : String(value), "text"));
+      /* an object one key a line; a list on one line, wrapped where the panel ends */
+      var shown = value !== null && typeof value === "object" ?
+        JSON.stringify(value, null, Array.isArray(value) ? undefined : 1) : String(value);
+      tr.appendChild(cell("td", shown, "text"));
     });
     var tr = body.insertRow();
     tr.appendChild(cell("th", "report encoding", "text"));
