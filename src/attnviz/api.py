@@ -18,9 +18,8 @@ a notebook (see ``attnviz.display.notebook``) and have ``to_html()``, ``save(pat
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 # The display registers how results show themselves (attnviz.core.views): imported with the API.
