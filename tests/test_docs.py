@@ -139,7 +139,8 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
     assert listed.split(" (not with")[0].split(", ") == list(BENCHMARK_GROUPS)
 
 
-@pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.slow) if g in ("models", "whole-model", "encoders")
+@pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.slow)
+                                   if g in ("models", "whole-model", "encoders")
                                    else g for g in BENCHMARK_GROUPS])
 def test_benchmark_script_runs_at_tiny_sizes(group):
     """Benchmarks are not timed tests; this only keeps the script working."""

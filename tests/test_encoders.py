@@ -20,6 +20,7 @@ from hub_server import HubServer, Repo
 
 from attnviz.analyses.attention import analyze
 from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
 
 FAMILIES = ("bert", "roberta", "distilbert", "modernbert")
 TEXT, PAIR = "The cat sat on the mat", "It was tired"
@@ -239,3 +240,18 @@ def test_a_notebook_shows_an_encoder_as_the_picture_of_every_head(encoders):
     bundle = result._repr_mimebundle_()
     assert bundle["image/png"]  # the heads, drawn without a causal mask
     assert "<script" not in bundle["text/html"]
+
+
+def test_the_python_api_takes_a_pair_and_random_modes_other_kinds(encoders):
+    import attnviz
+
+    result = attnviz.analyze(TEXT, str(encoders["bert"]), pair=PAIR, layer="all")
+    assert result.attention == "encoder" and result.pair_start == result.token_ids.index(3) + 1
+    cross = attnviz.analyze(TEXT, cross="Le chat dort", heads=4, d_model=32, cross_d_in=16)
+    assert cross.attention == "cross" and cross.weights.shape[-1] == len(cross.key_token_ids)
+    assert cross.key_inputs.shape[-1] == 16
+    assert attnviz.analyze(TEXT, bidirectional=True, heads=4, d_model=32).attention == "encoder"
+    with pytest.raises(InputError, match="random mode's"):
+        attnviz.analyze(TEXT, str(encoders["bert"]), cross="x")
+    with pytest.raises(InputError, match="bidirectional describe random mode's"):
+        attnviz.load(str(encoders["bert"]), bidirectional=True)

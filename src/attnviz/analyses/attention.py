@@ -451,6 +451,9 @@ def encode_inputs(model, text: str, allow_special: bool = False, bos: bool = Tru
         return {"token_ids": token_ids}
     if not cross:
         raise InputError("--cross is empty: give the second text, whose tokens are the keys")
+    if model.describe()["mode"] != "random":
+        raise InputError("--cross is random mode's cross-attention module: drop --weights, or "
+                         "--cross")
     key_ids = model.tokenizer.encode(cross, allow_special=allow_special, add_bos=bos)
     check_ids(model, key_ids)
     return {"token_ids": token_ids, "key_ids": key_ids}

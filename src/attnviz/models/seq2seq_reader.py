@@ -22,8 +22,8 @@ from attnviz.models.activations import ACTIVATIONS
 from attnviz.models.checkpoint import WeightMap
 from attnviz.models.hf import check_shapes, count_layers, field, hf_checkpoint, open_source, stored_dtype
 from attnviz.models.resolve import Located
-from attnviz.models.sources import TensorSource
 from attnviz.models.seq2seq_spec import Seq2SeqSpec
+from attnviz.models.sources import TensorSource
 
 
 def _renamer(family: str):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class Seq2SeqSpec:
     family: str  # the config's model_type: t5, mt5, bart, marian
