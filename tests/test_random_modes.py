@@ -199,3 +199,12 @@ def test_a_long_bidirectional_text_is_refused_by_name_not_pooled(cli, tmp_path):
                  "--resolution", "16", "--out", tmp_path / "x")
     assert result.exit_code == 2
     assert "made for causal attention" in result.stderr and "--resolution" in result.stderr
+
+
+def test_a_long_causal_text_still_gives_its_rows_without_the_kind(cli):
+    # a LongResult (pooled statistics) answers what an AttentionResult says of its kind
+    result = cli("compare-heads", "word " * 40, *small_options(), "--resolution", "16",
+                 "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["heads"]
+    assert rows and all("attention" not in row for row in rows) and "sink_mass" in rows[0]

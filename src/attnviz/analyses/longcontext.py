@@ -316,6 +316,15 @@ class LongResult(Displayable):
     def n_heads(self) -> int:
         return self.arrays["entropy"].shape[1]
 
+    # A long text's reductions are made for causal self-attention (an encoder's or
+    # cross-attention's long text is refused before the forward pass): what
+    # ``AttentionResult`` says of its kind, for the commands that ask either.
+    attention = "decoder"
+    causal, cross = True, False
+
+    def row_fields(self) -> dict:
+        return {}
+
     @property
     def n_blocks(self) -> int:
         return math.ceil(self.n_tokens / self.block)
