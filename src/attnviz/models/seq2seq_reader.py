@@ -38,6 +38,7 @@ def _renamer(family: str):
 
 
 def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=None):
+    """Check the config and tensor headers of an encoder–decoder and describe it."""
     where = located.config
     family = raw["model_type"]
     if raw.get("quantization_config"):
@@ -51,7 +52,7 @@ def read(located: Located, raw: dict, *, n_heads: int | None = None, tokenizer=N
         source = open_source(located, _renamer(family))
     weights = Seq2SeqWeights(source, spec, names)
     weights.check(located.origin, raw, where)
-    spec = weights.spec = replace(spec, dtype=stored_dtype(source, names["embed"], raw))
+    spec = weights.spec = replace(spec, dtype=stored_dtype(source, weights.embed_key("embed"), raw))
     notes = []
     if n_heads is not None and n_heads != spec.n_heads:
         notes.append(f"--heads {n_heads} ignored: {where.name} says {spec.n_heads} heads")
@@ -196,7 +197,7 @@ class Seq2SeqWeights(WeightMap):
         super().__init__(tensors)
         self.spec, self.names = spec, names
 
-    def _embed_key(self, which: str) -> str:
+    def embed_key(self, which: str) -> str:
         """``shared.weight``, or a stack's own ``embed_tokens`` in files without it."""
         key = self.names[which]
         if key not in self.tensors:
@@ -206,7 +207,7 @@ class Seq2SeqWeights(WeightMap):
 
     def check(self, origin, raw: dict, where) -> None:
         s = self.spec
-        embed = self._embed_key("embed")
+        embed = self.embed_key("embed")
         if embed not in self.tensors:
             raise InputError(f"{origin}: tensor {self.names['embed']} is missing; not a "
                              f"{s.family} checkpoint?")
@@ -242,12 +243,12 @@ class Seq2SeqWeights(WeightMap):
     def token_rows(self, token_ids: torch.Tensor, which: str = "embed") -> torch.Tensor:
         """``token_ids (B, T)`` -> ``(B, T, d)`` rows of the embedding (unscaled)."""
         b, t = token_ids.shape
-        rows = self.tensors.rows(self._embed_key(which), token_ids.reshape(-1).tolist())
+        rows = self.tensors.rows(self.embed_key(which), token_ids.reshape(-1).tolist())
         return rows.reshape(b, t, -1)
 
     def unembedding(self) -> torch.Tensor:
         head = self.names["head"]
-        return self.tensors.get(head if head in self.tensors else self._embed_key("decoder_embed"))
+        return self.tensors.get(head if head in self.tensors else self.embed_key("decoder_embed"))
 
 
 def _shapes(s: Seq2SeqSpec) -> dict[str, tuple]:
