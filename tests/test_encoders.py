@@ -197,6 +197,8 @@ def test_pair_with_a_decoder_and_unknown_encoders_are_refused(cli, encoders, tmp
               "model_type 'electra' is not supported", "bert", "modernbert")
     one_error(cli("heatmap", TEXT, "--weights", encoders["bert"], "--view", "lines",
                   "--out", tmp_path / "z"), "--view lines draws causal")
+    one_error(cli("heatmap", TEXT, "--weights", encoders["bert"], "--view", "rollout",
+                  "--out", tmp_path / "r"), "--view rollout is made for causal", "--view heatmap")
 
 
 def test_a_hub_repo_named_bert_base_uncased_downloads_and_equals_transformers(encoders, tmp_path):

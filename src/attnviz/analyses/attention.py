@@ -650,12 +650,13 @@ def special_ids(model, token_ids: list[int]) -> frozenset:
     return frozenset(t for t in set(token_ids) if model.tokenizer.is_special(t))
 
 
-def check_causal(model, command: str) -> None:
+def check_causal(model, command: str,
+                 instead: str = "use heatmap, compare-heads, export or steps") -> None:
     """Refuse an encoder (bidirectional attention) for a command made for causal decoders."""
     if model.attention_kind != "decoder":
         family = model.describe().get("family", "this model")
         raise InputError(f"{command} is made for causal self-attention, and {family} is an "
-                         f"encoder (bidirectional): use heatmap, compare-heads, export or steps")
+                         f"encoder (bidirectional): {instead}")
 
 
 def starts_with_bos(model, token_ids: list[int]) -> bool:
