@@ -454,6 +454,22 @@ def bench_needle(smoke: bool, tmp: Path) -> list[dict]:
     return bench(smoke, 1, tmp)
 
 
+def bench_encoders(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
+    """The encoders' row (benchmarks/encoders_bench.py: a BERT-base-shaped checkpoint, built
+    once at full size, at its whole context of 512 tokens), imported only when it runs."""
+    from encoders_bench import bench_encoders as bench
+
+    return bench(tmp, smoke=smoke, repeat=repeat)
+
+
+def bench_seq2seq(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
+    """The encoder–decoder row (benchmarks/seq2seq_bench.py: a t5-small-shaped model's three
+    attentions against transformers), imported only when it runs."""
+    from seq2seq_bench import bench_seq2seq as bench
+
+    return bench(smoke, repeat, tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per side (median of these)")
@@ -461,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models, gguf, longcontext, needle (not with "
+                        "report, scan, models, gguf, longcontext, needle, encoders, seq2seq (not with "
                         "--write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
@@ -480,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         "gguf": lambda tmp: bench_gguf(args.smoke, repeat, tmp),
         "longcontext": lambda tmp: bench_longcontext(args.smoke, tmp),
         "needle": lambda tmp: bench_needle(args.smoke, tmp),
+        "encoders": lambda tmp: bench_encoders(args.smoke, repeat, tmp),
+        "seq2seq": lambda tmp: bench_seq2seq(args.smoke, repeat, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)
     unknown = [name for name in chosen if name not in groups]
@@ -543,6 +561,16 @@ DOC_TAIL = """
   that loads every tensor (`safetensors.torch.load_file`, each tensor summed). Peak RSS
   counts the memory-mapped file pages a process touched.
 - **Report** and **scan**: see `benchmarks/report_bench.py` and `benchmarks/scan_bench.py`.
+- **Encoder–decoders** (issue 40, `benchmarks/seq2seq_bench.py`, group `seq2seq`): a random
+  t5-small-shaped checkpoint (6 + 6 layers x 8 heads of 64, d_model 512, ReLU MLP 2048, 32
+  relative buckets, vocabulary 32128; `T5ForConditionalGeneration` seeded, `save_pretrained`
+  in float32, 242 MB, into `/tmp/attnviz-bench-t5small`) beside a T5-style Unigram
+  tokenizer.json in which each benchmark word is one piece. `attnviz export --attention all
+  --layer all` of a 256-token source and a 64-token decoder input against a script doing
+  the same with transformers (AutoTokenizer, `AutoModelForSeq2SeqLM.from_pretrained(
+  attn_implementation="eager", dtype=torch.float32)`, the forward with
+  `output_attentions=True` under `torch.inference_mode()`, `np.savez` of the encoder,
+  decoder and cross attentions); the three arrays of both files are compared.
 - **Other families (round 3)** (`benchmarks/models_bench.py`, group `models`): random
   checkpoints made locally in the shapes of Llama-3.2-1B (16 layers, d_model 2048, 32 query
   / 8 key-value heads of 64, MLP 8192, vocabulary 128256, tied, RoPE theta 500000 with

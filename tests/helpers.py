@@ -171,3 +171,99 @@ def one_layer(arrays, args=()) -> dict:
             assert value.shape[0] == 1, name
             arrays[name] = value[0]
     return arrays
+# --- encoders: BERT, RoBERTa, DistilBERT, ModernBERT -----------------------------------------
+
+ENCODER_TEXT = (
+    "The cat sat on the mat. It was tired. The dog sat on the log. When Mary and John went to "
+    "the store, John gave a drink to Mary. Attention is all you need; naïve café 東京 It was "
+    "tired because it had run. Les chats dorment. "
+)
+
+
+def write_encoder_tokenizer(folder: Path, family: str, vocab_size: int = 300) -> dict:
+    """The tokenizer.json (+ tokenizer_config.json) of an encoder ``family``, trained with
+    ``tokenizers`` as the real ones are built: WordPiece with [CLS]/[SEP] for bert and
+    distilbert (``BertTokenizer`` rebuilds it from ``do_lower_case``), byte-level BPE with
+    ``<s> A </s></s> B </s>`` for roberta, byte-level BPE with [CLS]/[SEP] for modernbert
+    (``PreTrainedTokenizerFast``). Returns the special tokens' ids."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if family in ("bert", "distilbert"):
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    else:
+        specials = (["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if family == "roberta" else
+                    ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([ENCODER_TEXT] * 20, trainer)
+    ids = {s: tok.token_to_id(s) for s in specials}
+    if family == "roberta":
+        tok.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+        config = {"tokenizer_class": "RobertaTokenizer", "model_max_length": 512}
+    else:
+        cls, sep = "[CLS]", "[SEP]"
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, ids[cls]), (sep, ids[sep])])
+        config = ({"tokenizer_class": "PreTrainedTokenizerFast", "cls_token": cls,
+                   "sep_token": sep, "pad_token": "[PAD]", "unk_token": "[UNK]",
+                   "mask_token": "[MASK]"} if family == "modernbert" else
+                  {"tokenizer_class": "DistilBertTokenizer" if family == "distilbert"
+                   else "BertTokenizer", "do_lower_case": True})
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return ids
+
+
+def make_encoder_checkpoint(folder: Path, family: str, *, n_layers: int = 3, hidden: int = 32,
+                            heads: int = 4, std: float = 0.3, seed: int = 0,
+                            positions: int = 64, **overrides) -> Path:
+    """A tiny random encoder of ``family`` saved by transformers (its ``*ForMaskedLM``, so the
+    file's names carry the task model's prefix), weights spread until attention is peaked,
+    beside its tokenizer (``write_encoder_tokenizer``)."""
+    import torch
+    import transformers
+
+    ids = write_encoder_tokenizer(folder, family)
+    vocab = len(__import__("json").loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+    if family == "distilbert":
+        config = transformers.DistilBertConfig(
+            vocab_size=vocab, dim=hidden, n_heads=heads, n_layers=n_layers, hidden_dim=2 * hidden,
+            max_position_embeddings=positions, pad_token_id=ids["[PAD]"], **overrides)
+    elif family == "modernbert":
+        config = transformers.ModernBertConfig(
+            vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads,
+            num_hidden_layers=n_layers, intermediate_size=2 * hidden,
+            max_position_embeddings=positions, pad_token_id=ids["[PAD]"],
+            cls_token_id=ids["[CLS]"], sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"],
+            eos_token_id=ids["[SEP]"], **{"local_attention": 4, "global_attn_every_n_layers": 2,
+                                          **overrides})
+    else:
+        name = "RobertaConfig" if family == "roberta" else "BertConfig"
+        pad = ids["<pad>"] if family == "roberta" else ids["[PAD]"]
+        config = getattr(transformers, name)(
+            vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads,
+            num_hidden_layers=n_layers, intermediate_size=2 * hidden, pad_token_id=pad,
+            max_position_embeddings=positions + (pad + 1 if family == "roberta" else 0),
+            type_vocab_size=1 if family == "roberta" else 2, **overrides)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForMaskedLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name.lower():
+                param.uniform_(0.7, 1.3) if name.endswith("weight") else param.normal_(0.0, 0.1)
+            else:
+                param.normal_(0.0, std)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder

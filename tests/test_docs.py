@@ -104,6 +104,10 @@ BENCHMARK_GROUPS = {
                     "`attnviz export --layer 0 --resolution": 1},
     # which heads find the needle: SmolLM2's passkey against Retrieval_Head's procedure
     "needle": {"`attnviz needle --chat`": 1, "`attnviz needle`, one passkey test": 1},
+    # encoders (issue 40): a BERT-base shape at its whole context
+    "encoders": {"`attnviz heatmap --layer all`": 1},
+    # encoder–decoders (issue 40): a t5-small shape's three attentions against transformers
+    "seq2seq": {"`attnviz export --attention all": 1},
 }
 
 
@@ -117,8 +121,9 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
         "MultiHeadAttention vs MultiHeadAttentionWrapper": 1,
         "MultiHeadAttention vs torch.nn.MultiheadAttention": 1, "`attnviz heatmap` at T=": 1,
         "`attnviz export --layer all`": 3,
-        # GPT-2 time and RSS, Pythia-160m time (models_bench), SmolLM2's GGUF time (gguf_bench)
-        "`attnviz heatmap --layer all`": 4,
+        # GPT-2 time and RSS, Pythia-160m time (models_bench), SmolLM2's GGUF time (gguf_bench),
+        # BERT-base (encoders_bench)
+        "`attnviz heatmap --layer all`": 5,
         # GPT-2 large, Llama-3.2-1B bf16 (models_bench), Llama-3.2-1B Q8_0 GGUF (gguf_bench)
         "`attnviz heatmap --layer 0`": 3, "`attnviz report`": 2, "`attnviz scan`": 3,
         "`attnviz scan --layer all`": 2,  # the other families (round 3): SmolLM2, Pythia-160m
@@ -126,6 +131,7 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
         "`attnviz export --layer all --resolution": 1, "`attnviz heatmap --layer all`, the same": 1,
         "`attnviz export --layer 0 --resolution": 1,
         "`attnviz needle --chat`": 1, "`attnviz needle`, one passkey test": 1,
+        "`attnviz export --attention all": 1,  # encoder–decoders (issue 40)
     }
     helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -133,7 +139,8 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
     assert listed.split(" (not with")[0].split(", ") == list(BENCHMARK_GROUPS)
 
 
-@pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.slow) if g in ("models", "whole-model")
+@pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.slow)
+                                   if g in ("models", "whole-model", "encoders")
                                    else g for g in BENCHMARK_GROUPS])
 def test_benchmark_script_runs_at_tiny_sizes(group):
     """Benchmarks are not timed tests; this only keeps the script working."""

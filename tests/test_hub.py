@@ -121,7 +121,7 @@ def test_revision_pin_and_org_names(tmp_path, tiny):
     ("bin-only", 2, ["pytorch_model.bin", "safetensors", "run code"]),
     ("missing", 2, ["no such repo"]),
     ("gated", 2, ["gated", "HF_TOKEN"]),
-    ("unsupported-family", 2, ["model_type 'bert' is not supported", "llama", "qwen3"]),
+    ("unsupported-family", 2, ["model_type 'xlnet' is not supported", "llama", "qwen3"]),
     ("offline-not-cached", 2, ["offline", "not in the local Hugging Face cache"]),
 ])
 def test_hub_errors_are_one_line_and_write_nothing(tmp_path, tiny, case, code, words):
@@ -129,7 +129,7 @@ def test_hub_errors_are_one_line_and_write_nothing(tmp_path, tiny, case, code, w
     repos = {
         "bin-only": Repo({"config.json": files["config.json"], "pytorch_model.bin": b"pickle"}),
         "gated": Repo(files, gated=True),
-        "unsupported-family": Repo({**files, "config.json": json.dumps({"model_type": "bert"}).encode()}),
+        "unsupported-family": Repo({**files, "config.json": json.dumps({"model_type": "xlnet"}).encode()}),
         "offline-not-cached": Repo(files),
     }
     with HubServer({"org/model": repos[case]} if case in repos else {}) as hub:

@@ -210,7 +210,7 @@ def test_config_fields_that_change_the_math_are_honoured(tmp_path, fields):
 
 @pytest.mark.parametrize("field, value, words", [
     ("activation_function", "mish_special", "activation_function 'mish_special'"),
-    ("model_type", "bert", "model_type .bert. is not supported; attnviz reads gpt2, llama"),
+    ("model_type", "xlnet", "model_type .xlnet. is not supported; attnviz reads gpt2, llama"),
     ("scale_attn_weights", "yes", "scale_attn_weights must be true or false"),
 ])
 def test_config_fields_attnviz_cannot_honour_are_refused_by_name(tmp_path, hf_checkpoint, field, value,

@@ -19,6 +19,7 @@ a notebook (see ``attnviz.display.notebook``) and have ``to_html()``, ``save(pat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 # The display registers how results show themselves (attnviz.core.views): imported with the API.
@@ -80,13 +81,18 @@ def load(weights: str | Path | None = None, **options) -> Model:
         raise InputError("load() was given a Model: it is loaded already")
     weights = None if weights is None else str(weights)
     known = {"heads", "d_model", "context_length", "seed", "qkv_bias", "impl", "preset",
-             "offline", "device", "tokenizer", "bos", "book_config", "progress"}
+             "offline", "device", "tokenizer", "bos", "book_config", "progress",
+             "bidirectional", "cross_d_in"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"load() got unknown option(s) {', '.join(unknown)}; the options are "
                          f"{', '.join(sorted(known))}")
+    # random mode's other kinds of attention (docs/encoders.md)
+    kinds = {k: options.pop(k) for k in ("bidirectional", "cross_d_in") if k in options}
+    if kinds and weights is not None:
+        raise InputError(f"{', '.join(kinds)} describe random mode's module: drop them, or weights")
     explicit = frozenset(options) - {"progress"}
-    config = config_for(weights, explicit=explicit, **options)
+    config = replace(config_for(weights, explicit=explicit, **options), **kinds)
     return Model(load_model(config, weights), config, weights)
 
 
@@ -102,18 +108,26 @@ def _model(weights, options: dict) -> Model:
 
 def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
             allow_special: bool = False, resolution: int | None = None, sink_tokens: int = 4,
-            **options):
+            pair: str | None = None, cross: str | None = None, **options):
     """The attention of ``text``: an ``AttentionResult`` (``weights (L, H, T, T)``, tokens,
     config) that shows itself as the interactive report. ``layer``: a number, ``"3,5"`` or
     ``"all"``; ``tokens="A:B"``: keep queries and keys A..B-1 of the whole text's run.
     A text longer than ``resolution`` tokens (1024) gives a ``LongResult`` instead: pooled
     maps and statistics of every weight (docs/long-context.md), the exact window of
-    ``tokens`` as ``.exact_window()``; it shows itself too."""
+    ``tokens`` as ``.exact_window()``; it shows itself too. ``pair``: an encoder's second
+    sentence (a sentence pair); ``cross``: random mode's cross-attention to a second text,
+    ``weights (L, H, T, T_k)`` (docs/encoders.md)."""
+    from attnviz.analyses.attention import encode_inputs
     from attnviz.analyses.longcontext import analyze_tokens
 
     model = _model(weights, options)
-    return analyze_tokens(model.engine, model.encode(text, allow_special), layer=layer,
-                          tokens=tokens, resolution=resolution, sink_tokens=sink_tokens)
+    if pair is None and cross is None:
+        inputs = {"token_ids": model.encode(text, allow_special)}
+    else:
+        inputs = encode_inputs(model.engine, text, allow_special, model.config.bos,
+                               model.config.chat, pair=pair, cross=cross)
+    return analyze_tokens(model.engine, layer=layer, tokens=tokens, resolution=resolution,
+                          sink_tokens=sink_tokens, **inputs)
 
 
 def report_page(text: str, weights=None, *, layer=0, tokens: str | None = None,

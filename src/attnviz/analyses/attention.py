@@ -56,6 +56,18 @@ class AttentionResult(Displayable):
     ``[layer, head, query_pos, key_pos]``. ``attn_inputs``: ``(L, T, d_model)``, what each
     attention layer received. ``params``: ``W_query``/``W_key``/``W_value`` as
     ``(L, d_out, d_in)`` and, with biases, ``b_query``/``b_key``/``b_value`` as ``(L, d_out)``.
+
+    Three kinds of attention (``attention``): ``"decoder"`` — causal self-attention (every
+    decoder-only model; the keys after each query are masked), ``"encoder"`` — bidirectional
+    self-attention (every key seen, apart from those outside a window on either side), and
+    ``"cross"`` — the queries' text attends to another text: ``key_token_ids`` and
+    ``key_raw_tokens`` are that text's tokens and ``weights`` is ``(L, H, Tq, Tk)``
+    (``Tq = n_tokens`` rows, ``Tk = n_keys`` columns; ``key_inputs`` ``(L, Tk, d_kv)`` what the
+    keys and values were computed from). For self-attention they are None: the keys are
+    the queries' own tokens. ``key_labels``, ``key_tokens()`` and ``n_keys`` read either.
+    ``special_ids``: the ids of the tokenizer's special tokens ([CLS], [SEP], <s>): marked
+    ``"special": true`` in ``tokens()``. ``pair_start``: a sentence pair (``--pair``): the
+    absolute position of the second sentence's first token (None: one text).
     """
 
     token_ids: list[int]
@@ -82,6 +94,52 @@ class AttentionResult(Displayable):
     # the block's largest (or mean) weight; token_ids/raw_tokens are the blocks' first.
     block: int = 1
     text_length: int = 0
+    attention: str = "decoder"  # "decoder" (causal), "encoder" (bidirectional) or "cross"
+    key_token_ids: list[int] | None = None  # cross: the other text's tokens (None: self)
+    key_raw_tokens: list[bytes] | None = field(repr=False, default=None)
+    key_inputs: np.ndarray | None = field(repr=False, default=None)  # cross: (L, Tk, d_kv)
+    special_ids: frozenset = frozenset()
+    pair_start: int | None = None  # absolute position of a pair's second sentence
+
+    @property
+    def causal(self) -> bool:
+        """True for causal self-attention (the keys after each query masked)."""
+        return self.attention == "decoder"
+
+    @property
+    def cross(self) -> bool:
+        """True when the keys are another text's (``weights`` ``(L, H, Tq, Tk)``)."""
+        return self.key_token_ids is not None
+
+    @property
+    def n_keys(self) -> int:
+        """Columns of each head: the other text's tokens (cross), else ``n_tokens``."""
+        return len(self.key_token_ids) if self.cross else self.n_tokens
+
+    @property
+    def key_labels(self) -> list[str]:
+        """The columns' labels: the other text's tokens (cross), else ``token_labels``."""
+        if not self.cross:
+            return self.token_labels
+        return [token_label(raw) for raw in self.key_raw_tokens]
+
+    def key_tokens(self) -> list[dict] | None:
+        """As ``tokens()`` for the other text of cross-attention (positions from 0); None
+        for self-attention."""
+        if not self.cross:
+            return None
+        return token_records(self.key_token_ids, self.key_raw_tokens,
+                             special_ids=self.special_ids)
+
+    @property
+    def pair_boundary(self) -> int | None:
+        """The row (and column) of a pair's second sentence in this result (a window's own
+        coordinates), or None: one text, or the window does not hold both sentences."""
+        if self.pair_start is None:
+            return None
+        first = self.window[0] if self.window else 0
+        boundary = self.pair_start - first
+        return boundary if 0 < boundary < self.n_tokens else None
 
     @property
     def length(self) -> int:
@@ -115,35 +173,55 @@ class AttentionResult(Displayable):
     def tokens(self) -> list[dict]:
         """One record per token: position (absolute, also in a window), id, text, label
         (visible whitespace), bytes."""
-        return token_records(self.token_ids, self.raw_tokens, self.window[0] if self.window else 0,
-                             self.bos)
+        records = token_records(self.token_ids, self.raw_tokens,
+                                self.window[0] if self.window else 0, self.bos,
+                                special_ids=self.special_ids)
+        if self.pair_start is not None:  # which sentence of the pair each token is in
+            for record in records:
+                record["sentence"] = int(record["position"] >= self.pair_start)
+        return records
 
     def __repr__(self) -> str:
         window = f", tokens {self.window[0]}:{self.window[1]}" if self.window else ""
         return f"<attnviz attention of {one_line(self)}{window}>"
 
     def to_numpy(self) -> np.ndarray:
-        """``weights``: ``(L, H, T, T)`` float32, ``[layer, head, query, key]``."""
+        """``weights``: ``(L, H, T, T)`` float32, ``[layer, head, query, key]``
+        (``(L, H, Tq, Tk)`` for cross-attention)."""
         return self.weights
 
     def to_pandas(self):
         """One row per (layer, head, query, key) with ``key <= query`` (what the causal mask
-        leaves): the positions, both tokens' labels and the weight. Needs pandas."""
+        leaves; every pair for an encoder's or cross-attention): the positions, both
+        tokens' labels and the weight. Needs pandas."""
         pd = import_pandas()
-        n_layers, n_heads, n = self.weights.shape[:3]
-        queries, keys = np.tril_indices(n)
+        n_layers, n_heads, n, n_keys = self.weights.shape
+        if self.causal:
+            queries, keys = np.tril_indices(n)
+        else:
+            queries, keys = (a.reshape(-1) for a in np.indices((n, n_keys)))
         first = self.window[0] if self.window else 0
         labels = np.array([token_label(raw) for raw in self.raw_tokens], dtype=object)
+        key_labels = np.array(self.key_labels, dtype=object) if self.cross else labels
         count = len(queries)
-        return pd.DataFrame({
+        frame = {
             "layer": np.repeat(np.array(self.layers), n_heads * count),
             "head": np.tile(np.repeat(np.arange(n_heads), count), n_layers),
             "query": np.tile(queries + first, n_layers * n_heads),
-            "key": np.tile(keys + first, n_layers * n_heads),
+            "key": np.tile(keys + (0 if self.cross else first), n_layers * n_heads),
             "query_token": np.tile(labels[queries], n_layers * n_heads),
-            "key_token": np.tile(labels[keys], n_layers * n_heads),
+            "key_token": np.tile(key_labels[keys], n_layers * n_heads),
             "weight": self.weights[:, :, queries, keys].reshape(-1),
-        })
+        }
+        if not self.causal:
+            frame["attention"] = self.attention
+        return pd.DataFrame(frame)
+
+    def row_fields(self) -> dict:
+        """What every JSON/CSV row of this result adds: ``{"attention": kind}`` for an
+        encoder's or cross-attention, nothing for causal self-attention (a decoder-only
+        model's rows are as they always were)."""
+        return {} if self.causal else {"attention": self.attention}
 
 
 def import_pandas():
@@ -156,9 +234,10 @@ def import_pandas():
 
 
 def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0,
-                  bos: bool = False) -> list[dict]:
+                  bos: bool = False, special_ids: frozenset = frozenset()) -> list[dict]:
     """``bos``: position 0 is the beginning-of-sequence token the tokenizer added (marked
-    ``"bos": true``; ``first`` must then be 0 for it to be shown)."""
+    ``"bos": true``; ``first`` must then be 0 for it to be shown). ``special_ids``: tokens
+    with these ids are marked ``"special": true`` ([CLS], [SEP], <s>)."""
     records = [
         {
             "position": first + i,
@@ -171,7 +250,30 @@ def token_records(token_ids: list[int], raw_tokens: list[bytes], first: int = 0,
     ]
     if bos and first == 0 and records:
         records[0]["bos"] = True
+    for record in records:
+        if record["id"] in special_ids:
+            record["special"] = True
     return records
+
+
+def token_arrays(records: list[dict], prefix: str = "") -> dict[str, np.ndarray]:
+    """What ``export`` writes of one text's ``tokens()`` records: ``{prefix}token_ids``
+    (int64), ``{prefix}tokens`` (their text) and ``{prefix}positions`` (int64, absolute)."""
+    return {f"{prefix}token_ids": np.asarray([t["id"] for t in records], dtype=np.int64),
+            f"{prefix}tokens": np.asarray([t["text"] for t in records], dtype=str),
+            f"{prefix}positions": np.asarray([t["position"] for t in records], dtype=np.int64)}
+
+
+def result_arrays(result: AttentionResult, single: bool = False) -> dict[str, np.ndarray]:
+    """``export``'s arrays of a whole result: ``weights`` ``(L, H, Tq, Tk)`` (``(H, Tq, Tk)``
+    when ``single``), ``layers``, the queries' ``token_ids``/``tokens``/``positions`` and,
+    for cross-attention, the keys' as ``key_token_ids``/``key_tokens``/``key_positions``."""
+    arrays = {"weights": result.weights[0] if single else result.weights,
+              **token_arrays(result.tokens()),
+              "layers": np.asarray(result.layers, dtype=np.int64)}
+    if result.cross:
+        arrays.update(token_arrays(result.key_tokens(), "key_"))
+    return arrays
 
 
 def check_window_syntax(spec: str) -> tuple[int | None, int | None]:
@@ -203,13 +305,16 @@ def parse_window(spec: str | None, n_tokens: int) -> tuple[int, int] | None:
 def crop(result: AttentionResult, start: int, stop: int) -> AttentionResult:
     """Queries and keys ``start..stop-1`` of ``result``: the attention of the whole text,
     cut afterwards (not recomputed on the window). ``weights`` becomes ``(L, H, W, W)``;
-    rows keep the weights the model gave, so when ``start > 0`` they sum to less than 1
-    (what went to the keys before the window is not shown). Positions stay absolute."""
+    rows keep the weights the model gave, so when ``start > 0`` (or, without the causal
+    mask, ``stop < T``) they sum to less than 1 (what went to the keys outside the window
+    is not shown). Positions stay absolute. Cross-attention: only the queries are cut,
+    ``(L, H, W, Tk)``: the keys are another text's."""
     first = result.window[0] if result.window else 0
+    keys = slice(None) if result.cross else slice(start, stop)
     return replace(
         result,
         token_ids=result.token_ids[start:stop],
-        weights=np.ascontiguousarray(result.weights[..., start:stop, start:stop]),
+        weights=np.ascontiguousarray(result.weights[..., start:stop, keys]),
         attn_inputs=np.ascontiguousarray(result.attn_inputs[:, start:stop]),
         raw_tokens=result.raw_tokens[start:stop],
         window=(first + start, first + stop),
@@ -258,11 +363,13 @@ def available_memory() -> int:
     return 8 * 2**30
 
 
-def check_fits(n_layers: int, n_heads: int, n_tokens: int) -> None:
-    """Refuse before computing when the weights could not fit in memory."""
-    weights_bytes = n_layers * n_heads * n_tokens**2 * _FLOAT32
+def check_fits(n_layers: int, n_heads: int, n_tokens: int, n_keys: int | None = None) -> None:
+    """Refuse before computing when the weights could not fit in memory (``n_keys``: the
+    columns of cross-attention; ``n_tokens`` by default)."""
+    cells = n_tokens * (n_tokens if n_keys is None else n_keys)
+    weights_bytes = n_layers * n_heads * cells * _FLOAT32
     # scores + softmax output + the numpy copy live at once for a layer, then the result
-    needed = weights_bytes + 2 * n_heads * n_tokens**2 * _FLOAT32
+    needed = weights_bytes + 2 * n_heads * cells * _FLOAT32
     if needed > available_memory():
         raise InputError(
             f"{n_tokens} tokens x {n_heads} heads x {n_layers} layer(s) need about "
@@ -289,6 +396,8 @@ def analyze(
     heads: list[int] | None = None,
     tokens: str | None = None,
     progress=None,
+    pair: str | None = None,
+    cross: str | None = None,
 ) -> AttentionResult:
     """Tokenize ``text`` and return the attention weights of the chosen layer(s).
 
@@ -299,15 +408,55 @@ def analyze(
     or ``"all"``. ``heads``, when given, is checked against the model's head count before
     any heavy work. ``tokens="A:B"`` (``--tokens``): the whole text is computed, then
     queries and keys A..B-1 are kept (see ``crop``). ``progress(stage, done, total)``, when
-    given, hears of each block read and run (see ``attnviz.files.progress``).
+    given, hears of each block read and run (see ``attnviz.files.progress``). ``pair``: a
+    second sentence (an encoder model's sentence pair); ``cross``: a second text whose
+    tokens are the keys (random mode's cross-attention; see ``encode_inputs``).
     """
     check_text(text)
     model = load_model(config, weights)
-    token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
-                            chat=(config or ModelConfig()).chat)
-    window = parse_window(tokens, len(token_ids))
-    result = analyze_with(model, token_ids, layer, heads, progress)
+    options = config or ModelConfig()
+    inputs = encode_inputs(model, text, allow_special, options.bos, options.chat, pair=pair,
+                           cross=cross)
+    window = parse_window(tokens, len(inputs["token_ids"]))
+    result = analyze_with(model, layer=layer, heads=heads, progress=progress, **inputs)
     return crop(result, *window) if window else result
+
+
+def encode_inputs(model, text: str, allow_special: bool = False, bos: bool = True,
+                  chat: bool = False, *, pair: str | None = None,
+                  cross: str | None = None) -> dict:
+    """``text`` (and a second text) as ``analyze_with``'s inputs: ``{"token_ids": ...}``,
+    plus for a sentence pair (``pair``: the second sentence, encoded with the first as the
+    model's tokenizer encodes a pair) ``token_types`` (the segment of each token: BERT's
+    ``token_type_ids``) and ``pair_start`` (the second sentence's first position), or for
+    cross-attention (``cross``: the second text, random mode) its ``key_ids``."""
+    if pair is not None:
+        if model.attention_kind != "encoder" or not hasattr(
+                model.tokenizer, "encode_pair"):
+            raise InputError("--pair encodes a sentence pair for an encoder model (BERT, "
+                             "RoBERTa, DistilBERT, ModernBERT); this model is a decoder: give "
+                             "one text")
+        check_text(text)
+        if not pair:
+            raise InputError("--pair is empty: give the second sentence")
+        token_ids, token_types, pair_start = model.tokenizer.encode_pair(
+            text, pair, allow_special=allow_special)
+        check_ids(model, token_ids)
+        if len(token_ids) > model.context_length:
+            raise InputError(f"the text and --pair are {len(token_ids)} tokens together, more "
+                             f"than the model's {model.context_length} positions; shorten them")
+        return {"token_ids": token_ids, "token_types": token_types, "pair_start": pair_start}
+    token_ids = encode_text(model, text, allow_special, bos, chat)
+    if cross is None:
+        return {"token_ids": token_ids}
+    if not cross:
+        raise InputError("--cross is empty: give the second text, whose tokens are the keys")
+    if model.describe()["mode"] != "random":
+        raise InputError("--cross is random mode's cross-attention module: drop --weights, or "
+                         "--cross")
+    key_ids = model.tokenizer.encode(cross, allow_special=allow_special, add_bos=bos)
+    check_ids(model, key_ids)
+    return {"token_ids": token_ids, "key_ids": key_ids}
 
 
 def check_text(text: str) -> None:
@@ -351,12 +500,15 @@ def check_ids(model, token_ids: list[int]) -> None:
                          "the tokenizer does not belong to this model (see --tokenizer)")
 
 
-def load_model(config: ModelConfig | None = None, weights: str | None = None):
+def load_model(config: ModelConfig | None = None, weights: str | None = None, *,
+               seq2seq: bool = False):
     """The model behind every command: ``RandomModel`` or ``models.forward.Transformer`` (a
     checkpoint's header only; blocks are read when run). Both have ``n_layers``, ``n_heads``,
     ``context_length``, ``describe()``, ``attn_scale(layer)`` and
     ``run(token_ids (B, T), layers) -> [(attn_input (B, T, d), weights (B, H, T, T), module)]``.
-    ``config.offline``/``progress`` steer a Hub download, ``config.device`` the forward pass."""
+    ``config.offline``/``progress`` steer a Hub download, ``config.device`` the forward pass.
+    An encoder–decoder checkpoint (``models.seq2seq.EncoderDecoder``) is refused unless the
+    caller shows its kinds of attention (``seq2seq=True``: ``analyses.seq2seq``)."""
     config = config or ModelConfig()
     device = resolve_device(config.device)
     if weights is None:
@@ -377,6 +529,13 @@ def load_model(config: ModelConfig | None = None, weights: str | None = None):
         warnings.warn(f"--preset ignored: the checkpoint sets the model (a --preset such as "
                       f"{config.book_preset!r} names a config for the book's state dicts)",
                       AttnvizWarning, stacklevel=2)
+    if getattr(ckpt.spec, "n_decoder_layers", None) is not None:
+        from attnviz.models.seq2seq import EncoderDecoder
+
+        model = EncoderDecoder(ckpt, device=device)
+        if not seq2seq:
+            check_not_seq2seq(model)
+        return model
     return Transformer(ckpt, device=device)
 
 
@@ -421,21 +580,47 @@ def checked_layers(model, n_tokens: int, layer: str | int | list,
     return layers
 
 
+def check_not_seq2seq(model) -> None:
+    """Refuse an encoder–decoder (T5, BART, Marian) where one stack of layers is read: the
+    commands that show its three kinds of attention take it (analyses.seq2seq)."""
+    if getattr(model, "is_seq2seq", False):
+        raise InputError(f"--weights: {model.describe()['family']} is an encoder–decoder; this "
+                         "command reads decoder-only models (encoder–decoders: heatmap, "
+                         "compare-heads, export, report and generate, with --attention and "
+                         "--decoder-text)")
+
+
 def analyze_with(model, token_ids: list[int], layer: str | int = 0,
-                 heads: list[int] | None = None, progress=None) -> AttentionResult:
+                 heads: list[int] | None = None, progress=None, *,
+                 key_ids: list[int] | None = None, token_types: list[int] | None = None,
+                 pair_start: int | None = None) -> AttentionResult:
     """Run ``model`` (from ``load_model``) on one text and collect the chosen layers.
     The weights are written by the forward pass straight into one ``(L, H, T, T)``
-    float32 array: no per-layer tensors stacked and copied afterwards."""
+    float32 array: no per-layer tensors stacked and copied afterwards. ``key_ids``,
+    ``token_types``, ``pair_start``: a second text (see ``encode_inputs``); with
+    ``key_ids`` the weights are cross-attention's ``(L, H, T, Tk)``."""
     import torch
 
     layers = checked_layers(model, len(token_ids), layer, heads)
-    check_fits(len(layers), model.n_heads, len(token_ids))
     n = len(token_ids)
-    # (L, H, T, T); numpy backs a large array with transparent huge pages by itself
-    weights = np.empty((len(layers), model.n_heads, n, n), dtype=np.float32)
+    n_keys = n if key_ids is None else len(key_ids)
+    if key_ids is not None:
+        if not key_ids:
+            raise InputError("--cross has no tokens: give a second text")
+        check_length(n_keys, model.context_length, " (--cross's text; raise --context-length)")
+    check_fits(len(layers), model.n_heads, n, n_keys)
+    # (L, H, T, Tk); numpy backs a large array with transparent huge pages by itself
+    weights = np.empty((len(layers), model.n_heads, n, n_keys), dtype=np.float32)
+    second = {}
+    if key_ids is not None:
+        second["key_ids"] = torch.tensor([key_ids])
+    if token_types is not None:
+        second["token_types"] = torch.tensor([token_types])
     per_layer = model.run(torch.tensor([token_ids]), layers,
-                          weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, T)
-                          progress=progress)
+                          weights_out=torch.from_numpy(weights)[:, None],  # (L, 1, H, T, Tk)
+                          progress=progress, **second)
+    cross = key_ids is not None
+    kind = "cross" if cross else model.attention_kind
     return AttentionResult(
         token_ids=token_ids,
         weights=weights,
@@ -450,7 +635,28 @@ def analyze_with(model, token_ids: list[int], layer: str | int = 0,
         kv_heads=list(model.kv_heads),
         bos=starts_with_bos(model, token_ids),
         modules=[attn for _, _, attn in per_layer],
+        attention=kind,
+        key_token_ids=list(key_ids) if cross else None,
+        key_raw_tokens=model.tokenizer.token_bytes(key_ids) if cross else None,
+        key_inputs=_to_numpy([model.embed_keys(key_ids)] * len(layers)) if cross else None,
+        special_ids=special_ids(model, token_ids + (key_ids or [])) if kind != "decoder" else
+        frozenset(),
+        pair_start=pair_start,
     )
+
+
+def special_ids(model, token_ids: list[int]) -> frozenset:
+    """Which of ``token_ids`` the model's tokenizer calls special ([CLS], [SEP], <s>)."""
+    return frozenset(t for t in set(token_ids) if model.tokenizer.is_special(t))
+
+
+def check_causal(model, command: str,
+                 instead: str = "use heatmap, compare-heads, export or steps") -> None:
+    """Refuse an encoder (bidirectional attention) for a command made for causal decoders."""
+    if model.attention_kind != "decoder":
+        family = model.describe().get("family", "this model")
+        raise InputError(f"{command} is made for causal self-attention, and {family} is an "
+                         f"encoder (bidirectional): {instead}")
 
 
 def starts_with_bos(model, token_ids: list[int]) -> bool:

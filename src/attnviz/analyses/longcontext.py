@@ -35,7 +35,7 @@ from attnviz.analyses.attention import (
     check_text,
     checked_layers,
     crop,
-    encode_text,
+    encode_inputs,
     load_model,
     parse_window,
     starts_with_bos,
@@ -316,6 +316,15 @@ class LongResult(Displayable):
     def n_heads(self) -> int:
         return self.arrays["entropy"].shape[1]
 
+    # A long text's reductions are made for causal self-attention (an encoder's or
+    # cross-attention's long text is refused before the forward pass): what
+    # ``AttentionResult`` says of its kind, for the commands that ask either.
+    attention = "decoder"
+    causal, cross = True, False
+
+    def row_fields(self) -> dict:
+        return {}
+
     @property
     def n_blocks(self) -> int:
         return math.ceil(self.n_tokens / self.block)
@@ -440,32 +449,43 @@ def analyze_text(text: str, config=None, *, weights: str | None = None, layer="0
                  allow_special: bool = False, heads: list[int] | None = None,
                  tokens: str | None = None, resolution: int | None = None,
                  sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
-                 whole: str | None = None, progress=None) -> AttentionResult | LongResult:
+                 whole: str | None = None, progress=None, pair: str | None = None,
+                 cross: str | None = None) -> AttentionResult | LongResult:
     """``analyze`` for a text of any length: the whole matrix (an ``AttentionResult``, as
     ``analyze`` returns it) when the text has at most ``resolution`` tokens (default
     ``RESOLUTION``), else the reduced attention of the whole text (a ``LongResult``, its
     ``span`` the window ``tokens`` names). ``whole``: the option that needs the whole
-    matrix, refused (before the forward pass) for a text that would be reduced."""
+    matrix, refused (before the forward pass) for a text that would be reduced. ``pair``,
+    ``cross``: a second text (``attention.encode_inputs``)."""
     check_text(text)
     options = config or ModelConfig()
     model = load_model(config, weights)
-    token_ids = encode_text(model, text, allow_special, bos=options.bos, chat=options.chat)
-    return analyze_tokens(model, token_ids, layer=layer, heads=heads, tokens=tokens,
+    inputs = encode_inputs(model, text, allow_special, options.bos, options.chat, pair=pair,
+                           cross=cross)
+    return analyze_tokens(model, layer=layer, heads=heads, tokens=tokens,
                           resolution=resolution, sink_tokens=sink_tokens, maps=maps,
-                          whole=whole, progress=progress)
+                          whole=whole, progress=progress, **inputs)
 
 
 def analyze_tokens(model, token_ids: list[int], *, layer="0", heads: list[int] | None = None,
                    tokens: str | None = None, resolution: int | None = None,
                    sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
-                   whole: str | None = None, progress=None) -> AttentionResult | LongResult:
-    """``analyze_text`` for the token ids of a model already read (``load_model``)."""
+                   whole: str | None = None, progress=None,
+                   **second) -> AttentionResult | LongResult:
+    """``analyze_text`` for the token ids of a model already read (``load_model``);
+    ``second``: ``encode_inputs``' other entries (a pair, cross-attention's keys)."""
     n = len(token_ids)
     chosen = check_resolution(resolution, n)
     window = parse_window(tokens, n)
     if n <= chosen:
-        result = analyze_with(model, token_ids, layer, heads, progress)
+        result = analyze_with(model, token_ids, layer, heads, progress, **second)
         return crop(result, *window) if window else result
+    kind = "cross" if second.get("key_ids") is not None else model.attention_kind
+    if kind != "decoder":
+        raise InputError(f"the text is {n} tokens, more than --resolution {chosen}: a long "
+                         f"text's pooled maps and statistics are made for causal attention, and "
+                         f"this is {kind} attention; raise --resolution to {n} to see every "
+                         f"weight (memory grows as the square), or shorten the text")
     layers = checked_layers(model, n, layer, heads)
     if whole is not None:
         raise InputError(f"{whole} needs every weight of the text, shown whole: up to "

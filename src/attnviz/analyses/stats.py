@@ -2,6 +2,12 @@
 
 Every function takes ``weights`` of shape ``(H, T, T)`` — ``[head, query_pos, key_pos]``,
 rows summing to 1 — and returns one value per head. Means run over query rows.
+
+``attention`` (``AttentionResult.attention``) says which keys a row could see: the
+statistics of causal rows (``"decoder"``) are as they always were; those of an encoder's
+rows (``"encoder"``) normalise the entropy by every key and measure signed distances
+(negative: the head looks ahead); cross-attention rows (``"cross"``, ``(H, Tq, Tk)``) have
+no self, previous token or distance: their keys are another text's positions (NaN).
 """
 
 from __future__ import annotations
@@ -30,22 +36,32 @@ def row_entropy(weights: np.ndarray) -> np.ndarray:
     return -_xlogx(weights.astype(np.float64)).sum(axis=-1)
 
 
-def head_stats(weights: np.ndarray) -> dict[str, np.ndarray]:
+def head_stats(weights: np.ndarray, attention: str = "decoder") -> dict[str, np.ndarray]:
     """The columns of ``COLUMNS`` for every head: name -> ``(H,)`` float64 (NaN where
-    undefined: the ``i >= 1`` statistics of a one-token text)."""
-    w = weights.astype(np.float64)  # (H, T, T)
-    n_heads, n = w.shape[0], w.shape[-1]
+    undefined: the ``i >= 1`` statistics of a one-token text; self, previous token and
+    distance of cross-attention). ``attention``: see the module docstring."""
+    w = weights.astype(np.float64)  # (H, Tq, Tk)
+    n_heads, n, n_keys = w.shape
     rows = np.arange(n)
-    entropy = row_entropy(w)  # (H, T)
+    entropy = row_entropy(w)  # (H, Tq)
     nan = np.full(n_heads, np.nan)
+    if attention == "cross":
+        # H_i / ln(Tk): 1 means "uniform over the other text"; key 0 is its first token
+        normalized = (entropy / np.log(n_keys)).mean(axis=-1) if n_keys > 1 else nan
+        return {"entropy": entropy.mean(axis=-1), "normalized_entropy": normalized,
+                "max_weight": w.max(axis=-1).mean(axis=-1), "self": nan,
+                "previous_token": nan, "first_token": w[:, :, 0].mean(axis=-1),
+                "mean_distance": nan}
     if n > 1:
-        # H_i / ln(i + 1): 1 means "uniform over the i + 1 visible keys".
-        normalized = (entropy[:, 1:] / np.log(rows[1:] + 1.0)).mean(axis=-1)
+        # H_i / ln(visible keys): i + 1 behind the causal mask, every key (T) without it;
+        # 1 means "uniform over the keys the row could see".
+        visible = rows[1:] + 1.0 if attention == "decoder" else np.full(n - 1, float(n))
+        normalized = (entropy[:, 1:] / np.log(visible)).mean(axis=-1)
         previous = np.diagonal(w, offset=-1, axis1=-2, axis2=-1).mean(axis=-1)
         first = w[:, 1:, 0].mean(axis=-1)
     else:
         normalized = previous = first = nan
-    distance = rows[:, None] - rows[None, :]  # (T, T): i - j
+    distance = rows[:, None] - rows[None, :]  # (T, T): i - j, negative for keys ahead
     return {
         "entropy": entropy.mean(axis=-1),
         "normalized_entropy": normalized,
@@ -98,11 +114,17 @@ def add_induction(rows: list[dict], scores: np.ndarray) -> list[dict]:
     return rows
 
 
-def head_rows(weights: np.ndarray, layers: list[int], kv_heads: list[int] = ()) -> list[dict]:
+def head_rows(weights: np.ndarray, layers: list[int], kv_heads: list[int] = (),
+              attention: str = "decoder") -> list[dict]:
     """One record per (layer, head) of ``weights`` ``(L, H, T, T)``: ``layer``, ``head``,
     ``kv_head`` (the key/value head it reads, when ``kv_heads`` is given) and the
-    ``COLUMNS``, NaN as None."""
-    return stats_rows([head_stats(w) for w in weights], layers, kv_heads)
+    ``COLUMNS``, NaN as None. ``attention`` other than ``"decoder"``: the rows say so
+    (``"attention": "encoder"``) and the statistics are defined as the module says."""
+    rows = stats_rows([head_stats(w, attention) for w in weights], layers, kv_heads)
+    if attention != "decoder":
+        rows = [{"layer": r["layer"], "head": r["head"], "attention": attention,
+                 **{k: v for k, v in r.items() if k not in ("layer", "head")}} for r in rows]
+    return rows
 
 
 def stats_rows(per_layer: list[dict[str, np.ndarray]], layers: list[int],

@@ -19,6 +19,10 @@ For head ``h`` with ``d_k = head_dim`` and ``X`` the ``(T, d_model)`` input of t
     A_drop = dropout(A)   (only when asked)             (T, T)
     Z = A V  (A_drop V with dropout)                    (T, d_k)
 
+Without the causal mask (``--bidirectional``, an encoder) there is no mask step, unless a
+window on both sides hides the keys ``|j - i| >= W``; cross-attention (``--cross``) takes
+K and V from the second text's input ``X₂`` (``(T_k, d_kv)``): ``S`` is ``(T, T_k)``.
+
 Everything is recomputed from the layer's float32 input and parameters in float32, the
 way the model computes it, so ``A`` is the model's weights (to float32 rounding: a
 float64 re-derivation differs from the float32 model by up to ~1e-6 when scores are
@@ -77,10 +81,21 @@ class HeadSteps:
     window: int | None = None  # sliding window W: keys W or more back are masked too
     softcap: float | None = None
     rope: dict | None = None  # the rotation (RopeSpec.describe()), when the layer has one
+    causal: bool = True  # False: an encoder's or cross-attention (no causal mask)
+    cross: bool = False  # K and V from another text's input: (T_k, d_k)
 
     @property
     def n_tokens(self) -> int:
         return self.scores.shape[0]
+
+    @property
+    def n_keys(self) -> int:
+        return self.scores.shape[1]
+
+    def hidden(self) -> np.ndarray:
+        """``(T, T_k)`` bool: the cells the mask hides (none without the causal mask and a
+        window)."""
+        return hidden_cells(self.n_tokens, self.n_keys, self.window, self.causal)
 
     @property
     def divides_by_sqrt_dk(self) -> bool:
@@ -92,7 +107,8 @@ class HeadSteps:
         scaled = "S / √d_k" if self.divides_by_sqrt_dk else f"S × {self.scale:.4g}"
         if self.softcap is not None:
             scaled = f"{self.softcap:g}·tanh(({scaled}) / {self.softcap:g})"
-        projected = {name: f"X·W_{name}" + bias.format(name) for name in ("Q", "K")}
+        projected = {name: f"{'X₂' if self.cross and name == 'K' else 'X'}·W_{name}"
+                     + bias.format(name) for name in ("Q", "K")}
         unrotated = dict(projected)
         if self.queries_projected is not None:
             unrotated = {name: f"RMSNorm({name}₀)" for name in ("Q", "K")}
@@ -106,10 +122,13 @@ class HeadSteps:
             "keys": f"K = {final['K']}",
             "scores": "S = Q·Kᵀ",
             "scaled": scaled,
-            "masked": f"mask({scaled})" if self.window is None else f"mask_{self.window}({scaled})",
-            "weights": f"A = softmax(mask({scaled}))",
+            "masked": (f"mask({scaled})" if self.window is None else
+                       f"mask_{self.window}({scaled})" if self.causal else
+                       f"mask_±{self.window - 1}({scaled})"),
+            "weights": (f"A = softmax(mask({scaled}))" if self.masked is not None else
+                        f"A = softmax({scaled})"),
             "dropped": "" if self.dropout is None else f"dropout(A), p = {self.dropout:g}",
-            "values": "V = X·W_V" + bias.format("V"),
+            "values": ("V = X₂·W_V" if self.cross else "V = X·W_V") + bias.format("V"),
             "context": f"Z = {'A' if self.dropped is None else 'dropout(A)'}·V",
         }
         return {name: formulas[name] for name in self.matrices()}
@@ -142,6 +161,17 @@ def causal_future(n_tokens: int, window: int | None = None) -> np.ndarray:
     if window is not None:
         hidden |= np.tril(np.ones((n_tokens, n_tokens), dtype=bool), k=-window)
     return hidden
+
+
+def hidden_cells(n_tokens: int, n_keys: int, window: int | None, causal: bool) -> np.ndarray:
+    """``(T, T_k)`` bool, True where the mask hides the key: ``causal_future`` of causal
+    attention; without the causal mask nothing, or with a window W the keys ``|j - i| >= W``."""
+    if causal:
+        return causal_future(n_tokens, window)
+    if window is None:
+        return np.zeros((n_tokens, n_keys), dtype=bool)
+    queries, keys = np.indices((n_tokens, n_keys), sparse=True)
+    return np.abs(keys - queries) >= window
 
 
 def dropout_keep(shape: tuple[int, int], p: float, seed: int) -> np.ndarray:
@@ -189,6 +219,8 @@ def head_steps(
     import torch
 
     x = torch.from_numpy(result.attn_inputs[li])  # (T, d_model) float32, as the model saw it
+    # cross-attention: keys and values from the second text's input, (T_k, d_kv)
+    x_kv = torch.from_numpy(result.key_inputs[li]) if result.cross else x
     d_out = result.params["W_query"].shape[1]
     head_dim = d_out // n_heads
     cols = slice(head * head_dim, (head + 1) * head_dim)
@@ -196,7 +228,8 @@ def head_steps(
     def project(name: str) -> torch.Tensor:
         # The whole projection, as nn.Linear computed it in the model, then this head's slice.
         bias = result.params.get(f"b_{name}")
-        full = torch.nn.functional.linear(x, torch.from_numpy(result.params[f"W_{name}"][li]),
+        source = x if name == "query" else x_kv
+        full = torch.nn.functional.linear(source, torch.from_numpy(result.params[f"W_{name}"][li]),
                                           None if bias is None else torch.from_numpy(bias[li]))
         return full[:, cols]  # (T, d_k)
 
@@ -221,9 +254,11 @@ def head_steps(
     scaled = (queries * scale) @ keys.T if exact else scores * scale
     if softcap is not None:
         scaled = torch.tanh(scaled / softcap) * softcap
-    future = torch.from_numpy(causal_future(len(x), window))
-    masked = scaled.masked_fill(future, float("-inf"))
-    weights = torch.softmax(masked, dim=-1)  # (T, T), exactly 0 above the diagonal
+    hidden = hidden_cells(len(x), len(x_kv), window, result.causal)
+    # no mask step when nothing is hidden (an encoder's global layer, cross-attention)
+    masked = scaled.masked_fill(torch.from_numpy(hidden), float("-inf")) if hidden.any() or (
+        result.causal) else None
+    weights = torch.softmax(scaled if masked is None else masked, dim=-1)  # (T, T_k)
     dropped = None
     if dropout is not None:
         keep = torch.from_numpy(dropout_keep(tuple(weights.shape), dropout, seed))
@@ -243,4 +278,5 @@ def head_steps(
         **{name: out(t) for name, t in stages.items()},
         kv_head=kv_head if result.kv_heads else None, window=window, softcap=softcap,
         rope=module.rope.describe() if getattr(module, "rope", None) is not None else None,
+        causal=result.causal, cross=result.cross,
     )

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from attnviz.analyses.attention import (
+    check_causal,
     check_length,
     encode_text,
     load_model,
@@ -281,6 +282,7 @@ def analyze_rollout(text: str, config=None, *, weights: str | None = None, layer
     to ``tokens="A:B"`` when given."""
     check_weighting(weighting)
     model = load_model(config, weights)
+    check_causal(model, "--view rollout", "use --view heatmap")  # a lower-triangle product
     token_ids = encode_text(model, text, allow_special, bos=(config or ModelConfig()).bos,
                             chat=(config or ModelConfig()).chat)
     window = parse_window(tokens, len(token_ids))

@@ -10,11 +10,17 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
+    BidirectionalOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     ResolutionOpt,
@@ -28,6 +34,7 @@ from attnviz.cli.options import (
     model_options,
     picture_options,
     score_induction,
+    second_text,
 )
 from attnviz.core.errors import InputError
 from attnviz.core.words import counted
@@ -63,12 +70,18 @@ def compare_heads(
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     weighting: WeightingOpt = "attention",
     resolution: ResolutionOpt = None,
     sink_tokens: SinkTokensOpt = 4,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -79,6 +92,7 @@ def compare_heads(
     With --weighting norm the statistics are those of the value-weighted rows renormalised
     to sum 1, and --output draws the norms. A text longer than --resolution tokens (1024):
     the statistics of the whole text (and sink_mass), exactly; --output draws pooled maps.
+    An encoder–decoder: the heads of one kind of attention (--attention; default cross).
     """
     from dataclasses import replace
 
@@ -105,6 +119,11 @@ def compare_heads(
         raise InputError("--head picks the heads of the --output picture; add -o FILE (the "
                          "table always lists every head)")
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
+    if induction and cross is not None:
+        raise InputError("--induction scores self-attention on a repeated sequence; --cross "
+                         "attends to another text: drop one of them")
     if plot_path or similarity_plot:
         from attnviz.pictures import checks
 
@@ -116,7 +135,8 @@ def compare_heads(
             if path:
                 checks.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
-    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.analyses.attention import check_text, encode_inputs, load_model
+    from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.analyses.stats import add_induction, head_rows, stats_rows
     from attnviz.analyses.stats import similarity as js_matrix
     from attnviz.files.output import sort_rows
@@ -126,10 +146,24 @@ def compare_heads(
              "--view lines" if plot_path and picture.view == "lines" else
              "--exclude-first" if plot_path and picture.exclude_first else
              "--annotate" if plot_path and picture.annotate else None)
-    result = analyze_text(source, config, weights=weights, layer=layer,
-                          allow_special=allow_special, heads=head, tokens=tokens,
-                          resolution=resolution, sink_tokens=sink_tokens,
-                          maps=("max",) if plot_path else (), whole=whole)
+    from attnviz.cli import seq2seq
+
+    model = seq2seq.model_for(config, weights, attention, decoder_text,
+                              shown=seq2seq.KINDS)
+    texts = None  # an encoder–decoder's two texts
+    if model is not None and seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--induction": induction, "--weighting norm": weighting == "norm",
+                        "--tokens": tokens is not None, "--pair": second.get("pair") is not None})
+        result, texts = seq2seq.compare_result(
+            model, source, decoder_text=decoder_text, attention=attention, layer=layer,
+            head=head, allow_special=allow_special, config=config)
+    else:
+        check_text(source)
+        model = model or load_model(config, weights)  # read once: seq2seq.model_for may have
+        inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+        result = analyze_tokens(model, layer=layer, heads=head, tokens=tokens,
+                                resolution=resolution, sink_tokens=sink_tokens,
+                                maps=("max",) if plot_path else (), whole=whole, **inputs)
     long = result if isinstance(result, LongResult) else None
     if long is not None:  # the whole text's statistics; its pooled map (or window) drawn
         from attnviz.cli.heatmap import long_measure
@@ -153,15 +187,24 @@ def compare_heads(
         about = weighting_config("norm", STATISTICS_NOTE)
         result = replace(result, weights=renormalized(drawn.weights),
                          config={**result.config, "weighting": about})
-    rows = (head_rows(result.weights, result.layers, result.kv_heads) if long is None else
+    rows = (head_rows(result.weights, result.layers, result.kv_heads, result.attention)
+            if long is None else
             stats_rows(_per_layer(long.stats()), long.layers, long.kv_heads, (*COLUMNS, "sink_mass")))
     if result.kv_heads:  # grouped-query models: which key/value head each head reads
         columns.insert(2, "kv_head")
+    if not result.causal or texts is not None:  # every row says which kind (not causal, or
+        columns.insert(2, "attention")           # one of an encoder–decoder's three)
+        rows = [{"layer": r["layer"], "head": r["head"], "attention": result.attention, **r}
+                for r in rows]
     if induction:
         add_induction(rows, score_induction(output, config, weights, result.layers, weighting))
     rows = sort_rows(rows, sort_by, desc)
     document = {"heads": rows, "layers": result.layers, "tokens": (long or result).tokens(),
                 "config": result.config}
+    if texts is not None:
+        document.update(texts)  # the source's tokens, and the decoder's
+    elif result.cross:
+        document["key_tokens"] = result.key_tokens()
     window_note = ""
     if long is not None:  # the statistics are the whole text's; a window is only drawn
         document["pooled"] = {"block": long.block, "cells": long.n_blocks,
@@ -211,9 +254,11 @@ def compare_heads(
         broadest = max(range(len(rows)), key=lambda i: rows[i]["entropy"])
         styles = {focused: "bold green", broadest: "yellow"}
     weighted = " of the value-weighted rows (renormalised)" if weighting == "norm" else ""
+    tokens_counted = (f"{counted(result.n_tokens, 'query token')} × "
+                      f"{counted(result.n_keys, 'key token')}" if result.cross else
+                      counted((long or result).n_tokens, "token"))
     output.emit(document, rows, shown,
-                title=f"Head statistics{weighted}, "
-                      f"{counted((long or result).n_tokens, 'token')}{window_note}",
+                title=f"Head statistics{weighted}, {tokens_counted}{window_note}",
                 styles=styles, keys=shown[: 2 if show_layer else 1])
     if fmt != "table":
         return

@@ -11,11 +11,17 @@ from attnviz.cli.app import app
 from attnviz.cli.options import (
     NPZ,
     AllowSpecialOpt,
+    AttentionOpt,
+    BidirectionalOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     QuietOpt,
     ResolutionOpt,
     SinkTokensOpt,
@@ -25,6 +31,7 @@ from attnviz.cli.options import (
     WeightsOpt,
     check_file_target,
     model_options,
+    second_text,
 )
 from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
@@ -46,6 +53,8 @@ def export(
                        "the whole model); of the value-weighted rows with --weighting norm.")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
@@ -55,6 +64,10 @@ def export(
                             "--resolution tokens: also write every weight, (L, H, T, T) "
                             "float32 (4·L·H·T² bytes; refused when the disk has less free). "
                             "A shorter text's weights are always written.")] = False,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -64,7 +77,9 @@ def export(
     --rollout the attention rollout. A text longer than --resolution tokens (1024) gets
     pooled maps and statistics instead of every weight (docs/long-context.md). Prints
     what was written (with --quiet only the path); with -o - the .npz goes to standard
-    output and the summary to standard error.
+    output and the summary to standard error. An encoder–decoder (T5, BART, Marian):
+    weights (encoder), decoder_weights and cross_weights, each (L, H, T_query, T_key),
+    with both texts' tokens (docs/encoder-decoders.md).
     """
     import sys
 
@@ -77,20 +92,40 @@ def export(
     to_stdout = str(output_path) == "-"
     output = Output("table", quiet)
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
     if not to_stdout:
         check_file_target(output_path, "--output", NPZ)
     elif sys.stdout.isatty():
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
-    from attnviz.analyses.attention import encode_text, layer_stream, load_model
+    from attnviz.analyses.attention import encode_inputs, layer_stream, load_model
     from attnviz.analyses.longcontext import check_resolution
     from attnviz.core.config import ModelConfig
     from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
 
     options = config or ModelConfig()
-    model = load_model(config, weights)
-    token_ids = encode_text(model, source, allow_special, options.bos, options.chat)
+    model = load_model(config, weights, seq2seq=True)
+    from attnviz.cli import seq2seq
+
+    if seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--include-params": include_params, "--weighting norm": weighting == "norm",
+                        "--rollout": rollout, "--tokens": tokens is not None,
+                        "--full-weights": full_weights, "--pair": second.get("pair") is not None})
+        with Progress(quiet) as progress:
+            arrays = seq2seq.export_result(model, source, decoder_text=decoder_text,
+                                           attention=attention, layer=layer,
+                                           allow_special=allow_special, config=options,
+                                           resolution=resolution)
+            written = _write(arrays, output_path, to_stdout, progress)
+        return _report(written, output_path, output, quiet, f"Wrote {output_path}")
+    seq2seq.check_attention_options(model, attention, decoder_text)
+    inputs = encode_inputs(model, source, allow_special, options.bos, options.chat, **second)
+    token_ids = inputs["token_ids"]
+    if len(inputs) > 1 or model.attention_kind != "decoder":  # a pair, cross, an encoder
+        return _export_whole(model, inputs, output_path, to_stdout, output, layer, tokens,
+                             resolution, sink_tokens, weighting, rollout, include_params, quiet)
     if len(token_ids) > check_resolution(resolution, len(token_ids)):
         return _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens,
                             resolution, sink_tokens, full_weights, weighting, rollout,
@@ -171,6 +206,45 @@ def _report(written, output_path, output, quiet: bool, title: str) -> None:
 
 
 
+def _export_whole(model, inputs, output_path, to_stdout, output, layer, tokens, resolution,
+                  sink_tokens, weighting, rollout, include_params, quiet) -> None:
+    """``export`` of an encoder's, a sentence pair's or cross-attention's weights: the whole
+    result (``attention.result_arrays``): ``weights`` ``(L, H, Tq, Tk)``, the tokens, and for
+    cross-attention the keys' ``key_tokens``; ``attention`` names the kind."""
+    import numpy as np
+
+    from attnviz.analyses.attention import result_arrays
+    from attnviz.analyses.longcontext import analyze_tokens
+    from attnviz.core.errors import InputError
+    from attnviz.files.fileio import check_free_space
+    from attnviz.files.progress import Progress
+
+    for given, option in ((weighting == "norm", "--weighting norm"), (rollout, "--rollout")):
+        if given:
+            raise InputError(f"{option} is made for causal self-attention: export an encoder's "
+                             f"or cross-attention's weights without it")
+    with Progress(quiet) as progress:
+        result = analyze_tokens(model, layer=layer, tokens=tokens, resolution=resolution,
+                                sink_tokens=sink_tokens, progress=progress, **inputs)
+        single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
+                                                     for x in layer or [])
+        arrays = result_arrays(result, single)
+        arrays["attention"] = np.asarray(result.attention)
+        if result.pair_start is not None:
+            arrays["token_types"] = np.asarray(inputs["token_types"], dtype=np.int64)[
+                slice(*result.window) if result.window else slice(None)]
+        if include_params:
+            pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
+            arrays["attn_input"] = pick(result.attn_inputs)
+            if result.cross:
+                arrays["key_input"] = pick(result.key_inputs)
+            arrays.update({name: pick(value) for name, value in result.params.items()})
+        if not to_stdout:
+            check_free_space(output_path, int(result.weights.nbytes), "--output")
+        written = _write(arrays, output_path, to_stdout, progress)
+    _report(written, output_path, output, quiet, f"Wrote {output_path}")
+
+
 def _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens, resolution,
                  sink_tokens, full_weights, weighting, rollout, include_params, quiet) -> None:
     """``export`` of a long text: pooled maps and statistics (``LongResult.export_arrays``),
@@ -230,7 +304,7 @@ def info(
     output = Output(fmt, quiet)
     from attnviz.analyses.attention import load_model
 
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
     model_info = model.describe()
     own = model_info.pop("tokenizer", None)  # a model's own tokenizer: its own section
     document = {

@@ -78,6 +78,8 @@ def generate(
     looked at when it wrote it (with a KV cache: one new token per step).
 
     Prints the continuation as it comes on a terminal (all of it at the end when piped).
+    An encoder–decoder (T5, BART, Marian) writes its output for TEXT from its decoder's
+    start token; --out draws each written token's cross-attention over TEXT (alignment).
     """
     from attnviz.files.output import Output
 
@@ -103,7 +105,18 @@ def generate(
     from attnviz.analyses.generation import generate as run
 
     check_text(source)
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
+    from attnviz.cli import seq2seq
+
+    if seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--tokens": tokens is not None, "--chat": config.chat},
+                       "when an encoder–decoder generates")
+        return seq2seq.generate(model, source, max_new_tokens=max_new_tokens, sampling=sampling,
+                                ignore_eos=ignore_eos, top_k_report=top_k_report, out=out,
+                                npz_path=npz_path, report_path=report_path, picture=picture,
+                                head=head, layer=layer,
+                                allow_special=allow_special, config=config, output=output,
+                                fmt=fmt, quiet=quiet)
     layers = parse_layers(layer or "all", model.n_layers)
     check_heads(head, model.n_heads)
     prompt_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)

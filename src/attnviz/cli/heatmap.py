@@ -10,14 +10,20 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
+    BidirectionalOpt,
     BosOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     HeadOpt,
     LayerOpt,
     ModelOptions,
     OfflineOpt,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     ResolutionOpt,
@@ -31,6 +37,7 @@ from attnviz.cli.options import (
     deprecated,
     model_options,
     picture_options,
+    second_text,
 )
 from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
@@ -49,12 +56,18 @@ def heatmap(
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
     weighting: WeightingOpt = "attention",
     resolution: ResolutionOpt = None,
     sink_tokens: SinkTokensOpt = 4,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     as_json: Annotated[bool, typer.Option("--json", help="The same as --format json.")] = False,
     quiet: QuietOpt = False,
@@ -62,6 +75,8 @@ def heatmap(
 ) -> None:
     """Write one heatmap PNG per head (head_00.png ...) and an overview grid (heads.png);
     with --view rollout, one picture of the model's attention rollout (rollout.png).
+    An encoder–decoder (T5, BART, Marian): a folder per kind of attention (encoder,
+    decoder, cross; --attention picks one), the target given with --decoder-text.
 
     A text longer than --resolution tokens (1024) is drawn pooled: each cell the largest
     weight of a block of the text, and each layer's statistics (stats.png). Prints what
@@ -78,21 +93,48 @@ def heatmap(
         deprecated("heatmap", "-o", "-o names one file in every other command")
         out = out_deprecated
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
     from attnviz.pictures import checks, plot
 
     picture.check(rollout=True)
     picture_format = checks.image_format(None, picture.image_format)
     check_out_dir(out, "--out" if out_deprecated is None else "-o")
+    if picture.view == "lines" and (cross is not None or bidirectional):
+        raise InputError("--view lines draws causal self-attention: use --view heatmap with "
+                         + ("--cross" if cross is not None else "--bidirectional"))
+    if weighting == "norm" and cross is not None:
+        raise InputError("--weighting norm weighs a text's keys by their values; with --cross "
+                         "the keys are another text's: drop one of them")
     if weighting == "norm" and picture.exclude_first:
         raise InputError("--exclude-first renormalises attention rows; the norms of "
                          "--weighting norm are not probabilities (and already shrink a sink "
                          "whose value is short): give one of them")
+    from attnviz.cli import seq2seq
+
+    model = seq2seq.model_for(config, weights, attention, decoder_text)
+    if model is not None and seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--view rollout": picture.view == "rollout",
+                        "--weighting norm": weighting == "norm", "--tokens": tokens is not None,
+                        "--pair": pair is not None})
+        described = seq2seq.heatmap(
+            model, source, decoder_text=decoder_text, attention=attention, out=out,
+            picture=picture, picture_format=picture_format, layer=layer, head=head,
+            allow_special=allow_special, config=config, resolution=resolution, output=output,
+            fmt=fmt, quiet=quiet)
+        if described is not None:
+            output.mapping(_config_summary(described), title="Model")
+        return
     if picture.view == "rollout":
         if head:
             raise InputError("--view rollout draws the whole model in one picture: drop --head")
+        if pair is not None or cross is not None:
+            raise InputError(f"--view rollout follows one text through the layers: drop "
+                             f"{'--pair' if pair is not None else '--cross'}")
         return _rollout(source, out, picture, picture_format, config, weights, layer, tokens,
                         allow_special, weighting, output, fmt, quiet)
-    from attnviz.analyses.longcontext import LongResult, analyze_text
+    from attnviz.analyses.attention import check_text, encode_inputs, load_model
+    from attnviz.analyses.longcontext import LongResult, analyze_tokens
     from attnviz.files.progress import Progress
 
     whole = ("--weighting norm" if weighting == "norm" else
@@ -100,10 +142,14 @@ def heatmap(
              "--exclude-first" if picture.exclude_first else
              "--annotate" if picture.annotate else None)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
-        result = analyze_text(source, config, weights=weights, layer=layer,
-                              allow_special=allow_special, heads=head, tokens=tokens,
-                              resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
-                              whole=whole, progress=progress)
+        check_text(source)
+        model = model or load_model(config, weights)  # read once: seq2seq.model_for may have
+        inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+        result = analyze_tokens(model, layer=layer, heads=head, tokens=tokens,
+                                resolution=resolution, sink_tokens=sink_tokens, maps=("max",),
+                                whole=whole, progress=progress, **inputs)
+        if picture.view == "lines":
+            plot.check_lines(result)  # an encoder's: known once the model is read
         measure, long = {}, None
         if isinstance(result, LongResult):
             long, result, measure, extras = _long_pictures(result, picture, picture_format, head)
@@ -119,9 +165,13 @@ def heatmap(
                                     progress=progress, **picture.heatmap_args(), **measure,
                                     layer_extras=extras if long is not None else None)
         progress.summary(f"Wrote {counted(len(files), picture_format.upper() + ' file')} to {out}")
-    rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
+    rows = [{"file": str(f.path), "layer": f.layer, "head": f.head, **result.row_fields()}
+            for f in files]
     document = {"files": [r["file"] for r in rows],
                 "tokens": (long or result).tokens(), "config": result.config}
+    document.update(result.row_fields())  # "attention": "encoder" / "cross"
+    if result.cross:
+        document["key_tokens"] = result.key_tokens()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}
     if long is not None:
@@ -132,7 +182,7 @@ def heatmap(
     window = f", tokens {result.window[0]}-{result.window[1] - 1}" if result.window else ""
     if measure:
         window += f" (value-weighted norms, colours 0-{measure['measure'].top:g})"
-    output.emit(document, rows, ["file", "layer", "head"], keys=["file"],
+    output.emit(document, rows, ["file", "layer", "head", *result.row_fields()], keys=["file"],
                 title=f"Wrote {counted(len(rows), picture_format.upper() + ' file')} to {out}{window}")
     if fmt == "table":
         output.mapping(_config_summary(result.config), title="Model")
@@ -202,7 +252,8 @@ def long_summary(long) -> dict:
 
 def _config_summary(config: dict) -> dict:
     keys = ("mode", "weights", "family", "revision", "n_heads", "n_kv_heads", "d_model",
-            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "layers")
+            "head_dim", "context_length", "sliding_window", "seed", "qkv_bias", "impl", "bidirectional",
+            "cross_d_in", "layers")
     return {k: config[k] for k in keys if k in config}
 
 
@@ -230,7 +281,7 @@ def tokens(
     if weights is not None:
         model = load_model(ModelConfig(offline=offline, progress=not quiet, bos=bos,
                                        tokenizer=None if tokenizer is None else str(tokenizer)),
-                           weights)
+                           weights, seq2seq=True)
         token_ids, tok = encode_text(model, source, allow_special, bos), model.tokenizer
     else:
         from attnviz.text import tokenization

@@ -110,6 +110,60 @@ HeadOpt = Annotated[
     typer.Option("--head", min=0, metavar="I", help="A head to draw (repeatable); default: every head.",
                  show_default=False),
 ]
+BidirectionalOpt = Annotated[
+    bool, typer.Option("--bidirectional", help="Random mode: self-attention without the causal "
+                       "mask (the book's SelfAttention): every query sees every key.")
+]
+CrossOpt = Annotated[
+    str | None,
+    typer.Option("--cross", metavar="TEXT", help="Random mode: cross-attention from the text to "
+                 "this second text, whose tokens are the keys and values (a CrossAttention "
+                 "module); rectangular heatmaps, the text's tokens down the side.",
+                 show_default=False),
+]
+CrossDInOpt = Annotated[
+    int | None,
+    typer.Option("--cross-d-in", min=1, metavar="N", help="With --cross: the width of the second "
+                 "input, another modality's (default: --d-model).", show_default=False),
+]
+PairOpt = Annotated[
+    str | None,
+    typer.Option("--pair", metavar="TEXT", help="An encoder model (BERT, RoBERTa, DistilBERT, "
+                 "ModernBERT): a second sentence, encoded with the text as a sentence pair "
+                 "(token type ids where the model has them); the pictures mark the boundary.",
+                 show_default=False),
+]
+
+
+def second_text(config: ModelConfig, weights: str | None, *, bidirectional: bool = False,
+                cross: str | None = None, cross_d_in: int | None = None,
+                pair: str | None = None) -> tuple[ModelConfig, dict]:
+    """``--bidirectional``, ``--cross``, ``--cross-d-in`` and ``--pair`` checked together
+    before any work: the config that runs them and ``{"pair": ..., "cross": ...}`` for
+    ``analyze_text``."""
+    from dataclasses import replace
+
+    if weights is not None:
+        if bidirectional:
+            raise InputError("--bidirectional is random mode's: an encoder checkpoint (BERT, "
+                             "RoBERTa, ModernBERT) is bidirectional by itself, and a decoder's "
+                             "causal mask is part of the model; drop --bidirectional")
+        if cross is not None:
+            raise InputError("--cross is random mode's cross-attention module: drop --weights, "
+                             "or --cross")
+    elif pair is not None:
+        raise InputError("--pair encodes a sentence pair for an encoder model: add --weights "
+                         "(bert-base-uncased, roberta-base, a folder …)")
+    if cross_d_in is not None and cross is None:
+        raise InputError("--cross-d-in is the width of --cross's second input: add --cross TEXT")
+    if cross is not None and bidirectional:
+        raise InputError("--cross has no causal mask to remove: give --cross or --bidirectional")
+    if cross is not None and pair is not None:
+        raise InputError("--pair and --cross both give a second text: give one of them")
+    config = replace(config, bidirectional=bidirectional, cross_d_in=cross_d_in)
+    return config, {"pair": pair, "cross": cross}
+
+
 def _check_tokens(value: str | None) -> str | None:
     if value is not None:
         from attnviz.analyses.attention import check_window_syntax
@@ -124,6 +178,21 @@ TokensOpt = Annotated[
                  "keys A..B-1 (Python slice syntax: 0:20, 5:, -20:) of the attention computed on "
                  "the whole text; positions stay absolute, and statistics use the cropped rows "
                  "as they are (they sum to less than 1 when keys before A are cut).",
+                 show_default=False),
+]
+AttentionOpt = Annotated[
+    str | None,
+    typer.Option("--attention", metavar="encoder|decoder|cross|all", help="Which attention: an "
+                 "encoder's self-attention (bidirectional), a decoder's (causal), cross-attention "
+                 "(decoder queries over the encoder's keys), or all the model has (the default; "
+                 "an encoder–decoder has all three; compare-heads compares one kind: cross).",
+                 show_default=False),
+]
+DecoderTextOpt = Annotated[
+    str | None,
+    typer.Option("--decoder-text", metavar="TEXT", help="Encoder–decoder models (T5, BART, "
+                 "Marian): the target the decoder reads after its start token (teacher "
+                 "forcing); without it the decoder reads its start token only.",
                  show_default=False),
 ]
 ResolutionOpt = Annotated[

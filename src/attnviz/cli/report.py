@@ -11,7 +11,9 @@ from attnviz.cli.app import app
 from attnviz.cli.options import (
     HTML,
     AllowSpecialOpt,
+    AttentionOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
@@ -56,6 +58,8 @@ def report(
                        "whole model; --layer L: layers 0-L).")] = False,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
@@ -66,19 +70,33 @@ def report(
     """Write one offline, interactive HTML page: every head, heatmaps, statistics, tokens.
 
     With --weighting norm the page also holds the value-weighted norms and a switch between
-    them and the weights; with --rollout, an attention rollout view.
+    them and the weights; with --rollout, an attention rollout view. An encoder–decoder
+    (T5, BART, Marian): a page with the switch between its encoder, decoder and cross
+    attention (every layer unless --layer), the target given with --decoder-text.
     """
     from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output", HTML)
-    from attnviz.analyses.attention import encode_text, load_model
+    from attnviz.analyses.attention import check_causal, encode_text, load_model
     from attnviz.display.report import write_report
     from attnviz.display.report_contents import check_report_options, report_contents
 
     check_report_options(weighting, target, contrast, ablate, pretrained=weights is not None)
-    model = load_model(config, weights)
+    model = load_model(config, weights, seq2seq=True)
+    from attnviz.cli import seq2seq
+
+    if seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--induction": induction, "--target": target is not None,
+                        "--weighting norm": weighting == "norm", "--rollout": rollout,
+                        "--tokens": tokens is not None})
+        document = seq2seq.report(model, source, decoder_text=decoder_text, attention=attention,
+                                  output_path=output_path, layer=layer,
+                                  allow_special=allow_special, config=config, output=output)
+        return _emit(document, output, output_path, fmt, quiet)
+    seq2seq.check_attention_options(model, attention, decoder_text)
+    check_causal(model, "attnviz report")
     token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     contents = report_contents(model, token_ids, layer=layer, tokens=tokens, weighting=weighting,
                                rollout=rollout, induction=induction, seed=config.seed,
@@ -92,10 +110,15 @@ def report(
     document = info.as_dict()
     if result.window:
         document["window"] = {"start": result.window[0], "stop": result.window[1]}
-    row = {**document, "layers": ",".join(map(str, info.layers))}
+    _emit(document, output, output_path, fmt, quiet)
+
+
+def _emit(document: dict, output, output_path: Path, fmt: str, quiet: bool) -> None:
+    """What was written: one row (the table), its path (--quiet) or the document."""
+    row = {**document, "layers": ",".join(map(str, document["layers"]))}
     row.pop("window", None)
-    if result.window:
-        row["window"] = f"{result.window[0]}:{result.window[1]}"
+    if "window" in document:
+        row["window"] = f"{document['window']['start']}:{document['window']['stop']}"
     if fmt == "table" and quiet:
         output.paths([output_path])
     elif fmt == "table":

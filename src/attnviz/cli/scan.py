@@ -89,7 +89,7 @@ def scan_command(
     checkpoints, every checkpoint's scores and what changed between them."""
     from attnviz.analyses import scan_runs
     from attnviz.analyses import scanning as scan
-    from attnviz.analyses.attention import check_fits, load_model, parse_layers
+    from attnviz.analyses.attention import check_causal, check_fits, load_model, parse_layers
     from attnviz.analyses.induction import check_induction_probe, induction_probe
     from attnviz.files.output import Output
 
@@ -122,6 +122,7 @@ def scan_command(
         check_out_dir(plot_dir, "--plot")
     records, where = scan.read_corpus(prompts, file, jsonl, limit)
     model = load_model(config, weights)
+    check_causal(model, "attnviz scan")
     layers = parse_layers(layer, model.n_layers)
     if induction:
         check_induction_probe(model, fit=True)  # before the corpus is scanned, not after

@@ -10,11 +10,17 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
+    BidirectionalOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
+    DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     PictureOptions,
     QuietOpt,
     TextArg,
@@ -23,6 +29,7 @@ from attnviz.cli.options import (
     check_file_target,
     model_options,
     picture_options,
+    second_text,
 )
 from attnviz.core.errors import AttnvizError, InputError
 from attnviz.core.words import counted
@@ -48,15 +55,22 @@ def steps(
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
     allow_special: AllowSpecialOpt = False,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Draw one head's pipeline: Q, K, Q·Kᵀ, ÷√d_k, causal mask, softmax, V, context.
 
+    --bidirectional: no mask step; --cross TEXT: K and V from the second text's input.
     --format json prints every matrix (null where the mask put −∞).
     """
     import numpy as np
@@ -65,6 +79,8 @@ def steps(
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
     from attnviz.analyses import steps as pipeline
     from attnviz.pictures import checks
     from attnviz.pictures import steps as plot_steps
@@ -84,17 +100,26 @@ def steps(
         analyze_with,
         check_text,
         crop,
-        encode_text,
+        encode_inputs,
         load_model,
         parse_window,
     )
 
     check_text(source)
-    model = load_model(config, weights)
-    token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
+    model = load_model(config, weights, seq2seq=True)
+    from attnviz.cli import seq2seq
+
+    if seq2seq.is_seq2seq(model):
+        raise InputError(f"--weights {weights}: steps does not follow the heads of encoder–decoder "
+                         f"models ({model.describe()['family']}) yet; use heatmap or "
+                         "compare-heads with --attention")
+    seq2seq.check_attention_options(model, attention, decoder_text)
+    inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+    token_ids = inputs["token_ids"]
     window = parse_window(tokens, len(token_ids))
-    plot_steps.check_steps_size(window[1] - window[0] if window else len(token_ids))
-    result = analyze_with(model, token_ids, layer=layers or None, heads=[head])
+    plot_steps.check_steps_size(max(window[1] - window[0] if window else len(token_ids),
+                                    len(inputs.get("key_ids") or [])))
+    result = analyze_with(model, layer=layers or None, heads=[head], **inputs)
     head_steps = pipeline.head_steps(result, head, dropout=dropout, seed=config.seed)
     if window:  # the whole text was computed; queries and keys of the window are shown
         head_steps = _crop_steps(head_steps, *window)
@@ -107,7 +132,8 @@ def steps(
                 head=head, layer=head_steps.layer, tokens=result.n_tokens),
             subtitle=_model_line(result.config, config.seed) + (
                 f"; tokens {window[0]}-{window[1] - 1} of {len(token_ids)}, computed on the whole "
-                "text (the cut rows of A need not sum to 1)" if window else ""))
+                "text (the cut rows of A need not sum to 1)" if window else ""),
+            key_labels=result.key_labels if result.cross else None)
     except OSError as exc:
         raise AttnvizError(f"cannot write {output_path}: {exc.strerror or exc}") from None
 
@@ -129,6 +155,8 @@ def steps(
             "shapes": shapes,
             "matrices": {name: _float32_lists(m) for name, m in matrices.items()},
             "tokens": result.tokens(),
+            **({"key_tokens": result.key_tokens()} if result.cross else {}),
+            **result.row_fields(),
             "config": result.config,
             **({"window": {"start": window[0], "stop": window[1]}} if window else {}),
         })
@@ -159,9 +187,12 @@ def _crop_steps(steps, start: int, stop: int):
 
     from attnviz.analyses import steps as pipeline
 
-    rows, square = slice(start, stop), (slice(start, stop), slice(start, stop))
+    rows = slice(start, stop)
+    # cross-attention: the keys are another text's, never cut
+    square = (rows, slice(None) if steps.cross else rows)
+    keyed = ("queries", "context") if steps.cross else ("queries", "keys", "values", "context")
     return replace(steps, **{name: getattr(steps, name)[rows] for name in
-                             ("queries", "keys", "values", "context", *pipeline.STAGES)
+                             (*keyed, *pipeline.STAGES)
                              if getattr(steps, name) is not None},
                    **{name: getattr(steps, name)[square] for name in
                       ("scores", "scaled", "masked", "weights", "dropped")
@@ -179,8 +210,11 @@ def _float32_lists(matrix):
 
 def _model_line(config: dict, seed: int) -> str:
     if config.get("mode") == "random":
+        kind = (", no causal mask" if config.get("bidirectional") else
+                f", cross-attention to a {config['cross_d_in']}-wide input"
+                if config.get("cross_d_in") else "")
         return (f"random weights (seed {seed}), {counted(config['n_heads'], 'head')}, "
-                f"d_model {config['d_model']}")
+                f"d_model {config['d_model']}{kind}")
     path = Path(str(config.get("weights", "checkpoint")))
     name = path.parent.name if path.name in ("model.safetensors", "pytorch_model.bin") else path.name
     return f"weights: {name}, {counted(config['n_heads'], 'head')}, d_model {config['d_model']}"

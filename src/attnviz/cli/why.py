@@ -99,7 +99,13 @@ def why(
         check_file_target(output_path, "--output", NPZ)
     if report is not None:
         check_file_target(report, "--report", HTML)
-    from attnviz.analyses.attention import check_length, encode_text, load_model, parse_layers
+    from attnviz.analyses.attention import (
+        check_causal,
+        check_length,
+        encode_text,
+        load_model,
+        parse_layers,
+    )
     from attnviz.analyses.attribution import token_labels
     from attnviz.analyses.why import (
         check_head,
@@ -114,6 +120,7 @@ def why(
     from attnviz.analyses.why import why as run
 
     model = load_model(config, weights)
+    check_causal(model, "attnviz why")
     if "." in head:  # the spelling of 0.2's first release: --head L.H
         deprecated("why", "--head L.H", "--head is a head number in every other command")
         layer, head_index = parse_head(head, model.n_layers, model.n_heads)

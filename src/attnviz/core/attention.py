@@ -1,7 +1,10 @@
 """The attention module family of "Build a Large Language Model (From Scratch)", chapter 3.
 
 ``SelfAttention -> CausalAttention -> MultiHeadAttentionWrapper -> MultiHeadAttention``,
-with the book's signatures. Every ``forward(x)`` takes ``x`` of shape ``(b, T, d_in)`` and
+with the book's signatures, and beside them ``CrossAttention``: the chapter's other kind,
+queries from one input and keys and values from another. The multi-head classes take
+``causal=False`` for self-attention without the mask (the chapter's ``SelfAttention``, as
+an encoder computes it). Every ``forward(x)`` takes ``x`` of shape ``(b, T, d_in)`` and
 returns the context vectors; ``forward(x, return_weights=True)`` returns
 ``(context, attn_weights)``. Weights are ``(b, T, T)`` for one head and
 ``(b, num_heads, T, T)`` for several (``[batch, head, query_pos, key_pos]``): row ``i`` is
@@ -104,12 +107,15 @@ class MultiHeadAttentionWrapper(nn.Module):
         dropout: float = 0.0,
         num_heads: int = 12,
         qkv_bias: bool = False,
+        causal: bool = True,
     ):
         super().__init__()
         _check_heads(d_out, num_heads)
         head_dim = d_out // num_heads
+        # causal=False: the book's SelfAttention heads, every key seen
         self.heads = nn.ModuleList(
-            CausalAttention(d_in, head_dim, context_length, dropout, qkv_bias)
+            CausalAttention(d_in, head_dim, context_length, dropout, qkv_bias) if causal
+            else SelfAttention(d_in, head_dim, qkv_bias)
             for _ in range(num_heads)
         )
 
@@ -124,7 +130,8 @@ class MultiHeadAttentionWrapper(nn.Module):
 
 class MultiHeadAttention(nn.Module):
     """All heads at once: one query/key/value projection of width ``d_out``, split into
-    ``num_heads`` heads of ``head_dim = d_out // num_heads``, then ``out_proj``."""
+    ``num_heads`` heads of ``head_dim = d_out // num_heads``, then ``out_proj``.
+    ``causal=False``: no mask, every query sees every key (an encoder's self-attention)."""
 
     def __init__(
         self,
@@ -134,9 +141,11 @@ class MultiHeadAttention(nn.Module):
         dropout: float = 0.0,
         num_heads: int = 12,
         qkv_bias: bool = False,
+        causal: bool = True,
     ):
         super().__init__()
         _check_heads(d_out, num_heads)
+        self.causal = causal
         self.d_out = d_out
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
@@ -170,7 +179,8 @@ class MultiHeadAttention(nn.Module):
         # where the weights go and the softmax runs in place: no (T x T) temporary.
         # (b, nh, T, hd) @ (b, nh, hd, T) -> (b, nh, T, T)
         attn_scores = torch.matmul(queries, keys.transpose(2, 3), out=weights_out)
-        attn_scores.masked_fill_(self.mask[:num_tokens, :num_tokens], float("-inf"))
+        if self.causal:
+            attn_scores.masked_fill_(self.mask[:num_tokens, :num_tokens], float("-inf"))
         attn_weights = self.dropout(torch.softmax(attn_scores, dim=-1, out=weights_out))
         if weights_out is not None and attn_weights is not weights_out:
             weights_out.copy_(attn_weights)  # dropout (training mode) made a new tensor
@@ -192,7 +202,7 @@ def wrapper_from_fused(mha: MultiHeadAttention) -> MultiHeadAttentionWrapper:
     d_in = mha.W_query.in_features
     qkv_bias = mha.W_query.bias is not None
     wrapper = MultiHeadAttentionWrapper(
-        d_in, mha.d_out, mha.mask.shape[0], mha.dropout.p, mha.num_heads, qkv_bias
+        d_in, mha.d_out, mha.mask.shape[0], mha.dropout.p, mha.num_heads, qkv_bias, mha.causal
     )
     with torch.no_grad():
         for h, head in enumerate(wrapper.heads):
@@ -203,3 +213,61 @@ def wrapper_from_fused(mha: MultiHeadAttention) -> MultiHeadAttentionWrapper:
                 if qkv_bias:
                     target.bias.copy_(source.bias[rows])
     return wrapper
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from ``x`` ``(b, Tq, d_in)``, keys and values from
+    another input ``context`` ``(b, Tk, d_context)`` — another text, or another modality when
+    its width differs. Its own ``W_query`` (``d_in -> d_out``), ``W_key`` and ``W_value``
+    (``d_context -> d_out``), split into ``num_heads`` heads, then ``out_proj``; no mask:
+    every query sees every key of the other input. ``forward(x, context, True)`` returns
+    ``(context_vec (b, Tq, d_out), attn_weights (b, num_heads, Tq, Tk))`` — what
+    ``torch.nn.MultiheadAttention(d_out, num_heads, kdim=d_context, vdim=d_context)`` gives
+    with ``average_attn_weights=False``."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        num_heads: int = 12,
+        d_context: int | None = None,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        _check_heads(d_out, num_heads)
+        d_context = d_in if d_context is None else d_context
+        self.d_out = d_out
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_context, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_context, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = 1.0 / self.head_dim**0.5
+        self.causal = False
+
+    def heads_context(self, x: torch.Tensor, context: torch.Tensor,
+                      weights_out: torch.Tensor | None = None):
+        """The per-head context before ``out_proj``, ``(b, Tq, d_out)``, and the weights
+        ``(b, num_heads, Tq, Tk)`` (written into ``weights_out`` when given)."""
+        b, n_queries, _ = x.shape
+        n_keys = context.shape[1]
+        # (b, T, d_out) -> (b, T, num_heads, head_dim) -> (b, num_heads, T, head_dim)
+        queries = self.W_query(x).view(b, n_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        keys = self.W_key(context).view(b, n_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        values = self.W_value(context).view(b, n_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        # (b, nh, Tq, hd) @ (b, nh, hd, Tk) -> (b, nh, Tq, Tk): every key of the other input
+        attn_scores = torch.matmul(queries * self.scale, keys.transpose(2, 3), out=weights_out)
+        attn_weights = self.dropout(torch.softmax(attn_scores, dim=-1, out=weights_out))
+        if weights_out is not None and attn_weights is not weights_out:
+            weights_out.copy_(attn_weights)
+        context_vec = attn_weights @ values  # (b, nh, Tq, Tk) @ (b, nh, Tk, hd) -> (b, nh, Tq, hd)
+        return context_vec.transpose(1, 2).reshape(b, n_queries, self.d_out), attn_weights
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, return_weights: bool = False,
+                weights_out: torch.Tensor | None = None):
+        context_vec, attn_weights = self.heads_context(x, context, weights_out)
+        context_vec = self.out_proj(context_vec)  # (b, Tq, d_out)
+        return (context_vec, attn_weights) if return_weights else context_vec

@@ -41,6 +41,10 @@ class ModelConfig:
     impl: str = "fused"
     n_layers: int = 1  # random mode has one attention layer; checkpoints set their own
     preset: str | None = None  # the --preset the sizes came from, if any
+    # Random mode's other kinds of attention: --bidirectional (self-attention without the
+    # causal mask) and --cross-d-in (the width of --cross's second input; None: d_model).
+    bidirectional: bool = False
+    cross_d_in: int | None = None
     # The options the user gave explicitly (field names): they win over a preset, and
     # --heads sets the head count of checkpoints that do not record it.
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False)
@@ -73,6 +77,9 @@ class ModelConfig:
                 f"each head gets d_model / heads dimensions (try --heads "
                 f"{_nearest_divisor(self.d_model, self.n_heads)})"
             )
+        if self.cross_d_in is not None and (not isinstance(self.cross_d_in, int)
+                                            or self.cross_d_in < 1):
+            raise InputError(f"--cross-d-in must be a positive integer, got {self.cross_d_in}")
         if self.impl not in IMPLEMENTATIONS:
             raise InputError(f"--impl must be one of {', '.join(IMPLEMENTATIONS)}, got {self.impl!r}")
 
@@ -87,6 +94,9 @@ class ModelConfig:
             del described[run_option]
         if self.preset is None:
             del described["preset"]
+        for kind, default in (("bidirectional", False), ("cross_d_in", None)):
+            if described[kind] == default:  # what it always was: causal self-attention
+                del described[kind]
         return described
 
     @classmethod

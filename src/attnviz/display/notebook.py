@@ -168,10 +168,27 @@ def attention_view(result, extras: dict | None = None) -> View:
     from attnviz.display.report import build_payload, render_html
     from attnviz.pictures.plot import overview_png
 
-    page = render_html(build_payload(result, **(extras or {})))
     title = (f"attnviz report: {counted(result.n_tokens, 'token')}, {layer_text(result.layers)}, "
              f"{counted(result.n_heads, 'head')}")
-    return View(page, overview_png(result), title, interactive=True, narrow=_NARROW)
+    png = overview_png(result)
+    if not result.causal:  # the interactive page draws causal heads: the picture of every head
+        return View(static_page(title, image(png, title)), png, title)
+    page = render_html(build_payload(result, **(extras or {})))
+    return View(page, png, title, interactive=True, narrow=_NARROW)
+
+
+@register("attnviz.analyses.seq2seq.Seq2SeqResult")
+def seq2seq_view(result) -> View:
+    """An encoder–decoder's attention: the page with the switch between its kinds
+    (``display.seq2seq_report``), and the heads of its last kind as one picture."""
+    from attnviz.display.seq2seq_report import build_seq2seq_payload, render_seq2seq_html
+    from attnviz.pictures.plot import overview_png
+
+    title = (f"attnviz report: {counted(len(result.source_ids), 'source token')}, "
+             f"{counted(len(result.target_ids), 'decoder token')}, {', '.join(result.kinds)}")
+    png = overview_png(result.of(result.kinds[-1]))
+    page = render_seq2seq_html(build_seq2seq_payload(result))
+    return View(page, png, title, interactive=True, narrow=_NARROW)
 
 
 @register("attnviz.display.report_contents.Report")

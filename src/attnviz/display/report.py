@@ -201,6 +201,9 @@ def build_payload(result: AttentionResult, encoding: str = "auto", limit: int | 
     second matrix the page's switch shows instead of the weights (``norm_induction``: the
     induction scores of their rows); ``rollout``: ``{"layers", "attention": (T, T),
     "norm": (T, T) or None}`` for the rollout view. Each key is absent without them."""
+    if not result.causal:  # the page stores and draws lower triangles
+        raise InputError(f"the report draws causal self-attention; this is {result.attention} "
+                         f"attention: use attnviz heatmap (or result.save('heads.png'))")
     n_layers, n_heads, n_tokens, _ = result.weights.shape
     matrices = 1 if norms is None else 2
     check_size(n_layers, n_heads, n_tokens, limit, matrices)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -20,3 +21,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "linear": lambda x: x,
 }
+# What the forward's MLP computes: the above, and transformers' NewGELUActivation as written
+# (T5 v1.1's gated-gelu), whose last bits differ from torch's tanh approximation.
+ALL_ACTIVATIONS = {**ACTIVATIONS, "gelu_new_python": lambda x: 0.5 * x * (1.0 + torch.tanh(
+    math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))}

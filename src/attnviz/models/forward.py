@@ -3,7 +3,11 @@ layers asked for (litgpt's one config-driven model: a real difference in the mat
 switch of ``ModelSpec``/``LayerSpec``, never a second forward).
 
 Embeddings (``WeightMap.embed``), then pre-norm blocks: ``x + attn(norm1(x))``, then
-``x + mlp(norm2(x))``. Attention per layer: projections (grouped key/value heads when
+``x + mlp(norm2(x))`` (post-norm for BERT and DistilBERT: ``norm1(x + attn(x))``, then
+``norm2(x + mlp(x))``). An encoder (``ModelSpec.causal`` False) has no causal mask: a
+window, where it has one, hides the keys ``|j - i| >= W`` on both sides.
+
+Attention per layer: projections (grouped key/value heads when
 ``n_kv_heads < n_heads``), QK-norm, rotary positions, the scale, a causal mask (within a
 sliding window when the layer has one), an explicit softmax — the weights a visualizer
 needs, which fused kernels never materialise — computed by ``attnviz.models.engine``: whole for a short
@@ -18,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from attnviz.models.activations import ACTIVATIONS
+from attnviz.models.activations import ALL_ACTIVATIONS
 from attnviz.models.checkpoint import Checkpoint, WeightMap
 from attnviz.models.engine import attend
 from attnviz.models.spec import LayerSpec, ModelSpec, RopeSpec
@@ -70,6 +74,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(hd, spec.norm_eps) if layer.qk_norm else None
         self.scale, self.rope, self.window, self.softcap = (
             layer.scale, layer.rope, layer.window, layer.softcap)
+        self.causal = spec.causal
         self.rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin), likewise
 
     def project(self, x: torch.Tensor, stages: dict | None = None, start: int = 0):
@@ -119,7 +124,7 @@ class Attention(nn.Module):
         context_vec, attn_weights = attend(
             queries, keys, values, start=start, scale=None if exact else self.scale,
             softcap=self.softcap, window=self.window, weights_out=weights_out, keep=keep,
-            reduce=reduce)
+            reduce=reduce, causal=self.causal)
         context_vec = context_vec.transpose(1, 2)  # (b, T, nh, hd)
         return context_vec.reshape(b, num_tokens, self.num_heads * self.head_dim), attn_weights
 
@@ -184,7 +189,7 @@ class MLP(nn.Module):
             self.down = nn.Linear(f, d, bias)
         else:
             self.fc, self.proj = nn.Linear(d, f, bias), nn.Linear(f, d, bias)
-        self.activation = ACTIVATIONS[spec.activation]
+        self.activation = ALL_ACTIVATIONS[spec.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -195,7 +200,7 @@ class MLP(nn.Module):
 def _norm(spec: ModelSpec) -> nn.Module:
     if spec.norm == "rmsnorm":
         return RMSNorm(spec.d_model, spec.norm_eps)
-    return nn.LayerNorm(spec.d_model, eps=spec.norm_eps)
+    return nn.LayerNorm(spec.d_model, eps=spec.norm_eps, bias=spec.norm_bias)
 
 
 class Block(nn.Module):
@@ -205,11 +210,12 @@ class Block(nn.Module):
 
     def __init__(self, spec: ModelSpec, layer: int):
         super().__init__()
-        self.norm1 = _norm(spec)
+        self.norm1 = _norm(spec) if spec.layers[layer].attn_norm else nn.Identity()
         self.attn = Attention(spec, spec.layers[layer])
         self.norm2 = _norm(spec)
         self.mlp = MLP(spec)
         self.parallel = spec.parallel_residual
+        self.post_norm = spec.post_norm
         self.attn_out_norm = _norm(spec) if spec.sandwich_norms else None
         self.mlp_out_norm = _norm(spec) if spec.sandwich_norms else None
 
@@ -223,7 +229,14 @@ class Block(nn.Module):
         ``record``, when given, receives what the block adds to the residual stream,
         ``(b, T, d)`` each: ``attn_out`` (out_proj's output, before a sandwich norm),
         ``attn_added`` and ``mlp_added`` (x_out = x + attn_added + mlp_added).
-        ``keep``, ``reduce``: see ``Attention.heads_context`` (weights is then None)."""
+        ``keep``, ``reduce``: see ``Attention.heads_context`` (weights is then None).
+        Post-norm (BERT): the attention reads ``x`` itself; ``record`` is not filled."""
+        if self.post_norm:
+            attn_out, weights = self.attn(x, weights_out, cache, edit, keep, reduce)
+            if not mlp:
+                return None, x, weights
+            hidden = self.norm1(x + attn_out)
+            return self.norm2(hidden + self.mlp(hidden)), x, weights
         attn_input = self.norm1(x)
         attn_out, weights = self.attn(attn_input, weights_out, cache, edit, keep, reduce)
         if not mlp:
@@ -325,6 +338,11 @@ class Transformer:
     def attn_scale(self, layer: int) -> float:
         return self.spec.layers[layer].scale
 
+    @property
+    def attention_kind(self) -> str:
+        """``"decoder"`` (causal self-attention) or ``"encoder"`` (bidirectional)."""
+        return "decoder" if self.spec.causal else "encoder"
+
     def window(self, layer: int) -> int | None:
         return self.spec.layers[layer].window
 
@@ -361,10 +379,15 @@ class Transformer:
                         t.to(self.device) for t in attn.rope.tables(n_tokens))
                 attn.rope_tables = tables
 
-    def embed(self, token_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def embed(self, token_ids: torch.Tensor, start: int = 0,
+              token_types: torch.Tensor | None = None) -> torch.Tensor:
         """``token_ids (B, T)`` at positions ``start ..`` -> ``(B, T, d)``, reading only the
-        rows of the tables used."""
-        return self.checkpoint.weights.embed(token_ids, start).to(self.device)
+        rows of the tables used. ``token_types (B, T)``: a sentence pair's segments, for the
+        models with a token type table (BERT); None: all 0."""
+        weights = self.checkpoint.weights
+        if token_types is not None:
+            return weights.embed(token_ids, start, token_types=token_types).to(self.device)
+        return weights.embed(token_ids, start).to(self.device)
 
     @property
     def can_predict(self) -> bool:
@@ -424,30 +447,34 @@ class Transformer:
         return logits, rows
 
     def run(self, token_ids: torch.Tensor, layers: list[int],
-            weights_out: torch.Tensor | None = None, progress=None, reduce=None) -> list[tuple]:
+            weights_out: torch.Tensor | None = None, progress=None, reduce=None,
+            token_types: torch.Tensor | None = None) -> list[tuple]:
         """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
         weights (B, nh, T, T), attention module)``. Rows of a batch may be right-padded:
         the causal mask keeps every position blind to the padding after it.
         ``weights_out``: a float32 ``(len(layers), B, nh, T, T)`` CPU tensor the weights
         are written into (its slices are returned); ``progress(stage, done, total)`` is
-        called after each block read and each block run. ``reduce``: see ``iter_run``."""
+        called after each block read and each block run. ``reduce``, ``token_types``: see
+        ``iter_run``."""
         out = {k: rest for k, *rest in self.iter_run(token_ids, layers, weights_out, progress,
-                                                     reduce)}
+                                                     reduce, token_types)}
         return [tuple(out[k]) for k in range(len(layers))]
 
     @torch.inference_mode()
     def iter_run(self, token_ids: torch.Tensor, layers: list[int],
-                 weights_out: torch.Tensor | None = None, progress=None, reduce=None):
+                 weights_out: torch.Tensor | None = None, progress=None, reduce=None,
+                 token_types: torch.Tensor | None = None):
         """``run``, one layer at a time: yields ``(k, attn_input, weights, module)`` for
         ``layers[k]`` as soon as its block has run (in the order of the blocks), so a caller
         can write a layer out before the next is computed. ``reduce``, when given, is a
         sequence of ``attnviz.models.engine.Reduce``, one per layer of ``layers``: the
         weights go to it tile by tile (never the whole matrix), and ``weights`` is None.
-        Layers not in ``layers`` keep no weights (a long one: torch's fused kernel)."""
+        Layers not in ``layers`` keep no weights (a long one: torch's fused kernel).
+        ``token_types (B, T)``: a sentence pair's segments (see ``embed``)."""
         deepest = max(layers) + 1
         self.load_blocks(deepest, progress)
         self._prepare(token_ids.shape[1], self.blocks[:deepest])
-        x = self.embed(token_ids)
+        x = self.embed(token_ids, token_types=token_types)
         wanted = {layer: k for k, layer in enumerate(layers)}
         on_device = weights_out is not None and weights_out.device == self.device
         for i, block in enumerate(self.blocks[:deepest]):

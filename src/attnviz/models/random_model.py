@@ -5,6 +5,11 @@ only the rows a text uses are ever drawn: row ``r`` of a table is standard-norma
 from its own seed ``(seed, table, r)``, exactly as if the whole table had been filled, at
 a fraction of the cost (filling 50257 x 768 takes ~0.4 s). The attention projections are
 ``nn.Linear``'s default initialisation under ``torch.manual_seed(seed)``.
+
+``config.bidirectional``: the module runs without the causal mask. Given a second text's
+``key_ids`` (``--cross``), a ``CrossAttention`` module (seeded alike: with ``cross_d_in``
+equal to ``d_model`` its projections are the self-attention module's) attends from the
+text to the second text, embedded the same way in ``cross_d_in`` dimensions.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnviz.core.attention import MultiHeadAttention, wrapper_from_fused
+from attnviz.core.attention import CrossAttention, MultiHeadAttention, wrapper_from_fused
 from attnviz.core.config import GPT2_VOCAB_SIZE, ModelConfig
 from attnviz.models.engine import attend
 from attnviz.text.tokenization import gpt2_tokenizer
@@ -52,9 +57,33 @@ class RandomModel:
                 mask_length,
                 num_heads=config.n_heads,
                 qkv_bias=config.qkv_bias,
+                causal=not config.bidirectional,
             ).eval()
         self.attention = self.fused if config.impl == "fused" else wrapper_from_fused(self.fused)
         self.attention.to(self.device)
+        self._cross = None
+
+    @property
+    def cross_module(self) -> CrossAttention:
+        """The cross-attention module of ``--cross`` (built when first used)."""
+        if self._cross is None:
+            config = self.config
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                self._cross = CrossAttention(config.d_model, config.d_model, config.n_heads,
+                                             d_context=self.key_width,
+                                             qkv_bias=config.qkv_bias).eval().to(self.device)
+        return self._cross
+
+    @property
+    def key_width(self) -> int:
+        """The width of the second input of cross-attention (``--cross-d-in``)."""
+        return self.config.cross_d_in or self.config.d_model
+
+    @property
+    def attention_kind(self) -> str:
+        """``"encoder"`` without the causal mask (``--bidirectional``), else ``"decoder"``."""
+        return "encoder" if self.config.bidirectional else "decoder"
 
     vocab_size = GPT2_VOCAB_SIZE
     kv_heads: list[int] = []  # every head its own key/value head
@@ -96,26 +125,47 @@ class RandomModel:
         tokens, positions = self.embed_parts(token_ids)
         return tokens + positions
 
-    def embed_parts(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The token embeddings and the position embeddings ``embed`` adds, ``(T, d_model)`` each."""
-        d, seed = self.config.d_model, self.config.seed
+    def embed_parts(self, token_ids: list[int], width: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token embeddings and the position embeddings ``embed`` adds, ``(T, width)``
+        each (``width``: d_model by default)."""
+        d, seed = width or self.config.d_model, self.config.seed
         return (seeded_rows(seed, _TOKEN_TABLE, token_ids, d),
                 seeded_rows(seed, _POSITION_TABLE, list(range(len(token_ids))), d))
 
+    def embed_keys(self, key_ids: list[int]) -> torch.Tensor:
+        """``(Tk, key_width)``: the second text of cross-attention, embedded as ``embed``
+        embeds a text (the same tables, ``key_width`` wide)."""
+        tokens, positions = self.embed_parts(key_ids, self.key_width)
+        return tokens + positions
+
     def run(self, token_ids: torch.Tensor, layers: list[int],
-            weights_out: torch.Tensor | None = None, progress=None, reduce=None) -> list[tuple]:
+            weights_out: torch.Tensor | None = None, progress=None, reduce=None,
+            key_ids: torch.Tensor | None = None) -> list[tuple]:
         """``token_ids (B, T)`` -> ``[(attn_input (B, T, d), weights (B, nh, T, T), module)]``
         for the one layer (0) random mode has; as ``Transformer.run`` (``weights_out``,
-        ``progress``, ``reduce``)."""
+        ``progress``, ``reduce``). ``key_ids (B, Tk)``: cross-attention over that second
+        text, weights ``(B, nh, T, Tk)``."""
         return [tuple(rest) for _, *rest in self.iter_run(token_ids, layers, weights_out, progress,
-                                                          reduce)]
+                                                          reduce, key_ids)]
 
     @torch.inference_mode()
     def iter_run(self, token_ids: torch.Tensor, layers: list[int],
-                 weights_out: torch.Tensor | None = None, progress=None, reduce=None):
+                 weights_out: torch.Tensor | None = None, progress=None, reduce=None,
+                 key_ids: torch.Tensor | None = None):
         """``run`` as ``Transformer.iter_run`` yields it: ``(k, attn_input, weights, module)``.
         With ``reduce``, the weights go to the engine's reduction tile by tile
         (``attnviz.models.engine``): the module's projections, the engine's softmax."""
+        if key_ids is not None:
+            x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
+            context = torch.stack([self.embed_keys(row) for row in key_ids.tolist()]).to(self.device)
+            _, weights = self.cross_module(x, context, return_weights=True)
+            if progress:
+                progress("Forward pass", 1, 1)
+            for k in range(len(layers)):
+                yield (k, x, weights if weights_out is None else weights_out[k].copy_(weights),
+                       self.cross_module)
+            return
         if reduce is not None:
             x = torch.stack([self.embed(row) for row in token_ids.tolist()]).to(self.device)
             self._reduce(x, reduce[0])
@@ -140,7 +190,8 @@ class RandomModel:
         b, n, _ = x.shape
         heads = [f(x).view(b, n, mha.num_heads, mha.head_dim).transpose(1, 2)
                  for f in (mha.W_query, mha.W_key, mha.W_value)]  # (B, nh, T, hd) each
-        attend(*heads, start=0, scale=mha.scale, softcap=None, window=None, reduce=reduce)
+        attend(*heads, start=0, scale=mha.scale, softcap=None, window=None, reduce=reduce,
+               causal=mha.causal)
 
 
 def projections_of(mha: MultiHeadAttention) -> dict[str, torch.Tensor]:

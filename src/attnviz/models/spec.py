@@ -1,4 +1,5 @@
-"""One description of a decoder-only model: everything that shapes its attention weights.
+"""One description of a decoder-only model or an encoder (``causal=False``): everything that
+shapes its attention weights.
 
 A reader (one per checkpoint layout) turns a checkpoint's config into a ``ModelSpec``;
 the one forward pass (``attnviz.models.forward``) is built from it. A family is a reader
@@ -88,6 +89,7 @@ class LayerSpec:
     window: int | None = None  # sliding window W: keys j with i - W < j <= i
     softcap: float | None = None  # scores -> softcap · tanh(scores / softcap)
     qk_norm: bool = False  # RMSNorm over head_dim of each query and key head, before RoPE
+    attn_norm: bool = True  # False: the attention reads the residual stream itself (ModernBERT's layer 0)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,9 @@ class ModelSpec:
     sandwich_norms: bool = False  # a norm after the attention and after the MLP too (Gemma 2/3)
     logit_softcap: float | None = None  # next-token logits -> c·tanh(logits / c) (Gemma 2)
     dtype: str = "float32"  # what the file stores; attnviz computes in float32
+    causal: bool = True  # False: an encoder, every key seen (a window: |j - i| < W)
+    post_norm: bool = False  # x = norm1(x + attn(x)); x = norm2(x + mlp(x)) (BERT, DistilBERT)
+    norm_bias: bool = True  # LayerNorm with a bias (ModernBERT's have none)
     extra: dict = field(default_factory=dict, compare=False)  # family-specific facts for info
 
     def __post_init__(self) -> None:
@@ -171,6 +176,10 @@ class ModelSpec:
             described["sliding_window"] = windows
         if any(layer.qk_norm for layer in self.layers):
             described["qk_norm"] = True
+        if not self.causal:
+            described["attention"] = "encoder"
+        if self.post_norm:
+            described["post_norm"] = True
         softcaps = {layer.softcap for layer in self.layers}
         if softcaps != {None}:
             described["attn_softcap"] = next(iter(softcaps)) if len(softcaps) == 1 else [

@@ -15,6 +15,10 @@ are masked the same way: row ``r`` is the query at column ``r + offset``, the ke
 masked as the future and those outside its window as outside. ``offset=0`` and a square
 array are the plain head, drawn as before.
 
+Attention without the causal mask (an encoder's, cross-attention) is drawn from
+``unmasked``: every cell shown, or with a window W (on both sides) the keys W or more
+positions away masked. Such a masked array passes through ``masked`` unchanged.
+
 Pictures never hide a weight: when a heatmap has fewer pixels than cells, each pixel
 shows the **maximum** of the block of cells it covers (masked cells left out), so a
 weight of 1.0 stays visible at any size, and the figure says so (``pool_note``).
@@ -56,6 +60,27 @@ def masked(weights: np.ndarray, window: int | None = None,
     return np.ma.masked_array(weights, mask=mask.copy())
 
 
+def unmasked(weights: np.ndarray, window: int | None = None) -> np.ma.MaskedArray:
+    """``(Tq, Tk)`` weights of attention without the causal mask, as a masked array
+    ``masked`` leaves alone: nothing masked, or with a ``window`` W (on both sides: an
+    encoder's local layer) the keys with ``|j - i| >= W``."""
+    rows, cols = weights.shape[-2:]
+    return np.ma.masked_array(weights, mask=open_mask(rows, cols, window).copy())
+
+
+@lru_cache(maxsize=8)
+def open_mask(rows: int, cols: int, window: int | None = None) -> np.ndarray:
+    """``(rows, cols)`` bool of ``unmasked``: False, or True at ``|j - i| >= window``; one
+    read-only array per shape (a copy is ~10x cheaper than building it)."""
+    if window is None or window >= max(rows, cols):
+        mask = np.zeros((rows, cols), dtype=bool)
+    else:
+        queries, keys = np.indices((rows, cols), sparse=True)
+        mask = np.abs(keys - queries) >= window
+    mask.flags.writeable = False
+    return mask
+
+
 @lru_cache(maxsize=8)
 def staircase_mask(rows: int, cols: int, offset: int, window: int | None = None) -> np.ndarray:
     """``(rows, cols)`` bool: True at the keys after row ``r``'s query (column ``r + offset``)
@@ -95,18 +120,24 @@ def outside_window(last_rows: np.ndarray, first_cols: np.ndarray, window: int) -
 
 
 def exclude_first(weights: np.ndarray, window: int | None = None,
-                  offset: int = 0) -> np.ma.MaskedArray:
+                  offset: int = 0, causal: bool = True) -> np.ma.MaskedArray:
     """View transform for heads whose first-token sink drowns the rest: key 0 dropped
     (masked) and each row renormalised over keys 1..i (those of its sliding ``window``,
     when there is one; the others stay masked); row 0 has no key left and is masked
     whole. ``(T, T)`` -> ``(T, T)``; the input is not changed. ``offset``: rows that are
-    not the columns' own queries (see ``masked``); a row whose only key is 0 is masked whole."""
-    view = masked(np.asarray(weights, dtype=np.float64), window, offset).copy()
+    not the columns' own queries (see ``masked``); a row whose only key is 0 is masked whole.
+    ``causal=False``: ``weights`` is ``unmasked``'s (an encoder's, cross-attention): each
+    row renormalised over its keys other than 0."""
+    if not causal:
+        view = unmasked(np.ma.getdata(weights), None).astype(np.float64)
+        view.mask = np.ma.getmaskarray(weights).copy()
+    else:
+        view = masked(np.asarray(weights, dtype=np.float64), window, offset).copy()
     view[:, 0] = np.ma.masked
     sums = view.sum(axis=1, keepdims=True)  # masked row 0 -> masked sum
     with np.errstate(invalid="ignore", divide="ignore"):
         out = view / sums
-    if offset <= 0:
+    if causal and offset <= 0:
         out[: 1 - offset, :] = np.ma.masked
     return np.ma.masked_array(np.ma.getdata(out).astype(np.float32), mask=np.ma.getmaskarray(out))
 
@@ -168,10 +199,22 @@ def boundary_left(before: int, n_cols: int, width: int, line_px: int) -> int:
 def boundary_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Colormap,
                    norm: Normalize, before: int, line: Sequence[np.uint32],
                    window: int | None = None, outside_color: str | None = None,
-                   offset: int = 0) -> np.ndarray:
+                   offset: int = 0, row_before: int | None = None) -> np.ndarray:
     """``cell_words`` with a line of ``len(line)`` pixel columns (their colours) between
     columns ``before - 1`` and ``before``: the columns on each side get their own pixels
-    (``boundary_left``), so the line covers no cell at any size."""
+    (``boundary_left``), so the line covers no cell at any size. ``row_before``: a line of
+    pixel rows between rows ``row_before - 1`` and ``row_before`` too (a sentence pair)."""
+    n_rows = values.shape[0]
+    if row_before is not None and 0 < row_before < n_rows and height >= len(line) + 2:
+        top = boundary_left(row_before, n_rows, height, len(line))
+        words = np.empty((height, width), dtype=np.uint32)
+        words[:top] = boundary_words(values[:row_before], top, width, colormap, norm, before,
+                                     line, window, outside_color, offset)
+        words[top:top + len(line)] = np.asarray(line, dtype=np.uint32)[:, None]
+        words[top + len(line):] = boundary_words(
+            values[row_before:], height - top - len(line), width, colormap, norm, before, line,
+            window, outside_color, offset + row_before)
+        return words
     n_cols = values.shape[1]
     if not 0 < before < n_cols or width < len(line) + 2:
         return cell_words(values, height, width, colormap, norm, window, outside_color, offset)

@@ -23,15 +23,17 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-def window_note(window: int | None, n_tokens: int) -> str:
+def window_note(window: int | None, n_tokens: int, causal: bool = True) -> str:
     """How a title names a sliding window: "window 4"; "window 4096 ≥ 18 tokens" when it
     covers the whole picture (no key is outside it: the cells look causal, the title
-    says why); "" without a window."""
+    says why); "" without a window. ``causal=False`` (an encoder's local layer, keys
+    ``|j - i| < W``): "window ±3" (W - 1 keys on either side)."""
     if window is None:
         return ""
+    name = f"window {window}" if causal else f"window ±{window - 1}"
     if window >= n_tokens:
-        return f"window {window} ≥ {plural(n_tokens, 'token')}"
-    return f"window {window}"
+        return f"{name} ≥ {plural(n_tokens, 'token')}"
+    return name
 
 
 def cell_window(window: int | None, block: int = 1) -> int | None:
@@ -47,7 +49,7 @@ def head_extras(result: AttentionResult, layer_index: int, head: int) -> str:
     """What a head's title adds for the model families: " · kv 1" when heads share
     key/value heads, " · window 4" when the layer has a sliding window; "" otherwise."""
     parts = [f"kv {result.kv_heads[head]}"] if result.grouped else []
-    note = window_note(result.layer_window(layer_index), result.length)
+    note = window_note(result.layer_window(layer_index), result.length, result.causal)
     return "".join(f" · {part}" for part in [*parts, *([note] if note else [])])
 
 

@@ -135,6 +135,7 @@ class _Families:
     n_tokens: int  # the whole sequence: whether a window cuts any key
     windows: list[int | None] = field(default_factory=list)
     kv_heads: list[int] = field(default_factory=list)
+    causal: bool = True  # generated rows: causal self-attention
 
     def layer_window(self, layer_index: int) -> int | None:
         return self.windows[layer_index] if layer_index < len(self.windows) else None

@@ -145,7 +145,7 @@ def _tile_words(tile, window: int | None, height: int, width: int, colormap: Col
     if rows.marked_from is None:
         return cell_words(values, height, width, colormap, norm, window, outside, rows.offset)
     return boundary_words(values, height, width, colormap, norm, rows.marked_from,
-                          boundary_line(), window, outside, rows.offset)
+                          boundary_line(), window, outside, rows.offset, rows.marked_rows_from)
 
 
 def grid_figure(
@@ -164,6 +164,7 @@ def grid_figure(
     groups: Sequence[tuple[int, int, int, str]] = (),
     rows_of_tiles: PanelRows | None = None,
     measure: Measure = WEIGHTS,
+    mask_label: str | None = "masked",
 ) -> GridFigure:
     """Lay out a grid of small heatmaps — ``tiles`` is ``(rows, cols, T, T)`` (or masked
     arrays), NaN for an empty slot — with one colorbar, token labels on the left column
@@ -179,7 +180,8 @@ def grid_figure(
     with a bracket over those tiles (kv groups). ``rows_of_tiles`` (``PanelRows``): tiles of
     ``(R, T)`` other rows than the columns' queries (the generated rows), labelled on the left
     with its labels; their boundary line drawn between the cells, the generated labels coloured.
-    ``measure``: what the colours stand for (``colours.Measure``; weights on 0..1 by default)."""
+    ``measure``: what the colours stand for (``colours.Measure``; weights on 0..1 by default).
+    ``mask_label``: the legend's name for masked cells (None: no swatch, nothing is masked)."""
     rows, cols = len(tiles), len(tiles[0])
     n = _first_tile(tiles).shape[-1]
     legend = outside_label(row_windows, n)
@@ -190,7 +192,8 @@ def grid_figure(
     with fonts.context():
         layout = grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
                               token_labels, col_breaks, bool(groups), legend, rows_of_tiles,
-                              title if rows_of_tiles is not None else "", measure.block)
+                              title if rows_of_tiles is not None else "", measure.block,
+                              mask_label)
         (tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in, left, tile_px,
          note, top, bottom, grid_w, grid_h, width, height) = layout[:16]
         tile_h, n_rows = layout.tile_h_px, layout.n_rows
@@ -249,7 +252,8 @@ def grid_figure(
             for i, label in zip(layout.row_ticks, layout.row_tick_labels):
                 ax.text(-3, round(r * step_y) + row_centre(i), label, ha="right", va="center",
                         fontsize=label_font, parse_math=False,
-                        **({"color": GENERATED_COLOR} if marked is not None else {}))
+                        **({"color": GENERATED_COLOR} if rows_of_tiles is not None
+                           and rows_of_tiles.row_marked(i) else {}))
         last = [max(r for r in range(rows) if boxes[r][c] is not None) for c in range(cols)
                 if any(boxes[r][c] is not None for r in range(rows))]
         for c, r in enumerate(last):  # ... and below the lowest tile of each column
@@ -263,11 +267,12 @@ def grid_figure(
             fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
                      color="#444444")
         cbar_h = layout.cbar_h
-        cbar_x = width - 0.75 - _grid_legend_extra(legend)
+        cbar_x = width - 0.75 - _grid_legend_extra(legend, mask_label)
         cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
         colorbar(fig, cax, norm, colormap, measure.label)
-        swatches = [("masked", mask)] + ([(legend, outside)] if legend else [])
+        swatches = ([(mask_label, mask)] if mask_label else []) + (
+            [(legend, outside)] if legend else [])
         for k, (name, color) in enumerate(swatches):  # the window's below the future's
             swatch = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h - 0.3 * k) / height,
                                    0.15 / width, 0.15 / height))
@@ -281,9 +286,10 @@ def grid_figure(
                       outside_color=outside, rows=rows_of_tiles)
 
 
-def _grid_legend_extra(legend: str | None) -> float:
-    """Inches the grid's right margin grows so the window's legend fits beside its swatch."""
-    return max(0.0, legend_width_in(legend) - 0.45) if legend else 0.0
+def _grid_legend_extra(legend: str | None, mask_label: str | None = None) -> float:
+    """Inches the grid's right margin grows so the window's legend (and the masked cells'
+    name) fits beside its swatch."""
+    return max(0.0, legend_width_in(legend) - 0.45, legend_width_in(mask_label) - 0.45)
 
 
 def _first_tile(tiles) -> np.ndarray:
@@ -330,7 +336,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
                  token_labels: Sequence[str], col_breaks: Sequence[int] = (),
                  groups: bool = False, legend: str | None = None,
                  rows_of_tiles: PanelRows | None = None, title: str = "",
-                 block: int = 1) -> GridLayout:
+                 block: int = 1, mask_label: str | None = None) -> GridLayout:
     """The geometry of ``grid_figure`` (sizes in inches), computed without drawing, so a
     run can check every picture's size before it writes its first file."""
     tile_in = 1.6 if cols <= 6 else 1.1
@@ -356,7 +362,8 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
         bottom = max(bottom, 0.5)  # the window's swatch sits below the future's
     if rows_of_tiles is None:
         grid_h = rows * tile_in + (rows - 1) * row_gap_in
-        width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+        width = left + grid_w + 1.0 + _grid_legend_extra(legend, mask_label)
+        height = top + grid_h + bottom
         return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                           left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
                           n, tile_px, ticks, tick_labels, label_in, min(grid_h, 3.0))
@@ -377,7 +384,8 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     grid_h = rows * tile_h_in + (rows - 1) * row_gap_in
     cbar_h = max(min(grid_h, 3.0), 1.6)  # a colorbar that can be read beside short tiles
     bottom = max(bottom, cbar_h - grid_h + (0.45 if legend else 0.15))
-    width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+    width = left + grid_w + 1.0 + _grid_legend_extra(legend, mask_label)
+    height = top + grid_h + bottom
     width = max(width, text_width_in([title], 12) + 0.4)  # the title is not cut
     return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                       left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
@@ -479,10 +487,13 @@ def overview_plan(n_heads: int, kv_heads: Sequence[int] = ()) -> OverviewPlan:
 def check_overviews(result: AttentionResult, dpi: int = 100) -> None:
     """Refuse, before any file is written, a run whose overview pictures (``heads``, and
     ``model`` for several layers) would be too large: they are drawn last."""
-    n_layers, n_heads, n = result.weights.shape[:3]
-    labels = result.token_labels
+    from attnviz.pictures.forms import Form
+
+    n_layers, n_heads, _, n = result.weights.shape
+    form = Form.of(result)
+    labels = form.columns
     plan = overview_plan(n_heads, result.kv_heads)
-    windows = [result.layer_window(li) for li in range(n_layers)]
+    windows = form.windows([result.layer_window(li) for li in range(n_layers)])
     length = result.length
     grids = [(len(plan.slots), len(plan.slots[0]), (), (), [["head"]], plan.col_breaks,
               bool(plan.groups), outside_label([w], length)) for w in dict.fromkeys(windows)]
@@ -490,11 +501,11 @@ def check_overviews(result: AttentionResult, dpi: int = 100) -> None:
         row_names, col_names, breaks = model_grid_names(result)
         grids.append((n_layers, n_heads, row_names, col_names, (), breaks, False,
                       outside_label(windows, length)))
-    fonts = Fonts(labels)
+    fonts = Fonts([*labels, *(form.rows.labels if form.rows else ())])
     with fonts.context():
         for rows, cols, row_names, col_names, tile_titles, breaks, groups, legend in grids:
             layout = grid_layout(rows, cols, n, fonts, row_names, col_names, tile_titles, dpi,
-                                  labels, breaks, groups, legend, block=result.block)
+                                  labels, breaks, groups, legend, form.rows, block=result.block)
             check_image_size(layout.width, layout.height, dpi)
 
 
@@ -502,7 +513,7 @@ def model_grid_names(result: AttentionResult) -> tuple[list[str], list[str], lis
     """Row names, column names and kv group breaks of the model grid (layers x heads)."""
     row_names = []
     for li, layer in enumerate(result.layers):
-        note = window_note(result.layer_window(li), result.length)
+        note = window_note(result.layer_window(li), result.length, result.causal)
         row_names.append(f"layer {layer}" + (f" · {note}" if note else ""))
     if not result.grouped:
         return row_names, [f"head {h}" for h in range(result.n_heads)], []
@@ -516,12 +527,13 @@ def save_grid(path: Path, tiles: np.ndarray, title: str, row_names: Sequence[str
               cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
               token_labels: Sequence[str] = (), fmt: str = "png", *,
               row_windows: Sequence[int | None] = (), col_breaks: Sequence[int] = (),
-              rows_of_tiles: PanelRows | None = None, measure: Measure = WEIGHTS) -> Path:
+              rows_of_tiles: PanelRows | None = None, measure: Measure = WEIGHTS,
+              mask_label: str | None = "masked") -> Path:
     """A grid of small heatmaps as one image (fast for 12 x 12 layers x heads); see
     ``grid_figure``."""
     grid = grid_figure(tiles, title, row_names, col_names, tile_titles, cmap, dpi, scale,
                        token_labels, row_windows=row_windows, col_breaks=col_breaks,
-                       rows_of_tiles=rows_of_tiles, measure=measure)
+                       rows_of_tiles=rows_of_tiles, measure=measure, mask_label=mask_label)
     write_bytes(path, grid.to_bytes(fmt))
     return path
 
@@ -530,7 +542,7 @@ def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis",
                    scale: str = "sqrt", token_labels: Sequence[str] = (), *,
                    kv_heads: Sequence[int] = (), window: int | None = None,
                    rows_of_tiles: PanelRows | None = None,
-                   measure: Measure = WEIGHTS) -> GridFigure:
+                   measure: Measure = WEIGHTS, mask_label: str | None = "masked") -> GridFigure:
     """All heads of one layer (``(H, T, T)``, or a list of ``(T, T)`` arrays) as a grid
     of small heatmaps, 4 or 6 a row, or kv group by kv group when ``kv_heads`` shares
     key/value heads (see ``overview_plan``); ``window``: the layer's sliding window. The
@@ -541,7 +553,7 @@ def heads_overview(layer_weights: np.ndarray, title: str, cmap: str = "viridis",
                        tile_titles=plan.titles, cmap=cmap, dpi=dpi, scale=scale,
                        token_labels=token_labels, row_windows=[window] * len(plan.slots),
                        col_breaks=plan.col_breaks, groups=plan.groups,
-                       rows_of_tiles=rows_of_tiles, measure=measure)
+                       rows_of_tiles=rows_of_tiles, measure=measure, mask_label=mask_label)
 
 
 def overview_tiles(layer_weights, kv_heads: Sequence[int] = (), offset: int = 0) -> list[list]:

@@ -127,6 +127,22 @@ class PanelRows:
     offset: int = 0
     marked_from: int | None = None
     axis_labels: tuple[str, str] = ("query token (row)", "key token (column)")
+    # The first row of the marked tokens, when not every row is marked: a line before it
+    # too, and the row labels from it coloured (a sentence pair's second sentence).
+    marked_rows_from: int | None = None
+
+    def row_marked(self, row: int) -> bool:
+        """Whether row ``row``'s label is coloured."""
+        return self.marked_from is not None and (self.marked_rows_from is None
+                                                 or row >= self.marked_rows_from)
+
+
+def pair_rows(labels: Sequence[str], boundary: int | None) -> PanelRows | None:
+    """The rows of a sentence pair's square panels: lines before the second sentence's row
+    and column ``boundary``, its labels coloured; None for one text."""
+    if boundary is None:
+        return None
+    return PanelRows(labels, marked_from=boundary, marked_rows_from=boundary)
 
 
 class HeatmapFigure:
@@ -215,8 +231,9 @@ class HeatmapFigure:
             top += 0.18 * (self.title_lines - 1)
         # Two swatches under the colorbar (the future's, then the window's): room for both.
         legend_h = 0.45 if outside_label is None else 0.75
-        if outside_label is not None:
-            right = max(right, 1.3 * cbar_w + legend_width_in(outside_label) + 0.1 - cbar_w)
+        for label in (outside_label, mask_label):  # room for the swatches' names
+            if label is not None:
+                right = max(right, 1.3 * cbar_w + legend_width_in(label) + 0.1 - cbar_w)
         grid_w = n_cols * side + (n_cols - 1) * gap
         panels_h = n_rows * side_h + (n_rows - 1) * row_gap
         cbar_h = side_h if rows is None else max(panels_h, _MIN_CBAR_IN)  # colorbar + legend
@@ -228,6 +245,7 @@ class HeatmapFigure:
         self.norm = make_norm(scale, self.measure.top)
         self.axes, self.titles = [], []
         self.row_labels, self.col_labels = [], []  # the token label Text artists drawn
+        self.row_ticks = row_ticks
         for p in range(n_panels):
             r, c = divmod(p, n_cols)
             x0 = left + c * (side + gap)
@@ -260,7 +278,7 @@ class HeatmapFigure:
         )
         colorbar(self.fig, cax, self.norm, self.colormap, self.measure.label)
         # The legend for masked cells: a swatch of their colour under the colorbar.
-        swatches = [(mask_label, self.mask_color)]
+        swatches = [(mask_label, self.mask_color)] if mask_label else []
         if outside_label is not None:
             swatches.append((outside_label, self.outside_color))
         for k, (name, color) in enumerate(swatches):
@@ -293,8 +311,9 @@ class HeatmapFigure:
             if tick >= self.rows.marked_from:
                 text.set_color(GENERATED_COLOR)
         if p == 0:
-            for text in self.row_labels:
-                text.set_color(GENERATED_COLOR)
+            for text, row in zip(self.row_labels, self.row_ticks):
+                if self.rows.row_marked(row):
+                    text.set_color(GENERATED_COLOR)
 
     def _cell_texts(self, cell_pt: float) -> list[list]:
         """Per panel, one animated Text per cell, for printing the weights (>= 8 pt)."""
@@ -320,7 +339,7 @@ class HeatmapFigure:
         if self.rows is not None and self.rows.marked_from is not None:
             return boundary_words(values, height, width, self.colormap, self.norm,
                                   self.rows.marked_from, boundary_line(), window,
-                                  self.outside_color, self.offset)
+                                  self.outside_color, self.offset, self.rows.marked_rows_from)
         return cell_words(values, height, width, self.colormap, self.norm, window,
                           self.outside_color, self.offset)
 

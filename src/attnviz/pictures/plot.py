@@ -25,7 +25,6 @@ from attnviz.core.errors import InputError
 from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 from attnviz.files.outdir import OutputFolder
-from attnviz.pictures.cells import exclude_first, masked
 from attnviz.pictures.checks import check_title
 from attnviz.pictures.colours import WEIGHTS, Measure
 from attnviz.pictures.families import (
@@ -35,6 +34,7 @@ from attnviz.pictures.families import (
     plural,
     window_note,
 )
+from attnviz.pictures.forms import Form
 from attnviz.pictures.grid import (
     check_overviews,
     grid_figure,
@@ -59,15 +59,15 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
     what ``result.weights`` hold (``colours.Measure``): the norms of ``attnviz.analyses.weighting``
     are drawn on 0..``measure.top``, and as lines of opacity value / top."""
     check_title(title)
-    view_of = exclude_first if exclude_first_key else masked
+    form = Form.of(result, exclude_first_key)
     pretrained = result.config.get("mode") == "pretrained"
     several = len(result.layers) > 1
     panels, titles, windows = [], [], []
     for li, layer in enumerate(result.layers):
-        where = f"layer {layer}, " if pretrained or several else ""
+        where = kind_prefix(result) + (f"layer {layer}, " if pretrained or several else "")
         window = result.layer_window(li)
         for h in heads:
-            panels.append(view_of(result.weights[li, h], window))
+            panels.append(form.view(result.weights[li, h], window))
             windows.append(window)
             auto = (f"{where}head {h}{head_extras(result, li, h)}"
                     + (" (key 0 excluded)" if exclude_first_key else "") + measure.title)
@@ -76,6 +76,7 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
     if view == "lines":
         from attnviz.pictures.lines import LinesFigure, window_line_note
 
+        check_lines(result)
         where = f"layer {result.layers[0]}, " if pretrained else ""
         names = ", ".join(map(str, heads))
         note = window_note(windows[0], result.n_tokens)
@@ -88,12 +89,42 @@ def save_compare(path: Path, result: AttentionResult, heads: Sequence[int], cmap
         return figure.save(path, [lines_panel(p, measure) for p in panels[: len(heads)]], [text],
                            fmt=image_format, heads=heads, head_names=head_names,
                            note=lines_note(window_line_note(windows[0], result.n_tokens), measure))
-    figure = HeatmapFigure(result.token_labels, len(panels), cmap, dpi, scale, annotate,
-                           mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
+    shown = form.windows(windows)
+    figure = HeatmapFigure(form.columns, len(panels), cmap, dpi, scale, annotate,
+                           mask_label=form.mask_label(windows),
                            extra_texts=titles, columns=len(heads) if several else None,
-                           outside_label=outside_label(windows, result.n_tokens), measure=measure)
+                           outside_label=outside_label(shown, result.n_tokens), measure=measure,
+                           rows=form.rows)
     return figure.save(path, panels, titles, fmt=image_format,
-                       windows=windows if any(w is not None for w in windows) else None)
+                       windows=shown if any(w is not None for w in shown) else None)
+
+
+KIND_NAMES = {"encoder": "encoder self-attention", "decoder": "decoder self-attention",
+              "cross": "cross-attention"}
+
+
+def kind_prefix(result: AttentionResult, capital: bool = False) -> str:
+    """An encoder–decoder's pictures say which of its three attentions they show
+    ("cross-attention · "); other models' titles are as they were."""
+    if result.config.get("architecture") != "encoder-decoder":
+        return ""
+    name = KIND_NAMES[result.attention]
+    return (name[0].upper() + name[1:] if capital else name) + " · "
+
+
+def check_lines(result: AttentionResult) -> None:
+    """The lines view draws a causal head's queries over its own tokens: refuse the rest."""
+    if not result.causal:
+        raise InputError(f"--view lines draws causal self-attention; this is "
+                         f"{result.attention} attention: use --view heatmap")
+
+
+def tokens_note(result: AttentionResult, count: int | None = None) -> str:
+    """How titles count a result's tokens: "6 tokens" (``count``, default ``length``);
+    cross-attention "6 query tokens × 10 key tokens"."""
+    if result.cross:
+        return f"{plural(result.n_tokens, 'query token')} × {plural(result.n_keys, 'key token')}"
+    return plural(result.length if count is None else count, "token")
 
 
 def lines_panel(values: np.ndarray, measure: Measure = WEIGHTS) -> np.ndarray:
@@ -178,9 +209,11 @@ def write_heatmaps(
     chosen = list(dict.fromkeys(heads)) if heads else list(range(n_heads))
     pretrained = result.config.get("mode") == "pretrained"
     check_title(title)
-    view_of = exclude_first if exclude_first_key else masked
+    form = Form.of(result, exclude_first_key)
+    if view == "lines":
+        check_lines(result)
     suffix = (" (key 0 excluded, rows renormalised)" if exclude_first_key else "") + measure.title
-    tokens = plural(n, "token")
+    tokens = tokens_note(result)
 
     def titled(layer: int, head: int | str, auto: str) -> str:
         return title.format(layer=layer, head=head, tokens=n) if title is not None else auto
@@ -190,7 +223,9 @@ def write_heatmaps(
     figures: dict = {}  # per legend (the window's swatch or none): one figure, built once
 
     def figure_for(window: int | None):
-        key = "lines" if view == "lines" else outside_label([window], n)
+        shown = form.windows([window])[0]
+        key = ("lines" if view == "lines" else
+               (outside_label([shown], n), form.mask_label([window])))
         if key not in figures:
             if view == "lines":
                 from attnviz.pictures.lines import LinesFigure
@@ -198,9 +233,9 @@ def write_heatmaps(
                 figures[key] = LinesFigure(result.token_labels, dpi=dpi, extra_texts=[title or ""])
             else:
                 figures[key] = HeatmapFigure(
-                    result.token_labels, 1, cmap, dpi, scale, annotate,
-                    mask_label="masked /\nexcluded" if exclude_first_key else "masked\n(future)",
-                    extra_texts=[title or ""], outside_label=key, measure=measure)
+                    form.columns, 1, cmap, dpi, scale, annotate, mask_label=key[1],
+                    extra_texts=[title or ""], outside_label=key[0], measure=measure,
+                    rows=form.rows)
         return figures[key]
 
     for window in dict.fromkeys(windows):  # built (and their options checked) before any file
@@ -220,7 +255,7 @@ def write_heatmaps(
         for li, layer in enumerate(result.layers):
             folder = out_dir / f"layer_{layer:02d}" if n_layers > 1 else out_dir
             folder.mkdir(parents=True, exist_ok=True)
-            where = f"layer {layer}, " if pretrained else ""
+            where = kind_prefix(result) + (f"layer {layer}, " if pretrained else "")
             window, cell = windows[li], cells[li]
             figure = figure_for(window)
             for h in chosen:
@@ -233,28 +268,31 @@ def write_heatmaps(
                              if result.grouped else None}
                     panel = lines_panel(result.weights[li, h], measure)
                 else:
-                    extra = {"windows": [cell]} if window is not None else {}
+                    shown = form.windows([cell])[0]
+                    extra = {"windows": [shown]} if shown is not None else {}
                     panel = result.weights[li, h]
                 record.claim(f"{folders[li]}head_{h:02d}.{image_format}")
                 path = figure.save(folder / f"head_{h:02d}.{image_format}",
-                                   [view_of(panel, cell)], [text], writer,
+                                   [form.view(panel, cell)], [text], writer,
                                    image_format, **extra)
                 written.append(WrittenFile(path, layer, h))
                 drawn()
-            note = window_note(window, n)
+            note = window_note(window, n, result.causal)
             groups = f" in {plural(len(set(result.kv_heads)), 'kv group')}" if result.grouped else ""
             auto = (f"{where}all {counted(n_heads, 'head')}{groups}, {tokens}"
                     + (f" · {note}" if note else "") + suffix)
             heads_title = titled(layer, "all", auto[0].upper() + auto[1:])
-            views = [view_of(w, cell) for w in result.weights[li]]
-            legend = outside_label([window], n)
+            views = [form.view(w, cell) for w in result.weights[li]]
+            shown = form.windows([cell])[0]
+            legend = (outside_label([window], n), form.grid_mask_label([window]))
             if overview is None or image_format in ("svg", "pdf") or legend != overview_legend:
-                overview = heads_overview(views, heads_title, cmap, dpi, scale, result.token_labels,
-                                          kv_heads=result.kv_heads, window=cell, measure=measure)
+                overview = heads_overview(views, heads_title, cmap, dpi, scale, form.columns,
+                                          kv_heads=result.kv_heads, window=shown, measure=measure,
+                                          rows_of_tiles=form.rows, mask_label=legend[1])
                 overview_legend = legend
             else:  # the same layout for every layer: only the cells and the title change
                 overview.retile(overview_tiles(views, result.kv_heads), heads_title,
-                                [cell] * len(overview.tiles))
+                                [shown] * len(overview.tiles))
             path = folder / f"heads.{image_format}"
             record.claim(f"{folders[li]}heads.{image_format}")
             write_bytes(path, overview.to_bytes(image_format))
@@ -271,16 +309,18 @@ def write_heatmaps(
                 future.result()  # re-raise a failed write here
     if n_layers > 1:
         # Each tile is made when drawn (a view; a copy only with exclude_first).
-        tiles = [[(lambda w=w, window=window: view_of(w, window)) for w in layer]
+        tiles = [[(lambda w=w, window=window: form.view(w, window)) for w in layer]
                  for layer, window in zip(result.weights, cells)]
         row_names, col_names, breaks = model_grid_names(result)
         record.claim(f"model.{image_format}")
         path = save_grid(
             out_dir / f"model.{image_format}", tiles,
-            titled(result.layers[0], "all", f"Every layer and head, {tokens}{suffix}"),
+            titled(result.layers[0], "all",
+                   f"{kind_prefix(result, True)}Every layer and head, {tokens}{suffix}"),
             row_names=row_names, col_names=col_names,
-            cmap=cmap, dpi=dpi, scale=scale, token_labels=result.token_labels, fmt=image_format,
-            row_windows=cells, col_breaks=breaks, measure=measure,
+            cmap=cmap, dpi=dpi, scale=scale, token_labels=form.columns, fmt=image_format,
+            row_windows=form.windows(cells), col_breaks=breaks, measure=measure,
+            rows_of_tiles=form.rows, mask_label=form.grid_mask_label(windows),
         )
         written.append(WrittenFile(path, None, None))
         if progress:
@@ -295,7 +335,7 @@ def overview_png(result: AttentionResult, dpi: int = 80) -> bytes:
     at a lower resolution when ``dpi`` would make it too large."""
     n_layers, n_heads = result.weights.shape[:2]
     windows = [result.layer_window(li) for li in range(n_layers)]
-    tokens = plural(result.n_tokens, "token")
+    tokens = tokens_note(result, result.n_tokens)
     while True:
         try:
             check_overviews(result, dpi)
@@ -304,21 +344,24 @@ def overview_png(result: AttentionResult, dpi: int = 80) -> bytes:
             if dpi <= 20:
                 raise
             dpi = max(20, dpi // 2)
+    form = Form.of(result)
     if n_layers == 1:
         pretrained = result.config.get("mode") == "pretrained"
-        note = window_note(windows[0], result.n_tokens)
+        note = window_note(windows[0], result.n_tokens, result.causal)
         title = ((f"Layer {result.layers[0]}, all" if pretrained else "All")
                  + f" {counted(n_heads, 'head')}, {tokens}" + (f" · {note}" if note else ""))
-        figure = heads_overview([masked(w, windows[0]) for w in result.weights[0]], title,
-                                dpi=dpi, token_labels=result.token_labels,
-                                kv_heads=result.kv_heads, window=windows[0])
+        figure = heads_overview([form.view(w, windows[0]) for w in result.weights[0]], title,
+                                dpi=dpi, token_labels=form.columns,
+                                kv_heads=result.kv_heads, window=form.windows(windows)[0],
+                                rows_of_tiles=form.rows, mask_label=form.grid_mask_label(windows))
         return figure.to_bytes("png")
-    tiles = [[(lambda w=w, window=window: masked(w, window)) for w in layer]
+    tiles = [[(lambda w=w, window=window: form.view(w, window)) for w in layer]
              for layer, window in zip(result.weights, windows)]
     row_names, col_names, breaks = model_grid_names(result)
     return grid_figure(tiles, f"Every layer and head, {tokens}", row_names, col_names, dpi=dpi,
-                       token_labels=result.token_labels, row_windows=windows,
-                       col_breaks=breaks).to_bytes("png")
+                       token_labels=form.columns, row_windows=form.windows(windows),
+                       col_breaks=breaks, rows_of_tiles=form.rows,
+                       mask_label=form.grid_mask_label(windows)).to_bytes("png")
 
 
 ROLLOUT = Measure(label="rollout: share of input token")

@@ -6,7 +6,9 @@ be too wide): Q, K, scores Q·Kᵀ, scaled scores, masked scores, softmax weight
 so one token can be followed across the figure. Signed matrices use a diverging
 colormap centred at 0 (panels that belong together share a scale: Q with K, the scaled
 with the masked scores, V with the context, which is a weighted average of V's rows);
-the weights use the colormap and scale of ``attnviz heatmap``.
+the weights use the colormap and scale of ``attnviz heatmap``. Without the causal mask
+there is no masked panel (unless a window hides keys on both sides); cross-attention's K,
+V and the columns of the square panels are the second text's tokens (``key_labels``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap, LogNorm, Normalize, PowerNorm
 from matplotlib.figure import Figure
 
-from attnviz.analyses.steps import STAGES, HeadSteps, causal_future
+from attnviz.analyses.steps import STAGES, HeadSteps
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import write_bytes
 from attnviz.pictures import colours, images
@@ -78,7 +80,7 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
                  ) -> tuple[list[Panel], list[ColourScale]]:
     """The panels of ``steps`` in pipeline order, and their colour scales."""
     n, dk = steps.n_tokens, steps.head_dim
-    tt, td = _shape(n, n, "T × T"), _shape(n, dk, "T × d_k")
+    tt, td = _shape(n, steps.n_keys, "T × T_k" if steps.cross else "T × T"), _shape(n, dk, "T × d_k")
     formula = steps.formulas()
     scale_text = (f"√d_k = √{dk} = {math.sqrt(dk):.4g}" if steps.divides_by_sqrt_dk
                   else f"scaled by {steps.scale:.4g}")
@@ -107,15 +109,19 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
                     "key" if name.startswith("keys") else "query", False, 0)
               for name, m in stages.items()]
     rotated = ", rotated by position" if steps.rope else ""
-    hidden = "−∞ above the diagonal" + (
+    hidden = ("−∞ above the diagonal" + (
         f" and {steps.window}+ back (window {steps.window})" if steps.window else "")
+              if steps.causal else f"−∞ {steps.window}+ away (window ±{steps.window - 1})"
+              if steps.window else "")
+    td_keys = _shape(steps.n_keys, dk, "T_k × d_k") if steps.cross else td
     panels += [
         Panel("queries", steps.queries, f"{formula['queries']}\nqueries{rotated}, {td}", "query",
               False, 0),
-        Panel("keys", steps.keys, f"{formula['keys']}\nkeys{rotated}, {td}", "key", False, 0),
+        Panel("keys", steps.keys, f"{formula['keys']}\nkeys{rotated}, {td_keys}", "key", False, 0),
         Panel("scores", steps.scores, f"{formula['scores']}\nscores, {tt}", "query", True, 1),
         Panel("scaled", steps.scaled, f"{formula['scaled']}\n{scale_text}, {tt}", "query", True, 2),
-        Panel("masked", steps.masked, f"{formula['masked']}\n{hidden}, {tt}", "query", True, 2),
+        *([Panel("masked", steps.masked, f"{formula['masked']}\n{hidden}, {tt}", "query", True, 2)]
+          if steps.masked is not None else []),
         Panel("weights", steps.weights, f"{formula['weights']}\nweights, {row_sums}, {tt}",
               "query", True, 3),
     ]
@@ -129,7 +135,7 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
                             f"survivors ÷ (1 − p), i.e. × {keep:.3g}, {tt}", "query", True, 4))
     v = len(scales) - 1
     panels += [
-        Panel("values", steps.values, f"{formula['values']}\nvalues, {td}", "key", False, v),
+        Panel("values", steps.values, f"{formula['values']}\nvalues, {td_keys}", "key", False, v),
         Panel("context", steps.context, f"{formula['context']}\ncontext vectors, {td}",
               "query", False, v),
     ]
@@ -178,22 +184,27 @@ def steps_figure(
     title: str | None = None,
     subtitle: str | None = None,
     fonts: Fonts | None = None,
+    key_labels: Sequence[str] | None = None,
 ) -> tuple[Figure, FigureCanvasAgg]:
     """The whole pipeline of ``steps`` as one figure (drawn when it is saved).
 
     Axes are labelled with the panel names (``ax.get_label()``: "queries", "scores", …,
-    and "<name> colorbar"). ``subtitle`` goes under the title (e.g. which model)."""
+    and "<name> colorbar"). ``subtitle`` goes under the title (e.g. which model).
+    ``key_labels``: cross-attention's keys (the second text's tokens)."""
     n, dk = steps.n_tokens, steps.head_dim
-    check_steps_size(n)
+    check_steps_size(max(n, steps.n_keys))
     panels, scales = build_panels(steps, cmap, scale)
-    labels = [(fonts or Fonts(token_labels)).label(t) for t in token_labels]
+    fonts = fonts or Fonts([*token_labels, *(key_labels or [])])
+    labels = [fonts.label(t) for t in token_labels]
+    keys = [fonts.label(t) for t in key_labels] if key_labels is not None else labels
 
     side = min(max(n * 0.34, _MIN_SIDE), _MAX_SIDE)  # a T x T panel, inches
     cell_pt = side / n * 72  # the height of one token row, in points
     font = min(max(cell_pt / 1.3, 7.0), 9.0)  # never under 7 pt: a stride instead
     stride = max(1, math.ceil(font * 1.2 / cell_pt))
     ticks = list(range(0, n, stride))
-    label_w = text_width_in([labels[t] for t in ticks], font)
+    key_ticks = list(range(0, len(keys), max(1, math.ceil(font * 1.2 / (side / len(keys) * 72)))))
+    label_w = text_width_in([labels[t] for t in ticks] + [keys[t] for t in key_ticks], font)
     dim_w = min(max(dk * side / n, _MIN_DIM_W), _DIM_SHARE * side)  # a T x d_k panel, inches
     annotate = n <= ANNOTATE_TOKENS
     rows = _rows(panels)
@@ -237,8 +248,9 @@ def steps_figure(
             left, w, right = slots[i]
             x += left
             ax = fig.add_axes(box(x, y, w, side), label=panel.name)
-            _draw_panel(ax, panel, colour, steps, labels, ticks if named(i) else [], ticks,
-                        font, cell_pt, annotate)
+            rows_of = (keys, key_ticks) if panel.row_axis == "key" else (labels, ticks)
+            _draw_panel(ax, panel, colour, steps, rows_of[0], rows_of[1] if named(i) else [],
+                        rows_of[1], font, cell_pt, annotate, (keys, key_ticks))
             if has_bar(i):
                 cax = fig.add_axes(box(x + w + _CBAR_PAD, y, _CBAR_W, side),
                                    label=f"{panel.name} colorbar")
@@ -257,11 +269,13 @@ def steps_figure(
 
 def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels: Sequence[str],
                 row_ticks: list[int], key_ticks: list[int], font: float, cell_pt: float,
-                annotate: bool) -> None:
-    n, dk = steps.n_tokens, steps.head_dim
+                annotate: bool, columns: tuple) -> None:
+    """``labels``/``row_ticks``: the rows' tokens; ``columns``: (labels, ticks) of the keys
+    along the square panels' columns."""
+    dk = steps.head_dim
     data = np.ma.masked_invalid(panel.data)  # the -inf of the masked scores
     if colour.weights:  # the future, exactly 0, is drawn as masked, as in heatmap
-        data = np.ma.masked_where(causal_future(n, steps.window), data)
+        data = np.ma.masked_where(steps.hidden(), data)
         if isinstance(colour.norm, LogNorm):  # a visible 0 (dropout) is the lowest colour, not masked
             data = np.ma.maximum(data, colours.LOG_FLOOR)
     image = ax.imshow(data, cmap=colour.colormap, norm=colour.norm, aspect="auto",
@@ -271,7 +285,9 @@ def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels:
     ax.set_yticks(key_ticks, [labels[t] for t in row_ticks] if row_ticks else [], fontsize=font)
     ax.set_ylabel(panel.row_axis, fontsize=9, labelpad=2)
     if panel.square:
-        ax.set_xticks(key_ticks, [labels[t] for t in key_ticks], fontsize=font, rotation=90)
+        column_labels, column_ticks = columns
+        ax.set_xticks(column_ticks, [column_labels[t] for t in column_ticks], fontsize=font,
+                      rotation=90)
         ax.set_xlabel("key", fontsize=9, labelpad=3)
     else:
         dims = [0, dk - 1] if dk <= 16 else [0, dk // 2, dk - 1]
@@ -282,7 +298,7 @@ def _draw_panel(ax, panel: Panel, colour: ColourScale, steps: HeadSteps, labels:
     if panel.name == "dropped":
         _mark_dropped(ax, steps, cell_pt)
     if annotate and (panel.square or dk <= ANNOTATE_DIMS):
-        _annotate(ax, panel, image, colour.weights, min(9.0, cell_pt / 3.4))
+        _annotate(ax, panel, image, colour.weights, min(9.0, cell_pt / 3.4), steps.hidden())
 
 
 def _colorbar(fig: Figure, cax, colour: ColourScale) -> None:
@@ -305,16 +321,17 @@ def _default_title(steps: HeadSteps) -> str:
             f"vectors into context vectors (d_k = {steps.head_dim})")
 
 
-def _annotate(ax, panel: Panel, image, weights: bool, size: float) -> None:
-    """Print each value in its cell, black or white for contrast with the cell colour."""
+def _annotate(ax, panel: Panel, image, weights: bool, size: float, hidden: np.ndarray) -> None:
+    """Print each value in its cell, black or white for contrast with the cell colour
+    (``hidden``: the masked cells, whose weights are not printed)."""
     rgba = image.to_rgba(image.get_array())  # (T, cols, 4) floats, masked cells included
     rows, cols = panel.data.shape
     for i in range(rows):
         for j in range(cols):
             value = panel.data[i, j]
-            if weights and j > i:
-                continue  # the future: no weight was ever there
-            if panel.name == "dropped" and value == 0 and j <= i:
+            if weights and hidden[i, j]:
+                continue  # masked: no weight was ever there
+            if panel.name == "dropped" and value == 0 and not hidden[i, j]:
                 continue  # marked with a cross instead
             r, g, b = rgba[i, j, :3]
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
@@ -324,8 +341,7 @@ def _annotate(ax, panel: Panel, image, weights: bool, size: float) -> None:
 
 def _mark_dropped(ax, steps: HeadSteps, cell_pt: float) -> None:
     """A cross on every visible cell dropout set to 0."""
-    n = steps.n_tokens
-    visible = ~np.triu(np.ones((n, n), bool), 1)
+    visible = ~steps.hidden()
     rows, cols = np.nonzero(visible & (steps.dropped == 0) & (steps.weights > 0))
     ax.scatter(cols, rows, marker="x", s=(0.45 * cell_pt) ** 2, linewidths=max(0.6, cell_pt / 30),
                color="#ff5050", label="dropped")
@@ -335,39 +351,46 @@ def _legend(fig: Figure, steps: HeadSteps, cmap: str, height: float) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    why = ("a key in the future of its query" + (
+        f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")
+        if steps.causal else f"a key {steps.window}+ away: window ±{steps.window - 1})"
+        if steps.window else "")
     handles = [
         Patch(facecolor=_mask_colour(DIVERGING_CMAP), edgecolor="black", linewidth=0.5,
-              label="masked score: −∞ (a key in the future of its query" + (
-                  f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")),
+              label=f"masked score: −∞ ({why}"),
         Patch(facecolor=_mask_colour(cmap), edgecolor="black", linewidth=0.5,
               label="masked weight: e^−∞ = 0"),
-    ]
+    ] if steps.masked is not None else []
     if steps.dropped is not None:
         handles.append(Line2D([], [], linestyle="none", marker="x", color="#ff5050",
                               label="dropped by dropout (set to 0)"))
-    if handles[0].get_facecolor() == handles[1].get_facecolor():
+    if steps.masked is not None and handles[0].get_facecolor() == handles[1].get_facecolor():
         handles = [Patch(facecolor=_mask_colour(cmap), edgecolor="black", linewidth=0.5,
-                         label="masked: score −∞, weight e^−∞ = 0 (a key in the future of its query"
-                         + (f", or {steps.window}+ back: window {steps.window})" if steps.window else ")")),
-                   *handles[2:]]
+                         label=f"masked: score −∞, weight e^−∞ = 0 ({why}"), *handles[2:]]
+    if not handles:
+        return
     fig.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 0.08 / height))
 
 
 def render_steps(steps: HeadSteps, token_labels: Sequence[str], fmt: str = "png",
                  cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
-                 title: str | None = None, subtitle: str | None = None) -> bytes:
+                 title: str | None = None, subtitle: str | None = None,
+                 key_labels: Sequence[str] | None = None) -> bytes:
     """The figure as ``fmt`` (png, svg, pdf or jpg) bytes; the same input gives the same
     bytes. Token labels the main font cannot draw use a CJK font when one is installed."""
-    fonts = Fonts(token_labels)
+    fonts = Fonts([*token_labels, *(key_labels or [])])
     with fonts.context():
-        fig, canvas = steps_figure(steps, token_labels, cmap, dpi, scale, title, subtitle, fonts)
+        fig, canvas = steps_figure(steps, token_labels, cmap, dpi, scale, title, subtitle, fonts,
+                                   key_labels)
         return images.figure_bytes(fig, canvas, fmt)
 
 
 def save_steps(path: Path, steps: HeadSteps, token_labels: Sequence[str], fmt: str = "png",
                cmap: str = "viridis", dpi: int = 100, scale: str = "sqrt",
-               title: str | None = None, subtitle: str | None = None) -> Path:
+               title: str | None = None, subtitle: str | None = None,
+               key_labels: Sequence[str] | None = None) -> Path:
     """Write the figure to ``path`` atomically (never a half-written file); returns it."""
-    write_bytes(path, render_steps(steps, token_labels, fmt, cmap, dpi, scale, title, subtitle))
+    write_bytes(path, render_steps(steps, token_labels, fmt, cmap, dpi, scale, title, subtitle,
+                                   key_labels))
     return path

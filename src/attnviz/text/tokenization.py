@@ -348,6 +348,19 @@ class JsonTokenizer(Tokenizer):
     def is_special(self, token_id: int) -> bool:
         return token_id in self._special
 
+    def encode_pair(self, text: str, pair: str, *, allow_special: bool = False
+                    ) -> tuple[list[int], list[int], int]:
+        """A sentence pair as AutoTokenizer encodes ``tokenizer(text, pair)``: ``(ids,
+        token type ids, the position of the second sentence's first token)`` (BERT:
+        ``[CLS] A [SEP] B [SEP]``, types 0 then 1; RoBERTa ``<s> A </s></s> B </s>``)."""
+        _check_text(text)
+        self._backend.encode_special_tokens = not allow_special
+        encoding = self._backend.encode(text, pair, add_special_tokens=True)
+        second = [i for i, s in enumerate(encoding.sequence_ids) if s == 1]
+        if not second:
+            raise InputError("--pair has no tokens: give a second sentence")
+        return encoding.ids, encoding.type_ids, second[0]
+
 
 def _explain_unreadable(path: Path, data: bytes, exc: Exception) -> InputError:
     try:

@@ -11,8 +11,12 @@ beside it, and leaves the backend in the state ``AutoTokenizer.from_pretrained(f
   ``Qwen2Tokenizer`` (NFC + Qwen's split pattern + byte-level), ``LlamaTokenizer`` (Metaspace ``▁``
   without normalizer, byte fallback; the prepend scheme from ``add_prefix_space`` / ``legacy``;
   a byte-level ``tokenizer.json`` declared ``LlamaTokenizer`` is read as it is, as AutoTokenizer
-  does), ``GPTNeoXTokenizer`` and ``GemmaTokenizer``. ``PreTrainedTokenizerFast`` (Llama 3,
-  SmolLM3), no class, or a class not in that table: ``tokenizer.json`` as it is. Added and named
+  does), ``GPTNeoXTokenizer`` and ``GemmaTokenizer``; the encoders' ``BertTokenizer`` and
+  ``DistilBertTokenizer`` (WordPiece: ``BertNormalizer`` from ``do_lower_case``,
+  ``tokenize_chinese_chars``, ``strip_accents``; ``[CLS] $A [SEP] $B:1 [SEP]:1``) and
+  ``RobertaTokenizer`` (byte-level, ``<s> $A </s></s> $B </s>``), whose post-processor is
+  rebuilt too. ``PreTrainedTokenizerFast`` (Llama 3, SmolLM3, ModernBERT), no class, or a
+  class not in that table: ``tokenizer.json`` as it is. Added and named
   special tokens (``bos_token``, ``eos_token``, ... with the class's defaults, ``added_tokens_decoder``,
   else ``special_tokens_map.json`` and the ``added_tokens`` of ``tokenizer.json``) are registered
   in the order transformers registers them, so the same strings are special.
@@ -205,8 +209,58 @@ def _recipe_gemma(kwargs):
     }
 
 
+def _recipe_bert(kwargs):
+    from tokenizers import normalizers, pre_tokenizers, processors
+
+    def post_processor(named: dict, token_id) -> object:  # BertTokenizer.__init__'s template
+        cls, sep = str(named["cls_token"]), str(named["sep_token"])
+        return processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, token_id(cls)), (sep, token_id(sep))])
+
+    return {
+        "defaults": {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                     "cls_token": "[CLS]", "mask_token": "[MASK]"},
+        "model": "WordPiece",
+        "normalizer": normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=bool(kwargs.get("tokenize_chinese_chars", True)),
+            strip_accents=kwargs.get("strip_accents"),
+            lowercase=bool(kwargs.get("do_lower_case", True))),
+        "pre_tokenizer": pre_tokenizers.BertPreTokenizer(),
+        "byte_level": False,
+        "post_processor": post_processor,
+    }
+
+
+def _recipe_roberta(kwargs):
+    from tokenizers import pre_tokenizers, processors
+
+    add_prefix_space = bool(kwargs.get("add_prefix_space", False))
+
+    def post_processor(named: dict, token_id) -> object:  # RobertaTokenizer.__init__'s
+        cls, sep = str(named["cls_token"]), str(named["sep_token"])
+        return processors.RobertaProcessing((sep, token_id(sep)), (cls, token_id(cls)),
+                                            bool(kwargs.get("trim_offsets", True)),
+                                            add_prefix_space)
+
+    return {
+        "defaults": {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
+                     "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>",
+                     "mask_token": "<mask>"},
+        "bpe": _bpe_options(continuing_subword_prefix="", end_of_word_suffix=""),
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space),
+        "byte_level": True,
+        "post_processor": post_processor,
+    }
+
+
 # transformers 5 classes whose __init__ rebuilds the pipeline around tokenizer.json's vocabulary.
 _RECIPES = {
+    "BertTokenizer": _recipe_bert,
+    "DistilBertTokenizer": _recipe_bert,
+    "RobertaTokenizer": _recipe_roberta,
+    "BartTokenizer": _recipe_roberta,  # transformers 5: an alias of RobertaTokenizer
     "GPT2Tokenizer": _recipe_gpt2,
     "Qwen2Tokenizer": _recipe_qwen2,
     "LlamaTokenizer": _recipe_llama,
@@ -225,6 +279,10 @@ _MODEL_TYPE_CLASS = {
     "gemma2": "GemmaTokenizer",
     "gemma3": "GemmaTokenizer",
     "gemma3_text": "GemmaTokenizer",
+    "bert": "BertTokenizer",
+    "distilbert": "DistilBertTokenizer",
+    "roberta": "RobertaTokenizer",
+    "bart": "RobertaTokenizer",
 }
 
 
@@ -282,7 +340,7 @@ def set_up_like_transformers(backend, data: bytes, folder: Path):
     added_by_text = {str(token): token for token in added.values() if not isinstance(token, str)}
 
     recipe = _RECIPES[class_name](kwargs) if class_name in _RECIPES else None
-    if recipe is not None and backend.model.__class__.__name__ == "BPE":
+    if recipe is not None and backend.model.__class__.__name__ == recipe.get("model", "BPE"):
         backend = _rebuild(backend, recipe)
     else:
         recipe = None
@@ -333,6 +391,8 @@ def set_up_like_transformers(backend, data: bytes, folder: Path):
         backend.add_tokens([AddedToken(text, special=True) for text in seen])
     if recipe and recipe.get("no_post_processor"):
         backend.post_processor = None
+    if recipe and recipe.get("post_processor"):  # built by the class, with the tokens' ids
+        backend.post_processor = recipe["post_processor"](named, backend.token_to_id)
     eos = named.get("eos_token")
     byte_level = recipe["byte_level"] if recipe else _is_byte_level(backend)
     return backend, byte_level, class_name, None if eos is None else str(eos)
@@ -343,7 +403,7 @@ def _rebuild(backend, recipe: dict):
     from tokenizers import Tokenizer as Backend
 
     fresh = Backend(backend.model)  # shares the model: no copy of the vocabulary
-    for option, value in recipe["bpe"].items():
+    for option, value in recipe.get("bpe", {}).items():
         setattr(fresh.model, option, value)
     fresh.normalizer = recipe["normalizer"]
     fresh.pre_tokenizer = recipe["pre_tokenizer"]
