@@ -2,7 +2,6 @@
 nothing half-written. Interrupts leave no temporaries. Random input never crashes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -375,26 +375,31 @@ def test_cli_json_csv_npz_and_pictures(cli, checkpoints, tmp_path):
     assert list(arrays["components"]) == names and arrays["key_parts"].shape[:2] == (len(names), 13)
     assert list(arrays["head"]) == [2, 1, 12, doc["key"]["position"]]
 
-    every = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "all")
+    every = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1",
+        "--query", "12", "--key", "all")
     keys = every["keys"]
     assert keys["positions"] == list(range(13)) and len(keys["key_totals"]) == len(names)
     totals = np.array(keys["key_totals"])
     np.testing.assert_allclose(totals.sum(0), keys["scores"], atol=1e-9)
     assert abs(sum(keys["weights"]) - 1) < 1e-5
-    chosen = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "3")
+    chosen = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1",
+        "--query", "12", "--key", "3")
     assert chosen["key"]["position"] == 3
     assert abs(chosen["score"] - keys["scores"][3]) < 1e-9
 
-    csv = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--format", "csv")
+    csv = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1",
+        "--query", "12", "--format", "csv")
     assert csv.exit_code == 0, csv.stderr
     lines = csv.stdout.splitlines()
     assert lines[0] == "query_component," + ",".join(names) and len(lines) == 1 + len(names)
-    csv = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "all",
+    csv = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1",
+        "--query", "12", "--key", "all",
               "--format", "csv")
     lines = csv.stdout.splitlines()
     assert lines[0] == "component," + ",".join(f"key_{j}" for j in range(13))
 
-    table = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "all")
+    table = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1",
+        "--query", "12", "--key", "all")
     assert table.exit_code == 0, table.stderr
     out = table.stdout
     assert out.startswith("L2 H1, query 12 (") and "Top pairs" in out and "Keys by weight" in out
