@@ -136,7 +136,7 @@ def test_heatmap_writes_both_patterns_at_1001_tokens_through_the_cli(cli, tmp_pa
     import attnviz.analyses.longcontext
 
     result = fake_result(LONG, n_layers=2)
-    monkeypatch.setattr(attnviz.analyses.longcontext, "analyze_text", lambda *a, **k: result)
+    monkeypatch.setattr(attnviz.analyses.longcontext, "analyze_tokens", lambda *a, **k: result)
     out = tmp_path / "out"
     run = cli("heatmap", "ignored", "--out", out, "--dpi", 40, "--quiet")
     assert run.exit_code == 0, run.stderr
