@@ -388,11 +388,10 @@ def axis_labels(labels: Sequence[str], n: int, pitch: float, block: int, fonts: 
                 first: int = 0) -> tuple[list[int], list[str], float]:
     """The ticks along a tile side of ``n`` cells ``pitch`` points apart, their texts and
     font size: every token's label when each cell has room for one (at LABEL_FONT, down to
-    MIN_LABEL_FONT); else position
-    numbers (cell ``i`` is position ``first + i``) at a round step (1, 2, 5, 10, ...) —
-    a label every k-th token tells nothing about the tokens between. A pooled map
-    (``block`` > 1) is labelled with its own labels, its blocks' first positions, at round
-    steps. No labels when fewer than two would fit."""
+    MIN_LABEL_FONT); else position numbers (cell ``i`` is position ``first + i``) at a
+    round step (1, 2, 5, 10, ...): a label every k-th token tells nothing of the tokens
+    between. A pooled map (``block`` > 1) keeps its own labels (its blocks' first
+    positions) at round steps. No labels when fewer than two would fit."""
     if not labels:
         return [], [], LABEL_FONT
     if block == 1 and pitch >= MIN_LABEL_FONT * _LABEL_PITCH:
