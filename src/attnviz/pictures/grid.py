@@ -263,7 +263,7 @@ def grid_figure(
             fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
                      color="#444444")
         cbar_h = layout.cbar_h
-        cbar_x = width - 0.75 - _grid_legend_extra(legend)
+        cbar_x = width - 0.9 - _grid_legend_extra(legend)  # room for a name on two lines
         cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
         colorbar(fig, cax, norm, colormap, measure.label)
@@ -356,7 +356,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
         bottom = max(bottom, 0.5)  # the window's swatch sits below the future's
     if rows_of_tiles is None:
         grid_h = rows * tile_in + (rows - 1) * row_gap_in
-        width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+        width, height = left + grid_w + 1.15 + _grid_legend_extra(legend), top + grid_h + bottom
         return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                           left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
                           n, tile_px, ticks, tick_labels, label_in, min(grid_h, 3.0))
@@ -377,7 +377,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     grid_h = rows * tile_h_in + (rows - 1) * row_gap_in
     cbar_h = max(min(grid_h, 3.0), 1.6)  # a colorbar that can be read beside short tiles
     bottom = max(bottom, cbar_h - grid_h + (0.45 if legend else 0.15))
-    width, height = left + grid_w + 1.0 + _grid_legend_extra(legend), top + grid_h + bottom
+    width, height = left + grid_w + 1.15 + _grid_legend_extra(legend), top + grid_h + bottom
     width = max(width, text_width_in([title], 12) + 0.4)  # the title is not cut
     return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                       left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
