@@ -445,6 +445,15 @@ def bench_longcontext(smoke: bool, tmp: Path) -> list[dict]:
     return bench(smoke, 1, tmp)
 
 
+def bench_needle(smoke: bool, tmp: Path) -> list[dict]:
+    """The needle rows (benchmarks/needle_bench.py: SmolLM2's passkey at 4,000 tokens, 11
+    depths, against a Retrieval_Head-style transformers script; the RSS of a test at 8,000),
+    one run each, imported only when they run."""
+    from needle_bench import bench_needle as bench
+
+    return bench(smoke, 1, tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="runs per side (median of these)")
@@ -452,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true", help="also write docs/benchmarks.md")
     parser.add_argument("--only", metavar="GROUP,...", help="run only these groups of rows: "
                         "render, process, tokenizer, attention, memory, whole-model, large, "
-                        "report, scan, models, gguf, longcontext (not with --write-docs)")
+                        "report, scan, models, gguf, longcontext, needle (not with "
+                        "--write-docs)")
     args = parser.parse_args(argv)
     repeat = 1 if args.smoke else args.repeat
     tokens, long_tokens = (8, 32) if args.smoke else (64, 1024)
@@ -469,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": lambda tmp: bench_models(args.smoke, repeat, tmp),
         "gguf": lambda tmp: bench_gguf(args.smoke, repeat, tmp),
         "longcontext": lambda tmp: bench_longcontext(args.smoke, tmp),
+        "needle": lambda tmp: bench_needle(args.smoke, tmp),
     }
     chosen = args.only.split(",") if args.only else list(groups)
     unknown = [name for name in chosen if name not in groups]

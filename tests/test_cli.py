@@ -145,7 +145,7 @@ def test_compare_heads_json_matches_an_independent_recomputation(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert set(doc) >= {"heads", "tokens", "config", "similarity"}
-    weights = np.load(npz)["weights"].astype(np.float64)
+    weights = np.load(npz)["weights"][0].astype(np.float64)  # (1, H, T, T): layer 0
     n = weights.shape[-1]
     assert [row["head"] for row in doc["heads"]] == list(range(12))
     for row in doc["heads"]:
@@ -188,14 +188,14 @@ def test_compare_heads_csv_and_table(cli):
 
 def test_compare_heads_plots(cli, tmp_path):
     pair, sim = tmp_path / "pair.png", tmp_path / "sim.png"
-    result = cli("compare-heads", SHORT_TEXT, "--plot", pair, "--head", 2, "--head", 5, "--head", 7,
+    result = cli("compare-heads", SHORT_TEXT, "-o", pair, "--head", 2, "--head", 5, "--head", 7,
                  "--similarity-plot", sim, "--format", "json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["files"] == [str(pair), str(sim)]
     with Image.open(pair) as three, Image.open(sim) as matrix:
         assert three.size[0] > 2.2 * three.size[1] and matrix.size[0] > 200
     default = tmp_path / "default.png"
-    assert cli("compare-heads", SHORT_TEXT, "--plot", default).exit_code == 0
+    assert cli("compare-heads", SHORT_TEXT, "-o", default).exit_code == 0
     assert default.is_file()
 
 
@@ -208,20 +208,20 @@ def test_export_arrays_reproduce_the_weights(cli, tmp_path, qkv_bias):
     result = cli(*args, *(["--qkv-bias"] if qkv_bias else []))
     assert result.exit_code == 0, result.stderr
     data = np.load(path)
-    assert data["weights"].dtype == np.float32 and data["weights"].shape == (4, 6, 6)
+    assert data["weights"].dtype == np.float32 and data["weights"].shape == (1, 4, 6, 6)
     assert data["token_ids"].tolist() == encode(SHORT_TEXT)
     assert data["tokens"].tolist()[1] == " journey"
-    assert data["attn_input"].shape == (6, 32) and data["W_query"].shape == (32, 32)
+    assert data["attn_input"].shape == (1, 6, 32) and data["W_query"].shape == (1, 32, 32)
     assert ("b_query" in data) == qkv_bias
-    x = data["attn_input"].astype(np.float64)
-    q = x @ data["W_query"].T + (data["b_query"] if qkv_bias else 0)
-    k = x @ data["W_key"].T + (data["b_key"] if qkv_bias else 0)
+    x = data["attn_input"][0].astype(np.float64)
+    q = x @ data["W_query"][0].T + (data["b_query"][0] if qkv_bias else 0)
+    k = x @ data["W_key"][0].T + (data["b_key"][0] if qkv_bias else 0)
     for h in range(4):
         s = q[:, h * 8 : (h + 1) * 8] @ k[:, h * 8 : (h + 1) * 8].T / np.sqrt(8)
         s[np.triu_indices(6, 1)] = -np.inf
         expected = np.exp(s - s.max(1, keepdims=True))
         expected /= expected.sum(1, keepdims=True)
-        np.testing.assert_allclose(data["weights"][h], expected, atol=1e-5)
+        np.testing.assert_allclose(data["weights"][0, h], expected, atol=1e-5)
 
 
 # --- info, version, help ----------------------------------------------------------------
@@ -360,8 +360,9 @@ def help_options(cli, command: str) -> dict[str, str]:
 def test_picture_options_have_one_spelling_in_every_command(cli):
     heatmap, compare, steps = (help_options(cli, c) for c in ("heatmap", "compare-heads", "steps"))
     assert [f for f in heatmap if f in PICTURE_FLAGS] == PICTURE_FLAGS
-    for flag in PICTURE_FLAGS:
-        assert heatmap[flag] == compare[flag], flag
+    for flag in PICTURE_FLAGS:  # (heatmap's --view also offers the rollout)
+        assert heatmap[flag] == compare[flag] or flag == "--view", flag
+    assert compare["--view"].startswith("--view <heatmap|lines> ")
     assert [f for f in steps if f in PICTURE_FLAGS] == STEPS_PICTURE_FLAGS
     for flag in STEPS_PICTURE_FLAGS:
         assert steps[flag] == heatmap[flag], flag
@@ -379,7 +380,7 @@ def test_picture_options_have_one_spelling_in_every_command(cli):
 def picture_command(command: str, folder, *options) -> list:
     """``command`` drawing into ``folder`` with a small random model."""
     target = {"heatmap": ["--out", folder / "out"],
-              "compare-heads": ["--plot", folder / "plot.png"],
+              "compare-heads": ["-o", folder / "plot.png"],
               "steps": ["--head", 0, "--output", folder / "steps.png"]}[command]
     return [command, SHORT_TEXT, *target, *options, *small_options()]
 

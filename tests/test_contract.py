@@ -178,7 +178,7 @@ def test_heatmap_refuses_an_oversized_overview_before_the_first_picture(cli, tmp
 def test_compare_heads_checks_the_similarity_picture_before_writing_the_pair(cli, tmp_path):
     pair, sim = tmp_path / "pair.png", tmp_path / "sim.png"
     result = cli("compare-heads", "a b", "--heads", 24, "--d-model", 48, "--dpi", 600,
-                 "--plot", pair, "--similarity-plot", sim)
+                 "-o", pair, "--similarity-plot", sim)
     assert result.exit_code == 2 and "the image would be" in result.stderr
     assert not pair.exists() and not sim.exists()
 
@@ -324,9 +324,9 @@ def test_an_option_called_ignored_never_fails_the_run(cli, hf_checkpoint):
 
 def test_compare_heads_head_is_described_and_checked_for_what_it_does(cli, tmp_path):
     help_text = " ".join(cli("compare-heads", "--help").stdout.split())
-    assert "A head to draw with --plot" in help_text and "always lists every head" in help_text
+    assert "A head to draw in the --output picture" in help_text and "always lists every head" in help_text
     result = cli("compare-heads", SHORT_TEXT, "--head", 3)
-    assert result.exit_code == 2 and "add --plot" in result.stderr
+    assert result.exit_code == 2 and "add -o FILE" in result.stderr
 
 
 # ------------------------------------------------------------- 17. every layer is drawn
@@ -346,12 +346,12 @@ def test_similarity_plot_draws_every_layer(cli, hf_checkpoint, tmp_path):
 def test_compare_plot_draws_every_layer_and_lines_refuse_several(cli, hf_checkpoint, tmp_path):
     pair = tmp_path / "pair.svg"
     result = cli("compare-heads", SHORT_TEXT, "--weights", hf_checkpoint, "--layer", "0,2",
-                 "--plot", pair, "--head", 1)
+                 "-o", pair, "--head", 1)
     assert result.exit_code == 0, result.stderr
     svg = pair.read_text()
     assert "layer 0, head 1" in svg and "layer 2, head 1" in svg
     lines = cli("compare-heads", SHORT_TEXT, "--weights", hf_checkpoint, "--layer", "all",
-                "--plot", tmp_path / "l.png", "--view", "lines")
+                "-o", tmp_path / "l.png", "--view", "lines")
     assert lines.exit_code == 2 and "one --layer" in lines.stderr
     assert not (tmp_path / "l.png").exists()
 
@@ -363,7 +363,12 @@ def _export(cli, tmp_path, *args):
     path = tmp_path / f"w{len(list(tmp_path.iterdir()))}.npz"
     result = cli("export", SHORT_TEXT, *SMALL, "-o", path, *args)
     assert result.exit_code == 0, result.stderr
-    return np.load(path)
+    arrays = dict(np.load(path))
+    for name in ("weights", "attn_input"):  # one layer: (1, ...), as attnviz.analyze has it
+        if name in arrays:
+            assert arrays[name].shape[0] == 1
+            arrays[name] = arrays[name][0]
+    return arrays
 
 
 @pytest.mark.parametrize("spec, rows", [("2:5", [2, 3, 4]), ("-3:", [3, 4, 5]), (":2", [0, 1]),
@@ -428,7 +433,7 @@ def test_a_failed_file_write_is_one_clear_error(cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr("attnviz.pictures.heatmap.write_bytes", full_disk)
     monkeypatch.setattr(fileio, "write_bytes", full_disk)
-    result = cli("compare-heads", SHORT_TEXT, *SMALL, "--plot", tmp_path / "p.png")
+    result = cli("compare-heads", SHORT_TEXT, *SMALL, "-o", tmp_path / "p.png")
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"Error: {tmp_path / 'p.png'}: No space left on device"]
 

@@ -102,6 +102,8 @@ BENCHMARK_GROUPS = {
     "longcontext": {"`attnviz export --layer all --resolution": 1,
                     "`attnviz heatmap --layer all`, the same": 1,
                     "`attnviz export --layer 0 --resolution": 1},
+    # which heads find the needle: SmolLM2's passkey against Retrieval_Head's procedure
+    "needle": {"`attnviz needle --chat`": 1, "`attnviz needle`, one passkey test": 1},
 }
 
 
@@ -123,6 +125,7 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
         # long contexts (round 4): SmolLM2 at 8,192 tokens, a 1B-shaped layer at 32,768
         "`attnviz export --layer all --resolution": 1, "`attnviz heatmap --layer all`, the same": 1,
         "`attnviz export --layer 0 --resolution": 1,
+        "`attnviz needle --chat`": 1, "`attnviz needle`, one passkey test": 1,
     }
     helped = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--help"],
                             capture_output=True, text=True, timeout=120)

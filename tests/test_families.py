@@ -269,10 +269,10 @@ def test_every_command_runs_on_every_family(tmp_path, checkpoints, cli, name):
     runs = {
         "heatmap": ["heatmap", TEXT, "--weights", folder, "--layer", "all", "--out", tmp_path / "h"],
         "compare": ["compare-heads", TEXT, "--weights", folder, "--layer", "1", "--similarity",
-                    "--plot", tmp_path / "pair.png"],
+                    "-o", tmp_path / "pair.png"],
         "report": ["report", TEXT, "--weights", folder, "--layer", "all", "-o", tmp_path / "r.html"],
         "scan": ["scan", TEXT, "The cat sat on the mat", "--weights", folder, "--layer", "all",
-                 "--induction", "--plot", tmp_path / "maps"],
+                 "--induction", "-o", tmp_path / "maps"],
         "steps": ["steps", TEXT, "--weights", folder, "--layer", "1", "--head", "2", "--output",
                   tmp_path / "steps.png"],
         "export": ["export", TEXT, "--weights", folder, "--layer", "all", "-o", tmp_path / "e.npz",

@@ -351,7 +351,7 @@ def test_export_refuses_a_file_larger_than_the_disk_before_writing(checkpoints, 
 def test_compare_heads_of_a_long_text_gives_the_whole_texts_statistics(checkpoints, tmp_path):
     folder, text = checkpoints["mistral-window"], long_text(tmp_path)
     result = run("compare-heads", "--file", text, "--weights", folder, "--layer", "1",
-                 "--resolution", "64", "--format", "json", "--plot", tmp_path / "p.png",
+                 "--resolution", "64", "--format", "json", "-o", tmp_path / "p.png",
                  "--head", "2")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)

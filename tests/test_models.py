@@ -169,7 +169,7 @@ def test_book_checkpoint_with_missing_tensor_is_named(tmp_path):
 def test_a_file_that_is_not_a_pickle_is_not_called_code(tmp_path):
     path = tmp_path / "model.pth"
     path.write_text("hello, I am text")
-    with pytest.raises(InputError, match="not a readable PyTorch checkpoint") as info:
+    with pytest.raises(InputError, match="is not a checkpoint: it looks like text") as info:
         checkpoint.load(str(path))
     assert "run code" not in str(info.value)
 

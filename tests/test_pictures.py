@@ -299,7 +299,7 @@ MAGIC = {"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF", "jpg": b"\xff\xd8\x
                                          (".jpg", "jpg"), (".JPEG", "jpg")])
 def test_plot_writes_the_format_its_name_says(cli, tmp_path, suffix, fmt):
     pair, sim = tmp_path / f"pair{suffix}", tmp_path / f"sim{suffix}"
-    result = cli("compare-heads", SHORT_TEXT, *small_options(), "--plot", pair,
+    result = cli("compare-heads", SHORT_TEXT, *small_options(), "-o", pair,
                  "--similarity-plot", sim, "--format", "json")
     assert result.exit_code == 0, result.stderr
     for path in (pair, sim):
@@ -310,7 +310,7 @@ def test_plot_writes_the_format_its_name_says(cli, tmp_path, suffix, fmt):
 
 @pytest.mark.parametrize("name", ["pair.gif", "pair.txt", "pair.png.bak"])
 def test_unknown_image_suffixes_are_refused_before_any_work(cli, tmp_path, name):
-    result = cli("compare-heads", SHORT_TEXT, *small_options(), "--plot", tmp_path / name)
+    result = cli("compare-heads", SHORT_TEXT, *small_options(), "-o", tmp_path / name)
     assert result.exit_code == 2
     assert result.stderr.startswith("Error:") and "cannot write" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

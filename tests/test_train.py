@@ -281,9 +281,12 @@ def test_ctrl_c_exits_130_and_leaves_a_loadable_snapshot_to_resume(tmp_path, cli
     stderr = run.stderr.read()
     assert code == 130, stderr
     last = train_run.read_log(out)[-1]["snapshot"]
-    assert stderr.strip().splitlines() == [
+    *progress, error = stderr.strip().splitlines()  # off a terminal: a line per snapshot
+    assert error == (
         f"Error: interrupted; {out / last} is the last complete snapshot (it opens with "
-        f"--weights); continue with attnviz train --out {out} --resume and the same options"]
+        f"--weights); continue with attnviz train --out {out} --resume and the same options")
+    assert len(progress) >= 3 and all(line.startswith("step ") for line in progress)
+    assert progress[1].startswith("step 20/100,000, loss ") and " s left" in progress[1]
     assert not list(out.glob(".*.tmp"))
     result = cli("heatmap", "the cat sat", "--weights", out / last, "--format", "json", "-q",
                  "--out", tmp_path / "pictures")

@@ -339,7 +339,7 @@ def test_compare_heads_norm_statistics_are_those_of_renormalised_rows(cli, tmp_p
 def test_compare_heads_plot_draws_the_norms(cli, tmp_path, hf_checkpoint):
     plain, weighted = tmp_path / "a.png", tmp_path / "n.png"
     for path, extra in ((plain, []), (weighted, ["--weighting", "norm"])):
-        done = cli("compare-heads", TEXT, "--weights", hf_checkpoint, "--plot", path, *extra)
+        done = cli("compare-heads", TEXT, "--weights", hf_checkpoint, "-o", path, *extra)
         assert done.exit_code == 0, done.stderr
     assert plain.read_bytes() != weighted.read_bytes()
     assert Image.open(weighted).size[0] > 400
@@ -357,7 +357,7 @@ def test_compare_heads_plot_draws_the_norms(cli, tmp_path, hf_checkpoint):
      "cannot take the layers 1,2"),
     (["heatmap", TEXT, "--view", "rollout", "--head", "1"], "drop --head"),
     (["heatmap", TEXT, "--weighting", "norm", "--exclude-first"], "give one of them"),
-    (["compare-heads", TEXT, "--view", "rollout", "--plot", "{tmp}/p.png"], "attnviz heatmap --view rollout"),
+    (["compare-heads", TEXT, "--view", "rollout", "-o", "{tmp}/p.png"], "attnviz heatmap --view rollout"),
     (["export", TEXT, "--rollout", "--layer", "0,2", "--weights", "{ckpt}", "-o", "{tmp}/w.npz"],
      "--rollout multiplies every layer"),
     (["report", TEXT, "--rollout", "--layer", "2,1", "--weights", "{ckpt}", "-o", "{tmp}/r.html"],

@@ -356,7 +356,7 @@ def run_json(cli, *args):
 
 def test_cli_json_csv_npz_and_pictures(cli, checkpoints, tmp_path):
     folder = checkpoints["gpt2"]
-    doc = run_json(cli, TEXT, "--weights", folder, "--head", "2.1", "--query", "12",
+    doc = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12",
                    "--plot", tmp_path / "maps", "-o", tmp_path / "why.npz", "--top", "3")
     assert doc["layer"] == 2 and doc["head"] == 1 and doc["query"]["position"] == 12
     names = doc["query_components"]
@@ -375,26 +375,26 @@ def test_cli_json_csv_npz_and_pictures(cli, checkpoints, tmp_path):
     assert list(arrays["components"]) == names and arrays["key_parts"].shape[:2] == (len(names), 13)
     assert list(arrays["head"]) == [2, 1, 12, doc["key"]["position"]]
 
-    every = run_json(cli, TEXT, "--weights", folder, "--head", "2.1", "--query", "12", "--key", "all")
+    every = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "all")
     keys = every["keys"]
     assert keys["positions"] == list(range(13)) and len(keys["key_totals"]) == len(names)
     totals = np.array(keys["key_totals"])
     np.testing.assert_allclose(totals.sum(0), keys["scores"], atol=1e-9)
     assert abs(sum(keys["weights"]) - 1) < 1e-5
-    chosen = run_json(cli, TEXT, "--weights", folder, "--head", "2.1", "--query", "12", "--key", "3")
+    chosen = run_json(cli, TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "3")
     assert chosen["key"]["position"] == 3
     assert abs(chosen["score"] - keys["scores"][3]) < 1e-9
 
-    csv = cli("why", TEXT, "--weights", folder, "--head", "2.1", "--query", "12", "--format", "csv")
+    csv = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--format", "csv")
     assert csv.exit_code == 0, csv.stderr
     lines = csv.stdout.splitlines()
     assert lines[0] == "query_component," + ",".join(names) and len(lines) == 1 + len(names)
-    csv = cli("why", TEXT, "--weights", folder, "--head", "2.1", "--query", "12", "--key", "all",
+    csv = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "all",
               "--format", "csv")
     lines = csv.stdout.splitlines()
     assert lines[0] == "component," + ",".join(f"key_{j}" for j in range(13))
 
-    table = cli("why", TEXT, "--weights", folder, "--head", "2.1", "--query", "12", "--key", "all")
+    table = cli("why", TEXT, "--weights", folder, "--layer", "2", "--head", "1", "--query", "12", "--key", "all")
     assert table.exit_code == 0, table.stderr
     out = table.stdout
     assert out.startswith("L2 H1, query 12 (") and "Top pairs" in out and "Keys by weight" in out
@@ -402,26 +402,27 @@ def test_cli_json_csv_npz_and_pictures(cli, checkpoints, tmp_path):
 
 
 def test_the_softcap_is_named(cli, checkpoints):
-    doc = run_json(cli, TEXT, "--weights", checkpoints["gemma2-softcap"], "--head", "3.0",
+    doc = run_json(cli, TEXT, "--weights", checkpoints["gemma2-softcap"], "--layer", "3", "--head", "0",
                    "--query", "10")
     assert doc["softcap"] == 20.0
     assert abs(doc["capped_score"] - 20 * np.tanh(doc["score"] / 20)) < 1e-9
-    table = cli("why", TEXT, "--weights", checkpoints["gemma2-softcap"], "--head", "3.0",
+    table = cli("why", TEXT, "--weights", checkpoints["gemma2-softcap"], "--layer", "3", "--head", "0",
                 "--query", "10")
     assert "split before the softcap: 20·tanh(score/20)" in table.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--head", "3"], "--head must be LAYER.HEAD, e.g. 1.3 (layer 1, head 3), got '3'"),
-    (["--head", "3.0"], "--head 3.0: layer 3 is out of range: the model has 3 layers (0-2)"),
-    (["--head", "1.4"], "--head 1.4: head 4 is out of range: layer 1 has 4 heads (0-3)"),
-    (["--head", "1.1", "--query", "99"], "--query 99 is out of range: the text has {n} tokens "
+    (["--head", "3"], "--head 3 needs its layer: add --layer L"),
+    (["--layer", "3", "--head", "0"], "--layer 3 is out of range: the checkpoint has 3 layers (0-2)"),
+    (["--layer", "1", "--head", "4"], "--head 4: head 4 is out of range: layer 1 has 4 heads (0-3)"),
+    (["--layer", "1,2", "--head", "1"], "why explains one head of one layer: give a single --layer L"),
+    (["--layer", "1", "--head", "1", "--query", "99"], "--query 99 is out of range: the text has {n} tokens "
      "(0-{last}; negative numbers count from the end)"),
-    (["--head", "1.1", "--query", "5", "--key", "6"], "--key 6 is after the query 5: under the "
+    (["--layer", "1", "--head", "1", "--query", "5", "--key", "6"], "--key 6 is after the query 5: under the "
      "causal mask query 5 sees keys 0-5"),
-    (["--head", "1.1", "--query", "5", "--key", "-1"], "--key -1 is out of range: query 5 sees keys 0-5"),
-    (["--head", "1.1", "--key", "first"], "--key must be a key position (0, 1, …) or all, got 'first'"),
-    (["--head", "1.1", "-o", "why.txt"], "--output why.txt: give a .npz file name"),
+    (["--layer", "1", "--head", "1", "--query", "5", "--key", "-1"], "--key -1 is out of range: query 5 sees keys 0-5"),
+    (["--layer", "1", "--head", "1", "--key", "first"], "--key must be a key position (0, 1, …) or all, got 'first'"),
+    (["--layer", "1", "--head", "1", "-o", "why.txt"], "-o why.txt: the file is an .npz archive; name it .npz"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_is_written(cli, checkpoints, tmp_path, args, message,
                                                             monkeypatch):
@@ -434,12 +435,12 @@ def test_bad_input_is_one_error_line_and_nothing_is_written(cli, checkpoints, tm
 
 
 def test_a_key_outside_the_sliding_window_is_refused(cli, checkpoints):
-    result = cli("why", TEXT, "--weights", checkpoints["gpt-neo-local"], "--head", "1.0",
+    result = cli("why", TEXT, "--weights", checkpoints["gpt-neo-local"], "--layer", "1", "--head", "0",
                  "--query", "12", "--key", "2")
     assert result.exit_code == 2
     assert result.stderr == ("Error: --key 2 is outside layer 1's sliding window of 7 tokens: "
                              "query 12 sees keys 6-12\n")
-    doc = run_json(cli, TEXT, "--weights", checkpoints["gpt-neo-local"], "--head", "1.0",
+    doc = run_json(cli, TEXT, "--weights", checkpoints["gpt-neo-local"], "--layer", "1", "--head", "0",
                    "--query", "12", "--key", "all")
     assert doc["keys"]["positions"] == list(range(6, 13))
 
@@ -447,7 +448,7 @@ def test_a_key_outside_the_sliding_window_is_refused(cli, checkpoints):
 def test_random_mode_and_the_python_api_agree_with_the_command(cli, checkpoints):
     import attnviz
 
-    doc = run_json(cli, TEXT, "--head", "0.3", "--query", "7", "--heads", "4", "--d-model", "32")
+    doc = run_json(cli, TEXT, "--layer", "0", "--head", "3", "--query", "7", "--heads", "4", "--d-model", "32")
     assert doc["query_components"] == ["embed", "pos"]
     result = attnviz.why(TEXT, None, head=(0, 3), query=7, heads=4, d_model=32)
     assert abs(result.score - doc["score"]) < 1e-12 and result.key == doc["key"]["position"]
@@ -498,7 +499,7 @@ def test_the_report_holds_every_cells_parts(cli, checkpoints, tmp_path):
     import base64
 
     folder = checkpoints["gemma2-softcap"]
-    done = cli("why", TEXT, "--weights", folder, "--head", "3.1", "--query", "12",
+    done = cli("why", TEXT, "--weights", folder, "--layer", "3", "--head", "1", "--query", "12",
                "--report", tmp_path / "why.html", "--format", "json", "-q")
     assert done.exit_code == 0, done.stderr
     doc = json.loads(done.stdout)
@@ -524,7 +525,7 @@ def test_a_report_too_large_is_refused_before_anything_is_written(cli, checkpoin
     from attnviz.display import why_report
 
     monkeypatch.setattr(why_report, "MAX_BYTES", 1000)
-    done = cli("why", TEXT, "--weights", checkpoints["gpt2"], "--head", "1.1", "--report",
+    done = cli("why", TEXT, "--weights", checkpoints["gpt2"], "--layer", "1", "--head", "1", "--report",
                tmp_path / "why.html", "-o", tmp_path / "why.npz", "--plot", tmp_path / "maps")
     assert done.exit_code == 2 and done.stderr.startswith("Error: --report would hold ")
     assert "shorten the text or drop --report" in done.stderr and list(tmp_path.iterdir()) == []
@@ -539,7 +540,7 @@ def test_clicking_a_cell_of_the_report_shows_its_split(cli, checkpoints, tmp_pat
 
     folder = checkpoints["gpt-neo-local"]
     path = tmp_path / "why.html"
-    done = cli("why", TEXT, "--weights", folder, "--head", "1.2", "--query", "14", "--report", path, "-q")
+    done = cli("why", TEXT, "--weights", folder, "--layer", "1", "--head", "2", "--query", "14", "--report", path, "-q")
     assert done.exit_code == 0, done.stderr
     model = load_model(None, str(folder))
     ids = encode_text(model, TEXT)

@@ -14,6 +14,8 @@ Attention weights everywhere in attnviz follow one convention:
 of query ``i`` over the keys ``0..i`` (entries above the diagonal are exactly 0).
 """
 
+# ruff: noqa: I001 - startup first: a Ctrl-C while the program starts is one line, no traceback
+from attnviz.core import startup  # noqa: F401
 import importlib
 import importlib.abc
 import importlib.util

@@ -18,6 +18,8 @@ from attnviz.analyses.describe import one_line
 from attnviz.core.config import ModelConfig
 from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.core.views import Displayable
+from attnviz.core.words import counted
+from attnviz.text import inputs
 from attnviz.text.chat import chat_prompt
 from attnviz.text.gpt2_bpe import token_label, token_text
 
@@ -309,8 +311,8 @@ def analyze(
 
 
 def check_text(text: str) -> None:
-    if not text:
-        raise InputError("the text is empty: give some text, '-' to read stdin, or --file PATH")
+    """Refuse a text that is empty or only whitespace (``text.inputs.check_text``)."""
+    inputs.check_text(text)
 
 
 def encode_text(model, text: str, allow_special: bool = False, bos: bool = True,
@@ -325,7 +327,19 @@ def encode_text(model, text: str, allow_special: bool = False, bos: bool = True,
         text, allow_special, bos = chat_prompt(model.tokenizer, text), True, False
     token_ids = model.tokenizer.encode(text, allow_special=allow_special, add_bos=bos)
     check_ids(model, token_ids)
+    warn_unknown(model.tokenizer, text, token_ids)
     return token_ids
+
+
+def warn_unknown(tokenizer, text: str, token_ids: list[int]) -> None:
+    """One warning naming the words the model cannot represent (its unknown token)."""
+    words = tokenizer.unknown_words(text, token_ids)
+    if words:
+        unk = token_text(tokenizer.token_bytes([tokenizer.unk_id])[0])
+        shown = ", ".join(repr(w) for w in words[:8]) + (" …" if len(words) > 8 else "")
+        warnings.warn(f"{counted(token_ids.count(tokenizer.unk_id), 'token')} of the text "
+                      f"became the unknown token {unk}, which the model cannot tell apart: "
+                      f"{shown}", AttnvizWarning, stacklevel=2)
 
 
 def check_ids(model, token_ids: list[int]) -> None:

@@ -111,6 +111,9 @@ def single_token(tokenizer, text: str, option: str) -> int:
     if text == "":
         raise InputError(f"{option} is empty: give the token's text, e.g. {option} \" Mary\"")
     ids = tokenizer.encode(text, allow_special=True, add_bos=False)
+    if tokenizer.unknown_words(text, ids):
+        raise InputError(f"{option} {text!r} is the tokenizer's unknown token: the model cannot "
+                         "tell it from any other unknown word; give a token in its vocabulary")
     if len(ids) != 1:
         pieces = " | ".join(f"{token_label(raw)} ({i})"
                             for i, raw in zip(ids, tokenizer.token_bytes(ids)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attnviz.core.words import counted
+
 
 def layer_text(layers: list[int]) -> str:
     """``layer 3``, ``layers 0-11`` or ``layers 0,4,7``."""
@@ -17,7 +19,7 @@ def layer_text(layers: list[int]) -> str:
 def model_name(described: dict) -> str:
     """``gpt2-tiny · 3 layers × 4 heads, d_model 64`` or ``random · 12 heads, d_model 768,
     seed 123``: a model in one line."""
-    sizes = f"{described.get('n_heads')} heads, d_model {described.get('d_model')}"
+    sizes = f"{counted(described.get('n_heads'), 'head')}, d_model {described.get('d_model')}"
     if described.get("mode") == "random":
         return f"random · {sizes}, seed {described.get('seed')}"
     weights = Path(described.get("weights", "?"))
@@ -26,10 +28,11 @@ def model_name(described: dict) -> str:
                                       else weights.parent.name if weights.suffix else weights.name))
     if described.get("revision"):
         name += f"@{described['revision']}"
-    return f"{name} · {described.get('n_layers')} layers × {sizes}"
+    return f"{name} · {counted(described.get('n_layers'), 'layer')} × {sizes}"
 
 
 def one_line(result) -> str:
     """An ``AttentionResult`` in one line: tokens, layers, heads and the model."""
-    return (f"{result.n_tokens} tokens, {layer_text(result.layers)}, {result.n_heads} heads · "
+    return (f"{counted(result.n_tokens, 'token')}, {layer_text(result.layers)}, "
+            f"{counted(result.n_heads, 'head')} · "
             f"{model_name(result.config)}")

@@ -175,10 +175,10 @@ def parse_head(text: str, n_layers: int, n_heads: int) -> tuple[int, int]:
 
 def check_head(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[int, int]:
     if not 0 <= layer < n_layers:
-        raise InputError(f"--head {layer}.{head}: layer {layer} is out of range: the model has "
+        raise InputError(f"--layer {layer}: layer {layer} is out of range: the model has "
                          f"{n_layers} layer{'s' if n_layers != 1 else ''} (0-{n_layers - 1})")
     if not 0 <= head < n_heads:
-        raise InputError(f"--head {layer}.{head}: head {head} is out of range: layer {layer} has "
+        raise InputError(f"--head {head}: head {head} is out of range: layer {layer} has "
                          f"{n_heads} heads (0-{n_heads - 1})")
     return layer, head
 

@@ -15,6 +15,7 @@ from attnviz.cli import heatmap  # noqa: F401
 from attnviz.cli import compare  # noqa: F401
 from attnviz.cli import export  # noqa: F401
 from attnviz.cli import scan  # noqa: F401
+from attnviz.cli import needle  # noqa: F401
 from attnviz.cli import report  # noqa: F401
 from attnviz.cli import steps  # noqa: F401
 from attnviz.cli import generate  # noqa: F401

@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import gc
 import os
+import re
 import signal
 import sys
 import traceback
@@ -22,9 +23,20 @@ from typer._click.exceptions import (  # Typer >= 0.29 vendors click
 from typer.core import TyperGroup
 
 from attnviz import __version__
+from attnviz.core import startup
 from attnviz.core.errors import AttnvizError
+from attnviz.files import ledger
 
 _debug = {"on": False}  # set per invocation by _Group.main and --debug
+_typed: dict[str, str] = {}  # each spelling of an option given -> the one the user typed
+
+
+def _as_typed(message: str) -> str:
+    """An error names the option as the user typed it: ``-o x.txt``, not ``--output``."""
+    for spelling, typed in _typed.items():
+        if spelling != typed and spelling.startswith("--"):
+            message = re.sub(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", typed, message)
+    return message
 
 
 def tune_gc_for_one_run() -> None:
@@ -43,7 +55,7 @@ def tune_gc_for_one_run() -> None:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.write(f"Error: {_as_typed(message)}\n")
     sys.stderr.flush()
 
 
@@ -107,6 +119,7 @@ def _refuse_repeated_options(command, args: list[str]) -> None:
         spelling = token.split("=", 1)[0] if token.startswith("--") else token
         if spelling in single:
             param, _ = single[spelling]
+            _typed.update({s: spelling for s in (*param.opts, *param.secondary_opts)})
             if param.name in seen:
                 first = seen[param.name]
                 said = (f"{first} is given twice" if first == spelling
@@ -137,7 +150,7 @@ class _Group(TyperGroup):
             _error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            _error("interrupted; no partial files were left behind")
+            _error(ledger.interrupted())
             raise typer.Exit(130) from None
         except BrokenPipeError:  # e.g. `attnviz tokens ... | head`: the reader has enough
             _silence_stdout()
@@ -162,7 +175,10 @@ class _Group(TyperGroup):
         return name, command, rest
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        startup.done()  # from here on, Ctrl-C is a KeyboardInterrupt the command cleans up after
         _debug["on"] = bool(os.environ.get("ATTNVIZ_DEBUG"))  # --debug may turn it on
+        _typed.clear()
+        ledger.begin()
         try:
             with _sigterm_as_interrupt():
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

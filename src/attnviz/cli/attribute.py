@@ -24,6 +24,7 @@ from attnviz.cli.options import (
     model_options,
 )
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
@@ -43,7 +44,8 @@ def attribute(
     ablate: Annotated[str, typer.Option("--ablate", help="zero: a head's output removed; mean: "
                       "replaced by its mean over the prompt's positions (or --baseline-file's)."
                       )] = "zero",
-    baseline_file: Annotated[Path | None, typer.Option("--baseline-file", help="With --ablate "
+    baseline_file: Annotated[Path | None, typer.Option("--baseline-file", metavar="FILE",
+                             help="With --ablate "
                              "mean: average each head's output over these prompts (one a "
                              "line) instead of the prompt.", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions listed.")] = 10,
@@ -81,7 +83,7 @@ def attribute(
 
         checks.check_picture_options(dpi=dpi)
         fmt_out = checks.image_format(None, image_format)
-        check_out_dir(plot)
+        check_out_dir(plot, "--plot")
     if weights is None:
         raise InputError("attribute needs trained weights: random mode has no output head "
                          "(unembedding); pass --weights (a checkpoint or a Hub repo id such as "
@@ -107,7 +109,7 @@ def attribute(
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = run(model, token_ids, position=position, target=target_id, contrast=contrast_id,
                      ablate=ablate, baseline=baseline, top_k=top_k, progress=progress)
-        progress.summary(f"{model.n_layers * model.n_heads} heads attributed ({ablate} ablation)")
+        progress.summary(f"{counted(model.n_layers * model.n_heads, 'head')} attributed ({ablate} ablation)")
     labels = token_labels(tokenizer, token_ids)
     metric_name = describe_metric(result, tokenizer)
     files = []

@@ -24,11 +24,13 @@ from attnviz.cli.options import (
     WeightingOpt,
     WeightsOpt,
     check_file_target,
+    deprecated,
     model_options,
     picture_options,
     score_induction,
 )
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
@@ -47,16 +49,17 @@ def compare_heads(
                           "Jensen-Shannon divergence matrix.")] = False,
     induction: Annotated[bool, typer.Option("--induction", help="Add each head's induction "
                          "score (meaningful with --weights).")] = False,
-    plot_path: Annotated[Path | None, typer.Option("--plot", help="Write the --head heads "
-                         "(default 0 and 1) side by side to this picture (.png, .svg, .pdf, .jpg); "
-                         "a row per layer when there are several.",
+    plot_path: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write "
+                         "the --head heads (default 0 and 1) side by side to this picture "
+                         "(.png, .svg, .pdf, .jpg); a row per layer when there are several.",
                          show_default=False)] = None,
-    similarity_plot: Annotated[Path | None, typer.Option("--similarity-plot", help="Write "
-                               "the similarity matrix to this picture: one panel per layer.",
-                               show_default=False)] = None,
+    plot_deprecated: Annotated[Path | None, typer.Option("--plot", hidden=True)] = None,
+    similarity_plot: Annotated[Path | None, typer.Option("--similarity-plot", metavar="FILE",
+                               help="Write the similarity matrix to this picture: one panel "
+                               "per layer.", show_default=False)] = None,
     head: Annotated[list[int] | None, typer.Option(
-        "--head", min=0, metavar="I", help="A head to draw with --plot (repeatable; default: "
-        "heads 0 and 1). The table always lists every head.", show_default=False)] = None,
+        "--head", min=0, metavar="I", help="A head to draw in the --output picture (repeatable; "
+        "default: heads 0 and 1). The table always lists every head.", show_default=False)] = None,
     picture: PictureOptions = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
@@ -72,10 +75,10 @@ def compare_heads(
 ) -> None:
     """Compare the heads: entropy, focus, self / previous / first-token attention, distance.
 
-    The table lists every head of the chosen layers; --head picks the heads drawn by --plot.
+    The table lists every head of the chosen layers; --head picks the heads drawn by -o/--output.
     With --weighting norm the statistics are those of the value-weighted rows renormalised
-    to sum 1, and --plot draws the norms. A text longer than --resolution tokens (1024):
-    the statistics of the whole text (and sink_mass), exactly; --plot draws pooled maps.
+    to sum 1, and --output draws the norms. A text longer than --resolution tokens (1024):
+    the statistics of the whole text (and sink_mass), exactly; --output draws pooled maps.
     """
     from dataclasses import replace
 
@@ -85,6 +88,13 @@ def compare_heads(
     from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
+    if plot_deprecated is not None:
+        if plot_path is not None:
+            raise InputError("--plot is the old spelling of --output: give one of them")
+        deprecated("compare-heads", "--plot", "--plot names a folder of pictures in every "
+                   "other command")
+        plot_path = plot_deprecated
+    plot_option = "--output" if plot_deprecated is None else "--plot"
     columns = ["layer", "head", *COLUMNS] + (["induction"] if induction else [])
     if sort_by == "induction" and not induction:
         raise InputError("--sort-by induction needs the induction scores: add --induction")
@@ -92,8 +102,8 @@ def compare_heads(
         raise InputError(f"--sort-by {sort_by!r} is not a column; choose one of "
                          f"{', '.join(columns)} (or induction, with --induction)")
     if head and not plot_path:
-        raise InputError("--head picks the heads drawn by --plot; add --plot FILE (the table "
-                         "always lists every head)")
+        raise InputError("--head picks the heads of the --output picture; add -o FILE (the "
+                         "table always lists every head)")
     source = read_text(text, file)
     if plot_path or similarity_plot:
         from attnviz.pictures import checks
@@ -102,7 +112,7 @@ def compare_heads(
         if weighting == "norm" and picture.exclude_first:
             raise InputError("--exclude-first renormalises attention rows; the norms of "
                              "--weighting norm are not probabilities: give one of them")
-        for path, option in ((plot_path, "--plot"), (similarity_plot, "--similarity-plot")):
+        for path, option in ((plot_path, plot_option), (similarity_plot, "--similarity-plot")):
             if path:
                 checks.image_format(path, picture.image_format, option)
                 check_file_target(path, option)
@@ -133,7 +143,7 @@ def compare_heads(
         raise InputError("--view lines draws the heads of one layer over each other; give one "
                          "--layer, or use --view heatmap for a grid of every layer")
     plot_heads = list(dict.fromkeys(head)) if head else list(range(min(2, result.n_heads)))
-    drawn = result  # what --plot draws, on which colour scale
+    drawn = result  # what --output draws, on which colour scale
     measure = measure if long is not None else {}
     if weighting == "norm":  # statistics of probability rows: the norms, renormalised
         from attnviz.analyses.weighting import STATISTICS_NOTE, renormalized, weighting_config
@@ -172,11 +182,12 @@ def compare_heads(
         from attnviz.pictures import checks, plot
         from attnviz.pictures.similarity import check_similarity_size, save_similarity
 
-        if similarity_plot:  # checked before --plot is written: all checks come first
+        if similarity_plot:  # checked before --output is written: all checks come first
             check_similarity_size(len(result.layers), result.n_heads, picture.dpi)
         if plot_path:
             plot.save_compare(plot_path, drawn, plot_heads,
-                              image_format=checks.image_format(plot_path, picture.image_format),
+                              image_format=checks.image_format(plot_path, picture.image_format,
+                                                                 plot_option),
                               **picture.heatmap_args(), **measure)
             files.append(str(plot_path))
         if similarity_plot:
@@ -201,7 +212,8 @@ def compare_heads(
         styles = {focused: "bold green", broadest: "yellow"}
     weighted = " of the value-weighted rows (renormalised)" if weighting == "norm" else ""
     output.emit(document, rows, shown,
-                title=f"Head statistics{weighted}, {(long or result).n_tokens} tokens{window_note}",
+                title=f"Head statistics{weighted}, "
+                      f"{counted((long or result).n_tokens, 'token')}{window_note}",
                 styles=styles, keys=shown[: 2 if show_layer else 1])
     if fmt != "table":
         return

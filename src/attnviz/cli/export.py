@@ -9,6 +9,7 @@ import typer
 
 from attnviz.cli.app import app
 from attnviz.cli.options import (
+    NPZ,
     AllowSpecialOpt,
     DebugOpt,
     FileOpt,
@@ -25,6 +26,7 @@ from attnviz.cli.options import (
     check_file_target,
     model_options,
 )
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
@@ -33,7 +35,8 @@ from attnviz.text.inputs import read_text
 def export(
     text: TextArg = None,
     file: FileOpt = None,
-    output_path: Annotated[Path, typer.Option("--output", "-o", help="The .npz file to write; "
+    output_path: Annotated[Path, typer.Option("--output", "-o", metavar="FILE.npz", help="The "
+                           ".npz file to write; "
                            "'-' writes it to standard output.", show_default=False)] = ...,
     include_params: Annotated[bool, typer.Option("--include-params", help="Also export the "
                               "attention input and the query/key/value weights.")] = False,
@@ -75,7 +78,7 @@ def export(
     output = Output("table", quiet)
     source = read_text(text, file)
     if not to_stdout:
-        check_file_target(output_path, "--output")
+        check_file_target(output_path, "--output", NPZ)
     elif sys.stdout.isatty():
         raise InputError("--output - writes the binary .npz to standard output, which is a "
                          "terminal here; redirect it (> w.npz) or pipe it")
@@ -95,15 +98,12 @@ def export(
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         # Each layer goes to the file as the forward pass reaches it: one in memory at a time.
         result = layer_stream(model, token_ids, layer, tokens, progress)
-        single = len(result.layers) == 1 and not any(str(x).strip().lower() == "all"
-                                                     for x in layer or [])
         if rollout:
             from attnviz.analyses.weighting import rollout_layers
 
             rolled = rollout_layers(layer, result.model.n_layers, default_all=False,
                                     option="--rollout")
-        pick = (lambda a: a[0]) if single else (lambda a: a)  # noqa: E731
-        shape = result.shape[1:] if single else result.shape  # (H, T, T) or (L, H, T, T)
+        shape = result.shape  # (L, H, T, T), also for one layer: as the Python API has it
         arrays = {
             "weights": Pieces(shape, np.float32, result),
             "token_ids": np.asarray(result.token_ids, dtype=np.int64),
@@ -124,8 +124,8 @@ def export(
                                                       weighting)[cut, cut].astype(np.float32)
             arrays["rollout_layers"] = np.asarray(rolled, dtype=np.int64)
         if include_params:  # gathered while the weights were written, so called after them
-            arrays["attn_input"] = lambda: pick(result.attn_inputs())
-            arrays.update({name: lambda name=name: pick(result.params()[name])
+            arrays["attn_input"] = result.attn_inputs
+            arrays.update({name: lambda name=name: result.params()[name]
                            for name in result.param_names()})
         if not to_stdout:  # the weights (and norms) dominate: each 4·L·H·T² bytes
             check_free_space(output_path, 4 * int(np.prod(shape)) * (1 + (weighting == "norm")),
@@ -208,7 +208,7 @@ def _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens
             check_free_space(output_path, size, "--output")
         written = _write(arrays, output_path, to_stdout, progress)
     _report(written, output_path, output, quiet,
-            f"Wrote {output_path} ({n} tokens, pooled {result.block}×{result.block})")
+            f"Wrote {output_path} ({counted(n, 'token')}, pooled {result.block}×{result.block})")
 
 
 @app.command()

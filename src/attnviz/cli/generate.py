@@ -10,6 +10,8 @@ import typer
 
 from attnviz.cli.app import app
 from attnviz.cli.options import (
+    HTML,
+    NPZ,
     AllowSpecialOpt,
     DebugOpt,
     FileOpt,
@@ -27,6 +29,7 @@ from attnviz.cli.options import (
     picture_options,
 )
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
@@ -51,13 +54,13 @@ def generate(
                                              "end-of-sequence token.")] = False,
     top_k_report: Annotated[int, typer.Option("--top-k-report", min=1, help="Alternatives "
                                               "reported per step (JSON, report).")] = 5,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for the pictures of the "
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Folder for the pictures of the "
                                              "generated rows (per head, and the overview).",
                                              show_default=False)] = None,
     npz_path: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE.npz",
                                                   help="Write the rows as .npz (see docs/generate.md).",
                                                   show_default=False)] = None,
-    report_path: Annotated[Path | None, typer.Option("--report", metavar="PAGE.html",
+    report_path: Annotated[Path | None, typer.Option("--report", metavar="FILE.html",
                                                      help="Write the offline report of the whole "
                                                      "sequence.", show_default=False)] = None,
     head: HeadOpt = None,
@@ -86,12 +89,12 @@ def generate(
 
     sampling = Sampling(sample, temperature, top_k, top_p, config.seed)
     sampling.check()
-    for path, option in ((npz_path, "--output"), (report_path, "--report")):
+    for path, option, kind in ((npz_path, "--output", NPZ), (report_path, "--report", HTML)):
         if path is not None:
-            check_file_target(path, option)
+            check_file_target(path, option, kind)
     if out is not None:
         picture.check()
-        check_out_dir(out)
+        check_out_dir(out, "--out")
     if weights is None:
         raise InputError("generation needs trained weights: random mode has no output head; "
                          "pass --weights (a checkpoint or a Hub repo id such as gpt2)")
@@ -127,9 +130,9 @@ def generate(
     if not live:
         sys.stdout.write(continuation if quiet else source + continuation)
         sys.stdout.write("\n")
-    output.message(f"{len(result.new_ids)} tokens written (stopped: {result.stopped}); "
+    output.message(f"{counted(len(result.new_ids), 'token')} written (stopped: {result.stopped}); "
                    + "; ".join(f"wrote {w}" for w in written) if written else
-                   f"{len(result.new_ids)} tokens written (stopped: {result.stopped})")
+                   f"{counted(len(result.new_ids), 'token')} written (stopped: {result.stopped})")
 
 
 def _records(tokenizer, token_ids: list[int], first: int) -> list[dict]:
@@ -195,7 +198,7 @@ def _write_outputs(result, model, out, npz_path, report_path, picture, head, tok
             result, labels, out, heads=head, cmap=picture.cmap, dpi=picture.dpi,
             scale=picture.scale, image_format=checks.image_format(None, picture.image_format),
             exclude_first_key=picture.exclude_first, tokens=tokens, **extras)
-        written.append(f"{len(files)} pictures to {out}")
+        written.append(f"{counted(len(files), 'picture')} to {out}")
     if report_path is not None:
         from attnviz.display import report
 

@@ -28,21 +28,23 @@ from attnviz.cli.options import (
     WeightingOpt,
     WeightsOpt,
     check_out_dir,
+    deprecated,
     model_options,
     picture_options,
 )
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
 @app.command()
 @model_options
-@picture_options()
+@picture_options(rollout=True)
 def heatmap(
     text: TextArg = None,
     file: FileOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = Path(
-        "attnviz-out"
-    ),
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the "
+                   "pictures.")] = Path("attnviz-out"),
+    out_deprecated: Annotated[Path | None, typer.Option("-o", hidden=True)] = None,
     head: HeadOpt = None,
     picture: PictureOptions = None,
     config: ModelOptions = None,
@@ -72,12 +74,15 @@ def heatmap(
         raise InputError(f"--json and --format {fmt} disagree; give one of them")
     fmt = "json" if as_json else fmt
     output = Output(fmt, quiet)
+    if out_deprecated is not None:
+        deprecated("heatmap", "-o", "-o names one file in every other command")
+        out = out_deprecated
     source = read_text(text, file)
     from attnviz.pictures import checks, plot
 
     picture.check(rollout=True)
     picture_format = checks.image_format(None, picture.image_format)
-    check_out_dir(out)
+    check_out_dir(out, "--out" if out_deprecated is None else "-o")
     if weighting == "norm" and picture.exclude_first:
         raise InputError("--exclude-first renormalises attention rows; the norms of "
                          "--weighting norm are not probabilities (and already shrink a sink "
@@ -106,14 +111,14 @@ def heatmap(
             from attnviz.pictures.norms import norm_pictures
 
             result, measure["measure"] = norm_pictures(result)
-        layers = f" × {len(result.layers)} layers" if len(result.layers) > 1 else ""
+        layers = f" × {counted(len(result.layers), 'layer')}" if len(result.layers) > 1 else ""
         pooled = f" (pooled {result.block}×{result.block})" if result.block > 1 else ""
-        output.message(f"Drawing {result.length} tokens{pooled}{layers} × {result.n_heads} "
+        output.message(f"Drawing {counted(result.length, 'token')}{pooled}{layers} × {result.n_heads} "
                        f"heads…")
         files = plot.write_heatmaps(result, out, heads=head, image_format=picture_format,
                                     progress=progress, **picture.heatmap_args(), **measure,
                                     layer_extras=extras if long is not None else None)
-        progress.summary(f"Wrote {len(files)} {picture_format.upper()} files to {out}")
+        progress.summary(f"Wrote {counted(len(files), picture_format.upper() + ' file')} to {out}")
     rows = [{"file": str(f.path), "layer": f.layer, "head": f.head} for f in files]
     document = {"files": [r["file"] for r in rows],
                 "tokens": (long or result).tokens(), "config": result.config}
@@ -128,7 +133,7 @@ def heatmap(
     if measure:
         window += f" (value-weighted norms, colours 0-{measure['measure'].top:g})"
     output.emit(document, rows, ["file", "layer", "head"], keys=["file"],
-                title=f"Wrote {len(rows)} {picture_format.upper()} files to {out}{window}")
+                title=f"Wrote {counted(len(rows), picture_format.upper() + ' file')} to {out}{window}")
     if fmt == "table":
         output.mapping(_config_summary(result.config), title="Model")
 
@@ -144,7 +149,7 @@ def _rollout(source, out, picture, picture_format, config, weights, layer, token
         found = analyze_rollout(source, config, weights=weights, layer=layer,
                                 allow_special=allow_special, tokens=tokens, weighting=weighting,
                                 progress=progress)
-        output.message(f"Drawing the rollout of {found.n_tokens} tokens through "
+        output.message(f"Drawing the rollout of {counted(found.n_tokens, 'token')} through "
                        f"{len(found.layers)} layer(s)…")
         files = plot.write_rollout(found.matrix, found.token_labels, out, found.title,
                                    picture.cmap, picture.dpi, picture.scale,
@@ -241,4 +246,4 @@ def tokens(
     if tok.bos_id is not None:
         columns.append("bos")
     name = "GPT-2" if tok.kind == "gpt2" else f"{tok.kind} ({tok.source})"
-    output.emit({"tokens": records}, records, columns, title=f"{len(records)} {name} tokens")
+    output.emit({"tokens": records}, records, columns, title=f"{counted(len(records), name + ' token')}")

@@ -26,7 +26,8 @@ TextArg = Annotated[
 ]
 FileOpt = Annotated[
     Path | None,
-    typer.Option("--file", "-f", help="Read the text from this UTF-8 file ('-': standard input).",
+    typer.Option("--file", "-f", metavar="FILE",
+                 help="Read the text from this UTF-8 file ('-': standard input).",
                  show_default=False),
 ]
 HeadsOpt = Annotated[int, typer.Option("--heads", min=1, help="Number of attention heads.")]
@@ -91,7 +92,7 @@ TokenizerOpt = Annotated[
 ]
 BookConfigOpt = Annotated[
     Path | None,
-    typer.Option("--book-config", metavar="CFG.json", help="For a state dict of the book's "
+    typer.Option("--book-config", metavar="FILE.json", help="For a state dict of the book's "
                  "Llama3Model, Qwen3Model or Gemma3Model: its configuration dict saved as JSON "
                  "(the book's keys: emb_dim, n_heads, n_kv_groups, rope_base …).", show_default=False),
 ]
@@ -150,10 +151,15 @@ ImageFormatOpt = Annotated[
                  "SVG and PDF keep the text as text.", show_default=False),
 ]
 ViewOpt = Annotated[
-    Literal["heatmap", "lines", "rollout"],
+    Literal["heatmap", "lines"],
     typer.Option("--view", help="heatmap, or lines: each query joined to its keys, opacity = "
-                 "weight (up to 64 tokens); heatmap only: rollout, one picture of the attention "
-                 "rollout through layers 0..L (every layer without --layer)."),
+                 "weight (up to 64 tokens)."),
+]
+ViewRolloutOpt = Annotated[  # heatmap's: also the rollout
+    Literal["heatmap", "lines", "rollout"],
+    typer.Option("--view", help="heatmap; lines: each query joined to its keys, opacity = "
+                 "weight (up to 64 tokens); rollout: one picture of the attention rollout "
+                 "through layers 0..L (every layer without --layer)."),
 ]
 WeightingOpt = Annotated[
     Literal["attention", "norm"],
@@ -315,11 +321,13 @@ _PICTURE_OPTIONS = {
 _FULL_ONLY = ("view", "exclude_first", "annotate")  # how the weights are drawn: not for steps
 
 
-def picture_options(*, full: bool = True):
+def picture_options(*, full: bool = True, rollout: bool = False):
     """Replace the command's ``picture`` parameter, where it stands, by the picture
     options; the command receives ``picture=Picture(...)``. ``full=False`` leaves out
-    --view, --exclude-first and --annotate. Composes with @model_options either way."""
+    --view, --exclude-first and --annotate; ``rollout``: --view offers rollout (heatmap's).
+    Composes with @model_options either way."""
     chosen = [f for f in fields(Picture) if full or f.name not in _FULL_ONLY]
+    annotations = {**_PICTURE_OPTIONS, **({"view": ViewRolloutOpt} if rollout else {})}
     names = [f.name for f in chosen]
 
     def decorate(command):
@@ -328,7 +336,7 @@ def picture_options(*, full: bool = True):
         at = list(signature.parameters).index("picture")
         parameters[at:at + 1] = [
             inspect.Parameter(f.name, parameters[at].kind, default=f.default,
-                              annotation=_PICTURE_OPTIONS[f.name])
+                              annotation=annotations[f.name])
             for f in chosen
         ]
 
@@ -361,28 +369,66 @@ def score_induction(output, config: ModelConfig, weights: str | None, layers: li
     return induction_probe(model, layers, config.seed, weighting=weighting)
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail before any work when ``out`` cannot become a folder of PNGs (it is created
-    only when there is something to write)."""
+def check_out_dir(out: Path, option: str) -> None:
+    """Fail before any work when ``out`` cannot become a folder of pictures (it is created
+    only when there is something to write); ``option`` is the one the user typed."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
+        raise InputError(f"{option} {out} is a file, not a folder")
     existing = out
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"--out {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out} is not writable; choose another folder with --out")
+        raise InputError(f"{option} {out}: {existing} is a file, not a folder")
+    if not _can_create_in(existing):
+        raise InputError(f"{option} {out}: the folder {existing} is not writable; choose "
+                         f"another with {option}")
 
 
-def check_file_target(path: Path, option: str) -> None:
-    """Fail before any work when ``path`` cannot be written."""
+NPZ = ((".npz",), "an .npz archive")
+HTML = ((".html", ".htm"), "an HTML page")
+
+
+def check_file_target(path: Path, option: str, kind: tuple[tuple[str, ...], str] | None = None
+                      ) -> None:
+    """Fail before any work when ``path`` cannot be written; ``option`` is the one the
+    user typed. ``kind`` (``NPZ``, ``HTML``): refuse a name whose extension says another
+    format (``-o weights.txt`` for an .npz archive): the name is how the next program
+    opens the file."""
+    if kind is not None and path.suffix.lower() not in kind[0]:
+        raise InputError(f"{option} {path}: the file is {kind[1]}; name it {kind[0][0]}")
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name")
     parent = path.parent
     if not parent.is_dir():
         raise InputError(f"{option} {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _can_create_in(parent) or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"{option} {path}: the folder {parent} is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried, not guessed (``os.access`` says
+    yes to root everywhere, also in /proc or on a read-only mount)."""
+    import tempfile
+
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".attnviz-probe-")
+    except OSError:
+        return False
+    os.close(handle)
+    os.unlink(name)
+    return True
+
+
+DEPRECATED_OPTIONS = {  # (command, old spelling): the spelling that replaces it, until 0.3
+    ("heatmap", "-o"): "--out DIR",
+    ("compare-heads", "--plot"): "-o/--output FILE",
+    ("why", "--head L.H"): "--layer L --head H",
+}
+
+
+def deprecated(command: str, old: str, reason: str) -> None:
+    """Say once that ``old`` still works in ``command`` but will go (a ``Warning:`` line)."""
+    warnings.warn(f"{old} is deprecated in {command} and will be removed in 0.3: {reason}; "
+                  f"use {DEPRECATED_OPTIONS[command, old]}", AttnvizWarning, stacklevel=2)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from attnviz.cli.app import app
 from attnviz.cli.options import (
+    HTML,
     AllowSpecialOpt,
     DebugOpt,
     FileOpt,
@@ -23,6 +24,7 @@ from attnviz.cli.options import (
     check_file_target,
     model_options,
 )
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
@@ -31,7 +33,8 @@ from attnviz.text.inputs import read_text
 def report(
     text: TextArg = None,
     file: FileOpt = None,
-    output_path: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path(
+    output_path: Annotated[Path, typer.Option("--output", "-o", metavar="FILE.html",
+                                              help="The HTML file to write.")] = Path(
         "attnviz-report.html"
     ),
     induction: Annotated[bool, typer.Option(
@@ -69,7 +72,7 @@ def report(
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
-    check_file_target(output_path, "--output")
+    check_file_target(output_path, "--output", HTML)
     from attnviz.analyses.attention import encode_text, load_model
     from attnviz.display.report import write_report
     from attnviz.display.report_contents import check_report_options, report_contents
@@ -82,8 +85,9 @@ def report(
                                target=target, contrast=contrast, position=position,
                                ablate=ablate, say=output.message)
     result = contents.result
-    output.message(f"Writing {result.n_tokens} tokens × {result.weights.shape[0]} layer(s) × "
-                   f"{result.n_heads} heads…")
+    output.message(f"Writing {counted(result.n_tokens, 'token')} × "
+                   f"{counted(result.weights.shape[0], 'layer')} × "
+                   f"{counted(result.n_heads, 'head')}…")
     info = write_report(result, output_path, **contents.extras)
     document = info.as_dict()
     if result.window:

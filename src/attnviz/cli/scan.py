@@ -22,6 +22,7 @@ from attnviz.cli.options import (
     model_options,
 )
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.files.progress import ScanProgress, scan_progress_kind
 
 
@@ -32,7 +33,8 @@ def scan_command(
         help="Prompts to scan, one per argument; '-' reads one prompt a line from standard "
         "input.", show_default=False)] = None,
     file: Annotated[Path | None, typer.Option(
-        "--file", "-f", help="Read the prompts from this UTF-8 file: one a line, or JSON Lines "
+        "--file", "-f", metavar="FILE", help="Read the prompts from this UTF-8 file: one a "
+        "line, or JSON Lines "
         'with a "text" field when it ends in .jsonl.', show_default=False)] = None,
     jsonl: Annotated[bool, typer.Option(
         "--jsonl", help="Read the input as JSON Lines whatever its name.")] = False,
@@ -101,7 +103,7 @@ def scan_command(
             if value:
                 raise InputError(f"{option} scans one checkpoint; run it once per --weights")
         if plot_dir is not None:
-            check_out_dir(plot_dir)
+            check_out_dir(plot_dir, "--plot")
         records, where = scan.read_corpus(prompts, file, jsonl, limit)
         return scan_checkpoints(output, fmt, names, records, where, config=config, layer=layer,
                                 truncate=truncate, allow_special=allow_special,
@@ -117,7 +119,7 @@ def scan_command(
         if path is not None:
             check_file_target(path, option)
     if plot_dir is not None:
-        check_out_dir(plot_dir)
+        check_out_dir(plot_dir, "--plot")
     records, where = scan.read_corpus(prompts, file, jsonl, limit)
     model = load_model(config, weights)
     layers = parse_layers(layer, model.n_layers)
@@ -141,7 +143,7 @@ def scan_command(
         output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need a "
                        "previous token")
     if done:
-        output.message(f"Resuming: {len(done)} of {len(chosen)} prompts were scored by the "
+        output.message(f"Resuming: {len(done)} of {counted(len(chosen), 'prompt')} were scored by the "
                        "earlier run")
     started = time.perf_counter()
     todo = [p for p in chosen if p.index not in done]
@@ -160,10 +162,10 @@ def scan_command(
     if induction:
         output.message("Scoring induction on a repeated random sequence…")
         result.induction_probe = induction_probe(model, layers, config.seed, fit=True)
-    summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
+    summary = (f"{counted(result.n_prompts, 'prompt')}, {counted(result.n_tokens, 'token')}, "
                f"{layer_text(layers)}, {seconds:.1f} s")
     if corpus.truncated:
-        summary += f"; {corpus.truncated} truncated to {model.context_length} tokens"
+        summary += f"; {corpus.truncated} truncated to {counted(model.context_length, 'token')}"
     if shard is not None:
         summary += f"; shard {shard_spec[0]}/{shard_spec[1]}"
     extra = {"shard": {"index": shard_spec[0], "count": shard_spec[1]}} if shard is not None else {}
@@ -209,7 +211,7 @@ def present(output, fmt: str, result, corpus_info: dict, options: dict, describe
     else:
         table_rows = scan.top_table(result, detectors, top)
         output.table(table_rows, ["rank", *detectors], keys=["rank"],
-                     title=f"Top heads per detector, mean ± std over {result.n_prompts} prompts")
+                     title=f"Top heads per detector, mean ± std over {counted(result.n_prompts, 'prompt')}")
         output.line(summary)
     for f in files:
         output.message(f"Wrote {f}")
@@ -235,10 +237,10 @@ def scan_merge_command(
 
     output = Output(fmt, quiet)
     if plot_dir is not None:
-        check_out_dir(plot_dir)
+        check_out_dir(plot_dir, "--plot")
     result, first = scan_runs.merge(partials or [])
     n = int(first["shard"]["count"])
-    summary = (f"{result.n_prompts} prompts, {result.n_tokens} tokens, "
+    summary = (f"{counted(result.n_prompts, 'prompt')}, {counted(result.n_tokens, 'token')}, "
                f"{layer_text(result.layers)}; merged from {n} shard(s)")
     present(output, fmt, result, first["corpus"], first["fingerprint"]["options"],
             first["config"], top, plot_dir, summary, {"merged_shards": n})

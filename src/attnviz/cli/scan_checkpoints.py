@@ -9,6 +9,7 @@ from pathlib import Path
 
 from attnviz.analyses.describe import layer_text
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.files.progress import ScanProgress
 
 
@@ -88,7 +89,7 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
     detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
     same = scan_series.same_shape(series)
     if not same:
-        shapes = ", ".join(sorted({f"{n_l} layers × {n_h} heads" for n_l, n_h in
+        shapes = ", ".join(sorted({f"{counted(n_l, 'layer')} × {counted(n_h, 'head')}" for n_l, n_h in
                                    (c.shape for c in series)}))
         output.message(f"The checkpoints differ in shape ({shapes}): they are compared by "
                        "detector summaries (each layer's best head, the heads over "
@@ -123,7 +124,7 @@ def scan_checkpoints(output, fmt: str, names: list[str], records, where: str, *,
     else:
         _tables(output, series, detectors, top, same)
         first = series[0].result
-        output.line(f"{len(series)} checkpoints, {first.n_prompts} prompts, "
+        output.line(f"{counted(len(series), 'checkpoint')}, {counted(first.n_prompts, 'prompt')}, "
                     f"{layer_text(first.layers)}, {seconds:.1f} s")
     for f in files:
         output.message(f"Wrote {f}")

@@ -25,6 +25,7 @@ from attnviz.cli.options import (
     picture_options,
 )
 from attnviz.core.errors import AttnvizError, InputError
+from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
 
 
@@ -38,7 +39,7 @@ def steps(
                                       help="The head to follow through the pipeline.",
                                       show_default=False)] = ...,
     output_path: Annotated[Path, typer.Option(
-        "--output", "-o", help="The figure to write (.png, .svg, .pdf or .jpg).")] = Path(
+        "--output", "-o", metavar="FILE", help="The figure to write (.png, .svg, .pdf or .jpg).")] = Path(
         "attnviz-steps.png"),
     dropout: Annotated[float | None, typer.Option(
         "--dropout", metavar="P", help="Random mode: show nn.Dropout(P) on the weights (drawn "
@@ -98,7 +99,7 @@ def steps(
     if window:  # the whole text was computed; queries and keys of the window are shown
         head_steps = _crop_steps(head_steps, *window)
         result = crop(result, *window)
-    output.message(f"Drawing layer {head_steps.layer}, head {head}: {result.n_tokens} tokens…")
+    output.message(f"Drawing layer {head_steps.layer}, head {head}: {counted(result.n_tokens, 'token')}…")
     try:
         plot_steps.save_steps(
             output_path, head_steps, result.token_labels, image_format, picture.cmap,
@@ -143,7 +144,8 @@ def steps(
     if fmt == "csv":
         output.csv(rows, columns)
         return
-    shown = f"tokens {window[0]}-{window[1] - 1} of the text" if window else f"{result.n_tokens} tokens"
+    shown = (f"tokens {window[0]}-{window[1] - 1} of the text" if window
+             else counted(result.n_tokens, 'token'))
     output.table(rows, columns, title=f"Layer {head_steps.layer}, head {head}: "
                  f"{shown}, d_k = {head_steps.head_dim}")
     output.mapping({"file": str(output_path), "format": image_format}, title="Wrote")
@@ -177,8 +179,8 @@ def _float32_lists(matrix):
 
 def _model_line(config: dict, seed: int) -> str:
     if config.get("mode") == "random":
-        return (f"random weights (seed {seed}), {config['n_heads']} heads, "
+        return (f"random weights (seed {seed}), {counted(config['n_heads'], 'head')}, "
                 f"d_model {config['d_model']}")
     path = Path(str(config.get("weights", "checkpoint")))
     name = path.parent.name if path.name in ("model.safetensors", "pytorch_model.bin") else path.name
-    return f"weights: {name}, {config['n_heads']} heads, d_model {config['d_model']}"
+    return f"weights: {name}, {counted(config['n_heads'], 'head')}, d_model {config['d_model']}"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from attnviz.cli.app import app
 from attnviz.cli.options import DebugOpt, DpiOpt, QuietOpt, check_out_dir
 from attnviz.core.errors import InputError, Interrupted
+from attnviz.core.words import counted
 
 
 @app.command()
@@ -81,7 +83,7 @@ def train(
         raise InputError("--text and --task: pass one (--text trains on the text)")
     film_name = check_film_format(film_format)
     checks.check_picture_options(dpi=dpi)
-    check_out_dir(out)
+    check_out_dir(out, "--out")
     settings = RunSettings(
         TrainConfig(n_layer=layers, n_head=heads, n_embd=d_model, n_positions=context,
                     vocab_size=vocab, mlp=mlp, batch_size=batch_size, lr=lr,
@@ -107,17 +109,22 @@ def train(
     with Progress(quiet) as progress:  # bars on a terminal's stderr, else nothing
         files = write_run_pictures(out, settings, summary.records, film_name, dpi=dpi,
                                progress=progress)
-        progress.summary(f"Drew the film of {len(summary.records)} snapshots and the chart")
+        progress.summary(f"Drew the film of {counted(len(summary.records), 'snapshot')} and the chart")
     _report(output, fmt, summary, files)
 
 
 class _Bar:
-    """Steps, loss and time left on stderr while training (a terminal only, not --quiet)."""
+    """Steps, loss and time left on stderr while training, unless --quiet: live bars on a
+    terminal; elsewhere (a log file, CI) one plain line per snapshot."""
 
     def __init__(self, total: int, quiet: bool):
+        import time
+
         from attnviz.files.progress import stderr_is_terminal
 
         self.total, self.enabled, self.bars = total, not quiet and stderr_is_terminal(), None
+        self.plain = not quiet and not self.enabled
+        self.started, self.first, self.loss = time.monotonic(), None, None
 
     def __enter__(self):
         if self.enabled:
@@ -142,15 +149,30 @@ class _Bar:
         return self
 
     def step(self, done: int, loss: float) -> None:
+        self.loss = loss
         if self.bars is not None and (done % 10 == 0 or done == self.total):
             self.bars.update(self.task, completed=done, loss=f"{loss:.3f}")
 
     def snapshot(self, record: dict) -> None:
-        if self.bars is not None:
-            from attnviz.analyses.circuit import best_induction
+        from attnviz.analyses.circuit import best_induction
 
+        if self.bars is not None:
             self.bars.update(self.task, completed=record["step"],
                              induction=f"{best_induction(record):.2f}")
+        elif self.plain:
+            import time
+
+            now, step = time.monotonic(), record["step"]
+            if self.first is None:  # a resumed run starts here: time per step from now on
+                self.first = (step, now)
+            done, since = step - self.first[0], now - self.first[1]
+            left = (f", about {since / done * (self.total - step):.0f} s left" if done > 0
+                    and step < self.total else "")
+            loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
+            sys.stderr.write(f"step {step:,}/{self.total:,}{loss}, induction "
+                             f"{best_induction(record):.2f}, {now - self.started:.0f} s"
+                             f"{left}\n")
+            sys.stderr.flush()
 
     def stop(self) -> None:
         if self.bars is not None:
@@ -179,7 +201,7 @@ def _report(output, fmt: str, summary, files: list[Path]) -> None:
                  f"{summary.seconds:.0f} s{resumed}; final loss {summary.last['loss']:.4f}{when}")
     for f in files:
         output.message(f"Wrote {f}")
-    output.message(f"Wrote {len(summary.records)} snapshots, {summary.records[0]['snapshot']} … "
+    output.message(f"Wrote {counted(len(summary.records), 'snapshot')}, {summary.records[0]['snapshot']} … "
                    f"{summary.last['snapshot']}, and training.jsonl to {summary.out}")
     output.message(f"Next: attnviz scan --weights {summary.out}/step-* --file "
                    f"{summary.out}/probes.txt --layer all --plot {summary.out}/maps")

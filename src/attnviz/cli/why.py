@@ -10,18 +10,22 @@ import typer
 
 from attnviz.cli.app import app
 from attnviz.cli.options import (
+    HTML,
+    NPZ,
     AllowSpecialOpt,
     DebugOpt,
     DpiOpt,
     FileOpt,
     FormatOpt,
     ImageFormatOpt,
+    LayerOpt,
     ModelOptions,
     QuietOpt,
     TextArg,
     WeightsOpt,
     check_file_target,
     check_out_dir,
+    deprecated,
     model_options,
 )
 from attnviz.core.errors import InputError
@@ -43,8 +47,9 @@ def parse_key(value: str | None) -> int | str | None:
 def why(
     text: TextArg = None,
     file: FileOpt = None,
-    head: Annotated[str, typer.Option("--head", metavar="L.H", help="The head explained: "
-                    "layer.head, e.g. 1.3 (0-based).", show_default=False)] = ...,
+    head: Annotated[str, typer.Option("--head", metavar="I", help="The head explained "
+                    "(0-based), in the --layer given.", show_default=False)] = ...,
+    layer: LayerOpt = None,
     query: Annotated[int, typer.Option("--query", metavar="I", help="The query position "
                      "(0-based; negative counts from the end).")] = -1,
     key: Annotated[str | None, typer.Option("--key", metavar="J|all", help="The key explained "
@@ -89,18 +94,15 @@ def why(
 
         checks.check_picture_options(dpi=dpi)
         fmt_out = checks.image_format(None, image_format)
-        check_out_dir(plot)
+        check_out_dir(plot, "--plot")
     if output_path is not None:
-        if output_path.suffix != ".npz":
-            raise InputError(f"--output {output_path}: give a .npz file name")
-        check_file_target(output_path, "--output")
+        check_file_target(output_path, "--output", NPZ)
     if report is not None:
-        if report.suffix.lower() not in (".html", ".htm"):
-            raise InputError(f"--report {report}: give an .html file name")
-        check_file_target(report, "--report")
-    from attnviz.analyses.attention import check_length, encode_text, load_model
+        check_file_target(report, "--report", HTML)
+    from attnviz.analyses.attention import check_length, encode_text, load_model, parse_layers
     from attnviz.analyses.attribution import token_labels
     from attnviz.analyses.why import (
+        check_head,
         check_key,
         check_query,
         head_name,
@@ -112,7 +114,18 @@ def why(
     from attnviz.analyses.why import why as run
 
     model = load_model(config, weights)
-    layer, head_index = parse_head(head, model.n_layers, model.n_heads)
+    if "." in head:  # the spelling of 0.2's first release: --head L.H
+        deprecated("why", "--head L.H", "--head is a head number in every other command")
+        layer, head_index = parse_head(head, model.n_layers, model.n_heads)
+    elif not layer:
+        raise InputError(f"--head {head} needs its layer: add --layer L")
+    elif not head.isdigit():
+        raise InputError(f"--head must be a head number (0, 1, …), got {head!r}")
+    else:
+        layers = parse_layers(layer, model.n_layers)
+        if len(layers) != 1:
+            raise InputError("why explains one head of one layer: give a single --layer L")
+        layer, head_index = check_head(layers[0], int(head), model.n_layers, model.n_heads)
     token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     hint = (" or raise --context-length" if model.describe().get("mode") == "random"
             else " (the checkpoint's context)")

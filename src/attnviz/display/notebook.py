@@ -30,6 +30,7 @@ from pathlib import Path
 from attnviz.analyses.describe import layer_text
 from attnviz.core.errors import AttnvizWarning, InputError
 from attnviz.core.views import register
+from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 
 # A cell output above this many bytes is warned about (once a session): notebook files grow
@@ -168,8 +169,8 @@ def attention_view(result, extras: dict | None = None) -> View:
     from attnviz.pictures.plot import overview_png
 
     page = render_html(build_payload(result, **(extras or {})))
-    title = (f"attnviz report: {result.n_tokens} tokens, {layer_text(result.layers)}, "
-             f"{result.n_heads} heads")
+    title = (f"attnviz report: {counted(result.n_tokens, 'token')}, {layer_text(result.layers)}, "
+             f"{counted(result.n_heads, 'head')}")
     return View(page, overview_png(result), title, interactive=True, narrow=_NARROW)
 
 
@@ -190,11 +191,11 @@ def scan_view(result, top: int = 5) -> View:
                                      else [])
     png = figure_png(score_maps_figure(detector_maps(result, detectors), result.layers))
     rows = top_table(result, detectors, top)
-    title = (f"attnviz scan: {result.n_prompts} prompts, {result.n_tokens} tokens, "
+    title = (f"attnviz scan: {counted(result.n_prompts, 'prompt')}, {counted(result.n_tokens, 'token')}, "
              f"{layer_text(result.layers)}")
     body = (f"<h3>{html.escape(title)}</h3>"
             + table(["rank", *detectors], [[row[c] for c in ("rank", *detectors)] for row in rows],
-                    f"Top heads per detector, mean ± std over {result.n_prompts} prompts")
+                    f"Top heads per detector, mean ± std over {counted(result.n_prompts, 'prompt')}")
             + image(png, "detector maps: layers × heads"))
     return View(static_page(title, body), png, title)
 
@@ -220,11 +221,11 @@ def long_view(result, top: int = 10) -> View:
 
     b = result.block
     title = (f"attnviz long text: {result.n_tokens:,} tokens, {layer_text(result.layers)}, "
-             f"{result.n_heads} heads, pooled {b}×{b}")
+             f"{counted(result.n_heads, 'head')}, pooled {b}×{b}")
     body = (f"<h3>{html.escape(title)}</h3>"
             + image(png, f"every head, each cell the largest of {b}×{b} weights")
             + ranked("sink_mass", f"Heads with the most attention on the first "
-                                  f"{result.sink_tokens} tokens")
+                                  f"{counted(result.sink_tokens, 'token')}")
             + ranked("mean_distance", "Heads that look farthest (mean distance, tokens)")
             + image(stats_figure(result, 0), f"layer {result.layers[0]}: distances and sinks"))
     return View(static_page(title, body), png, title,

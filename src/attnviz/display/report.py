@@ -43,6 +43,7 @@ from attnviz.analyses.attention import AttentionResult, token_records
 from attnviz.analyses.stats import COLUMNS, add_induction, head_rows, row_entropy, similarity
 from attnviz.analyses.weighting import colour_top, renormalized, weighting_config
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 from attnviz.files.output import clean
 from attnviz.text.gpt2_bpe import token_label, token_text
@@ -96,7 +97,8 @@ def check_size(n_layers: int, n_heads: int, n_tokens: int, limit: int | None = N
         what = "attention weights" if matrices == 1 else (
             "values (attention weights and their value-weighted norms)")
         raise InputError(
-            f"a report of {n_layers} layer(s) x {n_heads} heads x {n_tokens} tokens would hold "
+            f"a report of {counted(n_layers, 'layer')} x {counted(n_heads, 'head')} x "
+            f"{counted(n_tokens, 'token')} would hold "
             f"{count:,} {what}, more than the {limit:,} a report can hold (about "
             f"{limit * 4 / 3 / 1e6:.1f} MB of HTML); choose fewer layers with --layer (e.g. --layer 0 "
             "or --layer 3,5) or a shorter text" + (", or leave out --weighting norm"
@@ -466,7 +468,8 @@ def build_generation_payload(result, token_labels: list[str], *, tokenizer=None,
     count = n_generated_stored(n_layers, n_heads, prompt, n_steps)
     if count > limit:
         raise InputError(
-            f"a report of {n_layers} layer(s) x {n_heads} heads x {n_steps} generated tokens after "
+            f"a report of {counted(n_layers, 'layer')} x {counted(n_heads, 'head')} x "
+            f"{n_steps} generated tokens after "
             f"a {prompt}-token prompt would hold {count:,} attention weights, more than the "
             f"{limit:,} a report can hold; choose fewer layers with --layer or generate fewer "
             "tokens")

@@ -14,6 +14,7 @@ from attnviz.analyses.induction import INDUCTION_PERIOD, check_induction_probe, 
 from attnviz.analyses.weighting import model_rollouts, norm_weights, rollout_layers
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
+from attnviz.core.words import counted
 from attnviz.display.report import check_size
 
 
@@ -84,7 +85,7 @@ def report_contents(model, token_ids: list[int], *, layer=None, tokens: str | No
     if attributing:
         from attnviz.analyses.attribution import attribute, report_data
 
-        say(f"Attributing the prediction to {model.n_layers * model.n_heads} heads…")
+        say(f"Attributing the prediction to {counted(model.n_layers * model.n_heads, 'head')}…")
         found = attribute(model, token_ids, position=position, target=metric_ids[0],
                           contrast=metric_ids[1], ablate=ablate)
         extras["attribution"] = report_data(found, model.tokenizer)

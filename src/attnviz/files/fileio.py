@@ -15,20 +15,33 @@ from pathlib import Path
 from typing import BinaryIO
 
 from attnviz.core.errors import InputError
+from attnviz.files import ledger
 
 
 @contextmanager
-def atomic_write(path: Path) -> Iterator[BinaryIO]:
+def atomic_write(path: Path, record: bool = True) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temporary beside it; ``record``: count it as one of the
+    run's files (``ledger``). A failure names ``path``, never the temporary."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp's 0600 is not what a user expects
         with os.fdopen(fd, "wb") as f:
             yield f
         os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        if tmp in (exc.filename, exc.filename2):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    if record:
+        ledger.wrote(path)
 
 
 def _read_umask() -> int:
@@ -47,8 +60,8 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_write(path) as f:
+def write_bytes(path: Path, data: bytes, record: bool = True) -> None:
+    with atomic_write(path, record) as f:
         f.write(data)
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
+from attnviz.files import ledger
 from attnviz.files.fileio import write_bytes
 
 MANIFEST = ".attnviz-manifest.json"
@@ -40,7 +41,8 @@ def read_manifest(out_dir: Path, own: re.Pattern = HEATMAP_FILES) -> set[str]:
 
 def write_manifest(out_dir: Path, names: Iterable[str], complete: bool = True) -> None:
     document = {"written_by": "attnviz", "files": sorted(names), "complete": complete}
-    write_bytes(out_dir / MANIFEST, (json.dumps(document, indent=1) + "\n").encode())
+    write_bytes(out_dir / MANIFEST, (json.dumps(document, indent=1) + "\n").encode(),
+                record=False)
 
 
 def remove_stale(out_dir: Path, earlier: set[str], current: set[str]) -> list[Path]:
@@ -94,6 +96,7 @@ class OutputFolder:
         self.listed = self.earlier | (planned - self.foreign)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(out_dir, self.listed, complete=False)
+        ledger.plan(out_dir, len(planned))
 
     def claim(self, name: str) -> None:
         """Call before writing ``name``: lists it first when it replaces a file of the user's."""

@@ -30,7 +30,7 @@ from attnviz.core.errors import AttnvizError
 
 FORMATS = ("table", "json", "csv")
 _MIN_TEXT_WIDTH = 10  # a text column (tokens, paths) may fold down to this many cells
-_DIGIT = re.compile(r"\d")
+_UNBROKEN = re.compile(r"[\d/\\]")  # a word never folded: a number, "L11", a path
 
 
 def clean(value: Any) -> Any:
@@ -141,9 +141,15 @@ class Output:
             self.stderr.print(Text("Warning: " + text))
 
     def print(self, renderable: Any, **options: Any) -> None:
-        """``rich`` print to stdout; a failed write is one clear error."""
+        """``rich`` print to stdout; a failed write is one clear error. Off a terminal no
+        line ends in spaces (rich pads each line of a table to the table's width)."""
         try:
-            self.stdout.print(renderable, **options)
+            if self.fancy:
+                self.stdout.print(renderable, **options)
+                return
+            with self.stdout.capture() as captured:
+                self.stdout.print(renderable, **options)
+            write_stdout("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
         except BrokenPipeError:
             raise
         except OSError as exc:
@@ -193,8 +199,8 @@ class Output:
             lengths = [Text(s).cell_len for s in cells[c]]
             header = Text(c).cell_len
             whole = [n for n, r in zip(lengths, rows) if _is_number(r.get(c)) or r.get(c) is None]
-            # a word with a digit in it ("0.123", "L11", "head_07.png") is never folded
-            digits = [Text(w).cell_len for s in cells[c] for w in s.split() if _DIGIT.search(w)]
+            # a word with a digit or a slash ("0.123", "L11", "out/head_07.png") is never folded
+            digits = [Text(w).cell_len for s in cells[c] for w in s.split() if _UNBROKEN.search(w)]
             natural[c] = max([header, *lengths])
             least[c] = max([header, *whole, *digits, min(natural[c], _MIN_TEXT_WIDTH)])
         limit = self.stdout.width
@@ -209,13 +215,11 @@ class Output:
         for i, block in enumerate(blocks or [[]]):
             shown = keys + block
             widths = self._fit({c: natural[c] for c in shown}, least, limit)
-            table = Table(
-                title=title if i == 0 else (f"{title} (continued)" if title else None),
-                box=box.SIMPLE_HEAVY if self.fancy else None,
-                title_justify="left",
-                header_style="bold" if self.fancy else "",
-                pad_edge=False,
-            )
+            table = Table(box=box.SIMPLE_HEAVY if self.fancy else None,
+                          header_style="bold" if self.fancy else "", pad_edge=False)
+            if title:  # a line of its own: wrapped only by a console narrower than it
+                self.print(Text(title if i == 0 else f"{title} (continued)",
+                                style="italic" if self.fancy else ""))
             for c in shown:
                 table.add_column(c, justify="right" if numeric[c] else "left", width=widths[c],
                                  no_wrap=numeric[c], overflow="fold")

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Protocol
 
+from attnviz.core.words import counted
+
 
 class ProgressCallback(Protocol):
     def __call__(self, stage: str, done: int, total: int) -> None: ...
@@ -156,7 +158,7 @@ class ScanProgress:
         elif self.show == "lines" and (now - self.last_line >= 1.0 or self.done_prompts == self.n_prompts):
             self.last_line = now
             left = (self.n_tokens - self.done_tokens) / max(rate, 1e-9)
-            sys.stderr.write(f"scanned {self.done_prompts}/{self.n_prompts} prompts, "
+            sys.stderr.write(f"scanned {self.done_prompts}/{counted(self.n_prompts, 'prompt')}, "
                              f"{rate:,.0f} tokens/s, {left:.0f} s left\n")
             sys.stderr.flush()
 

@@ -26,8 +26,9 @@ and the layer's own ``O(T·d)``, never ``O(T²)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 

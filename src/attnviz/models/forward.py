@@ -400,18 +400,20 @@ class Transformer:
 
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor, cache: KVCache, keep: list[int] = (),
-               last_only: bool = True):
+               last_only: bool = True, edits: dict | None = None):
         """Run ``token_ids (B, n)`` after the ``cache.length`` positions ``cache`` holds (its
         keys and values grow by n): ``(logits (B, n or 1, V), {layer: weights (B, nh, n,
         cache.length)})`` for the layers in ``keep`` — the new tokens' rows over every
-        position so far. ``last_only``: the logits of the last new token only."""
+        position so far. ``last_only``: the logits of the last new token only. ``edits``:
+        ``{layer: edit}``, each as ``Attention.forward``'s (an ablation zeroes heads)."""
         start, n = cache.length, token_ids.shape[1]
         self.load_blocks(self.n_layers, whole=True)
         self._prepare(max(start + n, cache.capacity), self.blocks)  # once, not every step
         x = self.embed(token_ids, start)
         rows, wanted = {}, set(keep)
         for i, block in enumerate(self.blocks):
-            x, _, weights = block(x, cache=cache.layers[i], keep=i in wanted)
+            x, _, weights = block(x, cache=cache.layers[i], keep=i in wanted,
+                                  edit=edits.get(i) if edits else None)
             if i in wanted:
                 rows[i] = weights
         norm, unembedding = self.output_head()

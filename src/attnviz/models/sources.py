@@ -140,7 +140,48 @@ def _finite(tensor: torch.Tensor, key: str, origin: Path) -> torch.Tensor:
     return tensor
 
 
+def sniff(path: Path) -> str:
+    """What a file is, from its first bytes: ``zip`` or ``pickle`` (a PyTorch checkpoint),
+    ``safetensors``, ``gguf``, ``json``, ``text``, ``empty`` or ``binary``."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocols 2-5
+        return "pickle"
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 10**8:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not merely a character cut at the 4096th byte
+            return "binary"
+        text = head[:exc.start].decode("utf-8")
+    if text.lstrip().startswith(("{", "[")):
+        return "json"
+    printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in text)
+    return "text" if printable >= 0.95 * len(text) else "binary"
+
+
+_NOT_A_CHECKPOINT = {
+    "empty": "it is empty",
+    "json": "it looks like JSON (a config or tokenizer file?)",
+    "text": "it looks like text",
+    "binary": "its bytes are none of the formats attnviz reads",
+    "safetensors": "it is a safetensors file: name it .safetensors",
+    "gguf": "it is a GGUF file: name it .gguf",
+}
+
+
 def torch_load(path: Path) -> dict:
+    kind = sniff(path)
+    if kind not in ("zip", "pickle"):
+        raise InputError(f"{path} is not a checkpoint: {_NOT_A_CHECKPOINT[kind]} (attnviz reads "
+                         ".safetensors, PyTorch .bin/.pth/.pt, .gguf, or a checkpoint folder)")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; we refuse or load
             warnings.simplefilter("ignore")

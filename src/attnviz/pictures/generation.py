@@ -30,6 +30,7 @@ import numpy as np
 
 from attnviz.analyses.attention import parse_window
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 from attnviz.pictures.cells import exclude_first
 from attnviz.pictures.checks import IMAGE_FORMATS, check_title
@@ -220,7 +221,7 @@ def write_generation_pictures(
     overview_titles = []
     for li, layer in enumerate(result.layers):
         note = window_note(layer_windows[li], families.n_tokens)
-        overview_titles.append(titled(layer, "all", f"Layer {layer}: all {n_heads} heads{groups}"
+        overview_titles.append(titled(layer, "all", f"Layer {layer}: all {counted(n_heads, 'head')}{groups}"
                                       + (f" · {note}" if note else "") + f" · {about}"))
     model_title = titled(result.layers[0], "all", f"Every layer and head · {about}")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnviz.analyses.longcontext import LongResult
+from attnviz.core.words import counted
 from attnviz.pictures.images import figure_bytes, new_figure
 
 PALETTE = "tab20"  # one colour per head, 20 before they repeat
@@ -50,5 +51,5 @@ def stats_figure(result: LongResult, layer_index: int, dpi: int = 100, fmt: str 
                frameon=False, ncols=1 if len(heads) <= 24 else 2)
     window = result.windows[layer_index] if layer_index < len(result.windows) else None
     note = f" · window {window}" if window is not None and window < n else ""
-    fig.suptitle(f"Layer {layer}, {result.n_heads} heads, {n:,} tokens{note}", fontsize=11)
+    fig.suptitle(f"Layer {layer}, {counted(result.n_heads, 'head')}, {n:,} tokens{note}", fontsize=11)
     return figure_bytes(fig, canvas, fmt)

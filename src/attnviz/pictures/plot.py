@@ -22,6 +22,7 @@ import numpy as np
 
 from attnviz.analyses.attention import AttentionResult
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 from attnviz.files.outdir import OutputFolder
 from attnviz.pictures.cells import exclude_first, masked
@@ -242,7 +243,7 @@ def write_heatmaps(
                 drawn()
             note = window_note(window, n)
             groups = f" in {plural(len(set(result.kv_heads)), 'kv group')}" if result.grouped else ""
-            auto = (f"{where}all {n_heads} heads{groups}, {tokens}"
+            auto = (f"{where}all {counted(n_heads, 'head')}{groups}, {tokens}"
                     + (f" · {note}" if note else "") + suffix)
             heads_title = titled(layer, "all", auto[0].upper() + auto[1:])
             views = [view_of(w, cell) for w in result.weights[li]]
@@ -307,7 +308,7 @@ def overview_png(result: AttentionResult, dpi: int = 80) -> bytes:
         pretrained = result.config.get("mode") == "pretrained"
         note = window_note(windows[0], result.n_tokens)
         title = ((f"Layer {result.layers[0]}, all" if pretrained else "All")
-                 + f" {n_heads} heads, {tokens}" + (f" · {note}" if note else ""))
+                 + f" {counted(n_heads, 'head')}, {tokens}" + (f" · {note}" if note else ""))
         figure = heads_overview([masked(w, windows[0]) for w in result.weights[0]], title,
                                 dpi=dpi, token_labels=result.token_labels,
                                 kv_heads=result.kv_heads, window=windows[0])

@@ -11,6 +11,7 @@ import numpy as np
 
 from attnviz.analyses.detectors import DETECTORS
 from attnviz.analyses.stats import COLUMNS
+from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 from attnviz.files.outdir import OutputFolder
 
@@ -37,7 +38,7 @@ def detector_maps(result, detectors: list[str]) -> dict[str, tuple[np.ndarray, s
     maps = {}
     for name in detectors:
         scores = result.induction_probe if name == "induction_probe" else result.mean[name]
-        what = "" if name == "induction_probe" else f"\nmean over {result.n_prompts} prompts"
+        what = "" if name == "induction_probe" else f"\nmean over {counted(result.n_prompts, 'prompt')}"
         maps[name] = (scores, TITLES[name] + what)
     return maps
 

@@ -19,6 +19,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from attnviz.core.errors import AttnvizError, InputError
+from attnviz.text.inputs import EMPTY_TEXT
 
 ENDOFTEXT = "<|endoftext|>"
 ENDOFTEXT_ID = 50256
@@ -163,7 +164,7 @@ def encode(text: str, allow_special: bool = False) -> list[int]:
     ``allow_special``, when it becomes the single special token 50256.
     """
     if not text:
-        raise InputError("the text is empty: give some text, '-' to read stdin, or --file PATH")
+        raise InputError(EMPTY_TEXT)
     enc = get_encoding()
     if allow_special:
         return enc.encode(text, allowed_special="all")

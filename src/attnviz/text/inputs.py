@@ -54,19 +54,32 @@ def read_stdin() -> str:
     return strip_final_newline(decode_utf8(stdin_bytes(), "standard input"))
 
 
+EMPTY_TEXT = "the text is empty: give some text, '-' to read stdin, or --file PATH"
+
+
+def check_text(text: str) -> str:
+    """``text``, or ``InputError`` when it is empty or only whitespace (spaces, newlines):
+    nothing to look at, said the same way however the text came."""
+    if not text:
+        raise InputError(EMPTY_TEXT)
+    if not text.strip():
+        raise InputError(f"the text is only whitespace ({len(text)} "
+                         f"character{'s' if len(text) != 1 else ''}): give some text, '-' to "
+                         "read stdin, or --file PATH")
+    return text
+
+
 def read_text(text: str | None, file: Path | None) -> str:
     """The input text: the argument, ``-`` (or ``--file -``) for standard input, or a file.
     From stdin or a file, one final newline is dropped (use the positional argument to
     keep it); invalid UTF-8 is refused, not guessed at; a UTF-8 byte order mark is dropped."""
     if text is not None and file is not None:
         raise InputError("give the text or --file, not both")
-    if file is not None and str(file) == "-":
-        return strip_bom(read_stdin())
-    if file is not None:
+    if file is not None and str(file) != "-":
         data = read_file_bytes(file)
-        return strip_bom(strip_final_newline(decode_utf8(data, f"--file {file}")))
-    if text == "-":
-        return strip_bom(read_stdin())
+        return check_text(strip_bom(strip_final_newline(decode_utf8(data, f"--file {file}"))))
+    if file is not None or text == "-":
+        return check_text(strip_bom(read_stdin()))
     if text is None:
         raise InputError("no text given: attnviz COMMAND \"some text\", '-' for stdin, or --file PATH")
-    return strip_bom(text)
+    return check_text(strip_bom(text))

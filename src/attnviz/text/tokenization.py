@@ -65,6 +65,7 @@ from pathlib import Path
 
 from attnviz.core.errors import InputError
 from attnviz.text import gpt2_bpe as gpt2
+from attnviz.text.inputs import EMPTY_TEXT
 from attnviz.text.tokenizer_recipes import chat_setup, set_up_like_transformers
 
 __all__ = [
@@ -76,8 +77,6 @@ __all__ = [
     "load_tokenizer",
 ]
 
-# The same sentence attnviz.text.gpt2_bpe.encode gives for empty text.
-EMPTY_TEXT = "the text is empty: give some text, '-' to read stdin, or --file PATH"
 
 LLAMA3_PAT_STR = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -127,6 +126,13 @@ class Tokenizer:
     eos_id: int | None
     chat_template: str | None = None  # jinja2, from tokenizer_config.json or a GGUF file
     chat_tokens: dict = {}  # {"bos_token": str | None, "eos_token": str | None}, for the template
+    unk_id: int | None = None  # the unknown token ([UNK], <unk>) a word without pieces becomes
+
+    def unknown_words(self, text: str, token_ids: list[int]) -> list[str]:
+        """The words of ``text`` (encoded as ``token_ids``) that became the unknown token,
+        each once, in order: the model cannot tell them apart. None for a byte-level
+        tokenizer, which has a piece for every byte."""
+        return []
 
     def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
         """Token ids of ``text`` (special-token strings are plain text unless ``allow_special``)."""
@@ -292,6 +298,8 @@ class JsonTokenizer(Tokenizer):
         while backend.id_to_token(size) is not None:  # a model vocabulary with holes
             size += 1
         self.vocab_size = size
+        unk = getattr(backend.model, "unk_token", None)
+        self.unk_id = backend.token_to_id(unk) if unk else None
         prefix, suffix = self._template_tokens()
         self.bos_id = prefix[0] if prefix else None
         self.eos_id = suffix[-1] if suffix else (backend.token_to_id(eos) if eos else None)
@@ -310,6 +318,14 @@ class JsonTokenizer(Tokenizer):
         _check_text(text)
         self._backend.encode_special_tokens = not allow_special
         return self._backend.encode(text, add_special_tokens=add_bos).ids
+
+    def unknown_words(self, text: str, token_ids: list[int]) -> list[str]:
+        if self.unk_id is None or self.unk_id not in token_ids:
+            return []
+        encoding = self._backend.encode(text, add_special_tokens=False)
+        words = [text[start:end] for token_id, (start, end) in zip(encoding.ids, encoding.offsets)
+                 if token_id == self.unk_id]
+        return list(dict.fromkeys(words))
 
     def _piece_bytes(self, token_id: int) -> bytes:
         if token_id in self._added:
