@@ -239,6 +239,15 @@ def draw_film(tmp_path, n=30):
     return list(film_frames(frames, labels(n), records))
 
 
+def draw_needle(tmp_path):
+    from attnviz.pictures.needle import needle_pngs
+
+    rows = np.tile(np.linspace(0, 0.05, 100), (3, 1))
+    needle_pngs([0, 1], np.full((2, 4), 0.5), np.full((2, 4), 0.25), np.array([[1.0, 0.5]] * 3),
+                [0.0, 0.5, 1.0], [100, 200], {(1, 0): (rows, [(0.1, 0.12)] * 3, [0.0, 0.5, 1.0], 200)},
+                3, 6)
+
+
 def draw_detector_chart(tmp_path):
     from attnviz.pictures.training import write_detector_chart
 
@@ -274,6 +283,7 @@ KINDS = {
     "why": (lambda tmp, r: draw_why(tmp), True),
     "generate": (lambda tmp, r: draw_generation(tmp), True),
     "training film": (lambda tmp, r: draw_film(tmp), True),
+    "needle": (lambda tmp, r: draw_needle(tmp), True),
     "training detectors chart": (lambda tmp, r: draw_detector_chart(tmp), False),
     "lines view": (lambda tmp, r: draw_lines(tmp), False),
 }
