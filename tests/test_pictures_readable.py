@@ -30,19 +30,30 @@ CROWDED = 1.6  # two tick labels closer than this many of their lines touch or n
 
 # --- catching the figures --------------------------------------------------------------------
 
+_DRAWN_TEXTS: dict[int, Text] = {}  # the Text artists drawn in the current test, by id
+
+
 @pytest.fixture
 def drawn(monkeypatch):
-    """Every matplotlib Figure drawn (on the Agg canvas) while the test runs, in order."""
+    """Every matplotlib Figure drawn (on the Agg canvas) while the test runs, in order; the
+    Text artists actually drawn (not tick labels outside the view) are kept aside."""
     figures = []
-    draw = FigureCanvasAgg.draw
+    draw, draw_text = FigureCanvasAgg.draw, Text.draw
+    _DRAWN_TEXTS.clear()
 
     def recording(self, *args, **kwargs):
         if all(f is not self.figure for f in figures):
             figures.append(self.figure)
         return draw(self, *args, **kwargs)
 
+    def recording_text(self, renderer, *args, **kwargs):
+        _DRAWN_TEXTS[id(self)] = self
+        return draw_text(self, renderer, *args, **kwargs)
+
     monkeypatch.setattr(FigureCanvasAgg, "draw", recording)
-    return figures
+    monkeypatch.setattr(Text, "draw", recording_text)
+    yield figures
+    _DRAWN_TEXTS.clear()
 
 
 def colorbars(figures) -> list:
@@ -54,12 +65,11 @@ def bar_name(bar) -> str:
 
 
 def texts(figures) -> list[Text]:
-    """The Text artists that show something: visible, not empty, on a visible axes."""
+    """The Text artists of ``figures`` that were drawn and show something."""
     shown = []
     for fig in figures:
         for text in fig.findobj(Text):
-            axes = text.axes
-            if text.get_visible() and text.get_text().strip() and (axes is None or axes.get_visible()):
+            if id(text) in _DRAWN_TEXTS and text.get_visible() and text.get_text().strip():
                 shown.append(text)
     return shown
 
@@ -229,6 +239,15 @@ def draw_film(tmp_path, n=30):
     return list(film_frames(frames, labels(n), records))
 
 
+def draw_needle(tmp_path):
+    from attnviz.pictures.needle import needle_pngs
+
+    rows = np.tile(np.linspace(0, 0.05, 100), (3, 1))
+    needle_pngs([0, 1], np.full((2, 4), 0.5), np.full((2, 4), 0.25), np.array([[1.0, 0.5]] * 3),
+                [0.0, 0.5, 1.0], [100, 200], {(1, 0): (rows, [(0.1, 0.12)] * 3, [0.0, 0.5, 1.0], 200)},
+                3, 6)
+
+
 def draw_detector_chart(tmp_path):
     from attnviz.pictures.training import write_detector_chart
 
@@ -264,6 +283,7 @@ KINDS = {
     "why": (lambda tmp, r: draw_why(tmp), True),
     "generate": (lambda tmp, r: draw_generation(tmp), True),
     "training film": (lambda tmp, r: draw_film(tmp), True),
+    "needle": (lambda tmp, r: draw_needle(tmp), True),
     "training detectors chart": (lambda tmp, r: draw_detector_chart(tmp), False),
     "lines view": (lambda tmp, r: draw_lines(tmp), False),
 }
@@ -330,6 +350,12 @@ def test_no_text_is_smaller_than_a_readable_size(kind, drawn, tmp_path, small_re
     assert shown
     small = sorted({(t.get_fontsize(), t.get_text()[:20]) for t in shown if t.get_fontsize() < MIN_PT})
     assert not small, f"{kind}: text under {MIN_PT} pt: {small[:5]}"
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_no_text_leaves_the_canvas(kind, drawn, tmp_path, small_result):
+    KINDS[kind][0](tmp_path, small_result)
+    assert_texts_inside(drawn)
 
 
 # --- 3. token labels: whole and readable, or position numbers --------------------------------

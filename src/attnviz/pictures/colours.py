@@ -161,7 +161,7 @@ def scale_label(label: str, scale: str, bar_in: float | None = None,
     if bar_in is not None:
         from attnviz.pictures.fonts import text_width_in
 
-        if text_width_in([one_line], font) > bar_in:
+        if text_width_in([one_line], font) > 0.9 * bar_in:  # hinted text at a low dpi is wider
             return f"{label}\n{name}"
     return one_line
 

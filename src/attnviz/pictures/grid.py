@@ -267,7 +267,7 @@ def grid_figure(
             fig.text(0.5, 1 - 0.33 / height, note, ha="center", va="top", fontsize=8,
                      color="#444444")
         cbar_h = layout.cbar_h
-        cbar_x = width - 0.75 - _grid_legend_extra(legend, mask_label)
+        cbar_x = width - 0.9 - _grid_legend_extra(legend, mask_label)  # a name on two lines
         cax = fig.add_axes((cbar_x / width, (bottom + grid_h - cbar_h + 0.3) / height,
                             0.15 / width, (cbar_h - 0.3) / height))
         colorbar(fig, cax, norm, colormap, measure.label)
@@ -362,7 +362,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
         bottom = max(bottom, 0.5)  # the window's swatch sits below the future's
     if rows_of_tiles is None:
         grid_h = rows * tile_in + (rows - 1) * row_gap_in
-        width = left + grid_w + 1.0 + _grid_legend_extra(legend, mask_label)
+        width = left + grid_w + 1.15 + _grid_legend_extra(legend, mask_label)
         height = top + grid_h + bottom
         return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
                           left, tile_px, note, top, bottom, grid_w, grid_h, width, height,
@@ -384,7 +384,7 @@ def grid_layout(rows: int, cols: int, n: int, fonts: Fonts, row_names: Sequence[
     grid_h = rows * tile_h_in + (rows - 1) * row_gap_in
     cbar_h = max(min(grid_h, 3.0), 1.6)  # a colorbar that can be read beside short tiles
     bottom = max(bottom, cbar_h - grid_h + (0.45 if legend else 0.15))
-    width = left + grid_w + 1.0 + _grid_legend_extra(legend, mask_label)
+    width = left + grid_w + 1.15 + _grid_legend_extra(legend, mask_label)
     height = top + grid_h + bottom
     width = max(width, text_width_in([title], 12) + 0.4)  # the title is not cut
     return GridLayout(tile_in, gap_in, row_gap_in, label_font, ticks, tick_labels, label_in,
@@ -396,11 +396,10 @@ def axis_labels(labels: Sequence[str], n: int, pitch: float, block: int, fonts: 
                 first: int = 0) -> tuple[list[int], list[str], float]:
     """The ticks along a tile side of ``n`` cells ``pitch`` points apart, their texts and
     font size: every token's label when each cell has room for one (at LABEL_FONT, down to
-    MIN_LABEL_FONT); else position
-    numbers (cell ``i`` is position ``first + i``) at a round step (1, 2, 5, 10, ...) —
-    a label every k-th token tells nothing about the tokens between. A pooled map
-    (``block`` > 1) is labelled with its own labels, its blocks' first positions, at round
-    steps. No labels when fewer than two would fit."""
+    MIN_LABEL_FONT); else position numbers (cell ``i`` is position ``first + i``) at a
+    round step (1, 2, 5, 10, ...): a label every k-th token tells nothing of the tokens
+    between. A pooled map (``block`` > 1) keeps its own labels (its blocks' first
+    positions) at round steps. No labels when fewer than two would fit."""
     if not labels:
         return [], [], LABEL_FONT
     if block == 1 and pitch >= MIN_LABEL_FONT * _LABEL_PITCH:

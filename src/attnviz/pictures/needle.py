@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from attnviz.files.fileio import write_bytes
+from attnviz.pictures.colours import named_colorbar
 from attnviz.pictures.images import check_image_size
 from attnviz.pictures.scan import figure_png, score_map_figure
 
@@ -49,8 +50,8 @@ def accuracy_figure(accuracy: np.ndarray, depths: list[float], lengths: list[int
     for i in range(n_depths):
         for j in range(n_lengths):
             if not np.isnan(accuracy[i, j]):
-                ax.text(j, i, f"{accuracy[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).set_label("ROUGE-1 recall", fontsize=8)
+                ax.text(j, i, f"{accuracy[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    named_colorbar(fig, image, "ROUGE-1 recall", label_pt=8, ax=ax, fraction=0.046, pad=0.03)
     return fig
 
 
@@ -74,8 +75,8 @@ def rows_figure(rows: np.ndarray, needles: list[tuple[float, float]], depths: li
     ax.set_ylabel("needle depth")
     ax.set_xlabel("position in the prompt (share of its length); green: the needle")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).set_label(
-        "attention mass per 1/100 of the prompt", fontsize=8)
+    named_colorbar(fig, image, "attention mass per 1/100 of the prompt", label_pt=8, ax=ax,
+                   fraction=0.046, pad=0.03)
     return fig
 
 

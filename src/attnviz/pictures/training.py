@@ -79,7 +79,8 @@ def film_frames(frames: Sequence[np.ndarray], labels: list[str], records: Sequen
         titles.append(ax.set_title("", fontsize=9))
         if column == 0:  # the panel's size once its aspect is applied: the cells' pitch
             ax.apply_aspect()
-            ticks, names, show_labels = film_ticks(labels, ax.get_position().height * 9.2 * 72 / n)
+            side_pt = ax.get_position().height * fig.get_figheight() * 72
+            ticks, names, show_labels = film_ticks(labels, side_pt / n)
         ax.set_xticks(ticks, names, rotation=90 if show_labels else 0, fontsize=LABEL_FONT)
         ax.set_yticks(ticks, names, fontsize=LABEL_FONT)
         ax.tick_params(length=0)
