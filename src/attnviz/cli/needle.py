@@ -302,8 +302,8 @@ def present(output, fmt: str, result, options: dict, top: int, plot_dir: Path | 
                      ["rank", "head", "retrieval_score", "streaming_mass", "accuracy_when_fired"],
                      keys=["rank", "head"], title="Retrieval heads (Wu et al.'s copy score)")
         acc_rows, acc_columns = accuracy_rows(result)
-        output.table(acc_rows, acc_columns, keys=["depth"],
-                     title="Accuracy (ROUGE-1 recall): depth x length")
+        output.line("Accuracy (ROUGE-1 recall) by depth (rows) and length (columns):")
+        output.table(acc_rows, acc_columns, keys=["depth"])
         if compared is not None:
             rho = compared["spearman"]
             output.line(f"Compared with {compared['kind']}: {compared['overlap']} of the top "
