@@ -3,6 +3,8 @@ streaming heads, lost-in-the-middle maps); see docs/needle.md."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -37,8 +39,6 @@ NeedleLayerOpt = Annotated[
 
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     """``--zero-heads L16H3,L18H6`` -> ``[(16, 3), (18, 6)]``, checked against the model."""
-    import re
-
     heads = []
     for part in spec.split(","):
         match = re.fullmatch(r"\s*L(\d+)\s*H(\d+)\s*", part, re.IGNORECASE)
@@ -209,9 +209,9 @@ def top_head_rows(result, k: int) -> list[dict]:
 
 
 def accuracy_rows(result) -> tuple[list[dict], list[str]]:
-    grid = result.accuracy()
+    grid = result.accuracy()  # (depths, lengths), NaN where no test ran (a shard)
     columns = ["depth", *[f"{n:,}" for n in result.lengths]]
-    rows = [{"depth": f"{d:g}", **{c: (None if grid[i, j] != grid[i, j] else float(grid[i, j]))
+    rows = [{"depth": f"{d:g}", **{c: (None if math.isnan(grid[i, j]) else float(grid[i, j]))
                                    for j, c in enumerate(columns[1:])}}
             for i, d in enumerate(result.depths)]
     return rows, columns
@@ -302,8 +302,8 @@ def present(output, fmt: str, result, options: dict, top: int, plot_dir: Path | 
                      ["rank", "head", "retrieval_score", "streaming_mass", "accuracy_when_fired"],
                      keys=["rank", "head"], title="Retrieval heads (Wu et al.'s copy score)")
         acc_rows, acc_columns = accuracy_rows(result)
-        output.table(acc_rows, acc_columns, keys=["depth"],
-                     title="Accuracy (ROUGE-1 recall): depth x length")
+        output.line("Accuracy (ROUGE-1 recall) by depth (rows) and length (columns):")
+        output.table(acc_rows, acc_columns, keys=["depth"])
         if compared is not None:
             rho = compared["spearman"]
             output.line(f"Compared with {compared['kind']}: {compared['overlap']} of the top "
