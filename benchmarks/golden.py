@@ -131,6 +131,7 @@ def run_all(fixture_root: Path, out_root: Path) -> dict[str, dict[str, str]]:
                 continue
             entry[str(path.relative_to(out))] = digest(path.read_bytes())
         hashes[name] = entry
+        (out_root / f"{name}.stdout.txt").write_text(result.stdout)  # to read what changed
         print(f"{name}: exit {result.exit_code}, {len(entry) - 2} files", file=sys.stderr)
     return hashes
 
