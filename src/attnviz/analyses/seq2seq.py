@@ -129,10 +129,16 @@ class Seq2SeqResult(Displayable):
     source_raw: list[bytes] = field(default_factory=list)
     target_raw: list[bytes] = field(default_factory=list)
     special_ids: frozenset = frozenset()
+    pair_start: int | None = None  # an encoder's sentence pair: the second sentence's start
 
     def tokens(self) -> list[dict]:
-        """The source's token records (as ``AttentionResult.tokens``)."""
-        return token_records(self.source_ids, self.source_raw, special_ids=self.special_ids)
+        """The source's token records (as ``AttentionResult.tokens``: with a pair, each
+        token's ``"sentence"``, 0 or 1)."""
+        records = token_records(self.source_ids, self.source_raw, special_ids=self.special_ids)
+        if self.pair_start is not None:
+            for record in records:
+                record["sentence"] = int(record["position"] >= self.pair_start)
+        return records
 
     def decoder_tokens(self) -> list[dict]:
         """What the decoder read, as token records (its start token first)."""
@@ -213,6 +219,18 @@ def analyze_seq2seq_ids(model, source: list[int], target: list[int], *, layer="0
         decoder=result("decoder", decoder, "decoder", target_tokens, target_tokens),
         cross=result("cross", cross, "decoder", target_tokens, source_tokens),
         config=config, source_raw=raw_source, target_raw=raw_target, special_ids=special)
+
+
+def encoder_result(result: AttentionResult) -> Seq2SeqResult:
+    """An encoder model's self-attention (BERT …, random ``--bidirectional``; with its
+    sentence pair) as a ``Seq2SeqResult`` of the one kind "encoder" and no decoder: what the
+    page with the switch between kinds shows of it (``display.seq2seq_report``)."""
+    if result.attention != "encoder" or result.window is not None or result.block > 1:
+        raise ValueError("encoder_result takes an encoder's whole self-attention")
+    return Seq2SeqResult(
+        source_ids=list(result.token_ids), target_ids=[], encoder=result, decoder=None,
+        cross=None, config=result.config, source_raw=list(result.raw_tokens), target_raw=[],
+        special_ids=result.special_ids, pair_start=result.pair_start)
 
 
 def kind_result(kind: str, weights: np.ndarray, layers: list[int], queries, keys, config: dict,

@@ -12,12 +12,14 @@ from attnviz.cli.options import (
     HTML,
     AllowSpecialOpt,
     AttentionOpt,
+    BidirectionalOpt,
     DebugOpt,
     DecoderTextOpt,
     FileOpt,
     FormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     QuietOpt,
     TextArg,
     TokensOpt,
@@ -25,6 +27,7 @@ from attnviz.cli.options import (
     WeightsOpt,
     check_file_target,
     model_options,
+    second_text,
 )
 from attnviz.core.words import counted
 from attnviz.text.inputs import read_text
@@ -62,6 +65,8 @@ def report(
     attention: AttentionOpt = None,
     layer: LayerOpt = None,
     tokens: TokensOpt = None,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
@@ -72,30 +77,49 @@ def report(
     With --weighting norm the page also holds the value-weighted norms and a switch between
     them and the weights; with --rollout, an attention rollout view. An encoder–decoder
     (T5, BART, Marian): a page with the switch between its encoder, decoder and cross
-    attention (every layer unless --layer), the target given with --decoder-text.
+    attention (every layer unless --layer), the target given with --decoder-text. An
+    encoder (BERT, RoBERTa, DistilBERT, ModernBERT; random --bidirectional): that page with
+    its one kind, encoder, every layer unless --layer; with --pair the boundary between the
+    two sentences drawn.
     """
     from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
     check_file_target(output_path, "--output", HTML)
-    from attnviz.analyses.attention import check_causal, encode_text, load_model
+    from attnviz.analyses.attention import (
+        check_causal,
+        encode_inputs,
+        encode_text,
+        load_model,
+    )
     from attnviz.display.report import write_report
     from attnviz.display.report_contents import check_report_options, report_contents
 
     check_report_options(weighting, target, contrast, ablate, pretrained=weights is not None)
+    config, second = second_text(config, weights, bidirectional=bidirectional, pair=pair)
     model = load_model(config, weights, seq2seq=True)
     from attnviz.cli import seq2seq
 
+    unsupported = {"--induction": induction, "--target": target is not None,
+                   "--weighting norm": weighting == "norm", "--rollout": rollout,
+                   "--tokens": tokens is not None}
     if seq2seq.is_seq2seq(model):
-        seq2seq.refuse({"--induction": induction, "--target": target is not None,
-                        "--weighting norm": weighting == "norm", "--rollout": rollout,
-                        "--tokens": tokens is not None})
+        seq2seq.refuse({**unsupported, "--pair": pair is not None})
         document = seq2seq.report(model, source, decoder_text=decoder_text, attention=attention,
                                   output_path=output_path, layer=layer,
                                   allow_special=allow_special, config=config, output=output)
         return _emit(document, output, output_path, fmt, quiet)
     seq2seq.check_attention_options(model, attention, decoder_text)
+    if model.attention_kind == "encoder":
+        seq2seq.refuse(unsupported, "for encoder models")
+        document = seq2seq.encoder_report(model, source, pair=second["pair"],
+                                          output_path=output_path, layer=layer,
+                                          allow_special=allow_special, config=config,
+                                          output=output)
+        return _emit(document, output, output_path, fmt, quiet)
+    if pair is not None:  # refused by name for a decoder
+        encode_inputs(model, source, allow_special, pair=pair)
     check_causal(model, "attnviz report")
     token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
     contents = report_contents(model, token_ids, layer=layer, tokens=tokens, weighting=weighting,

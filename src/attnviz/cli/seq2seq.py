@@ -266,3 +266,23 @@ def report(model, source: str, *, decoder_text, attention, output_path, layer, a
     info = write_seq2seq_report(result, output_path)
     return {**info.as_dict(), "attention": ",".join(result.kinds),
             "decoder_tokens": len(result.target_ids)}
+
+
+def encoder_report(model, source: str, *, pair, output_path, layer, allow_special, config,
+                   output) -> dict:
+    """``report`` of an encoder model (BERT …, random ``--bidirectional``): the page of the
+    encoder–decoders with its one kind, encoder (``analyses.seq2seq.encoder_result``), every
+    layer unless ``--layer``; with ``pair`` (``--pair``) the sentence pair and its boundary."""
+    from attnviz.analyses.attention import analyze_with, encode_inputs
+    from attnviz.analyses.seq2seq import encoder_result
+    from attnviz.display.seq2seq_report import write_seq2seq_report
+
+    inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, pair=pair)
+    result = encoder_result(analyze_with(model, layer=layer or ["all"], **inputs))
+    output.message(f"Writing encoder attention of {len(result.source_ids)} tokens"
+                   + (" (a sentence pair)" if pair is not None else "") + "…")
+    info = write_seq2seq_report(result, output_path)
+    document = {**info.as_dict(), "attention": "encoder"}
+    if result.pair_start is not None:
+        document["pair_start"] = result.pair_start
+    return document

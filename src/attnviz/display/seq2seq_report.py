@@ -12,6 +12,13 @@ along the top); the lines view of the selected layer (query tokens on the left, 
 on the right: the source's for cross-attention); the statistics, both texts' tokens and the
 configuration. Schema: docs/encoder-decoders.md. Like every report it has no URL and is
 byte-identical for the same input.
+
+An encoder model's page (BERT …, random ``--bidirectional``: ``analyses.seq2seq.
+encoder_result``, no decoder tokens) is the same page with the one kind "encoder", titled
+for an encoder, plus ``report_assets/encoder.js``; with a sentence pair the payload's
+``pair_start`` (the second sentence's first position, each token's ``"sentence"``) and the
+script draws the boundary across the heatmap and the lines view and marks the second
+sentence's tokens. The pages of encoder–decoders are unchanged by it.
 """
 
 from __future__ import annotations
@@ -71,9 +78,10 @@ def build_seq2seq_payload(result: Seq2SeqResult, encoding: str = "auto",
             "stats": {"columns": ["layer", "head", *COLUMNS],
                       "heads": head_rows(shown.weights, list(shown.layers), (), kind)},
         }
+    pair = {} if result.pair_start is None else {"pair_start": result.pair_start}
     return clean({"format": FORMAT, "version": VERSION, "config": result.config,
                   "tokens": result.tokens(), "decoder_tokens": result.decoder_tokens(),
-                  "kinds": kinds})
+                  "kinds": kinds, **pair})
 
 
 def decode_kind(payload: dict, kind: str) -> np.ndarray:
@@ -83,12 +91,21 @@ def decode_kind(payload: dict, kind: str) -> np.ndarray:
     return values.reshape(spec["shape"])
 
 
+def is_encoder_page(payload: dict) -> bool:
+    """An encoder model's page: no decoder (an encoder–decoder's always reads its start
+    token)."""
+    return not payload["decoder_tokens"]
+
+
 def render_seq2seq_html(payload: dict) -> str:
     """The whole page: the template with the report's CSS, the data and the script."""
     page = asset("seq2seq.html")
+    scripts = f"<script>\n{asset('seq2seq.js')}</script>"
+    if is_encoder_page(payload):
+        page = page.replace("attnviz report: encoder&ndash;decoder", "attnviz report: encoder")
+        scripts += f"\n<script>\n{asset('encoder.js')}</script>"
     parts = {"{{css}}": asset("report.css", families=False, generation=False, norms=False),
-             "{{data}}": payload_json(payload),
-             "{{scripts}}": f"<script>\n{asset('seq2seq.js')}</script>"}
+             "{{data}}": payload_json(payload), "{{scripts}}": scripts}
     return re.sub(r"\{\{(css|data|scripts)\}\}", lambda m: parts[m.group(0)], page)
 
 
