@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from attnviz.analyses.needle import Needle, NeedleResult, TestPlan, TestResult
-from attnviz.analyses.scan_runs import differences, parse_shard
+from attnviz.analyses.scan_runs import check_shard_set, parse_shard
 from attnviz.core.errors import InputError
 from attnviz.files.fileio import write_bytes
 from attnviz.files.output import clean
@@ -112,25 +112,8 @@ def merge(paths: Sequence[Path]) -> tuple[NeedleResult, dict]:
         raise InputError("nothing to merge: give the partial files, e.g. attnviz needle-merge "
                          "part-*.json")
     documents = [(Path(p), read_partial(p)) for p in paths]
-    first_path, first = documents[0]
-    n = int(first["shard"]["count"])
-    seen: dict[int, Path] = {}
-    for path, doc in documents:
-        if doc["fingerprint"] != first["fingerprint"]:
-            names = differences(first["fingerprint"], doc["fingerprint"])
-            raise InputError(f"{path} is a partial of another needle grid than {first_path}: "
-                             f"{', '.join(names)} differ")
-        if int(doc["shard"]["count"]) != n:
-            raise InputError(f"{path} is shard {doc['shard']['index']}/{doc['shard']['count']}, "
-                             f"{first_path} one of {n}: the shards of one grid share N")
-        k = int(doc["shard"]["index"])
-        if k in seen:
-            raise InputError(f"shard {k}/{n} is given twice: {seen[k]} and {path}")
-        seen[k] = path
-    missing = [k for k in range(n) if k not in seen]
-    if missing:
-        raise InputError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing: a merge "
-                         f"needs all {n}")
+    check_shard_set(documents, "needle grid")
+    first = documents[0][1]
     tests = sorted((test_from_record(r) for _, doc in documents for r in doc["tests"]),
                    key=lambda t: t.plan.index)
     fp = first["fingerprint"]

@@ -225,22 +225,23 @@ def merge(paths: Sequence[Path]) -> tuple[ScanResult, dict]:
     return merge_documents([(Path(p), read_partial(p)) for p in paths])
 
 
-def merge_documents(documents: Sequence[tuple[object, dict]]) -> tuple[ScanResult, dict]:
-    """Combine ``(name, partial document)`` pairs (``partial_document``'s) into the scan of
-    the whole corpus: ``(result, first partial)``. Refused: partials of different scans
-    (naming what differs), shard counts that disagree, a missing or repeated shard."""
+def check_shard_set(documents: Sequence[tuple[object, dict]], what: str,
+                    describe=lambda names, first, other: ", ".join(names)) -> None:
+    """Refuse ``(name, partial document)`` pairs that are not every shard of one ``what``
+    (a scan, a needle grid) once: another fingerprint (``describe`` says what differs),
+    another shard count, a shard given twice or missing."""
     first_path, first = documents[0]
     n = int(first["shard"]["count"])
-    seen: dict[int, Path] = {}
+    seen: dict[int, object] = {}
     for path, doc in documents:
         if doc["fingerprint"] != first["fingerprint"]:
             names = differences(first["fingerprint"], doc["fingerprint"])
-            raise InputError(f"{path} is a partial of another scan than {first_path}: "
-                             f"{_describe_differences(names, first['fingerprint'], doc['fingerprint'])} "
+            raise InputError(f"{path} is a partial of another {what} than {first_path}: "
+                             f"{describe(names, first['fingerprint'], doc['fingerprint'])} "
                              "differ")
         if int(doc["shard"]["count"]) != n:
             raise InputError(f"{path} is shard {doc['shard']['index']}/{doc['shard']['count']}, "
-                             f"{first_path} one of {n}: the shards of one scan share N")
+                             f"{first_path} one of {n}: the shards of one {what} share N")
         k = int(doc["shard"]["index"])
         if k in seen:
             raise InputError(f"shard {k}/{n} is given twice: {seen[k]} and {path}")
@@ -249,6 +250,14 @@ def merge_documents(documents: Sequence[tuple[object, dict]]) -> tuple[ScanResul
     if missing:
         raise InputError(f"shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing: a merge "
                          f"needs all {n} (got {', '.join(f'{k}/{n}' for k in sorted(seen))})")
+
+
+def merge_documents(documents: Sequence[tuple[object, dict]]) -> tuple[ScanResult, dict]:
+    """Combine ``(name, partial document)`` pairs (``partial_document``'s) into the scan of
+    the whole corpus: ``(result, first partial)``. Refused: partials of different scans
+    (naming what differs), shard counts that disagree, a missing or repeated shard."""
+    check_shard_set(documents, "scan", _describe_differences)
+    first = documents[0][1]
     shape = (len(first["layers"]), first["n_heads"])
     merged = {name: RunningStats(shape) for name in COLUMNS}
     for _, doc in sorted(documents, key=lambda item: item[1]["shard"]["index"]):
