@@ -22,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from attnviz.analyses.needle import Needle, NeedleResult, TestPlan, TestResult
-from attnviz.analyses.scan_runs import check_shard_set, parse_shard
+from attnviz.analyses.scan_runs import (
+    check_shard_set,
+    parse_shard,
+    read_partial_json,
+    write_partial,
+)
 from attnviz.core.errors import InputError
-from attnviz.files.fileio import write_bytes
 from attnviz.files.output import clean
 
 PARTIAL_FORMAT = "attnviz-needle-partial"
@@ -84,20 +88,8 @@ def partial_document(result: NeedleResult, fp: dict, shard: tuple[int, int]) -> 
                   "config": result.config, "tests": [test_record(t) for t in result.tests]})
 
 
-def write_partial(path: Path, document: dict) -> None:
-    write_bytes(path, (json.dumps(document) + "\n").encode())
-
-
 def read_partial(path: Path) -> dict:
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not a readable needle partial ({exc}); was it written "
-                         "whole?") from None
-    if not isinstance(document, dict) or document.get("format") != PARTIAL_FORMAT:
-        raise InputError(f"{path} is not a needle partial (written by `attnviz needle --partial`)")
+    document = read_partial_json(path, "needle", PARTIAL_FORMAT)
     if document.get("version") != VERSION:
         raise InputError(f"{path} is a needle partial of version {document.get('version')}; "
                          f"this attnviz reads version {VERSION}")

@@ -194,15 +194,23 @@ def write_partial(path: Path, document: dict) -> None:
     write_bytes(path, (json.dumps(document, allow_nan=True) + "\n").encode())
 
 
-def read_partial(path: Path) -> dict:
+def read_partial_json(path: Path, what: str, form: str) -> dict:
+    """A ``--partial`` file of ``what`` (scan, needle) as JSON, checked to be of ``form``."""
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not a readable scan partial ({exc}); was it written whole?") from None
-    if not isinstance(document, dict) or document.get("format") != PARTIAL_FORMAT:
-        raise InputError(f"{path} is not a scan partial (written by `attnviz scan --partial`)")
+        raise InputError(f"{path} is not a readable {what} partial ({exc}); was it written "
+                         "whole?") from None
+    if not isinstance(document, dict) or document.get("format") != form:
+        raise InputError(f"{path} is not a {what} partial (written by `attnviz {what} "
+                         "--partial`)")
+    return document
+
+
+def read_partial(path: Path) -> dict:
+    document = read_partial_json(path, "scan", PARTIAL_FORMAT)
     try:
         for name in COLUMNS:
             stats = document["stats"][name]
