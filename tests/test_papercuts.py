@@ -143,6 +143,14 @@ def test_weights_that_are_not_a_checkpoint_are_described_as_they_are(cli, tmp_pa
     assert "Python objects" not in result.stderr
 
 
+def test_a_missing_file_is_not_looked_for_on_the_hub(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no README.md here: a typo'd path, not a repo id
+    result = cli("heatmap", TEXT, "--weights", "README.md", "--out", tmp_path / "figs")
+    assert result.exit_code == 2
+    assert result.stderr == ("Error: --weights README.md: no such file or directory (nor a "
+                             "Hugging Face repo id such as gpt2 or org/name)\n")
+
+
 def test_whitespace_is_not_a_text(cli, tmp_path):
     for command in ("heatmap", "tokens", "compare-heads", "export", "report", "steps", "why",
                     "generate", "attribute"):

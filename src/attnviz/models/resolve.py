@@ -53,7 +53,9 @@ def resolve(weights: str, *, offline: bool = False, quiet: bool = True) -> Locat
     path = Path(weights).expanduser()
     if path.exists():
         return _locate_path(path)
-    suffixes = (".safetensors", ".bin", ".pth", ".pt", ".json", ".gguf")
+    suffixes = (".safetensors", ".bin", ".pth", ".pt", ".json", ".gguf",  # and names no repo has
+                ".md", ".txt", ".csv", ".npz", ".npy", ".html", ".png", ".toml", ".yaml",
+                ".yml", ".py", ".ckpt", ".onnx", ".zip")
     looks_like_path = weights.endswith(suffixes) or (
         weights.startswith((".", "/", "~")) or weights.count("/") > 1
     )
