@@ -22,6 +22,7 @@ from attnviz.cli.options import (
     model_options,
 )
 from attnviz.core.errors import InputError
+from attnviz.core.words import counted
 
 PLOT_HELP = ("Write the pictures into this folder: the retrieval-score and streaming-mass maps, "
              "the depth x length accuracy map and the top heads' attention over the prompt.")
@@ -249,8 +250,9 @@ def present(output, fmt: str, result, options: dict, top: int, plot_dir: Path | 
     scores = result.retrieval_scores()
     n_tests, n_counted = len(result.tests), len(result.counted)
     strong = int((scores > 0.1).sum())
-    summary = (f"{n_tests} tests ({len(result.lengths)} lengths x {len(result.depths)} depths x "
-               f"{len(result.needles)} needle(s)), {n_counted} counted (ROUGE-1 recall >= 0.5); "
+    summary = (f"{counted(n_tests, 'test')} ({counted(len(result.lengths), 'length')} x "
+               f"{counted(len(result.depths), 'depth')} x {counted(len(result.needles), 'needle')}), "
+               f"{n_counted} counted (ROUGE-1 recall >= 0.5); "
                f"{strong} of {scores.size} heads score above 0.1")
     compared = None
     if labels is not None:
