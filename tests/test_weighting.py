@@ -268,7 +268,8 @@ def test_heatmap_norm_draws_the_norms_on_their_own_scale(cli, tmp_path, llama):
     labels = [t["label"] for t in document["tokens"]]
     measure = Measure(weighting.NORM_LABEL, top, " · value-weighted")
     figure = heatmap.HeatmapFigure(labels, 1, extra_texts=["t"], measure=measure)
-    colorbar = [ax for ax in figure.fig.axes if ax.get_ylabel().startswith(weighting.NORM_LABEL[:-1])]  # (…, √ scale)
+    named = weighting.NORM_LABEL[:-1]  # the label goes on as "(…, √ scale)"
+    colorbar = [ax for ax in figure.fig.axes if ax.get_ylabel().startswith(named)]
     assert len(colorbar) == 1
     ticks = [t.get_text() for t in colorbar[0].get_yticklabels()]
     assert ticks[0] == "0" and ticks[-1] == f"{top:g}"

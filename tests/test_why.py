@@ -425,9 +425,12 @@ def test_the_softcap_is_named(cli, checkpoints):
      "(0-{last}; negative numbers count from the end)"),
     (["--layer", "1", "--head", "1", "--query", "5", "--key", "6"], "--key 6 is after the query 5: under the "
      "causal mask query 5 sees keys 0-5"),
-    (["--layer", "1", "--head", "1", "--query", "5", "--key", "-1"], "--key -1 is out of range: query 5 sees keys 0-5"),
-    (["--layer", "1", "--head", "1", "--key", "first"], "--key must be a key position (0, 1, …) or all, got 'first'"),
-    (["--layer", "1", "--head", "1", "-o", "why.txt"], "-o why.txt: the file is an .npz archive; name it .npz"),
+    (["--layer", "1", "--head", "1", "--query", "5", "--key", "-1"],
+     "--key -1 is out of range: query 5 sees keys 0-5"),
+    (["--layer", "1", "--head", "1", "--key", "first"],
+     "--key must be a key position (0, 1, …) or all, got 'first'"),
+    (["--layer", "1", "--head", "1", "-o", "why.txt"],
+     "-o why.txt: the file is an .npz archive; name it .npz"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_is_written(cli, checkpoints, tmp_path, args, message,
                                                             monkeypatch):
@@ -453,7 +456,8 @@ def test_a_key_outside_the_sliding_window_is_refused(cli, checkpoints):
 def test_random_mode_and_the_python_api_agree_with_the_command(cli, checkpoints):
     import attnviz
 
-    doc = run_json(cli, TEXT, "--layer", "0", "--head", "3", "--query", "7", "--heads", "4", "--d-model", "32")
+    doc = run_json(cli, TEXT, "--layer", "0", "--head", "3", "--query", "7", "--heads", "4",
+                   "--d-model", "32")
     assert doc["query_components"] == ["embed", "pos"]
     result = attnviz.why(TEXT, None, head=(0, 3), query=7, heads=4, d_model=32)
     assert abs(result.score - doc["score"]) < 1e-12 and result.key == doc["key"]["position"]
@@ -545,7 +549,8 @@ def test_clicking_a_cell_of_the_report_shows_its_split(cli, checkpoints, tmp_pat
 
     folder = checkpoints["gpt-neo-local"]
     path = tmp_path / "why.html"
-    done = cli("why", TEXT, "--weights", folder, "--layer", "1", "--head", "2", "--query", "14", "--report", path, "-q")
+    done = cli("why", TEXT, "--weights", folder, "--layer", "1", "--head", "2", "--query", "14",
+               "--report", path, "-q")
     assert done.exit_code == 0, done.stderr
     model = load_model(None, str(folder))
     ids = encode_text(model, TEXT)
