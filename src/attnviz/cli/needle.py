@@ -38,6 +38,19 @@ NeedleLayerOpt = Annotated[
 ]
 
 
+# The outputs of needle and needle-merge, spelled once for both.
+TopOpt = Annotated[int, typer.Option("--top", min=1, help=TOP_HELP)]
+CompareOpt = Annotated[Path | None, typer.Option("--compare", metavar="FILE", help=COMPARE_HELP,
+                                                 show_default=False)]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", metavar="DIR", help=PLOT_HELP,
+                                              show_default=False)]
+ReportOpt = Annotated[Path | None, typer.Option("--report", metavar="FILE.html",
+                                                help=REPORT_HELP, show_default=False)]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", metavar="FILE.json", help="Write the JSON document (every test and head) "
+    "to this file.", show_default=False)]
+
+
 def parse_heads(spec: str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     """``--zero-heads L16H3,L18H6`` -> ``[(16, 3), (18, 6)]``, checked against the model."""
     heads = []
@@ -90,16 +103,11 @@ def needle_command(
     ablate: Annotated[str | None, typer.Option(
         "--zero-heads", metavar="HEADS", help="Zero these heads in every step (L16H3,L18H6): what "
         "the accuracy is without them.", show_default=False)] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help=TOP_HELP)] = 10,
-    compare: Annotated[Path | None, typer.Option(
-        "--compare", metavar="FILE", help=COMPARE_HELP, show_default=False)] = None,
-    plot_dir: Annotated[Path | None, typer.Option(
-        "--plot", metavar="DIR", help=PLOT_HELP, show_default=False)] = None,
-    report_path: Annotated[Path | None, typer.Option(
-        "--report", metavar="FILE.html", help=REPORT_HELP, show_default=False)] = None,
-    output_path: Annotated[Path | None, typer.Option(
-        "--output", "-o", metavar="FILE.json", help="Write the JSON document (every test "
-        "and head) to this file.", show_default=False)] = None,
+    top: TopOpt = 10,
+    compare: CompareOpt = None,
+    plot_dir: PlotOpt = None,
+    report_path: ReportOpt = None,
+    output_path: OutputOpt = None,
     shard: Annotated[str | None, typer.Option(
         "--shard", metavar="K/N", help="Run only tests K, K+N, … of the grid (0-based); merge "
         "the --partial files with attnviz needle-merge.", show_default=False)] = None,
@@ -320,16 +328,11 @@ def present(output, fmt: str, result, options: dict, top: int, plot_dir: Path | 
 def needle_merge_command(
     partials: Annotated[list[Path] | None, typer.Argument(
         help="The --partial files of every shard of one needle grid.", show_default=False)] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help=TOP_HELP)] = 10,
-    compare: Annotated[Path | None, typer.Option(
-        "--compare", metavar="FILE", help=COMPARE_HELP, show_default=False)] = None,
-    plot_dir: Annotated[Path | None, typer.Option(
-        "--plot", metavar="DIR", help=PLOT_HELP, show_default=False)] = None,
-    report_path: Annotated[Path | None, typer.Option(
-        "--report", metavar="FILE.html", help=REPORT_HELP, show_default=False)] = None,
-    output_path: Annotated[Path | None, typer.Option(
-        "--output", "-o", metavar="FILE.json", help="Write the JSON document to this file.",
-        show_default=False)] = None,
+    top: TopOpt = 10,
+    compare: CompareOpt = None,
+    plot_dir: PlotOpt = None,
+    report_path: ReportOpt = None,
+    output_path: OutputOpt = None,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
