@@ -398,8 +398,10 @@ def key_rows(result: WhyResult) -> list[dict]:
 def _tokens(result: WhyResult, ids: list[int]) -> list[dict]:
     tokenizer = result.tokenizer
     bos = tokenizer.bos_id is not None and ids[:1] == [tokenizer.bos_id]
-    records = token_records(ids, tokenizer.token_bytes(ids), 0, bos,
-                            special_ids=frozenset(getattr(tokenizer, "special_ids", ()) or ()))
+    marked = result.attention != "decoder" or result.config.get("architecture") == "encoder-decoder"
+    special = getattr(tokenizer, "is_special", None) if marked else None  # as heatmap marks them
+    records = token_records(ids, tokenizer.token_bytes(ids), 0, bos, special_ids=frozenset(
+        i for i in ids if special is not None and special(i)))
     if result.token_types is not None and ids is result.token_ids:
         for record, segment in zip(records, result.token_types):
             record["sentence"] = int(segment)
