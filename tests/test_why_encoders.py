@@ -292,7 +292,8 @@ def test_t5s_cross_attention_keys_are_the_encoder_output_through_its_final_norm(
     np.testing.assert_allclose(result.key_parts[result.key_components.index("enc.embed")],
                                (embed @ w_k.T).detach().numpy(), atol=1e-7, rtol=1e-5)
     # the key side adds up to the whole encoder output's key: the parts are the encoder's
-    memory = t5.encoder(input_ids=torch.tensor([source])).last_hidden_state[0].double()
+    with torch.no_grad():
+        memory = t5.encoder(input_ids=torch.tensor([source])).last_hidden_state[0].double()
     np.testing.assert_allclose(result.key_parts.sum(0), (memory @ w_k.T).detach().numpy(),
                                atol=1e-5 * float(memory.abs().max()))
 

@@ -29,6 +29,18 @@ sandwich norm) is one component as it is. A softcapped score (Gemma 2) is split 
 cap; the weight comes from ``cap · tanh(s / cap)``. Random mode has one attention layer on
 seeded embeddings and no norm: its components are the token and position embeddings (and
 the projection biases). Everything is computed in float64 from the float32 forward pass.
+
+Encoders and encoder–decoders (``attention``: "encoder", "decoder", "cross"): a post-norm
+model (BERT, RoBERTa, DistilBERT, BART, Marian) normalises the stream itself after each
+addition; each such LayerNorm is frozen at its actual σ and applied to every component
+already in the stream (the centring included), and its β becomes a component
+(``bias.ln_emb``, ``bias.ln_attn3``, ``bias.ln_cross3``, ``bias.ln_mlp3``); BERT's token
+type embedding is a component of its own (``type``). Cross-attention's query side is the
+decoder's stream at the layer (its self-attention heads ``L3.H1``, earlier cross-attention
+heads ``L2.X1``), its key side the encoder's output decomposed through the encoder
+(``enc.…``): the two sides have different components (``key_names``) and texts
+(``key_token_ids``). T5's relative position bias is added to the score as a term of its own
+(``position_bias``), on neither side. The parts are computed in ``attnviz.analyses.why_parts``.
 """
 
 from __future__ import annotations
