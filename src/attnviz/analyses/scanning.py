@@ -45,6 +45,12 @@ from attnviz.text.inputs import decode_utf8, read_file_bytes, stdin_bytes, strip
 
 COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
 TOP_COLUMNS = (*DETECTORS, "first_token")  # the detectors the table ranks heads by
+CROSS_TOP = ("first_token", "max_weight")  # cross-attention has no detector (two texts)
+
+
+def top_columns(attention: str | None) -> tuple[str, ...]:
+    """What the table ranks the heads of one kind of attention by."""
+    return CROSS_TOP if attention == "cross" else TOP_COLUMNS
 PAD_ID = 0  # any id the embedding has works: causal attention never looks right
 DEFAULT_BATCH_SIZE = 16
 LONG_PROMPT = 1024  # a longer prompt is scored alone, a tile at a time (never its T x T)
@@ -230,13 +236,18 @@ def _greedy_batches(prompts: list[Prompt], batch_size: int, n_layers: int,
 
 def padded_ids(batch: list[Prompt]):
     """``(token_ids (B, T) long, lengths (B,) long)``, right-padded with ``PAD_ID``."""
+    return padded([p.token_ids for p in batch])
+
+
+def padded(sequences: list[list[int]]):
+    """``padded_ids`` of plain id lists (an encoder–decoder's targets, too)."""
     import torch
 
-    lengths = torch.tensor([len(p.token_ids) for p in batch])
-    ids = torch.full((len(batch), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for b, prompt in enumerate(batch):
-        ids[b, : len(prompt.token_ids)] = torch.tensor(prompt.token_ids)
-    return ids, lengths
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    out = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for b, ids in enumerate(sequences):
+        out[b, : len(ids)] = torch.tensor(ids)
+    return out, lengths
 
 
 def batch_patterns(token_ids, lengths, *, exclude_first: bool = False,
@@ -621,8 +632,10 @@ class PromptLog:
     is cut there and appended to, its header kept."""
 
     def __init__(self, path: Path | None, layers: list[int], header: dict | None = None,
-                 resume_at: int | None = None):
+                 resume_at: int | None = None, record: Callable | None = None):
         self.path, self.layers = path, layers
+        # (prompt, values) -> the prompt's line; an encoder–decoder's has its kinds
+        self.record = record or (lambda prompt, values: prompt_record(prompt, values, layers))
         self.header, self.resume_at = header, resume_at
         self.fd = None
         self.complete = 0  # bytes of complete lines
@@ -648,7 +661,7 @@ class PromptLog:
         self.complete += len(line)
 
     def write(self, prompt: Prompt, values: dict[str, np.ndarray]) -> None:
-        self._write_line(prompt_record(prompt, values, self.layers))
+        self._write_line(self.record(prompt, values))
 
     def __exit__(self, kind, value, tb):
         if self.fd is not None:
