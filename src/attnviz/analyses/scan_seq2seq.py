@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from attnviz.analyses.attention import check_ids
 from attnviz.analyses.scanning import (
     COLUMNS,
     Corpus,
@@ -44,8 +45,6 @@ def seq2seq_corpus(model, records: list[tuple], *, truncate: bool = False,
     in ``model``'s tokens, as ``heatmap`` of an encoder–decoder reads a text and a
     ``--decoder-text``. A source past the model's positions is refused by its line (or cut
     with ``truncate``); a target past them is refused; one-token sources are skipped."""
-    from attnviz.analyses.attention import check_ids
-
     limit = model.context_length  # None: T5's relative positions have no table
     prompts, truncated, one_token = [], 0, 0
     for number, text, *rest in records:
