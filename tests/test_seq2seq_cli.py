@@ -191,8 +191,10 @@ BAD = [
      "steps does not follow the heads of encoder–decoder models (t5)"),
     (["generate", SOURCE, "--weights", "{t5}", "--tokens", "0:2"],
      "--tokens is not supported when an encoder–decoder generates"),
-    (["scan", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder; this command "
-     "reads decoder-only models"),
+    (["scan", SOURCE, "--weights", "{t5}", "--induction"],
+     "--induction is not supported for encoder–decoder models"),
+    (["scan", SOURCE, "--weights", "{t5}", "--weights", "{gpt2}"],
+     "--weights: t5 is an encoder–decoder; this command reads decoder-only models"),
     (["attribute", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder"),
     (["why", SOURCE, "--weights", "{t5}", "--head", "0.1"], "--weights: t5 is an encoder–decoder"),
 ]
