@@ -187,8 +187,8 @@ BAD = [
      "--include-params is not supported for encoder–decoder models"),
     (["compare-heads", SOURCE, "--weights", "{t5}", "--attention", "all"],
      "--attention all: this command shows encoder or decoder or cross attention"),
-    (["steps", SOURCE, "--weights", "{t5}", "--head", "0"],
-     "steps does not follow the heads of encoder–decoder models (t5)"),
+    (["steps", SOURCE, "--weights", "{t5}", "--head", "0", "--attention", "all"],
+     "--attention all: this command shows encoder or decoder or cross attention"),
     (["generate", SOURCE, "--weights", "{t5}", "--tokens", "0:2"],
      "--tokens is not supported when an encoder–decoder generates"),
     (["scan", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder; this command "
