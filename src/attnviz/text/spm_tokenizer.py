@@ -3,7 +3,7 @@
 A checkpoint without a ``tokenizer.json`` may ship its tokenizer as a SentencePiece model
 (read by :mod:`attnviz.text.spm_model`, without the ``sentencepiece`` package). Which pipeline
 it becomes depends on the tokenizer class (``tokenizer_config.json``'s ``tokenizer_class``,
-else ``config.json``'s ``model_type``), as in transformers 5:
+else ``config.json``'s ``model_type`` t5, mt5 or marian), as in transformers 5:
 
 - **T5Tokenizer** (``spiece.model``: t5, flan-t5, mt5): ``T5Tokenizer.__init__`` on the
   pieces that ``SentencePieceExtractor`` + ``T5Converter.convert_from_spm`` extract: a Unigram
@@ -48,10 +48,11 @@ from attnviz.text.tokenizer_recipes import _added_token, _read_json_config, _rec
 __all__ = ["SPM_CLASSES", "SpmPieces", "generate_merges", "marian_vocab", "spm_class",
            "spm_pipeline"]
 
-# The classes whose SentencePiece model attnviz builds, and the model_types that imply them.
+# The classes whose SentencePiece model attnviz builds, and the model_types that imply them when
+# tokenizer_config.json names no class, as AutoTokenizer takes them (a llama folder without a class
+# gets transformers' generic TokenizersBackend, which attnviz does not build).
 SPM_CLASSES = ("T5Tokenizer", "LlamaTokenizer", "MarianTokenizer")
-_MODEL_TYPE_CLASS = {"t5": "T5Tokenizer", "mt5": "T5Tokenizer", "llama": "LlamaTokenizer",
-                     "mistral": "LlamaTokenizer", "marian": "MarianTokenizer"}
+_MODEL_TYPE_CLASS = {"t5": "T5Tokenizer", "mt5": "T5Tokenizer", "marian": "MarianTokenizer"}
 _DEFAULTS = {
     "T5Tokenizer": {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"},
     "LlamaTokenizer": {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
@@ -236,9 +237,8 @@ class SpmPieces:
     then looks it up in ``vocab.json``), not as ``<unk>``."""
 
     def __init__(self, model: SpmModel, path: Path):
-        from tokenizers import Regex
+        from tokenizers import Regex, models, normalizers, pre_tokenizers
         from tokenizers import Tokenizer as Backend
-        from tokenizers import models, normalizers, pre_tokenizers
 
         self.model, self.unk_id = model, model.unk_id
         user_defined = [p.piece for p in model.pieces if p.type == USER_DEFINED]
