@@ -790,7 +790,8 @@ def test_damaged_tiktoken_model(tmp_path, tiktoken_dir):
 def test_other_files_are_refused(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("just some words\n")
-    with pytest.raises(InputError, match="neither a tokenizer.json nor a tiktoken tokenizer.model"):
+    with pytest.raises(InputError, match="neither a tokenizer.json, a tiktoken tokenizer.model nor a "
+                                         "SentencePiece model"):
         load_tokenizer(path)
 
 

@@ -1,11 +1,15 @@
-"""One tokenizer interface for every model family: GPT-2 offline, ``tokenizer.json``, Llama 3's tiktoken.
+"""One tokenizer interface for every model family: GPT-2 offline, ``tokenizer.json``, SentencePiece, tiktoken.
 
 Each model must be fed its own token ids, the ids ``transformers.AutoTokenizer.from_pretrained(folder)
-(text)["input_ids"]`` gives. Three kinds of tokenizer sit behind :class:`Tokenizer`:
+(text)["input_ids"]`` gives. Four kinds of tokenizer sit behind :class:`Tokenizer`:
 
 - ``"gpt2"``: the offline GPT-2 tiktoken encoding of :mod:`attnviz.text.gpt2_bpe` (:func:`gpt2_tokenizer`).
 - ``"tokenizer.json"``: a Hugging Face ``tokenizer.json`` read with the ``tokenizers`` library, set up
   the way transformers 5 sets it up (below).
+- ``"sentencepiece"``: a SentencePiece model where there is no ``tokenizer.json`` (T5's
+  ``spiece.model``, a Llama 2-style ``tokenizer.model``, Marian's ``source.spm`` + ``target.spm``
+  + ``vocab.json``), read by :mod:`attnviz.text.spm_model` and built as transformers builds it
+  by :mod:`attnviz.text.spm_tokenizer` (Marian: :class:`MarianSpmTokenizer`).
 - ``"tiktoken"``: Llama 3's ``tokenizer.model`` (lines ``base64-token rank``) as a ``tiktoken.Encoding``
   with Llama 3's split pattern and its 256 special tokens after the ranks, as Meta's reference
   ``llama_models/llama3/tokenizer.py`` builds it for the 3.1 text models (11 named tokens, then
@@ -115,8 +119,9 @@ def _check_text(text: str) -> None:
 class Tokenizer:
     """The interface every tokenizer implements.
 
-    ``kind`` is ``"gpt2"``, ``"tokenizer.json"``, ``"tiktoken"`` or ``"gguf"`` (a GGUF file's metadata,
-    :mod:`attnviz.text.gguf_tokenizer`); ``source`` is where it was read
+    ``kind`` is ``"gpt2"``, ``"tokenizer.json"``, ``"tiktoken"``, ``"gguf"`` (a GGUF file's metadata,
+    :mod:`attnviz.text.gguf_tokenizer`) or ``"sentencepiece"`` (a SentencePiece model file,
+    :mod:`attnviz.text.spm_tokenizer`); ``source`` is where it was read
     from (``"gpt2 (offline)"`` or a path); every id it produces is ``< vocab_size`` (added and
     special tokens included); ``bos_id`` is the id ``encode`` prepends by default (None: none).
     """
