@@ -7,10 +7,14 @@ vocab.json: the sentencepiece library itself) — and a Marian checkpoint on the
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import transformers
+from hub_server import HubServer, Repo
 from sentencepiece import sentencepiece_model_pb2
 from seq2seq_checkpoints import make_bart, make_t5
 from spm_models import (
@@ -163,14 +167,20 @@ def test_marian_ids_equal_marian_tokenizer(models, tmp_path, kind, bf):
     assert ours.encode("x")[-1] == 0 and ours.is_special(0)  # </s> is id 0
 
 
-def test_marian_checkpoint_reads_its_target_with_target_spm(models, tmp_path, cli):
-    """heatmap --decoder-text on a Marian checkpoint with only SentencePiece files: the source
-    tokens are source.spm's, the decoder's target.spm's (after its start token, <pad>)."""
-    source_spm, target_spm = models["marian-unigram-bfFalse"]
-    folder = tmp_path / "opus-mt"
-    size = write_marian_tokenizer(folder, source_spm, target_spm)
+@pytest.fixture(scope="module")
+def marian(models, tmp_path_factory):
+    """A tiny Marian checkpoint with only SentencePiece files beside it: (folder, vocab size)."""
+    folder = tmp_path_factory.mktemp("opus-mt")
+    size = write_marian_tokenizer(folder, *models["marian-unigram-bfFalse"])
     make_bart(folder, marian=True, vocab=size, tokenizer=False)
     assert not (folder / "tokenizer.json").exists()
+    return folder, size
+
+
+def test_marian_checkpoint_reads_its_target_with_target_spm(marian, tmp_path, cli):
+    """heatmap --decoder-text on a Marian checkpoint with only SentencePiece files: the source
+    tokens are source.spm's, the decoder's target.spm's (after its start token, <pad>)."""
+    folder, size = marian
     theirs = transformers.MarianTokenizer.from_pretrained(folder)
     source, target = "The cat sat on the mat.", "Die Katze sass auf der Matte."
     result = cli("heatmap", source, "--weights", folder, "--decoder-text", target,
@@ -207,12 +217,32 @@ def _damage(data: bytes, how: str) -> bytes:
     return b"\n\x80"  # a length that runs past the end
 
 
+def test_marian_repo_without_tokenizer_json_from_the_hub(marian, tmp_path):
+    """A Hub repo id of a Marian model downloads its SentencePiece files, then runs offline."""
+    folder, size = marian
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    with HubServer({"Helsinki-NLP/opus-mt-en-de": Repo.from_folder(folder)}) as hub:
+        env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+        args = [sys.executable, "-m", "attnviz", "heatmap", "The cat sat.", "--weights",
+                "Helsinki-NLP/opus-mt-en-de", "--decoder-text", "Die Katze sass.", "--attention",
+                "cross", "--out", str(tmp_path / "out"), "--format", "json", "-q"]
+        first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert first.returncode == 0, first.stderr
+        downloaded = {path.rsplit("/", 1)[1] for _, path in hub.requests if "/resolve/" in path}
+    assert {"source.spm", "target.spm", "vocab.json", "tokenizer_config.json"} <= downloaded
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                           env={**env, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0, again.stderr
+    theirs = transformers.MarianTokenizer.from_pretrained(folder)
+    decoder = [t["id"] for t in json.loads(again.stdout)["decoder_tokens"]]
+    assert decoder == [size - 1, *theirs(text_target="Die Katze sass.")["input_ids"][:-1]]
+
+
 @pytest.mark.parametrize("how", ("truncated", "wire type", "length"))
-def test_a_damaged_spm_is_one_error_line(models, tmp_path, cli, how):
-    source, target = models["marian-unigram-bfFalse"]
+def test_a_damaged_spm_is_one_error_line(marian, tmp_path, cli, how):
     folder = tmp_path / "marian"
-    size = write_marian_tokenizer(folder, source, target)
-    make_bart(folder, marian=True, vocab=size, tokenizer=False, layers=1, decoder_layers=1)
+    shutil.copytree(marian[0], folder)
+    target = (folder / "target.spm").read_bytes()
     (folder / "target.spm").write_bytes(_damage(target, how))
     result = cli("heatmap", "The cat", "--weights", folder, "--decoder-text", "Die Katze",
                  "--out", tmp_path / "out")

@@ -587,12 +587,14 @@ def load_tokenizer(path: Path) -> Tokenizer:
         stat = path.stat()
     except OSError as exc:
         raise InputError(f"cannot read tokenizer {path}: {exc.strerror}") from None
-    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    # absolute, not resolved: the files beside it (tokenizer_config.json, Marian's target.spm) are
+    # found in its folder, which a Hub snapshot's symlink into the blob store would lose
+    return _load_cached(str(path.absolute()), stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
-def _load_cached(resolved: str, mtime_ns: int, size: int) -> Tokenizer:
-    path = Path(resolved)
+def _load_cached(absolute: str, mtime_ns: int, size: int) -> Tokenizer:
+    path = Path(absolute)
     try:
         data = path.read_bytes()
     except OSError as exc:
