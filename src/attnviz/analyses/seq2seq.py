@@ -81,14 +81,16 @@ def check_attention(model, attention: str | None, decoder_text: str | None,
 def decoder_ids(model, decoder_text: str | None, allow_special: bool = False,
                 specials: bool = True) -> list[int]:
     """What the decoder reads: its start token, then ``decoder_text``'s tokens (the labels
-    shifted right: a final end-of-sequence token dropped)."""
+    shifted right: a final end-of-sequence token dropped), tokenized as the target text is
+    (Marian: with its ``target.spm``)."""
     start = [model.spec.decoder_start_id]
     if decoder_text is None:
         return start
     if not decoder_text:
         raise InputError("--decoder-text is empty: give the target text, or leave the option "
                          "out to start the decoder from its start token only")
-    labels = model.tokenizer.encode(decoder_text, allow_special=allow_special, add_bos=specials)
+    labels = model.tokenizer.decoder_tokenizer().encode(  # Marian's target.spm
+        decoder_text, allow_special=allow_special, add_bos=specials)
     if labels and labels[-1] == model.spec.eos_id:
         labels = labels[:-1]
     ids = start + labels
