@@ -101,7 +101,18 @@ class Decoding:
         shown = {f.name: getattr(self, f.name) for f in fields(self)
                  if f.name not in ("source", "given", "unapplied")
                  and getattr(self, f.name) != getattr(default, f.name)}
-        return {**shown, **({"source": self.source} if self.source else {})}
+        return {**shown, **({"source": self.source} if self.source else {}),
+                **({"not_applied": list(self.unapplied)} if self.unapplied else {})}
+
+
+def not_applied(summary: dict) -> str | None:
+    """The warning that names the generation config's settings attnviz does not apply
+    (``Decoding.summary()``'s ``not_applied``), or None."""
+    if not summary.get("not_applied"):
+        return None
+    return (f"{summary.get('source', 'the generation config')}: "
+            f"{', '.join(summary['not_applied'])} not applied; the tokens may differ from "
+            "transformers' generate")
 
 
 def decoding_for(model, *, read_lengths: bool = True, defaults: dict | None = None,
