@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from attnviz.analyses.decoding import Processors, decoding_for
 from attnviz.core.errors import InputError
 
 
@@ -164,8 +165,6 @@ def generate(model, prompt_ids: list[int], max_new_tokens: int = 20, *,
     it: ``repetition_penalty=1.2``). ``on_token(id)`` hears of each token as it is written
     (to print it)."""
     import torch
-
-    from attnviz.analyses.decoding import Processors, decoding_for
 
     check_can_generate(model, len(prompt_ids), max_new_tokens)
     sampling.check()

@@ -17,7 +17,7 @@ predicts last, not what it reads. Without a target the decoder reads its start t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,7 +29,9 @@ from attnviz.analyses.attention import (
     parse_layers,
     token_records,
 )
-from attnviz.analyses.generation import Sampling, write_tokens
+from attnviz.analyses.beams import beam_search
+from attnviz.analyses.decoding import Processors, decoding_for
+from attnviz.analyses.generation import Sampling, Written, write_tokens
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
 
@@ -285,10 +287,6 @@ def seq2seq_decoding(model, sampling=None, **settings):
     its generation config, ``settings`` given in their place), its end-of-sequence token
     and decoder start as the model's config names them where the generation config does
     not. With sampling, one sequence is drawn: the file's ``num_beams`` does not apply."""
-    from dataclasses import replace
-
-    from attnviz.analyses.decoding import decoding_for
-
     decoding = decoding_for(model, defaults={"eos_token_id": model.spec.eos_id}, **settings)
     if sampling is not None and sampling.sample and decoding.num_beams > 1:
         if "num_beams" in decoding.given:
@@ -311,8 +309,6 @@ def generate_seq2seq(model, source_ids: list[int], max_new_tokens: int | None = 
     rows. Stops at the end-of-sequence token unless ``ignore_eos``. The ids are those of
     transformers' ``generate(do_sample=False)`` with the same settings."""
     import torch
-
-    from attnviz.analyses.decoding import Processors
 
     sampling = sampling or Sampling()
     sampling.check()
@@ -365,9 +361,6 @@ def _beam_generation(model, source_ids, memory, start, decoding, processors, max
     teacher-forced pass over the chosen sequence for its rows, probabilities and
     alternatives (the same numbers a greedy step computes, for the prefix chosen)."""
     import torch
-
-    from attnviz.analyses.beams import beam_search
-    from attnviz.analyses.generation import Written
 
     beams = decoding.num_beams
     wide = memory.repeat(beams)
