@@ -164,12 +164,18 @@ def analyze_seq2seq(model, text: str, decoder_text: str | None = None, *, layer=
                     resolution: int | None = None) -> Seq2SeqResult:
     """The ``kinds`` of attention of ``model`` (an ``EncoderDecoder``) on ``text`` and
     ``decoder_text``, for the layers ``layer`` names (``"all"``: each stack's every layer)."""
+    source, target = encode_texts(model, text, decoder_text, allow_special, specials)
+    return analyze_seq2seq_ids(model, source, target, layer=layer, kinds=kinds, heads=heads,
+                               resolution=resolution)
+
+
+def encode_texts(model, text: str, decoder_text: str | None, allow_special: bool = False,
+                 specials: bool = True) -> tuple[list[int], list[int]]:
+    """The ids of the source ``text`` and what the decoder reads (``decoder_ids``)."""
     check_text(text)
     source = model.tokenizer.encode(text, allow_special=allow_special, add_bos=specials)
     check_ids(model, source)
-    target = decoder_ids(model, decoder_text, allow_special, specials)
-    return analyze_seq2seq_ids(model, source, target, layer=layer, kinds=kinds, heads=heads,
-                               resolution=resolution)
+    return source, decoder_ids(model, decoder_text, allow_special, specials)
 
 
 def stack_layers(model, layer, kinds) -> dict[str, list[int]]:

@@ -133,6 +133,41 @@ def compare_result(model, source: str, *, decoder_text, attention, layer, head, 
     return result.of(kinds[0]), tokens_document(result)
 
 
+def steps(model, source: str, *, decoder_text, attention, layer, head, allow_special, config):
+    """``steps`` of an encoder–decoder: one head of one kind (``--attention``; default
+    cross, as ``compare-heads``) and one layer of its stack. Returns the ``HeadSteps`` and
+    that kind's ``AttentionResult`` (its rows' and columns' tokens)."""
+    from attnviz.analyses.seq2seq import encode_texts
+    from attnviz.analyses.seq2seq_steps import seq2seq_head_steps
+    from attnviz.pictures.steps import check_steps_size
+
+    kind = check_attention_options(model, attention or "cross", decoder_text, shown=KINDS)[0]
+    source_ids, target_ids = encode_texts(model, source, decoder_text, allow_special, config.bos)
+    if kind != "decoder":
+        check_steps_size(len(source_ids))
+    if kind != "encoder":
+        check_steps_size(len(target_ids), "--decoder-text")
+    head_steps, result = seq2seq_head_steps(model, source_ids, target_ids, kind=kind,
+                                            layer=layer or 0, head=head)
+    return head_steps, result.of(kind), tokens_document(result), _steps_note(head_steps, model)
+
+
+def _steps_note(head_steps, model) -> str:
+    """What X (and X₂, B) are in the formulas of ``steps``, for the figure's subtitle."""
+    kind, layer = head_steps.kind, head_steps.layer
+    norm = ", after the layer's norm" if model.spec.pre_norm else ""
+    note = {"encoder": f"X = what encoder layer {layer}'s self-attention reads{norm}",
+            "decoder": f"X = what decoder layer {layer}'s self-attention reads{norm}",
+            "cross": f"X = the decoder's state at layer {layer}'s cross-attention{norm}, "
+                     "X₂ = the encoder's output"}[kind]
+    relative = head_steps.relative
+    if relative:
+        stack = "encoder" if kind == "encoder" else "decoder"
+        note += (f"; B from the {stack}'s layer {relative['layer']}, added in all its layers "
+                 f"({relative['num_buckets']} buckets up to {relative['max_distance']} apart)")
+    return note
+
+
 def generate(model, source: str, *, max_new_tokens: int | None, sampling, settings: dict,
              ignore_eos: bool, top_k_report: int, out, npz_path, report_path, picture, head,
              layer, allow_special, config, output, fmt: str, quiet: bool) -> None:
