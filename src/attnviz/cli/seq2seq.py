@@ -168,16 +168,18 @@ def _steps_note(head_steps, model) -> str:
     return note
 
 
-def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: bool,
-             top_k_report: int, out, npz_path, report_path, picture, head, layer, allow_special,
-             config, output, fmt: str, quiet: bool) -> None:
+def generate(model, source: str, *, max_new_tokens: int | None, sampling, settings: dict,
+             ignore_eos: bool, top_k_report: int, out, npz_path, report_path, picture, head,
+             layer, allow_special, config, output, fmt: str, quiet: bool) -> None:
     """``generate`` with an encoder–decoder: the source encoded once, the decoder writing
-    from its start token; each written token's cross-attention over the source kept (the
-    alignment picture with --out, ``cross_rows`` with --output); --report: the page of the
-    three kinds over what the decoder read (its rows are the generation's, exactly)."""
+    from its start token as the generation config and ``settings`` (the options) say,
+    greedily or by beam search; each written token's cross-attention over the source kept
+    (the alignment picture with --out, ``cross_rows`` with --output); --report: the page of
+    the three kinds over what the decoder read (its rows are the generation's, exactly)."""
     import sys
 
     from attnviz.analyses.attention import check_heads, check_ids, check_text, parse_layers
+    from attnviz.analyses.decoding import not_applied
     from attnviz.analyses.generation import TextStream, continuation_text
     from attnviz.analyses.seq2seq import generate_seq2seq
 
@@ -192,12 +194,14 @@ def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: b
     try:
         result = generate_seq2seq(model, source_ids, max_new_tokens, sampling=sampling,
                                   layers=layers, ignore_eos=ignore_eos, top_k_report=top_k_report,
-                                  on_token=stream)
+                                  on_token=stream, **settings)
     finally:
         if stream is not None:
             stream.close()
             sys.stdout.write("\n")
             sys.stdout.flush()
+    if warning := not_applied(result.generation):
+        output.warning(warning)
     written = _generation_files(result, model, out, npz_path, picture, head)
     if report_path is not None:
         from attnviz.analyses.seq2seq import analyze_seq2seq_ids
@@ -212,7 +216,8 @@ def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: b
         return
     if not live:
         sys.stdout.write(text + "\n")
-    done = f"{len(result.new_ids)} tokens written (stopped: {result.stopped})"
+    beams = f", {result.num_beams} beams" if result.num_beams > 1 else ""
+    done = f"{len(result.new_ids)} tokens written (stopped: {result.stopped}{beams})"
     output.message("; ".join([done, *(f"wrote {w}" for w in written)]))
 
 
@@ -251,6 +256,8 @@ def generation_document(result, model, heads, text: str, written: list[str]) -> 
         })
     return {"source": {"tokens": aligned.key_tokens()}, "generated": steps, "text": text,
             "stopped": result.stopped, "decoder_start": result.start_id,
+            "generation": result.generation, "num_beams": result.num_beams,
+            **({"score": result.score} if result.score is not None else {}),
             "layers": result.layers, "heads": chosen, "config": result.config,
             **({"files": written} if written else {})}
 

@@ -167,6 +167,12 @@ class LayerCache:
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``i`` of the batch becomes row ``index[i]``'s (a beam search's beams)."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
+
 
 class KVCache:
     """The keys and values of every layer, for generation: pass it to

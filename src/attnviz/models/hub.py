@@ -3,9 +3,10 @@
 The local cache first (no request at all when the files are there), else a download of
 ``config.json`` plus ``model.safetensors`` or ``model.safetensors.index.json`` and its
 shards, and (for every family but GPT-2, whose tokenizer attnviz ships) the tokenizer
-files beside them — nothing else: never a pickle (``pytorch_model.bin`` could run code when
-loaded), never code. Files land in the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), shared with
-transformers; ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` work as everywhere.
+files beside them, and ``generation_config.json`` when the repo has one — nothing else:
+never a pickle (``pytorch_model.bin`` could run code when loaded), never code. Files land
+in the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), shared with transformers;
+``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` work as everywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_MODELS = ("tokenizer.model", "spiece.model", "source.spm")
 MARIAN_FILES = ("target.spm", "vocab.json")  # beside source.spm
+GENERATION = "generation_config.json"
 
 # In a notebook without ipywidgets, tqdm.auto (the Hub's progress bars) warns that it falls
 # back to text bars: which is fine, and not the user's business.
@@ -138,6 +140,8 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
             if "tokenizer.json" not in files:
                 tokenizer += [f for f in TOKENIZER_MODELS + MARIAN_FILES if f in files]
             wanted += tokenizer
+        if GENERATION in files:  # what generate follows (models.generation_config)
+            wanted.append(GENERATION)
         # By the name the user gave (not the commit): the cache then records the ref
         # (refs/main), and the next run finds the files without any request.
         paths = [Path(hf_hub_download(repo_id, f, revision=revision)) for f in wanted]

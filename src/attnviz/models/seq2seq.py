@@ -146,6 +146,12 @@ class Memory:
     def length(self) -> int:
         return self.hidden.shape[1]
 
+    def repeat(self, n: int) -> Memory:
+        """The same memory for a batch of ``n`` decoders (a beam search's beams)."""
+        wide = Memory(self.hidden.expand(n, -1, -1), self._decoder_layers)
+        wide._kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.kv]
+        return wide
+
 
 class EncoderDecoder:
     """The model of a ``Checkpoint`` whose spec is a ``Seq2SeqSpec``: ``encode``, then
