@@ -20,7 +20,7 @@ from helpers import make_encoder_checkpoint
 from seq2seq_checkpoints import SOURCE, TARGET, make_bart, make_t5
 
 from attnviz.analyses.attention import encode_inputs, load_model
-from attnviz.analyses.seq2seq import seq2seq_ids
+from attnviz.analyses.seq2seq import encode_texts
 from attnviz.analyses.why import count_components, why
 from attnviz.core.config import ModelConfig
 
@@ -218,7 +218,7 @@ def _seq2seq_reference(folder, source, target):
 def test_each_kind_of_an_encoder_decoder_adds_up_to_the_score_transformers_softmaxes(folders,
                                                                                      name):
     model = load_model(ModelConfig(), str(folders[name]), seq2seq=True)
-    source, target = seq2seq_ids(model, SOURCE, TARGET)
+    source, target = encode_texts(model, SOURCE, TARGET)
     _, attentions = _seq2seq_reference(folders[name], source, target)
     largest = []
     for kind in ("encoder", "decoder", "cross"):
@@ -254,7 +254,7 @@ def test_t5s_relative_position_bias_is_transformers_own(folders):
     T5Attention.compute_bias gives (bidirectional buckets in the encoder, causal in the
     decoder)."""
     model = load_model(ModelConfig(), str(folders["t5"]), seq2seq=True)
-    source, target = seq2seq_ids(model, SOURCE, TARGET)
+    source, target = encode_texts(model, SOURCE, TARGET)
     t5, _ = _seq2seq_reference(folders["t5"], source, target)
     for kind, stack, ids in (("encoder", t5.encoder, source), ("decoder", t5.decoder, target)):
         n = len(ids)
@@ -273,7 +273,7 @@ def test_t5s_cross_attention_keys_are_the_encoder_output_through_its_final_norm(
     """The key side's ``enc.embed``: T5's shared embedding rows through the encoder's final
     RMSNorm frozen at what it read (a hook), through the cross-attention's key rows."""
     model = load_model(ModelConfig(), str(folders["t5"]), seq2seq=True)
-    source, target = seq2seq_ids(model, SOURCE, TARGET)
+    source, target = encode_texts(model, SOURCE, TARGET)
     t5, _ = _seq2seq_reference(folders["t5"], source, target)
     seen = {}
     handle = t5.encoder.final_layer_norm.register_forward_pre_hook(
@@ -408,7 +408,7 @@ def test_the_report_of_cross_attention_holds_both_sides(cli, folders, tmp_path):
     assert done.exit_code == 0, done.stderr
     payload = page_payload(path)
     model = load_model(ModelConfig(), str(folder), seq2seq=True)
-    source, target = seq2seq_ids(model, SOURCE, TARGET)
+    source, target = encode_texts(model, SOURCE, TARGET)
     assert payload["attention"] == "cross" and payload["position_bias"] is None
     assert (payload["n_tokens"], payload["n_keys"]) == (len(target), len(source))
     shape_q = (len(payload["components"]), len(target), payload["head_dim"])
@@ -434,7 +434,7 @@ def test_clicking_a_cell_of_t5s_decoder_report_adds_the_position_bias(cli, folde
                "decoder", "--layer", "1", "--head", "1", "--query", "4", "--report", path, "-q")
     assert done.exit_code == 0, done.stderr
     model = load_model(ModelConfig(), str(folder), seq2seq=True)
-    source, target = seq2seq_ids(model, SOURCE, TARGET)
+    source, target = encode_texts(model, SOURCE, TARGET)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -488,7 +488,7 @@ def test_bad_input_is_one_error_line_naming_the_option(cli, folders, tmp_path, a
     monkeypatch.chdir(tmp_path)
     args = [str(folders[a]) if a in folders else a for a in args]
     t5 = load_model(ModelConfig(), str(folders["t5"]), seq2seq=True)
-    n_source = len(seq2seq_ids(t5, TEXT, None)[0])
+    n_source = len(encode_texts(t5, TEXT, None)[0])
     n_text = len(encode_inputs(load_model(ModelConfig(), str(folders["bert"])), TEXT)["token_ids"])
     done = cli("why", TEXT, *args, "--plot", tmp_path / "maps", "-o", tmp_path / "why.npz")
     assert done.exit_code == 2, done.stdout

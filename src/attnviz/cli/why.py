@@ -140,12 +140,12 @@ def why(
     inputs: dict = {}
     if seq2seq.is_seq2seq(model):
         from attnviz.analyses.seq2seq import check_length as check_stack
-        from attnviz.analyses.seq2seq import seq2seq_ids
+        from attnviz.analyses.seq2seq import encode_texts
 
         seq2seq.check_attention_options(model, attention, decoder_text, shown)
         seq2seq.refuse({"--pair": pair is not None, "--chat": config.chat})
         kind = attention_kind(model, attention)
-        token_ids, decoder_ids = seq2seq_ids(model, source, decoder_text, allow_special,
+        token_ids, decoder_ids = encode_texts(model, source, decoder_text, allow_special,
                                              config.bos)
         check_stack(model, token_ids, "the text")
         check_stack(model, decoder_ids, "--decoder-text")
