@@ -238,6 +238,8 @@ def test_each_kind_of_an_encoder_decoder_adds_up_to_the_score_transformers_softm
     check_peaked(largest)
     cross = why(model, source, layer=1, head=1, query=2, attention="cross", decoder_ids=target)
     assert cross.token_ids == target and cross.key_token_ids == source
+    sizes = f"{len(cross.query_components)} x {len(cross.key_components)} contributions"
+    assert sizes in repr(cross) and "Top pairs" in cross._repr_mimebundle_()["text/html"]
     own = [n for n in cross.key_components if not n.startswith("enc.")]
     assert own == (["bias.proj1"] if name != "t5" else [])  # the key projection's bias
     assert cross.query_components[:1] == ["embed"] and "L1.H0" in cross.query_components

@@ -96,8 +96,8 @@ class WhyResult(Displayable):
 
     def __repr__(self) -> str:
         return (f"<attnviz why: L{self.layer} H{self.head}, query {self.query} -> key "
-                f"{self.key}: score {self.score:.4f} = {len(self.components)} x "
-                f"{len(self.components)} contributions, weight {self.weight:.4f}>")
+                f"{self.key}: score {self.score:.4f} = {len(self.query_components)} x "
+                f"{len(self.key_components)} contributions, weight {self.weight:.4f}>")
 
     @property
     def query_components(self) -> list[str]:
