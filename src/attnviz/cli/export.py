@@ -254,11 +254,10 @@ def _export_long(model, inputs, output_path, to_stdout, output, layer, tokens, r
 
     from attnviz.analyses.attention import layer_stream
     from attnviz.analyses.longcontext import LongResult, analyze_tokens
+    from attnviz.core.errors import InputError
     from attnviz.files.fileio import check_free_space
     from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
-
-    from attnviz.core.errors import InputError
 
     whole = ("--weighting norm" if weighting == "norm" else "--rollout" if rollout else
              "--include-params" if include_params else None)
