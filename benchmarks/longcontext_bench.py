@@ -260,7 +260,7 @@ def bench_modernbert(smoke: bool, tmp: Path, n_tokens: int = 8192) -> dict:
     (base, base_rss_gb), (ours, rss_gb) = timed(theirs), timed(heatmap)  # one run each
     layers, heads = config["num_hidden_layers"], config["num_attention_heads"]
     pngs = len(list((tmp / "mb-maps").rglob("*.png")))
-    return {"measure": f"`attnviz heatmap --layer all`, {n:,} tokens of an encoder, "
+    return {"measure": f"`attnviz heatmap --layer all` of a long encoder text, {n:,} tokens, "
                        f"{'tiny ModernBERT stand-in' if smoke else 'ModernBERT-base shape'} "
                        f"({layers} layers x {heads} heads, every third global), whole process",
             "baseline": f"{base:.1f} s, {base_rss_gb:.2f} GB peak (transformers script: the "
