@@ -83,15 +83,17 @@ def _spread(model, std: float) -> None:
 
 def make_t5(folder: Path, *, flan: bool = False, mt5: bool = False, seed: int = 0,
             layers: int = 2, decoder_layers: int = 2, d_model: int = 32, heads: int = 4,
-            buckets: int = 8, max_distance: int = 20) -> Path:
+            buckets: int = 8, max_distance: int = 20, vocab: int = VOCAB,
+            tokenizer: bool = True) -> Path:
     """t5-small's layout (ReLU, tied head, decoder output scaled), or with ``flan`` flan-t5's
-    (gated-GELU, an untied ``lm_head``, unscaled); ``mt5``: the same as model_type mt5."""
+    (gated-GELU, an untied ``lm_head``, unscaled); ``mt5``: the same as model_type mt5.
+    ``vocab`` rows; ``tokenizer=False``: no tokenizer files (the caller writes its own)."""
     import torch
     import transformers
 
     flan = flan or mt5
     config = (transformers.MT5Config if mt5 else transformers.T5Config)(
-        vocab_size=VOCAB, d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model,
+        vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model,
         num_layers=layers, num_decoder_layers=decoder_layers, num_heads=heads,
         relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance,
         feed_forward_proj="gated-gelu" if flan else "relu", decoder_start_token_id=0,
@@ -101,34 +103,36 @@ def make_t5(folder: Path, *, flan: bool = False, mt5: bool = False, seed: int = 
              transformers.T5ForConditionalGeneration)(config)
     _spread(model, 0.5)
     if flan:  # a head of its own: transformers 5 ties it unless the file differs
-        model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, d_model) * 0.5)
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(vocab, d_model) * 0.5)
     model.save_pretrained(folder, safe_serialization=True)
     if flan:
         raw = json.loads((folder / "config.json").read_text())
         raw.pop("scale_decoder_outputs", None)  # as flan-t5's config.json: only the tie says it
         raw["tie_word_embeddings"] = False
         (folder / "config.json").write_text(json.dumps(raw))
-    write_unigram_tokenizer(folder, "T5Tokenizer", ["<pad>", "</s>", "<unk>"])
+    if tokenizer:
+        write_unigram_tokenizer(folder, "T5Tokenizer", ["<pad>", "</s>", "<unk>"])
     return folder
 
 
 def make_bart(folder: Path, *, marian: bool = False, seed: int = 0, layers: int = 2,
               decoder_layers: int = 2, d_model: int = 32, heads: int = 4,
-              positions: int = 128) -> Path:
+              positions: int = 128, vocab: int = VOCAB, tokenizer: bool = True) -> Path:
     """BART (learned positions offset by 2, embedding LayerNorm) or Marian (sinusoidal
-    positions, embeddings scaled by √d_model), post-norm."""
+    positions, embeddings scaled by √d_model), post-norm. Marian: ``vocab`` rows (``<pad>``
+    the last); ``tokenizer=False``: no tokenizer files (the caller writes its own)."""
     import torch
     import transformers
 
-    common = dict(vocab_size=VOCAB if marian else VOCAB + 130, d_model=d_model,
+    common = dict(vocab_size=vocab if marian else VOCAB + 130, d_model=d_model,
                   encoder_layers=layers, decoder_layers=decoder_layers,
                   encoder_attention_heads=heads, decoder_attention_heads=heads,
                   encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model,
                   max_position_embeddings=positions)
     if marian:
         # Marian's ids: </s> 0, <unk> 1, …, <pad> last (its decoder start)
-        config = transformers.MarianConfig(**common, pad_token_id=VOCAB - 1, eos_token_id=0,
-                                           decoder_start_token_id=VOCAB - 1,
+        config = transformers.MarianConfig(**common, pad_token_id=vocab - 1, eos_token_id=0,
+                                           decoder_start_token_id=vocab - 1,
                                            forced_eos_token_id=None)
         cls = transformers.MarianMTModel
     else:
@@ -142,6 +146,8 @@ def make_bart(folder: Path, *, marian: bool = False, seed: int = 0, layers: int 
     with torch.no_grad():
         model.final_logits_bias.normal_(0.0, 0.5)
     model.save_pretrained(folder, safe_serialization=True)
+    if not tokenizer:
+        return folder
     if marian:
         write_unigram_tokenizer(folder, "MarianTokenizer", ["</s>", "<unk>"], size=VOCAB - 1)
         tok = json.loads((folder / "tokenizer.json").read_text())

@@ -234,7 +234,7 @@ def test_a_hub_repo_named_bert_base_uncased_downloads_and_equals_transformers(en
     np.testing.assert_allclose(arrays["weights"], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("command", [["scan"], ["why", "--head", "0.1"]])
+@pytest.mark.parametrize("command", [["why", "--head", "0.1"]])  # scan takes an encoder
 def test_commands_made_for_causal_decoders_refuse_an_encoder_by_name(cli, encoders, command):
     # report takes an encoder: the page of its one kind (tests/test_encoder_report.py)
     name, *rest = command

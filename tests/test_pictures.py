@@ -506,7 +506,8 @@ def test_title_template(cli, tmp_path, monkeypatch):
     seen = []
     real = heatmap.HeatmapFigure.render
     monkeypatch.setattr(heatmap.HeatmapFigure, "render",
-                        lambda self, panels, titles: seen.extend(titles) or real(self, panels, titles))
+                        lambda self, panels, titles, *rest: seen.extend(titles)
+                        or real(self, panels, titles, *rest))
     result = cli("heatmap", SHORT_TEXT, "--out", tmp_path, *small_options(), "--head", 2,
                  "--title", "Head {head}, {tokens} tokens", "-q")
     assert result.exit_code == 0, result.stderr

@@ -145,3 +145,23 @@ def test_greedy_generation_equals_transformers(checkpoints, kind):
         np.testing.assert_allclose(generated.cross[:, :, g], stacked(cross)[:, :, 0], atol=1e-5)
         np.testing.assert_allclose(generated.decoder[:, :, g, :g + 1], stacked(own)[:, :, 0],
                                    atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ("t5", "bart"))
+def test_python_api_analyze_reads_encoder_decoders(checkpoints, kind):
+    import attnviz
+    from attnviz.core.errors import InputError
+
+    model = attnviz.load(checkpoints[kind])
+    result = attnviz.analyze(SOURCE, model, decoder_text=TARGET, layer="all")
+    out = reference(checkpoints[kind], result.source_ids, result.target_ids)
+    assert result.kinds == ["encoder", "decoder", "cross"]
+    np.testing.assert_allclose(result.cross.weights, stacked(out.cross_attentions), atol=1e-5)
+    only = attnviz.analyze(SOURCE, model, decoder_text=TARGET, attention="decoder", layer="all")
+    assert only.kinds == ["decoder"]
+    np.testing.assert_array_equal(only.decoder.weights, result.decoder.weights)
+    assert "<attnviz encoder–decoder attention" in repr(result)
+    with pytest.raises(InputError, match="pair= is not for encoder–decoders"):
+        attnviz.analyze(SOURCE, model, pair="x")
+    with pytest.raises(InputError, match="is an encoder–decoder"):
+        attnviz.scan(["a text"], model)

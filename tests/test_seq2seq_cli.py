@@ -187,12 +187,14 @@ BAD = [
      "--include-params is not supported for encoder–decoder models"),
     (["compare-heads", SOURCE, "--weights", "{t5}", "--attention", "all"],
      "--attention all: this command shows encoder or decoder or cross attention"),
-    (["steps", SOURCE, "--weights", "{t5}", "--head", "0"],
-     "steps does not follow the heads of encoder–decoder models (t5)"),
+    (["steps", SOURCE, "--weights", "{t5}", "--head", "0", "--attention", "all"],
+     "--attention all: this command shows encoder or decoder or cross attention"),
     (["generate", SOURCE, "--weights", "{t5}", "--tokens", "0:2"],
      "--tokens is not supported when an encoder–decoder generates"),
-    (["scan", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder; this command "
-     "reads decoder-only models"),
+    (["scan", SOURCE, "--weights", "{t5}", "--induction"],
+     "--induction is not supported for encoder–decoder models"),
+    (["scan", SOURCE, "--weights", "{t5}", "--weights", "{gpt2}"],
+     "--weights: t5 is an encoder–decoder; this command reads decoder-only models"),
     (["attribute", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder"),
     (["why", SOURCE, "--weights", "{t5}", "--head", "0.1"], "--weights: t5 is an encoder–decoder"),
 ]

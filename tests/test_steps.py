@@ -145,6 +145,33 @@ def test_scale_comes_from_the_result_when_the_model_reports_one():
     assert steps.formulas()["scaled"] == "S × 0.5"
 
 
+def test_scores_that_are_not_scaled_have_no_scale_step():
+    result = analyze(SHORT_TEXT, ModelConfig(n_heads=4, d_model=32))
+    result.scales = [1.0]  # e.g. GPT-2 with scale_attn_weights=false: S × 1 is no step
+    steps = head_steps(result, 1)
+    assert steps.scaled is None and "scaled" not in steps.matrices()
+    assert steps.formulas()["weights"] == "A = softmax(mask(S))"
+    np.testing.assert_array_equal(steps.masked[np.tril_indices(6)],
+                                  steps.scores[np.tril_indices(6)])
+    fig, _ = steps_figure(steps, result.token_labels)
+    names = [ax.get_label() for ax in fig.axes]
+    assert "scaled" not in names and "masked" in names
+    assert "not scaled by 1/√d_k" in axes_by_name(fig)["scores"].get_title()
+
+
+def test_csv_rows_of_an_encoder_and_of_cross_attention_name_their_kind(cli, tmp_path):
+    for option, kind in ((["--bidirectional"], "encoder"), (["--cross", "Le chat"], "cross")):
+        result = cli("steps", SHORT_TEXT, "--head", "0", *small_options(4, 32), *option, "-o",
+                     tmp_path / "s.png", "--format", "csv")
+        assert result.exit_code == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert lines[0] == "attention,step,matrix,formula,shape,min,max"
+        assert {line.split(",")[0] for line in lines[1:]} == {kind}
+    causal = cli("steps", SHORT_TEXT, "--head", "0", *small_options(4, 32), "-o",
+                 tmp_path / "s.png", "--format", "csv")  # a decoder's rows are as they were
+    assert causal.stdout.splitlines()[0] == "step,matrix,formula,shape,min,max"
+
+
 # --- dropout ----------------------------------------------------------------------------
 
 def test_dropout_is_nn_dropout_seeded_by_seed_and_feeds_the_context(cli, tmp_path):

@@ -707,8 +707,14 @@ def test_find_tokenizer(tmp_path, llama3_dir, tiktoken_dir):
     assert find_tokenizer(both) == both / "tokenizer.model"
     sentencepiece = tmp_path / "sp"
     sentencepiece.mkdir()
+    (sentencepiece / "spiece.model").write_bytes(SENTENCEPIECE_BYTES)
+    (sentencepiece / "source.spm").write_bytes(SENTENCEPIECE_BYTES)
+    assert find_tokenizer(sentencepiece) == sentencepiece / "spiece.model"  # T5's, before Marian's
     (sentencepiece / "tokenizer.model").write_bytes(SENTENCEPIECE_BYTES)
-    assert find_tokenizer(sentencepiece) is None
+    assert find_tokenizer(sentencepiece) == sentencepiece / "tokenizer.model"
+    (sentencepiece / "tokenizer.model").unlink()
+    (sentencepiece / "spiece.model").unlink()
+    assert find_tokenizer(sentencepiece) == sentencepiece / "source.spm"
     assert find_tokenizer(tmp_path / "nothing-here") is None
 
 
@@ -724,7 +730,9 @@ SENTENCEPIECE_BYTES = (
 )
 
 
-def test_sentencepiece_model_is_refused_clearly(tmp_path):
+def test_sentencepiece_model_of_no_class_attnviz_builds_is_refused_clearly(tmp_path):
+    """A SentencePiece tokenizer.model is read (tests/test_spm_tokenizer.py) for T5, Llama and
+    Marian; one whose folder names none of them is refused by name."""
     folder = tmp_path / "llama2"
     folder.mkdir()
     (folder / "tokenizer.model").write_bytes(SENTENCEPIECE_BYTES * 50)
@@ -782,7 +790,8 @@ def test_damaged_tiktoken_model(tmp_path, tiktoken_dir):
 def test_other_files_are_refused(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("just some words\n")
-    with pytest.raises(InputError, match="neither a tokenizer.json nor a tiktoken tokenizer.model"):
+    with pytest.raises(InputError, match="neither a tokenizer.json, a tiktoken tokenizer.model nor a "
+                                         "SentencePiece model"):
         load_tokenizer(path)
 
 

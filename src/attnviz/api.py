@@ -93,22 +93,30 @@ def load(weights: str | Path | None = None, **options) -> Model:
         raise InputError(f"{', '.join(kinds)} describe random mode's module: drop them, or weights")
     explicit = frozenset(options) - {"progress"}
     config = replace(config_for(weights, explicit=explicit, **options), **kinds)
-    return Model(load_model(config, weights), config, weights)
+    return Model(load_model(config, weights, seq2seq=True), config, weights)
 
 
-def _model(weights, options: dict) -> Model:
-    """``weights`` as a ``Model``: itself, or loaded with ``options``."""
+def _model(weights, options: dict, seq2seq: bool = False) -> Model:
+    """``weights`` as a ``Model``: itself, or loaded with ``options``. An encoder–decoder is
+    refused by name unless the caller shows its kinds of attention (``seq2seq``)."""
     if isinstance(weights, Model):
         if options:
             raise InputError(f"model options ({', '.join(sorted(options))}) go to "
                              "attnviz.load(), not to a call given a loaded Model")
-        return weights
-    return load(weights, **options)
+        model = weights
+    else:
+        model = load(weights, **options)
+    if not seq2seq:
+        from attnviz.analyses.attention import check_not_seq2seq
+
+        check_not_seq2seq(model.engine)
+    return model
 
 
 def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
             allow_special: bool = False, resolution: int | None = None, sink_tokens: int = 4,
-            pair: str | None = None, cross: str | None = None, **options):
+            pair: str | None = None, cross: str | None = None,
+            decoder_text: str | None = None, attention: str | None = None, **options):
     """The attention of ``text``: an ``AttentionResult`` (``weights (L, H, T, T)``, tokens,
     config) that shows itself as the interactive report. ``layer``: a number, ``"3,5"`` or
     ``"all"``; ``tokens="A:B"``: keep queries and keys A..B-1 of the whole text's run.
@@ -116,11 +124,23 @@ def analyze(text: str, weights=None, *, layer=0, tokens: str | None = None,
     maps and statistics of every weight (docs/long-context.md), the exact window of
     ``tokens`` as ``.exact_window()``; it shows itself too. ``pair``: an encoder's second
     sentence (a sentence pair); ``cross``: random mode's cross-attention to a second text,
-    ``weights (L, H, T, T_k)`` (docs/encoders.md)."""
+    ``weights (L, H, T, T_k)`` (docs/encoders.md). An encoder–decoder (T5, BART, Marian)
+    gives a ``Seq2SeqResult`` of its ``attention`` kinds (``"encoder"``, ``"decoder"``,
+    ``"cross"``, ``"all"``: the default), the decoder reading ``decoder_text`` after its
+    start token (docs/encoder-decoders.md)."""
     from attnviz.analyses.attention import encode_inputs
     from attnviz.analyses.longcontext import analyze_tokens
+    from attnviz.analyses.seq2seq import analyze_seq2seq, check_attention, is_seq2seq
 
-    model = _model(weights, options)
+    model = _model(weights, options, seq2seq=True)
+    kinds = check_attention(model.engine, attention, decoder_text)
+    if is_seq2seq(model.engine):
+        for value, name in ((pair, "pair"), (cross, "cross"), (tokens, "tokens")):
+            if value is not None:
+                raise InputError(f"{name}= is not for encoder–decoders: they read the text "
+                                 "and decoder_text")
+        return analyze_seq2seq(model.engine, text, decoder_text, layer=layer, kinds=kinds,
+                               allow_special=allow_special, resolution=resolution)
     if pair is None and cross is None:
         inputs = {"token_ids": model.encode(text, allow_special)}
     else:

@@ -585,9 +585,10 @@ def check_not_seq2seq(model) -> None:
     commands that show its three kinds of attention take it (analyses.seq2seq)."""
     if getattr(model, "is_seq2seq", False):
         raise InputError(f"--weights: {model.describe()['family']} is an encoder–decoder; this "
-                         "command reads decoder-only models (encoder–decoders: heatmap, "
-                         "compare-heads, export, report and generate, with --attention and "
-                         "--decoder-text)")
+                         "command reads decoder-only models and encoders (encoder–decoders: "
+                         "heatmap, compare-heads, export, report, steps, scan and generate "
+                         "with --attention and --decoder-text; attnviz.analyze with "
+                         "decoder_text=)")
 
 
 def analyze_with(model, token_ids: list[int], layer: str | int = 0,

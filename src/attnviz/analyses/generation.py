@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from attnviz.analyses.decoding import Processors, decoding_for
 from attnviz.core.errors import InputError
 
 
@@ -55,6 +56,7 @@ class GenerationResult:
     layers: list[int]
     stopped: str  # "eos", "max_new_tokens" or "context"
     config: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)  # the settings that applied (decoding)
 
     @property
     def token_ids(self) -> list[int]:
@@ -99,53 +101,109 @@ def choose(logits, sampling: Sampling, generator) -> int:
     return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
 
 
+@dataclass
+class Written:
+    """What ``write_tokens`` wrote: each token, its probability and alternatives, and
+    whether it stopped at an end-of-sequence token."""
+
+    new_ids: list[int] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    alternatives: list[list[tuple[int, float]]] = field(default_factory=list)
+    ended: bool = False
+
+    def add(self, logits, token: int, top_k_report: int) -> None:
+        """Token ``token`` written from ``logits (V,)``: its probability (softmax at
+        temperature 1, before any processor) and the ``top_k_report`` most likely."""
+        import torch
+
+        probs = logits.float().softmax(-1)
+        top = torch.topk(probs, min(top_k_report, probs.shape[-1]))
+        self.new_ids.append(token)
+        self.probabilities.append(float(probs[token]))
+        self.alternatives.append([(int(i), float(p)) for p, i in zip(top.values, top.indices)])
+
+
+def write_tokens(advance: Callable, ids: list[int], steps: int, *, sampling: Sampling,
+                 processors=None, eos_ids=(), top_k_report: int = 5,
+                 on_token: Callable[[int], None] | None = None) -> Written:
+    """The one loop of greedy decoding and sampling, for decoder-only models and
+    encoder–decoders alike: ``advance(g, token)`` runs the model (``token`` None at step 0:
+    the prompt, or the decoder's start; then the token just written), keeps what it wants
+    of the attention and returns the next token's logits ``(V,)``. ``ids``: what the
+    processors (``analyses.decoding.Processors``) see, the prompt (or the decoder's start)
+    first; the token is the argmax of the processed logits, or drawn from them (``sampling``).
+    Stops after ``steps`` tokens or at one of ``eos_ids``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(sampling.seed)
+    written, token, ids = Written(), None, list(ids)
+    for g in range(steps):
+        last = advance(g, token).float()
+        scores = last
+        if processors is not None and processors.active:
+            scores = processors(torch.tensor([ids]), last[None])[0]
+        token = choose(scores, sampling, generator)
+        ids.append(token)
+        written.add(last, token, top_k_report)
+        if on_token is not None:
+            on_token(token)
+        if token in eos_ids:
+            written.ended = True
+            break
+    return written
+
+
 def generate(model, prompt_ids: list[int], max_new_tokens: int = 20, *,
              sampling: Sampling = Sampling(), layers: list[int] | None = None,
              ignore_eos: bool = False, top_k_report: int = 5,
-             on_token: Callable[[int], None] | None = None) -> GenerationResult:
+             on_token: Callable[[int], None] | None = None, **settings) -> GenerationResult:
     """Generate up to ``max_new_tokens`` after ``prompt_ids`` with ``model``
     (``analysis.load_model``), keeping the rows of ``layers`` (default: all). Stops at the
-    tokenizer's end-of-sequence token (unless ``ignore_eos``) or the context length.
-    ``on_token(id)`` hears of each token as it is written (to print it)."""
+    end-of-sequence token (the generation config's, else the tokenizer's; unless
+    ``ignore_eos``) or the context length. The checkpoint's generation config's logits
+    processors apply (``analyses.decoding``; ``settings``, by transformers' names, override
+    it: ``repetition_penalty=1.2``). ``on_token(id)`` hears of each token as it is written
+    (to print it)."""
     import torch
 
     check_can_generate(model, len(prompt_ids), max_new_tokens)
     sampling.check()
+    decoding = decoding_for(model, read_lengths=False, max_new_tokens=max_new_tokens,
+                            defaults={"eos_token_id": model.tokenizer.eos_id}, **settings)
+    if decoding.num_beams > 1:  # beam search is for encoder–decoders (analyses.beams)
+        if "num_beams" in decoding.given:
+            raise InputError("--num-beams: beam search is for encoder–decoder models (t5, "
+                             "bart, marian); a decoder-only model writes greedily or with "
+                             "--sample")
+        decoding = replace(decoding, num_beams=1, unapplied=(*decoding.unapplied, "num_beams"))
     layers = list(range(model.n_layers)) if layers is None else list(layers)
+    max_length, _ = decoding.lengths(len(prompt_ids))
     n_new = min(max_new_tokens, model.context_length - len(prompt_ids))
     total = len(prompt_ids) + n_new
     rows = np.zeros((len(layers), model.n_heads, n_new, total), dtype=np.float32)
-    generator = torch.Generator().manual_seed(sampling.seed)
-    eos = None if ignore_eos else model.tokenizer.eos_id
     cache = model.new_cache(total)
-    new_ids, probabilities, alternatives = [], [], []
-    step_ids, stopped = torch.tensor([prompt_ids]), "max_new_tokens"
-    for g in range(n_new):
+
+    def advance(g: int, token: int | None):
+        step_ids = torch.tensor([prompt_ids] if token is None else [[token]])
         logits, kept = model.decode(step_ids, cache, keep=layers)
         end = cache.length  # keys 0 .. end - 1: everything before the token being written
         for k, layer in enumerate(layers):
             rows[k, :, g, :end] = kept[layer][0, :, -1].float().cpu().numpy()  # (H, end)
-        last = logits[0, -1].float()
-        token = choose(last, sampling, generator)
-        probs = last.softmax(-1)
-        top = torch.topk(probs, min(top_k_report, probs.shape[-1]))
-        new_ids.append(token)
-        probabilities.append(float(probs[token]))
-        alternatives.append([(int(i), float(p)) for p, i in zip(top.values, top.indices)])
-        if on_token is not None:
-            on_token(token)
-        if eos is not None and token == eos:
-            stopped = "eos"
-            break
-        step_ids = torch.tensor([[token]])
-    else:
-        if n_new < max_new_tokens:
-            stopped = "context"
-    n = len(new_ids)
+        return logits[0, -1]
+
+    written = write_tokens(advance, prompt_ids, n_new, sampling=sampling,
+                           processors=Processors(decoding, len(prompt_ids), max_length),
+                           eos_ids=() if ignore_eos else decoding.eos_ids,
+                           top_k_report=top_k_report, on_token=on_token)
+    stopped = ("eos" if written.ended else "context" if n_new < max_new_tokens
+               else "max_new_tokens")
+    n = len(written.new_ids)
     return GenerationResult(
-        prompt_ids=list(prompt_ids), new_ids=new_ids, probabilities=probabilities,
-        alternatives=alternatives, rows=np.ascontiguousarray(rows[:, :, :n, :len(prompt_ids) + n]),
-        layers=layers, stopped=stopped, config={**model.describe(), "layers": layers})
+        prompt_ids=list(prompt_ids), new_ids=written.new_ids,
+        probabilities=written.probabilities, alternatives=written.alternatives,
+        rows=np.ascontiguousarray(rows[:, :, :n, :len(prompt_ids) + n]), layers=layers,
+        stopped=stopped, config={**model.describe(), "layers": layers},
+        generation=decoding.summary())
 
 
 class TextStream:

@@ -41,10 +41,14 @@ SHARD_SLICE = SLICE  # prompts per slice of a shard (the scan's batches never sp
 
 
 def corpus_digest(prompts: Sequence[Prompt]) -> str:
-    """sha256 of every prompt's line number, truncation and token ids, in corpus order."""
+    """sha256 of every prompt's line number, truncation and token ids (and an
+    encoder–decoder's target ids), in corpus order."""
     digest = hashlib.sha256()
     for p in prompts:
-        digest.update(json.dumps([p.line, p.truncated, p.token_ids]).encode())
+        fields = [p.line, p.truncated, p.token_ids]
+        if p.target_ids is not None:
+            fields.append(p.target_ids)
+        digest.update(json.dumps(fields).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -182,6 +186,7 @@ def partial_document(result: ScanResult, fp: dict, shard: tuple[int, int], corpu
         "layers": result.layers,
         "n_heads": result.n_heads,
         "kv_heads": result.kv_heads,
+        **({"attention": result.attention} if result.attention else {}),
         "config": config,
         # per column, (L, H) each: exact float64 (JSON keeps every bit of a double)
         "stats": {name: {"count": result.count[name].tolist(),
@@ -283,6 +288,7 @@ def merge_documents(documents: Sequence[tuple[object, dict]]) -> tuple[ScanResul
         count={name: merged[name].count for name in COLUMNS},
         kv_heads=list(first.get("kv_heads") or []),
         m2={name: merged[name].m2 for name in COLUMNS},
+        attention=first.get("attention"),
     )
     return result, first
 

@@ -13,7 +13,10 @@ aggregated to mean, standard deviation and count per (layer, head).
 
 Prompts are run in batches: sorted by length, right-padded to the longest prompt of the
 batch and cropped back. Right-padding is exact for causal attention (no position attends
-to the padding after it), so a prompt's numbers do not depend on its batch. Memory is
+to the padding after it), and for an encoder, whose queries see every key, the padding
+keys are hidden (``models.engine.attend``'s key mask): a prompt's numbers do not depend on
+its batch. An encoder's rows are scored as ``stats.head_stats`` scores ``"encoder"`` rows
+(docs/heads.md); an encoder–decoder's three kinds: ``analyses.scan_seq2seq``. Memory is
 bounded by one batch: per-prompt values are folded into running float64 sums (Chan's
 parallel form of Welford's algorithm) and dropped.
 """
@@ -42,6 +45,12 @@ from attnviz.text.inputs import decode_utf8, read_file_bytes, stdin_bytes, strip
 
 COLUMNS = (*STAT_COLUMNS, *DETECTORS)  # every per-prompt, per-head value
 TOP_COLUMNS = (*DETECTORS, "first_token")  # the detectors the table ranks heads by
+CROSS_TOP = ("first_token", "max_weight")  # cross-attention has no detector (two texts)
+
+
+def top_columns(attention: str | None) -> tuple[str, ...]:
+    """What the table ranks the heads of one kind of attention by."""
+    return CROSS_TOP if attention == "cross" else TOP_COLUMNS
 PAD_ID = 0  # any id the embedding has works: causal attention never looks right
 DEFAULT_BATCH_SIZE = 16
 LONG_PROMPT = 1024  # a longer prompt is scored alone, a tile at a time (never its T x T)
@@ -55,6 +64,7 @@ class Prompt:
     line: int  # 1-based line of the file / stdin, or argument number
     token_ids: list[int]
     truncated: bool = False
+    target_ids: list[int] | None = None  # an encoder–decoder's: what its decoder reads
 
 
 # ---------------------------------------------------------------------------- input
@@ -68,8 +78,10 @@ def split_lines(data: bytes, source: str) -> Iterator[tuple[int, str]]:
         yield number, line.removesuffix("\r")
 
 
-def jsonl_texts(lines: Iterable[tuple[int, str]], source: str) -> Iterator[tuple[int, str]]:
-    """The ``"text"`` field of every JSON Lines record (blank lines skipped)."""
+def jsonl_texts(lines: Iterable[tuple[int, str]], source: str,
+                targets: bool = False) -> Iterator[tuple]:
+    """The ``"text"`` field of every JSON Lines record (blank lines skipped); with
+    ``targets``, ``(number, text, target)``: the record's ``"target"`` string or None."""
     for number, line in lines:
         if not line.strip():
             continue
@@ -82,16 +94,25 @@ def jsonl_texts(lines: Iterable[tuple[int, str]], source: str) -> Iterator[tuple
         if not isinstance(text, str):
             raise InputError(f'{source} line {number}: no "text" string in the record (JSON '
                              'Lines prompts look like {"text": "..."})')
-        yield number, text
+        if not targets:
+            yield number, text
+            continue
+        target = record.get("target")
+        if target is not None and not (isinstance(target, str) and target.strip()):
+            raise InputError(f'{source} line {number}: "target" must be a non-empty string (what '
+                             "an encoder–decoder's decoder reads), or left out")
+        yield number, text, target
 
 
 def read_corpus(prompts: list[str] | None, file: Path | None, jsonl: bool = False,
-                limit: int | None = None, option: str = "--file") -> tuple[list[tuple[int, str]], str]:
+                limit: int | None = None, option: str = "--file",
+                targets: bool = False) -> tuple[list[tuple], str]:
     """``(records, where)``: ``(line number, text)`` of every non-empty prompt, and how
     to name a line in a message (``"--file p.txt line"``). From ``prompts`` (arguments, or
     ``["-"]`` for standard input) or ``file`` (one prompt a line; JSON Lines with a
     ``"text"`` field when ``jsonl`` or the name ends in ``.jsonl``), the first ``limit``.
-    ``option``: how messages name the file's option."""
+    ``option``: how messages name the file's option. ``targets``: JSON Lines records also
+    give their ``"target"`` (``(line, text, target or None)``; see ``jsonl_texts``)."""
     prompts = prompts or []
     if file is not None and prompts:
         raise InputError("give prompts as arguments, '-' for standard input, or --file; not both")
@@ -113,13 +134,13 @@ def read_corpus(prompts: list[str] | None, file: Path | None, jsonl: bool = Fals
         raise InputError("no prompts given: attnviz scan \"a prompt\" \"another\", '-' for "
                          "standard input (one prompt a line), or --file PATH")
     lines = split_lines(data, source)
-    records = jsonl_texts(lines, source) if jsonl else lines
+    records = jsonl_texts(lines, source, targets) if jsonl else lines
     kept = []
-    for number, text in records:
+    for record in records:
         if limit is not None and len(kept) >= limit:
             break
-        if text.strip():
-            kept.append((number, text))
+        if record[1].strip():
+            kept.append(record)
     return _non_empty(kept, source), f"{source} line"
 
 
@@ -152,7 +173,7 @@ def tokenize_corpus(records: list[tuple[int, str]], context_length: int, *,
         def encode(text: str) -> list[int]:
             return gpt2_encode(text, allow_special=allow_special)
     prompts, truncated, one_token = [], 0, 0
-    for number, text in records:
+    for number, text, *_ in records:  # a JSON Lines target is an encoder–decoder's
         token_ids = encode(text)
         cut = len(token_ids) > context_length
         if cut and not truncate:
@@ -215,13 +236,18 @@ def _greedy_batches(prompts: list[Prompt], batch_size: int, n_layers: int,
 
 def padded_ids(batch: list[Prompt]):
     """``(token_ids (B, T) long, lengths (B,) long)``, right-padded with ``PAD_ID``."""
+    return padded([p.token_ids for p in batch])
+
+
+def padded(sequences: list[list[int]]):
+    """``padded_ids`` of plain id lists (an encoder–decoder's targets, too)."""
     import torch
 
-    lengths = torch.tensor([len(p.token_ids) for p in batch])
-    ids = torch.full((len(batch), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for b, prompt in enumerate(batch):
-        ids[b, : len(prompt.token_ids)] = torch.tensor(prompt.token_ids)
-    return ids, lengths
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    out = torch.full((len(sequences), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for b, ids in enumerate(sequences):
+        out[b, : len(ids)] = torch.tensor(ids)
+    return out, lengths
 
 
 def batch_patterns(token_ids, lengths, *, exclude_first: bool = False,
@@ -247,16 +273,21 @@ def batch_patterns(token_ids, lengths, *, exclude_first: bool = False,
     return patterns.to(torch.float64).view(n_batch, n * n, 4)
 
 
-def batch_scores(weights, lengths, patterns) -> dict:
+def batch_scores(weights, lengths, patterns, attention: str = "decoder",
+                 key_lengths=None) -> dict:
     """Every value of ``COLUMNS`` for a right-padded batch, all heads at once.
 
-    ``weights (B, H, T, T)`` (causal: zero right of the diagonal), ``lengths (B,)``: prompt
-    ``b`` is ``weights[b, :, :t, :t]`` with ``t = lengths[b] >= 2``; ``patterns`` from
-    ``batch_patterns``. Returns name -> ``(B, H)`` float64 tensor; the definitions are
-    ``stats.head_stats``'s and ``detectors``'s, computed on the cropped matrices.
+    ``weights (B, H, T, T)``, ``lengths (B,)``: prompt ``b`` is ``weights[b, :, :t, :t]``
+    with ``t = lengths[b]``, and every weight on a padding key is 0 (the causal mask, or an
+    encoder's key mask); ``patterns`` from ``batch_patterns``. Returns name -> ``(B, H)``
+    float64 tensor; the definitions are ``stats.head_stats``'s for ``attention``
+    (``"decoder"``, ``"encoder"``: normalised by every key) and ``detectors``'s, computed
+    on the cropped matrices. ``"cross"``: see ``cross_scores``.
     """
     import torch
 
+    if attention == "cross":
+        return cross_scores(weights, lengths, key_lengths)
     a = weights.to(torch.float64).contiguous()  # (B, H, T, T)
     n_batch, n_heads, n, _ = a.shape
     pos = torch.arange(n, device=a.device, dtype=torch.float64)
@@ -269,13 +300,17 @@ def batch_scores(weights, lengths, patterns) -> dict:
         return (values * mask[:, None, :]).sum(-1) / count
 
     # Row reductions, each (B, H, T). A padded key j >= t has weight 0 in every real row
-    # (causal mask), so a real row's sum over all T keys is its sum over the cropped row.
+    # (causal or key mask), so a real row's sum over all T keys is its sum over the cropped row.
     row_entropy = -torch.special.xlogy(a, a).sum(-1)
     moments = (a.view(-1, n) @ torch.stack([torch.ones_like(pos), pos], dim=1)).view(
         n_batch, n_heads, n, 2)  # sum_j A_ij, sum_j j A_ij
+    if attention == "decoder":  # H_i / ln(i + 1): the keys row i could see
+        normalized = mean_rows(row_entropy[..., 1:] / torch.log(pos[1:] + 1.0), rows1, t - 1)
+    else:  # an encoder's row sees all t keys: H_i / ln t
+        normalized = mean_rows(row_entropy[..., 1:], rows1, t - 1) / torch.log(t)
     out = {
         "entropy": mean_rows(row_entropy, rows, t),
-        "normalized_entropy": mean_rows(row_entropy[..., 1:] / torch.log(pos[1:] + 1.0), rows1, t - 1),
+        "normalized_entropy": normalized,
         "max_weight": mean_rows(a.amax(-1), rows, t),
         "self": mean_rows(a.diagonal(dim1=-2, dim2=-1), rows, t),
         "previous_token": mean_rows(a.diagonal(offset=-1, dim1=-2, dim2=-1), rows1, t - 1),
@@ -287,6 +322,37 @@ def batch_scores(weights, lengths, patterns) -> dict:
     sums = torch.bmm(a.view(n_batch, n_heads, n * n), patterns.to(a.device))  # (B, H, 4)
     for k, name in enumerate(DETECTORS, start=1):
         out[name] = sums[..., k] / sums[..., 0]
+    return out
+
+
+def cross_scores(weights, lengths, key_lengths) -> dict:
+    """``batch_scores`` of cross-attention ``weights (B, H, Tq, Tk)``: query rows
+    ``:lengths[b]``, keys ``:key_lengths[b]`` (the padding keys weigh 0). As
+    ``stats.head_stats``'s ``"cross"``: entropy, ``normalized_entropy`` (H_i / ln Tk),
+    ``max_weight`` and ``first_token`` (weight on the other text's first token) are means
+    over every query row; ``self``, ``previous_token``, ``mean_distance`` and the
+    detectors would compare positions of two texts: NaN."""
+    import torch
+
+    a = weights.to(torch.float64)  # (B, H, Tq, Tk)
+    n_batch, n_heads, n, _ = a.shape
+    pos = torch.arange(n, device=a.device)
+    rows = (pos[None, :] < lengths.to(a.device)[:, None]).to(torch.float64)[:, None, :]  # (B, 1, Tq)
+    t = lengths.to(a.device, torch.float64)[:, None]  # (B, 1)
+    n_keys = key_lengths.to(a.device, torch.float64)[:, None]  # (B, 1)
+
+    def mean_rows(values):  # (B, H, Tq) -> (B, H): mean over the real query rows
+        return (values * rows).sum(-1) / t
+
+    entropy = mean_rows(-torch.special.xlogy(a, a).sum(-1))
+    nan = torch.full((n_batch, n_heads), float("nan"), dtype=torch.float64, device=a.device)
+    out = {name: nan for name in COLUMNS}
+    out.update({
+        "entropy": entropy,
+        "normalized_entropy": torch.where(n_keys > 1, entropy / torch.log(n_keys), nan),
+        "max_weight": mean_rows(a.amax(-1)),
+        "first_token": mean_rows(a[..., 0]),
+    })
     return out
 
 
@@ -353,14 +419,18 @@ class ScanResult(Displayable):
     kv_heads: list[int] = field(default_factory=list)  # per head, for grouped-query models
     # per column: the sums of squared deviations behind ``std`` (what a partial stores)
     m2: dict[str, np.ndarray] = field(default_factory=dict)
+    # None: a decoder-only model's heads (rows as they always were); else the kind of
+    # attention scored, "encoder", "decoder" or "cross", which every row and top entry names
+    attention: str | None = None
 
     @property
     def columns(self) -> list[str]:
         return list(COLUMNS)
 
     def __repr__(self) -> str:
+        kind = f", {self.attention} attention" if self.attention else ""
         return (f"<attnviz scan of {self.n_prompts} prompts ({self.n_tokens} tokens), "
-                f"{layer_text(self.layers)} × {self.n_heads} heads>")
+                f"{layer_text(self.layers)} × {self.n_heads} heads{kind}>")
 
     def to_numpy(self, column: str = "induction_head") -> np.ndarray:
         """The mean of ``column`` (a detector, a statistic or ``induction_probe``) per head:
@@ -384,7 +454,7 @@ class ScanResult(Displayable):
         rows = []
         for li, layer in enumerate(self.layers):
             for h in range(self.n_heads):
-                row = {"layer": layer, "head": h,
+                row = {"layer": layer, "head": h, **self._kind(),
                        **({"kv_head": self.kv_heads[h]} if self.kv_heads else {}),
                        "count": int(self.count["entropy"][li, h])}
                 for name in COLUMNS:
@@ -405,8 +475,12 @@ class ScanResult(Displayable):
         flat = np.where(np.isnan(means), -np.inf, means).reshape(-1)
         order = np.argsort(-flat, kind="stable")[:k]
         return [{"layer": self.layers[i // self.n_heads], "head": int(i % self.n_heads),
-                 **({"kv_head": self.kv_heads[i % self.n_heads]} if self.kv_heads else {}),
+                 **self._kind(), **({"kv_head": self.kv_heads[i % self.n_heads]} if self.kv_heads else {}),
                  "mean": _number(means.flat[i]), "std": _number(stds.flat[i])} for i in order]
+
+
+    def _kind(self) -> dict:
+        return {"attention": self.attention} if self.attention else {}
 
 
 def _number(value) -> float | None:
@@ -436,6 +510,13 @@ def scan(
     reports progress after each batch. ``done``: prompt index -> values of prompts an
     earlier, interrupted run scored (``--resume``): folded in, not run again.
     """
+    if getattr(model, "is_seq2seq", False):
+        raise InputError("an encoder–decoder has three kinds of attention: scan it with "
+                         "attnviz.analyses.scan_seq2seq.scan_seq2seq")
+    encoder = model.attention_kind == "encoder"  # bidirectional: its padding keys hidden
+    if encoder and model.describe().get("mode") == "random":
+        raise InputError("scan reads checkpoints of encoders (BERT …); the random model's "
+                         "bidirectional attention is not scanned: drop --bidirectional")
     prompts = list(prompts)
     shape = (len(layers), model.n_heads)
     running = {name: RunningStats(shape) for name in COLUMNS}
@@ -444,7 +525,9 @@ def scan(
         for name in COLUMNS:  # (n_done, L, H), in prompt order
             running[name].update(np.stack([done[i][name] for i in sorted(done)]))
     todo = [p for p in prompts if p.index not in done]
-    for prompt in [p for p in todo if len(p.token_ids) > LONG_PROMPT]:  # one at a time
+    # one at a time, through the engine's tiles (made for causal rows: an encoder's long
+    # prompt is scored whole, alone in its batch)
+    for prompt in [p for p in todo if len(p.token_ids) > LONG_PROMPT and not encoder]:
         values = long_prompt_values(model, prompt.token_ids, layers, exclude_first,
                                     exclude_self)
         for name in COLUMNS:
@@ -453,14 +536,15 @@ def scan(
             on_prompt(prompt, values)
         if on_batch is not None:
             on_batch(1, len(prompt.token_ids))
-    todo = [p for p in todo if len(p.token_ids) <= LONG_PROMPT]
+    todo = [p for p in todo if len(p.token_ids) <= LONG_PROMPT or encoder]
     for batch in plan_batches(todo, batch_size, len(layers), model.n_heads):
         token_ids, lengths = padded_ids(batch)
         patterns = batch_patterns(token_ids, lengths, exclude_first=exclude_first,
                                   exclude_self=exclude_self)
         values = {name: np.empty((len(batch), *shape)) for name in COLUMNS}  # (B, L, H)
-        for li, (_, weights, _) in enumerate(model.run(token_ids, layers)):
-            scores = batch_scores(weights, lengths, patterns)
+        run = model.run(token_ids, layers, **({"lengths": lengths} if encoder else {}))
+        for li, (_, weights, _) in enumerate(run):
+            scores = batch_scores(weights, lengths, patterns, model.attention_kind)
             for name in COLUMNS:
                 values[name][:, li] = scores[name].cpu().numpy()
         for name in COLUMNS:
@@ -480,6 +564,7 @@ def scan(
         count={name: running[name].count for name in COLUMNS},
         kv_heads=list(model.kv_heads),
         m2={name: running[name].m2 for name in COLUMNS},
+        attention="encoder" if encoder else None,
     )
 
 
@@ -517,7 +602,8 @@ def scan_corpus(model, corpus: Corpus, layers: list[int], *, induction_seed: int
     """``scan`` of every prompt of ``corpus`` once the attention fits in memory, plus the
     induction probe (``induction.induction_probe``, seeded) unless ``induction_seed`` is
     None. ``options``: ``scan``'s."""
-    short = [len(p.token_ids) for p in corpus.prompts if len(p.token_ids) <= LONG_PROMPT]
+    short = [len(p.token_ids) for p in corpus.prompts
+             if len(p.token_ids) <= LONG_PROMPT or model.attention_kind == "encoder"]
     if short:  # (longer prompts go through the engine's tiles, one at a time)
         check_fits(len(layers), model.n_heads, max(short))
     result = scan(model, corpus.prompts, layers, **options)
@@ -546,8 +632,10 @@ class PromptLog:
     is cut there and appended to, its header kept."""
 
     def __init__(self, path: Path | None, layers: list[int], header: dict | None = None,
-                 resume_at: int | None = None):
+                 resume_at: int | None = None, record: Callable | None = None):
         self.path, self.layers = path, layers
+        # (prompt, values) -> the prompt's line; an encoder–decoder's has its kinds
+        self.record = record or (lambda prompt, values: prompt_record(prompt, values, layers))
         self.header, self.resume_at = header, resume_at
         self.fd = None
         self.complete = 0  # bytes of complete lines
@@ -573,7 +661,7 @@ class PromptLog:
         self.complete += len(line)
 
     def write(self, prompt: Prompt, values: dict[str, np.ndarray]) -> None:
-        self._write_line(prompt_record(prompt, values, self.layers))
+        self._write_line(self.record(prompt, values))
 
     def __exit__(self, kind, value, tb):
         if self.fd is not None:

@@ -17,7 +17,7 @@ predicts last, not what it reads. Without a target the decoder reads its start t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,7 +29,9 @@ from attnviz.analyses.attention import (
     parse_layers,
     token_records,
 )
-from attnviz.analyses.generation import Sampling, choose
+from attnviz.analyses.beams import beam_search
+from attnviz.analyses.decoding import Processors, decoding_for
+from attnviz.analyses.generation import Sampling, Written, write_tokens
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
 
@@ -81,14 +83,16 @@ def check_attention(model, attention: str | None, decoder_text: str | None,
 def decoder_ids(model, decoder_text: str | None, allow_special: bool = False,
                 specials: bool = True) -> list[int]:
     """What the decoder reads: its start token, then ``decoder_text``'s tokens (the labels
-    shifted right: a final end-of-sequence token dropped)."""
+    shifted right: a final end-of-sequence token dropped), tokenized as the target text is
+    (Marian: with its ``target.spm``)."""
     start = [model.spec.decoder_start_id]
     if decoder_text is None:
         return start
     if not decoder_text:
         raise InputError("--decoder-text is empty: give the target text, or leave the option "
                          "out to start the decoder from its start token only")
-    labels = model.tokenizer.encode(decoder_text, allow_special=allow_special, add_bos=specials)
+    labels = model.tokenizer.decoder_tokenizer().encode(  # Marian's target.spm
+        decoder_text, allow_special=allow_special, add_bos=specials)
     if labels and labels[-1] == model.spec.eos_id:
         labels = labels[:-1]
     ids = start + labels
@@ -163,12 +167,18 @@ def analyze_seq2seq(model, text: str, decoder_text: str | None = None, *, layer=
                     resolution: int | None = None) -> Seq2SeqResult:
     """The ``kinds`` of attention of ``model`` (an ``EncoderDecoder``) on ``text`` and
     ``decoder_text``, for the layers ``layer`` names (``"all"``: each stack's every layer)."""
+    source, target = encode_texts(model, text, decoder_text, allow_special, specials)
+    return analyze_seq2seq_ids(model, source, target, layer=layer, kinds=kinds, heads=heads,
+                               resolution=resolution)
+
+
+def encode_texts(model, text: str, decoder_text: str | None, allow_special: bool = False,
+                 specials: bool = True) -> tuple[list[int], list[int]]:
+    """The ids of the source ``text`` and what the decoder reads (``decoder_ids``)."""
     check_text(text)
     source = model.tokenizer.encode(text, allow_special=allow_special, add_bos=specials)
     check_ids(model, source)
-    target = decoder_ids(model, decoder_text, allow_special, specials)
-    return analyze_seq2seq_ids(model, source, target, layer=layer, kinds=kinds, heads=heads,
-                               resolution=resolution)
+    return source, decoder_ids(model, decoder_text, allow_special, specials)
 
 
 def stack_layers(model, layer, kinds) -> dict[str, list[int]]:
@@ -252,12 +262,14 @@ def kind_result(kind: str, weights: np.ndarray, layers: list[int], queries, keys
 
 @dataclass
 class Seq2SeqGeneration:
-    """What an encoder–decoder wrote for a source, greedily or sampled, with the KV cache:
-    ``new_ids`` (the end-of-sequence token included when it came), each token's
-    probability and alternatives, and the attention that produced each one. Row ``g`` of
-    ``cross[l, h]`` is the cross-attention over the source of the decoder query that wrote
-    new token ``g`` (the alignment picture); of ``decoder[l, h]``, its self-attention over
-    the decoder's tokens so far (later ones 0)."""
+    """What an encoder–decoder wrote for a source — greedily, sampled, or by beam search —
+    as its generation config and the options say (``analyses.decoding``): ``new_ids`` (the
+    end-of-sequence token included when it came), each token's probability and
+    alternatives, and the attention that produced each one. Row ``g`` of ``cross[l, h]`` is
+    the cross-attention over the source of the decoder query that wrote new token ``g``
+    (the alignment picture); of ``decoder[l, h]``, its self-attention over the decoder's
+    tokens so far (later ones 0). After a beam search these are the rows of the chosen
+    sequence, from one teacher-forced pass of the decoder over it."""
 
     source_ids: list[int]
     start_id: int
@@ -269,6 +281,9 @@ class Seq2SeqGeneration:
     layers: list[int]
     stopped: str  # "eos", "max_new_tokens" or "context" (the decoder's positions ran out)
     config: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)  # the settings that applied (decoding)
+    num_beams: int = 1
+    score: float | None = None  # beam search: the sequence's score (transformers' sequences_scores)
 
     @property
     def decoder_ids(self) -> list[int]:
@@ -276,58 +291,118 @@ class Seq2SeqGeneration:
         return [self.start_id, *self.new_ids[:-1]]
 
 
-def generate_seq2seq(model, source_ids: list[int], max_new_tokens: int = 20, *,
+def seq2seq_decoding(model, sampling=None, **settings):
+    """The generation settings of an encoder–decoder (``analyses.decoding.decoding_for``:
+    its generation config, ``settings`` given in their place), its end-of-sequence token
+    and decoder start as the model's config names them where the generation config does
+    not. With sampling, one sequence is drawn: the file's ``num_beams`` does not apply."""
+    decoding = decoding_for(model, defaults={"eos_token_id": model.spec.eos_id}, **settings)
+    if sampling is not None and sampling.sample and decoding.num_beams > 1:
+        if "num_beams" in decoding.given:
+            raise InputError("--num-beams cannot be combined with --sample: beam search "
+                             "keeps the most likely sequences, sampling draws one")
+        decoding = replace(decoding, num_beams=1)
+    return decoding
+
+
+def generate_seq2seq(model, source_ids: list[int], max_new_tokens: int | None = None, *,
                      sampling=None, layers: list[int] | None = None, ignore_eos: bool = False,
-                     top_k_report: int = 5, on_token=None) -> Seq2SeqGeneration:
-    """Encode ``source_ids`` once, then write up to ``max_new_tokens`` from the decoder's
-    start token, one step at a time over the cache (the encoder's keys and values computed
-    once), keeping the rows of the decoder ``layers`` (default: all). Stops at the model's
-    end-of-sequence token unless ``ignore_eos``. Greedy by default: the ids transformers'
-    ``generate(do_sample=False, num_beams=1)`` gives."""
+                     top_k_report: int = 5, on_token=None, **settings) -> Seq2SeqGeneration:
+    """Encode ``source_ids`` once, then write from the decoder's start token as the
+    checkpoint's generation config says (``settings``, by transformers' names, override
+    it: ``num_beams=4, length_penalty=2.0``; ``max_new_tokens`` None: the file's
+    ``max_new_tokens`` or ``max_length``, else 20), keeping the rows of the decoder
+    ``layers`` (default: all). Greedy (``num_beams`` 1), one step at a time over the cache
+    (the encoder's keys and values computed once); sampled with ``sampling``; or a beam
+    search, whose chosen sequence the decoder then reads once (teacher forcing) for its
+    rows. Stops at the end-of-sequence token unless ``ignore_eos``. The ids are those of
+    transformers' ``generate(do_sample=False)`` with the same settings."""
     import torch
 
     sampling = sampling or Sampling()
     sampling.check()
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    decoding = seq2seq_decoding(model, sampling, max_new_tokens=max_new_tokens, **settings)
     check_length(model, source_ids, "the text")
-    limit = model.context_length
-    n_new = max_new_tokens if limit is None else min(max_new_tokens, limit)
+    start = next(i for i in (decoding.decoder_start_token_id, decoding.bos_token_id,
+                             model.spec.decoder_start_id) if i is not None)
+    max_length, n_new = decoding.lengths(1, model.context_length)
     layers = list(range(model.n_decoder_layers)) if layers is None else list(layers)
-    n_source = len(source_ids)
-    cross = np.zeros((len(layers), model.n_heads, n_new, n_source), dtype=np.float32)
-    own = np.zeros((len(layers), model.n_heads, n_new, n_new), dtype=np.float32)
-    generator = torch.Generator().manual_seed(sampling.seed)
-    eos = None if ignore_eos else model.spec.eos_id
+    processors = Processors(decoding, 1, max_length)
+    eos = () if ignore_eos else decoding.eos_ids
     memory, _ = model.encode(torch.tensor([source_ids]))
+    if decoding.num_beams > 1:
+        return _beam_generation(model, source_ids, memory, start, decoding, processors,
+                                max_length, n_new, layers, not ignore_eos, top_k_report,
+                                on_token)
+    cross = np.zeros((len(layers), model.n_heads, n_new, len(source_ids)), dtype=np.float32)
+    own = np.zeros((len(layers), model.n_heads, n_new, n_new), dtype=np.float32)
     cache = model.new_cache(n_new)
-    start = model.spec.decoder_start_id
-    step, new_ids, probabilities, alternatives, stopped = start, [], [], [], "max_new_tokens"
-    for g in range(n_new):
-        logits, kept_self, kept_cross = model.decode(torch.tensor([[step]]), memory, keep=layers,
-                                                     cache=cache, last_only=True)
+
+    def advance(g: int, token: int | None):
+        logits, kept_self, kept_cross = model.decode(
+            torch.tensor([[start if token is None else token]]), memory, keep=layers,
+            cache=cache, last_only=True)
         for k, layer in enumerate(layers):
             cross[k, :, g] = kept_cross[layer][0, :, -1].float().cpu().numpy()  # (H, S)
             own[k, :, g, :g + 1] = kept_self[layer][0, :, -1].float().cpu().numpy()  # (H, g + 1)
-        last = logits[0, -1].float()
-        step = choose(last, sampling, generator)
-        probs = last.softmax(-1)
-        top = torch.topk(probs, min(top_k_report, probs.shape[-1]))
-        new_ids.append(step)
-        probabilities.append(float(probs[step]))
-        alternatives.append([(int(i), float(p)) for p, i in zip(top.values, top.indices)])
+        return logits[0, -1]
+
+    written = write_tokens(advance, [start], n_new, sampling=sampling, processors=processors,
+                           eos_ids=eos, top_k_report=top_k_report, on_token=on_token)
+    n = len(written.new_ids)
+    return Seq2SeqGeneration(
+        source_ids=list(source_ids), start_id=start, new_ids=written.new_ids,
+        probabilities=written.probabilities, alternatives=written.alternatives,
+        cross=np.ascontiguousarray(cross[:, :, :n]), decoder=np.ascontiguousarray(own[:, :, :n, :n]),
+        layers=layers, stopped=_stopped(written.ended, n, max_length - 1, n_new),
+        config={**model.describe(), "layers": layers}, generation=decoding.summary())
+
+
+def _stopped(ended: bool, n: int, wanted: int, steps: int) -> str:
+    if ended:
+        return "eos"
+    return "context" if n == steps and steps < wanted else "max_new_tokens"
+
+
+def _beam_generation(model, source_ids, memory, start, decoding, processors, max_length,
+                     n_new, layers, stop_at_eos, top_k_report, on_token) -> Seq2SeqGeneration:
+    """Beam search (``analyses.beams``) over the cache of ``num_beams`` decoders, then one
+    teacher-forced pass over the chosen sequence for its rows, probabilities and
+    alternatives (the same numbers a greedy step computes, for the prefix chosen)."""
+    import torch
+
+    beams = decoding.num_beams
+    wide = memory.repeat(beams)
+    cache = model.new_cache(n_new)
+
+    def step(token_ids, origin):
+        if origin is not None:
+            for layer in cache:
+                layer.reorder(origin)
+        logits, _, _ = model.decode(token_ids, wide, cache=cache, last_only=True)
+        return logits[:, -1]
+
+    best = beam_search(step, [start], decoding, processors, min(max_length, n_new + 1),
+                       stop_at_eos)
+    new_ids = best.ids[1:]
+    read = [start, *new_ids[:-1]]
+    logits, own, cross = model.decode(torch.tensor([read]), memory, keep=layers)
+    written = Written()
+    for g, token in enumerate(new_ids):
+        written.add(logits[0, g], token, top_k_report)
         if on_token is not None:
-            on_token(step)
-        if eos is not None and step == eos:
-            stopped = "eos"
-            break
-    else:
-        if n_new < max_new_tokens:
-            stopped = "context"
+            on_token(token)
     n = len(new_ids)
+
+    def rows(kept):
+        return np.ascontiguousarray(np.stack([kept[layer][0].float().cpu().numpy()
+                                              for layer in layers]))
+
+    ended = stop_at_eos and bool(new_ids) and new_ids[-1] in decoding.eos_ids
     return Seq2SeqGeneration(
         source_ids=list(source_ids), start_id=start, new_ids=new_ids,
-        probabilities=probabilities, alternatives=alternatives,
-        cross=np.ascontiguousarray(cross[:, :, :n]), decoder=np.ascontiguousarray(own[:, :, :n, :n]),
-        layers=layers, stopped=stopped,
-        config={**model.describe(), "layers": layers})
+        probabilities=written.probabilities, alternatives=written.alternatives,
+        cross=rows(cross), decoder=rows(own), layers=layers,
+        stopped=_stopped(ended, n, max_length - 1, n_new),
+        config={**model.describe(), "layers": layers}, generation=decoding.summary(),
+        num_beams=beams, score=best.score)

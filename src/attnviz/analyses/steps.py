@@ -22,6 +22,10 @@ For head ``h`` with ``d_k = head_dim`` and ``X`` the ``(T, d_model)`` input of t
 Without the causal mask (``--bidirectional``, an encoder) there is no mask step, unless a
 window on both sides hides the keys ``|j - i| >= W``; cross-attention (``--cross``) takes
 K and V from the second text's input ``X₂`` (``(T_k, d_kv)``): ``S`` is ``(T, T_k)``.
+A model that does not scale its scores (T5: the factor is 1) has no scale step. T5 adds
+its relative position bias ``B`` (``(T, T_k)``, one learned number per distance bucket
+and head) to the scores before the mask: a step of its own (``position_bias``, then
+``biased_scores = S + B``). Encoder–decoders: ``attnviz.analyses.seq2seq_steps``.
 
 Everything is recomputed from the layer's float32 input and parameters in float32, the
 way the model computes it, so ``A`` is the model's weights (to float32 rounding: a
@@ -43,8 +47,10 @@ from attnviz.core.errors import InputError
 # The first four exist only where the model has the step: QK-norm (Qwen3) normalises the
 # projected queries and keys, RoPE (Llama, Qwen, Mistral) rotates them.
 STAGES = ("queries_projected", "keys_projected", "queries_unrotated", "keys_unrotated")
-MATRICES = (*STAGES, "queries", "keys", "scores", "scaled", "masked", "weights", "dropped",
-            "values", "context")
+MATRICES = (*STAGES, "queries", "keys", "scores", "scaled", "position_bias", "biased_scores",
+            "masked", "weights", "dropped", "values", "context")
+# The (T, T_k) matrices, [query_pos, key_pos]: what a window of the queries cuts by rows.
+SQUARE = ("scores", "scaled", "position_bias", "biased_scores", "masked", "weights", "dropped")
 
 
 @dataclass
@@ -52,20 +58,23 @@ class HeadSteps:
     """Every matrix one head computes (float32 values in float64 numpy arrays).
 
     ``(T, d_k)``: ``queries``, ``keys``, ``values``, ``context``.
-    ``(T, T)`` ``[query_pos, key_pos]``: ``scores``, ``scaled``, ``masked`` (``-inf`` in
-    the future), ``weights``, and ``dropped`` (the weights after dropout, or None).
+    ``(T, T)`` ``[query_pos, key_pos]``: ``scores``, ``scaled`` (None when the model does
+    not scale: T5), ``position_bias`` and ``biased_scores`` (T5's relative position bias
+    and the scores it is added to, else None), ``masked`` (``-inf`` in the future; None
+    where nothing is hidden), ``weights``, and ``dropped`` (the weights after dropout, or
+    None).
     """
 
     layer: int
     head: int
     head_dim: int
-    scale: float  # scores are multiplied by this (1 / √d_k for GPT-2)
+    scale: float  # scores are multiplied by this (1 / √d_k for GPT-2, 1 for T5)
     queries: np.ndarray
     keys: np.ndarray
     values: np.ndarray
     scores: np.ndarray
-    scaled: np.ndarray
-    masked: np.ndarray
+    scaled: np.ndarray | None
+    masked: np.ndarray | None
     weights: np.ndarray
     context: np.ndarray
     dropped: np.ndarray | None = None
@@ -83,6 +92,12 @@ class HeadSteps:
     rope: dict | None = None  # the rotation (RopeSpec.describe()), when the layer has one
     causal: bool = True  # False: an encoder's or cross-attention (no causal mask)
     cross: bool = False  # K and V from another text's input: (T_k, d_k)
+    position_bias: np.ndarray | None = None  # (T, T_k): T5's relative position bias, this head's
+    biased_scores: np.ndarray | None = None  # (T, T_k): the scores with the bias added
+    # T5's bias: {"num_buckets", "max_distance", "bidirectional", "layer"} (the layer whose
+    # table it is: the stack's first, shared by all its layers)
+    relative: dict | None = None
+    kind: str | None = None  # an encoder–decoder's attention: "encoder", "decoder" or "cross"
 
     @property
     def n_tokens(self) -> int:
@@ -104,9 +119,11 @@ class HeadSteps:
     def formulas(self) -> dict[str, str]:
         """Each matrix's formula, as the book writes it, keyed like ``matrices()``."""
         bias = " + b_{}" if self.biased else ""
-        scaled = "S / √d_k" if self.divides_by_sqrt_dk else f"S × {self.scale:.4g}"
+        scaled = ("S" if self.scaled is None else
+                  "S / √d_k" if self.divides_by_sqrt_dk else f"S × {self.scale:.4g}")
         if self.softcap is not None:
             scaled = f"{self.softcap:g}·tanh(({scaled}) / {self.softcap:g})"
+        before_mask = scaled if self.position_bias is None else f"{scaled} + B"
         projected = {name: f"{'X₂' if self.cross and name == 'K' else 'X'}·W_{name}"
                      + bias.format(name) for name in ("Q", "K")}
         unrotated = dict(projected)
@@ -122,11 +139,13 @@ class HeadSteps:
             "keys": f"K = {final['K']}",
             "scores": "S = Q·Kᵀ",
             "scaled": scaled,
-            "masked": (f"mask({scaled})" if self.window is None else
-                       f"mask_{self.window}({scaled})" if self.causal else
-                       f"mask_±{self.window - 1}({scaled})"),
-            "weights": (f"A = softmax(mask({scaled}))" if self.masked is not None else
-                        f"A = softmax({scaled})"),
+            "position_bias": "B = b_h[bucket(j − i)]",
+            "biased_scores": before_mask,
+            "masked": (f"mask({before_mask})" if self.window is None else
+                       f"mask_{self.window}({before_mask})" if self.causal else
+                       f"mask_±{self.window - 1}({before_mask})"),
+            "weights": (f"A = softmax(mask({before_mask}))" if self.masked is not None else
+                        f"A = softmax({before_mask})"),
             "dropped": "" if self.dropout is None else f"dropout(A), p = {self.dropout:g}",
             "values": ("V = X₂·W_V" if self.cross else "V = X·W_V") + bias.format("V"),
             "context": f"Z = {'A' if self.dropped is None else 'dropout(A)'}·V",
@@ -246,33 +265,14 @@ def head_steps(
         queries, keys, values = project("query"), project("key"), project("value")  # (T, d_k)
     scale = score_scale(result, li, head_dim)
     window, softcap = getattr(module, "window", None), getattr(module, "softcap", None)
-    scores = queries @ keys.T  # (T, T)
-    # The scale is applied where the model applies it (see models.forward.Attention): to
-    # the queries when it is a power of two, else to the scores. The same order keeps these
-    # numbers the model's own, not merely close to them.
-    exact = math.frexp(scale)[0] == 0.5
-    scaled = (queries * scale) @ keys.T if exact else scores * scale
-    if softcap is not None:
-        scaled = torch.tanh(scaled / softcap) * softcap
-    hidden = hidden_cells(len(x), len(x_kv), window, result.causal)
-    # no mask step when nothing is hidden (an encoder's global layer, cross-attention)
-    masked = scaled.masked_fill(torch.from_numpy(hidden), float("-inf")) if hidden.any() or (
-        result.causal) else None
-    weights = torch.softmax(scaled if masked is None else masked, dim=-1)  # (T, T_k)
-    dropped = None
-    if dropout is not None:
-        keep = torch.from_numpy(dropout_keep(tuple(weights.shape), dropout, seed))
-        dropped = torch.where(keep, weights / (1.0 - dropout), torch.zeros(()))
-    context = (weights if dropped is None else dropped) @ values  # (T, d_k)
+    computed = pipeline(queries, keys, values, scale=scale, softcap=softcap, window=window,
+                        causal=result.causal, dropout=dropout, seed=seed)
 
-    def out(t: torch.Tensor | None) -> np.ndarray | None:
-        return None if t is None else t.numpy().astype(np.float64)
-
+    out = as_float64
     return HeadSteps(
         layer=layer, head=head, head_dim=head_dim, scale=scale,
-        queries=out(queries), keys=out(keys), values=out(values), scores=out(scores),
-        scaled=out(scaled), masked=out(masked), weights=out(weights), context=out(context),
-        dropped=out(dropped),
+        queries=out(queries), keys=out(keys), values=out(values),
+        **{name: out(t) for name, t in computed.items()},
         dropout=dropout, seed=seed if dropout is not None else None,
         biased="b_query" in result.params,
         **{name: out(t) for name, t in stages.items()},
@@ -280,3 +280,42 @@ def head_steps(
         rope=module.rope.describe() if getattr(module, "rope", None) is not None else None,
         causal=result.causal, cross=result.cross,
     )
+
+
+def pipeline(queries, keys, values, *, scale: float, softcap: float | None = None, bias=None,
+             window: int | None = None, causal: bool = True, dropout: float | None = None,
+             seed: int = 123) -> dict:
+    """One head's steps after its projections, as torch float32 tensors keyed like
+    ``HeadSteps``: ``queries (T, d_k)`` against ``keys``/``values (T_k, d_k)``; ``bias``
+    ``(T, T_k)`` (T5's relative positions) added after the scale and softcap, as
+    ``models.engine.attend`` adds it. ``scaled`` is None when nothing is scaled (factor 1,
+    no softcap: T5), ``masked`` when nothing is hidden and the attention is not causal."""
+    import torch
+
+    scores = queries @ keys.T  # (T, T_k)
+    # The scale is applied where the model applies it (see models.forward.Attention): to
+    # the queries when it is a power of two, else to the scores. The same order keeps these
+    # numbers the model's own, not merely close to them.
+    exact = math.frexp(scale)[0] == 0.5
+    scaled = (queries * scale) @ keys.T if exact else scores * scale
+    if softcap is not None:
+        scaled = torch.tanh(scaled / softcap) * softcap
+    biased = scaled if bias is None else scaled + bias  # (T, T_k)
+    hidden = hidden_cells(len(queries), len(keys), window, causal)
+    # no mask step when nothing is hidden (an encoder's global layer, cross-attention)
+    masked = biased.masked_fill(torch.from_numpy(hidden), float("-inf")) if hidden.any() or (
+        causal) else None
+    weights = torch.softmax(biased if masked is None else masked, dim=-1)  # (T, T_k)
+    dropped = None
+    if dropout is not None:
+        keep = torch.from_numpy(dropout_keep(tuple(weights.shape), dropout, seed))
+        dropped = torch.where(keep, weights / (1.0 - dropout), torch.zeros(()))
+    context = (weights if dropped is None else dropped) @ values  # (T, d_k)
+    return {"scores": scores, "scaled": None if scale == 1.0 and softcap is None else scaled,
+            "position_bias": bias, "biased_scores": None if bias is None else biased,
+            "masked": masked, "weights": weights, "dropped": dropped, "context": context}
+
+
+def as_float64(t) -> np.ndarray | None:
+    """A float32 tensor's values in a float64 array (what ``HeadSteps`` holds); None stays."""
+    return None if t is None else t.numpy().astype(np.float64)

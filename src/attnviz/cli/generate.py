@@ -39,8 +39,34 @@ from attnviz.text.inputs import read_text
 def generate(
     text: TextArg = None,
     file: FileOpt = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1,
-                                                help="Tokens to write at most.")] = 20,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        "--max-new-tokens", "-n", min=1, show_default=False,
+        help="Tokens to write at most [default: 20; an encoder–decoder: its generation "
+             "config's max_new_tokens or max_length, else 20].")] = None,
+    num_beams: Annotated[int | None, typer.Option(
+        "--num-beams", min=1, show_default=False,
+        help="Beam search with N beams (encoder–decoders) [default: the generation config's "
+             "num_beams, else 1: greedy].")] = None,
+    length_penalty: Annotated[float | None, typer.Option(
+        "--length-penalty", show_default=False,
+        help="Beam search: a finished sequence scores its log-probability / length ** X "
+             "[default: the generation config's, else 1.0].")] = None,
+    early_stopping: Annotated[str | None, typer.Option(
+        "--early-stopping", metavar="true|false|never", show_default=False,
+        help="Beam search: when to stop, as transformers' early_stopping [default: the "
+             "generation config's, else false].")] = None,
+    no_repeat_ngram_size: Annotated[int | None, typer.Option(
+        "--no-repeat-ngram-size", min=0, show_default=False,
+        help="Never write an n-gram of N tokens twice (0: allowed) [default: the generation "
+             "config's].")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(
+        "--repetition-penalty", show_default=False,
+        help="Divide the score of every token already in the text by X (> 0; 1.0: off) "
+             "[default: the generation config's].")] = None,
+    min_new_tokens: Annotated[int | None, typer.Option(
+        "--min-new-tokens", min=0, show_default=False,
+        help="No end-of-sequence token before N new tokens [default: the generation config's "
+             "min_new_tokens or min_length].")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Sample the next token (seeded by "
                                          "--seed) instead of taking the most likely.")] = False,
     temperature: Annotated[float, typer.Option("--temperature", help="With --sample: divide the "
@@ -78,8 +104,10 @@ def generate(
     looked at when it wrote it (with a KV cache: one new token per step).
 
     Prints the continuation as it comes on a terminal (all of it at the end when piped).
-    An encoder–decoder (T5, BART, Marian) writes its output for TEXT from its decoder's
-    start token; --out draws each written token's cross-attention over TEXT (alignment).
+    The checkpoint's generation config (generation_config.json) applies as in transformers;
+    each option overrides its setting. An encoder–decoder (T5, BART, Marian) writes its
+    output for TEXT from its decoder's start token, greedily or by beam search; --out draws
+    each written token's cross-attention over TEXT (alignment).
     """
     from attnviz.files.output import Output
 
@@ -91,6 +119,12 @@ def generate(
 
     sampling = Sampling(sample, temperature, top_k, top_p, config.seed)
     sampling.check()
+    if sample and num_beams is not None and num_beams > 1:
+        raise InputError("--num-beams cannot be combined with --sample: beam search keeps the "
+                         "most likely sequences, sampling draws one")
+    settings = {"num_beams": num_beams, "length_penalty": length_penalty,
+                "early_stopping": early_stopping, "no_repeat_ngram_size": no_repeat_ngram_size,
+                "repetition_penalty": repetition_penalty, "min_new_tokens": min_new_tokens}
     for path, option, kind in ((npz_path, "--output", NPZ), (report_path, "--report", HTML)):
         if path is not None:
             check_file_target(path, option, kind)
@@ -101,6 +135,7 @@ def generate(
         raise InputError("generation needs trained weights: random mode has no output head; "
                          "pass --weights (a checkpoint or a Hub repo id such as gpt2)")
     from attnviz.analyses.attention import check_heads, check_text, encode_text, load_model, parse_layers
+    from attnviz.analyses.decoding import DEFAULT_NEW_TOKENS, not_applied
     from attnviz.analyses.generation import TextStream, check_can_generate, continuation_text
     from attnviz.analyses.generation import generate as run
 
@@ -112,11 +147,12 @@ def generate(
         seq2seq.refuse({"--tokens": tokens is not None, "--chat": config.chat},
                        "when an encoder–decoder generates")
         return seq2seq.generate(model, source, max_new_tokens=max_new_tokens, sampling=sampling,
-                                ignore_eos=ignore_eos, top_k_report=top_k_report, out=out,
-                                npz_path=npz_path, report_path=report_path, picture=picture,
-                                head=head, layer=layer,
-                                allow_special=allow_special, config=config, output=output,
-                                fmt=fmt, quiet=quiet)
+                                settings=settings, ignore_eos=ignore_eos,
+                                top_k_report=top_k_report, out=out, npz_path=npz_path,
+                                report_path=report_path, picture=picture, head=head,
+                                layer=layer, allow_special=allow_special, config=config,
+                                output=output, fmt=fmt, quiet=quiet)
+    max_new_tokens = max_new_tokens or DEFAULT_NEW_TOKENS
     layers = parse_layers(layer or "all", model.n_layers)
     check_heads(head, model.n_heads)
     prompt_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
@@ -129,12 +165,15 @@ def generate(
         sys.stdout.flush()
     try:
         result = run(model, prompt_ids, max_new_tokens, sampling=sampling, layers=layers,
-                     ignore_eos=ignore_eos, top_k_report=top_k_report, on_token=stream)
+                     ignore_eos=ignore_eos, top_k_report=top_k_report, on_token=stream,
+                     **settings)
     finally:
         if stream is not None:
             stream.close()
             sys.stdout.write("\n")
             sys.stdout.flush()
+    if warning := not_applied(result.generation):
+        output.warning(warning)
     written = _write_outputs(result, model, out, npz_path, report_path, picture, head, tokens)
     continuation = continuation_text(tokenizer, result.new_ids)
     if fmt == "json":
@@ -173,7 +212,8 @@ def document(result, model, heads: list[int] | None, continuation: str, written:
                           for k in range(len(result.layers))],
         })
     return {"prompt": {"tokens": prompt}, "generated": steps, "text": continuation,
-            "stopped": result.stopped, "layers": result.layers, "heads": chosen,
+            "stopped": result.stopped, "generation": result.generation,
+            "layers": result.layers, "heads": chosen,
             "config": result.config, **({"files": written} if written else {})}
 
 

@@ -185,7 +185,8 @@ AttentionOpt = Annotated[
     typer.Option("--attention", metavar="encoder|decoder|cross|all", help="Which attention: an "
                  "encoder's self-attention (bidirectional), a decoder's (causal), cross-attention "
                  "(decoder queries over the encoder's keys), or all the model has (the default; "
-                 "an encoder–decoder has all three; compare-heads compares one kind: cross).",
+                 "an encoder–decoder has all three; compare-heads and steps show one kind, by default "
+                 "cross).",
                  show_default=False),
 ]
 DecoderTextOpt = Annotated[

@@ -12,6 +12,7 @@ from attnviz.analyses.describe import layer_text
 from attnviz.cli.app import app
 from attnviz.cli.options import (
     AllowSpecialOpt,
+    AttentionOpt,
     DebugOpt,
     FormatOpt,
     LayerOpt,
@@ -35,7 +36,8 @@ def scan_command(
     file: Annotated[Path | None, typer.Option(
         "--file", "-f", metavar="FILE", help="Read the prompts from this UTF-8 file: one a "
         "line, or JSON Lines "
-        'with a "text" field when it ends in .jsonl.', show_default=False)] = None,
+        'with a "text" field when it ends in .jsonl (and, for an encoder–decoder, an optional '
+        '"target" its decoder reads).', show_default=False)] = None,
     jsonl: Annotated[bool, typer.Option(
         "--jsonl", help="Read the input as JSON Lines whatever its name.")] = False,
     limit: Annotated[int | None, typer.Option(
@@ -79,6 +81,7 @@ def scan_command(
         "checkpoint folder or file, or a Hub repo id, repo@revision); repeat it (or give a "
         "glob such as 'run/step-*') to scan the corpus with every checkpoint and compare.",
         show_default=False)] = None,
+    attention: AttentionOpt = None,
     layer: LayerOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
@@ -86,10 +89,11 @@ def scan_command(
     debug: DebugOpt = False,
 ) -> None:
     """Score every head over many prompts: detectors and statistics, mean ± std; with several
-    checkpoints, every checkpoint's scores and what changed between them."""
+    checkpoints, every checkpoint's scores and what changed between them. Encoders (BERT …)
+    too, and encoder–decoders (T5, BART, Marian: --attention encoder|decoder|cross|all)."""
     from attnviz.analyses import scan_runs
     from attnviz.analyses import scanning as scan
-    from attnviz.analyses.attention import check_causal, check_fits, load_model, parse_layers
+    from attnviz.analyses.attention import check_fits, load_model, parse_layers
     from attnviz.analyses.induction import check_induction_probe, induction_probe
     from attnviz.files.output import Output
 
@@ -99,7 +103,7 @@ def scan_command(
     names, prompts = checkpoint_names(weights, revisions, prompts, file)
     if len(names) > 1 or revisions is not None:
         for value, option in ((resume, "--resume"), (shard, "--shard"), (partial, "--partial"),
-                              (per_prompt, "--per-prompt")):
+                              (per_prompt, "--per-prompt"), (attention, "--attention")):
             if value:
                 raise InputError(f"{option} scans one checkpoint; run it once per --weights")
         if plot_dir is not None:
@@ -120,9 +124,19 @@ def scan_command(
             check_file_target(path, option)
     if plot_dir is not None:
         check_out_dir(plot_dir, "--plot")
-    records, where = scan.read_corpus(prompts, file, jsonl, limit)
-    model = load_model(config, weights)
-    check_causal(model, "attnviz scan")
+    records, where = scan.read_corpus(prompts, file, jsonl, limit, targets=True)
+    model = load_model(config, weights, seq2seq=True)
+    from attnviz.cli import seq2seq
+
+    kinds = seq2seq.check_attention_options(model, attention, None)  # refused by name
+    if seq2seq.is_seq2seq(model):
+        seq2seq.refuse({"--induction": induction, "--resume": resume, "--shard": shard is not None,
+                        "--partial": partial is not None})
+        return scan_seq2seq(output, fmt, model, records, where, kinds, config=config,
+                            layer=layer, truncate=truncate, allow_special=allow_special,
+                            batch_size=batch_size, exclude_first=exclude_first,
+                            exclude_self=exclude_self, top=top, per_prompt=per_prompt,
+                            plot_dir=plot_dir, progress=scan_progress_kind(progress, quiet))
     layers = parse_layers(layer, model.n_layers)
     if induction:
         check_induction_probe(model, fit=True)  # before the corpus is scanned, not after
@@ -178,27 +192,38 @@ def scan_command(
 
 def present(output, fmt: str, result, corpus_info: dict, options: dict, described: dict,
             top: int, plot_dir: Path | None, summary: str, extra: dict | None = None) -> None:
-    """The results of a scan (or a merge of partials): JSON, CSV or the table, and maps."""
+    """The results of a scan (or a merge of partials): JSON, CSV or the table, and maps.
+    ``result``: a ``ScanResult``, or an encoder–decoder's, one per kind (a list)."""
     from attnviz.analyses import scanning as scan
 
-    layers = result.layers
-    induction = result.induction_probe is not None
-    detectors = list(scan.TOP_COLUMNS) + (["induction_probe"] if induction else [])
+    parts = result if isinstance(result, list) else [result]
+    kinds = isinstance(result, list)  # an encoder–decoder: everything said per kind
+    ranked = {id(part): list(scan.top_columns(part.attention))
+              + (["induction_probe"] if part.induction_probe is not None else [])
+              for part in parts}
     files = []
     if plot_dir is not None:
         from attnviz.pictures.scan import detector_maps, save_score_maps
 
-        files = [str(p) for p in save_score_maps(plot_dir, detector_maps(result, detectors),
-                                                 layers)]
-    rows = result.rows()
+        maps, layers = {}, {}
+        for part in parts:
+            found = detector_maps(part, ranked[id(part)], f"{part.attention}_" if kinds else "")
+            maps.update(found)
+            layers.update(dict.fromkeys(found, part.layers))
+        files = [str(p) for p in save_score_maps(plot_dir, maps, layers)]
+    rows = [row for part in parts for row in part.rows()]
+    first = parts[0]
+    tops = {part.attention: {name: part.top(name, top) for name in ranked[id(part)]}
+            for part in parts}
     document = {
         "heads": rows,
-        "top": {name: result.top(name, top) for name in detectors},
-        "prompts": result.n_prompts,
-        "tokens": result.n_tokens,
+        "top": tops if kinds else tops[first.attention],
+        **({"attention": [part.attention for part in parts]} if kinds else {}),
+        "prompts": first.n_prompts,
+        "tokens": first.n_tokens,
         "truncated": corpus_info["truncated"],
         "skipped_one_token": corpus_info["skipped_one_token"],
-        "layers": layers,
+        "layers": {part.attention: part.layers for part in parts} if kinds else first.layers,
         "options": options,
         "config": described,
         **(extra or {}),
@@ -208,14 +233,66 @@ def present(output, fmt: str, result, corpus_info: dict, options: dict, describe
     if fmt == "json":
         output.json(document)
     elif fmt == "csv":
-        output.csv(rows, list(rows[0]))
+        output.csv(rows, list(dict.fromkeys(key for row in rows for key in row)))
     else:
-        table_rows = scan.top_table(result, detectors, top)
-        output.table(table_rows, ["rank", *detectors], keys=["rank"],
-                     title=f"Top heads per detector, mean ± std over {counted(result.n_prompts, 'prompt')}")
+        for part in parts:
+            heads = (f"{part.attention.capitalize()} attention: top heads" if part.attention
+                     else "Top heads")
+            output.table(scan.top_table(part, ranked[id(part)], top),
+                         ["rank", *ranked[id(part)]], keys=["rank"],
+                         title=f"{heads} per detector, mean ± std over "
+                               f"{counted(part.n_prompts, 'prompt')}")
         output.line(summary)
     for f in files:
         output.message(f"Wrote {f}")
+
+
+def scan_seq2seq(output, fmt: str, model, records, where: str, kinds: tuple[str, ...], *,
+                 config, layer, truncate: bool, allow_special: bool, batch_size: int,
+                 exclude_first: bool, exclude_self: bool, top: int, per_prompt: Path | None,
+                 plot_dir: Path | None, progress: str | None) -> None:
+    """``scan`` of an encoder–decoder (``analyses.scan_seq2seq``): each kind of ``kinds``
+    scored over the corpus's sources (and JSON Lines targets), presented per kind."""
+    from attnviz.analyses import scan_runs
+    from attnviz.analyses import scan_seq2seq as s2s
+    from attnviz.analyses import scanning as scan
+    from attnviz.analyses.attention import check_fits
+
+    layers = s2s.kind_layers(model, layer, kinds)
+    corpus = s2s.seq2seq_corpus(model, records, truncate=truncate, allow_special=allow_special,
+                                specials=config.bos, where=where)
+    longest = max(max(len(p.token_ids), len(p.target_ids)) for p in corpus.prompts)
+    check_fits(sum(len(v) for v in layers.values()), model.n_heads, longest)
+    if corpus.one_token:
+        output.warning(f"skipped {corpus.one_token} one-token prompt(s): the detectors need a "
+                       "previous token")
+    n_targets = sum(len(p.target_ids) > 1 for p in corpus.prompts)
+    if n_targets < len(corpus.prompts) and {"decoder", "cross"} & set(kinds):
+        output.message(f"{len(corpus.prompts) - n_targets} of {counted(len(corpus.prompts), 'prompt')} "
+                       'have no "target": their decoder reads its start token only')
+    options = {"exclude_first": exclude_first, "exclude_self": exclude_self}
+    described = {**model.describe(), "attention": list(kinds), "device": str(model.device)}
+    started = time.perf_counter()
+    fp = {**scan_runs.fingerprint(described, [], options, corpus.prompts), "layers": layers}
+    record = lambda prompt, values: s2s.seq2seq_record(prompt, values, layers)  # noqa: E731
+    with scan.PromptLog(per_prompt, [], scan_runs.log_header(fp), record=record) as log, \
+            ScanProgress(len(corpus.prompts), corpus.n_tokens, show=progress) as bar:
+        results = s2s.scan_seq2seq(model, corpus.prompts, layers, batch_size=batch_size,
+                                   on_prompt=log.write if per_prompt else None,
+                                   on_batch=bar.advance, **options)
+    seconds = time.perf_counter() - started
+    corpus_info = {"truncated": corpus.truncated, "skipped_one_token": corpus.one_token}
+    stacks = ", ".join(f"{kind} {layer_text(layers[kind])}" for kind in kinds)
+    summary = (f"{counted(len(corpus.prompts), 'prompt')}, {counted(corpus.n_tokens, 'source token')}, "
+               f"{counted(sum(len(p.target_ids) for p in corpus.prompts), 'decoder token')}; "
+               f"{stacks}; {seconds:.1f} s")
+    if corpus.truncated:
+        summary += f"; {corpus.truncated} truncated to {counted(model.context_length, 'token')}"
+    present(output, fmt, [results[kind] for kind in kinds], corpus_info, options, described, top,
+            plot_dir, summary,
+            {"decoder_tokens": sum(len(p.target_ids) for p in corpus.prompts)})
+    if per_prompt is not None:
+        output.message(f"Wrote {per_prompt}")
 
 
 @app.command("scan-merge")

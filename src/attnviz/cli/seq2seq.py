@@ -133,16 +133,53 @@ def compare_result(model, source: str, *, decoder_text, attention, layer, head, 
     return result.of(kinds[0]), tokens_document(result)
 
 
-def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: bool,
-             top_k_report: int, out, npz_path, report_path, picture, head, layer, allow_special,
-             config, output, fmt: str, quiet: bool) -> None:
+def steps(model, source: str, *, decoder_text, attention, layer, head, allow_special, config):
+    """``steps`` of an encoder–decoder: one head of one kind (``--attention``; default
+    cross, as ``compare-heads``) and one layer of its stack. Returns the ``HeadSteps`` and
+    that kind's ``AttentionResult`` (its rows' and columns' tokens)."""
+    from attnviz.analyses.seq2seq import encode_texts
+    from attnviz.analyses.seq2seq_steps import seq2seq_head_steps
+    from attnviz.pictures.steps import check_steps_size
+
+    kind = check_attention_options(model, attention or "cross", decoder_text, shown=KINDS)[0]
+    source_ids, target_ids = encode_texts(model, source, decoder_text, allow_special, config.bos)
+    if kind != "decoder":
+        check_steps_size(len(source_ids))
+    if kind != "encoder":
+        check_steps_size(len(target_ids), "--decoder-text")
+    head_steps, result = seq2seq_head_steps(model, source_ids, target_ids, kind=kind,
+                                            layer=layer or 0, head=head)
+    return head_steps, result.of(kind), tokens_document(result), _steps_note(head_steps, model)
+
+
+def _steps_note(head_steps, model) -> str:
+    """What X (and X₂, B) are in the formulas of ``steps``, for the figure's subtitle."""
+    kind, layer = head_steps.kind, head_steps.layer
+    norm = ", after the layer's norm" if model.spec.pre_norm else ""
+    note = {"encoder": f"X = what encoder layer {layer}'s self-attention reads{norm}",
+            "decoder": f"X = what decoder layer {layer}'s self-attention reads{norm}",
+            "cross": f"X = the decoder's state at layer {layer}'s cross-attention{norm}, "
+                     "X₂ = the encoder's output"}[kind]
+    relative = head_steps.relative
+    if relative:
+        stack = "encoder" if kind == "encoder" else "decoder"
+        note += (f"; B from the {stack}'s layer {relative['layer']}, added in all its layers "
+                 f"({relative['num_buckets']} buckets up to {relative['max_distance']} apart)")
+    return note
+
+
+def generate(model, source: str, *, max_new_tokens: int | None, sampling, settings: dict,
+             ignore_eos: bool, top_k_report: int, out, npz_path, report_path, picture, head,
+             layer, allow_special, config, output, fmt: str, quiet: bool) -> None:
     """``generate`` with an encoder–decoder: the source encoded once, the decoder writing
-    from its start token; each written token's cross-attention over the source kept (the
-    alignment picture with --out, ``cross_rows`` with --output); --report: the page of the
-    three kinds over what the decoder read (its rows are the generation's, exactly)."""
+    from its start token as the generation config and ``settings`` (the options) say,
+    greedily or by beam search; each written token's cross-attention over the source kept
+    (the alignment picture with --out, ``cross_rows`` with --output); --report: the page of
+    the three kinds over what the decoder read (its rows are the generation's, exactly)."""
     import sys
 
     from attnviz.analyses.attention import check_heads, check_ids, check_text, parse_layers
+    from attnviz.analyses.decoding import not_applied
     from attnviz.analyses.generation import TextStream, continuation_text
     from attnviz.analyses.seq2seq import generate_seq2seq
 
@@ -157,12 +194,14 @@ def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: b
     try:
         result = generate_seq2seq(model, source_ids, max_new_tokens, sampling=sampling,
                                   layers=layers, ignore_eos=ignore_eos, top_k_report=top_k_report,
-                                  on_token=stream)
+                                  on_token=stream, **settings)
     finally:
         if stream is not None:
             stream.close()
             sys.stdout.write("\n")
             sys.stdout.flush()
+    if warning := not_applied(result.generation):
+        output.warning(warning)
     written = _generation_files(result, model, out, npz_path, picture, head)
     if report_path is not None:
         from attnviz.analyses.seq2seq import analyze_seq2seq_ids
@@ -177,7 +216,8 @@ def generate(model, source: str, *, max_new_tokens: int, sampling, ignore_eos: b
         return
     if not live:
         sys.stdout.write(text + "\n")
-    done = f"{len(result.new_ids)} tokens written (stopped: {result.stopped})"
+    beams = f", {result.num_beams} beams" if result.num_beams > 1 else ""
+    done = f"{len(result.new_ids)} tokens written (stopped: {result.stopped}{beams})"
     output.message("; ".join([done, *(f"wrote {w}" for w in written)]))
 
 
@@ -216,6 +256,8 @@ def generation_document(result, model, heads, text: str, written: list[str]) -> 
         })
     return {"source": {"tokens": aligned.key_tokens()}, "generated": steps, "text": text,
             "stopped": result.stopped, "decoder_start": result.start_id,
+            "generation": result.generation, "num_beams": result.num_beams,
+            **({"score": result.score} if result.score is not None else {}),
             "layers": result.layers, "heads": chosen, "config": result.config,
             **({"files": written} if written else {})}
 

@@ -71,6 +71,8 @@ def steps(
     """Draw one head's pipeline: Q, K, Q·Kᵀ, ÷√d_k, causal mask, softmax, V, context.
 
     --bidirectional: no mask step; --cross TEXT: K and V from the second text's input.
+    An encoder–decoder (T5, BART, Marian): --attention encoder|decoder|cross (default
+    cross), --decoder-text TARGET; T5's relative position bias is a step of its own.
     --format json prints every matrix (null where the mask put −∞).
     """
     import numpy as np
@@ -109,22 +111,32 @@ def steps(
     model = load_model(config, weights, seq2seq=True)
     from attnviz.cli import seq2seq
 
+    window, note, texts = None, "", None
     if seq2seq.is_seq2seq(model):
-        raise InputError(f"--weights {weights}: steps does not follow the heads of encoder–decoder "
-                         f"models ({model.describe()['family']}) yet; use heatmap or "
-                         "compare-heads with --attention")
-    seq2seq.check_attention_options(model, attention, decoder_text)
-    inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
-    token_ids = inputs["token_ids"]
-    window = parse_window(tokens, len(token_ids))
-    plot_steps.check_steps_size(max(window[1] - window[0] if window else len(token_ids),
-                                    len(inputs.get("key_ids") or [])))
-    result = analyze_with(model, layer=layers or None, heads=[head], **inputs)
-    head_steps = pipeline.head_steps(result, head, dropout=dropout, seed=config.seed)
-    if window:  # the whole text was computed; queries and keys of the window are shown
-        head_steps = _crop_steps(head_steps, *window)
-        result = crop(result, *window)
-    output.message(f"Drawing layer {head_steps.layer}, head {head}: {counted(result.n_tokens, 'token')}…")
+        seq2seq.refuse({"--tokens": tokens is not None, "--pair": pair is not None,
+                        "--chat": bool(config.chat)})
+        head_steps, result, texts, note = seq2seq.steps(
+            model, source, decoder_text=decoder_text, attention=attention,
+            layer=layers[0] if layers else None, head=head, allow_special=allow_special,
+            config=config)
+        token_ids = result.token_ids
+        kind_fields = {"attention": head_steps.kind}  # every kind, the decoder's too
+    else:
+        seq2seq.check_attention_options(model, attention, decoder_text)
+        inputs = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+        token_ids = inputs["token_ids"]
+        window = parse_window(tokens, len(token_ids))
+        plot_steps.check_steps_size(max(window[1] - window[0] if window else len(token_ids),
+                                        len(inputs.get("key_ids") or [])))
+        result = analyze_with(model, layer=layers or None, heads=[head], **inputs)
+        head_steps = pipeline.head_steps(result, head, dropout=dropout, seed=config.seed)
+        if window:  # the whole text was computed; queries and keys of the window are shown
+            head_steps = _crop_steps(head_steps, *window)
+            result = crop(result, *window)
+        kind_fields = result.row_fields()
+    heading = _heading(head_steps)
+    output.message(f"Drawing {heading[0].lower()}{heading[1:]}, head {head}: "
+                   f"{counted(result.n_tokens, 'token')}…")
     try:
         plot_steps.save_steps(
             output_path, head_steps, result.token_labels, image_format, picture.cmap,
@@ -132,7 +144,8 @@ def steps(
                 head=head, layer=head_steps.layer, tokens=result.n_tokens),
             subtitle=_model_line(result.config, config.seed) + (
                 f"; tokens {window[0]}-{window[1] - 1} of {len(token_ids)}, computed on the whole "
-                "text (the cut rows of A need not sum to 1)" if window else ""),
+                "text (the cut rows of A need not sum to 1)" if window else "") + (
+                f"\n{note}" if note else ""),
             key_labels=result.key_labels if result.cross else None)
     except OSError as exc:
         raise AttnvizError(f"cannot write {output_path}: {exc.strerror or exc}") from None
@@ -159,24 +172,50 @@ def steps(
             **result.row_fields(),
             "config": result.config,
             **({"window": {"start": window[0], "stop": window[1]}} if window else {}),
+        } if texts is None else {
+            **kind_fields, "file": str(output_path), "layer": head_steps.layer, "head": head,
+            "head_dim": head_steps.head_dim, "scale": head_steps.scale,
+            **({"relative_attention": head_steps.relative} if head_steps.relative else {}),
+            "formulas": formulas, "shapes": shapes,
+            "matrices": {name: _float32_lists(m) for name, m in matrices.items()},
+            **texts, "config": result.config,
         })
         return
     if fmt == "table" and quiet:
         output.paths([output_path])
         return
-    rows = [{"step": i, "matrix": name, "formula": formulas[name],
+    rows = [{**kind_fields, "step": i, "matrix": name, "formula": formulas[name],
              "shape": " × ".join(map(str, m.shape)),
              "min": float(m[np.isfinite(m)].min()), "max": float(m[np.isfinite(m)].max())}
             for i, (name, m) in enumerate(matrices.items(), start=1)]
-    columns = ["step", "matrix", "formula", "shape", "min", "max"]
+    columns = [*kind_fields, "step", "matrix", "formula", "shape", "min", "max"]
     if fmt == "csv":
         output.csv(rows, columns)
         return
     shown = (f"tokens {window[0]}-{window[1] - 1} of the text" if window
              else counted(result.n_tokens, 'token'))
-    output.table(rows, columns, title=f"Layer {head_steps.layer}, head {head}: "
+    if texts is not None:
+        shown = _seq2seq_tokens(head_steps)
+    output.table(rows, columns, title=f"{_heading(head_steps)}, head {head}: "
                  f"{shown}, d_k = {head_steps.head_dim}")
     output.mapping({"file": str(output_path), "format": image_format}, title="Wrote")
+
+
+def _heading(steps) -> str:
+    """"Layer 2", or for an encoder–decoder which kind (and stack): "Encoder self-attention,
+    layer 2", "Cross-attention, decoder layer 2"."""
+    if steps.kind is None:
+        return f"Layer {steps.layer}"
+    kind = {"encoder": "Encoder self-attention", "decoder": "Decoder self-attention",
+            "cross": "Cross-attention"}[steps.kind]
+    return f"{kind}, {'decoder layer' if steps.cross else 'layer'} {steps.layer}"
+
+
+def _seq2seq_tokens(steps) -> str:
+    """The rows (and columns) of an encoder–decoder's steps: "9 decoder tokens over 16
+    source tokens"."""
+    rows = counted(steps.n_tokens, "source token" if steps.kind == "encoder" else "decoder token")
+    return f"{rows} over {counted(steps.n_keys, 'source token')}" if steps.cross else rows
 
 
 def _crop_steps(steps, start: int, stop: int):
@@ -194,8 +233,7 @@ def _crop_steps(steps, start: int, stop: int):
     return replace(steps, **{name: getattr(steps, name)[rows] for name in
                              (*keyed, *pipeline.STAGES)
                              if getattr(steps, name) is not None},
-                   **{name: getattr(steps, name)[square] for name in
-                      ("scores", "scaled", "masked", "weights", "dropped")
+                   **{name: getattr(steps, name)[square] for name in pipeline.SQUARE
                       if getattr(steps, name) is not None})
 
 

@@ -59,6 +59,9 @@ class Checkpoint:
     tokenizer: object = None  # attnviz.text.tokenization.Tokenizer
     layout: str = "huggingface"
     notes: list[str] = field(default_factory=list)  # what was assumed, for the user
+    # its generation settings (models.generation_config): generation_config.json's, or
+    # config.json's generation keys; empty for a file without a config
+    generation: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         return dict(self.described)

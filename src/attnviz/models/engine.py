@@ -87,14 +87,19 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
            scale: float | None, softcap: float | None, window: int | None,
            weights_out: torch.Tensor | None = None, keep: bool = True,
            reduce: Reduce | None = None, causal: bool = True,
-           bias: Bias | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+           bias: Bias | None = None,
+           key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of ``queries (b, nh, T, hd)`` at positions ``start .. start + T - 1``
     over ``keys``/``values (b, nkv, Tk, hd)`` (queries scaled already when ``scale``
     is None; else the scores are multiplied by it, as transformers does). Causal (the
     default): ``Tk = start + T``, key j hidden from query i > j. ``causal=False``: every
     key is seen (an encoder's self-attention, or cross-attention over another text's
     ``Tk`` keys), apart from those outside ``window``. ``bias`` is added to the scores
-    (after scale and softcap).
+    (after scale and softcap). ``key_mask (b, Tk)`` bool: True hides that key from every
+    query of its row of the batch (the right-padding of a batch of texts of different
+    lengths, which nothing else hides from an encoder's queries); its weights are then
+    exactly 0 in every row that sees a key it does not hide.
+    A masked batch is computed whole (the weights of a scan's batch, bounded by the caller).
 
     Returns ``(context (b, nh, T, hd), weights)``:
     - ``reduce`` given: the weights go to it tile by tile; ``weights`` is None;
@@ -105,7 +110,10 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
     b, n_heads, n_rows, head_dim = queries.shape
     end = start + n_rows
     n_keys = end if causal else keys.shape[2]
-    if reduce is None and (keep or 4 * b * n_heads * n_rows * n_keys <= CHUNK_BYTES):
+    if key_mask is not None and reduce is not None:
+        raise ValueError("a key mask is for whole matrices, not reductions")
+    if reduce is None and (keep or key_mask is not None
+                           or 4 * b * n_heads * n_rows * n_keys <= CHUNK_BYTES):
         # the whole matrix (asked for, or small enough): torch's softmax, as always
         scores = _scores(queries, keys, scale, softcap, weights_out)
         if bias is not None:
@@ -113,6 +121,10 @@ def attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, s
         if causal or window is not None:
             scores.masked_fill_(hidden(start, end, 0, n_keys, window, scores.device, causal),
                                 float("-inf"))
+        if key_mask is not None:  # (b, Tk) -> (b, 1, 1, Tk): every head and row of a text.
+            # HIDDEN, not -inf: a padding row whose window holds only padding stays finite
+            # (no NaN to reach the real rows through its values); exp gives the others 0.
+            scores.masked_fill_(key_mask[:, None, None, :].to(scores.device), HIDDEN)
         weights = torch.softmax(scores, dim=-1, out=scores)
         n_kv = keys.shape[1]
         # (b, nkv, group·T, Tk) @ (b, nkv, Tk, hd) -> (b, nkv, group·T, hd)

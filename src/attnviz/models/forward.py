@@ -102,14 +102,16 @@ class Attention(nn.Module):
         return queries, keys, values
 
     def heads_context(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                      cache: LayerCache | None = None, keep: bool = True, reduce=None):
+                      cache: LayerCache | None = None, keep: bool = True, reduce=None,
+                      key_mask: torch.Tensor | None = None):
         """The per-head context before ``out_proj``, concatenated: ``(b, T, nh·hd)``, and the
         weights ``(b, nh, T, T)``, written into ``weights_out`` when given (no copy) — or
         None when they are not wanted (``keep=False``) or go to ``reduce`` tile by tile
         (see ``attnviz.models.engine.attend``).
         With ``cache``, ``x`` holds only the new tokens (after ``cache.length`` cached ones):
         their keys and values join the cache, and the weights are their rows over every
-        position so far, ``(b, nh, T_new, T_cached + T_new)``."""
+        position so far, ``(b, nh, T_new, T_cached + T_new)``. ``key_mask (b, T)``: the
+        padding keys of a right-padded batch (see ``attnviz.models.engine.attend``)."""
         b, num_tokens, _ = x.shape
         start = cache.length if cache is not None else 0
         queries, keys, values = self.project(x, start=start)
@@ -124,16 +126,18 @@ class Attention(nn.Module):
         context_vec, attn_weights = attend(
             queries, keys, values, start=start, scale=None if exact else self.scale,
             softcap=self.softcap, window=self.window, weights_out=weights_out, keep=keep,
-            reduce=reduce, causal=self.causal)
+            reduce=reduce, causal=self.causal, key_mask=key_mask)
         context_vec = context_vec.transpose(1, 2)  # (b, T, nh, hd)
         return context_vec.reshape(b, num_tokens, self.num_heads * self.head_dim), attn_weights
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
-                cache: LayerCache | None = None, edit=None, keep: bool = True, reduce=None):
+                cache: LayerCache | None = None, edit=None, keep: bool = True, reduce=None,
+                key_mask: torch.Tensor | None = None):
         """``edit``, when given, maps the per-head context ``(b, T, nh·hd)`` to the one
         ``out_proj`` receives (an ablation zeroes a head's slice; a recorder keeps it).
-        ``keep``, ``reduce``: see ``heads_context``."""
-        context_vec, attn_weights = self.heads_context(x, weights_out, cache, keep, reduce)
+        ``keep``, ``reduce``, ``key_mask``: see ``heads_context``."""
+        context_vec, attn_weights = self.heads_context(x, weights_out, cache, keep, reduce,
+                                                       key_mask)
         if edit is not None:
             context_vec = edit(context_vec)
         return self.out_proj(context_vec), attn_weights  # (b, T, d), (b, nh, T, T)
@@ -162,6 +166,12 @@ class LayerCache:
         self.values[:, :, self.length:end] = values
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row ``i`` of the batch becomes row ``index[i]``'s (a beam search's beams)."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, index)
+            self.values = self.values.index_select(0, index)
 
 
 class KVCache:
@@ -197,6 +207,13 @@ class MLP(nn.Module):
         return self.proj(self.activation(self.fc(x)))
 
 
+def padding_mask(lengths: torch.Tensor, n_keys: int, device) -> torch.Tensor | None:
+    """``(B, n_keys)`` bool, True at the right-padding of a batch whose rows hold
+    ``lengths (B,)`` real tokens; None when no row is padded."""
+    mask = torch.arange(n_keys, device=device)[None, :] >= lengths.to(device)[:, None]
+    return mask if bool(mask.any()) else None
+
+
 def _norm(spec: ModelSpec) -> nn.Module:
     if spec.norm == "rmsnorm":
         return RMSNorm(spec.d_model, spec.norm_eps)
@@ -221,7 +238,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, weights_out: torch.Tensor | None = None,
                 mlp: bool = True, cache: LayerCache | None = None, edit=None,
-                record: dict | None = None, keep: bool = True, reduce=None):
+                record: dict | None = None, keep: bool = True, reduce=None,
+                key_mask: torch.Tensor | None = None):
         """``x (b, T, d) -> (x_out (b, T, d), attn_input (b, T, d), weights (b, nh, T, T))``;
         the weights are written into ``weights_out`` when given. ``mlp=False`` skips the
         MLP (x_out is then None): the deepest block asked for needs only its attention.
@@ -229,16 +247,18 @@ class Block(nn.Module):
         ``record``, when given, receives what the block adds to the residual stream,
         ``(b, T, d)`` each: ``attn_out`` (out_proj's output, before a sandwich norm),
         ``attn_added`` and ``mlp_added`` (x_out = x + attn_added + mlp_added).
-        ``keep``, ``reduce``: see ``Attention.heads_context`` (weights is then None).
+        ``keep``, ``reduce``, ``key_mask``: see ``Attention.heads_context`` (weights is then
+        None when not kept).
         Post-norm (BERT): the attention reads ``x`` itself; ``record`` is not filled."""
         if self.post_norm:
-            attn_out, weights = self.attn(x, weights_out, cache, edit, keep, reduce)
+            attn_out, weights = self.attn(x, weights_out, cache, edit, keep, reduce, key_mask)
             if not mlp:
                 return None, x, weights
             hidden = self.norm1(x + attn_out)
             return self.norm2(hidden + self.mlp(hidden)), x, weights
         attn_input = self.norm1(x)
-        attn_out, weights = self.attn(attn_input, weights_out, cache, edit, keep, reduce)
+        attn_out, weights = self.attn(attn_input, weights_out, cache, edit, keep, reduce,
+                                      key_mask)
         if not mlp:
             return None, attn_input, weights
         if record is not None:
@@ -448,33 +468,39 @@ class Transformer:
 
     def run(self, token_ids: torch.Tensor, layers: list[int],
             weights_out: torch.Tensor | None = None, progress=None, reduce=None,
-            token_types: torch.Tensor | None = None) -> list[tuple]:
+            token_types: torch.Tensor | None = None,
+            lengths: torch.Tensor | None = None) -> list[tuple]:
         """``token_ids (B, T)`` -> for each of ``layers``: ``(attn_input (B, T, d),
         weights (B, nh, T, T), attention module)``. Rows of a batch may be right-padded:
-        the causal mask keeps every position blind to the padding after it.
+        the causal mask keeps every position blind to the padding after it; an encoder
+        needs ``lengths (B,)``, each row's real tokens, to hide its padding keys.
         ``weights_out``: a float32 ``(len(layers), B, nh, T, T)`` CPU tensor the weights
         are written into (its slices are returned); ``progress(stage, done, total)`` is
         called after each block read and each block run. ``reduce``, ``token_types``: see
         ``iter_run``."""
         out = {k: rest for k, *rest in self.iter_run(token_ids, layers, weights_out, progress,
-                                                     reduce, token_types)}
+                                                     reduce, token_types, lengths)}
         return [tuple(out[k]) for k in range(len(layers))]
 
     @torch.inference_mode()
     def iter_run(self, token_ids: torch.Tensor, layers: list[int],
                  weights_out: torch.Tensor | None = None, progress=None, reduce=None,
-                 token_types: torch.Tensor | None = None):
+                 token_types: torch.Tensor | None = None,
+                 lengths: torch.Tensor | None = None):
         """``run``, one layer at a time: yields ``(k, attn_input, weights, module)`` for
         ``layers[k]`` as soon as its block has run (in the order of the blocks), so a caller
         can write a layer out before the next is computed. ``reduce``, when given, is a
         sequence of ``attnviz.models.engine.Reduce``, one per layer of ``layers``: the
         weights go to it tile by tile (never the whole matrix), and ``weights`` is None.
         Layers not in ``layers`` keep no weights (a long one: torch's fused kernel).
-        ``token_types (B, T)``: a sentence pair's segments (see ``embed``)."""
+        ``token_types (B, T)``: a sentence pair's segments (see ``embed``). ``lengths
+        (B,)``: see ``run`` (a causal model needs none: its mask already hides the padding)."""
         deepest = max(layers) + 1
         self.load_blocks(deepest, progress)
         self._prepare(token_ids.shape[1], self.blocks[:deepest])
         x = self.embed(token_ids, token_types=token_types)
+        key_mask = padding_mask(lengths, token_ids.shape[1], self.device) if (
+            lengths is not None and not self.spec.causal) else None
         wanted = {layer: k for k, layer in enumerate(layers)}
         on_device = weights_out is not None and weights_out.device == self.device
         for i, block in enumerate(self.blocks[:deepest]):
@@ -482,7 +508,8 @@ class Transformer:
             target = weights_out[k] if k is not None and weights_out is not None else None
             x, attn_input, weights = block(
                 x, target if on_device else None, mlp=i + 1 < deepest, keep=k is not None,
-                reduce=reduce[k] if reduce is not None and k is not None else None)
+                reduce=reduce[k] if reduce is not None and k is not None else None,
+                key_mask=key_mask)
             if target is not None and not on_device:
                 weights = target.copy_(weights)  # back to the CPU, layer by layer
             if progress:

@@ -83,8 +83,8 @@ def own_tokenizer(located: Located, path, *, fallback=None):
         return tokenization.load_tokenizer(found)
     if fallback is not None:
         return fallback()
-    raise InputError(f"{folder} has no tokenizer (tokenizer.json, or Llama 3's tokenizer.model); "
-                     "pass --tokenizer PATH with the model's own")
+    raise InputError(f"{folder} has no tokenizer (tokenizer.json, tokenizer.model, spiece.model or "
+                     "Marian's source.spm); pass --tokenizer PATH with the model's own")
 
 
 def check_vocabularies(tokenizer, rows: int) -> None:

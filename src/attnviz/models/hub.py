@@ -3,9 +3,10 @@
 The local cache first (no request at all when the files are there), else a download of
 ``config.json`` plus ``model.safetensors`` or ``model.safetensors.index.json`` and its
 shards, and (for every family but GPT-2, whose tokenizer attnviz ships) the tokenizer
-files beside them — nothing else: never a pickle (``pytorch_model.bin`` could run code when
-loaded), never code. Files land in the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), shared with
-transformers; ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` work as everywhere.
+files beside them, and ``generation_config.json`` when the repo has one — nothing else:
+never a pickle (``pytorch_model.bin`` could run code when loaded), never code. Files land
+in the standard cache (``HF_HOME``, ``HF_HUB_CACHE``), shared with transformers;
+``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE=1`` work as everywhere.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from attnviz.models.families import check_model_type
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-# What a model's own tokenizer is read from (attnviz.text.tokenization); tokenizer.model only
-# where there is no tokenizer.json (Llama 3's tiktoken file).
+# What a model's own tokenizer is read from (attnviz.text.tokenization); the others only where
+# there is no tokenizer.json: Llama 3's tiktoken or a SentencePiece tokenizer.model, T5's
+# spiece.model, Marian's source.spm, target.spm and vocab.json.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_MODELS = ("tokenizer.model", "spiece.model", "source.spm")
+MARIAN_FILES = ("target.spm", "vocab.json")  # beside source.spm
+GENERATION = "generation_config.json"
 
 # In a notebook without ipywidgets, tqdm.auto (the Hub's progress bars) warns that it falls
 # back to text bars: which is fine, and not the user's business.
@@ -57,8 +61,8 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     config = cached(CONFIG)
     if config is None:
         return None
-    if _model_type(config) != "gpt2" and cached("tokenizer.json") is None and cached(
-            TOKENIZER_MODEL) is None:
+    if _model_type(config) != "gpt2" and cached("tokenizer.json") is None and all(
+            cached(name) is None for name in TOKENIZER_MODELS):
         return None  # weights without their tokenizer: fetch it (the weights stay cached)
     if (single := cached(SINGLE)) is not None:
         return single.parent
@@ -133,9 +137,11 @@ def _download(repo_id: str, revision: str | None, name: str, quiet: bool) -> Pat
             wanted = [CONFIG, SINGLE]
         if _model_type(config) != "gpt2":
             tokenizer = [f for f in TOKENIZER_FILES if f in files]
-            if "tokenizer.json" not in files and TOKENIZER_MODEL in files:
-                tokenizer.append(TOKENIZER_MODEL)
+            if "tokenizer.json" not in files:
+                tokenizer += [f for f in TOKENIZER_MODELS + MARIAN_FILES if f in files]
             wanted += tokenizer
+        if GENERATION in files:  # what generate follows (models.generation_config)
+            wanted.append(GENERATION)
         # By the name the user gave (not the commit): the cache then records the ref
         # (refs/main), and the next run finds the files without any request.
         paths = [Path(hf_hub_download(repo_id, f, revision=revision)) for f in wanted]

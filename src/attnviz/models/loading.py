@@ -8,6 +8,7 @@ from pathlib import Path
 from attnviz.models import book_reader
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.families import READERS, check_model_type
+from attnviz.models.generation_config import read_generation_config
 from attnviz.models.resolve import is_gguf, read_config, resolve
 
 
@@ -38,6 +39,7 @@ def load(weights: str, *, n_heads: int | None = None, offline: bool = False,
     model_type = check_model_type(raw.get("model_type", "gpt2"), str(located.config))
     reader = importlib.import_module(READERS[model_type])
     checkpoint = reader.read(located, raw, n_heads=n_heads, tokenizer=tokenizer)
+    checkpoint.generation = read_generation_config(located.config)
     if located.revision is not None:  # a training checkpoint (Pythia's step3000): say which
         checkpoint.described |= {"repo": located.repo, "revision": located.revision}
     return checkpoint

@@ -20,7 +20,7 @@ from torch import nn
 
 from attnviz.models.checkpoint import Checkpoint
 from attnviz.models.engine import attend
-from attnviz.models.forward import MLP, LayerCache, RMSNorm
+from attnviz.models.forward import MLP, LayerCache, RMSNorm, padding_mask
 from attnviz.models.seq2seq_spec import Seq2SeqSpec, relative_buckets, sinusoidal_table
 
 
@@ -53,10 +53,11 @@ class Attention(nn.Module):
         return self.heads(self.k(x)), self.heads(self.v(x))
 
     def forward(self, x: torch.Tensor, *, causal: bool, memory_kv=None, bias=None,
-                cache: LayerCache | None = None, keep: bool = True):
+                cache: LayerCache | None = None, keep: bool = True, key_mask=None):
         """``x (b, T, d)`` -> ``(out (b, T, d), weights (b, nh, T, Tk) or None)``. Self-
         attention (``memory_kv`` None) over ``x``'s keys, after the ``cache``'s; cross-
-        attention over ``memory_kv``, the encoder's ``(keys, values)``."""
+        attention over ``memory_kv``, the encoder's ``(keys, values)``. ``key_mask (b,
+        Tk)``: padding keys of a right-padded batch (``attnviz.models.engine.attend``)."""
         b, t, _ = x.shape
         start = cache.length if cache is not None else 0
         queries = self.heads(self.q(x))
@@ -68,7 +69,8 @@ class Attention(nn.Module):
             keys, values = memory_kv
         context, weights = attend(queries, keys, values, start=start if memory_kv is None else 0,
                                   scale=None if self.scale == 1.0 else self.scale, softcap=None,
-                                  window=None, keep=keep, causal=causal, bias=bias)
+                                  window=None, keep=keep, causal=causal, bias=bias,
+                                  key_mask=key_mask)
         return self.o(context.transpose(1, 2).reshape(b, t, -1)), weights
 
 
@@ -93,14 +95,16 @@ class Layer(nn.Module):
         return norm(x + out), weights
 
     def forward(self, x, *, causal: bool, bias=None, cache=None, memory_kv=None,
-                keep_self: bool = True, keep_cross: bool = True):
-        """``x (b, T, d)`` -> ``(x, self weights, cross weights or None)``."""
+                keep_self: bool = True, keep_cross: bool = True, self_mask=None,
+                memory_mask=None):
+        """``x (b, T, d)`` -> ``(x, self weights, cross weights or None)``. ``self_mask``,
+        ``memory_mask``: the padding keys of the self- and cross-attention, ``(b, Tk)``."""
         x, self_weights = self._part(x, self.self_norm, lambda h: self.self_attn(
-            h, causal=causal, bias=bias, cache=cache, keep=keep_self))
+            h, causal=causal, bias=bias, cache=cache, keep=keep_self, key_mask=self_mask))
         cross_weights = None
         if memory_kv is not None:
             x, cross_weights = self._part(x, self.cross_norm, lambda h: self.cross_attn(
-                h, causal=False, memory_kv=memory_kv, keep=keep_cross))
+                h, causal=False, memory_kv=memory_kv, keep=keep_cross, key_mask=memory_mask))
         x, _ = self._part(x, self.mlp_norm, lambda h: (self.mlp(h), None))
         return x, self_weights, cross_weights
 
@@ -125,8 +129,10 @@ class Memory:
     layer's cross-attention keys and values, computed (and the decoder read) when first
     needed, then kept: a generation's every step reuses them."""
 
-    def __init__(self, hidden: torch.Tensor, decoder_layers: Callable[[], list[Layer]]):
+    def __init__(self, hidden: torch.Tensor, decoder_layers: Callable[[], list[Layer]],
+                 key_mask: torch.Tensor | None = None):
         self.hidden, self._decoder_layers, self._kv = hidden, decoder_layers, None
+        self.key_mask = key_mask  # (b, S): a padded batch's padding, hidden from cross
 
     @property
     def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -139,6 +145,12 @@ class Memory:
     @property
     def length(self) -> int:
         return self.hidden.shape[1]
+
+    def repeat(self, n: int) -> Memory:
+        """The same memory for a batch of ``n`` decoders (a beam search's beams)."""
+        wide = Memory(self.hidden.expand(n, -1, -1), self._decoder_layers)
+        wide._kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.kv]
+        return wide
 
 
 class EncoderDecoder:
@@ -257,18 +269,24 @@ class EncoderDecoder:
 
     # -- running --------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, token_ids: torch.Tensor, keep=()) -> tuple[Memory, dict]:
-        """``token_ids (1, S)`` -> ``(Memory, {layer: weights (1, H, S, S)})`` for the
-        layers in ``keep``."""
+    def encode(self, token_ids: torch.Tensor, keep=(),
+               lengths: torch.Tensor | None = None) -> tuple[Memory, dict]:
+        """``token_ids (B, S)`` -> ``(Memory, {layer: weights (B, H, S, S)})`` for the
+        layers in ``keep``. ``lengths (B,)``: the real tokens of each row of a right-padded
+        batch; the padding keys are hidden from the encoder and, through the memory, from
+        the cross-attention."""
         x = self.embed(token_ids, "encoder")
         bias = self.relative_bias("encoder")
+        mask = None if lengths is None else padding_mask(lengths, token_ids.shape[1], self.device)
         kept, wanted = {}, set(keep)
         for i, layer in enumerate(self.stack("encoder")):
-            x, weights, _ = layer(x, causal=False, bias=bias, keep_self=i in wanted)
+            x, weights, _ = layer(x, causal=False, bias=bias, keep_self=i in wanted,
+                                  self_mask=mask)
             if i in wanted:
                 kept[i] = weights
         norm = self._part("encoder_final_norm")
-        return Memory(norm(x) if norm is not None else x, lambda: self.stack("decoder")), kept
+        return Memory(norm(x) if norm is not None else x, lambda: self.stack("decoder"),
+                      mask), kept
 
     def new_cache(self, capacity: int) -> list[LayerCache]:
         """The decoder's self-attention keys and values, for ``decode`` step by step."""
@@ -277,9 +295,10 @@ class EncoderDecoder:
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor, memory: Memory, keep=(), cache=None,
                last_only: bool = False, logits: bool = True):
-        """``token_ids (1, T)`` (after the ``cache``'s positions, when given) over the
-        encoder's ``memory`` -> ``(logits (1, T or 1, V), {layer: self weights (1, H, T,
-        start + T)}, {layer: cross weights (1, H, T, S)})`` for the layers in ``keep``.
+        """``token_ids (B, T)`` (after the ``cache``'s positions, when given) over the
+        encoder's ``memory`` -> ``(logits (B, T or 1, V), {layer: self weights (B, H, T,
+        start + T)}, {layer: cross weights (B, H, T, S)})`` for the layers in ``keep``.
+        Rows may be right-padded: the causal mask hides the padding after each position.
         ``logits=False``: only the attention is wanted (the head is not read; None)."""
         start = cache[0].length if cache is not None else 0
         x = self.embed(token_ids, "decoder", start)
@@ -288,7 +307,8 @@ class EncoderDecoder:
         for i, layer in enumerate(self.stack("decoder")):
             x, self_weights, cross_weights = layer(
                 x, causal=True, bias=bias, cache=None if cache is None else cache[i],
-                memory_kv=memory.kv[i], keep_self=i in wanted, keep_cross=i in wanted)
+                memory_kv=memory.kv[i], keep_self=i in wanted, keep_cross=i in wanted,
+                memory_mask=memory.key_mask)
             if i in wanted:
                 own[i], cross[i] = self_weights, cross_weights
         if not logits:

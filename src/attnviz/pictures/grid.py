@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -130,6 +131,16 @@ class GridFigure:
             finally:
                 image.remove()
         return encode_raster(self.image(), fmt, self.fig.dpi)
+
+    def save(self, path: Path, fmt: str, writer: Executor | None = None) -> Future | None:
+        """Write the picture; with ``writer`` (rasters), compress and write in its thread
+        while the caller goes on (the figure is free again when this returns): the write's
+        future, whose ``result()`` re-raises a failed write."""
+        if writer is None or fmt in ("svg", "pdf"):
+            write_bytes(path, self.to_bytes(fmt))
+            return None
+        rgba = self.image().copy()
+        return writer.submit(lambda: write_bytes(path, encode_raster(rgba, fmt, self.fig.dpi)))
 
 
 def _row_window(row_windows: Sequence[int | None], row: int) -> int | None:

@@ -343,24 +343,36 @@ class HeatmapFigure:
         return cell_words(values, height, width, self.colormap, self.norm, window,
                           self.outside_color, self.offset)
 
+    def panel_words(self, panels: Sequence[np.ndarray],
+                    windows: Sequence[int | None] | None = None) -> list[np.ndarray]:
+        """Each panel's cells as the pixels ``render`` pastes, ``(h, w)`` RGBA words. Reads
+        the figure, never draws on it: a thread can make the next picture's while this one
+        is drawn."""
+        windows = list(windows) if windows else [None] * len(panels)
+        return [self._words(p, masked(weights, window, self.offset), window=window)
+                for p, (weights, window) in enumerate(zip(panels, windows))]
+
     def render(self, panels: Sequence[np.ndarray], titles: Sequence[str],
-               windows: Sequence[int | None] | None = None) -> np.ndarray:
+               windows: Sequence[int | None] | None = None,
+               words: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Draw ``panels`` (each ``(T, T)``, or ``(R, T)`` with ``rows``) with ``titles``;
-        the canvas as ``(H, W, 4)``."""
+        the canvas as ``(H, W, 4)``. ``words``: the panels' ``panel_words``, made already."""
         self.canvas.restore_region(self.background)
         pixels = np.asarray(self.canvas.buffer_rgba())  # (H, W, 4), a writable view
-        words = pixels.view(np.uint32)[..., 0]  # (H, W): one RGBA pixel per word
+        canvas_words = pixels.view(np.uint32)[..., 0]  # (H, W): one RGBA pixel per word
         windows = list(windows) if windows else [None] * len(panels)
+        if words is None:
+            words = self.panel_words(panels, windows)
         for p, (ax, title, weights, text, window) in enumerate(
                 zip(self.axes, self.titles, panels, titles, windows)):
-            values = masked(weights, window, self.offset)
             ys, xs = self.boxes[p]
-            words[ys, xs] = self._words(p, values, window=window)
-            _paint_frame(words, ys, xs)
+            canvas_words[ys, xs] = words[p]
+            _paint_frame(canvas_words, ys, xs)
             title.set_text(text)
             ax.draw_artist(title)
             if self.cell_texts:
-                self._annotate(self.cell_texts[p], values, ax, draw=True)
+                self._annotate(self.cell_texts[p], masked(weights, window, self.offset), ax,
+                               draw=True)
         return pixels
 
     def _annotate(self, texts: list, values: np.ma.MaskedArray, ax, draw: bool) -> None:
@@ -420,16 +432,17 @@ class HeatmapFigure:
 
     def save(self, path: Path, panels: Sequence[np.ndarray], titles: Sequence[str],
              writer: Executor | None = None, fmt: str = "png",
-             windows: Sequence[int | None] | None = None) -> Path:
+             windows: Sequence[int | None] | None = None,
+             words: Sequence[np.ndarray] | None = None) -> Path:
         """Write the picture in ``fmt``; with ``writer``, compress and write in its thread
-        while the caller renders the next image (the canvas is free again when this returns)."""
+        while the caller renders the next image (the canvas is free again when this returns).
+        ``words``: the panels' ``panel_words``, made already (raster formats)."""
         if fmt in ("svg", "pdf"):
             write_bytes(path, self.vector(panels, titles, fmt, windows))
             return path
         # A plain copy of the canvas (a memcpy) frees it for the next picture; the scanline
         # packing and compression happen in the writer's thread.
-        rgba = (self.render(panels, titles) if windows is None else
-                self.render(panels, titles, windows)).copy()
+        rgba = self.render(panels, titles, windows, words).copy()
         encode = lambda: encode_raster(rgba, fmt, self.dpi)  # noqa: E731
         if writer is None:
             write_bytes(path, encode())

@@ -250,15 +250,30 @@ def write_heatmaps(
             progress("Drawing", len(written), total)
 
     overview, overview_legend = None, None
-    # zlib releases the GIL: the PNGs are compressed in threads while the next is drawn.
-    with ThreadPoolExecutor(max_workers=ENCODERS) as writer:
+    overview_writes: list = []  # each layer's overview being written (None: written)
+    # zlib releases the GIL: the PNGs are compressed in threads while the next is drawn,
+    # and (rasters) the next head's cells are coloured in another (numpy releases it too).
+    ahead = view != "lines" and image_format not in ("svg", "pdf")
+    with ThreadPoolExecutor(max_workers=ENCODERS) as writer, \
+            ThreadPoolExecutor(max_workers=1) as colourer:
         for li, layer in enumerate(result.layers):
             folder = out_dir / f"layer_{layer:02d}" if n_layers > 1 else out_dir
             folder.mkdir(parents=True, exist_ok=True)
             where = kind_prefix(result) + (f"layer {layer}, " if pretrained else "")
             window, cell = windows[li], cells[li]
             figure = figure_for(window)
-            for h in chosen:
+            shown = form.windows([cell])[0]
+
+            def coloured(h: int, li=li, cell=cell, figure=figure, shown=shown) -> list:
+                return figure.panel_words([form.view(result.weights[li, h], cell)],
+                                          None if shown is None else [shown])
+
+            coming: dict = {}  # head -> its cells' pixels, being made
+            for k, h in enumerate(chosen):
+                if ahead:
+                    for later in chosen[k : k + 2]:
+                        if later not in coming:
+                            coming[later] = colourer.submit(coloured, later)
                 text = titled(layer, h, f"{where}head {h}{head_extras(result, li, h)}{suffix}")
                 if view == "lines":
                     from attnviz.pictures.lines import window_line_note
@@ -268,8 +283,9 @@ def write_heatmaps(
                              if result.grouped else None}
                     panel = lines_panel(result.weights[li, h], measure)
                 else:
-                    shown = form.windows([cell])[0]
                     extra = {"windows": [shown]} if shown is not None else {}
+                    if ahead:
+                        extra["words"] = coming.pop(h).result()
                     panel = result.weights[li, h]
                 record.claim(f"{folders[li]}head_{h:02d}.{image_format}")
                 path = figure.save(folder / f"head_{h:02d}.{image_format}",
@@ -295,7 +311,7 @@ def write_heatmaps(
                                 [shown] * len(overview.tiles))
             path = folder / f"heads.{image_format}"
             record.claim(f"{folders[li]}heads.{image_format}")
-            write_bytes(path, overview.to_bytes(image_format))
+            overview_writes.append(overview.save(path, image_format, writer))
             written.append(WrittenFile(path, layer, None))
             drawn()
             for name, draw in layer_extras.items():
@@ -304,9 +320,9 @@ def write_heatmaps(
                 write_bytes(path, draw(li))
                 written.append(WrittenFile(path, layer, None))
                 drawn()
-        for figure in figures.values():
-            for future in figure.pending:
-                future.result()  # re-raise a failed write here
+        for future in [f for figure in figures.values() for f in figure.pending] + [
+                f for f in overview_writes if f is not None]:
+            future.result()  # re-raise a failed write here
     if n_layers > 1:
         # Each tile is made when drawn (a view; a copy only with exclude_first).
         tiles = [[(lambda w=w, window=window: form.view(w, window)) for w in layer]

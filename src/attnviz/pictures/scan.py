@@ -15,9 +15,11 @@ from attnviz.core.words import counted
 from attnviz.files.fileio import write_bytes
 from attnviz.files.outdir import OutputFolder
 
-# The names a scan --plot folder can hold: one map per detector or statistic
-# (and, across checkpoints, <name>_over_checkpoints: pictures.series)
-SCAN_MAPS = re.compile("(" + "|".join((*DETECTORS, *COLUMNS, "induction_probe"))
+# The names a scan --plot folder can hold: one map per detector or statistic, an
+# encoder–decoder's prefixed by its kind (and, across checkpoints, <name>_over_checkpoints:
+# pictures.series)
+SCAN_MAPS = re.compile("((encoder|decoder|cross)_)?("
+                       + "|".join((*DETECTORS, *COLUMNS, "induction_probe"))
                        + r")(_over_checkpoints)?\.png")
 
 MAX_ANNOTATED = 24  # cells per side that still hold a readable number
@@ -28,18 +30,22 @@ TITLES = {
     "duplicate_token_head": "duplicate-token score",
     "induction_head": "induction score",
     "first_token": "first-token (sink) mass",
+    "max_weight": "max weight (focus)",
     "induction_probe": "induction probe score (repeated random tokens)",
 }
 FLAT_IN = 1.5  # a map less tall than this (inches) gets its colour bar under it, not beside
 
 
-def detector_maps(result, detectors: list[str]) -> dict[str, tuple[np.ndarray, str]]:
-    """``name -> (scores (L, H), title)`` of a ``ScanResult``, for ``save_score_maps``."""
+def detector_maps(result, detectors: list[str], prefix: str = "") -> dict[str, tuple[np.ndarray, str]]:
+    """``name -> (scores (L, H), title)`` of a ``ScanResult``, for ``save_score_maps``;
+    the titles name the kind of attention of an encoder's or encoder–decoder's scan, and
+    ``prefix`` starts each name (an encoder–decoder's kind: ``cross_first_token``)."""
     maps = {}
+    kind = f"{result.attention} attention: " if getattr(result, "attention", None) else ""
     for name in detectors:
         scores = result.induction_probe if name == "induction_probe" else result.mean[name]
         what = "" if name == "induction_probe" else f"\nmean over {counted(result.n_prompts, 'prompt')}"
-        maps[name] = (scores, TITLES[name] + what)
+        maps[prefix + name] = (scores, kind + TITLES[name] + what)
     return maps
 
 
@@ -158,16 +164,18 @@ def figure_png(fig) -> bytes:
 
 
 def save_score_maps(out_dir: Path, maps: dict[str, tuple[np.ndarray, str]],
-                    layers: list[int]) -> list[Path]:
+                    layers: list[int] | dict[str, list[int]]) -> list[Path]:
     """``out_dir/<name>.png`` for every ``name -> (scores (L, H), title)``; the maps of an
     earlier run (interrupted or not) that this one does not draw are removed, and nothing
-    else (see ``attnviz.files.outdir``)."""
+    else (see ``attnviz.files.outdir``). ``layers``: the rows' layers, or per name (the two
+    stacks of an encoder–decoder)."""
     record = OutputFolder(out_dir, [f"{name}.png" for name in maps], SCAN_MAPS)
     written = []
     for name, (scores, title) in maps.items():
         path = out_dir / f"{name}.png"
         label = "score" if name == "induction_probe" else "mean score over prompts"
-        png = figure_png(score_map_figure(scores, layers, title, label))
+        rows = layers[name] if isinstance(layers, dict) else layers
+        png = figure_png(score_map_figure(scores, rows, title, label))
         record.claim(path.name)
         write_bytes(path, png)
         written.append(path)

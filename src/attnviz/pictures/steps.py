@@ -8,7 +8,10 @@ colormap centred at 0 (panels that belong together share a scale: Q with K, the 
 with the masked scores, V with the context, which is a weighted average of V's rows);
 the weights use the colormap and scale of ``attnviz heatmap``. Without the causal mask
 there is no masked panel (unless a window hides keys on both sides); cross-attention's K,
-V and the columns of the square panels are the second text's tokens (``key_labels``).
+V and the columns of the square panels are the second text's tokens (``key_labels``), the
+square panels as wide as square cells make them (up to ``_MAX_KEYS_W``). T5's relative
+position bias B and the scores it is added to are panels of their own, on a row between the
+scores and the weights; a model that does not scale its scores (T5) has no scaled panel.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ ANNOTATE_TOKENS = 8  # print the values in the cells up to this many tokens
 ANNOTATE_DIMS = 8  # ... and in the T x d_k panels when d_k is this small too
 # Sizes in inches.
 _MIN_SIDE, _MAX_SIDE = 2.0, 4.4  # a T x T panel: 0.34 in a token between these
+_MAX_KEYS_W = 7.0  # a T x T_k panel of cross-attention: as wide as its keys' square cells, up to this
 _MIN_DIM_W, _DIM_SHARE = 1.1, 0.6  # a T x d_k panel: at most this share of a T x T one
 _TITLE_H, _SUPTITLE_H, _SUBTITLE_H, _LEGEND_H = 0.6, 0.55, 0.25, 0.45
 _YLABEL_W, _XLABEL_H = 0.3, 0.4  # the axis names ("query", "key")
@@ -66,9 +70,9 @@ class ColourScale:
     image: object = None  # an image drawn on this scale, for its colorbar
 
 
-def check_steps_size(n_tokens: int) -> None:
+def check_steps_size(n_tokens: int, what: str = "the text") -> None:
     if n_tokens > MAX_TOKENS:
-        raise InputError(f"the text is {n_tokens} tokens; the steps figure draws every cell and "
+        raise InputError(f"{what} is {n_tokens} tokens; the steps figure draws every cell and "
                          f"is limited to {MAX_TOKENS} tokens: use a shorter text")
 
 
@@ -96,13 +100,7 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
     row_sums = "rows sum to 1" if whole_rows else "rows of a window (keys before it cut)"
     weights_map = colours.check_cmap(cmap).with_extremes(bad=_mask_colour(cmap))
     stages = {name: m for name, m in steps.matrices().items() if name in STAGES}
-    scales = [
-        signed("Q, K", steps.queries, steps.keys, *stages.values()),
-        signed("scores", steps.scores),
-        signed("scaled scores", steps.scaled),
-        ColourScale(weights_map, colours.make_norm(scale), "attention weight", weights=True),
-        signed("V, context", steps.values, steps.context),
-    ]
+    scales = [signed("Q, K", steps.queries, steps.keys, *stages.values())]
     before = {"queries_projected": "queries before QK-norm", "keys_projected": "keys before QK-norm",
               "queries_unrotated": "queries before RoPE", "keys_unrotated": "keys before RoPE"}
     panels = [Panel(name, m, f"{formula[name]}\n{before[name]}, {td}",
@@ -118,21 +116,46 @@ def build_panels(steps: HeadSteps, cmap: str = "viridis", scale: str = "sqrt"
         Panel("queries", steps.queries, f"{formula['queries']}\nqueries{rotated}, {td}", "query",
               False, 0),
         Panel("keys", steps.keys, f"{formula['keys']}\nkeys{rotated}, {td_keys}", "key", False, 0),
-        Panel("scores", steps.scores, f"{formula['scores']}\nscores, {tt}", "query", True, 1),
-        Panel("scaled", steps.scaled, f"{formula['scaled']}\n{scale_text}, {tt}", "query", True, 2),
-        *([Panel("masked", steps.masked, f"{formula['masked']}\n{hidden}, {tt}", "query", True, 2)]
-          if steps.masked is not None else []),
-        Panel("weights", steps.weights, f"{formula['weights']}\nweights, {row_sums}, {tt}",
-              "query", True, 3),
     ]
+    # The scores up to the mask, each on its own scale (T5's bias is a few units where the
+    # scores may be tens: on one scale it would vanish); the masked scores share the scale
+    # of the matrix they mask.
+    unscaled = "scores, not scaled by 1/√d_k" if steps.scaled is None else "scores"
+    scales.append(signed("scores", steps.scores))
+    panels.append(Panel("scores", steps.scores, f"{formula['scores']}\n{unscaled}, {tt}", "query",
+                        True, len(scales) - 1))
+    if steps.scaled is not None:
+        scales.append(signed("scaled scores", steps.scaled))
+        panels.append(Panel("scaled", steps.scaled, f"{formula['scaled']}\n{scale_text}, {tt}",
+                            "query", True, len(scales) - 1))
+    if steps.position_bias is not None:
+        relative = steps.relative or {}
+        origin = f", layer {relative['layer']}'s table" if "layer" in relative else ""
+        scales.append(signed("position bias", steps.position_bias))
+        panels.append(Panel("position_bias", steps.position_bias,
+                            f"{formula['position_bias']}\nrelative position bias{origin}, {tt}",
+                            "query", True, len(scales) - 1))
+        scales.append(signed("scores + bias", steps.biased_scores))
+        panels.append(Panel("biased_scores", steps.biased_scores,
+                            f"{formula['biased_scores']}\nscores + position bias, {tt}", "query",
+                            True, len(scales) - 1))
+    if steps.masked is not None:
+        panels.append(Panel("masked", steps.masked, f"{formula['masked']}\n{hidden}, {tt}",
+                            "query", True, len(scales) - 1))
+    scales.append(ColourScale(weights_map, colours.make_norm(scale), "attention weight",
+                              weights=True))
+    panels.append(Panel("weights", steps.weights, f"{formula['weights']}\nweights, {row_sums}, "
+                        f"{tt}", "query", True, len(scales) - 1))
     if steps.dropped is not None:
         keep = 1 / (1 - steps.dropout)
         norm = {"sqrt": PowerNorm(0.5, 0.0, keep), "linear": Normalize(0.0, keep),
                 "log": LogNorm(colours.LOG_FLOOR, keep, clip=True)}[scale]
-        scales.insert(4, ColourScale(weights_map, norm, "weight after dropout", weights=True))
+        scales.append(ColourScale(weights_map, norm, "weight after dropout", weights=True))
         panels.append(Panel("dropped", steps.dropped,
                             f"{formula['dropped']}, seed {steps.seed}\n"
-                            f"survivors ÷ (1 − p), i.e. × {keep:.3g}, {tt}", "query", True, 4))
+                            f"survivors ÷ (1 − p), i.e. × {keep:.3g}, {tt}", "query", True,
+                            len(scales) - 1))
+    scales.append(signed("V, context", steps.values, steps.context))
     v = len(scales) - 1
     panels += [
         Panel("values", steps.values, f"{formula['values']}\nvalues, {td_keys}", "key", False, v),
@@ -167,11 +190,16 @@ def _cell_text(value: float, weights: bool) -> str:
 def _rows(panels: Sequence[Panel]) -> list[list[int]]:
     """Panel indices per row: the scores (Q, K, S, scaled, masked) on the first row, the
     weights and what they do (A, dropout, V, Z) on the second. All eight panels on one
-    row would be too wide for a slide at any size worth reading."""
-    cut = next(i for i, p in enumerate(panels) if p.name == "weights")
-    if panels[0].name in STAGES:  # QK-norm / RoPE stages: Q and K get a row of their own
-        scores = next(i for i, p in enumerate(panels) if p.name == "scores")
-        return [list(range(scores)), list(range(scores, cut)), list(range(cut, len(panels)))]
+    row would be too wide for a slide at any size worth reading. T5: Q, K, S; then B,
+    S + B, mask; then A, V, Z."""
+    names = [p.name for p in panels]
+    cut = names.index("weights")
+    # QK-norm / RoPE stages: Q and K get a row of their own; T5's bias starts a row of what
+    # is done to the scores (B, S + B, the mask)
+    middle = (names.index("scores") if names[0] in STAGES else
+              names.index("position_bias") if "position_bias" in names else None)
+    if middle is not None:
+        return [list(range(middle)), list(range(middle, cut)), list(range(cut, len(panels)))]
     return [list(range(cut)), list(range(cut, len(panels)))]
 
 
@@ -203,10 +231,18 @@ def steps_figure(
     font = min(max(cell_pt / 1.3, 7.0), 9.0)  # never under 7 pt: a stride instead
     stride = max(1, math.ceil(font * 1.2 / cell_pt))
     ticks = list(range(0, n, stride))
-    key_ticks = list(range(0, len(keys), max(1, math.ceil(font * 1.2 / (side / len(keys) * 72)))))
-    label_w = text_width_in([labels[t] for t in ticks] + [keys[t] for t in key_ticks], font)
+    # Cross-attention: the T x T_k panels keep square cells up to a width (more keys than
+    # queries: the source's labels stay readable along the columns).
+    key_w = side if not steps.cross else min(max(len(keys) * side / n, _MIN_SIDE), _MAX_KEYS_W)
+
+    def every(count: int, length: float) -> list[int]:  # labels that fit along ``length`` in
+        return list(range(0, count, max(1, math.ceil(font * 1.2 / (length / count * 72)))))
+
+    key_ticks, column_ticks = every(len(keys), side), every(len(keys), key_w)  # K, V rows; columns
+    label_w = text_width_in([labels[t] for t in ticks] + [keys[t] for t in key_ticks]
+                            + [keys[t] for t in column_ticks], font)
     dim_w = min(max(dk * side / n, _MIN_DIM_W), _DIM_SHARE * side)  # a T x d_k panel, inches
-    annotate = n <= ANNOTATE_TOKENS
+    annotate = max(n, steps.n_keys) <= ANNOTATE_TOKENS
     rows = _rows(panels)
 
     def has_bar(i: int) -> bool:  # the last panel of its colour scale, or of its row
@@ -220,7 +256,7 @@ def steps_figure(
     # pushes the next panel away rather than run into its title.
     slots = []
     for i, panel in enumerate(panels):
-        w = side if panel.square else dim_w
+        w = key_w if panel.square else dim_w
         ticks_w = (_CBAR_TICKS + _CBAR_NAME
                    + (0.2 if isinstance(scales[panel.scale].norm, LogNorm) else 0.0))
         right = (_CBAR_PAD + _CBAR_W + ticks_w if has_bar(i) else 0.0) + _GAP
@@ -233,8 +269,9 @@ def steps_figure(
     width = max(row_widths) + 2 * _MARGIN
     bottom = label_w + _XLABEL_H  # key labels (rotated) + the axis name
     row_h = _TITLE_H + side + bottom
-    top = _SUPTITLE_H + (_SUBTITLE_H if subtitle else 0.0)
-    height = top + row_h * len(rows) + _LEGEND_H
+    top = _SUPTITLE_H + (_SUBTITLE_H * (subtitle.count("\n") + 1) if subtitle else 0.0)
+    legend = steps.masked is not None or steps.dropped is not None  # else no legend to draw
+    height = top + row_h * len(rows) + (_LEGEND_H if legend else 0.1)
     fig, canvas = images.new_figure(width, height, dpi)
 
     def box(x: float, y_top: float, w: float, h: float):
@@ -250,7 +287,7 @@ def steps_figure(
             ax = fig.add_axes(box(x, y, w, side), label=panel.name)
             rows_of = (keys, key_ticks) if panel.row_axis == "key" else (labels, ticks)
             _draw_panel(ax, panel, colour, steps, rows_of[0], rows_of[1] if named(i) else [],
-                        rows_of[1], font, cell_pt, annotate, (keys, key_ticks))
+                        rows_of[1], font, cell_pt, annotate, (keys, column_ticks))
             if has_bar(i):
                 cax = fig.add_axes(box(x + w + _CBAR_PAD, y, _CBAR_W, side),
                                    label=f"{panel.name} colorbar")
@@ -317,6 +354,15 @@ def _title_width(title: str) -> float:
 
 
 def _default_title(steps: HeadSteps) -> str:
+    if steps.kind == "cross":
+        return (f"Cross-attention, decoder layer {steps.layer}, head {steps.head}: "
+                f"{steps.n_tokens} decoder tokens read {steps.n_keys} source tokens "
+                f"(d_k = {steps.head_dim})")
+    if steps.kind is not None:
+        text = "source" if steps.kind == "encoder" else "decoder"
+        return (f"{steps.kind.capitalize()} self-attention, layer {steps.layer}, head "
+                f"{steps.head}: how attention turns {steps.n_tokens} {text} token vectors into "
+                f"context vectors (d_k = {steps.head_dim})")
     return (f"Layer {steps.layer}, head {steps.head}: how attention turns {steps.n_tokens} token "
             f"vectors into context vectors (d_k = {steps.head_dim})")
 

@@ -62,6 +62,7 @@ from pathlib import Path
 
 from attnviz.core.errors import InputError
 from attnviz.text import gpt2_bpe as gpt2
+from attnviz.text.spm_tokenizer import generate_merges
 from attnviz.text.tokenization import LLAMA3_PAT_STR, JsonTokenizer, Tokenizer
 from attnviz.text.tokenizer_recipes import QWEN2_PAT_STR
 
@@ -244,20 +245,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
-    """transformers' ``generate_merges(vocab, vocab_scores)``: every split of every token into two
-    tokens of the vocabulary, best score first (ties: shorter left piece, then shorter right)."""
-    vocab = {token: index for index, token in enumerate(tokens)}
-    found = []
-    for merge, score in dict(zip(tokens, scores)).items():
-        local = [
-            (merge[:i], merge[i:], score)
-            for i in range(1, len(merge))
-            if merge[:i] in vocab and merge[i:] in vocab
-        ]
-        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
-        found.extend(local)
-    found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(left, right) for left, right, _ in found]
+    """transformers' ``generate_merges(vocab, vocab_scores)``
+    (:func:`attnviz.text.spm_tokenizer.generate_merges`)."""
+    return generate_merges({token: index for index, token in enumerate(tokens)},
+                           dict(zip(tokens, scores)))
 
 
 class _Read:

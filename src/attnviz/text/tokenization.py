@@ -1,11 +1,15 @@
-"""One tokenizer interface for every model family: GPT-2 offline, ``tokenizer.json``, Llama 3's tiktoken.
+"""One tokenizer interface for every model family: GPT-2 offline, ``tokenizer.json``, SentencePiece, tiktoken.
 
 Each model must be fed its own token ids, the ids ``transformers.AutoTokenizer.from_pretrained(folder)
-(text)["input_ids"]`` gives. Three kinds of tokenizer sit behind :class:`Tokenizer`:
+(text)["input_ids"]`` gives. Four kinds of tokenizer sit behind :class:`Tokenizer`:
 
 - ``"gpt2"``: the offline GPT-2 tiktoken encoding of :mod:`attnviz.text.gpt2_bpe` (:func:`gpt2_tokenizer`).
 - ``"tokenizer.json"``: a Hugging Face ``tokenizer.json`` read with the ``tokenizers`` library, set up
   the way transformers 5 sets it up (below).
+- ``"sentencepiece"``: a SentencePiece model where there is no ``tokenizer.json`` (T5's
+  ``spiece.model``, a Llama 2-style ``tokenizer.model``, Marian's ``source.spm`` + ``target.spm``
+  + ``vocab.json``), read by :mod:`attnviz.text.spm_model` and built as transformers builds it
+  by :mod:`attnviz.text.spm_tokenizer` (Marian: :class:`MarianSpmTokenizer`).
 - ``"tiktoken"``: Llama 3's ``tokenizer.model`` (lines ``base64-token rank``) as a ``tiktoken.Encoding``
   with Llama 3's split pattern and its 256 special tokens after the ranks, as Meta's reference
   ``llama_models/llama3/tokenizer.py`` builds it for the 3.1 text models (11 named tokens, then
@@ -66,6 +70,8 @@ from pathlib import Path
 from attnviz.core.errors import InputError
 from attnviz.text import gpt2_bpe as gpt2
 from attnviz.text.inputs import EMPTY_TEXT
+from attnviz.text.spm_model import read_spm
+from attnviz.text.spm_tokenizer import SpmPieces, marian_vocab, spm_class, spm_pipeline
 from attnviz.text.tokenizer_recipes import chat_setup, set_up_like_transformers
 
 __all__ = [
@@ -113,8 +119,9 @@ def _check_text(text: str) -> None:
 class Tokenizer:
     """The interface every tokenizer implements.
 
-    ``kind`` is ``"gpt2"``, ``"tokenizer.json"``, ``"tiktoken"`` or ``"gguf"`` (a GGUF file's metadata,
-    :mod:`attnviz.text.gguf_tokenizer`); ``source`` is where it was read
+    ``kind`` is ``"gpt2"``, ``"tokenizer.json"``, ``"tiktoken"``, ``"gguf"`` (a GGUF file's metadata,
+    :mod:`attnviz.text.gguf_tokenizer`) or ``"sentencepiece"`` (a SentencePiece model file,
+    :mod:`attnviz.text.spm_tokenizer`); ``source`` is where it was read
     from (``"gpt2 (offline)"`` or a path); every id it produces is ``< vocab_size`` (added and
     special tokens included); ``bos_id`` is the id ``encode`` prepends by default (None: none).
     """
@@ -137,6 +144,11 @@ class Tokenizer:
     def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
         """Token ids of ``text`` (special-token strings are plain text unless ``allow_special``)."""
         raise NotImplementedError
+
+    def decoder_tokenizer(self) -> Tokenizer:
+        """The tokenizer of an encoder–decoder's target text (``--decoder-text``): itself,
+        except Marian's, whose target language has a SentencePiece model of its own."""
+        return self
 
     def token_bytes(self, token_ids: list[int]) -> list[bytes]:
         """Each token's raw bytes, for :func:`attnviz.text.gpt2_bpe.token_label`."""
@@ -398,6 +410,121 @@ def _load_json_tokenizer(path: Path, data: bytes) -> JsonTokenizer:
     return tokenizer
 
 
+# -- SentencePiece models: T5's spiece.model, Llama 2's tokenizer.model, Marian's .spm ---------------
+
+
+def _load_spm(path: Path, data: bytes) -> Tokenizer:
+    """A SentencePiece model as transformers builds it for its class (:mod:`attnviz.text.spm_tokenizer`)."""
+    class_name, config = spm_class(path.parent, path)
+    if class_name == "MarianTokenizer":
+        return _load_marian(path, config)
+    backend, eos = spm_pipeline(read_spm(path, data), class_name, config, path)
+    tokenizer = JsonTokenizer(str(path), backend, byte_level=False, tokenizer_class=class_name,
+                              eos=eos, kind="sentencepiece")
+    unk = config.get("unk_token", "<unk>")
+    unk = unk.get("content") if isinstance(unk, dict) else unk
+    if isinstance(unk, str) and backend.token_to_id(unk) is not None:
+        tokenizer.unk_id = backend.token_to_id(unk)
+    tokenizer.chat_template, tokenizer.chat_tokens = chat_setup(path.parent)
+    return tokenizer
+
+
+class MarianSpmTokenizer(Tokenizer):
+    """Marian's tokenizer as transformers' ``MarianTokenizer`` runs it: the source text through
+    ``source.spm``, the target text through ``target.spm`` (:meth:`decoder_tokenizer`), each piece
+    to its id in ``vocab.json`` (``<unk>`` when it has none), a ``>>xx<<`` language code at the
+    start of the text (or of a stretch between special tokens) kept whole, then ``</s>``."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, sides: dict[str, tuple[str, SpmPieces]], vocab: dict[str, int],
+                 named: dict[str, str], side: str = "source"):
+        self._sides, self._vocab, self._named, self.side = sides, vocab, named, side
+        self.source, self._spm = sides[side]
+        self._piece = {token_id: piece for piece, token_id in vocab.items()}
+        self.vocab_size = max(vocab.values()) + 1
+        self.unk_id = vocab[named["unk_token"]]
+        self.bos_id = None
+        self.eos_id = vocab[named["eos_token"]]
+        self._special = {text: vocab[text] for text in named.values()}
+        self._special_ids = set(self._special.values())
+        pattern = "|".join(map(re.escape, sorted(self._special, key=len, reverse=True)))
+        self._split = re.compile(f"({pattern})")
+
+    def decoder_tokenizer(self) -> Tokenizer:
+        if self.side == "target":
+            return self
+        return MarianSpmTokenizer(self._sides, self._vocab, self._named, side="target")
+
+    def _pieces(self, text: str, allow_special: bool) -> list[str]:
+        """The text's pieces (and special tokens, ``allow_special``), as MarianTokenizer.tokenize."""
+        chunks = [c for c in self._split.split(text) if c] if allow_special else [text]
+        out = []
+        for chunk in chunks:
+            if allow_special and chunk in self._special:
+                out.append(chunk)
+                continue
+            if chunk.startswith(">>") and (end := chunk.find("<<")) != -1:  # remove_language_code
+                out.append(chunk[:end + 2])
+                chunk = chunk[end + 2:]
+            out += self._spm.pieces(chunk) if chunk else []
+        return out
+
+    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool = True) -> list[int]:
+        _check_text(text)
+        ids = [self._vocab.get(piece, self.unk_id) for piece in self._pieces(text, allow_special)]
+        return [*ids, self.eos_id] if add_bos else ids
+
+    def unknown_words(self, text: str, token_ids: list[int]) -> list[str]:
+        if self.unk_id not in token_ids:
+            return []
+        words = [piece.replace("\u2581", " ").strip() or piece for piece in self._pieces(text, False)
+                 if self._vocab.get(piece, self.unk_id) == self.unk_id]
+        return list(dict.fromkeys(words))
+
+    def token_bytes(self, token_ids: list[int]) -> list[bytes]:
+        out = []
+        for token_id in token_ids:
+            piece = self._piece.get(token_id)
+            if piece is None:
+                raise self._unknown_id(token_id)
+            if token_id in self._special_ids:
+                out.append(piece.encode())
+            elif self._spm.model.byte_fallback and (match := _BYTE_PIECE.fullmatch(piece)):
+                out.append(bytes([int(match.group(1), 16)]))
+            else:
+                out.append(piece.replace("\u2581", " ").encode())
+        return out
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+
+def _load_marian(path: Path, config: dict) -> MarianSpmTokenizer:
+    folder = path.parent
+    if config.get("separate_vocabs"):
+        raise InputError(f"{folder / 'tokenizer_config.json'}: separate_vocabs (a target vocabulary "
+                         "of its own) is not supported for Marian")
+    files = {"source": folder / "source.spm", "target": folder / "target.spm"}
+    if path.name not in ("source.spm", "target.spm"):
+        files["source"] = path
+    vocab_path = folder / "vocab.json"
+    for file in (*files.values(), vocab_path):
+        if not file.is_file():
+            raise InputError(f"{folder}: Marian's tokenizer needs source.spm, target.spm and "
+                             f"vocab.json side by side; {file.name} is missing")
+    vocab = marian_vocab(vocab_path)
+    named = {}
+    for key, default in (("eos_token", "</s>"), ("unk_token", "<unk>"), ("pad_token", "<pad>")):
+        value = config.get(key, default)
+        value = value.get("content") if isinstance(value, dict) else value
+        if not isinstance(value, str) or value not in vocab:
+            raise InputError(f"{vocab_path}: Marian's {key} {value!r} is not in it")
+        named[key] = value
+    sides = {side: (str(file), SpmPieces(read_spm(file), file)) for side, file in files.items()}
+    return MarianSpmTokenizer(sides, vocab, named)
+
+
 # -- finding and loading ---------------------------------------------------------------------------
 
 
@@ -425,51 +552,49 @@ def _is_sentencepiece(data: bytes) -> bool:
     return any(byte < 9 for byte in data[:4096])
 
 
-def _sentencepiece_error(path: Path) -> InputError:
-    return InputError(
-        f"{path} is a SentencePiece model, which attnviz does not read: it reads tokenizer.json "
-        "(or Llama 3's tiktoken tokenizer.model); pass --tokenizer PATH to the checkpoint's tokenizer.json"
-    )
+# Where a checkpoint keeps its tokenizer, in the order they are looked for: tokenizer.model is
+# Llama 3's tiktoken file or a SentencePiece model; spiece.model T5's; source.spm Marian's.
+TOKENIZER_NAMES = ("tokenizer.json", "tokenizer.model", "spiece.model", "source.spm")
 
 
 def find_tokenizer(folder: Path) -> Path | None:
-    """``tokenizer.json`` in ``folder``, else a tiktoken-format ``tokenizer.model``, else None."""
+    """The first of :data:`TOKENIZER_NAMES` in ``folder``, else None."""
     folder = Path(folder)
-    if (folder / "tokenizer.json").is_file():
-        return folder / "tokenizer.json"
-    model = folder / "tokenizer.model"
-    if model.is_file() and _is_tiktoken(_head(model)):
-        return model
+    for name in TOKENIZER_NAMES:
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    """The tokenizer in a folder, or in a ``tokenizer.json`` / ``tokenizer.model`` file (cached)."""
+    """The tokenizer in a folder, or in a ``tokenizer.json`` / ``tokenizer.model`` /
+    SentencePiece file (cached)."""
     path = Path(path)
     if path.is_dir():
         found = find_tokenizer(path)
         if found is None:
-            if (path / "tokenizer.model").is_file():
-                raise _sentencepiece_error(path / "tokenizer.model")
             raise InputError(
-                f"no tokenizer.json or tiktoken tokenizer.model in {path}: pass --tokenizer PATH"
+                f"no tokenizer in {path} (tokenizer.json, tokenizer.model, spiece.model or Marian's "
+                "source.spm): pass --tokenizer PATH"
             )
         path = found
     elif not path.exists():
         raise InputError(
-            f"tokenizer {path}: no such file or folder (--tokenizer takes a tokenizer.json, "
-            "Llama 3's tokenizer.model, or a folder holding one)"
+            f"tokenizer {path}: no such file or folder (--tokenizer takes a tokenizer.json, a "
+            "tokenizer.model, a SentencePiece .model/.spm file, or a folder holding one)"
         )
     try:
         stat = path.stat()
     except OSError as exc:
         raise InputError(f"cannot read tokenizer {path}: {exc.strerror}") from None
-    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    # absolute, not resolved: the files beside it (tokenizer_config.json, Marian's target.spm) are
+    # found in its folder, which a Hub snapshot's symlink into the blob store would lose
+    return _load_cached(str(path.absolute()), stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
-def _load_cached(resolved: str, mtime_ns: int, size: int) -> Tokenizer:
-    path = Path(resolved)
+def _load_cached(absolute: str, mtime_ns: int, size: int) -> Tokenizer:
+    path = Path(absolute)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -478,8 +603,9 @@ def _load_cached(resolved: str, mtime_ns: int, size: int) -> Tokenizer:
         return _load_json_tokenizer(path, data)
     if _is_tiktoken(data[:256]):
         return _load_tiktoken_model(path, data)
-    if _is_sentencepiece(data):
-        raise _sentencepiece_error(path)
+    if _is_sentencepiece(data) or path.suffix in (".model", ".spm"):
+        return _load_spm(path, data)
     raise InputError(
-        f"{path} is neither a tokenizer.json nor a tiktoken tokenizer.model: pass --tokenizer PATH"
+        f"{path} is neither a tokenizer.json, a tiktoken tokenizer.model nor a SentencePiece model: "
+        "pass --tokenizer PATH"
     )

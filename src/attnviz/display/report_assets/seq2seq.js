@@ -7,8 +7,12 @@
   "use strict";
   var payload = JSON.parse(document.getElementById("attnviz-data").textContent);
   var NAMES = { encoder: "Encoder", decoder: "Decoder", cross: "Cross" };
+  /* an encoder model's page (encoder.js) has one text, not a source for a decoder */
+  var ONE_TEXT = !payload.kinds.decoder && !payload.kinds.cross;
+  var SOURCE = ONE_TEXT ? "" : "source ";
   var ABOUT = {
-    encoder: "Encoder self-attention: each source token over every source token (bidirectional: nothing masked).",
+    encoder: "Encoder self-attention: each " + SOURCE + "token over every " + SOURCE +
+      "token (bidirectional: nothing masked).",
     decoder: "Decoder self-attention: each decoder token over itself and the decoder tokens before it (causal).",
     cross: "Cross-attention: each decoder token (rows, left) over the source tokens (columns, right): the alignment of the two texts."
   };
@@ -229,7 +233,7 @@
     document.getElementById("masked-legend").hidden = kind !== "decoder";
     document.getElementById("axes-note").textContent = kind === "cross" ?
       "rows: decoder tokens \u00b7 columns: source tokens" : kind === "encoder" ?
-      "rows and columns: source tokens" : "rows and columns: decoder tokens";
+      "rows and columns: " + SOURCE + "tokens" : "rows and columns: decoder tokens";
     paint();
   }
   function paint() {
@@ -341,8 +345,8 @@
     var d = data[state.kind];
     tokenColumn(left, d.queries, "left");
     tokenColumn(right, d.keys, "right");
-    document.getElementById("left-caption").textContent = state.kind === "encoder" ? "source (queries)" : "decoder (queries)";
-    document.getElementById("right-caption").textContent = state.kind === "decoder" ? "decoder (keys)" : "source (keys)";
+    document.getElementById("left-caption").textContent = state.kind === "encoder" ? (ONE_TEXT ? "tokens (queries)" : "source (queries)") : "decoder (queries)";
+    document.getElementById("right-caption").textContent = state.kind === "decoder" ? "decoder (keys)" : (ONE_TEXT ? "tokens (keys)" : "source (keys)");
     document.getElementById("lines-layer").textContent = NAMES[state.kind].toLowerCase() + " \u00b7 layer " + d.layers[state.layer];
     buildChips();
     drawLines();
