@@ -313,3 +313,26 @@ def test_the_python_api_gives_an_encoders_long_result_that_shows_itself(checkpoi
     assert "distance_ahead" in result.export_arrays()
     html = result._repr_mimebundle_()["text/html"]
     assert "(encoder)" in html and "farthest either way" in html
+
+
+@pytest.mark.parametrize("exclude_first, exclude_self", [(False, False), (True, True)])
+def test_scan_scores_a_long_encoder_prompt_through_the_tiles_as_the_whole_matrix(
+        checkpoints, monkeypatch, exclude_first, exclude_self):
+    from attnviz.analyses import scanning
+
+    model = load_model(ModelConfig(), str(checkpoints["modernbert"]))
+    rng = np.random.default_rng(5)
+    segment = rng.integers(5, model.vocab_size, 60).tolist()  # repeats: duplicates, induction
+    prompts = [scanning.Prompt(0, "", [1, *(segment * 6)[:345], 2]),
+               scanning.Prompt(1, "", [1, *rng.integers(5, model.vocab_size, 288).tolist(), 2])]
+    options = dict(exclude_first=exclude_first, exclude_self=exclude_self)
+    whole = scanning.scan(model, prompts, [0, 1], **options)
+    monkeypatch.setattr(scanning, "LONG_PROMPT", 100)  # both prompts through the engine
+    tiled = scanning.scan(model, prompts, [0, 1], **options)
+    assert tiled.attention == whole.attention == "encoder"
+    for name in scanning.COLUMNS:
+        np.testing.assert_allclose(tiled.mean[name], whole.mean[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    for name in ("duplicate_token_head", "induction_head", "previous_token_head"):
+        assert (whole.mean[name] > 1e-4).all(), name  # the patterns are there: not 0 = 0
+    assert (whole.mean["mean_distance"] < 0).any()  # signed: some heads look ahead

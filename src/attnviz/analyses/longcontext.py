@@ -236,8 +236,8 @@ class LayerReduction:
     def detector_scores(self) -> np.ndarray:
         """``(3, H)``: TransformerLens's "mul" scores of ``DETECTORS`` (previous token,
         duplicate token, induction), from the sums: the kept attention is T, less key 0's
-        column (``exclude_first``) and the diagonal (``exclude_self``), with a[0, 0] = 1
-        in both."""
+        column (``exclude_first``) and the diagonal (``exclude_self``), with a[0, 0] in
+        both (1 behind the causal mask)."""
         d, n = self.detect, self.n_tokens
         received, distance = self.received, self.distance
         kept = torch.full_like(received[:, 0], float(n))
@@ -248,7 +248,7 @@ class LayerReduction:
         if d.exclude_self:
             kept -= distance[:, 0]
         if d.exclude_first and d.exclude_self:
-            kept += 1.0  # a[0, 0], taken out twice
+            kept += 1.0 if self.causal else self.origin  # a[0, 0], taken out twice
         return (torch.stack([previous, self.found[0], self.found[1]]) / kept).numpy()
 
 
