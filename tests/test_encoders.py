@@ -234,12 +234,7 @@ def test_a_hub_repo_named_bert_base_uncased_downloads_and_equals_transformers(en
     np.testing.assert_allclose(arrays["weights"], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("command", [["why", "--head", "0.1"]])  # scan takes an encoder
-def test_commands_made_for_causal_decoders_refuse_an_encoder_by_name(cli, encoders, command):
-    # report takes an encoder: the page of its one kind (tests/test_encoder_report.py)
-    name, *rest = command
-    one_error(cli(name, TEXT, "--weights", encoders["bert"], *rest),
-              f"attnviz {name} is made for causal self-attention", "bert is an encoder")
+# scan, report and why take an encoder (tests/test_encoder_report.py, test_why_encoders.py)
 
 
 def test_a_notebook_shows_an_encoder_as_the_picture_of_every_head(encoders):

@@ -196,7 +196,8 @@ BAD = [
     (["scan", SOURCE, "--weights", "{t5}", "--weights", "{gpt2}"],
      "--weights: t5 is an encoder–decoder; this command reads decoder-only models"),
     (["attribute", SOURCE, "--weights", "{t5}"], "--weights: t5 is an encoder–decoder"),
-    (["why", SOURCE, "--weights", "{t5}", "--head", "0.1"], "--weights: t5 is an encoder–decoder"),
+    (["why", SOURCE, "--weights", "{t5}", "--pair", "x", "--layer", "0", "--head", "1"],
+     "--pair is not supported for encoder–decoder models"),
 ]
 
 

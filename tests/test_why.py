@@ -233,7 +233,7 @@ def test_every_part_equals_a_transformers_recomputation_and_adds_up_to_the_score
         result = why(model, ids, layer=layer, head=head, query=query)
         names, query_parts, key_parts, row = ref.split(ids, layer, head, result.query, result.keys)
         assert result.components == names
-        assert count_components(model, layer) == (len(names), query_parts.shape[-1])
+        assert count_components(model, layer) == (len(names), len(names), query_parts.shape[-1])
         scale = float(np.abs(query_parts.sum(0)).max())
         np.testing.assert_allclose(result.query_parts, query_parts, rtol=0, atol=2e-6 * scale)
         scale = float(np.abs(key_parts.sum(0)).max())
@@ -287,7 +287,7 @@ def test_random_mode_splits_into_the_embeddings_and_the_biases():
     ids = encode_text(model, TEXT)
     result = why(model, ids, layer=0, head=2, query=12)
     assert result.components == ["embed", "pos", "bias.proj0"]
-    assert count_components(model, 0) == (3, 8)
+    assert count_components(model, 0) == (3, 3, 8)
     tokens, positions = model.embed_parts(ids)
     rows = slice(2 * 8, 3 * 8)
     w_q = model.fused.W_query.weight[rows].detach().double()

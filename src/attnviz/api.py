@@ -273,7 +273,7 @@ def why(text: str, weights=None, *, head: tuple[int, int], query: int = -1,
     click on any cell of the head's heatmap shows its split (``--report``; the result then
     holds every cell's parts, ``cells``). ``weights=None``: random mode."""
     from attnviz.analyses.attention import check_length
-    from attnviz.analyses.why import check_head, check_key, check_query
+    from attnviz.analyses.why import attention_kind, check_head, check_key, check_query
     from attnviz.analyses.why import why as run
 
     model = _model(weights, options)
@@ -286,8 +286,9 @@ def why(text: str, weights=None, *, head: tuple[int, int], query: int = -1,
     token_ids = model.encode(text, allow_special)
     check_length(len(token_ids), engine.context_length, "")
     position = check_query(query, len(token_ids))
-    if key is not None:
-        check_key(key, position, engine.window(layer), layer)
+    if key is not None:  # an encoder's query sees the keys after it too
+        check_key(key, position, engine.window(layer), layer, attention_kind(engine),
+                  len(token_ids))
     result = run(engine, token_ids, layer=layer, head=index, query=position, key=key,
                  every_query=report is not None)
     if report is not None:

@@ -586,7 +586,7 @@ def check_not_seq2seq(model) -> None:
     if getattr(model, "is_seq2seq", False):
         raise InputError(f"--weights: {model.describe()['family']} is an encoder–decoder; this "
                          "command reads decoder-only models and encoders (encoder–decoders: "
-                         "heatmap, compare-heads, export, report, steps, scan and generate "
+                         "heatmap, compare-heads, export, report, steps, scan, why and generate "
                          "with --attention and --decoder-text; attnviz.analyze with "
                          "decoder_text=)")
 

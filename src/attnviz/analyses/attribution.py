@@ -153,12 +153,15 @@ class _Forward:
     """The clean forward pass of one text, recording what the decomposition needs.
     ``n_blocks``: run only the first blocks (``final`` is then the stream entering block
     ``n_blocks``), which the caller has made ready for these tokens (``Transformer.iter_run``
-    does, for the blocks up to the layer it runs)."""
+    does, for the blocks up to the layer it runs). ``token_types``: a sentence pair's
+    segments (BERT)."""
 
-    def __init__(self, model, token_ids: list[int], progress=None, n_blocks: int | None = None):
+    def __init__(self, model, token_ids: list[int], progress=None, n_blocks: int | None = None,
+                 token_types: list[int] | None = None):
         if n_blocks is None:
             model.ready(len(token_ids), progress)
-        x = model.embed(torch.tensor([token_ids]))  # (1, T, d)
+        types = None if token_types is None else torch.tensor([token_types])
+        x = model.embed(torch.tensor([token_ids]), token_types=types)  # (1, T, d)
         self.embedding = x[0]
         self.inputs, self.contexts, self.weights, self.records = [], [], [], []
         for block in model.blocks[:n_blocks]:
@@ -202,9 +205,15 @@ def _spread(norm, stream: torch.Tensor) -> torch.Tensor:
 def _head_outputs(attn, context: torch.Tensor) -> torch.Tensor:
     """``context (..., nh·hd)`` -> each head's output ``(..., nh, d)``: its slice of the
     context through its slice of ``out_proj`` (no bias), in the context's dtype."""
-    nh, hd = attn.num_heads, attn.head_dim
-    w_o = attn.out_proj.weight.view(-1, nh, hd).to(context.dtype)  # (d, nh·hd) -> (d, nh, hd)
-    return torch.einsum("...hk,dhk->...hd", context.view(*context.shape[:-1], nh, hd), w_o)
+    return head_outputs(attn.out_proj.weight, context, attn.num_heads)
+
+
+def head_outputs(out_weight: torch.Tensor, context: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``context (..., nh·hd)`` through ``out_weight (d, nh·hd)`` head by head:
+    ``(..., nh, d)``, in the context's dtype."""
+    hd = out_weight.shape[1] // n_heads
+    w_o = out_weight.view(-1, n_heads, hd).to(context.dtype)  # (d, nh·hd) -> (d, nh, hd)
+    return torch.einsum("...hk,dhk->...hd", context.view(*context.shape[:-1], n_heads, hd), w_o)
 
 
 def decomposition(model, forward: _Forward, position: int, direction: torch.Tensor):

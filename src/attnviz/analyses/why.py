@@ -29,27 +29,40 @@ sandwich norm) is one component as it is. A softcapped score (Gemma 2) is split 
 cap; the weight comes from ``cap · tanh(s / cap)``. Random mode has one attention layer on
 seeded embeddings and no norm: its components are the token and position embeddings (and
 the projection biases). Everything is computed in float64 from the float32 forward pass.
+
+Encoders and encoder–decoders (``attention``: "encoder", "decoder", "cross"): a post-norm
+model (BERT, RoBERTa, DistilBERT, BART, Marian) normalises the stream itself after each
+addition; each such LayerNorm is frozen at its actual σ and applied to every component
+already in the stream (the centring included), and its β becomes a component
+(``bias.ln_emb``, ``bias.ln_attn3``, ``bias.ln_cross3``, ``bias.ln_mlp3``); BERT's token
+type embedding is a component of its own (``type``). Cross-attention's query side is the
+decoder's stream at the layer (its self-attention heads ``L3.H1``, earlier cross-attention
+heads ``L2.X1``), its key side the encoder's output decomposed through the encoder
+(``enc.…``): the two sides have different components (``key_names``) and texts
+(``key_token_ids``). T5's relative position bias is added to the score as a term of its own
+(``position_bias``), on neither side. The parts are computed in ``attnviz.analyses.why_parts``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import zip_longest
 
 import numpy as np
 import torch
 
 from attnviz.analyses.attention import import_pandas, token_records
-from attnviz.analyses.attribution import (
-    _Forward,
-    _frozen,
-    _head_outputs,
-    _spread,
-    check_position,
-    token_labels,
+from attnviz.analyses.attribution import check_position, token_labels
+from attnviz.analyses.why_parts import (
+    post_norm_parts,
+    random_parts,
+    seq2seq_parts,
+    transformer_parts,
 )
 from attnviz.core.errors import InputError
 from attnviz.core.views import Displayable
-from attnviz.models.forward import apply_rope
+
+KINDS = ("decoder", "encoder", "cross")  # causal self-attention, bidirectional, cross
 
 
 @dataclass(repr=False)
@@ -58,16 +71,16 @@ class WhyResult(Displayable):
     component's part of the query and of every key. Shown in a notebook as the score, the
     top pairs and the totals per component on each side."""
 
-    token_ids: list[int]
+    token_ids: list[int]  # the query side's text (the decoder's, for cross-attention)
     layer: int
     head: int
     kv_head: int  # the key/value head the head reads (grouped-query attention)
     query: int
     key: int  # the key explained (default: the one the head attends to most)
     keys: list[int]  # the keys the query sees (causal mask, sliding window)
-    components: list[str]  # the same names on both sides: rows query, columns key
-    query_parts: np.ndarray  # (C, hd) float64: each component's part of the scaled query
-    key_parts: np.ndarray  # (C, K, hd) float64: its part of the key at each of ``keys``
+    components: list[str]  # the query side's names (rows); the key side's too unless key_names
+    query_parts: np.ndarray  # (C_q, hd) float64: each component's part of the scaled query
+    key_parts: np.ndarray  # (C_k, K, hd) float64: its part of the key at each of ``keys``
     model_scores: np.ndarray  # (K,) the forward pass's own scores (float32 q, k), before a softcap
     weights: np.ndarray  # (K,) the forward pass's attention weights over ``keys``
     softcap: float | None = None
@@ -75,11 +88,16 @@ class WhyResult(Displayable):
     config: dict = field(default_factory=dict)
     tokenizer: object = field(default=None, compare=False)  # for labels (not data)
     cells: WhyCells | None = field(default=None, compare=False)  # every cell, when asked
+    attention: str = "decoder"  # "decoder" (causal self), "encoder" (bidirectional), "cross"
+    key_names: list[str] | None = None  # the key side's names when they differ (cross)
+    key_token_ids: list[int] | None = None  # the keys' text when it is another (cross)
+    position_bias: np.ndarray | None = None  # (K,): T5's relative position bias, a term of its own
+    token_types: list[int] | None = None  # a sentence pair's segments (BERT, --pair)
 
     def __repr__(self) -> str:
         return (f"<attnviz why: L{self.layer} H{self.head}, query {self.query} -> key "
-                f"{self.key}: score {self.score:.4f} = {len(self.components)} x "
-                f"{len(self.components)} contributions, weight {self.weight:.4f}>")
+                f"{self.key}: score {self.score:.4f} = {len(self.query_components)} x "
+                f"{len(self.key_components)} contributions, weight {self.weight:.4f}>")
 
     @property
     def query_components(self) -> list[str]:
@@ -87,7 +105,17 @@ class WhyResult(Displayable):
 
     @property
     def key_components(self) -> list[str]:
-        return list(self.components)
+        return list(self.components if self.key_names is None else self.key_names)
+
+    @property
+    def key_ids(self) -> list[int]:
+        """The token ids of the keys' text (the query's own but for cross-attention)."""
+        return self.token_ids if self.key_token_ids is None else self.key_token_ids
+
+    def bias_at(self, key: int | None = None) -> float:
+        """The relative position bias added to the score of ``key`` (0 without one)."""
+        return 0.0 if self.position_bias is None else float(
+            self.position_bias[self.key_index(key)])
 
     def key_index(self, key: int | None = None) -> int:
         """The column of ``key`` (default: ``self.key``) in ``keys``."""
@@ -98,19 +126,23 @@ class WhyResult(Displayable):
         return self.keys.index(key)
 
     def contributions(self, key: int | None = None) -> np.ndarray:
-        """``(C, C)`` float64: entry (a, b) is query component a's part · key component b's
-        part of the key ``key`` (default: ``self.key``); the entries add up to its score."""
+        """``(C_q, C_k)`` float64: entry (a, b) is query component a's part · key component
+        b's part of the key ``key`` (default: ``self.key``); the entries add up to its score
+        (less T5's relative position bias, a term of its own: ``bias_at``)."""
         return self.query_parts @ self.key_parts[:, self.key_index(key)].T
 
     @property
     def scores(self) -> np.ndarray:
-        """``(K,)``: the split scores of every key (before a softcap), from the parts."""
-        return np.einsum("d,kd->k", self.query_parts.sum(0), self.key_parts.sum(0))
+        """``(K,)``: the split scores of every key (before a softcap), from the parts (and
+        the position bias)."""
+        scores = np.einsum("d,kd->k", self.query_parts.sum(0), self.key_parts.sum(0))
+        return scores if self.position_bias is None else scores + self.position_bias
 
     @property
     def score(self) -> float:
-        """The score of ``key``, before a softcap: the sum of ``contributions()``."""
-        return float(self.contributions().sum())
+        """The score of ``key``, before a softcap: the sum of ``contributions()`` (plus the
+        relative position bias, T5)."""
+        return float(self.contributions().sum()) + self.bias_at()
 
     @property
     def model_score(self) -> float:
@@ -145,16 +177,17 @@ class WhyResult(Displayable):
         |contribution|, largest first."""
         matrix = self.contributions(key)
         order = np.argsort(-np.abs(matrix), axis=None, kind="stable")[:n]
-        c = len(self.components)
-        return [(self.components[i // c], self.components[i % c], float(matrix.flat[i]))
-                for i in order]
+        rows, columns = self.query_components, self.key_components
+        c = len(columns)
+        return [(rows[i // c], columns[i % c], float(matrix.flat[i])) for i in order]
 
     def top_components(self, side: str, n: int = 10, key: int | None = None
                        ) -> list[tuple[str, float]]:
         """The ``n`` components of ``side`` (``query`` or ``key``) with the largest |total|."""
         totals = self.query_totals(key) if side == "query" else self.key_totals(key)
+        names = self.query_components if side == "query" else self.key_components
         order = np.argsort(-np.abs(totals), kind="stable")[:n]
-        return [(self.components[i], float(totals[i])) for i in order]
+        return [(names[i], float(totals[i])) for i in order]
 
     def to_numpy(self) -> np.ndarray:
         """``contributions()``: ``(C, C)``."""
@@ -188,203 +221,60 @@ def check_query(query: int, n_tokens: int) -> int:
     return check_position(query, n_tokens, "--query")
 
 
-def visible_keys(query: int, window: int | None) -> list[int]:
-    """The keys ``query`` sees: ``0 .. query``, or the last ``window`` of them."""
-    return list(range(max(0, query - window + 1) if window else 0, query + 1))
+def visible_keys(query: int, window: int | None, attention: str = "decoder",
+                 n_keys: int | None = None) -> list[int]:
+    """The keys ``query`` sees: causal, ``0 .. query`` (or the last ``window`` of them);
+    an encoder's, all ``n_keys`` (or those within ``window`` on either side:
+    ``|j - i| < window``); cross-attention's, every one of the other text's ``n_keys``."""
+    if attention == "decoder":
+        return list(range(max(0, query - window + 1) if window else 0, query + 1))
+    if attention == "encoder" and window:
+        return list(range(max(0, query - window + 1), min(n_keys, query + window)))
+    return list(range(n_keys))
 
 
-def check_key(key: int, query: int, window: int | None, layer: int) -> int:
+def check_key(key: int, query: int, window: int | None, layer: int, attention: str = "decoder",
+              n_keys: int | None = None) -> int:
     """``--key`` -> itself, or ``InputError`` when the query cannot see it."""
-    keys = visible_keys(query, window)
-    if key < 0:
-        raise InputError(f"--key {key} is out of range: query {query} sees keys "
-                         f"{keys[0]}-{keys[-1]}")
-    if key > query:
-        raise InputError(f"--key {key} is after the query {query}: under the causal mask "
-                         f"query {query} sees keys {keys[0]}-{keys[-1]}")
-    if key < keys[0]:
-        raise InputError(f"--key {key} is outside layer {layer}'s sliding window of {window} "
-                         f"tokens: query {query} sees keys {keys[0]}-{keys[-1]}")
+    keys = visible_keys(query, window, attention, n_keys)
+    sees = f"query {query} sees keys {keys[0]}-{keys[-1]}"
+    if key < 0 or (attention != "decoder" and key >= n_keys):
+        whose = "the source's" if attention == "cross" else "the text's"
+        raise InputError(f"--key {key} is out of range: {sees} ({whose} {n_keys} tokens)"
+                         if attention != "decoder" else f"--key {key} is out of range: {sees}")
+    if attention == "decoder" and key > query:
+        raise InputError(f"--key {key} is after the query {query}: under the causal mask {sees}")
+    if key not in keys:
+        span = (f"sliding window of {window} tokens" if attention == "decoder" else
+                f"local window of ±{window - 1} positions")
+        raise InputError(f"--key {key} is outside layer {layer}'s {span}: {sees}")
     return key
 
 
-def count_components(model, layer: int) -> tuple[int, int]:
-    """``(components, head_dim)`` of a split at ``layer``, known before it is computed (for
-    size checks): the embeddings, each earlier layer's heads, output bias and MLP, and the
-    layer's own biases."""
+def count_components(model, layer: int, attention: str = "decoder") -> tuple[int, int, int]:
+    """``(query components, key components, head_dim)`` of a split at ``layer`` (at most:
+    for size checks before it is computed): the embeddings, each earlier layer's heads,
+    output bias, MLP and post-norm biases, and the layer's own biases."""
     if model.describe().get("mode") == "random":
         config = model.config
-        return 2 + int(config.qkv_bias), config.d_model // config.n_heads
+        count = 2 + int(config.qkv_bias)
+        return count, count, config.d_model // config.n_heads
     spec = model.spec
+    if getattr(model, "is_seq2seq", False):
+        post, bias = int(not spec.pre_norm), int(spec.bias)
+        embedded = 1 + int(spec.positions != "relative") + int(spec.embed_norm)
+        encoder = embedded + spec.n_layers * (spec.n_heads + bias + 1 + 2 * post)
+        decoder = embedded + (layer + 1) * (2 * spec.n_heads + 2 * bias + 1 + 3 * post)
+        query = encoder if attention == "encoder" else decoder
+        key = encoder if attention != "decoder" else decoder
+        return query + bias, key + bias, spec.head_dim
+    if spec.post_norm:  # embed, pos, type, bias.ln_emb; heads, bias.out, ln, mlp, ln
+        count = 4 + layer * (spec.n_heads + int(spec.out_bias) + 3) + int(spec.qkv_bias)
+        return count, count, spec.head_dim
     per_layer = spec.n_heads + int(spec.out_bias) + 1
     own = int(spec.norm == "layernorm") + int(spec.qkv_bias)
-    return 1 + int(spec.positions == "learned") + layer * per_layer + own, spec.head_dim
-
-
-class _Side:
-    """One side (``query`` or ``key``) of a head at some positions: a residual-stream
-    component ``(k, n, d)`` -> its part of the query (key) vectors ``(k, n, hd)``, with the
-    norm's statistics, the QK-norm's RMS and the rotation of each position frozen.
-
-    The frozen norm is folded into the projection: with ``A = W · diag(norm weight)``,
-    ``W · norm(c) = (c · Aᵀ) / spread`` per position, and a LayerNorm's centring is
-    ``A``'s rows centred (``Σ (c_i − c̄) a_i = Σ c_i (a_i − ā)``): one product per component,
-    no centred or scaled copies of it."""
-
-    def __init__(self, weight, bias=None, spread=None, norm_bias=None, qk_scale=None,
-                 rope=None, factor: float = 1.0):
-        self.weight, self.bias = weight, bias  # (hd, d) with the norm folded in, (hd,) float64
-        self.spread = spread  # (n, 1): what the norm divides each position by, or None
-        self.norm_bias = norm_bias  # (hd,): the norm's bias through the projection, or None
-        self.qk_scale = qk_scale  # (n, hd): QK-norm weight / the actual RMS, or None
-        self.rope = rope  # (cos, sin), (n, rotary_dim) each, or None
-        self.factor = factor  # the score's scale, on the query side
-
-    @classmethod
-    def of(cls, block, which: str, index: int, stream: torch.Tensor, stages: dict,
-           positions: list[int]) -> _Side:
-        """Side ``which`` of query head (or key/value head) ``index`` of ``block``, at
-        ``positions``; ``stream (T, d)`` enters the block, ``stages`` from
-        ``Attention.project`` (the projections before the QK-norm)."""
-        attn, norm = block.attn, block.norm1
-        is_query = which == "query"
-        linear, qk_norm = (attn.W_query, attn.q_norm) if is_query else (attn.W_key, attn.k_norm)
-        rows = slice(index * attn.head_dim, (index + 1) * attn.head_dim)
-        weight = linear.weight[rows].double()  # (hd, d)
-        folded = weight * norm.weight.double()
-        if isinstance(norm, torch.nn.LayerNorm):
-            folded = folded - folded.mean(-1, keepdim=True)
-        norm_bias = getattr(norm, "bias", None)
-        qk_scale = None
-        if qk_norm is not None:
-            projected = stages["queries_projected" if is_query else "keys_projected"]
-            before = projected[0, index, positions].double()  # (n, hd)
-            rms = torch.sqrt(before.pow(2).mean(-1, keepdim=True) + qk_norm.eps)
-            qk_scale = qk_norm.weight.double() / rms
-        rope = None
-        if attn.rope is not None:
-            rope = tuple(t[positions].double() for t in attn.rope_tables)
-        return cls(folded, None if linear.bias is None else linear.bias[rows].double(),
-                   _spread(norm, stream[positions].double()),
-                   None if norm_bias is None else weight @ norm_bias.double(), qk_scale, rope,
-                   attn.scale if is_query else 1.0)
-
-    def __call__(self, component: torch.Tensor) -> torch.Tensor:
-        part = component @ self.weight.T  # (k, n, d) @ (d, hd) -> (k, n, hd)
-        return self.finish(part if self.spread is None else part / self.spread)
-
-    def finish(self, part: torch.Tensor) -> torch.Tensor:
-        """A part of the projection ``(k, n, hd)`` through the QK-norm, RoPE and scale."""
-        if self.qk_scale is not None:
-            part = part * self.qk_scale
-        if self.rope is not None:
-            part = apply_rope(part, *self.rope)
-        return part * self.factor
-
-    def bias_parts(self, layer: int, n: int) -> list[tuple[str, torch.Tensor]]:
-        """The parts of layer ``layer``'s own biases, ``(1, n, hd)`` each."""
-        parts = []
-        if self.norm_bias is not None:
-            parts.append((f"bias.norm{layer}", self.finish(self.norm_bias.expand(1, n, -1))))
-        if self.bias is not None:
-            parts.append((f"bias.proj{layer}", self.finish(self.bias.expand(1, n, -1))))
-        return parts
-
-
-class _Parts:
-    """The components' parts of the queries and of the keys, collected in order."""
-
-    def __init__(self, query_side: _Side, key_side: _Side, queries: list[int], keys: list[int]):
-        self.sides, self.queries, self.keys = (query_side, key_side), queries, keys
-        # consecutive positions (one query, or every one; the keys a query sees): views, not copies
-        self.at = tuple(slice(p[0], p[-1] + 1) for p in (queries, keys))
-        assert all(p == list(range(p[0], p[-1] + 1)) for p in (queries, keys))
-        self.names: list[str] = []
-        self.query_parts: list[torch.Tensor] = []  # (k, Q, hd) each
-        self.key_parts: list[torch.Tensor] = []  # (k, K, hd) each
-
-    def add(self, names: list[str], component: torch.Tensor) -> None:
-        """Components ``(k, T, d)`` (float64) of the stream at every position."""
-        self.names += names
-        self.query_parts.append(self.sides[0](component[:, self.at[0]]))
-        self.key_parts.append(self.sides[1](component[:, self.at[1]]))
-
-    def add_biases(self, layer: int) -> None:
-        query, key = (side.bias_parts(layer, len(at))
-                      for side, at in zip(self.sides, (self.queries, self.keys)))
-        for (name, q), (_, k) in zip(query, key):
-            self.names.append(name)
-            self.query_parts.append(q)
-            self.key_parts.append(k)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(C, Q, hd)`` query parts and ``(C, K, hd)`` key parts."""
-        return torch.cat(self.query_parts).cpu().numpy(), torch.cat(self.key_parts).cpu().numpy()
-
-
-def _transformer_parts(model, ids: list[int], layer: int, head: int, queries: list[int],
-                       keys: list[int], progress=None):
-    """The parts of a checkpoint's head at ``queries`` and ``keys`` (see the module
-    docstring), the forward's own (scaled) queries and keys there, the head's weights
-    ``(T, T)`` and its softcap."""
-    n = len(ids)
-    model.ready(n, progress, n_blocks=layer + 1)
-    forward = _Forward(model, ids, n_blocks=layer)  # what each earlier block added
-    block, stream = model.blocks[layer], forward.final  # (T, d): the stream entering the layer
-    _, _, weights = block(stream[None], mlp=False)  # (1, nh, T, T): the layer's own weights
-    attn = block.attn
-    kv_head = head // (attn.num_heads // attn.num_kv_heads)
-    stages: dict = {}
-    projected_q, projected_k, _ = attn.project(block.norm1(stream[None]), stages)  # (1, nh|nkv, T, hd)
-    parts = _Parts(_Side.of(block, "query", head, stream, stages, queries),
-                   _Side.of(block, "key", kv_head, stream, stages, keys), queries, keys)
-    embedding = forward.embedding.double()  # (T, d)
-    positions = model.checkpoint.weights.positions(0, n)
-    if positions is None:
-        parts.add(["embed"], embedding[None])
-    else:  # the table rows as embed added them: the two parts sum to its float32 output
-        positions = positions.to(embedding.device).double()
-        parts.add(["embed", "pos"], torch.stack([embedding - positions, positions]))
-    for i, earlier in enumerate(model.blocks[:layer]):
-        heads = _head_outputs(earlier.attn, forward.contexts[i].double()).transpose(0, 1)  # (nh, T, d)
-        bias = earlier.attn.out_proj.bias
-        bias = None if bias is None else bias.double().expand(1, n, -1)
-        if earlier.attn_out_norm is not None:  # frozen at the layer's actual attention output
-            sandwich, sandwich_bias = _frozen(earlier.attn_out_norm,
-                                              forward.records[i]["attn_out"][0].double())
-            heads = sandwich(heads)
-            bias = None if bias is None else sandwich(bias)
-            if sandwich_bias is not None:
-                bias = sandwich_bias.double().expand(1, n, -1) + (0 if bias is None else bias)
-        parts.add([f"L{i}.H{h}" for h in range(heads.shape[0])], heads)
-        if bias is not None:
-            parts.add([f"bias.out{i}"], bias)
-        parts.add([f"mlp{i}"], forward.records[i]["mlp_added"][0].double()[None])
-    parts.add_biases(layer)
-    actual_q = projected_q[0, head, queries].double() * attn.scale  # (Q, hd)
-    actual_k = projected_k[0, kv_head, keys].double()  # (K, hd)
-    return parts, kv_head, actual_q, actual_k, weights[0, head], attn.softcap
-
-
-def _random_parts(model, ids: list[int], head: int, queries: list[int], keys: list[int]):
-    """Random mode: the one attention layer on the token + position embeddings."""
-    ((_, weights, attn),) = model.run(torch.tensor([ids]), [0])
-    device = attn.W_query.weight.device
-    tokens, positions = (t.to(device) for t in model.embed_parts(ids))  # (T, d) each
-    rows = slice(head * attn.head_dim, (head + 1) * attn.head_dim)
-
-    def side(linear, factor):
-        return _Side(linear.weight[rows].double(),
-                     None if linear.bias is None else linear.bias[rows].double(), factor=factor)
-
-    parts = _Parts(side(attn.W_query, attn.scale), side(attn.W_key, 1.0), queries, keys)
-    parts.add(["embed", "pos"], torch.stack([tokens, positions]).double())
-    parts.add_biases(0)
-    x = tokens + positions
-    with torch.inference_mode():
-        actual_q = attn.W_query(x[queries])[:, rows].double() * attn.scale
-        actual_k = attn.W_key(x[keys])[:, rows].double()
-    return parts, head, actual_q, actual_k, weights[0, head], None
+    count = 1 + int(spec.positions == "learned") + layer * per_layer + own
+    return count, count, spec.head_dim
 
 
 @dataclass(repr=False)
@@ -392,55 +282,101 @@ class WhyCells:
     """Every cell of the head at once (``why(..., every_query=True)``): each component's
     part of the scaled query and of the key at every position; the matrix of cell (i, j) is
     ``query_parts[:, i] @ key_parts[:, j].T`` (what the report computes when a cell is
-    clicked)."""
+    clicked), its score that matrix summed plus ``position_bias[i, j]`` (T5)."""
 
-    query_parts: np.ndarray  # (C, T, hd) float64
-    key_parts: np.ndarray  # (C, T, hd) float64
-    weights: np.ndarray  # (T, T) float32: the head's attention weights
-    window: int | None = None  # the layer's sliding window
+    query_parts: np.ndarray  # (C_q, T_q, hd) float64
+    key_parts: np.ndarray  # (C_k, T_k, hd) float64
+    weights: np.ndarray  # (T_q, T_k) float32: the head's attention weights
+    window: int | None = None  # the layer's sliding (causal) or local (encoder) window
+    attention: str = "decoder"
+    position_bias: np.ndarray | None = None  # (T_q, T_k): T5's relative position bias
+
+
+def attention_kind(model, attention: str | None = None, key_ids=None) -> str:
+    """The kind of attention ``why`` explains: ``attention`` for an encoder–decoder
+    (default ``cross``), random mode's ``cross`` with ``key_ids``, else the model's own."""
+    if getattr(model, "is_seq2seq", False):
+        return attention or "cross"
+    if key_ids is not None:
+        return "cross"
+    return model.attention_kind
+
+
+def layer_count(model, attention: str) -> int:
+    """The layers of the stack ``attention`` lives in (an encoder–decoder's two differ)."""
+    if getattr(model, "is_seq2seq", False) and attention != "encoder":
+        return model.n_decoder_layers
+    return model.n_layers
 
 
 def why(model, token_ids: list[int], *, layer: int, head: int, query: int = -1,
-        key: int | None = None, progress=None, every_query: bool = False) -> WhyResult:
+        key: int | None = None, progress=None, every_query: bool = False,
+        attention: str | None = None, token_types: list[int] | None = None,
+        decoder_ids: list[int] | None = None, key_ids: list[int] | None = None) -> WhyResult:
     """Split head (``layer``, ``head``)'s scores from ``query`` (negative: from the end) of
     ``model`` (from ``analysis.load_model``) into components (see the module docstring),
     for every key the query sees; ``key`` (default: the one the head attends to most) is
     the one explained. ``every_query``: also every other cell's parts, in ``cells`` (the
     report's; the text's every position). ``progress(stage, done, total)``: see
-    ``attnviz.files.progress``."""
-    check_head(layer, head, model.n_layers, model.n_heads)
-    query = check_query(query, len(token_ids))
-    window = model.window(layer)
+    ``attnviz.files.progress``.
+
+    An encoder–decoder: ``attention`` ("encoder", "decoder" or "cross", the default),
+    ``token_ids`` the source and ``decoder_ids`` what the decoder reads (its start token
+    first; the query's text for "decoder" and "cross"). An encoder: ``token_types``, a
+    sentence pair's segments. Random mode: ``key_ids``, ``--cross``'s second text."""
+    kind = attention_kind(model, attention, key_ids)
+    seq2seq = getattr(model, "is_seq2seq", False)
+    check_head(layer, head, layer_count(model, kind), model.n_heads)
+    query_ids = list(decoder_ids) if seq2seq and kind != "encoder" else list(token_ids)
+    other = list(token_ids) if seq2seq and kind == "cross" else key_ids
+    key_text = query_ids if other is None else list(other)
+    query = check_query(query, len(query_ids))
+    window = None if seq2seq or kind == "cross" else model.window(layer)
     if key is not None:
-        check_key(key, query, window, layer)
-    keys = visible_keys(query, window)
+        check_key(key, query, window, layer, kind, len(key_text))
+    keys = visible_keys(query, window, kind, len(key_text))
     # causal: the tokens after the query change nothing for it
-    ids = list(token_ids if every_query else token_ids[:query + 1])
+    ids = query_ids if every_query or kind != "decoder" or seq2seq else query_ids[:query + 1]
     queries = list(range(len(ids))) if every_query else [query]
-    at_keys = list(range(len(ids))) if every_query else keys
+    at_keys = list(range(len(key_text))) if every_query else keys
+    bias = softcap = None
     with torch.inference_mode():
-        if model.describe().get("mode") == "random":
-            found = _random_parts(model, ids, head, queries, at_keys)
+        if seq2seq:
+            found = seq2seq_parts(model, list(token_ids), query_ids, kind, layer, head, queries,
+                                  at_keys)
+            *found, bias = found
+        elif model.describe().get("mode") == "random":
+            found = random_parts(model, ids, head, queries, at_keys, key_ids)
+        elif model.spec.post_norm:
+            found = post_norm_parts(model, ids, layer, head, queries, at_keys, token_types,
+                                    progress)
         else:
-            found = _transformer_parts(model, ids, layer, head, queries, at_keys, progress)
+            found = transformer_parts(model, ids, layer, head, queries, at_keys, progress)
         parts, kv_head, actual_q, actual_k, weights, softcap = found
         query_parts, key_parts = parts.arrays()
         actual_q, actual_k = actual_q.cpu().numpy(), actual_k.cpu().numpy()
-        weights = weights.float().cpu().numpy()  # (T, T)
+        weights = weights.float().cpu().numpy()  # (T_q, T_k)
+        bias = None if bias is None else bias.cpu().numpy()  # (Q, K)
     error = max(_relative(query_parts.sum(0), actual_q), _relative(key_parts.sum(0), actual_k))
     cells = None
     if every_query:
-        cells = WhyCells(query_parts, key_parts, weights, window)
+        cells = WhyCells(query_parts, key_parts, weights, window, kind, bias)
         query_parts, actual_q = query_parts[:, [query]], actual_q[[query]]
         key_parts, actual_k = key_parts[:, keys], actual_k[keys]
+        bias = None if bias is None else bias[[query]][:, keys]
     row = weights[query, keys]
     if key is None:
         key = keys[int(np.argmax(row))]
+    names, key_names = parts.names
+    model_scores = actual_k @ actual_q[0] + (0 if bias is None else bias[0])
     return WhyResult(
-        token_ids=list(token_ids), layer=layer, head=head, kv_head=kv_head, query=query,
-        key=key, keys=keys, components=parts.names, query_parts=query_parts[:, 0],
-        key_parts=key_parts, model_scores=actual_k @ actual_q[0], weights=row, softcap=softcap,
-        vector_error=error, config=model.describe(), tokenizer=model.tokenizer, cells=cells)
+        token_ids=query_ids, layer=layer, head=head, kv_head=kv_head, query=query,
+        key=key, keys=keys, components=list(names), query_parts=query_parts[:, 0],
+        key_parts=key_parts, model_scores=model_scores, weights=row, softcap=softcap,
+        vector_error=error, config=model.describe(), tokenizer=model.tokenizer, cells=cells,
+        attention=kind, key_names=None if key_names == names else list(key_names),
+        key_token_ids=None if other is None else key_text,
+        position_bias=None if bias is None else bias[0], token_types=token_types)
 
 
 def _relative(parts: np.ndarray, actual: np.ndarray) -> float:
@@ -451,34 +387,51 @@ def pair_rows(result: WhyResult, key: int | None = None) -> list[dict]:
     """One row per (query component, key component) of ``key``: ``contribution``."""
     matrix = result.contributions(key)
     return [{"query_component": a, "key_component": b, "contribution": float(matrix[i, j])}
-            for i, a in enumerate(result.components) for j, b in enumerate(result.components)]
+            for i, a in enumerate(result.query_components)
+            for j, b in enumerate(result.key_components)]
 
 
 def matrix_rows(result: WhyResult) -> list[dict]:
     """The CSV of ``why``: one row per query component, one column per key component."""
     matrix = result.contributions()
-    return [{"query_component": a, **{b: float(matrix[i, j]) for j, b in enumerate(result.components)}}
-            for i, a in enumerate(result.components)]
+    return [{"query_component": a, **{b: float(matrix[i, j])
+                                      for j, b in enumerate(result.key_components)}}
+            for i, a in enumerate(result.query_components)]
 
 
 def key_rows(result: WhyResult) -> list[dict]:
-    """The CSV of ``why --key all``: one row per component, its key-side total at each key
+    """The CSV of ``why --key all``: one row per key-side component, its total at each key
     (``key_<j>``)."""
     totals = result.key_totals_by_key()
     return [{"component": name, **{f"key_{j}": float(totals[c, k]) for k, j in enumerate(result.keys)}}
-            for c, name in enumerate(result.components)]
+            for c, name in enumerate(result.key_components)]
+
+
+def _tokens(result: WhyResult, ids: list[int]) -> list[dict]:
+    tokenizer = result.tokenizer
+    bos = tokenizer.bos_id is not None and ids[:1] == [tokenizer.bos_id]
+    marked = result.attention != "decoder" or result.config.get("architecture") == "encoder-decoder"
+    special = getattr(tokenizer, "is_special", None) if marked else None  # as heatmap marks them
+    records = token_records(ids, tokenizer.token_bytes(ids), 0, bos, special_ids=frozenset(
+        i for i in ids if special is not None and special(i)))
+    if result.token_types is not None and ids is result.token_ids:
+        for record, segment in zip(records, result.token_types):
+            record["sentence"] = int(segment)
+    return records
 
 
 def why_document(result: WhyResult, all_keys: bool = False, top: int = 10) -> dict:
     """The JSON of ``why`` (schema: docs/why.md)."""
-    tokenizer = result.tokenizer
-    labels = token_labels(tokenizer, result.token_ids)
+    labels = token_labels(result.tokenizer, result.token_ids)
+    key_labels = token_labels(result.tokenizer, result.key_ids)
     document = {
+        "attention": result.attention,
         "layer": result.layer, "head": result.head, "kv_head": result.kv_head,
         "query": {"position": result.query, "label": labels[result.query]},
-        "key": {"position": result.key, "label": labels[result.key]},
+        "key": {"position": result.key, "label": key_labels[result.key]},
         "score": result.score,
         "model_score": result.model_score,
+        "position_bias": None if result.position_bias is None else result.bias_at(),
         "softcap": result.softcap,
         "capped_score": result.capped_score,
         "weight": result.weight,
@@ -494,23 +447,26 @@ def why_document(result: WhyResult, all_keys: bool = False, top: int = 10) -> di
     if all_keys:
         document["keys"] = {
             "positions": list(result.keys),
-            "labels": [labels[j] for j in result.keys],
+            "labels": [key_labels[j] for j in result.keys],
             "scores": result.scores.tolist(),
             "weights": result.weights.tolist(),
             "key_totals": result.key_totals_by_key().tolist(),
         }
-    bos = tokenizer.bos_id is not None and result.token_ids[:1] == [tokenizer.bos_id]
-    document["tokens"] = token_records(result.token_ids, tokenizer.token_bytes(result.token_ids),
-                                       0, bos)
+        if result.position_bias is not None:
+            document["keys"]["position_bias"] = result.position_bias.tolist()
+    document["tokens"] = _tokens(result, result.token_ids)
+    if result.key_token_ids is not None:
+        document["key_tokens"] = _tokens(result, result.key_token_ids)
     document["config"] = result.config
     return document
 
 
 def why_arrays(result: WhyResult) -> dict[str, np.ndarray]:
     """What ``why -o FILE.npz`` holds (docs/why.md)."""
-    return {
+    arrays = {
         "contributions": result.contributions(),
-        "components": np.array(result.components),
+        "components": np.array(result.query_components),
+        "key_components": np.array(result.key_components),
         "query_parts": result.query_parts,
         "key_parts": result.key_parts,
         "keys": np.array(result.keys, dtype=np.int64),
@@ -520,20 +476,34 @@ def why_arrays(result: WhyResult) -> dict[str, np.ndarray]:
         "key_totals": result.key_totals_by_key(),
         "token_ids": np.array(result.token_ids, dtype=np.int64),
         "head": np.array([result.layer, result.head, result.query, result.key], dtype=np.int64),
+        "attention": np.array(result.attention),
     }
+    if result.key_token_ids is not None:
+        arrays["key_token_ids"] = np.array(result.key_token_ids, dtype=np.int64)
+    if result.position_bias is not None:
+        arrays["position_bias"] = result.position_bias
+    return arrays
 
 
 def head_name(result: WhyResult, labels: list[str]) -> str:
-    """``L18 H6, query 60 (␣the) -> key 11 (␣cat)``: titles and the table's first line."""
-    return (f"L{result.layer} H{result.head}, query {result.query} ({labels[result.query]}) "
-            f"-> key {result.key} ({labels[result.key]})")
+    """``L18 H6, query 60 (␣the) -> key 11 (␣cat)``: titles and the table's first line
+    (``labels``: the query's text; an encoder–decoder's kind and cross-attention's source
+    named: ``cross L1 H2, query 3 (␣Haus) -> source key 4 (␣house)``)."""
+    key_labels = labels if result.key_token_ids is None else token_labels(
+        result.tokenizer, result.key_token_ids)
+    kind = f"{result.attention} " if result.config.get("architecture") == "encoder-decoder" else ""
+    source = "source key" if result.attention == "cross" else "key"
+    return (f"{kind}L{result.layer} H{result.head}, query {result.query} "
+            f"({labels[result.query]}) -> {source} {result.key} ({key_labels[result.key]})")
 
 
 def score_line(result: WhyResult) -> str:
     """The score, how exactly the parts add up to the forward's, the weight, the softcap."""
-    n = len(result.components)
-    line = (f"score {result.score:.4f} = the sum of {n} x {n} contributions (the forward "
-            f"pass's own score: {result.model_score:.4f}); weight {result.weight:.4f}")
+    rows, columns = len(result.query_components), len(result.key_components)
+    bias = ("" if result.position_bias is None else
+            f" + the relative position bias {result.bias_at():.4f}")
+    line = (f"score {result.score:.4f} = the sum of {rows} x {columns} contributions{bias} (the "
+            f"forward pass's own score: {result.model_score:.4f}); weight {result.weight:.4f}")
     if result.softcap is not None:
         line += (f"; split before the softcap: {result.softcap:g}·tanh(score/{result.softcap:g}) "
                  f"= {result.capped_score:.4f}")
@@ -550,18 +520,24 @@ def side_table_rows(result: WhyResult, top: int) -> list[dict]:
     """The ``top`` components of each side by |total|, side by side."""
     query, key = result.top_components("query", top), result.top_components("key", top)
     return [{"rank": rank, "query side": q, "query total": qv, "key side": k, "key total": kv}
-            for rank, ((q, qv), (k, kv)) in enumerate(zip(query, key), start=1)]
+            for rank, ((q, qv), (k, kv)) in enumerate(
+                zip_longest(query, key, fillvalue=("", None)), start=1)]
 
 
 def key_table_rows(result: WhyResult, labels: list[str], top: int, per_key: int = 3) -> list[dict]:
     """``--key all``: the ``top`` keys by weight, each with its score and its ``per_key``
-    largest key-side totals."""
-    totals, scores = result.key_totals_by_key(), result.scores
+    largest key-side totals (``labels``: the query's text; cross-attention's keys are
+    labelled from the source)."""
+    if result.key_token_ids is not None:
+        labels = token_labels(result.tokenizer, result.key_token_ids)
+    totals, scores, names = result.key_totals_by_key(), result.scores, result.key_components
     rows = []
     for column in np.argsort(-result.weights, kind="stable")[:top]:
         order = np.argsort(-np.abs(totals[:, column]), kind="stable")[:per_key]
         rows.append({"key": result.keys[column], "token": labels[result.keys[column]],
                      "weight": float(result.weights[column]), "score": float(scores[column]),
                      "top key-side components": ", ".join(
-                         f"{result.components[c]} {totals[c, column]:+.3f}" for c in order)})
+                         f"{names[c]} {totals[c, column]:+.3f}" for c in order)})
+        if result.position_bias is not None:
+            rows[-1]["position bias"] = float(result.position_bias[column])
     return rows

@@ -13,13 +13,19 @@ from attnviz.cli.options import (
     HTML,
     NPZ,
     AllowSpecialOpt,
+    AttentionOpt,
+    BidirectionalOpt,
+    CrossDInOpt,
+    CrossOpt,
     DebugOpt,
+    DecoderTextOpt,
     DpiOpt,
     FileOpt,
     FormatOpt,
     ImageFormatOpt,
     LayerOpt,
     ModelOptions,
+    PairOpt,
     QuietOpt,
     TextArg,
     WeightsOpt,
@@ -27,6 +33,7 @@ from attnviz.cli.options import (
     check_out_dir,
     deprecated,
     model_options,
+    second_text,
 )
 from attnviz.core.errors import InputError
 from attnviz.text.inputs import read_text
@@ -71,6 +78,12 @@ def why(
     image_format: ImageFormatOpt = None,
     config: ModelOptions = None,
     weights: WeightsOpt = None,
+    attention: AttentionOpt = None,
+    decoder_text: DecoderTextOpt = None,
+    pair: PairOpt = None,
+    bidirectional: BidirectionalOpt = False,
+    cross: CrossOpt = None,
+    cross_d_in: CrossDInOpt = None,
     allow_special: AllowSpecialOpt = False,
     fmt: FormatOpt = "table",
     quiet: QuietOpt = False,
@@ -80,14 +93,19 @@ def why(
     (query-side component x key-side component) contributions — the embeddings, every
     earlier head and MLP, the biases — with the norm scales frozen at their actual values.
 
-    A softcapped score (Gemma 2) is split before the cap. Without --weights: random mode's
-    one layer (components: the embeddings). See docs/why.md.
+    A softcapped score (Gemma 2) is split before the cap. Encoders (BERT …, with --pair)
+    and encoder–decoders (T5, BART, Marian: --attention encoder|decoder|cross, default
+    cross, the target with --decoder-text) too: post-norm LayerNorms are frozen like the
+    others. Without --weights: random mode's one layer (components: the embeddings;
+    --bidirectional, --cross TEXT). See docs/why.md.
     """
     from attnviz.files.output import Output
 
     output = Output(fmt, quiet)
     source = read_text(text, file)
     chosen = parse_key(key)
+    config, second = second_text(config, weights, bidirectional=bidirectional, cross=cross,
+                                 cross_d_in=cross_d_in, pair=pair)
     fmt_out = None
     if plot is not None:
         from attnviz.pictures import checks
@@ -99,60 +117,83 @@ def why(
         check_file_target(output_path, "--output", NPZ)
     if report is not None:
         check_file_target(report, "--report", HTML)
-    from attnviz.analyses.attention import (
-        check_causal,
-        check_length,
-        encode_text,
-        load_model,
-        parse_layers,
-    )
+    from attnviz.analyses.attention import check_length, encode_inputs, load_model, parse_layers
     from attnviz.analyses.attribution import token_labels
     from attnviz.analyses.why import (
+        attention_kind,
         check_head,
         check_key,
         check_query,
         head_name,
         key_rows,
+        layer_count,
         matrix_rows,
         parse_head,
         why_document,
     )
     from attnviz.analyses.why import why as run
+    from attnviz.cli import seq2seq
 
-    model = load_model(config, weights)
-    check_causal(model, "attnviz why")
+    shown = seq2seq.KINDS  # one kind at a time: no --attention all
+    model = seq2seq.model_for(config, weights, attention, decoder_text, shown) or load_model(
+        config, weights)
+    inputs: dict = {}
+    if seq2seq.is_seq2seq(model):
+        from attnviz.analyses.seq2seq import check_length as check_stack
+        from attnviz.analyses.seq2seq import encode_texts
+
+        seq2seq.check_attention_options(model, attention, decoder_text, shown)
+        seq2seq.refuse({"--pair": pair is not None, "--chat": config.chat})
+        kind = attention_kind(model, attention)
+        token_ids, decoder_ids = encode_texts(model, source, decoder_text, allow_special,
+                                             config.bos)
+        check_stack(model, token_ids, "the text")
+        check_stack(model, decoder_ids, "--decoder-text")
+        inputs = {"decoder_ids": decoder_ids}
+    else:
+        found = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
+        token_ids = found["token_ids"]
+        inputs = {k: found[k] for k in ("token_types", "key_ids") if k in found}
+        kind = attention_kind(model, None, inputs.get("key_ids"))
+        hint = (" or raise --context-length" if model.describe().get("mode") == "random"
+                else " (the checkpoint's context)")
+        for ids in (token_ids, inputs.get("key_ids") or []):
+            check_length(len(ids), model.context_length, hint)
+    n_layers = layer_count(model, kind)
     if "." in head:  # the spelling of 0.2's first release: --head L.H
         deprecated("why", "--head L.H", "--head is a head number in every other command")
-        layer, head_index = parse_head(head, model.n_layers, model.n_heads)
+        layer, head_index = parse_head(head, n_layers, model.n_heads)
     elif not layer:
         raise InputError(f"--head {head} needs its layer: add --layer L")
     elif not head.isdigit():
         raise InputError(f"--head must be a head number (0, 1, …), got {head!r}")
     else:
-        layers = parse_layers(layer, model.n_layers)
+        layers = parse_layers(layer, n_layers)
         if len(layers) != 1:
             raise InputError("why explains one head of one layer: give a single --layer L")
-        layer, head_index = check_head(layers[0], int(head), model.n_layers, model.n_heads)
-    token_ids = encode_text(model, source, allow_special, bos=config.bos, chat=config.chat)
-    hint = (" or raise --context-length" if model.describe().get("mode") == "random"
-            else " (the checkpoint's context)")
-    check_length(len(token_ids), model.context_length, hint)
-    position = check_query(query, len(token_ids))
+        layer, head_index = check_head(layers[0], int(head), n_layers, model.n_heads)
+    query_ids = inputs.get("decoder_ids") if kind != "encoder" and "decoder_ids" in inputs else (
+        token_ids)
+    key_ids = (token_ids if kind == "cross" and "decoder_ids" in inputs else
+               inputs.get("key_ids") or query_ids)
+    position = check_query(query, len(query_ids))
+    window = None if kind == "cross" or seq2seq.is_seq2seq(model) else model.window(layer)
     if isinstance(chosen, int):
-        check_key(chosen, position, model.window(layer), layer)
+        check_key(chosen, position, window, layer, kind, len(key_ids))
     if report is not None:  # before the work: the page holds every position's parts
         from attnviz.analyses.why import count_components
         from attnviz.display.why_report import check_report_size
 
-        n_components, head_dim = count_components(model, layer)
-        check_report_size(n_components, len(token_ids), head_dim)
+        n_query, n_key, head_dim = count_components(model, layer, kind)
+        check_report_size(n_query, len(query_ids), head_dim, n_key, len(key_ids))
     from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         result = run(model, token_ids, layer=layer, head=head_index, query=position,
                      key=chosen if isinstance(chosen, int) else None, progress=progress,
-                     every_query=report is not None)
-    labels = token_labels(model.tokenizer, token_ids)
+                     every_query=report is not None, attention=kind, **inputs)
+    labels = token_labels(model.tokenizer, result.token_ids)
+    key_labels = token_labels(model.tokenizer, result.key_ids)
     name = head_name(result, labels)
     files: list[str] = []
     page = None
@@ -164,9 +205,9 @@ def why(
         from attnviz.pictures.why import write_why_pictures
 
         files += [str(f) for f in write_why_pictures(
-            plot, result.contributions(), result.key_totals_by_key(), result.components,
-            [labels[j] for j in result.keys], result.keys, result.key, result.weights, name,
-            dpi=dpi, fmt=fmt_out)]
+            plot, result.contributions(), result.key_totals_by_key(), result.query_components,
+            [key_labels[j] for j in result.keys], result.keys, result.key, result.weights, name,
+            dpi=dpi, fmt=fmt_out, key_names=result.key_components)]
     if page is not None:
         from attnviz.files.fileio import write_bytes
 
@@ -190,7 +231,7 @@ def why(
         if chosen == "all":
             output.csv(key_rows(result), ["component"] + [f"key_{j}" for j in result.keys])
         else:
-            output.csv(matrix_rows(result), ["query_component", *result.components])
+            output.csv(matrix_rows(result), ["query_component", *result.key_components])
         return
     _print_table(output, result, labels, name, top, chosen == "all")
     for f in files:
@@ -209,6 +250,7 @@ def _print_table(output, result, labels, name: str, top: int, all_keys: bool) ->
                                                 "key total"],
                  title="Totals per component")
     if all_keys:
+        bias = ["position bias"] if result.position_bias is not None else []
         output.table(key_table_rows(result, labels, top),
-                     ["key", "token", "weight", "score", "top key-side components"],
+                     ["key", "token", "weight", "score", *bias, "top key-side components"],
                      title=f"Keys by weight ({len(result.keys)} visible)")

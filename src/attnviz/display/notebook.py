@@ -303,15 +303,19 @@ def why_view(result, top: int = 10) -> View:
     labels = token_labels(result.tokenizer, result.token_ids)
     name = head_name(result, labels)
     title = f"attnviz why: {name}"
-    matrix = matrix_bytes(result.contributions(), result.components,
-                          f"Why {name}: contributions to the score")
-    keys = keys_bytes(result.key_totals_by_key(), result.components,
-                      [labels[j] for j in result.keys], result.keys, result.key, result.weights,
-                      f"Why {name.split(' -> ')[0]}: key-side totals at each key")
+    key_labels = token_labels(result.tokenizer, result.key_ids)
+    matrix = matrix_bytes(result.contributions(), result.query_components,
+                          f"Why {name}: contributions to the score",
+                          key_names=result.key_components)
+    keys = keys_bytes(result.key_totals_by_key(), result.key_components,
+                      [key_labels[j] for j in result.keys], result.keys, result.key,
+                      result.weights, f"Why {name.split(' -> ')[0]}: key-side totals at each key")
     pairs = [[r["rank"], r["query component"], r["key component"], f"{r['contribution']:.4f}"]
              for r in pair_table_rows(result, top)]
-    sides = [[r["rank"], r["query side"], f"{r['query total']:.4f}", r["key side"],
-              f"{r['key total']:.4f}"] for r in side_table_rows(result, top)]
+    sides = [[r["rank"], r["query side"], "" if r["query total"] is None else
+              f"{r['query total']:.4f}", r["key side"],
+              "" if r["key total"] is None else f"{r['key total']:.4f}"]
+             for r in side_table_rows(result, top)]
     body = (f"<h3>{html.escape(title)}</h3><p>{html.escape(score_line(result))}</p>"
             + table(["rank", "query component", "key component", "contribution"], pairs,
                     "Top pairs (query-side component × key-side component)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attnviz.analyses.attribution import token_labels
 from attnviz.core.errors import InputError
 from attnviz.display.report import asset, payload_json
 from attnviz.files.fileio import write_bytes
@@ -28,15 +29,23 @@ EXACT_BYTES = 16 * 2**20  # both sides' parts as float64 up to this many bytes
 MAX_BYTES = 96 * 2**20  # refuse a page whose parts (float32) would exceed this
 
 
-def parts_bytes(n_components: int, n_tokens: int, head_dim: int, itemsize: int = 4) -> int:
-    return 2 * n_components * n_tokens * head_dim * itemsize
+def parts_bytes(n_components: int, n_tokens: int, head_dim: int, itemsize: int = 4,
+                n_key_components: int | None = None, n_keys: int | None = None) -> int:
+    """Both sides' parts: ``n_components x n_tokens`` query parts and as many key parts (or
+    ``n_key_components x n_keys``: cross-attention's other text), ``head_dim`` each."""
+    keys = (n_components if n_key_components is None else n_key_components) * (
+        n_tokens if n_keys is None else n_keys)
+    return (n_components * n_tokens + keys) * head_dim * itemsize
 
 
-def check_report_size(n_components: int, n_tokens: int, head_dim: int) -> None:
-    size = parts_bytes(n_components, n_tokens, head_dim)
+def check_report_size(n_components: int, n_tokens: int, head_dim: int,
+                      n_key_components: int | None = None, n_keys: int | None = None) -> None:
+    size = parts_bytes(n_components, n_tokens, head_dim, 4, n_key_components, n_keys)
     if size > MAX_BYTES:
+        sides = ("each side" if n_key_components is None and n_keys is None else
+                 f"and {n_key_components} x {n_keys} on the key side")
         raise InputError(f"--report would hold {size / 2**20:.0f} MB of parts ({n_components} "
-                         f"components x {n_tokens} tokens x {head_dim} dimensions, each side), "
+                         f"components x {n_tokens} tokens x {head_dim} dimensions, {sides}), "
                          f"more than {MAX_BYTES // 2**20} MB; shorten the text or drop --report")
 
 
@@ -51,24 +60,32 @@ def why_payload(result, labels: list[str]) -> dict:
     if cells is None:
         raise ValueError("the report needs every cell: why(..., every_query=True)")
     n_components, n_tokens, head_dim = cells.query_parts.shape
-    check_report_size(n_components, n_tokens, head_dim)
-    exact = parts_bytes(n_components, n_tokens, head_dim, 8) <= EXACT_BYTES
+    n_key_components, n_keys, _ = cells.key_parts.shape
+    check_report_size(n_components, n_tokens, head_dim, n_key_components, n_keys)
+    exact = parts_bytes(n_components, n_tokens, head_dim, 8, n_key_components,
+                        n_keys) <= EXACT_BYTES
     dtype = "float64" if exact else "float32"
+    key_labels = (list(labels) if result.key_token_ids is None else
+                  token_labels(result.tokenizer, result.key_token_ids))
+    bias = cells.position_bias
     return {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT, "version": VERSION, "attention": cells.attention,
         "layer": result.layer, "head": result.head, "kv_head": result.kv_head,
         "query": result.query, "key": result.key,
         "softcap": result.softcap, "window": cells.window,
-        "tokens": list(labels), "components": list(result.components),
-        "n_tokens": n_tokens, "head_dim": head_dim, "dtype": dtype,
+        "tokens": list(labels), "key_tokens": key_labels,
+        "components": list(result.query_components),
+        "key_components": list(result.key_components),
+        "n_tokens": n_tokens, "n_keys": n_keys, "head_dim": head_dim, "dtype": dtype,
         "weights": _b64(cells.weights, "float32"),
         "query_parts": _b64(cells.query_parts, dtype),
         "key_parts": _b64(cells.key_parts, dtype),
+        "position_bias": None if bias is None else _b64(bias, "float64"),  # (T_q, T_k)
         "config": result.config,
     }
 
 
-_ARRAYS = ("weights", "query_parts", "key_parts")
+_ARRAYS = ("weights", "query_parts", "key_parts", "position_bias")
 
 
 def render_why_html(payload: dict) -> str:
@@ -78,6 +95,9 @@ def render_why_html(payload: dict) -> str:
     data = payload_json({k: (f"@{k}@" if k in _ARRAYS else v) for k, v in payload.items()})
     for name in _ARRAYS:
         text = payload[name]
+        if text is None:
+            data = data.replace(f'"@{name}@"', "null", 1)
+            continue
         if not re.fullmatch(r"[A-Za-z0-9_=-]*", text):
             raise ValueError(f"{name} is not base64url text")
         data = data.replace(f'"@{name}@"', f'"{text}"', 1)

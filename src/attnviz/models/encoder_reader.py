@@ -242,18 +242,35 @@ class BertWeights(WeightMap):
         rows = list(range(self.offset + start, self.offset + start + n))
         return self.tensors.rows("embeddings.position_embeddings.weight", rows)
 
-    def embed(self, token_ids: torch.Tensor, start: int = 0,
-              token_types: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_parts(self, token_ids: torch.Tensor, start: int = 0,
+                    token_types: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
+        """What the embedding LayerNorm reads, as the terms ``embed`` adds in this order:
+        ``[("embed", words), ("pos", positions), ("type", token types)]``, ``(B, T, d)``
+        each (no ``type`` without a token type table)."""
         b, t = token_ids.shape
         words = self.tensors.rows("embeddings.word_embeddings.weight",
                                   token_ids.reshape(-1).tolist()).reshape(b, t, -1)
-        x = words + self.positions(start, t)  # (B, T, d)
+        parts = [("embed", words), ("pos", self.positions(start, t).expand(b, t, -1))]
         if self.has_types:  # BERT: the segment of each token (0 without a pair); RoBERTa's one row
             types = (torch.zeros_like(token_ids) if token_types is None or
                      self.tensors.shape(self.types)[0] == 1 else token_types)
-            x = x + self.tensors.rows(self.types, types.reshape(-1).tolist()).reshape(b, t, -1)
-        return _layer_norm(x, self.tensors.get("embeddings.LayerNorm.weight"),
-                           self.tensors.get("embeddings.LayerNorm.bias"), self.spec.norm_eps)
+            parts.append(("type", self.tensors.rows(self.types, types.reshape(-1).tolist())
+                          .reshape(b, t, -1)))
+        return parts
+
+    def embed_norm(self) -> dict[str, torch.Tensor]:
+        """The embedding LayerNorm's ``weight`` and ``bias``."""
+        return {"weight": self.tensors.get("embeddings.LayerNorm.weight"),
+                "bias": self.tensors.get("embeddings.LayerNorm.bias")}
+
+    def embed(self, token_ids: torch.Tensor, start: int = 0,
+              token_types: torch.Tensor | None = None) -> torch.Tensor:
+        parts = self.embed_parts(token_ids, start, token_types)
+        x = parts[0][1]
+        for _, part in parts[1:]:
+            x = x + part  # (B, T, d)
+        norm = self.embed_norm()
+        return _layer_norm(x, norm["weight"], norm["bias"], self.spec.norm_eps)
 
 
 class ModernBertWeights(WeightMap):

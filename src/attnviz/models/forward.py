@@ -249,13 +249,21 @@ class Block(nn.Module):
         ``attn_added`` and ``mlp_added`` (x_out = x + attn_added + mlp_added).
         ``keep``, ``reduce``, ``key_mask``: see ``Attention.heads_context`` (weights is then
         None when not kept).
-        Post-norm (BERT): the attention reads ``x`` itself; ``record`` is not filled."""
+        Post-norm (BERT): the attention reads ``x`` itself; ``record`` receives
+        ``attn_out``, ``norm1_in`` (x + attn_out), ``mlp_added`` (the MLP's output) and
+        ``norm2_in`` (what norm2 reads): x_out = norm2(norm1(x + attn_out) + mlp_added)."""
         if self.post_norm:
             attn_out, weights = self.attn(x, weights_out, cache, edit, keep, reduce, key_mask)
             if not mlp:
                 return None, x, weights
-            hidden = self.norm1(x + attn_out)
-            return self.norm2(hidden + self.mlp(hidden)), x, weights
+            norm1_in = x + attn_out
+            hidden = self.norm1(norm1_in)
+            mlp_out = self.mlp(hidden)
+            norm2_in = hidden + mlp_out
+            if record is not None:
+                record.update(attn_out=attn_out, norm1_in=norm1_in, mlp_added=mlp_out,
+                              norm2_in=norm2_in)
+            return self.norm2(norm2_in), x, weights
         attn_input = self.norm1(x)
         attn_out, weights = self.attn(attn_input, weights_out, cache, edit, keep, reduce,
                                       key_mask)

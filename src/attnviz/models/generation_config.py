@@ -7,10 +7,9 @@ of those that change the tokens); a key set to null counts as unset."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from attnviz.core.errors import InputError
+from attnviz.models.resolve import read_config
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -29,9 +28,9 @@ def read_generation_config(config: Path | None) -> dict:
         return {}
     own = config.parent / GENERATION_CONFIG
     if own.is_file():
-        raw = _read(own)
+        raw = read_config(own)
         return {**_keys(raw), "source": str(own), "others": _others(raw)}
-    raw = _read(config)
+    raw = read_config(config)
     found = _keys(raw)
     if raw.get("force_bos_token_to_be_generated") and "bos_token_id" in found:
         found.setdefault("forced_bos_token_id", found["bos_token_id"])  # the old spelling
@@ -48,13 +47,3 @@ def _keys(raw: dict) -> dict:
 
 def _others(raw: dict) -> dict:
     return {key: value for key, value in raw.items() if key not in KEYS and value is not None}
-
-
-def _read(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path} is not a JSON object")
-    return raw

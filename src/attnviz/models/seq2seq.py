@@ -53,11 +53,14 @@ class Attention(nn.Module):
         return self.heads(self.k(x)), self.heads(self.v(x))
 
     def forward(self, x: torch.Tensor, *, causal: bool, memory_kv=None, bias=None,
-                cache: LayerCache | None = None, keep: bool = True, key_mask=None):
+                cache: LayerCache | None = None, keep: bool = True, key_mask=None,
+                record: dict | None = None):
         """``x (b, T, d)`` -> ``(out (b, T, d), weights (b, nh, T, Tk) or None)``. Self-
         attention (``memory_kv`` None) over ``x``'s keys, after the ``cache``'s; cross-
         attention over ``memory_kv``, the encoder's ``(keys, values)``. ``key_mask (b,
-        Tk)``: padding keys of a right-padded batch (``attnviz.models.engine.attend``)."""
+        Tk)``: padding keys of a right-padded batch (``attnviz.models.engine.attend``).
+        ``record``, when given, receives ``context``: the heads' context before ``o``,
+        ``(b, T, nh·hd)``."""
         b, t, _ = x.shape
         start = cache.length if cache is not None else 0
         queries = self.heads(self.q(x))
@@ -71,7 +74,10 @@ class Attention(nn.Module):
                                   scale=None if self.scale == 1.0 else self.scale, softcap=None,
                                   window=None, keep=keep, causal=causal, bias=bias,
                                   key_mask=key_mask)
-        return self.o(context.transpose(1, 2).reshape(b, t, -1)), weights
+        context = context.transpose(1, 2).reshape(b, t, -1)
+        if record is not None:
+            record["context"] = context
+        return self.o(context), weights
 
 
 class Layer(nn.Module):
@@ -87,25 +93,40 @@ class Layer(nn.Module):
             self.cross_norm, self.cross_attn = _norm(spec), Attention(spec)
         self.mlp_norm, self.mlp = _norm(spec), MLP(spec)
 
-    def _part(self, x, norm, f):
+    def _part(self, x, norm, f, record: dict | None = None):
+        """``record``, when given, receives ``input`` (x), ``out`` (what ``f`` returns)
+        and ``norm_in`` (what ``norm`` reads: x pre-norm, x + out post-norm)."""
         if self.pre_norm:
             out, weights = f(norm(x))
+            if record is not None:
+                record.update(input=x, out=out, norm_in=x)
             return x + out, weights
         out, weights = f(x)
-        return norm(x + out), weights
+        summed = x + out
+        if record is not None:
+            record.update(input=x, out=out, norm_in=summed)
+        return norm(summed), weights
 
     def forward(self, x, *, causal: bool, bias=None, cache=None, memory_kv=None,
                 keep_self: bool = True, keep_cross: bool = True, self_mask=None,
-                memory_mask=None):
+                memory_mask=None, record: dict | None = None):
         """``x (b, T, d)`` -> ``(x, self weights, cross weights or None)``. ``self_mask``,
-        ``memory_mask``: the padding keys of the self- and cross-attention, ``(b, Tk)``."""
+        ``memory_mask``: the padding keys of the self- and cross-attention, ``(b, Tk)``.
+        ``record``, when given, receives ``self``, ``cross`` and ``mlp``: each part's
+        ``input``, ``out``, ``norm_in`` (see ``_part``) and, for the attentions, the heads'
+        ``context``."""
+        parts = {k: {} for k in ("self", "cross", "mlp")} if record is not None else {}
         x, self_weights = self._part(x, self.self_norm, lambda h: self.self_attn(
-            h, causal=causal, bias=bias, cache=cache, keep=keep_self, key_mask=self_mask))
+            h, causal=causal, bias=bias, cache=cache, keep=keep_self, key_mask=self_mask,
+            record=parts.get("self")), parts.get("self"))
         cross_weights = None
         if memory_kv is not None:
             x, cross_weights = self._part(x, self.cross_norm, lambda h: self.cross_attn(
-                h, causal=False, memory_kv=memory_kv, keep=keep_cross, key_mask=memory_mask))
-        x, _ = self._part(x, self.mlp_norm, lambda h: (self.mlp(h), None))
+                h, causal=False, memory_kv=memory_kv, keep=keep_cross, key_mask=memory_mask,
+                record=parts.get("cross")), parts.get("cross"))
+        x, _ = self._part(x, self.mlp_norm, lambda h: (self.mlp(h), None), parts.get("mlp"))
+        if record is not None:
+            record.update({k: v for k, v in parts.items() if v})
         return x, self_weights, cross_weights
 
 
@@ -133,6 +154,7 @@ class Memory:
                  key_mask: torch.Tensor | None = None):
         self.hidden, self._decoder_layers, self._kv = hidden, decoder_layers, None
         self.key_mask = key_mask  # (b, S): a padded batch's padding, hidden from cross
+        self.final = hidden  # (b, S, d): the encoder's last stream, before a final norm
 
     @property
     def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -244,19 +266,29 @@ class EncoderDecoder:
 
         return bias
 
-    def embed(self, token_ids: torch.Tensor, stack: str, start: int = 0) -> torch.Tensor:
-        """``token_ids (1, T)`` at positions ``start ..`` -> what enters the first layer
-        ``(1, T, d)``: token rows (scaled), positions (learned or sinusoidal), a norm."""
+    def embed_parts(self, token_ids: torch.Tensor, stack: str, start: int = 0):
+        """The terms ``embed`` adds, in its order: ``[("embed", token rows (scaled)),
+        ("pos", positions)]`` ``(1, T, d)`` each (no ``pos`` for T5), and the norm over
+        their sum (BART's ``layernorm_embedding``) or None."""
         spec, n = self.spec, token_ids.shape[1]
         which = "decoder_embed" if stack == "decoder" else "embed"
         x = self.checkpoint.weights.token_rows(token_ids, which).to(self.device)
         if spec.embed_scale != 1.0:
             x = x * spec.embed_scale
+        parts = [("embed", x)]
         if spec.positions == "learned":  # BART: the table's rows start 2 positions in
-            x = x + self._part(f"{stack}_positions")[start + 2:start + 2 + n]
+            parts.append(("pos", self._part(f"{stack}_positions")[start + 2:start + 2 + n][None]))
         elif spec.positions == "sinusoidal":
-            x = x + self._sinusoids(start + n)[start:start + n]
-        norm = self._part(f"{stack}_embed_norm")
+            parts.append(("pos", self._sinusoids(start + n)[start:start + n][None]))
+        return parts, self._part(f"{stack}_embed_norm")
+
+    def embed(self, token_ids: torch.Tensor, stack: str, start: int = 0) -> torch.Tensor:
+        """``token_ids (1, T)`` at positions ``start ..`` -> what enters the first layer
+        ``(1, T, d)``: token rows (scaled), positions (learned or sinusoidal), a norm."""
+        parts, norm = self.embed_parts(token_ids, stack, start)
+        x = parts[0][1]
+        for _, part in parts[1:]:
+            x = x + part
         return norm(x) if norm is not None else x
 
     def _sinusoids(self, n: int) -> torch.Tensor:
@@ -269,24 +301,33 @@ class EncoderDecoder:
 
     # -- running --------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, token_ids: torch.Tensor, keep=(),
-               lengths: torch.Tensor | None = None) -> tuple[Memory, dict]:
+    def encode(self, token_ids: torch.Tensor, keep=(), lengths: torch.Tensor | None = None,
+               records: list | None = None) -> tuple[Memory, dict]:
         """``token_ids (B, S)`` -> ``(Memory, {layer: weights (B, H, S, S)})`` for the
         layers in ``keep``. ``lengths (B,)``: the real tokens of each row of a right-padded
         batch; the padding keys are hidden from the encoder and, through the memory, from
-        the cross-attention."""
+        the cross-attention. ``records``, when given, receives each layer's record (see
+        ``Layer.forward``); ``Memory.final`` is then the stream before the final norm."""
         x = self.embed(token_ids, "encoder")
         bias = self.relative_bias("encoder")
         mask = None if lengths is None else padding_mask(lengths, token_ids.shape[1], self.device)
         kept, wanted = {}, set(keep)
         for i, layer in enumerate(self.stack("encoder")):
+            record = {} if records is not None else None
             x, weights, _ = layer(x, causal=False, bias=bias, keep_self=i in wanted,
-                                  self_mask=mask)
+                                  self_mask=mask, record=record)
+            if records is not None:
+                records.append(record)
             if i in wanted:
                 kept[i] = weights
         norm = self._part("encoder_final_norm")
-        return Memory(norm(x) if norm is not None else x, lambda: self.stack("decoder"),
-                      mask), kept
+        memory = Memory(norm(x) if norm is not None else x, lambda: self.stack("decoder"), mask)
+        memory.final = x
+        return memory, kept
+
+    def encoder_final_norm(self):
+        """The norm after the encoder's last layer (T5), or None."""
+        return self._part("encoder_final_norm")
 
     def new_cache(self, capacity: int) -> list[LayerCache]:
         """The decoder's self-attention keys and values, for ``decode`` step by step."""
@@ -294,21 +335,25 @@ class EncoderDecoder:
 
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor, memory: Memory, keep=(), cache=None,
-               last_only: bool = False, logits: bool = True):
+               last_only: bool = False, logits: bool = True, records: list | None = None):
         """``token_ids (B, T)`` (after the ``cache``'s positions, when given) over the
         encoder's ``memory`` -> ``(logits (B, T or 1, V), {layer: self weights (B, H, T,
         start + T)}, {layer: cross weights (B, H, T, S)})`` for the layers in ``keep``.
         Rows may be right-padded: the causal mask hides the padding after each position.
-        ``logits=False``: only the attention is wanted (the head is not read; None)."""
+        ``logits=False``: only the attention is wanted (the head is not read; None).
+        ``records``: as ``encode``'s."""
         start = cache[0].length if cache is not None else 0
         x = self.embed(token_ids, "decoder", start)
         bias = self.relative_bias("decoder")
         own, cross, wanted = {}, {}, set(keep)
         for i, layer in enumerate(self.stack("decoder")):
+            record = {} if records is not None else None
             x, self_weights, cross_weights = layer(
                 x, causal=True, bias=bias, cache=None if cache is None else cache[i],
                 memory_kv=memory.kv[i], keep_self=i in wanted, keep_cross=i in wanted,
-                memory_mask=memory.key_mask)
+                memory_mask=memory.key_mask, record=record)
+            if records is not None:
+                records.append(record)
             if i in wanted:
                 own[i], cross[i] = self_weights, cross_weights
         if not logits:

@@ -19,18 +19,23 @@ from attnviz.pictures.fonts import Fonts, text_width_in
 from attnviz.pictures.images import check_image_size, figure_bytes, new_figure
 
 SCALE_LABEL = "contribution to the score"  # on a linear scale symmetric about 0
-_LAYER = re.compile(r"(?:L|mlp|bias\.out)(\d+)")
+_LAYER = re.compile(r"(?:L|mlp|bias\.x?out|bias\.ln_(?:attn|cross|mlp))(\d+)")
 _NAMED = 48  # up to this many components, every one is named on the axes
 
 
 def component_groups(names: Sequence[str]) -> list[tuple[str, int, int]]:
     """Consecutive runs of ``names`` that belong together: ``(label, first, stop)``: the
-    embeddings (``embed``, ``pos``), each earlier layer (its heads, output bias and MLP:
-    ``L3``), and the explained layer's own biases (``bias``)."""
+    embeddings (``embed``, ``pos``, ``type``, ``bias.ln_emb``), each earlier layer (its
+    heads, output biases, MLP and post-norm biases: ``L3``), and the explained layer's own
+    biases (``bias``); an encoder's components on cross-attention's key side: ``enc.L3``."""
     groups: list[tuple[str, int, int]] = []
     for i, name in enumerate(names):
-        found = _LAYER.fullmatch(name.split(".H")[0])  # bias.norm5, bias.proj5: no match
-        label = f"L{found.group(1)}" if found else ("emb" if name in ("embed", "pos") else "bias")
+        encoder = name.startswith("enc.")  # cross-attention's keys: the encoder's components
+        own = re.sub(r"\.[HX]\d+$", "", name[4:] if encoder else name)  # L3.H7, L3.X7: L3
+        found = _LAYER.fullmatch(own)  # bias.norm5, bias.proj5: no match
+        label = f"L{found.group(1)}" if found else (
+            "emb" if own in ("embed", "pos", "type", "bias.ln_emb") else "bias")
+        label = "enc." + label if encoder else label
         if groups and groups[-1][0] == label and groups[-1][2] == i:
             groups[-1] = (label, groups[-1][1], i + 1)
         else:
@@ -64,32 +69,36 @@ def _colorbar(fig, image, cax, label: str) -> None:
 
 
 def matrix_bytes(matrix: np.ndarray, names: Sequence[str], title: str, dpi: int = 100,
-                 fmt: str = "png") -> bytes:
-    """``matrix (C, C)``: query components down, key components across, grouped by layer."""
-    n = len(names)
-    cell = min(0.3, max(0.04, 9.0 / max(n, 1)))
-    labels_in = (text_width_in(list(names), 7) if n <= _NAMED else 0.35) + 0.35
+                 fmt: str = "png", key_names: Sequence[str] | None = None) -> bytes:
+    """``matrix (C_q, C_k)``: query components (``names``) down, key components
+    (``key_names``, default the same) across, grouped by layer."""
+    key_names = names if key_names is None else key_names
+    n, m = len(names), len(key_names)
+    cell = min(0.3, max(0.04, 9.0 / max(n, m, 1)))
+    left = (text_width_in(list(names), 7) if n <= _NAMED else 0.35) + 0.35
+    labels_in = (text_width_in(list(key_names), 7) if m <= _NAMED else 0.35) + 0.35
     fonts = Fonts([title])
     with fonts.context():
         title_in = text_width_in([title], 10) + 0.4
-    grid = n * cell
-    width = max(labels_in + grid + 1.4, title_in)
+    grid, grid_w = n * cell, m * cell
+    width = max(left + grid_w + 1.4, title_in)
     height = 0.6 + grid + labels_in
     check_image_size(width, height, dpi)
     fig, canvas = new_figure(width, height, dpi)
     top = float(np.abs(matrix).max()) or 1.0
     with fonts.context():
-        ax = fig.add_axes((labels_in / width, labels_in / height, grid / width, grid / height))
+        ax = fig.add_axes((left / width, labels_in / height, grid_w / width, grid / height))
         image = ax.imshow(matrix, cmap=check_cmap(DIVERGING), vmin=-top, vmax=top,
                           interpolation="nearest", aspect="auto")
-        _ticks(ax, "x", names, cell)
+        _ticks(ax, "x", key_names, cell)
         _ticks(ax, "y", names, cell)
         ax.xaxis.set_label_position("bottom")
         ax.set_xlabel("key-side component", fontsize=8)
         ax.set_ylabel("query-side component", fontsize=8)
-        _separators(ax, names)
+        _separators(ax, names, columns=False)
+        _separators(ax, key_names, rows=False)
         fig.text(0.5, 1 - 0.2 / height, title, fontsize=10, ha="center", va="top")
-        cax = fig.add_axes(((labels_in + grid + 0.25) / width, labels_in / height, 0.15 / width,
+        cax = fig.add_axes(((left + grid_w + 0.25) / width, labels_in / height, 0.15 / width,
                             grid / height))
         _colorbar(fig, image, cax, SCALE_LABEL)
         return figure_bytes(fig, canvas, fmt)
@@ -154,13 +163,16 @@ def keys_bytes(totals: np.ndarray, names: Sequence[str], key_labels: Sequence[st
 def write_why_pictures(out: Path, matrix: np.ndarray, totals: np.ndarray, names: Sequence[str],
                        key_labels: Sequence[str], keys: Sequence[int], key: int,
                        weights: np.ndarray, head_name: str, dpi: int = 100,
-                       fmt: str = "png") -> list[Path]:
+                       fmt: str = "png", key_names: Sequence[str] | None = None) -> list[Path]:
     """``contributions`` (the matrix of one score) and ``keys`` (the key-side totals at
-    every key) in ``out`` (created); ``head_name`` says which head, query and key."""
+    every key) in ``out`` (created); ``head_name`` says which head, query and key.
+    ``key_names``: the key side's components when they are not ``names`` (cross)."""
+    key_names = names if key_names is None else key_names
     matrix_title = f"Why {head_name}: contributions to the score"
     keys_title = f"Why {head_name.split(' -> ')[0]}: key-side totals at each key"
-    pictures = [(out / f"contributions.{fmt}", lambda: matrix_bytes(matrix, names, matrix_title, dpi, fmt)),
-                (out / f"keys.{fmt}", lambda: keys_bytes(totals, names, key_labels, keys, key,
+    pictures = [(out / f"contributions.{fmt}", lambda: matrix_bytes(matrix, names, matrix_title,
+                                                                     dpi, fmt, key_names)),
+                (out / f"keys.{fmt}", lambda: keys_bytes(totals, key_names, key_labels, keys, key,
                                                          weights, keys_title, dpi, fmt))]
     drawn = [(path, draw()) for path, draw in pictures]  # both drawn before either is written
     out.mkdir(parents=True, exist_ok=True)
