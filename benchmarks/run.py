@@ -438,8 +438,8 @@ def bench_gguf(smoke: bool, repeat: int, tmp: Path) -> list[dict]:
 
 def bench_longcontext(smoke: bool, tmp: Path) -> list[dict]:
     """The long-context rows (benchmarks/longcontext_bench.py: SmolLM2 at 8,192 tokens, one
-    Llama-3.2-1B-shaped layer at 32,768), one run each (minutes per run), imported only when
-    they run."""
+    Llama-3.2-1B-shaped layer at 32,768, a ModernBERT-base shape at 8,192), one run each
+    (minutes per run), imported only when they run."""
     from longcontext_bench import bench_longcontext as bench
 
     return bench(smoke, 1, tmp)

@@ -101,7 +101,9 @@ BENCHMARK_GROUPS = {
     # long contexts: SmolLM2 at 8,192 tokens (export, heatmap), one 1B-shaped layer at 32,768
     "longcontext": {"`attnviz export --layer all --resolution": 1,
                     "`attnviz heatmap --layer all`, the same": 1,
-                    "`attnviz export --layer 0 --resolution": 1},
+                    "`attnviz export --layer 0 --resolution": 1,
+                    # an encoder at its whole context: a ModernBERT-base shape at 8,192
+                    "`attnviz heatmap --layer all` of a long encoder text": 1},
     # which heads find the needle: SmolLM2's passkey against Retrieval_Head's procedure
     "needle": {"`attnviz needle --chat`": 1, "`attnviz needle`, one passkey test": 1},
     # encoders (issue 40): a BERT-base shape at its whole context
@@ -129,6 +131,7 @@ def test_the_benchmark_groups_are_every_row_of_the_spec():
         "`attnviz scan --layer all`": 2,  # the other families (round 3): SmolLM2, Pythia-160m
         # long contexts (round 4): SmolLM2 at 8,192 tokens, a 1B-shaped layer at 32,768
         "`attnviz export --layer all --resolution": 1, "`attnviz heatmap --layer all`, the same": 1,
+        "`attnviz heatmap --layer all` of a long encoder text": 1,  # ModernBERT-base at 8,192
         "`attnviz export --layer 0 --resolution": 1,
         "`attnviz needle --chat`": 1, "`attnviz needle`, one passkey test": 1,
         "`attnviz export --attention all": 1,  # encoder–decoders (issue 40)

@@ -180,9 +180,16 @@ def test_texts_past_the_models_positions_are_refused(cli, encoders, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_long_encoder_text_is_refused_rather_than_pooled(cli, encoders, tmp_path):
-    one_error(cli("heatmap", LONGER, "--weights", encoders["modernbert"], "--resolution", "8",
-                  "--out", tmp_path / "x"), "made for causal attention", "--resolution")
+def test_a_long_encoder_text_is_pooled_with_its_bidirectional_statistics(cli, encoders,
+                                                                          tmp_path):
+    # (equal to transformers' weights: tests/test_longcontext_encoders.py)
+    result = cli("heatmap", LONGER, "--weights", encoders["modernbert"], "--resolution", "8",
+                 "--out", tmp_path / "x", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    n = len(document["tokens"])
+    assert document["pooled"]["block"] == -(-n // 8) and document["attention"] == "encoder"
+    assert (tmp_path / "x" / "stats.png").exists()
 
 
 def test_pair_with_a_decoder_and_unknown_encoders_are_refused(cli, encoders, tmp_path):

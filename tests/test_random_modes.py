@@ -194,11 +194,13 @@ def test_every_bad_combination_is_one_error_line(cli, tmp_path, args, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_long_bidirectional_text_is_refused_by_name_not_pooled(cli, tmp_path):
-    result = cli("heatmap", "word " * 40, "--bidirectional", *small_options(),
+def test_a_long_cross_attention_text_is_refused_by_name_not_pooled(cli, tmp_path):
+    # (a long --bidirectional text is pooled: tests/test_longcontext_encoders.py)
+    result = cli("heatmap", "word " * 40, "--cross", SECOND, *small_options(),
                  "--resolution", "16", "--out", tmp_path / "x")
     assert result.exit_code == 2
-    assert "made for causal attention" in result.stderr and "--resolution" in result.stderr
+    assert "made for self-attention" in result.stderr and "--resolution" in result.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_long_causal_text_still_gives_its_rows_without_the_kind(cli):

@@ -10,14 +10,21 @@ What is kept, per layer and head (``T`` tokens, pooled blocks of ``b`` x ``b`` c
 - ``entropy`` ``(H, T)``: each query row's entropy, in nats; ``row_max`` ``(H, T)``: its
   largest weight;
 - ``received`` ``(H, T)``: the attention each key receives, summed over the queries;
-- ``distance`` ``(H, T)``: the attention mass at each distance, ``Σ_i a[i, i - δ]``;
+- ``distance`` ``(H, T)``: the attention mass at each distance back, ``Σ_i a[i, i - δ]``;
+  without the causal mask (an encoder) also ``ahead`` ``(H, T)``, the mass at each distance
+  ahead, ``Σ_i a[i, i + δ]`` (``ahead[0]`` is the diagonal, as ``distance[0]``);
 - ``window`` ``(H, W, W)``: the exact weights of queries and keys ``A .. B - 1``
   (``--tokens A:B``), normalised over every key of the row, as the whole matrix has them.
 
 Every statistic of ``attnviz.analyses.stats.head_stats`` follows from these exactly (the
 same definitions), and the sink statistics too: ``sink_mass`` (the mean over queries of
 the mass on the first k keys) and ``sink_alpha`` (Gu et al., ICLR 2025: the mean over
-queries i >= j of ``a[i, j]``, for each of the first k keys j).
+queries i >= j of ``a[i, j]``, for each of the first k keys j; an encoder's: over every
+query).
+
+An encoder's rows (``causal=False``: every key, or ModernBERT's local layers' window on both
+sides) are reduced the same way: the tiles span every visible key, the pooled maps the whole
+square.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from attnviz.analyses.attention import (
     encode_inputs,
     load_model,
     parse_window,
+    special_ids,
     starts_with_bos,
     token_records,
 )
@@ -61,9 +69,11 @@ class LayerReduction:
 
     def __init__(self, n_heads: int, n_tokens: int, block: int,
                  maps: tuple[str, ...] = ("max", "mean"), span: tuple[int, int] | None = None,
-                 out: dict[str, np.ndarray] | None = None, detect: Detect | None = None):
+                 out: dict[str, np.ndarray] | None = None, detect: Detect | None = None,
+                 causal: bool = True):
         """``out``: arrays to fill (this layer's slices of the result's), by name;
-        ``detect``: also the sums of the head detectors (``scan``)."""
+        ``detect``: also the sums of the head detectors (``scan``); ``causal=False``: the
+        rows of an encoder, whose keys ahead of the query go to ``ahead``."""
         self.align, self.n_tokens, self.n_heads = block, n_tokens, n_heads
         pooled = math.ceil(n_tokens / block)
         out = out or {}
@@ -84,6 +94,9 @@ class LayerReduction:
         self.corner = torch.zeros(n_heads, dtype=torch.float64)  # a[1, 0], for exclude_first
         self.received = array("received", (n_heads, n_tokens), torch.float64)
         self.distance = array("distance", (n_heads, n_tokens), torch.float64)
+        self.causal = causal
+        self.ahead = None if causal else array("ahead", (n_heads, n_tokens), torch.float64)
+        self.origin = torch.zeros(n_heads, dtype=torch.float64)  # a[0, 0]: an encoder's first_token
         self.out = out
         self.span = span
         self.window = (torch.zeros(n_heads, span[1] - span[0], span[1] - span[0])
@@ -99,11 +112,13 @@ class LayerReduction:
         # H = -Σ a ln a, with ln a = s - lse exactly: no logarithm per cell (logs is scratch)
         self.entropy[heads, q_rows] -= torch.mul(w, tile.logs, out=tile.logs).sum(dim=-1)
         ones = w.new_ones(group, 1, rows)
-        received, distance, found = self._part(tile.worker)
+        received, distance, found, ahead = self._part(tile.worker)
         received[heads, k_start:k_start + n_keys] += torch.bmm(ones, w)[:, 0]
         if self.detect is not None:
             self._detectors(w, heads, q_start, k_start, found)
-        self._distances(tile, q_start - k_start, ones, distance)
+        if q_start == 0 and k_start == 0:
+            self.origin[heads] = w[:, 0, 0].double()
+        self._distances(tile, q_start - k_start, ones, distance, ahead)
         self._pool(w, heads, q_start, k_start)
         if self.window is not None:
             a, b = self.span
@@ -113,11 +128,13 @@ class LayerReduction:
                 self.window[heads, lo - a:hi - a, k_lo - a:k_hi - a] = (
                     w[:, lo - q_start:hi - q_start, k_lo - k_start:k_hi - k_start])
 
-    def _part(self, worker: int) -> tuple[torch.Tensor, ...]:
-        """The worker's own ``(received, distance, found)`` (worker 0's are the result's)."""
+    def _part(self, worker: int) -> tuple:
+        """The worker's own ``(received, distance, found, ahead)`` (worker 0's are the
+        result's; ``ahead`` None for causal rows)."""
         if worker not in self.parts:  # (each worker makes its own entry: no race)
-            ours = (self.received, self.distance, self.found)
-            self.parts[worker] = ours if worker == 0 else tuple(torch.zeros_like(a) for a in ours)
+            ours = (self.received, self.distance, self.found, self.ahead)
+            self.parts[worker] = ours if worker == 0 else tuple(
+                None if a is None else torch.zeros_like(a) for a in ours)
         return self.parts[worker]
 
     def _detectors(self, w: torch.Tensor, heads: slice, q_start: int, k_start: int,
@@ -141,12 +158,14 @@ class LayerReduction:
         if k_start == 0 and q_start <= 1 < q_start + rows:
             self.corner[heads] = w[:, 1 - q_start, 0].double()
 
-    def _distances(self, tile, lead: int, ones: torch.Tensor, distance: torch.Tensor) -> None:
+    def _distances(self, tile, lead: int, ones: torch.Tensor, distance: torch.Tensor,
+                   ahead: torch.Tensor | None = None) -> None:
         """Add the tile's mass by distance. Row r is query ``k_start + lead + r``; its key at
         column c lies ``lead + r - c`` back. In ``tile.padded`` (each row between P >= R
         zeros) the view ``padded[g, r, r + m]`` (stride K + 2P + 1), m = 0 .. K + P - 1,
         holds column c = r + m - P of row r, ``lead + P - m`` back for every row: one sum
-        over the rows gives every distance of the tile."""
+        over the rows gives every distance of the tile. A negative distance -δ (a key
+        ahead, without the causal mask) goes to ``ahead[δ]``; δ = 0 to both."""
         padded = tile.padded
         group, rows, full = padded.shape
         pad = (full - tile.weights.shape[2]) // 2
@@ -158,6 +177,11 @@ class LayerReduction:
         lo, hi = max(first, 0), min(first + sums.shape[1], self.n_tokens)  # 0 <= δ < T
         if lo < hi:
             distance[tile.heads, lo:hi] += sums[:, lo - first:hi - first]
+        if ahead is not None and first <= 0:  # δ = -first .. 0 ahead, largest first
+            near = max(first, -(self.n_tokens - 1))  # δ < T
+            stop = min(0, first + sums.shape[1] - 1)  # the nearest key ahead in the tile
+            if near <= stop:
+                ahead[tile.heads, -stop:-near + 1] += sums[:, near - first:stop - first + 1].flip(-1)
 
     def _pool(self, w: torch.Tensor, heads: slice, q_start: int, k_start: int) -> None:
         """Each block of the tile (aligned: its starts are multiples of b, its sides too but
@@ -186,15 +210,20 @@ class LayerReduction:
             b, n = self.align, self.n_tokens
             sides = torch.clamp(n - torch.arange(0, n, b), max=b).float()
             self.maps["mean"] /= sides[:, None] * sides[None, :]
-        for worker, (received, distance, found) in self.parts.items():
+        for worker, (received, distance, found, ahead) in self.parts.items():
             if worker != 0:
                 self.received += received
                 self.distance += distance
                 self.found += found
+                if ahead is not None:
+                    self.ahead += ahead
         self.parts.clear()
         out = {f"weights_{kind}": pooled.numpy() for kind, pooled in self.maps.items()}
         out.update(entropy=self.entropy.float().numpy(), row_max=self.top_log.exp().numpy(),
-                   received=self.received.numpy(), distance=self.distance.numpy())
+                   received=self.received.numpy(), distance=self.distance.numpy(),
+                   origin=self.origin.numpy())
+        if self.ahead is not None:
+            out["ahead"] = self.ahead.numpy()
         if self.window is not None:
             out["window"] = self.window.numpy()
         if self.detect is not None:
@@ -207,8 +236,8 @@ class LayerReduction:
     def detector_scores(self) -> np.ndarray:
         """``(3, H)``: TransformerLens's "mul" scores of ``DETECTORS`` (previous token,
         duplicate token, induction), from the sums: the kept attention is T, less key 0's
-        column (``exclude_first``) and the diagonal (``exclude_self``), with a[0, 0] = 1
-        in both."""
+        column (``exclude_first``) and the diagonal (``exclude_self``), with a[0, 0] in
+        both (1 behind the causal mask)."""
         d, n = self.detect, self.n_tokens
         received, distance = self.received, self.distance
         kept = torch.full_like(received[:, 0], float(n))
@@ -219,7 +248,7 @@ class LayerReduction:
         if d.exclude_self:
             kept -= distance[:, 0]
         if d.exclude_first and d.exclude_self:
-            kept += 1.0  # a[0, 0], taken out twice
+            kept += 1.0 if self.causal else self.origin  # a[0, 0], taken out twice
         return (torch.stack([previous, self.found[0], self.found[1]]) / kept).numpy()
 
 
@@ -245,27 +274,38 @@ def sink_mass(received: np.ndarray, k: int) -> np.ndarray:
     return received[..., :k].sum(axis=-1) / received.shape[-1]
 
 
-def sink_alpha(received: np.ndarray, k: int) -> np.ndarray:
+def sink_alpha(received: np.ndarray, k: int, causal: bool = True) -> np.ndarray:
     """``(..., T)`` -> ``(..., k)``: for each of the first ``k`` keys j, the mean over the
     queries that see it (i >= j) of ``a[i, j]`` (Gu et al.'s alpha; the causal mask makes
-    the sum over those queries the whole column's)."""
+    the sum over those queries the whole column's). ``causal=False`` (an encoder): every
+    query sees key j, the mean is over all T."""
     n = received.shape[-1]
-    return received[..., :k] / (n - np.arange(k))
+    return received[..., :k] / (n - np.arange(k) if causal else n)
 
 
 def head_stats(entropy: np.ndarray, row_max: np.ndarray, received: np.ndarray,
-               distance: np.ndarray) -> dict[str, np.ndarray]:
+               distance: np.ndarray, ahead: np.ndarray | None = None,
+               origin: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``attnviz.analyses.stats.head_stats`` (the same columns and definitions) from the
-    reductions of a head, ``(..., T)`` each -> ``(...)`` float64 each."""
+    reductions of a head, ``(..., T)`` each -> ``(...)`` float64 each. ``ahead`` (the mass
+    at each distance ahead) and ``origin`` (``a[0, 0]``, ``(...)``) given: an encoder's
+    rows (``stats.head_stats(attention="encoder")``): the entropy normalised by ln T, the
+    first token's weight without query 0's and a signed mean distance."""
     n = entropy.shape[-1]
     entropy = entropy.astype(np.float64)
     nan = np.full(entropy.shape[:-1], np.nan)
+    encoder = ahead is not None
     if n > 1:
-        normalized = (entropy[..., 1:] / np.log(np.arange(2, n + 1))).mean(axis=-1)
+        visible = np.full(n - 1, float(n)) if encoder else np.arange(2, n + 1)
+        normalized = (entropy[..., 1:] / np.log(visible)).mean(axis=-1)
         previous = distance[..., 1] / (n - 1)
-        first = (received[..., 0] - 1.0) / (n - 1)  # query 0 puts all its weight on key 0
+        # query 0's weight on key 0 left out: 1 behind the causal mask
+        first = (received[..., 0] - (origin if encoder else 1.0)) / (n - 1)
     else:
         normalized = previous = first = nan
+    reach = (distance * np.arange(n)).sum(axis=-1)
+    if encoder:  # signed: the keys ahead count negative
+        reach -= (ahead * np.arange(n)).sum(axis=-1)
     return {
         "entropy": entropy.mean(axis=-1),
         "normalized_entropy": normalized,
@@ -273,7 +313,7 @@ def head_stats(entropy: np.ndarray, row_max: np.ndarray, received: np.ndarray,
         "self": distance[..., 0] / n,
         "previous_token": previous,
         "first_token": first,
-        "mean_distance": (distance * np.arange(n)).sum(axis=-1) / n,
+        "mean_distance": reach / n,
     }
 
 
@@ -307,6 +347,12 @@ class LongResult(Displayable):
     kv_heads: list[int] = field(default_factory=list)
     bos: bool = False
     span: tuple[int, int] | None = None  # --tokens A:B: arrays["window"] is (L, H, W, W)
+    # "decoder" (causal rows) or "encoder" (every key seen, or a window on both sides:
+    # arrays["ahead"] holds the mass at each distance ahead)
+    attention: str = "decoder"
+    special_ids: frozenset = frozenset()  # an encoder's [CLS], [SEP]: "special" in tokens()
+    pair_start: int | None = None  # a sentence pair: the second sentence's first position
+    token_types: list[int] | None = None  # ... and each token's segment
 
     @property
     def n_tokens(self) -> int:
@@ -316,14 +362,17 @@ class LongResult(Displayable):
     def n_heads(self) -> int:
         return self.arrays["entropy"].shape[1]
 
-    # A long text's reductions are made for causal self-attention (an encoder's or
-    # cross-attention's long text is refused before the forward pass): what
-    # ``AttentionResult`` says of its kind, for the commands that ask either.
-    attention = "decoder"
-    causal, cross = True, False
+    # Self-attention only (cross-attention's long text is refused before the forward
+    # pass): what ``AttentionResult`` says of its kind, for the commands that ask either.
+    cross = False
+
+    @property
+    def causal(self) -> bool:
+        return self.attention == "decoder"
 
     def row_fields(self) -> dict:
-        return {}
+        """As ``AttentionResult.row_fields``: ``{"attention": "encoder"}`` for an encoder."""
+        return {} if self.causal else {"attention": self.attention}
 
     @property
     def n_blocks(self) -> int:
@@ -334,7 +383,12 @@ class LongResult(Displayable):
                 f"{self.block}x{self.block}>")
 
     def tokens(self) -> list[dict]:
-        return token_records(self.token_ids, self.raw_tokens, 0, self.bos)
+        """As ``AttentionResult.tokens``: with a pair, each token's ``"sentence"``."""
+        records = token_records(self.token_ids, self.raw_tokens, 0, self.bos, self.special_ids)
+        if self.pair_start is not None:
+            for record in records:
+                record["sentence"] = int(record["position"] >= self.pair_start)
+        return records
 
     @property
     def sink_mass(self) -> np.ndarray:
@@ -344,13 +398,14 @@ class LongResult(Displayable):
     @property
     def sink_alpha(self) -> np.ndarray:
         """``(L, H, k)``: Gu et al.'s alpha of each of the first ``sink_tokens`` keys."""
-        return sink_alpha(self.arrays["received"], self.sink_tokens)
+        return sink_alpha(self.arrays["received"], self.sink_tokens, self.causal)
 
     def stats(self) -> dict[str, np.ndarray]:
-        """``attnviz.analyses.stats.head_stats``'s columns, ``(L, H)`` each, plus
-        ``sink_mass``."""
+        """``attnviz.analyses.stats.head_stats``'s columns, ``(L, H)`` each (an encoder's
+        as ``head_stats(attention="encoder")`` defines them), plus ``sink_mass``."""
         a = self.arrays
-        return {**head_stats(a["entropy"], a["row_max"], a["received"], a["distance"]),
+        both = {} if self.causal else {"ahead": a["ahead"], "origin": a["origin"]}
+        return {**head_stats(a["entropy"], a["row_max"], a["received"], a["distance"], **both),
                 "sink_mass": self.sink_mass}
 
     def export_arrays(self) -> dict[str, np.ndarray]:
@@ -363,6 +418,11 @@ class LongResult(Displayable):
                    distance_bins=edges, distance_binned=binned(a["distance"], edges),
                    sink_mass=self.sink_mass, sink_alpha=self.sink_alpha,
                    layers=np.array(self.layers), token_ids=np.array(self.token_ids))
+        if not self.causal:  # an encoder: the distances ahead too, and its kind
+            out.update(distance_ahead=a["ahead"], distance_ahead_binned=binned(a["ahead"], edges),
+                       attention=np.asarray(self.attention))
+            if self.token_types is not None:
+                out["token_types"] = np.asarray(self.token_types, dtype=np.int64)
         if self.span is not None:
             out["window"] = a["window"]
             out["window_start"] = np.array(self.span[0])
@@ -381,7 +441,8 @@ class LongResult(Displayable):
             attn_inputs=np.empty((len(self.layers), 0, 0), dtype=np.float32), params={},
             config=self.config, raw_tokens=[label.encode() for label in self.block_labels()],
             windows=self.windows,
-            kv_heads=self.kv_heads, block=self.block, text_length=self.n_tokens)
+            kv_heads=self.kv_heads, block=self.block, text_length=self.n_tokens,
+            attention=self.attention)
 
     def exact_window(self) -> AttentionResult:
         """Queries and keys ``span`` with their exact weights, as ``crop`` of the whole
@@ -391,36 +452,46 @@ class LongResult(Displayable):
             token_ids=self.token_ids[start:stop], weights=self.arrays["window"],
             layers=self.layers, attn_inputs=np.empty((len(self.layers), 0, 0), np.float32),
             params={}, config=self.config, raw_tokens=self.raw_tokens[start:stop],
-            window=(start, stop), windows=self.windows, kv_heads=self.kv_heads, bos=self.bos)
+            window=(start, stop), windows=self.windows, kv_heads=self.kv_heads, bos=self.bos,
+            attention=self.attention, special_ids=self.special_ids, pair_start=self.pair_start)
 
 
 def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: int = 1024,
                  sink_tokens: int = 4, maps: tuple[str, ...] = ("max", "mean"),
                  span: tuple[int, int] | None = None, detect: Detect | None = None,
-                 progress=None) -> LongResult:
+                 progress=None, token_types: list[int] | None = None,
+                 pair_start: int | None = None) -> LongResult:
     """Run ``model`` on ``token_ids`` once, reducing the weights of ``layers`` tile by tile:
     pooled maps at most ``resolution`` cells a side, the statistics, and the exact weights
     of the window ``span`` (queries and keys A .. B - 1) when given, and the head detectors'
-    scores with ``detect``."""
+    scores with ``detect``. An encoder's rows (``model.attention_kind``) are reduced as
+    bidirectional; ``token_types``, ``pair_start``: its sentence pair (``encode_inputs``)."""
     n = len(token_ids)
     if not 0 < sink_tokens < n:
         raise InputError(f"--sink-tokens must be at least 1 and below the text's length "
                          f"({n} tokens), got {sink_tokens}")
     block = block_size(n, resolution)
     side, heads = math.ceil(n / block), model.n_heads
+    attention = model.attention_kind  # "decoder" or "encoder"
+    causal = attention == "decoder"
     shapes = {**{f"weights_{kind}": ((side, side), np.float32) for kind in maps},
               "entropy": ((n,), np.float32), "row_max": ((n,), np.float32),
-              "received": ((n,), np.float64), "distance": ((n,), np.float64)}
+              "received": ((n,), np.float64), "distance": ((n,), np.float64),
+              "origin": ((), np.float64)}
+    if not causal:
+        shapes["ahead"] = ((n,), np.float64)
     if span is not None:
         shapes["window"] = ((span[1] - span[0],) * 2, np.float32)
     arrays = {name: np.zeros((len(layers), heads, *shape), dtype)
               for name, (shape, dtype) in shapes.items()}  # filled layer by layer, in place
     reductions = [LayerReduction(heads, n, block, maps, span,
-                                 out={name: a[k] for name, a in arrays.items()}, detect=detect)
+                                 out={name: a[k] for name, a in arrays.items()}, detect=detect,
+                                 causal=causal)
                   for k in range(len(layers))]
     detectors = [None] * len(layers)
+    types = {} if token_types is None else {"token_types": torch.tensor([token_types])}
     for k, *_ in model.iter_run(torch.tensor([token_ids]), layers, progress=progress,
-                                reduce=reductions):
+                                reduce=reductions, **types):
         detectors[k] = reductions[k].finish().get("detectors")
         reductions[k] = None  # each layer's inputs dropped as the next one runs
     if detect is not None:
@@ -429,7 +500,10 @@ def analyze_long(model, token_ids: list[int], layers: list[int], *, resolution: 
         token_ids=token_ids, raw_tokens=model.tokenizer.token_bytes(token_ids), layers=layers,
         config={**model.describe(), "layers": layers}, block=block, sink_tokens=sink_tokens,
         arrays=arrays, windows=[model.window(i) for i in layers],
-        kv_heads=list(model.kv_heads), bos=starts_with_bos(model, token_ids), span=span)
+        kv_heads=list(model.kv_heads), bos=starts_with_bos(model, token_ids), span=span,
+        attention=attention,
+        special_ids=frozenset() if causal else special_ids(model, token_ids),
+        pair_start=pair_start, token_types=token_types)
 
 
 RESOLUTION = 1024  # a text of more tokens is shown pooled, at most this many cells a side
@@ -480,11 +554,10 @@ def analyze_tokens(model, token_ids: list[int], *, layer="0", heads: list[int] |
     if n <= chosen:
         result = analyze_with(model, token_ids, layer, heads, progress, **second)
         return crop(result, *window) if window else result
-    kind = "cross" if second.get("key_ids") is not None else model.attention_kind
-    if kind != "decoder":
+    if second.get("key_ids") is not None:
         raise InputError(f"the text is {n} tokens, more than --resolution {chosen}: a long "
-                         f"text's pooled maps and statistics are made for causal attention, and "
-                         f"this is {kind} attention; raise --resolution to {n} to see every "
+                         f"text's pooled maps and statistics are made for self-attention, and "
+                         f"this is cross-attention; raise --resolution to {n} to see every "
                          f"weight (memory grows as the square), or shorten the text")
     layers = checked_layers(model, n, layer, heads)
     if whole is not None:
@@ -492,7 +565,9 @@ def analyze_tokens(model, token_ids: list[int], *, layer="0", heads: list[int] |
                          f"{chosen} tokens (--resolution), and this text has {n}")
     check_pooled_fits(len(layers), model.n_heads, n, block_size(n, chosen), len(maps), window)
     return analyze_long(model, token_ids, layers, resolution=chosen, sink_tokens=sink_tokens,
-                        maps=maps, span=window, progress=progress)
+                        maps=maps, span=window, progress=progress,
+                        token_types=second.get("token_types"),
+                        pair_start=second.get("pair_start"))
 
 
 def check_pooled_fits(n_layers: int, n_heads: int, n_tokens: int, block: int, n_maps: int,

@@ -525,9 +525,8 @@ def scan(
         for name in COLUMNS:  # (n_done, L, H), in prompt order
             running[name].update(np.stack([done[i][name] for i in sorted(done)]))
     todo = [p for p in prompts if p.index not in done]
-    # one at a time, through the engine's tiles (made for causal rows: an encoder's long
-    # prompt is scored whole, alone in its batch)
-    for prompt in [p for p in todo if len(p.token_ids) > LONG_PROMPT and not encoder]:
+    # one at a time, through the engine's tiles (a decoder's rows or an encoder's)
+    for prompt in [p for p in todo if len(p.token_ids) > LONG_PROMPT]:
         values = long_prompt_values(model, prompt.token_ids, layers, exclude_first,
                                     exclude_self)
         for name in COLUMNS:
@@ -536,7 +535,7 @@ def scan(
             on_prompt(prompt, values)
         if on_batch is not None:
             on_batch(1, len(prompt.token_ids))
-    todo = [p for p in todo if len(p.token_ids) <= LONG_PROMPT or encoder]
+    todo = [p for p in todo if len(p.token_ids) <= LONG_PROMPT]
     for batch in plan_batches(todo, batch_size, len(layers), model.n_heads):
         token_ids, lengths = padded_ids(batch)
         patterns = batch_patterns(token_ids, lengths, exclude_first=exclude_first,
@@ -576,7 +575,8 @@ def long_prompt_values(model, token_ids: list[int], layers: list[int], exclude_f
     long = analyze_long(model, token_ids, layers, resolution=len(token_ids), sink_tokens=1,
                         maps=(), detect=Detect.of(token_ids, exclude_first, exclude_self))
     a = long.arrays
-    values = head_stats(a["entropy"], a["row_max"], a["received"], a["distance"])
+    both = {} if long.causal else {"ahead": a["ahead"], "origin": a["origin"]}  # an encoder's
+    values = head_stats(a["entropy"], a["row_max"], a["received"], a["distance"], **both)
     values.update({name: a["detectors"][:, k] for k, name in enumerate(DETECTORS)})
     return {name: values[name] for name in COLUMNS}
 
@@ -602,8 +602,7 @@ def scan_corpus(model, corpus: Corpus, layers: list[int], *, induction_seed: int
     """``scan`` of every prompt of ``corpus`` once the attention fits in memory, plus the
     induction probe (``induction.induction_probe``, seeded) unless ``induction_seed`` is
     None. ``options``: ``scan``'s."""
-    short = [len(p.token_ids) for p in corpus.prompts
-             if len(p.token_ids) <= LONG_PROMPT or model.attention_kind == "encoder"]
+    short = [len(p.token_ids) for p in corpus.prompts if len(p.token_ids) <= LONG_PROMPT]
     if short:  # (longer prompts go through the engine's tiles, one at a time)
         check_fits(len(layers), model.n_heads, max(short))
     result = scan(model, corpus.prompts, layers, **options)

@@ -102,8 +102,9 @@ def decoder_ids(model, decoder_text: str | None, allow_special: bool = False,
 
 def check_length(model, ids: list[int], what: str, resolution: int | None = None) -> None:
     """Refuse a text (``what``: "the text", "--decoder-text") past the model's positions
-    (BART's and Marian's tables) or past ``--resolution``: the pooled maps of long texts
-    assume causal rows, so an encoder–decoder's attention is shown whole or not at all."""
+    (BART's and Marian's tables) or past ``--resolution``: the pooled maps of long texts are
+    made for one model's self-attention (a decoder's or an encoder's), not yet for an
+    encoder–decoder's stacks, so its attention is shown whole or not at all."""
     from attnviz.analyses.longcontext import RESOLUTION
 
     limit = model.context_length
@@ -114,7 +115,7 @@ def check_length(model, ids: list[int], what: str, resolution: int | None = None
     if len(ids) > chosen:
         raise InputError(f"{what} is {len(ids)} tokens, more than --resolution {chosen}: an "
                          "encoder–decoder's attention is shown whole (the pooled maps of long "
-                         "texts assume causal rows); shorten it")
+                         "texts are not made for its stacks yet); shorten it")
 
 
 @dataclass(repr=False)

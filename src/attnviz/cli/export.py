@@ -123,13 +123,13 @@ def export(
     seq2seq.check_attention_options(model, attention, decoder_text)
     inputs = encode_inputs(model, source, allow_special, options.bos, options.chat, **second)
     token_ids = inputs["token_ids"]
+    if len(token_ids) > check_resolution(resolution, len(token_ids)) and "key_ids" not in inputs:
+        return _export_long(model, inputs, output_path, to_stdout, output, layer, tokens,
+                            resolution, sink_tokens, full_weights, weighting, rollout,
+                            include_params, quiet)  # a decoder's or an encoder's (a pair too)
     if len(inputs) > 1 or model.attention_kind != "decoder":  # a pair, cross, an encoder
         return _export_whole(model, inputs, output_path, to_stdout, output, layer, tokens,
                              resolution, sink_tokens, weighting, rollout, include_params, quiet)
-    if len(token_ids) > check_resolution(resolution, len(token_ids)):
-        return _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens,
-                            resolution, sink_tokens, full_weights, weighting, rollout,
-                            include_params, quiet)
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
         # Each layer goes to the file as the forward pass reaches it: one in memory at a time.
         result = layer_stream(model, token_ids, layer, tokens, progress)
@@ -245,24 +245,30 @@ def _export_whole(model, inputs, output_path, to_stdout, output, layer, tokens, 
     _report(written, output_path, output, quiet, f"Wrote {output_path}")
 
 
-def _export_long(model, token_ids, output_path, to_stdout, output, layer, tokens, resolution,
+def _export_long(model, inputs, output_path, to_stdout, output, layer, tokens, resolution,
                  sink_tokens, full_weights, weighting, rollout, include_params, quiet) -> None:
-    """``export`` of a long text: pooled maps and statistics (``LongResult.export_arrays``),
+    """``export`` of a long text (a decoder's or an encoder's, ``inputs`` as
+    ``encode_inputs`` gives them): pooled maps and statistics (``LongResult.export_arrays``),
     the exact window of ``--tokens`` as ``weights``, and every weight with --full-weights."""
     import numpy as np
 
     from attnviz.analyses.attention import layer_stream
     from attnviz.analyses.longcontext import LongResult, analyze_tokens
+    from attnviz.core.errors import InputError
     from attnviz.files.fileio import check_free_space
     from attnviz.files.npz import Pieces
     from attnviz.files.progress import Progress
 
     whole = ("--weighting norm" if weighting == "norm" else "--rollout" if rollout else
              "--include-params" if include_params else None)
+    token_ids = inputs["token_ids"]
+    if full_weights and "token_types" in inputs:
+        raise InputError("--full-weights of a long sentence pair is not written: drop "
+                         "--full-weights (the pooled maps and statistics are), or --pair")
     with Progress(quiet) as progress:
-        result = analyze_tokens(model, token_ids, layer=layer, tokens=tokens,
-                                resolution=resolution, sink_tokens=sink_tokens, whole=whole,
-                                progress=progress)
+        result = analyze_tokens(model, layer=layer, tokens=tokens, resolution=resolution,
+                                sink_tokens=sink_tokens, whole=whole, progress=progress,
+                                **inputs)
         assert isinstance(result, LongResult)  # export chose this path: longer than --resolution
         arrays = result.export_arrays()
         records = result.tokens()

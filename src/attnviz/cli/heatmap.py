@@ -245,7 +245,7 @@ def long_summary(long) -> dict:
     stats = long.stats()
     return {"pooled": {"block": long.block, "cells": long.n_blocks,
                        "sink_tokens": long.sink_tokens},
-            "heads": [{"layer": layer, "head": h,
+            "heads": [{"layer": layer, "head": h, **long.row_fields(),
                        **{name: round(float(values[li, h]), 6) for name, values in stats.items()}}
                       for li, layer in enumerate(long.layers) for h in range(long.n_heads)]}
 

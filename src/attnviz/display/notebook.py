@@ -231,19 +231,24 @@ def long_view(result, top: int = 10) -> View:
     heads = [(layer, h) for li, layer in enumerate(result.layers) for h in range(result.n_heads)]
     columns = ["layer", "head", "sink_mass", "mean_distance", "entropy", "previous_token"]
 
-    def ranked(name: str, caption: str) -> str:
-        order = sorted(range(len(heads)), key=lambda k: -stats[name].reshape(-1)[k])[:top]
+    def ranked(name: str, caption: str, size=float) -> str:
+        order = sorted(range(len(heads)), key=lambda k: -size(stats[name].reshape(-1)[k]))[:top]
         return table(columns, [[*heads[k], *(f"{stats[c].reshape(-1)[k]:.3f}"
                                                 for c in columns[2:])] for k in order], caption)
 
     b = result.block
-    title = (f"attnviz long text: {result.n_tokens:,} tokens, {layer_text(result.layers)}, "
+    kind = "" if result.causal else f" ({result.attention})"
+    title = (f"attnviz long text{kind}: {result.n_tokens:,} tokens, {layer_text(result.layers)}, "
              f"{counted(result.n_heads, 'head')}, pooled {b}×{b}")
+    # an encoder's mean distance is signed (negative: ahead): the farthest either way
+    farthest = (("Heads that look farthest (mean distance, tokens)", float) if result.causal
+                else ("Heads that look farthest either way (mean distance, tokens; negative: "
+                      "ahead)", abs))
     body = (f"<h3>{html.escape(title)}</h3>"
             + image(png, f"every head, each cell the largest of {b}×{b} weights")
             + ranked("sink_mass", f"Heads with the most attention on the first "
                                   f"{counted(result.sink_tokens, 'token')}")
-            + ranked("mean_distance", "Heads that look farthest (mean distance, tokens)")
+            + ranked("mean_distance", *farthest)
             + image(stats_figure(result, 0), f"layer {result.layers[0]}: distances and sinks"))
     return View(static_page(title, body), png, title,
                 narrow="show less: layer= (fewer layers) or resolution= (fewer cells)")

@@ -154,15 +154,26 @@ def scale_label(label: str, scale: str, bar_in: float | None = None,
                 font: float = CBAR_LABEL_PT) -> str:
     """``label`` naming its colour scale (one of ``SCALES``, or a name such as
     ``SYMMETRIC``): "attention weight (√ scale)"; on two lines when a bar ``bar_in``
-    inches long would not hold it on one at ``font`` points."""
+    inches long would not hold it on one at ``font`` points, and the label's own words on
+    as many lines as it takes when it alone is longer than the bar (a pooled map's "largest
+    weight of each 8×8 block" beside a grid's short bar: never past the bar's ends, into
+    the legend below it)."""
     name = SCALE_NAMES.get(scale, scale)
     # "‖α·f(x)‖ (value-weighted)" -> "‖α·f(x)‖ (value-weighted, √ scale)"
     one_line = f"{label[:-1]}, {name})" if label.endswith(")") else f"{label} ({name})"
     if bar_in is not None:
         from attnviz.pictures.fonts import text_width_in
 
-        if text_width_in([one_line], font) > 0.9 * bar_in:  # hinted text at a low dpi is wider
-            return f"{label}\n{name}"
+        room = 0.9 * bar_in  # hinted text at a low dpi is wider
+        if text_width_in([one_line], font) > room:
+            lines = [""]
+            for word in label.split(" "):
+                joined = f"{lines[-1]} {word}".strip()
+                if lines[-1] and text_width_in([joined], font) > room:
+                    lines.append(word)
+                else:
+                    lines[-1] = joined
+            return "\n".join([*lines, name])
     return one_line
 
 
