@@ -490,7 +490,9 @@ def test_pictures_name_their_scales_and_group_by_layer():
     totals = rng.normal(size=(12, 5))
     svg = keys_bytes(totals, few, ["a", "b", "c", "d", "e"], [3, 4, 5, 6, 7], 5,
                      np.array([0.1, 0.2, 1.0, 0.0, 0.0]), "Why L1 H0", fmt="svg").decode()
-    assert "key-side total (linear, symmetric about 0)" in svg and "attention weight" in svg
+    assert "key-side total (linear, symmetric about 0)" in svg
+    # the weights' short bar: its name wrapped to the bar's length, the scale on its own line
+    assert ">attention" in svg and "weight<" in svg and ">linear scale<" in svg
     assert ">5 c<" in svg
 
 

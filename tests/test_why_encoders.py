@@ -23,6 +23,7 @@ from attnviz.analyses.attention import encode_inputs, load_model
 from attnviz.analyses.seq2seq import encode_texts
 from attnviz.analyses.why import count_components, why
 from attnviz.core.config import ModelConfig
+from attnviz.core.errors import InputError
 
 TEXT = "the cat sat on the mat and the dog sat by the door"
 PAIR = "it was tired of the rain"
@@ -394,6 +395,31 @@ def test_the_command_of_cross_attention_is_rectangular(cli, folders, tmp_path):
                 "decoder", "--layer", "1", "--head", "2", "--query", "5", "--key", "all")
     assert table.stdout.startswith("decoder L1 H2, query 5 (")
     assert "+ the relative position bias " in table.stdout and "position bias" in table.stdout
+
+
+def test_the_python_api_explains_an_encoder_pair_and_each_kind_of_an_encoder_decoder(
+        cli, folders, tmp_path):
+    import attnviz
+
+    bert = attnviz.why(TEXT, folders["bert"], pair=PAIR, head=(2, 1), query=4)
+    doc = run_json(cli, TEXT, "--weights", folders["bert"], "--pair", PAIR, "--layer", "2",
+                   "--head", "1", "--query", "4")
+    assert bert.attention == "encoder" and bert.key == doc["key"]["position"]
+    np.testing.assert_allclose(bert.contributions(), doc["contributions"], atol=1e-12)
+    t5 = attnviz.load(folders["t5"])
+    for kind in ("cross", "decoder", "encoder"):
+        ours = attnviz.why(SOURCE, t5, decoder_text=TARGET, attention=kind, head=(1, 2),
+                           query=3, report=tmp_path / f"{kind}.html" if kind == "cross" else None)
+        doc = run_json(cli, SOURCE, "--weights", folders["t5"], "--decoder-text", TARGET,
+                       "--attention", kind, "--layer", "1", "--head", "2", "--query", "3")
+        assert ours.attention == kind == doc["attention"]
+        assert ours.score == pytest.approx(doc["score"], abs=1e-12)
+        np.testing.assert_allclose(ours.contributions(), doc["contributions"], atol=1e-12)
+    assert page_payload(tmp_path / "cross.html")["attention"] == "cross"
+    with pytest.raises(InputError, match="--pair is not supported for encoder–decoder models"):
+        attnviz.why(SOURCE, t5, pair=PAIR, head=(0, 0))
+    with pytest.raises(InputError, match="layer 9 is out of range: the model has 2 layers"):
+        attnviz.why(SOURCE, t5, decoder_text=TARGET, attention="decoder", head=(9, 0))
 
 
 def page_payload(path):

@@ -264,36 +264,39 @@ def attribute(text: str, weights, *, target: str | None = None, contrast: str | 
 
 def why(text: str, weights=None, *, head: tuple[int, int], query: int = -1,
         key: int | None = None, report: str | Path | None = None, allow_special: bool = False,
-        **options):
+        attention: str | None = None, decoder_text: str | None = None,
+        pair: str | None = None, cross: str | None = None, **options):
     """`attnviz why`: the score of head ``head = (layer, head)`` from ``query`` (negative:
     from the end) to ``key`` (default: the key it attends to most) split exactly into
     (query-side component × key-side component) contributions. A ``WhyResult``
     (``contributions()``: ``(C, C)``, ``components``, ``key_totals_by_key()``), shown as
     the score, the top pairs and the two pictures. ``report``: also write the page where a
     click on any cell of the head's heatmap shows its split (``--report``; the result then
-    holds every cell's parts, ``cells``). ``weights=None``: random mode."""
-    from attnviz.analyses.attention import check_length
-    from attnviz.analyses.why import attention_kind, check_head, check_key, check_query
+    holds every cell's parts, ``cells``). ``weights=None``: random mode. An encoder's
+    sentence ``pair``; an encoder–decoder's ``attention`` (``"encoder"``, ``"decoder"``,
+    ``"cross"``: the default) with ``decoder_text``; random mode's ``cross`` text."""
+    from attnviz.analyses.why import check_head, check_key, check_query, layer_count, why_inputs
     from attnviz.analyses.why import why as run
 
-    model = _model(weights, options)
+    model = _model(weights, options, seq2seq=True)
     engine = model.engine
+    read = why_inputs(engine, text, attention=attention, decoder_text=decoder_text, pair=pair,
+                      cross=cross, allow_special=allow_special, bos=model.config.bos,
+                      chat=model.config.chat)
     try:
         layer, index = (int(h) for h in head)
     except (TypeError, ValueError):
         raise InputError(f"head must be (layer, head), e.g. (1, 3), got {head!r}") from None
-    check_head(layer, index, engine.n_layers, engine.n_heads)
-    token_ids = model.encode(text, allow_special)
-    check_length(len(token_ids), engine.context_length, "")
-    position = check_query(query, len(token_ids))
+    check_head(layer, index, layer_count(engine, read.kind), engine.n_heads)
+    position = check_query(query, len(read.query_ids))
     if key is not None:  # an encoder's query sees the keys after it too
-        check_key(key, position, engine.window(layer), layer, attention_kind(engine),
-                  len(token_ids))
-    result = run(engine, token_ids, layer=layer, head=index, query=position, key=key,
-                 every_query=report is not None)
+        check_key(key, position, read.window(engine, layer), layer, read.kind,
+                  len(read.key_ids))
+    result = run(engine, read.token_ids, layer=layer, head=index, query=position, key=key,
+                 every_query=report is not None, attention=read.kind, **read.extra)
     if report is not None:
         from attnviz.analyses.attribution import token_labels
         from attnviz.display.why_report import write_why_report
 
-        write_why_report(result, token_labels(engine.tokenizer, token_ids), report)
+        write_why_report(result, token_labels(engine.tokenizer, result.token_ids), report)
     return result

@@ -309,6 +309,59 @@ def layer_count(model, attention: str) -> int:
     return model.n_layers
 
 
+@dataclass
+class WhyInputs:
+    """What ``why`` reads of one text, checked: ``token_ids`` (an encoder–decoder's source),
+    the ``kind`` of attention explained, ``extra`` (``why``'s ``decoder_ids``,
+    ``token_types`` or ``key_ids``), and the ids of the queries' and the keys' positions."""
+
+    token_ids: list[int]
+    kind: str
+    extra: dict
+    query_ids: list[int]
+    key_ids: list[int]
+
+    def window(self, model, layer: int) -> int | None:
+        """The sliding window of the keys of ``layer`` (cross-attention and encoder–decoder
+        stacks have none)."""
+        return (None if self.kind == "cross" or getattr(model, "is_seq2seq", False) else
+                model.window(layer))
+
+
+def why_inputs(model, text: str, *, attention: str | None = None,
+               decoder_text: str | None = None, pair: str | None = None,
+               cross: str | None = None, allow_special: bool = False, bos: bool = True,
+               chat: bool = False) -> WhyInputs:
+    """``text`` (and the second text of an encoder–decoder, a sentence pair or random
+    mode's cross-attention) read for ``why``, the kind of attention chosen and every length
+    checked, as ``attnviz why`` and ``attnviz.why`` both read them."""
+    from attnviz.analyses.attention import check_length, encode_inputs
+    from attnviz.analyses.seq2seq import KINDS, check_attention, encode_texts, is_seq2seq
+    from attnviz.analyses.seq2seq import check_length as check_stack
+
+    check_attention(model, attention, decoder_text, KINDS)  # one kind at a time
+    if is_seq2seq(model):
+        for value, option in ((pair, "--pair"), (cross, "--cross"), (chat or None, "--chat")):
+            if value is not None:
+                raise InputError(f"{option} is not supported for encoder–decoder models")
+        kind = attention_kind(model, attention)
+        token_ids, decoder_ids = encode_texts(model, text, decoder_text, allow_special, bos)
+        check_stack(model, token_ids, "the text")
+        check_stack(model, decoder_ids, "--decoder-text")
+        query_ids = token_ids if kind == "encoder" else decoder_ids
+        key_ids = decoder_ids if kind == "decoder" else token_ids
+        return WhyInputs(token_ids, kind, {"decoder_ids": decoder_ids}, query_ids, key_ids)
+    found = encode_inputs(model, text, allow_special, bos, chat, pair=pair, cross=cross)
+    token_ids = found["token_ids"]
+    extra = {k: found[k] for k in ("token_types", "key_ids") if k in found}
+    kind = attention_kind(model, None, extra.get("key_ids"))
+    hint = (" or raise --context-length" if model.describe().get("mode") == "random"
+            else " (the checkpoint's context)")
+    for ids in (token_ids, extra.get("key_ids") or []):
+        check_length(len(ids), model.context_length, hint)
+    return WhyInputs(token_ids, kind, extra, token_ids, extra.get("key_ids") or token_ids)
+
+
 def why(model, token_ids: list[int], *, layer: int, head: int, query: int = -1,
         key: int | None = None, progress=None, every_query: bool = False,
         attention: str | None = None, token_types: list[int] | None = None,

@@ -117,10 +117,9 @@ def why(
         check_file_target(output_path, "--output", NPZ)
     if report is not None:
         check_file_target(report, "--report", HTML)
-    from attnviz.analyses.attention import check_length, encode_inputs, load_model, parse_layers
+    from attnviz.analyses.attention import load_model, parse_layers
     from attnviz.analyses.attribution import token_labels
     from attnviz.analyses.why import (
-        attention_kind,
         check_head,
         check_key,
         check_query,
@@ -130,6 +129,7 @@ def why(
         matrix_rows,
         parse_head,
         why_document,
+        why_inputs,
     )
     from attnviz.analyses.why import why as run
     from attnviz.cli import seq2seq
@@ -137,28 +137,11 @@ def why(
     shown = seq2seq.KINDS  # one kind at a time: no --attention all
     model = seq2seq.model_for(config, weights, attention, decoder_text, shown) or load_model(
         config, weights)
-    inputs: dict = {}
     if seq2seq.is_seq2seq(model):
-        from attnviz.analyses.seq2seq import check_length as check_stack
-        from attnviz.analyses.seq2seq import encode_texts
-
-        seq2seq.check_attention_options(model, attention, decoder_text, shown)
         seq2seq.refuse({"--pair": pair is not None, "--chat": config.chat})
-        kind = attention_kind(model, attention)
-        token_ids, decoder_ids = encode_texts(model, source, decoder_text, allow_special,
-                                             config.bos)
-        check_stack(model, token_ids, "the text")
-        check_stack(model, decoder_ids, "--decoder-text")
-        inputs = {"decoder_ids": decoder_ids}
-    else:
-        found = encode_inputs(model, source, allow_special, config.bos, config.chat, **second)
-        token_ids = found["token_ids"]
-        inputs = {k: found[k] for k in ("token_types", "key_ids") if k in found}
-        kind = attention_kind(model, None, inputs.get("key_ids"))
-        hint = (" or raise --context-length" if model.describe().get("mode") == "random"
-                else " (the checkpoint's context)")
-        for ids in (token_ids, inputs.get("key_ids") or []):
-            check_length(len(ids), model.context_length, hint)
+    read = why_inputs(model, source, attention=attention, decoder_text=decoder_text,
+                      allow_special=allow_special, bos=config.bos, chat=config.chat, **second)
+    token_ids, kind, inputs = read.token_ids, read.kind, read.extra
     n_layers = layer_count(model, kind)
     if "." in head:  # the spelling of 0.2's first release: --head L.H
         deprecated("why", "--head L.H", "--head is a head number in every other command")
@@ -172,20 +155,15 @@ def why(
         if len(layers) != 1:
             raise InputError("why explains one head of one layer: give a single --layer L")
         layer, head_index = check_head(layers[0], int(head), n_layers, model.n_heads)
-    query_ids = inputs.get("decoder_ids") if kind != "encoder" and "decoder_ids" in inputs else (
-        token_ids)
-    key_ids = (token_ids if kind == "cross" and "decoder_ids" in inputs else
-               inputs.get("key_ids") or query_ids)
-    position = check_query(query, len(query_ids))
-    window = None if kind == "cross" or seq2seq.is_seq2seq(model) else model.window(layer)
+    position = check_query(query, len(read.query_ids))
     if isinstance(chosen, int):
-        check_key(chosen, position, window, layer, kind, len(key_ids))
+        check_key(chosen, position, read.window(model, layer), layer, kind, len(read.key_ids))
     if report is not None:  # before the work: the page holds every position's parts
         from attnviz.analyses.why import count_components
         from attnviz.display.why_report import check_report_size
 
         n_query, n_key, head_dim = count_components(model, layer, kind)
-        check_report_size(n_query, len(query_ids), head_dim, n_key, len(key_ids))
+        check_report_size(n_query, len(read.query_ids), head_dim, n_key, len(read.key_ids))
     from attnviz.files.progress import Progress
 
     with Progress(quiet) as progress:  # live bars on a terminal's stderr, else nothing
