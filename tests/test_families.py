@@ -310,8 +310,10 @@ def test_a_family_repo_downloads_its_tokenizer_once_then_runs_offline(tmp_path, 
                         env=env)
         assert first.returncode == 0, first.stderr
         fetched = {p.rsplit("/", 1)[1] for _, p in hub.requests if "/resolve/" in p}
+        generation = {"generation_config.json"} & set(files)  # what generate follows
+        assert generation  # transformers' save_pretrained writes it for a causal LM
         assert fetched == {"config.json", "model.safetensors", "tokenizer.json",
-                           "tokenizer_config.json"}
+                           "tokenizer_config.json", *generation}
         before = len(hub.requests)
         again = attnviz("compare-heads", TEXT, "--weights", "org/qwen3-tiny", "--format", "json",
                         env={**env, "HF_HUB_OFFLINE": "1"})

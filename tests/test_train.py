@@ -274,7 +274,8 @@ def test_ctrl_c_exits_130_and_leaves_a_loadable_snapshot_to_resume(tmp_path, cli
         stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
-    while len(train_run.read_log(out)) < 3 and time.monotonic() < deadline:
+    # 4 snapshots logged: the line of the 3rd was printed (a line follows its log entry)
+    while len(train_run.read_log(out)) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     run.send_signal(signal.SIGINT)
     code = run.wait(timeout=60)
