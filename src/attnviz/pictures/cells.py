@@ -184,10 +184,12 @@ def cell_words(values: np.ma.MaskedArray, height: int, width: int, colormap: Col
         first_cols = cols if pool_cols else np.arange(values.shape[1])
         outside = hidden & outside_window(last_rows + offset, first_cols, window)
         words[outside] = rgba_word(outside_color)
-    if not pool_rows:
-        words = words.take(rows, axis=0)  # nearest cell for each pixel row
+    # Nearest cell for each pixel: the columns first, while the rows are still cells (fewer
+    # words gathered one by one), then whole pixel rows copied.
     if not pool_cols:
         words = words.take(cols, axis=1)
+    if not pool_rows:
+        words = words.take(rows, axis=0)
     return np.ascontiguousarray(words)
 
 
