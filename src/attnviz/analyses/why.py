@@ -51,8 +51,11 @@ from itertools import zip_longest
 import numpy as np
 import torch
 
-from attnviz.analyses.attention import import_pandas, token_records
+from attnviz.analyses.attention import check_length, encode_inputs, import_pandas, token_records
 from attnviz.analyses.attribution import check_position, token_labels
+from attnviz.analyses.seq2seq import KINDS as SEQ2SEQ_KINDS
+from attnviz.analyses.seq2seq import check_attention, encode_texts, is_seq2seq
+from attnviz.analyses.seq2seq import check_length as check_stack
 from attnviz.analyses.why_parts import (
     post_norm_parts,
     random_parts,
@@ -335,11 +338,7 @@ def why_inputs(model, text: str, *, attention: str | None = None,
     """``text`` (and the second text of an encoder–decoder, a sentence pair or random
     mode's cross-attention) read for ``why``, the kind of attention chosen and every length
     checked, as ``attnviz why`` and ``attnviz.why`` both read them."""
-    from attnviz.analyses.attention import check_length, encode_inputs
-    from attnviz.analyses.seq2seq import KINDS, check_attention, encode_texts, is_seq2seq
-    from attnviz.analyses.seq2seq import check_length as check_stack
-
-    check_attention(model, attention, decoder_text, KINDS)  # one kind at a time
+    check_attention(model, attention, decoder_text, SEQ2SEQ_KINDS)  # one kind at a time
     if is_seq2seq(model):
         for value, option in ((pair, "--pair"), (cross, "--cross"), (chat or None, "--chat")):
             if value is not None:
