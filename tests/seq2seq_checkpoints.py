@@ -16,18 +16,32 @@ VOCAB = 200
 
 def write_unigram_tokenizer(folder: Path, tokenizer_class: str, specials: list[str],
                             eos: str = "</s>", size: int = VOCAB) -> Path:
-    """A Unigram tokenizer trained on the test text, with T5's pipeline: whitespace split,
-    ``▁`` prepended to every word, ``</s>`` appended."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """A Unigram tokenizer of the test text's words, with T5's pipeline: whitespace split,
+    ``▁`` prepended to every word, ``</s>`` appended. Built, not trained: ``tokenizers``'
+    UnigramTrainer gives another vocabulary in every process (hash order), which made the
+    tiny models' inputs, and what they generate, change from run to run. Every word of the
+    text is a piece scored by its frequency, every character a piece of its own (so any
+    word of these characters is read, letter by letter), nothing else: the same file in
+    every run."""
+    import math
+    from collections import Counter
 
-    tokenizer = Tokenizer(models.Unigram())
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    words = Counter(f"{TRAINING_TEXT} {SOURCE} {TARGET}".split())
+    total = sum(words.values())
+    pieces = [[special, 0.0] for special in specials]
+    pieces += [["\u2581" + word, math.log(count / total)]
+               for word, count in sorted(words.items(), key=lambda item: (-item[1], item[0]))]
+    pieces += [[char, -20.0] for char in sorted(set("".join(words)) | {"\u2581"})
+               if [char, -20.0] not in pieces]
+    tokenizer = Tokenizer(models.Unigram([tuple(piece) for piece in pieces],
+                                         unk_id=specials.index("<unk>")))
+    tokenizer.add_special_tokens(specials)  # as a trainer's special_tokens are
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(),
         pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
     tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
-    trainer = trainers.UnigramTrainer(vocab_size=VOCAB - 4, special_tokens=specials,
-                                      unk_token="<unk>")
-    tokenizer.train_from_iterator([TRAINING_TEXT, SOURCE, TARGET] * 20, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
         special_tokens=[(eos, tokenizer.token_to_id(eos))])
@@ -142,7 +156,7 @@ def make_bart(folder: Path, *, marian: bool = False, seed: int = 0, layers: int 
         cls = transformers.BartForConditionalGeneration
     torch.manual_seed(seed)
     model = cls(config)
-    _spread(model, 0.6 if marian else 0.35)
+    _spread(model, 0.8 if marian else 0.35)
     with torch.no_grad():
         model.final_logits_bias.normal_(0.0, 0.5)
     model.save_pretrained(folder, safe_serialization=True)

@@ -177,7 +177,7 @@ BAD = [
       " ".join([TARGET] * 6)], "--decoder-text is 133 tokens, past the model's 40 positions"),
     (["heatmap", SOURCE, "--weights", "{t5}", "--decoder-text", ""], "--decoder-text is empty"),
     (["export", SOURCE, "--weights", "{t5}", "-o", "{tmp}/x.npz", "--resolution", "8"],
-     "the text is 38 tokens, more than --resolution 8: an encoder–decoder's attention is "
+     "the text is 13 tokens, more than --resolution 8: an encoder–decoder's attention is "
      "shown whole"),
     (["heatmap", SOURCE, "--weights", "{t5}", "--layer", "2"],
      "--layer 2 is out of range: the checkpoint has 2 layers (0-1) of the decoder"),
