@@ -136,7 +136,7 @@ def generate(
                          "pass --weights (a checkpoint or a Hub repo id such as gpt2)")
     from attnviz.analyses.attention import check_heads, check_text, encode_text, load_model, parse_layers
     from attnviz.analyses.decoding import DEFAULT_NEW_TOKENS, not_applied
-    from attnviz.analyses.generation import TextStream, check_can_generate, continuation_text
+    from attnviz.analyses.generation import check_can_generate, continuation_text
     from attnviz.analyses.generation import generate as run
 
     check_text(source)
@@ -159,19 +159,10 @@ def generate(
     check_can_generate(model, len(prompt_ids), max_new_tokens)
     tokenizer = model.tokenizer
     live = fmt == "table" and sys.stdout.isatty()
-    stream = TextStream(tokenizer, lambda s: (sys.stdout.write(s), sys.stdout.flush())) if live else None
-    if live and not quiet:
-        sys.stdout.write(source)
-        sys.stdout.flush()
-    try:
+    with seq2seq.live_tokens(tokenizer, live, "" if quiet else source) as stream:
         result = run(model, prompt_ids, max_new_tokens, sampling=sampling, layers=layers,
                      ignore_eos=ignore_eos, top_k_report=top_k_report, on_token=stream,
                      **settings)
-    finally:
-        if stream is not None:
-            stream.close()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
     if warning := not_applied(result.generation):
         output.warning(warning)
     written = _write_outputs(result, model, out, npz_path, report_path, picture, head, tokens)

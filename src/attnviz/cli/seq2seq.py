@@ -5,6 +5,7 @@ encoder–decoder; what a command cannot show of one is refused by the option's 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from attnviz.core.errors import InputError
@@ -39,6 +40,28 @@ def check_attention_options(model, attention: str | None, decoder_text: str | No
     from attnviz.analyses.seq2seq import CHOICES, check_attention
 
     return check_attention(model, attention, decoder_text, shown or CHOICES)
+
+
+@contextmanager
+def live_tokens(tokenizer, live: bool, before: str = ""):
+    """``generate``'s ``on_token``: each token's text written to stdout as it comes when
+    ``live`` (after ``before``, the prompt), the line ended when generation stops; else None."""
+    import sys
+
+    from attnviz.analyses.generation import TextStream
+
+    if not live:
+        yield None
+        return
+    stream = TextStream(tokenizer, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    sys.stdout.write(before)
+    sys.stdout.flush()
+    try:
+        yield stream
+    finally:
+        stream.close()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def refuse(options: dict[str, bool], why: str = "for encoder–decoder models") -> None:
@@ -180,7 +203,7 @@ def generate(model, source: str, *, max_new_tokens: int | None, sampling, settin
 
     from attnviz.analyses.attention import check_heads, check_ids, check_text, parse_layers
     from attnviz.analyses.decoding import not_applied
-    from attnviz.analyses.generation import TextStream, continuation_text
+    from attnviz.analyses.generation import continuation_text
     from attnviz.analyses.seq2seq import generate_seq2seq
 
     check_text(source)
@@ -190,16 +213,10 @@ def generate(model, source: str, *, max_new_tokens: int | None, sampling, settin
     check_ids(model, source_ids)
     tokenizer = model.tokenizer
     live = fmt == "table" and sys.stdout.isatty()
-    stream = TextStream(tokenizer, lambda s: (sys.stdout.write(s), sys.stdout.flush())) if live else None
-    try:
+    with live_tokens(tokenizer, live) as stream:
         result = generate_seq2seq(model, source_ids, max_new_tokens, sampling=sampling,
                                   layers=layers, ignore_eos=ignore_eos, top_k_report=top_k_report,
                                   on_token=stream, **settings)
-    finally:
-        if stream is not None:
-            stream.close()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
     if warning := not_applied(result.generation):
         output.warning(warning)
     written = _generation_files(result, model, out, npz_path, picture, head)
